@@ -1,0 +1,33 @@
+# The two commands of the README. Both create .venv on first use; nothing else to install.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench install clean
+
+run: $(VENV)/.run-installed
+	$(BIN)/gateway serve
+
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python bench/smtp_ingest.py
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# A plain (non-editable) install, exactly as a deployment gets it.
+$(VENV)/.run-installed: $(BIN)/python pyproject.toml $(shell find gateway webhooks templates config -type f -not -name '*.pyc' 2>/dev/null)
+	$(BIN)/python -m pip install --quiet .
+	touch $@
+
+# Tests import the working tree (editable) and need the test extras.
+$(VENV)/.test-installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.run-installed
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Email-first conversation gateway for small studios."""

@@ -1,0 +1,151 @@
+"""Conversations of the caller's studio: list and read.
+
+Every query filters on the caller's studio id; an id of another studio is simply not found
+(404), so the API never confirms that someone else's conversation exists.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import msgspec
+from litestar import Controller, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from typing import Annotated
+
+from litestar.params import FromPath, QueryParameter
+from sqlalchemy import Engine, func, select
+
+from gateway.db import read_tx
+from gateway.ingest import CONVERSATION, GUEST, MESSAGE
+from gateway.studios import Caller
+from gateway.threader import ATTACHMENT
+
+
+class PersonOut(msgspec.Struct):
+    email: str
+    name: str
+
+
+class AttachmentOut(msgspec.Struct):
+    id: int
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    inline: bool
+
+
+class MessageOut(msgspec.Struct):
+    id: int
+    direction: str
+    state: str
+    from_: PersonOut = msgspec.field(name="from")
+    to: list[PersonOut]
+    cc: list[PersonOut]
+    subject: str
+    text: str
+    full_text: str
+    html: str | None
+    message_id: str
+    in_reply_to: str | None
+    received_at: datetime
+    sent_at: datetime | None
+    thread_rule: str
+    automatic: bool
+    auto_kind: str | None
+    delivery: str | None
+    attachments: list[AttachmentOut]
+
+
+class ConversationOut(msgspec.Struct):
+    id: int
+    subject: str
+    status: str
+    guest: PersonOut
+    message_count: int
+    last_message_at: datetime
+    created_at: datetime
+
+
+class ConversationDetailOut(ConversationOut):
+    held_count: int
+    messages: list[MessageOut]
+
+
+class ConversationList(msgspec.Struct):
+    items: list[ConversationOut]
+
+
+def _people(raw: str) -> list[PersonOut]:
+    return [PersonOut(email=p.get("email", ""), name=p.get("name", "")) for p in json.loads(raw or "[]")]
+
+
+def _conversation(row) -> ConversationOut:  # type: ignore[no-untyped-def]
+    return ConversationOut(id=row.id, subject=row.subject, status=row.status,
+                           guest=PersonOut(email=row.guest_email, name=row.guest_name),
+                           message_count=row.message_count, last_message_at=row.last_message_at,
+                           created_at=row.created_at)
+
+
+_CONVERSATION_COLUMNS = (CONVERSATION.c.id, CONVERSATION.c.subject, CONVERSATION.c.status,
+                         CONVERSATION.c.message_count, CONVERSATION.c.last_message_at,
+                         CONVERSATION.c.created_at, GUEST.c.email.label("guest_email"),
+                         GUEST.c.name.label("guest_name"))
+
+
+class ConversationController(Controller):
+    path = "/api/v1/conversations"
+
+    @get("/", sync_to_thread=True)
+    def list_conversations(self, state: State, caller: NamedDependency[Caller],
+                           limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50) -> ConversationList:
+        engine: Engine = state.engine
+        with read_tx(engine) as conn:
+            rows = conn.execute(
+                select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
+                .where(CONVERSATION.c.studio_id == caller.studio_id)
+                .order_by(CONVERSATION.c.last_message_at.desc(), CONVERSATION.c.id.desc()).limit(limit)
+            ).all()
+        return ConversationList(items=[_conversation(r) for r in rows])
+
+    @get("/{conversation_id:int}", sync_to_thread=True)
+    def get_conversation(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> ConversationDetailOut:
+        engine: Engine = state.engine
+        with read_tx(engine) as conn:
+            row = conn.execute(
+                select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
+                .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id)
+            ).first()
+            if row is None:
+                raise NotFoundException("conversation not found")
+            messages = conn.execute(
+                select(MESSAGE).where(MESSAGE.c.conversation_id == conversation_id,
+                                      MESSAGE.c.studio_id == caller.studio_id, MESSAGE.c.state == "visible")
+                .order_by(MESSAGE.c.received_at, MESSAGE.c.id)
+            ).all()
+            held = conn.execute(select(func.count()).select_from(MESSAGE).where(
+                MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.studio_id == caller.studio_id,
+                MESSAGE.c.state == "held")).scalar_one()
+            attachments: dict[int, list[AttachmentOut]] = {}
+            if messages:
+                for a in conn.execute(select(ATTACHMENT).where(
+                        ATTACHMENT.c.studio_id == caller.studio_id,
+                        ATTACHMENT.c.message_id.in_([m.id for m in messages])).order_by(ATTACHMENT.c.id)):
+                    attachments.setdefault(a.message_id, []).append(AttachmentOut(
+                        id=a.id, filename=a.filename, content_type=a.content_type, size=a.size,
+                        sha256=a.sha256, inline=a.inline))
+        base = _conversation(row)
+        return ConversationDetailOut(
+            **msgspec.structs.asdict(base), held_count=held,
+            messages=[MessageOut(
+                id=m.id, direction=m.direction, state=m.state,
+                from_=PersonOut(email=m.from_email, name=m.from_name), to=_people(m.to_json),
+                cc=_people(m.cc_json), subject=m.subject, text=m.text, full_text=m.full_text, html=m.html,
+                message_id=m.message_id, in_reply_to=m.in_reply_to, received_at=m.received_at,
+                sent_at=m.sent_at, thread_rule=m.thread_rule, automatic=m.automatic, auto_kind=m.auto_kind,
+                delivery=m.delivery, attachments=attachments.get(m.id, []),
+            ) for m in messages],
+        )

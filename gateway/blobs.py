@@ -1,0 +1,53 @@
+"""Content-addressed byte storage behind a small interface.
+
+Raw mail and attachment bytes must be visible to every gateway process (web, smtp, worker),
+so by default they live in the database itself, keyed by SHA-256 so that the same photo sent
+to three studios, or a retried delivery, is stored once. An object store can implement the
+same two methods later without touching the pipeline.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+from sqlalchemy import Connection, select
+
+from gateway.db import insert_ignore
+from gateway.models import Blob, utcnow
+
+BLOB = Blob.__table__  # type: ignore[attr-defined]
+
+
+class BlobStore(Protocol):
+    def put(self, conn: Connection, data: bytes) -> str: ...
+    def put_many(self, conn: Connection, items: list[bytes]) -> list[str]: ...
+    def get(self, conn: Connection, sha256: str) -> bytes | None: ...
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class DatabaseBlobStore:
+    """Blobs in the `blob` table, written inside the caller's transaction (atomic with rows)."""
+
+    def put(self, conn: Connection, data: bytes) -> str:
+        return self.put_many(conn, [data])[0]
+
+    def put_many(self, conn: Connection, items: list[bytes]) -> list[str]:
+        digests = [sha256_hex(data) for data in items]
+        now = utcnow()
+        rows, seen = [], set()
+        for digest, data in zip(digests, items):
+            if digest not in seen:
+                seen.add(digest)
+                rows.append({"sha256": digest, "size": len(data), "data": data, "created_at": now})
+        if rows:
+            conn.execute(insert_ignore(conn, BLOB), rows)
+        return digests
+
+    def get(self, conn: Connection, sha256: str) -> bytes | None:
+        return conn.execute(select(BLOB.c.data).where(BLOB.c.sha256 == sha256)).scalar_one_or_none()
+
+
+blob_store: BlobStore = DatabaseBlobStore()

@@ -1,0 +1,136 @@
+"""The `gateway` command: run roles, migrate, manage studios and the quarantine."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from pydantic import ValidationError
+from sqlalchemy import select, update
+
+from gateway.db import get_engine, migrate, read_tx, write_tx
+from gateway.settings import Settings, get_settings
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "GATEWAY_" + "_".join(str(p) for p in error["loc"]).upper()
+            print(f"gateway: invalid setting {name}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.runtime import ROLES, run
+
+    settings = _settings()
+    _configure_logging(settings)
+    run(settings, ROLES if args.command == "serve" else [args.command])
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    migrate(settings.resolved_database_url)
+    print("schema is up to date")
+    return 0
+
+
+def cmd_studio_add(args: argparse.Namespace) -> int:
+    from gateway.studios import StudioError, add_studio
+
+    settings = _settings()
+    migrate(settings.resolved_database_url)
+    engine = get_engine(settings.resolved_database_url)
+    try:
+        with write_tx(engine) as conn:
+            studio_id, token = add_studio(conn, args.slug, args.name, args.owner_email, args.locale)
+    except StudioError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    address = f"{args.slug.lower()}@{settings.mail_domain}"
+    if args.json:
+        print(json.dumps({"id": studio_id, "slug": args.slug.lower(), "name": args.name,
+                          "address": address, "token": token}))
+    else:
+        print(f"studio {args.slug.lower()} created")
+        print(f"address: {address}")
+        print(f"owner token (shown once): {token}")
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from gateway.ingest import INBOUND
+    from gateway.processor import drain
+
+    settings = _settings()
+    migrate(settings.resolved_database_url)
+    engine = get_engine(settings.resolved_database_url)
+    if args.action == "list":
+        with read_tx(engine) as conn:
+            rows = conn.execute(select(INBOUND.c.id, INBOUND.c.received_at, INBOUND.c.mail_from,
+                                       INBOUND.c.rcpt_to, INBOUND.c.size, INBOUND.c.error)
+                                .where(INBOUND.c.status == "quarantined").order_by(INBOUND.c.id)).all()
+        if args.json:
+            print(json.dumps([{"id": r.id, "received_at": r.received_at.isoformat(), "mail_from": r.mail_from,
+                               "rcpt_to": json.loads(r.rcpt_to), "size": r.size, "reason": r.error}
+                              for r in rows]))
+        else:
+            for r in rows:
+                print(f"{r.id}\t{r.received_at:%Y-%m-%d %H:%M:%S}\t{r.mail_from or '<>'}\t{r.size}\t{r.error}")
+            print(f"{len(rows)} quarantined")
+        return 0
+    with write_tx(engine) as conn:
+        query = update(INBOUND).where(INBOUND.c.status == "quarantined")
+        if args.ids:
+            query = query.where(INBOUND.c.id.in_(args.ids))
+        count = conn.execute(query.values(status="pending", attempts=0, error=None)).rowcount
+    results = drain(engine, settings)
+    still = sum(1 for r in results if r.status == "quarantined")
+    print(f"{count} put back; {len(results) - still} processed, {still} quarantined again")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="SMTP, HTTP API and worker in one process").set_defaults(func=cmd_run)
+    sub.add_parser("smtp", help="the SMTP server only").set_defaults(func=cmd_run)
+    sub.add_parser("web", help="the HTTP API (and webhooks) only").set_defaults(func=cmd_run)
+    sub.add_parser("worker", help="the processor and outbound worker only").set_defaults(func=cmd_run)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    studio = sub.add_parser("studio", help="manage studios").add_subparsers(dest="studio_command", required=True)
+    add = studio.add_parser("add", help="create a studio and print its address and owner token")
+    add.add_argument("slug")
+    add.add_argument("--name", required=True)
+    add.add_argument("--owner-email", required=True)
+    add.add_argument("--locale", default="de", choices=["de", "en"])
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(func=cmd_studio_add)
+
+    quarantine = sub.add_parser("quarantine", help="inspect or retry parked messages")
+    quarantine.add_argument("action", choices=["list", "retry"])
+    quarantine.add_argument("ids", nargs="*", type=int, help="with retry: only these ids")
+    quarantine.add_argument("--json", action="store_true")
+    quarantine.set_defaults(func=cmd_quarantine)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""Engines, transactions and migrations for SQLite and PostgreSQL.
+
+SQLite runs in WAL mode with `synchronous=FULL`, so a committed transaction has been fsync'd
+before we answer `250`. Write transactions start with `BEGIN IMMEDIATE`: a deferred
+transaction that later upgrades to a write lock fails with SQLITE_BUSY at once instead of
+waiting out `busy_timeout`. PostgreSQL runs with `synchronous_commit=on` for the same promise.
+"""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gateway import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+_engines: dict[str, Engine] = {}
+
+
+def is_sqlite(url_or_engine: str | Engine) -> bool:
+    url = str(url_or_engine.url) if isinstance(url_or_engine, Engine) else url_or_engine
+    return url.startswith("sqlite")
+
+
+def normalise_url(url: str) -> str:
+    """Use psycopg 3 for plain postgres URLs (the psycopg2 default is not installed)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> Engine:
+    url = normalise_url(url)
+    if is_sqlite(url):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"isolation_level": None, "check_same_thread": False,
+                          "timeout": busy_timeout},
+            pool_size=pool_size, max_overflow=20,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            mode = "IMMEDIATE" if conn.get_execution_options().get("write") else "DEFERRED"
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+
+    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True,
+                           connect_args={"options": "-c synchronous_commit=on", "connect_timeout": 5})
+    return engine
+
+
+def get_engine(url: str) -> Engine:
+    """One engine (and pool) per URL per process."""
+    url = normalise_url(url)
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = make_engine(url)
+    return engine
+
+
+def dispose_engines() -> None:
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: BEGIN IMMEDIATE on SQLite, ordinary on PostgreSQL."""
+    with engine.connect().execution_options(write=True) as conn:
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def read_tx(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as conn:
+        with conn.begin():
+            yield conn
+
+
+def insert_ignore(conn: Connection, table: Table) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def migrations_dir() -> Path:
+    return Path(str(resources.files("gateway") / "migrations"))
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest revision (idempotent; safe at every start)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")

@@ -1,0 +1,173 @@
+"""SQLModel tables, grouped by family.
+
+Times are timezone-aware UTC everywhere: SQLModel's UTCDateTime stores them as UTC on both
+back ends and hands them back aware, so SQLite and PostgreSQL compare alike.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- studios and who may act for them ------------------------------------------------------
+
+class Studio(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(max_length=64, unique=True)
+    name: str = Field(max_length=200)
+    owner_email: str = Field(max_length=320)
+    locale: str = Field(default="de", max_length=8)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Profile(SQLModel, table=True):
+    """A person acting for a studio in the messenger: the owner or a connected member."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    email: str = Field(max_length=320)
+    name: str = Field(default="", max_length=200)
+    role: str = Field(default="owner", max_length=16)   # owner | member
+    created_at: datetime = Field(default_factory=utcnow)
+    disconnected_at: datetime | None = None
+
+
+class ApiToken(SQLModel, table=True):
+    """Bearer tokens are stored only as SHA-256 hashes; the prefix lets owners tell them apart."""
+
+    __tablename__ = "api_token"
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    profile_id: int = Field(foreign_key="profile.id", index=True)
+    prefix: str = Field(max_length=16)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+# --- bytes -----------------------------------------------------------------------------------
+
+class Blob(SQLModel, table=True):
+    """Content-addressed bytes (raw mail, attachments): the same file is stored once."""
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    size: int
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# --- inbound receipts ------------------------------------------------------------------------
+
+class InboundMail(SQLModel, table=True):
+    """One row per accepted delivery, written before `250`/`2xx`; processed afterwards.
+
+    status: pending → processing → done | quarantined. A quarantined row keeps its raw bytes
+    and the reason, and `gateway quarantine retry` puts it back to pending.
+    """
+
+    __tablename__ = "inbound_mail"
+    __table_args__ = (Index("ix_inbound_mail_status_id", "status", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow)
+    source: str = Field(default="smtp", max_length=32)
+    peer: str = Field(default="", max_length=200)
+    mail_from: str = Field(default="", max_length=320)
+    rcpt_to: str = Field(sa_column=Column(Text, nullable=False))        # JSON list
+    raw_sha256: str = Field(foreign_key="blob.sha256", max_length=64)
+    size: int = 0
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    claimed_at: datetime | None = None
+    processed_at: datetime | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+# --- conversations -----------------------------------------------------------------------------
+
+class Guest(SQLModel, table=True):
+    """A guest contact of one studio; guests never have accounts."""
+
+    __table_args__ = (UniqueConstraint("studio_id", "email", name="uq_guest_studio_email"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    email: str = Field(max_length=320)
+    name: str = Field(default="", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Conversation(SQLModel, table=True):
+    __table_args__ = (
+        Index("ix_conversation_studio_activity", "studio_id", "last_message_at"),
+        Index("ix_conversation_guest_subject", "studio_id", "guest_id", "subject_key"),
+        Index("ix_conversation_guest_created", "studio_id", "guest_id", "created_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    guest_id: int = Field(foreign_key="guest.id")
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
+    subject_key: str = Field(default="", max_length=200)   # normalised subject for the fallback
+    status: str = Field(default="open", max_length=16)      # open | closed
+    created_at: datetime = Field(default_factory=utcnow)
+    last_message_at: datetime = Field(default_factory=utcnow)
+    message_count: int = 0
+
+
+class Message(SQLModel, table=True):
+    """A message in a conversation, inbound or outbound.
+
+    state: visible | held (sender is not a participant: the studio accepts or rejects it).
+    dedupe_key is unique per studio so a retried delivery is stored once even when two
+    processors race on PostgreSQL; outbound messages leave it NULL.
+    """
+
+    __table_args__ = (
+        Index("ix_message_studio_message_id", "studio_id", "message_id"),
+        Index("ix_message_conversation", "conversation_id", "id"),
+        UniqueConstraint("studio_id", "dedupe_key", name="uq_message_studio_dedupe"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    conversation_id: int | None = Field(default=None, foreign_key="conversation.id")
+    inbound_mail_id: int | None = Field(default=None, foreign_key="inbound_mail.id", index=True)
+    direction: str = Field(max_length=8)                    # inbound | outbound
+    state: str = Field(default="visible", max_length=16)
+    from_email: str = Field(default="", max_length=320)
+    from_name: str = Field(default="", max_length=200)
+    to_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    cc_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
+    text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    full_text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    html: str | None = Field(default=None, sa_column=Column(Text))
+    message_id: str = Field(max_length=998)
+    in_reply_to: str | None = Field(default=None, sa_column=Column(Text))
+    references_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    sent_at: datetime | None = None
+    received_at: datetime = Field(default_factory=utcnow)
+    thread_rule: str = Field(default="new", max_length=32)
+    automatic: bool = False
+    auto_kind: str | None = Field(default=None, max_length=32)
+    delivery: str | None = Field(default=None, max_length=16)   # outbound: queued|sending|sent|failed|bounced
+    bounce_of_id: int | None = Field(default=None, foreign_key="message.id")
+    raw_sha256: str | None = Field(default=None, foreign_key="blob.sha256", max_length=64)
+    dedupe_key: str | None = Field(default=None, max_length=64)
+    parser: str = Field(default="", max_length=16)
+    defects_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+
+
+class Attachment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    filename: str = Field(max_length=255)
+    content_type: str = Field(max_length=255)
+    size: int
+    sha256: str = Field(foreign_key="blob.sha256", max_length=64)
+    inline: bool = False
+    content_id: str | None = Field(default=None, max_length=998)

@@ -1,0 +1,160 @@
+"""The pipeline's back half: claim stored mail, parse, thread, persist; park what fails.
+
+Claims use `FOR UPDATE SKIP LOCKED` on PostgreSQL so several worker processes share the
+queue without taking the same row; SQLite has one writer at a time, which serialises claims
+by itself. A claimed row carries a lease: a processor that dies mid-way leaves it to be
+claimed again after the lease, and a message that has crashed processing `max_attempts`
+times is quarantined so it cannot loop forever (Mailman's shunt queue). Nothing is deleted:
+the raw bytes stay, and `gateway quarantine retry` puts a parked message back.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine, or_, select, update
+
+from gateway.blobs import BLOB
+from gateway.db import write_tx
+from gateway.ingest import INBOUND
+from gateway.mime import ParsedMessage, parse
+from gateway.models import utcnow
+from gateway.settings import Settings
+from gateway.threader import Inbound, Outcome, Unprocessable, thread_message
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=5)
+
+
+@dataclass
+class Processed:
+    inbound_id: int
+    status: str                 # done | quarantined | pending (will be retried)
+    outcomes: list[Outcome]
+    error: str | None = None
+
+
+def claim(engine: Engine, settings: Settings, limit: int) -> list[Inbound]:
+    now = utcnow()
+    with write_tx(engine) as conn:
+        rows = conn.execute(
+            select(INBOUND.c.id, INBOUND.c.attempts).where(or_(
+                INBOUND.c.status == "pending",
+                (INBOUND.c.status == "processing") & (INBOUND.c.claimed_at < now - LEASE),
+            )).order_by(INBOUND.c.id).limit(limit).with_for_update(skip_locked=True)
+        ).all()
+        if not rows:
+            return []
+        exhausted = [r.id for r in rows if r.attempts >= settings.process_max_attempts]
+        if exhausted:
+            conn.execute(update(INBOUND).where(INBOUND.c.id.in_(exhausted)).values(
+                status="quarantined", processed_at=now,
+                error=f"processing failed {settings.process_max_attempts} times; set aside"))
+        ids = [r.id for r in rows if r.id not in set(exhausted)]
+        if not ids:
+            return []
+        conn.execute(update(INBOUND).where(INBOUND.c.id.in_(ids)).values(
+            status="processing", claimed_at=now, attempts=INBOUND.c.attempts + 1))
+        loaded = conn.execute(
+            select(INBOUND.c.id, INBOUND.c.mail_from, INBOUND.c.rcpt_to, INBOUND.c.raw_sha256, BLOB.c.data)
+            .join(BLOB, BLOB.c.sha256 == INBOUND.c.raw_sha256).where(INBOUND.c.id.in_(ids))
+            .order_by(INBOUND.c.id)
+        ).all()
+    return [Inbound(id=r.id, mail_from=r.mail_from, rcpt_to=json.loads(r.rcpt_to), raw=r.data,
+                    raw_sha256=r.raw_sha256) for r in loaded]
+
+
+def process_pending(engine: Engine, settings: Settings, *, limit: int = 64) -> list[Processed]:
+    """Process up to `limit` stored messages; returns what happened to each."""
+    claimed = claim(engine, settings, limit)
+    if not claimed:
+        return []
+    parsed: list[ParsedMessage] = [parse(item.raw) for item in claimed]
+    secret = settings.secret()
+    results: list[Processed] = []
+    with write_tx(engine) as conn:
+        attempts = dict(conn.execute(select(INBOUND.c.id, INBOUND.c.attempts).where(
+            INBOUND.c.id.in_([c.id for c in claimed]))).all())
+        for item, message in zip(claimed, parsed):
+            now = utcnow()
+            savepoint = conn.begin_nested()
+            try:
+                outcomes = thread_message(conn, item, message, settings, secret)
+                savepoint.commit()
+            except Unprocessable as exc:
+                savepoint.rollback()
+                results.append(Processed(item.id, "quarantined", [], str(exc)))
+                conn.execute(update(INBOUND).where(INBOUND.c.id == item.id).values(
+                    status="quarantined", processed_at=now, error=str(exc)[:2000]))
+                log.info("inbound %d quarantined: %s", item.id, exc)
+                continue
+            except Exception as exc:
+                savepoint.rollback()
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+                final = attempts.get(item.id, 1) >= settings.process_max_attempts
+                status = "quarantined" if final else "pending"
+                results.append(Processed(item.id, status, [], error))
+                conn.execute(update(INBOUND).where(INBOUND.c.id == item.id).values(
+                    status=status, error=error, processed_at=now if final else None))
+                log.warning("inbound %d failed (%s): %s", item.id, status, error, exc_info=True)
+                continue
+            conn.execute(update(INBOUND).where(INBOUND.c.id == item.id).values(
+                status="done", processed_at=now, error=None))
+            results.append(Processed(item.id, "done", outcomes))
+    return results
+
+
+def drain(engine: Engine, settings: Settings) -> list[Processed]:
+    """Process until nothing is pending (tests and `gateway quarantine retry`)."""
+    done: list[Processed] = []
+    while batch := process_pending(engine, settings):
+        done.extend(batch)
+    return done
+
+
+class ProcessorThread:
+    """Runs the processor beside the servers; woken at once when the acceptor stores mail."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="processor", daemon=True)
+        self.processed = 0
+        self._idle = threading.Condition()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = process_pending(self.engine, self.settings)
+            except Exception:
+                log.exception("processor pass failed; will retry")
+                batch = []
+            if batch:
+                with self._idle:
+                    self.processed += len(batch)
+                    self._idle.notify_all()
+                continue
+            self._wake.wait(self.settings.poll_interval)
+            self._wake.clear()
+
+    def wait_processed(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until at least `count` messages were processed in total (tests, benchmarks)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self.processed >= count, timeout=timeout)

@@ -1,0 +1,126 @@
+"""Running the roles: SMTP, web and worker, together (`gateway serve`) or one per process.
+
+All roles of one process share one event loop, one engine and one acceptor; the processor
+(parse → thread → persist) runs in its own thread so parsing never stalls the SMTP and HTTP
+servers' loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from typing import Iterable
+
+import uvicorn
+from sqlalchemy import Engine
+
+from gateway.api.app import create_app
+from gateway.db import get_engine, migrate
+from gateway.ingest import Acceptor
+from gateway.processor import ProcessorThread
+from gateway.settings import Settings
+from gateway.smtp import start_smtp_server
+
+log = logging.getLogger(__name__)
+ROLES = ("smtp", "web", "worker")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, roles: Iterable[str] = ROLES, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.roles = set(roles)
+        unknown = self.roles - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown roles: {sorted(unknown)}")
+        self.engine = engine
+        self.processor: ProcessorThread | None = None
+        self.acceptor: Acceptor | None = None
+        self._smtp: asyncio.AbstractServer | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._uvicorn_task: asyncio.Task[None] | None = None
+        self.smtp_address: tuple[str, int] | None = None
+        self.http_address: tuple[str, int] | None = None
+
+    async def start(self, *, smtp_sock: socket.socket | None = None,
+                    http_sock: socket.socket | None = None) -> None:
+        url = self.settings.resolved_database_url
+        await asyncio.to_thread(migrate, url)
+        self.engine = self.engine or get_engine(url)
+        self.settings.secret()  # create the key before any role needs it
+        if "worker" in self.roles:
+            self.processor = ProcessorThread(self.engine, self.settings)
+            self.processor.start()
+        self.acceptor = Acceptor(self.engine, self.settings,
+                                 on_stored=self.processor.wake if self.processor else None)
+        await self.acceptor.start()
+        if "smtp" in self.roles:
+            self._smtp = await start_smtp_server(self.acceptor, self.engine, self.settings, sock=smtp_sock)
+            self.smtp_address = self._smtp.sockets[0].getsockname()[:2]
+        if "web" in self.roles:
+            app = create_app(self.engine, self.settings)
+            app.state.acceptor = self.acceptor
+            if http_sock is None:
+                http_sock = socket.create_server((self.settings.http_host, self.settings.http_port))
+            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                    http="httptools", loop="none", timeout_graceful_shutdown=5)
+            self._uvicorn = uvicorn.Server(config)
+            self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[http_sock]))
+            while not self._uvicorn.started:
+                if self._uvicorn_task.done():
+                    self._uvicorn_task.result()
+                await asyncio.sleep(0.01)  # uvicorn offers no start event; bounded by the check above
+            self.http_address = http_sock.getsockname()[:2]
+            log.info("HTTP listening on %s", self.http_address)
+
+    async def stop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            await self._smtp.wait_closed()
+        if self._uvicorn is not None and self._uvicorn_task is not None:
+            self._uvicorn.should_exit = True
+            await self._uvicorn_task
+        if self.acceptor is not None:
+            await self.acceptor.stop()
+        if self.processor is not None:
+            await asyncio.to_thread(self.processor.stop)
+
+
+async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
+    gateway = Gateway(settings, roles)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    parts = []
+    if gateway.smtp_address:
+        parts.append(f"SMTP on {gateway.smtp_address[0]}:{gateway.smtp_address[1]}")
+    if gateway.http_address:
+        parts.append(f"HTTP on http://{gateway.http_address[0]}:{gateway.http_address[1]}")
+    if gateway.processor:
+        parts.append("worker running")
+    log.info("gateway ready: %s (database %s)", ", ".join(parts), _safe_url(settings.resolved_database_url))
+    await stop.wait()
+    log.info("shutting down")
+    await gateway.stop()
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def run(settings: Settings, roles: Iterable[str]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        asyncio.run(run_until_signalled(settings, roles))
+        return
+    # uvloop keeps TCP_NODELAY and halves HTTP latency; aiosmtpd runs on it unchanged.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run_until_signalled(settings, roles))

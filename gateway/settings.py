@@ -1,0 +1,108 @@
+"""Every GATEWAY_* setting, parsed once and strictly.
+
+Settings come only from the environment (and an optional env file named by GATEWAY_ENV_FILE),
+so the same code runs as one `gateway serve` process or as Procfile roles. A missing secret
+key is generated once into the data directory: a fresh install needs no manual step, and every
+process sharing that directory (or that key) signs reply addresses identically.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "please-change", "xxx"}
+
+
+class Settings(BaseSettings):
+    """Frozen settings; see config/example.env for the documented list."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="ignore")
+
+    data_dir: Path = Path("./data")
+    database_url: str = ""              # default: sqlite:///<data_dir>/gateway.db
+    mail_domain: str = "mail.localhost"
+    secret_key: str = ""                # default: generated into <data_dir>/secret_key
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(2525, ge=0, le=65535)
+    smtp_hostname: str = ""             # name in the greeting; default: mail_domain
+    smtp_max_message_size: int = Field(25 * 1024 * 1024, gt=0)
+    smtp_max_recipients: int = Field(100, ge=1)
+    smtp_max_connections: int = Field(200, ge=1)
+    smtp_idle_timeout: float = Field(300.0, gt=0)    # RFC 5321 4.5.3.2: at least 5 minutes
+    smtp_data_timeout: float = Field(600.0, gt=0)    # whole DATA phase, slowloris guard
+    smtp_max_commands_without_progress: int = Field(30, ge=1)
+    smtp_tls_cert_file: Path | None = None
+    smtp_tls_key_file: Path | None = None
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+
+    flood_max_new_per_hour: int = Field(20, ge=1)    # new conversations per sender per studio
+    subject_fallback_days: int = Field(30, ge=1)
+    max_attachment_size: int = Field(25 * 1024 * 1024, gt=0)
+    process_max_attempts: int = Field(3, ge=1)       # crashes before a message is quarantined
+    poll_interval: float = Field(0.5, gt=0)          # how often role processes look for work
+
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("GATEWAY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _no_placeholder(cls, value: str) -> str:
+        if value and (value.lower() in _PLACEHOLDER_SECRETS or len(value) < 16):
+            raise ValueError("GATEWAY_SECRET_KEY must be at least 16 random characters, not a placeholder")
+        return value
+
+    @field_validator("mail_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not value or any(c in value for c in "@ \r\n\t<>"):
+            raise ValueError("GATEWAY_MAIL_DOMAIN must be a bare domain such as mail.example.com")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+
+    @property
+    def resolved_smtp_hostname(self) -> str:
+        return self.smtp_hostname or self.mail_domain
+
+    def secret(self) -> bytes:
+        """The HMAC key for reply addresses: configured, or generated once and kept on disk."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret_key"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # O_EXCL: two processes starting at once must not each write their own key.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip().encode()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+            fh.flush()
+            os.fsync(fh.fileno())
+        return path.read_text().strip().encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    env_file = os.environ.get("GATEWAY_ENV_FILE")
+    return Settings(_env_file=env_file) if env_file else Settings()  # type: ignore[call-arg]

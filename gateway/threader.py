@@ -1,0 +1,245 @@
+"""Thread a parsed message into its studios' conversations and persist it.
+
+Rules, in order (each message records the one that placed it, so a misfiled message can be
+explained): the signed reply address, In-Reply-To, References (newest first), a DSN's
+original Message-ID for bounces, then the subject fallback for clients that drop headers
+(same guest, same normalised subject, active in the last N days), else a new conversation.
+
+Header matches are looked up only among the Message-IDs stored for the same studio, so a
+forged or guessed id from another studio never attaches anything; and a reply whose sender is
+not a participant of the conversation it names is held for the studio to accept or reject
+instead of being shown as the guest's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from gateway.automatic import AutoInfo, classify
+from gateway.blobs import blob_store
+from gateway.conversations import normalize_subject, parse_studio_address, verify_reply_token
+from gateway.db import insert_ignore
+from gateway.headers import fingerprint, normalize_email
+from gateway.ingest import CONVERSATION, GUEST, MESSAGE, STUDIO
+from gateway.mime import Address, ParsedMessage
+from gateway.models import Attachment, utcnow
+from gateway.quotes import split_reply
+from gateway.settings import Settings
+
+ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
+
+
+class Unprocessable(Exception):
+    """The message can never be threaded as it is: quarantine it at once with this reason."""
+
+
+@dataclass
+class Outcome:
+    studio_id: int
+    message_id: int | None      # None: duplicate or not stored (automatic mail with no thread)
+    conversation_id: int | None
+    rule: str                   # thread rule, or "duplicate" / "unthreaded-automatic"
+
+
+@dataclass
+class Inbound:
+    id: int
+    mail_from: str
+    rcpt_to: list[str]
+    raw: bytes
+    raw_sha256: str
+
+
+def synthesize_message_id(print_: str, domain: str) -> str:
+    """A stable id for mail without one, so a retried delivery still dedupes."""
+    return f"synth.{print_[:32]}@{domain}"
+
+
+def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, settings: Settings,
+                   secret: bytes) -> list[Outcome]:
+    if parsed.parser == "headers-only":
+        raise Unprocessable("MIME structure unreadable: " + "; ".join(parsed.defects[:3]))
+    sender = _sender(parsed, inbound.mail_from)
+    if not sender.email:
+        raise Unprocessable("no sender address in From or the envelope")
+    auto = classify(parsed, inbound.mail_from)
+    print_ = fingerprint(inbound.raw)
+    message_id = parsed.message_id or synthesize_message_id(print_, settings.mail_domain)
+    dedupe_key = hashlib.sha256(f"{message_id}\n{print_}".encode()).hexdigest()
+
+    outcomes = []
+    seen_studios: set[int] = set()
+    for rcpt in inbound.rcpt_to:
+        address = parse_studio_address(rcpt, settings.mail_domain)
+        if address is None:
+            continue
+        studio_id = conn.execute(select(STUDIO.c.id).where(STUDIO.c.slug == address.slug)).scalar()
+        if studio_id is None or studio_id in seen_studios:
+            continue  # studio deleted since RCPT, or the same studio twice (slug and slug+x)
+        seen_studios.add(studio_id)
+        outcomes.append(_thread_for_studio(conn, studio_id, address.detail, inbound, parsed, sender,
+                                           auto, message_id, dedupe_key, settings, secret))
+    if not outcomes:
+        raise Unprocessable("no known studio among the recipients " + ", ".join(inbound.rcpt_to)[:300])
+    return outcomes
+
+
+def _sender(parsed: ParsedMessage, mail_from: str) -> Address:
+    if parsed.from_ and parsed.from_.email and "@" in parsed.from_.email:
+        return Address(email=normalize_email(parsed.from_.email), name=parsed.from_.name)
+    return Address(email=normalize_email(mail_from), name="")
+
+
+def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: Inbound,
+                       parsed: ParsedMessage, sender: Address, auto: AutoInfo, message_id: str,
+                       dedupe_key: str, settings: Settings, secret: bytes) -> Outcome:
+    if conn.execute(select(MESSAGE.c.id).where(MESSAGE.c.studio_id == studio_id,
+                                               MESSAGE.c.dedupe_key == dedupe_key)).first():
+        return Outcome(studio_id, None, None, "duplicate")
+
+    conversation, rule = _find_conversation(conn, studio_id, detail, parsed, sender, auto, settings, secret)
+    bounced: list[Any] = []
+    if auto.kind == "bounce" and auto.bounced_message_ids:
+        bounced = list(conn.execute(
+            select(MESSAGE.c.id, MESSAGE.c.conversation_id).where(
+                MESSAGE.c.studio_id == studio_id, MESSAGE.c.message_id.in_(list(auto.bounced_message_ids)[:50]))
+        ))
+        if conversation is None and bounced and bounced[0].conversation_id is not None:
+            conversation = _load_conversation(conn, studio_id, bounced[0].conversation_id)
+            rule = "bounce"
+
+    if conversation is None and auto.automatic:
+        # Automatic mail never opens a conversation; its raw bytes stay in inbound_mail.
+        return Outcome(studio_id, None, None, "unthreaded-automatic")
+
+    now = utcnow()
+    if conversation is None:
+        guest_id = _upsert_guest(conn, studio_id, sender)
+        subject = parsed.subject or ""
+        conversation_id = conn.execute(
+            insert(CONVERSATION).returning(CONVERSATION.c.id),
+            {"studio_id": studio_id, "guest_id": guest_id, "subject": subject,
+             "subject_key": normalize_subject(subject), "status": "open", "created_at": now,
+             "last_message_at": now, "message_count": 0},
+        ).scalar_one()
+        state = "visible"
+    else:
+        conversation_id = conversation.id
+        state = "visible" if auto.automatic or rule == "subject" or _is_participant(
+            conn, conversation, sender.email) else "held"
+
+    row = {
+        "studio_id": studio_id, "conversation_id": conversation_id, "inbound_mail_id": inbound.id,
+        "direction": "inbound", "state": state, "from_email": sender.email[:320],
+        "from_name": sender.name[:200], "to_json": _addresses(parsed.to), "cc_json": _addresses(parsed.cc),
+        "subject": parsed.subject or "", "text": split_reply(parsed.text), "full_text": parsed.text,
+        "html": parsed.html, "message_id": message_id[:998],
+        "in_reply_to": parsed.in_reply_to[0] if parsed.in_reply_to else None,
+        "references_json": json.dumps(parsed.references[-100:]), "sent_at": parsed.date,
+        "received_at": now, "thread_rule": rule, "automatic": auto.automatic, "auto_kind": auto.kind,
+        "raw_sha256": inbound.raw_sha256, "dedupe_key": dedupe_key, "parser": parsed.parser,
+        "defects_json": json.dumps(parsed.defects[:50]),
+    }
+    inserted = conn.execute(insert_ignore(conn, MESSAGE).returning(MESSAGE.c.id), row).scalar()
+    if inserted is None:  # a concurrent processor stored the same delivery first
+        raise _RaceLost()
+    _store_attachments(conn, studio_id, inserted, parsed, settings)
+
+    if state == "visible":
+        values: dict[str, Any] = {"message_count": CONVERSATION.c.message_count + 1, "last_message_at": now}
+        if not auto.automatic:
+            values["status"] = "open"  # a reply to a closed conversation reopens it
+        conn.execute(update(CONVERSATION).where(CONVERSATION.c.id == conversation_id).values(**values))
+    if bounced:
+        conn.execute(update(MESSAGE).where(
+            MESSAGE.c.id.in_([b.id for b in bounced]), MESSAGE.c.direction == "outbound"
+        ).values(delivery="bounced", bounce_of_id=inserted))
+    return Outcome(studio_id, inserted, conversation_id, rule)
+
+
+class _RaceLost(Exception):
+    """Another processor inserted this message first; the caller rolls back and retries."""
+
+
+def _find_conversation(conn: Connection, studio_id: int, detail: str, parsed: ParsedMessage,
+                       sender: Address, auto: AutoInfo, settings: Settings,
+                       secret: bytes) -> tuple[Any, str]:
+    if detail:
+        conversation_id = verify_reply_token(secret, studio_id, detail)
+        if conversation_id is not None:
+            conversation = _load_conversation(conn, studio_id, conversation_id)
+            if conversation is not None:
+                return conversation, "reply_address"
+    for rule, ids in (("in_reply_to", parsed.in_reply_to[:20]), ("references", parsed.references[::-1][:100])):
+        if not ids:
+            continue
+        rows = conn.execute(
+            select(MESSAGE.c.message_id, MESSAGE.c.conversation_id).where(
+                MESSAGE.c.studio_id == studio_id, MESSAGE.c.message_id.in_(ids),
+                MESSAGE.c.conversation_id.is_not(None))
+        ).all()
+        found = {r.message_id: r.conversation_id for r in rows}
+        for candidate in ids:  # references newest first
+            if candidate in found:
+                conversation = _load_conversation(conn, studio_id, found[candidate])
+                if conversation is not None:
+                    return conversation, rule
+    if not auto.automatic:
+        since = utcnow() - timedelta(days=settings.subject_fallback_days)
+        key = normalize_subject(parsed.subject or "")
+        row = conn.execute(
+            select(CONVERSATION).join(GUEST, CONVERSATION.c.guest_id == GUEST.c.id).where(
+                CONVERSATION.c.studio_id == studio_id, GUEST.c.email == sender.email,
+                CONVERSATION.c.subject_key == key, CONVERSATION.c.last_message_at >= since)
+            .order_by(CONVERSATION.c.last_message_at.desc()).limit(1)
+        ).first()
+        if row is not None:
+            return row, "subject"
+    return None, "new"
+
+
+def _load_conversation(conn: Connection, studio_id: int, conversation_id: int) -> Any:
+    return conn.execute(select(CONVERSATION).where(
+        CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id)).first()
+
+
+def _is_participant(conn: Connection, conversation: Any, email: str) -> bool:
+    guest_email = conn.execute(select(GUEST.c.email).where(GUEST.c.id == conversation.guest_id)).scalar()
+    if guest_email == email:
+        return True
+    return conn.execute(select(MESSAGE.c.id).where(
+        MESSAGE.c.conversation_id == conversation.id, MESSAGE.c.direction == "inbound",
+        MESSAGE.c.state == "visible", MESSAGE.c.from_email == email).limit(1)).first() is not None
+
+
+def _upsert_guest(conn: Connection, studio_id: int, sender: Address) -> int:
+    conn.execute(insert_ignore(conn, GUEST), {"studio_id": studio_id, "email": sender.email[:320],
+                                             "name": sender.name[:200], "created_at": utcnow()})
+    row = conn.execute(select(GUEST.c.id, GUEST.c.name).where(
+        GUEST.c.studio_id == studio_id, GUEST.c.email == sender.email)).one()
+    if not row.name and sender.name:
+        conn.execute(update(GUEST).where(GUEST.c.id == row.id).values(name=sender.name[:200]))
+    return int(row.id)
+
+
+def _addresses(addresses: list[Address]) -> str:
+    return json.dumps([{"email": a.email, "name": a.name} for a in addresses[:100]])
+
+
+def _store_attachments(conn: Connection, studio_id: int, message_id: int, parsed: ParsedMessage,
+                       settings: Settings) -> None:
+    kept = [a for a in parsed.attachments if a.size <= settings.max_attachment_size]
+    if not kept:
+        return
+    digests = blob_store.put_many(conn, [a.data for a in kept])
+    conn.execute(insert(ATTACHMENT), [
+        {"studio_id": studio_id, "message_id": message_id, "filename": a.filename[:255],
+         "content_type": a.content_type[:255], "size": a.size, "sha256": digest,
+         "inline": a.inline, "content_id": a.content_id}
+        for a, digest in zip(kept, digests)
+    ])

@@ -1,0 +1,264 @@
+"""Shared fixtures: real databases (SQLite files, and PostgreSQL when configured) and a real
+gateway (aiosmtpd + uvicorn) on ephemeral ports, driven over real sockets.
+
+Every storage test runs on SQLite; with GATEWAY_TEST_DATABASE_URL set it runs on PostgreSQL
+too, in a throwaway database cloned from a migrated template, so runs never collide.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import smtplib
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from gateway.db import dispose_engines, make_engine, migrate, normalise_url, write_tx
+from gateway.processor import Processed, drain
+from gateway.runtime import Gateway
+from gateway.settings import Settings
+from gateway.studios import add_studio
+
+PG_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite"] + (["postgres"] if PG_URL else [])
+MAIL_DOMAIN = "mail.test"
+SECRET = "test-secret-key-0123456789abcdef"
+
+
+def _pg_admin() -> Engine:
+    return create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
+
+
+def _pg_url_for(dbname: str) -> str:
+    base = normalise_url(PG_URL)
+    return base.rsplit("/", 1)[0] + "/" + dbname
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    migrate(f"sqlite:///{path}")
+    dispose_engines()
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    if not PG_URL:
+        yield ""
+        return
+    admin = _pg_admin()
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # CI sets the URL: an unreachable server is a failure, not a skip
+        pytest.exit(f"GATEWAY_TEST_DATABASE_URL is set but PostgreSQL is unreachable: {exc}", returncode=3)
+    name = f"gwtpl_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    migrate(_pg_url_for(name))
+    dispose_engines()
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        path = tmp_path / "gateway.db"
+        shutil.copyfile(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        dispose_engines()
+        return
+    template = request.getfixturevalue("pg_template")
+    name = f"gwt_{uuid.uuid4().hex[:12]}"
+    admin = _pg_admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY'))
+    yield _pg_url_for(name)
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        data_dir=tmp_path / "data", database_url=database_url, mail_domain=MAIL_DOMAIN,
+        secret_key=SECRET, smtp_host="127.0.0.1", smtp_port=0, http_host="127.0.0.1", http_port=0,
+        poll_interval=0.05,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings.resolved_database_url, busy_timeout=2.0)
+    yield engine
+    engine.dispose()
+
+
+@dataclass
+class StudioInfo:
+    id: int
+    slug: str
+    token: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.slug}@{MAIL_DOMAIN}"
+
+
+@dataclass
+class SmtpReply:
+    code: int
+    text: str
+
+    @property
+    def inbound_id(self) -> int | None:
+        match = re.search(r"\((\d+)\)", self.text)
+        return int(match.group(1)) if match else None
+
+
+@dataclass
+class RunningGateway:
+    """A gateway on its own event loop thread, as `gateway serve` runs it."""
+
+    gateway: Gateway
+    engine: Engine
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    studios: dict[str, StudioInfo] = field(default_factory=dict)
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    @property
+    def smtp_port(self) -> int:
+        assert self.gateway.smtp_address
+        return self.gateway.smtp_address[1]
+
+    @property
+    def base_url(self) -> str:
+        assert self.gateway.http_address
+        host, port = self.gateway.http_address
+        return f"http://{host}:{port}"
+
+    def add_studio(self, slug: str, name: str | None = None, owner: str | None = None) -> StudioInfo:
+        with write_tx(self.engine) as conn:
+            studio_id, token = add_studio(conn, slug, name or slug.title(), owner or f"owner@{slug}.example")
+        info = self.studios[slug] = StudioInfo(studio_id, slug, token)
+        return info
+
+    def smtp(self) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30)
+
+    def send(self, raw: bytes | str, rcpt: str | list[str], mail_from: str = "guest@example.org") -> SmtpReply:
+        """One message over a fresh SMTP connection; the DATA reply (or the first refusal)."""
+        with self.smtp() as client:
+            return send_on(client, raw, rcpt, mail_from)
+
+    def process(self) -> list[Processed]:
+        """Run the pipeline's back half now, as the worker would."""
+        return drain(self.engine, self.settings)
+
+    def api(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        client = httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+        self.clients.append(client)  # closed in stop()
+        return client
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        asyncio.run_coroutine_threadsafe(self.gateway.stop(), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.engine.dispose()
+
+
+def send_on(client: smtplib.SMTP, raw: bytes | str, rcpt: str | list[str],
+            mail_from: str = "guest@example.org") -> SmtpReply:
+    data = raw.encode() if isinstance(raw, str) else raw
+    client.ehlo_or_helo_if_needed()
+    options = ["SMTPUTF8"] if any(ord(c) > 127 for c in mail_from) else []
+    code, msg = client.mail(mail_from, options)
+    if code != 250:
+        client.rset()
+        return SmtpReply(code, msg.decode())
+    accepted = 0
+    last = SmtpReply(0, "")
+    for address in [rcpt] if isinstance(rcpt, str) else rcpt:
+        code, msg = client.rcpt(address)
+        last = SmtpReply(code, msg.decode())
+        accepted += code in (250, 251)
+    if not accepted:
+        client.rset()
+        return last
+    code, msg = client.data(data)
+    return SmtpReply(code, msg.decode())
+
+
+def start_gateway(settings: Settings, roles: tuple[str, ...] = ("smtp", "web")) -> RunningGateway:
+    engine = make_engine(settings.resolved_database_url, busy_timeout=2.0)
+    gateway = Gateway(settings, roles, engine=engine)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def runner() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def boot() -> None:
+            smtp_sock = socket.create_server(("127.0.0.1", 0)) if "smtp" in roles else None
+            http_sock = socket.create_server(("127.0.0.1", 0)) if "web" in roles else None
+            await gateway.start(smtp_sock=smtp_sock, http_sock=http_sock)
+
+        try:
+            loop.run_until_complete(boot())
+        except BaseException as exc:  # surfaced to the test below
+            failure.append(exc)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    thread = threading.Thread(target=runner, name="gateway", daemon=True)
+    thread.start()
+    assert started.wait(60), "gateway did not start"
+    if failure:
+        raise failure[0]
+    return RunningGateway(gateway, engine, settings, loop, thread)
+
+
+@pytest.fixture
+def gw(settings: Settings) -> Iterator[RunningGateway]:
+    """SMTP + HTTP API; the processor is driven explicitly with `gw.process()`."""
+    running = start_gateway(settings)
+    yield running
+    running.stop()
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eml"
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
