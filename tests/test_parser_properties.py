@@ -1,0 +1,134 @@
+"""Property tests: no bytes make parse, split_reply or classify raise.
+
+Seeds are the scenario fixtures and CPython's email corpus; hypothesis mutates them
+(bit flips, inserted CR/LF/NUL, truncation, duplicated boundaries, random headers).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.automatic import AutoInfo, classify
+from gateway.mime import ParsedMessage, parse
+from gateway.quotes import split_reply
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eml"
+CORPUS = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
+    / "test" / "test_email" / "data"
+SEEDS = [p.read_bytes() for p in sorted(FIXTURES.glob("*.eml"))] + \
+    [p.read_bytes() for p in sorted(CORPUS.glob("msg_*.txt"))]
+
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def check(raw: bytes) -> None:
+    msg = parse(raw)
+    assert isinstance(msg, ParsedMessage)
+    assert msg.parser in ("flanker", "stdlib", "headers-only")
+    assert msg.date is None or msg.date.utcoffset() is not None
+    assert all("\n" not in v and "\r" not in v for _, v in msg.headers)
+    assert all("/" not in a.filename and "\\" not in a.filename and a.filename for a in msg.attachments)
+    reply = split_reply(msg.text)
+    assert isinstance(reply, str)
+    if msg.text.strip():
+        assert reply
+    info = classify(msg, "")
+    assert isinstance(info, AutoInfo) and info.automatic
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(["flip", "insert", "truncate", "boundary", "header", "delete"]))
+        pos = draw(st.integers(0, max(len(data) - 1, 0)))
+        if op == "flip" and data:
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "insert":
+            data[pos:pos] = draw(st.sampled_from([b"\r", b"\n", b"\r\n", b"\x00", b"\r\n\r\n",
+                                                  b"=?utf-8?q?=C3?=", b"\xff\xfe", b"--"]))
+        elif op == "truncate":
+            del data[pos:]
+        elif op == "delete":
+            del data[pos:pos + draw(st.integers(1, 64))]
+        elif op == "boundary":
+            start = data.find(b"\n--", pos)
+            if start >= 0:
+                end = data.find(b"\n", start + 1)
+                line = data[start:end if end > 0 else len(data)]
+                data[start:start] = line * draw(st.integers(1, 20))
+        elif op == "header":
+            name = draw(st.sampled_from([b"Content-Type", b"Content-Disposition", b"Subject",
+                                         b"From", b"References", b"Content-Transfer-Encoding",
+                                         b"Date", b"Message-ID", b"X-Random"]))
+            value = draw(st.binary(max_size=80))
+            data[0:0] = name + b": " + value + b"\r\n"
+    return bytes(data)
+
+
+@SETTINGS
+@given(mutated())
+def test_mutated_messages_never_raise(raw: bytes) -> None:
+    check(raw)
+
+
+@SETTINGS
+@given(st.binary(max_size=4096))
+def test_random_bytes_never_raise(raw: bytes) -> None:
+    check(raw)
+
+
+header_names = st.sampled_from(["From", "To", "Cc", "Reply-To", "Subject", "Date", "Message-ID",
+                                "In-Reply-To", "References", "Content-Type",
+                                "Content-Transfer-Encoding", "Content-Disposition",
+                                "Auto-Submitted", "Precedence", "List-Id", "MIME-Version"])
+
+
+@st.composite
+def generated(draw: st.DrawFn) -> bytes:
+    """Structurally plausible messages: random headers around random MIME trees."""
+    def part(depth: int) -> bytes:
+        if depth < 3 and draw(st.booleans()):
+            boundary = draw(st.text("abcXYZ019=_-", min_size=1, max_size=12))
+            sub = draw(st.sampled_from(["mixed", "alternative", "related", "report"]))
+            children = b"".join(b"--" + boundary.encode() + b"\r\n" + part(depth + 1) + b"\r\n"
+                                for _ in range(draw(st.integers(0, 4))))
+            closing = b"--" + boundary.encode() + b"--\r\n" if draw(st.booleans()) else b""
+            return (f'Content-Type: multipart/{sub}; boundary="{boundary}"\r\n\r\n'.encode()
+                    + children + closing)
+        ctype = draw(st.sampled_from(["text/plain", "text/html", "image/png",
+                                      "message/delivery-status", "message/rfc822",
+                                      "text/rfc822-headers", "application/pdf"]))
+        charset = draw(st.sampled_from(["utf-8", "iso-8859-1", "x-unknown", "utf8", "", "zlib"]))
+        cte = draw(st.sampled_from(["", "base64", "quoted-printable", "8bit", "x-uue"]))
+        body = draw(st.binary(max_size=300))
+        head = f"Content-Type: {ctype}; charset={charset}\r\n"
+        if cte:
+            head += f"Content-Transfer-Encoding: {cte}\r\n"
+        if draw(st.booleans()):
+            head += "Content-Disposition: attachment; filename*=utf-8''%2E%2E%2Fx%00.bin\r\n"
+        return head.encode() + b"\r\n" + body
+
+    headers = b"".join(
+        draw(header_names).encode() + b": "
+        + draw(st.text(max_size=60)).encode("utf-8", "surrogatepass") + b"\r\n"
+        for _ in range(draw(st.integers(0, 8))))
+    return headers + part(0)
+
+
+@SETTINGS
+@given(generated())
+def test_generated_messages_never_raise(raw: bytes) -> None:
+    check(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=2000))
+def test_split_reply_never_raises_and_never_empties(text: str) -> None:
+    reply = split_reply(text)
+    assert isinstance(reply, str)
+    assert bool(reply) == bool(text.strip())
