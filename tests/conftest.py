@@ -14,6 +14,7 @@ import smtplib
 import socket
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -73,6 +74,21 @@ def pg_template() -> Iterator[str]:
     admin.dispose()
 
 
+@contextmanager
+def _throwaway_pg_database(template: str) -> Iterator[str]:
+    name = f"gwt_{uuid.uuid4().hex[:12]}"
+    admin = _pg_admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY'))
+    try:
+        yield _pg_url_for(name)
+    finally:
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
     if request.param == "sqlite":
@@ -81,16 +97,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
         yield f"sqlite:///{path}"
         dispose_engines()
         return
-    template = request.getfixturevalue("pg_template")
-    name = f"gwt_{uuid.uuid4().hex[:12]}"
-    admin = _pg_admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY'))
-    yield _pg_url_for(name)
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with _throwaway_pg_database(request.getfixturevalue("pg_template")) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_database_url(pg_template: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database, for scenarios that exist only there."""
+    if not pg_template:
+        pytest.skip("PostgreSQL scenarios run when GATEWAY_TEST_DATABASE_URL is set (as in CI)")
+    with _throwaway_pg_database(pg_template) as url:
+        yield url
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
