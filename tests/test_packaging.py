@@ -1,0 +1,62 @@
+"""A plain `pip install .` (not editable) carries everything the gateway needs at run time."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_ships_code_migrations_templates_and_config_and_runs_from_elsewhere(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True, timeout=300, capture_output=True)
+    [wheel] = list((tmp_path / "dist").glob("*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {p.relative_to(ROOT).as_posix() for folder in ("gateway", "webhooks")
+                for p in (ROOT / folder).rglob("*.py")}
+    assert expected <= names, f"missing from the wheel (add the package to pyproject): {sorted(expected - names)}"
+    assert "gateway/config_files/example.env" in names
+    assert "gateway/migrations/script.py.mako" in names
+    templates = {p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*") if p.is_file()}
+    assert {f"gateway/templates/{t}" for t in templates} <= names
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+                    str(wheel)], check=True, timeout=300, capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(PYTHONPATH=str(site), GATEWAY_DATA_DIR=str(elsewhere / "data"), GATEWAY_MAIL_DOMAIN="mail.test")
+    code = ("import sys, gateway; assert gateway.__file__.startswith(sys.argv[1]), gateway.__file__; "
+            "from gateway.cli import main; sys.exit(main(sys.argv[2:]))")
+    out = subprocess.run([sys.executable, "-c", code, str(site), "studio", "add", "inkwell", "--name", "Inkwell",
+                          "--owner-email", "owner@inkwell.example", "--json"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    created = json.loads(out.stdout)
+    assert created["slug"] == "inkwell" and created["address"] == "inkwell@mail.test"
+    assert created["token"].startswith("gw_")
+    assert (elsewhere / "data" / "gateway.db").exists()
+
+
+def test_studio_add_refuses_bad_input_and_duplicates(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(GATEWAY_DATA_DIR=str(tmp_path / "data"), GATEWAY_MAIL_DOMAIN="mail.test")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "studio", "add", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    assert run("Bad Slug!", "--name", "X", "--owner-email", "o@x.example").returncode == 1
+    assert run("ink", "--name", "X\r\nBcc: evil@x", "--owner-email", "o@x.example").returncode == 1
+    assert run("ink", "--name", "X", "--owner-email", "o@x.example").returncode == 0
+    again = run("ink", "--name", "X", "--owner-email", "o@x.example")
+    assert again.returncode == 1 and "exists already" in again.stderr
+    bad_setting = subprocess.run([sys.executable, "-m", "gateway.cli", "migrate"], cwd=tmp_path,
+                                 env={**env, "GATEWAY_SECRET_KEY": "changeme"}, capture_output=True, text=True,
+                                 timeout=120)
+    assert bad_setting.returncode == 2 and "GATEWAY_SECRET_KEY" in bad_setting.stderr
