@@ -110,7 +110,7 @@ class Conversation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     studio_id: int = Field(foreign_key="studio.id")
     guest_id: int = Field(foreign_key="guest.id")
-    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     subject_key: str = Field(default="", max_length=200)   # normalised subject for the fallback
     status: str = Field(default="open", max_length=16)      # open | closed
     created_at: datetime = Field(default_factory=utcnow)
@@ -139,15 +139,15 @@ class Message(SQLModel, table=True):
     state: str = Field(default="visible", max_length=16)
     from_email: str = Field(default="", max_length=320)
     from_name: str = Field(default="", max_length=200)
-    to_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
-    cc_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
-    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
-    text: str = Field(default="", sa_column=Column(Text, nullable=False))
-    full_text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    to_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    cc_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    full_text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     html: str | None = Field(default=None, sa_column=Column(Text))
     message_id: str = Field(max_length=998)
     in_reply_to: str | None = Field(default=None, sa_column=Column(Text))
-    references_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    references_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
     sent_at: datetime | None = None
     received_at: datetime = Field(default_factory=utcnow)
     thread_rule: str = Field(default="new", max_length=32)
@@ -158,7 +158,7 @@ class Message(SQLModel, table=True):
     raw_sha256: str | None = Field(default=None, foreign_key="blob.sha256", max_length=64)
     dedupe_key: str | None = Field(default=None, max_length=64)
     parser: str = Field(default="", max_length=16)
-    defects_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    defects_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
 
 
 class Attachment(SQLModel, table=True):
