@@ -33,13 +33,18 @@ ERR_FLOOD = "450 4.7.1 Too many new conversations from this sender, please try a
 ERR_NO_RCPT = "554 5.5.1 No valid recipients"
 ERR_TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
 
-# Commands that make no progress are capped per session; MAIL/RCPT/DATA/RSET are the
-# progress of a connection that delivers many messages, so they get room for that.
-COMMAND_LIMITS: dict[str, int] = {
-    "MAIL": 10_000, "RCPT": 100_000, "DATA": 10_000, "RSET": 10_000, "QUIT": 1,
-    "NOOP": 50, "HELP": 10, "VRFY": 10, "EXPN": 10, "EHLO": 10, "HELO": 10, "STARTTLS": 2,
-    "*": 20,
-}
+
+def command_limits(settings: Settings) -> dict[str, int]:
+    """Per-session command budgets (aiosmtpd answers `421 4.7.0` and hangs up past one).
+
+    Commands that make no progress (NOOP, HELP, VRFY, EXPN, anything unlisted) share the
+    configured cap; MAIL/RCPT/DATA/RSET are the progress of a connection that delivers many
+    messages, so they get room for that.
+    """
+    idle = settings.smtp_max_commands_without_progress
+    return {"MAIL": 10_000, "RCPT": 100_000, "DATA": 10_000, "RSET": 10_000, "QUIT": 1,
+            "EHLO": 10, "HELO": 10, "STARTTLS": 2, "NOOP": idle, "HELP": idle, "VRFY": idle,
+            "EXPN": idle, "*": idle}
 
 
 class StudioDirectory:
@@ -186,7 +191,7 @@ async def start_smtp_server(acceptor: Acceptor, engine: Engine, settings: Settin
             data_size_limit=settings.smtp_max_message_size, enable_SMTPUTF8=True, decode_data=False,
             hostname=settings.resolved_smtp_hostname, ident="studio-gateway ESMTP",
             tls_context=context, timeout=settings.smtp_idle_timeout,
-            command_call_limit=COMMAND_LIMITS,
+            command_call_limit=command_limits(settings),
         )
 
     loop = asyncio.get_running_loop()

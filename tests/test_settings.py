@@ -1,0 +1,44 @@
+"""Settings: documented, parsed strictly, the secret generated once."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.settings import Settings
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.env"
+
+
+def test_every_setting_is_documented_in_the_example() -> None:
+    documented = set(re.findall(r"^#?\s*(GATEWAY_[A-Z0-9_]+)=", EXAMPLE.read_text(), re.M))
+    fields = {f"GATEWAY_{name.upper()}" for name in Settings.model_fields}
+    assert fields == documented
+
+
+def test_defaults_match_the_issue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(__import__("os").environ):
+        if key.startswith("GATEWAY_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()
+    assert (settings.smtp_host, settings.smtp_port, settings.http_host, settings.http_port) == (
+        "127.0.0.1", 2525, "127.0.0.1", 8000)
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'data' / 'gateway.db'}"
+    assert settings.smtp_max_message_size == 25 * 1024 * 1024 and settings.smtp_max_recipients == 100
+
+
+def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    first = settings.secret()
+    assert len(first) >= 48 and Settings(data_dir=tmp_path).secret() == first
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("field,value", [("secret_key", "changeme"), ("mail_domain", "a@b"),
+                                         ("smtp_port", "70000"), ("log_level", "LOUD")])
+def test_bad_values_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**{field: value})
