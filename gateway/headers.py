@@ -71,7 +71,8 @@ def peek(raw: bytes) -> HeaderPeek:
         end, sep = lf_end, 2
     if end < 0:
         end, sep = min(len(raw), MAX_HEADER_BYTES), 0
-    block = raw[:end].decode("utf-8", "replace").replace("\r\n", "\n")
+    # NUL is dropped: PostgreSQL refuses it in text and parameters, and it means nothing here.
+    block = raw[:end].decode("utf-8", "replace").replace("\r\n", "\n").replace("\x00", "")
     fields: dict[str, str] = {}
     name = None
     for line in block.split("\n"):

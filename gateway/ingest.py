@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Callable
 
 from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy.exc import OperationalError
 
 from gateway.blobs import blob_store
 from gateway.conversations import normalize_subject, parse_studio_address, verify_reply_token
@@ -198,5 +199,25 @@ class Acceptor:
                 self.on_stored()
 
     def _write(self, batch: list[_Pending]) -> list[int | Exception]:
-        with write_tx(self.engine) as conn:
-            return store_batch(conn, [(p.raw, p.envelope) for p in batch], self.settings, self.secret)
+        items = [(p.raw, p.envelope) for p in batch]
+        try:
+            with write_tx(self.engine) as conn:
+                return store_batch(conn, items, self.settings, self.secret)
+        except OperationalError:
+            raise  # the database is unreachable or locked: every item of the batch must retry
+        except Exception:
+            if len(items) == 1:
+                raise
+        # Something in one message upset the database: store the others one by one, so an
+        # innocent sender in the same group commit is not told to retry because of it.
+        results: list[int | Exception] = []
+        for item in items:
+            try:
+                with write_tx(self.engine) as conn:
+                    results.extend(store_batch(conn, [item], self.settings, self.secret))
+            except OperationalError:
+                raise
+            except Exception as exc:
+                log.warning("storing one message failed: %s", type(exc).__name__, exc_info=True)
+                results.append(TemporaryFailure(type(exc).__name__))
+        return results

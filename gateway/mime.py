@@ -933,12 +933,43 @@ def parse(raw: bytes) -> ParsedMessage:
     taken is in ``parser`` and every problem met on the way is in ``defects``.
     """
     try:
-        return _parse(raw)
+        return _without_nul(_parse(raw))
     except BaseException as exc:  # noqa: BLE001 - the contract is "never raises"
         if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
         return ParsedMessage(from_=None, parser="headers-only",
                              defects=[f"parse failed: {_short(exc)}"])
+
+
+def _nul_free(value: str) -> str:
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _without_nul(result: ParsedMessage) -> ParsedMessage:
+    """Replace NUL in every decoded string: PostgreSQL text columns and query parameters
+    refuse it outright, and no mail client means anything by it (SQLite would store it)."""
+    result.subject = _nul_free(result.subject)
+    result.text = _nul_free(result.text)
+    if result.html is not None:
+        result.html = _nul_free(result.html)
+    if result.message_id is not None:
+        result.message_id = _nul_free(result.message_id)
+    result.in_reply_to = [_nul_free(i) for i in result.in_reply_to]
+    result.references = [_nul_free(i) for i in result.references]
+    for name in ("to", "cc", "reply_to"):
+        setattr(result, name, [Address(_nul_free(a.email), _nul_free(a.name)) for a in getattr(result, name)])
+    if result.from_ is not None:
+        result.from_ = Address(_nul_free(result.from_.email), _nul_free(result.from_.name))
+    result.headers = [(_nul_free(k), _nul_free(v)) for k, v in result.headers]
+    result.dsn_original_message_ids = [_nul_free(i) for i in result.dsn_original_message_ids]
+    result.dsn_failed_recipients = [_nul_free(i) for i in result.dsn_failed_recipients]
+    result.defects = [_nul_free(d) for d in result.defects]
+    for attachment in result.attachments:
+        attachment.filename = _nul_free(attachment.filename).replace("\ufffd", "")
+        attachment.content_type = _nul_free(attachment.content_type)
+        if attachment.content_id is not None:
+            attachment.content_id = _nul_free(attachment.content_id)
+    return result
 
 
 def _parse(raw: bytes) -> ParsedMessage:

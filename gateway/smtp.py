@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 import time
@@ -22,6 +23,7 @@ from gateway.ingest import STUDIO, Acceptor, Envelope, FloodLimited, TemporaryFa
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # One place, one wording (RFC 3463 enhanced status codes).
 OK_RCPT = "250 2.1.5 Recipient OK"
@@ -31,6 +33,8 @@ ERR_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 ERR_TEMPORARY = "451 4.3.0 Temporary local problem, please try again later"
 ERR_FLOOD = "450 4.7.1 Too many new conversations from this sender, please try again later"
 ERR_NO_RCPT = "554 5.5.1 No valid recipients"
+ERR_BAD_SENDER = "501 5.1.7 Bad sender address syntax"
+OK_SENDER = "250 2.1.0 Sender OK"
 ERR_TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
 
 
@@ -79,6 +83,16 @@ class GatewayHandler:
         self.directory = directory
         self.settings = settings
 
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        # Control characters in a reverse-path are never valid (RFC 5321 4.1.2) and would
+        # otherwise reach the database and logs; the null reverse-path "<>" arrives as "".
+        if _CONTROL.search(address) or len(address) > 320:
+            return ERR_BAD_SENDER
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return OK_SENDER
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.settings.smtp_max_recipients:
@@ -104,7 +118,7 @@ class GatewayHandler:
         peer = session.peer
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         if session.host_name:
-            peer_text += f" helo={session.host_name}"
+            peer_text += " helo=" + _CONTROL.sub("", session.host_name)[:100]
         try:
             inbound_id = await self.acceptor.accept(raw, Envelope(
                 mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos), peer=peer_text))
