@@ -62,57 +62,78 @@ class _Pending:
 
 def store_batch(conn: Connection, items: list[tuple[bytes, Envelope]], settings: Settings,
                 secret: bytes) -> list[int | Exception]:
-    """Store raw messages inside the caller's transaction; per item an inbound id or FloodLimited."""
-    results: list[int | Exception] = []
-    now = utcnow()
-    for raw, envelope in items:
-        head = peek(raw)
-        try:
-            _check_flood(conn, head, envelope, settings, secret)
-        except FloodLimited as exc:
-            results.append(exc)
-            continue
-        digest = blob_store.put(conn, raw)
-        inbound_id = conn.execute(
-            insert(INBOUND).returning(INBOUND.c.id),
-            {"received_at": now, "source": envelope.source, "peer": envelope.peer[:200],
-             "mail_from": envelope.mail_from[:320], "rcpt_to": json.dumps(envelope.rcpt_tos),
-             "raw_sha256": digest, "size": len(raw), "status": "pending", "attempts": 0},
-        ).scalar_one()
-        results.append(inbound_id)
-    return results
+    """Store raw messages inside the caller's transaction; per item an inbound id or FloodLimited.
 
-
-def _check_flood(conn: Connection, head: HeaderPeek, envelope: Envelope, settings: Settings,
-                 secret: bytes) -> None:
-    """Refuse new conversations beyond the hourly limit; replies always pass.
-
-    Counted from committed conversations, so messages accepted but not yet threaded (a few
-    milliseconds' worth) are not counted: the guard is a brake on floods, not an exact quota.
+    A handful of statements per batch, not per message: this runs while every sender in the
+    batch waits for its `250`.
     """
-    sender = head.from_email or envelope.mail_from.lower()
-    if not sender:
-        return
+    heads = [peek(raw) for raw, _ in items]
+    flooded = _flooded(conn, items, heads, settings, secret)
+    keep = [i for i in range(len(items)) if i not in flooded]
+    ids: list[int] = []
+    if keep:
+        now = utcnow()
+        digests = blob_store.put_many(conn, [items[i][0] for i in keep])
+        rows = [{"received_at": now, "source": items[i][1].source, "peer": items[i][1].peer[:200],
+                 "mail_from": items[i][1].mail_from[:320], "rcpt_to": json.dumps(items[i][1].rcpt_tos),
+                 "raw_sha256": digest, "size": len(items[i][0]), "status": "pending", "attempts": 0}
+                for i, digest in zip(keep, digests)]
+        if len(rows) == 1:
+            ids = [conn.execute(insert(INBOUND).returning(INBOUND.c.id), rows[0]).scalar_one()]
+        else:
+            ids = list(conn.execute(
+                insert(INBOUND).returning(INBOUND.c.id, sort_by_parameter_order=True), rows).scalars())
+    stored = dict(zip(keep, ids))
+    return [stored[i] if i in stored else FloodLimited(heads[i].from_email) for i in range(len(items))]
+
+
+def _flooded(conn: Connection, items: list[tuple[bytes, Envelope]], heads: list[HeaderPeek],
+             settings: Settings, secret: bytes) -> set[int]:
+    """Indexes of items that would open one new conversation too many; replies always pass.
+
+    One query finds the senders of this batch who opened conversations at its studios in the
+    last hour (through the unique guest index, so its cost does not grow with the studio's
+    traffic). Conversations of messages accepted but not yet threaded are not counted: the
+    guard is a brake on floods, not an exact quota; messages of the batch itself are.
+    """
+    wanted: list[tuple[int, str, str]] = []  # (item index, slug, sender) for non-reply-address mail
+    for index, ((_, envelope), head) in enumerate(zip(items, heads)):
+        sender = head.from_email or envelope.mail_from.lower()
+        if not sender:
+            continue
+        for rcpt in envelope.rcpt_tos:
+            address = parse_studio_address(rcpt, settings.mail_domain)
+            if address is not None:
+                wanted.append((index, address.slug, sender))
+    if not wanted:
+        return set()
+    studios = dict(conn.execute(select(STUDIO.c.slug, STUDIO.c.id).where(
+        STUDIO.c.slug.in_({slug for _, slug, _ in wanted}))).all())
+    senders = {sender for _, _, sender in wanted}
     since = utcnow() - timedelta(hours=1)
-    for rcpt in envelope.rcpt_tos:
-        address = parse_studio_address(rcpt, settings.mail_domain)
-        if address is None:
+    opened: dict[tuple[int, str], int] = {
+        (row.studio_id, row.email): row.opened for row in conn.execute(
+            select(GUEST.c.studio_id, GUEST.c.email, func.count(CONVERSATION.c.id).label("opened"))
+            .join(CONVERSATION, (CONVERSATION.c.guest_id == GUEST.c.id) & (CONVERSATION.c.created_at >= since))
+            .where(GUEST.c.studio_id.in_(set(studios.values())), GUEST.c.email.in_(senders))
+            .group_by(GUEST.c.studio_id, GUEST.c.email))
+    }
+    flooded: set[int] = set()
+    for index, slug, sender in wanted:
+        studio_id = studios.get(slug)
+        if studio_id is None or index in flooded:
             continue
-        studio_id = conn.execute(select(STUDIO.c.id).where(STUDIO.c.slug == address.slug)).scalar()
-        if studio_id is None:
+        rcpt_details = [a.detail for a in (parse_studio_address(r, settings.mail_domain)
+                                           for r in items[index][1].rcpt_tos) if a and a.slug == slug]
+        if any(d and verify_reply_token(secret, studio_id, d) is not None for d in rcpt_details):
             continue
-        if address.detail and verify_reply_token(secret, studio_id, address.detail) is not None:
+        key = (studio_id, sender)
+        if opened.get(key, 0) < settings.flood_max_new_per_hour:
+            opened[key] = opened.get(key, 0) + 1  # this message may open one more
             continue
-        opened = conn.execute(
-            select(func.count()).select_from(CONVERSATION.join(GUEST, CONVERSATION.c.guest_id == GUEST.c.id))
-            .where(CONVERSATION.c.studio_id == studio_id, GUEST.c.email == sender,
-                   CONVERSATION.c.created_at >= since)
-        ).scalar_one()
-        if opened < settings.flood_max_new_per_hour:
-            continue
-        if _looks_like_reply(conn, studio_id, sender, head, settings):
-            continue
-        raise FloodLimited(sender)
+        if not _looks_like_reply(conn, studio_id, sender, heads[index], settings):
+            flooded.add(index)
+    return flooded
 
 
 def _looks_like_reply(conn: Connection, studio_id: int, sender: str, head: HeaderPeek,

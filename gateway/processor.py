@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import Engine, or_, select, update
+from sqlalchemy.exc import OperationalError
 
 from gateway.blobs import BLOB
 from gateway.db import write_tx
@@ -68,18 +69,48 @@ def claim(engine: Engine, settings: Settings, limit: int) -> list[Inbound]:
                     raw_sha256=r.raw_sha256) for r in loaded]
 
 
-def process_pending(engine: Engine, settings: Settings, *, limit: int = 64) -> list[Processed]:
-    """Process up to `limit` stored messages; returns what happened to each."""
+def process_pending(engine: Engine, settings: Settings, *, limit: int = 32, chunk: int = 8) -> list[Processed]:
+    """Process up to `limit` stored messages; returns what happened to each.
+
+    Parsing happens outside any transaction, and results are written `chunk` messages per
+    transaction, so the processor never holds SQLite's single write lock for long: the
+    acceptor, which has senders waiting for their `250`, gets it back within milliseconds.
+    """
     claimed = claim(engine, settings, limit)
     if not claimed:
         return []
     parsed: list[ParsedMessage] = [parse(item.raw) for item in claimed]
     secret = settings.secret()
     results: list[Processed] = []
+    pairs = list(zip(claimed, parsed))
+    for start in range(0, len(pairs), chunk):
+        try:
+            results.extend(_persist(engine, settings, secret, pairs[start:start + chunk]))
+        except OperationalError:
+            # The database is locked or gone: hand the rest back without counting an attempt,
+            # so an outage never pushes healthy mail into the quarantine.
+            release(engine, [item.id for item, _ in pairs[start:]])
+            raise
+    return results
+
+
+def release(engine: Engine, ids: list[int]) -> None:
+    """Put claimed rows back to pending at once instead of waiting out the lease."""
+    try:
+        with write_tx(engine) as conn:
+            conn.execute(update(INBOUND).where(INBOUND.c.id.in_(ids), INBOUND.c.status == "processing")
+                         .values(status="pending", attempts=INBOUND.c.attempts - 1, claimed_at=None))
+    except OperationalError:
+        log.warning("could not release %d claimed message(s); they return after the lease", len(ids))
+
+
+def _persist(engine: Engine, settings: Settings, secret: bytes,
+             pairs: list[tuple[Inbound, ParsedMessage]]) -> list[Processed]:
+    results: list[Processed] = []
     with write_tx(engine) as conn:
         attempts = dict(conn.execute(select(INBOUND.c.id, INBOUND.c.attempts).where(
-            INBOUND.c.id.in_([c.id for c in claimed]))).all())
-        for item, message in zip(claimed, parsed):
+            INBOUND.c.id.in_([item.id for item, _ in pairs]))).all())
+        for item, message in pairs:
             now = utcnow()
             savepoint = conn.begin_nested()
             try:
@@ -92,6 +123,8 @@ def process_pending(engine: Engine, settings: Settings, *, limit: int = 64) -> l
                     status="quarantined", processed_at=now, error=str(exc)[:2000]))
                 log.info("inbound %d quarantined: %s", item.id, exc)
                 continue
+            except OperationalError:
+                raise
             except Exception as exc:
                 savepoint.rollback()
                 error = f"{type(exc).__name__}: {exc}"[:2000]

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from gateway.automatic import AutoInfo, classify
 from gateway.blobs import blob_store
@@ -60,6 +61,34 @@ def synthesize_message_id(print_: str, domain: str) -> str:
     return f"synth.{print_[:32]}@{domain}"
 
 
+# Statements are built once: building SQLAlchemy expressions costs more than SQLite takes to
+# run them, and the processor runs about ten of them per message.
+_STUDIO_BY_SLUG = select(STUDIO.c.id).where(STUDIO.c.slug == bindparam("slug"))
+_DUPLICATE = select(MESSAGE.c.id).where(MESSAGE.c.studio_id == bindparam("studio_id"),
+                                        MESSAGE.c.dedupe_key == bindparam("dedupe_key"))
+_BY_MESSAGE_IDS = select(MESSAGE.c.message_id, MESSAGE.c.conversation_id).where(
+    MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)),
+    MESSAGE.c.conversation_id.is_not(None))
+_BOUNCED = select(MESSAGE.c.id, MESSAGE.c.conversation_id).where(
+    MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)))
+_CONVERSATION = select(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"),
+                                           CONVERSATION.c.studio_id == bindparam("studio_id"))
+_BY_SUBJECT = select(CONVERSATION).where(
+    CONVERSATION.c.studio_id == bindparam("studio_id"), CONVERSATION.c.guest_id == bindparam("guest_id"),
+    CONVERSATION.c.subject_key == bindparam("subject_key"), CONVERSATION.c.last_message_at >= bindparam("since"),
+).order_by(CONVERSATION.c.last_message_at.desc()).limit(1)
+_GUEST = select(GUEST.c.id, GUEST.c.email, GUEST.c.name).where(
+    GUEST.c.studio_id == bindparam("studio_id"), GUEST.c.email == bindparam("email"))
+_GUEST_EMAIL = select(GUEST.c.email).where(GUEST.c.id == bindparam("guest_id"))
+_SENT_BEFORE = select(MESSAGE.c.id).where(
+    MESSAGE.c.conversation_id == bindparam("conversation_id"), MESSAGE.c.direction == "inbound",
+    MESSAGE.c.state == "visible", MESSAGE.c.from_email == bindparam("email")).limit(1)
+_NEW_CONVERSATION = insert(CONVERSATION).returning(CONVERSATION.c.id)
+_NEW_MESSAGE = insert(MESSAGE).returning(MESSAGE.c.id)
+_CONVERSATION_ACTIVITY = update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"))
+_GUEST_NAME = update(GUEST).where(GUEST.c.id == bindparam("guest_id")).values(name=bindparam("name"))
+
+
 def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, settings: Settings,
                    secret: bytes) -> list[Outcome]:
     if parsed.parser == "headers-only":
@@ -78,7 +107,7 @@ def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, se
         address = parse_studio_address(rcpt, settings.mail_domain)
         if address is None:
             continue
-        studio_id = conn.execute(select(STUDIO.c.id).where(STUDIO.c.slug == address.slug)).scalar()
+        studio_id = conn.execute(_STUDIO_BY_SLUG, {"slug": address.slug}).scalar()
         if studio_id is None or studio_id in seen_studios:
             continue  # studio deleted since RCPT, or the same studio twice (slug and slug+x)
         seen_studios.add(studio_id)
@@ -98,17 +127,15 @@ def _sender(parsed: ParsedMessage, mail_from: str) -> Address:
 def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: Inbound,
                        parsed: ParsedMessage, sender: Address, auto: AutoInfo, message_id: str,
                        dedupe_key: str, settings: Settings, secret: bytes) -> Outcome:
-    if conn.execute(select(MESSAGE.c.id).where(MESSAGE.c.studio_id == studio_id,
-                                               MESSAGE.c.dedupe_key == dedupe_key)).first():
+    if conn.execute(_DUPLICATE, {"studio_id": studio_id, "dedupe_key": dedupe_key}).first():
         return Outcome(studio_id, None, None, "duplicate")
 
-    conversation, rule = _find_conversation(conn, studio_id, detail, parsed, sender, auto, settings, secret)
+    guest = conn.execute(_GUEST, {"studio_id": studio_id, "email": sender.email}).first()
+    conversation, rule = _find_conversation(conn, studio_id, detail, parsed, guest, auto, settings, secret)
     bounced: list[Any] = []
     if auto.kind == "bounce" and auto.bounced_message_ids:
-        bounced = list(conn.execute(
-            select(MESSAGE.c.id, MESSAGE.c.conversation_id).where(
-                MESSAGE.c.studio_id == studio_id, MESSAGE.c.message_id.in_(list(auto.bounced_message_ids)[:50]))
-        ))
+        bounced = list(conn.execute(_BOUNCED, {"studio_id": studio_id,
+                                               "ids": list(auto.bounced_message_ids)[:50]}))
         if conversation is None and bounced and bounced[0].conversation_id is not None:
             conversation = _load_conversation(conn, studio_id, bounced[0].conversation_id)
             rule = "bounce"
@@ -118,18 +145,19 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         return Outcome(studio_id, None, None, "unthreaded-automatic")
 
     now = utcnow()
-    if conversation is None:
-        guest_id = _upsert_guest(conn, studio_id, sender)
+    opened = conversation is None
+    if opened:
+        guest_id = _ensure_guest(conn, studio_id, sender, guest)
         subject = parsed.subject or ""
-        conversation_id = conn.execute(
-            insert(CONVERSATION).returning(CONVERSATION.c.id),
-            {"studio_id": studio_id, "guest_id": guest_id, "subject": subject,
-             "subject_key": normalize_subject(subject), "status": "open", "created_at": now,
-             "last_message_at": now, "message_count": 0},
-        ).scalar_one()
+        conversation_id = conn.execute(_NEW_CONVERSATION, {
+            "studio_id": studio_id, "guest_id": guest_id, "subject": subject,
+            "subject_key": normalize_subject(subject), "status": "open", "created_at": now,
+            "last_message_at": now, "message_count": 1}).scalar_one()
         state = "visible"
     else:
         conversation_id = conversation.id
+        if guest is not None and not guest.name and sender.name:
+            conn.execute(_GUEST_NAME, {"guest_id": guest.id, "name": sender.name[:200]})
         state = "visible" if auto.automatic or rule == "subject" or _is_participant(
             conn, conversation, sender.email) else "held"
 
@@ -142,19 +170,21 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         "in_reply_to": parsed.in_reply_to[0] if parsed.in_reply_to else None,
         "references_json": json.dumps(parsed.references[-100:]), "sent_at": parsed.date,
         "received_at": now, "thread_rule": rule, "automatic": auto.automatic, "auto_kind": auto.kind,
+        "delivery": None, "bounce_of_id": None,
         "raw_sha256": inbound.raw_sha256, "dedupe_key": dedupe_key, "parser": parsed.parser,
         "defects_json": json.dumps(parsed.defects[:50]),
     }
-    inserted = conn.execute(insert_ignore(conn, MESSAGE).returning(MESSAGE.c.id), row).scalar()
-    if inserted is None:  # a concurrent processor stored the same delivery first
-        raise _RaceLost()
+    try:
+        inserted = conn.execute(_NEW_MESSAGE, row).scalar_one()
+    except IntegrityError as exc:  # a concurrent processor stored the same delivery first
+        raise _RaceLost(str(exc.orig)[:200]) from exc
     _store_attachments(conn, studio_id, inserted, parsed, settings)
 
-    if state == "visible":
+    if state == "visible" and not opened:
         values: dict[str, Any] = {"message_count": CONVERSATION.c.message_count + 1, "last_message_at": now}
         if not auto.automatic:
             values["status"] = "open"  # a reply to a closed conversation reopens it
-        conn.execute(update(CONVERSATION).where(CONVERSATION.c.id == conversation_id).values(**values))
+        conn.execute(_CONVERSATION_ACTIVITY.values(**values), {"conversation_id": conversation_id})
     if bounced:
         conn.execute(update(MESSAGE).where(
             MESSAGE.c.id.in_([b.id for b in bounced]), MESSAGE.c.direction == "outbound"
@@ -163,12 +193,12 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
 
 
 class _RaceLost(Exception):
-    """Another processor inserted this message first; the caller rolls back and retries."""
+    """Another processor inserted this message first; the message is retried and then found
+    to be a duplicate."""
 
 
 def _find_conversation(conn: Connection, studio_id: int, detail: str, parsed: ParsedMessage,
-                       sender: Address, auto: AutoInfo, settings: Settings,
-                       secret: bytes) -> tuple[Any, str]:
+                       guest: Any, auto: AutoInfo, settings: Settings, secret: bytes) -> tuple[Any, str]:
     if detail:
         conversation_id = verify_reply_token(secret, studio_id, detail)
         if conversation_id is not None:
@@ -178,53 +208,44 @@ def _find_conversation(conn: Connection, studio_id: int, detail: str, parsed: Pa
     for rule, ids in (("in_reply_to", parsed.in_reply_to[:20]), ("references", parsed.references[::-1][:100])):
         if not ids:
             continue
-        rows = conn.execute(
-            select(MESSAGE.c.message_id, MESSAGE.c.conversation_id).where(
-                MESSAGE.c.studio_id == studio_id, MESSAGE.c.message_id.in_(ids),
-                MESSAGE.c.conversation_id.is_not(None))
-        ).all()
-        found = {r.message_id: r.conversation_id for r in rows}
+        found = {r.message_id: r.conversation_id
+                 for r in conn.execute(_BY_MESSAGE_IDS, {"studio_id": studio_id, "ids": ids})}
         for candidate in ids:  # references newest first
             if candidate in found:
                 conversation = _load_conversation(conn, studio_id, found[candidate])
                 if conversation is not None:
                     return conversation, rule
-    if not auto.automatic:
-        since = utcnow() - timedelta(days=settings.subject_fallback_days)
-        key = normalize_subject(parsed.subject or "")
-        row = conn.execute(
-            select(CONVERSATION).join(GUEST, CONVERSATION.c.guest_id == GUEST.c.id).where(
-                CONVERSATION.c.studio_id == studio_id, GUEST.c.email == sender.email,
-                CONVERSATION.c.subject_key == key, CONVERSATION.c.last_message_at >= since)
-            .order_by(CONVERSATION.c.last_message_at.desc()).limit(1)
-        ).first()
+    if guest is not None and not auto.automatic:  # a guest we never saw has no conversation yet
+        row = conn.execute(_BY_SUBJECT, {
+            "studio_id": studio_id, "guest_id": guest.id, "subject_key": normalize_subject(parsed.subject or ""),
+            "since": utcnow() - timedelta(days=settings.subject_fallback_days)}).first()
         if row is not None:
             return row, "subject"
     return None, "new"
 
 
 def _load_conversation(conn: Connection, studio_id: int, conversation_id: int) -> Any:
-    return conn.execute(select(CONVERSATION).where(
-        CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id)).first()
+    return conn.execute(_CONVERSATION, {"conversation_id": conversation_id, "studio_id": studio_id}).first()
 
 
 def _is_participant(conn: Connection, conversation: Any, email: str) -> bool:
-    guest_email = conn.execute(select(GUEST.c.email).where(GUEST.c.id == conversation.guest_id)).scalar()
-    if guest_email == email:
+    if conn.execute(_GUEST_EMAIL, {"guest_id": conversation.guest_id}).scalar() == email:
         return True
-    return conn.execute(select(MESSAGE.c.id).where(
-        MESSAGE.c.conversation_id == conversation.id, MESSAGE.c.direction == "inbound",
-        MESSAGE.c.state == "visible", MESSAGE.c.from_email == email).limit(1)).first() is not None
+    return conn.execute(_SENT_BEFORE, {"conversation_id": conversation.id, "email": email}).first() is not None
 
 
-def _upsert_guest(conn: Connection, studio_id: int, sender: Address) -> int:
-    conn.execute(insert_ignore(conn, GUEST), {"studio_id": studio_id, "email": sender.email[:320],
-                                             "name": sender.name[:200], "created_at": utcnow()})
-    row = conn.execute(select(GUEST.c.id, GUEST.c.name).where(
-        GUEST.c.studio_id == studio_id, GUEST.c.email == sender.email)).one()
-    if not row.name and sender.name:
-        conn.execute(update(GUEST).where(GUEST.c.id == row.id).values(name=sender.name[:200]))
-    return int(row.id)
+def _ensure_guest(conn: Connection, studio_id: int, sender: Address, guest: Any) -> int:
+    if guest is not None:
+        if not guest.name and sender.name:
+            conn.execute(_GUEST_NAME, {"guest_id": guest.id, "name": sender.name[:200]})
+        return int(guest.id)
+    created = conn.execute(insert_ignore(conn, GUEST).returning(GUEST.c.id), {
+        "studio_id": studio_id, "email": sender.email[:320], "name": sender.name[:200],
+        "created_at": utcnow()}).scalar()
+    if created is not None:
+        return int(created)
+    # Another processor created this guest a moment ago (PostgreSQL, several workers).
+    return int(conn.execute(_GUEST, {"studio_id": studio_id, "email": sender.email}).one().id)
 
 
 def _addresses(addresses: list[Address]) -> str:

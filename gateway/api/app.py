@@ -4,7 +4,6 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.serialization import get_serializer  # noqa: F401  (keeps msgspec hooks loaded)
 from sqlalchemy import Engine
 
 from gateway.api.auth import provide_caller
@@ -19,6 +18,7 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
         dependencies={"caller": Provide(provide_caller, sync_to_thread=True)},
         openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
         debug=False,
+        logging_config=None,  # logging is configured once by the gateway, not reset by Litestar
     )
     app.state.engine = engine
     app.state.settings = settings
