@@ -8,7 +8,7 @@ same two methods later without touching the pipeline.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, select
 
@@ -16,6 +16,7 @@ from gateway.db import insert_ignore
 from gateway.models import Blob, utcnow
 
 BLOB = Blob.__table__  # type: ignore[attr-defined]
+_INSERT_IGNORE: dict[str, Any] = {}  # per dialect, built once
 
 
 class BlobStore(Protocol):
@@ -43,7 +44,10 @@ class DatabaseBlobStore:
                 seen.add(digest)
                 rows.append({"sha256": digest, "size": len(data), "data": data, "created_at": now})
         if rows:
-            conn.execute(insert_ignore(conn, BLOB), rows)
+            statement = _INSERT_IGNORE.get(conn.dialect.name)
+            if statement is None:
+                statement = _INSERT_IGNORE[conn.dialect.name] = insert_ignore(conn, BLOB)
+            conn.execute(statement, rows)
         return digests
 
     def get(self, conn: Connection, sha256: str) -> bytes | None:

@@ -14,6 +14,7 @@ from email.utils import getaddresses
 
 MAX_HEADER_BYTES = 256 * 1024
 _ID_RE = re.compile(r"<([^<>\s]{1,900})>")
+_SIMPLE_FROM_RE = re.compile(r'^(?:[^<>",;@]*<([^<>\s",;()]+@[^<>\s",;()]+)>|([^<>\s",;()]+@[^<>\s",;()]+))\s*$')
 _FINGERPRINT_HEADERS = ("from", "to", "cc", "subject", "date", "message-id", "in-reply-to")
 
 
@@ -27,7 +28,11 @@ class HeaderPeek:
 
     @property
     def from_email(self) -> str:
-        addresses = getaddresses([self.get("from")])
+        value = self.get("from")
+        simple = _SIMPLE_FROM_RE.match(value)  # "Name <a@b>" or "a@b": most mail, no full parse
+        if simple:
+            return normalize_email(simple.group(1) or simple.group(2))
+        addresses = getaddresses([value])
         return normalize_email(addresses[0][1]) if addresses else ""
 
     @property

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Callable
 
-from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select
 from sqlalchemy.exc import OperationalError
 
 from gateway.blobs import blob_store
@@ -60,6 +60,20 @@ class _Pending:
     future: asyncio.Future[int] = field(repr=False)
 
 
+# Built once: constructing SQLAlchemy statements costs more than SQLite takes to run them,
+# and this runs while every sender in a group commit waits for its `250`.
+_INSERT_ONE = insert(INBOUND).returning(INBOUND.c.id)
+_INSERT_MANY = insert(INBOUND).returning(INBOUND.c.id, sort_by_parameter_order=True)
+_STUDIOS = select(STUDIO.c.slug, STUDIO.c.id).where(STUDIO.c.slug.in_(bindparam("slugs", expanding=True)))
+_OPENED = (
+    select(GUEST.c.studio_id, GUEST.c.email, func.count(CONVERSATION.c.id).label("opened"))
+    .join(CONVERSATION, (CONVERSATION.c.guest_id == GUEST.c.id) & (CONVERSATION.c.created_at >= bindparam("since")))
+    .where(GUEST.c.studio_id.in_(bindparam("studio_ids", expanding=True)),
+           GUEST.c.email.in_(bindparam("emails", expanding=True)))
+    .group_by(GUEST.c.studio_id, GUEST.c.email)
+)
+
+
 def store_batch(conn: Connection, items: list[tuple[bytes, Envelope]], settings: Settings,
                 secret: bytes) -> list[int | Exception]:
     """Store raw messages inside the caller's transaction; per item an inbound id or FloodLimited.
@@ -79,10 +93,9 @@ def store_batch(conn: Connection, items: list[tuple[bytes, Envelope]], settings:
                  "raw_sha256": digest, "size": len(items[i][0]), "status": "pending", "attempts": 0}
                 for i, digest in zip(keep, digests)]
         if len(rows) == 1:
-            ids = [conn.execute(insert(INBOUND).returning(INBOUND.c.id), rows[0]).scalar_one()]
+            ids = [conn.execute(_INSERT_ONE, rows[0]).scalar_one()]
         else:
-            ids = list(conn.execute(
-                insert(INBOUND).returning(INBOUND.c.id, sort_by_parameter_order=True), rows).scalars())
+            ids = list(conn.execute(_INSERT_MANY, rows).scalars())
     stored = dict(zip(keep, ids))
     return [stored[i] if i in stored else FloodLimited(heads[i].from_email) for i in range(len(items))]
 
@@ -107,16 +120,13 @@ def _flooded(conn: Connection, items: list[tuple[bytes, Envelope]], heads: list[
                 wanted.append((index, address.slug, sender))
     if not wanted:
         return set()
-    studios = dict(conn.execute(select(STUDIO.c.slug, STUDIO.c.id).where(
-        STUDIO.c.slug.in_({slug for _, slug, _ in wanted}))).all())
-    senders = {sender for _, _, sender in wanted}
-    since = utcnow() - timedelta(hours=1)
+    studios = dict(conn.execute(_STUDIOS, {"slugs": list({slug for _, slug, _ in wanted})}).all())
+    if not studios:
+        return set()
     opened: dict[tuple[int, str], int] = {
-        (row.studio_id, row.email): row.opened for row in conn.execute(
-            select(GUEST.c.studio_id, GUEST.c.email, func.count(CONVERSATION.c.id).label("opened"))
-            .join(CONVERSATION, (CONVERSATION.c.guest_id == GUEST.c.id) & (CONVERSATION.c.created_at >= since))
-            .where(GUEST.c.studio_id.in_(set(studios.values())), GUEST.c.email.in_(senders))
-            .group_by(GUEST.c.studio_id, GUEST.c.email))
+        (row.studio_id, row.email): row.opened for row in conn.execute(_OPENED, {
+            "studio_ids": list(set(studios.values())), "emails": list({sender for _, _, sender in wanted}),
+            "since": utcnow() - timedelta(hours=1)})
     }
     flooded: set[int] = set()
     for index, slug, sender in wanted:

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     max_attachment_size: int = Field(25 * 1024 * 1024, gt=0)
     process_max_attempts: int = Field(3, ge=1)       # crashes before a message is quarantined
     poll_interval: float = Field(0.5, gt=0)          # how often role processes look for work
+    process_max_defer: float = Field(15.0, ge=0)     # seconds threading may wait while mail streams in
 
     log_level: str = "INFO"
 

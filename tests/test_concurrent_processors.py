@@ -45,3 +45,28 @@ def test_two_processors_share_the_queue_without_doing_anything_twice(settings: S
         assert conn.execute(select(func.count()).select_from(MESSAGE)).scalar_one() == 200
         assert conn.execute(select(func.count()).select_from(INBOUND).where(INBOUND.c.status != "done")).scalar_one() == 0
     setup.dispose()
+
+
+def test_threading_waits_while_mail_streams_in_but_never_longer_than_the_limit(settings: Settings) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from gateway.models import utcnow
+    from gateway.processor import should_defer
+
+    engine = make_engine(settings.resolved_database_url)
+    assert settings.process_max_defer == 15
+    assert not should_defer(engine, settings)  # nothing waiting
+    with write_tx(engine) as conn:
+        add_studio(conn, "inkwell", "Inkwell", "owner@inkwell.example")
+        [first, _] = store_batch(conn, [(make_mail(), Envelope("g@example.org", ["inkwell@mail.test"]))] * 2,
+                                      settings, settings.secret())
+    now = utcnow()
+    assert should_defer(engine, settings, now)  # the newest arrived just now
+    assert not should_defer(engine, settings, now + timedelta(seconds=1))  # the stream has paused
+    with write_tx(engine) as conn:  # the oldest has waited past the limit while mail keeps coming
+        conn.execute(update(INBOUND).where(INBOUND.c.id == first).values(received_at=now - timedelta(seconds=16)))
+    assert not should_defer(engine, settings, now)
+    assert not should_defer(engine, settings.model_copy(update={"process_max_defer": 0}), now)
+    engine.dispose()

@@ -199,3 +199,17 @@ def test_noop_flood_is_cut_off(gw: RunningGateway) -> None:
             client.noop()
         except smtplib.SMTPServerDisconnected:
             pass
+
+
+def test_flood_check_reads_the_sender_from_any_from_header_form() -> None:
+    from gateway.headers import peek
+
+    cases = {
+        b"From: Lena <Lena@Example.org>": "lena@example.org",
+        b"From: lena@example.org": "lena@example.org",
+        b'From: "M\xc3\xbcller, Lena" <lena@example.org>': "lena@example.org",
+        b"From: lena@example.org (Lena)": "lena@example.org",
+        b"From: =?utf-8?q?J=C3=B6rg?= <joerg@example.org>": "joerg@example.org",
+    }
+    for header, email in cases.items():
+        assert peek(header + b"\r\nSubject: x\r\n\r\nbody").from_email == email, header
