@@ -68,12 +68,12 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
     return engine
 
 
-def get_engine(url: str) -> Engine:
+def get_engine(url: str, busy_timeout: float = 5.0) -> Engine:
     """One engine (and pool) per URL per process."""
     url = normalise_url(url)
     engine = _engines.get(url)
     if engine is None:
-        engine = _engines[url] = make_engine(url)
+        engine = _engines[url] = make_engine(url, busy_timeout=busy_timeout)
     return engine
 
 

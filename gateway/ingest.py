@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.blobs import blob_store
 from gateway.conversations import normalize_subject, parse_studio_address, verify_reply_token
-from gateway.db import write_tx
+from gateway.db import is_sqlite, make_engine, write_tx
 from gateway.headers import HeaderPeek, peek
 from gateway.models import Conversation, Guest, InboundMail, Message, Studio, utcnow
 from gateway.settings import Settings
@@ -179,7 +179,13 @@ class Acceptor:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acceptor")
-        self._lock = threading.Lock()
+        self._busy_budget = settings.db_busy_timeout
+        self._write_engine = engine
+        if is_sqlite(engine):
+            # SQLite's own busy handler sleeps up to 100 ms between tries, far longer than the
+            # few milliseconds another process (the worker) holds the write lock; senders would
+            # wait for nothing. This writer connection gives up at once and retries every ms.
+            self._write_engine = make_engine(str(engine.url), busy_timeout=0, pool_size=1)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -193,6 +199,8 @@ class Acceptor:
             except asyncio.CancelledError:
                 pass
         self._executor.shutdown(wait=True)
+        if self._write_engine is not self.engine:
+            self._write_engine.dispose()
 
     async def accept(self, raw: bytes, envelope: Envelope) -> int:
         """The inbound id once committed; raises TemporaryFailure or FloodLimited."""
@@ -229,11 +237,24 @@ class Acceptor:
             if self.on_stored and any(not isinstance(r, Exception) for r in results):
                 self.on_stored()
 
+    def _store(self, items: list[tuple[bytes, Envelope]]) -> list[int | Exception]:
+        deadline = time.monotonic() + self._busy_budget
+        delay = 0.0005
+        while True:
+            try:
+                with write_tx(self._write_engine) as conn:
+                    return store_batch(conn, items, self.settings, self.secret)
+            except OperationalError as exc:
+                busy = "locked" in str(exc.orig) or "busy" in str(exc.orig)
+                if not busy or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)  # another writer holds SQLite's lock for a few ms: try again soon
+            delay = min(delay * 2, 0.004)
+
     def _write(self, batch: list[_Pending]) -> list[int | Exception]:
         items = [(p.raw, p.envelope) for p in batch]
         try:
-            with write_tx(self.engine) as conn:
-                return store_batch(conn, items, self.settings, self.secret)
+            return self._store(items)
         except OperationalError:
             raise  # the database is unreachable or locked: every item of the batch must retry
         except Exception:
@@ -244,8 +265,7 @@ class Acceptor:
         results: list[int | Exception] = []
         for item in items:
             try:
-                with write_tx(self.engine) as conn:
-                    results.extend(store_batch(conn, [item], self.settings, self.secret))
+                results.extend(self._store([item]))
             except OperationalError:
                 raise
             except Exception as exc:

@@ -46,7 +46,7 @@ class Gateway:
                     http_sock: socket.socket | None = None) -> None:
         url = self.settings.resolved_database_url
         await asyncio.to_thread(migrate, url)
-        self.engine = self.engine or get_engine(url)
+        self.engine = self.engine or get_engine(url, self.settings.db_busy_timeout)
         self.settings.secret()  # create the key before any role needs it
         if "worker" in self.roles:
             self.processor = ProcessorThread(self.engine, self.settings)

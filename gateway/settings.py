@@ -25,6 +25,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     database_url: str = ""              # default: sqlite:///<data_dir>/gateway.db
+    db_busy_timeout: float = Field(5.0, gt=0)       # seconds to wait for a locked database
     mail_domain: str = "mail.localhost"
     secret_key: str = ""                # default: generated into <data_dir>/secret_key
 

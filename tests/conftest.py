@@ -114,7 +114,7 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
     values: dict[str, Any] = dict(
         data_dir=tmp_path / "data", database_url=database_url, mail_domain=MAIL_DOMAIN,
         secret_key=SECRET, smtp_host="127.0.0.1", smtp_port=0, http_host="127.0.0.1", http_port=0,
-        poll_interval=0.05,
+        poll_interval=0.05, db_busy_timeout=2.0,
     )
     values.update(overrides)
     return Settings(**values)

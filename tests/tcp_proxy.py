@@ -11,6 +11,7 @@ class TcpProxy:
         self.port = 0
         self.blocked = False
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="tcp-proxy")
@@ -27,6 +28,9 @@ class TcpProxy:
             self._server.close()
             for writer in list(self._writers):
                 writer.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -56,6 +60,10 @@ class TcpProxy:
         asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self._loop).result(10)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         if self.blocked:
             writer.transport.abort()
             return
