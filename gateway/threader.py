@@ -90,7 +90,9 @@ _GUEST_NAME = update(GUEST).where(GUEST.c.id == bindparam("guest_id")).values(na
 
 
 def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, settings: Settings,
-                   secret: bytes) -> list[Outcome]:
+                   secret: bytes, studios: dict[str, int | None] | None = None) -> list[Outcome]:
+    """Thread into every recipient studio; `studios` caches slug lookups across a chunk."""
+    studios = {} if studios is None else studios
     if parsed.parser == "headers-only":
         raise Unprocessable("MIME structure unreadable: " + "; ".join(parsed.defects[:3]))
     sender = _sender(parsed, inbound.mail_from)
@@ -107,7 +109,9 @@ def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, se
         address = parse_studio_address(rcpt, settings.mail_domain)
         if address is None:
             continue
-        studio_id = conn.execute(_STUDIO_BY_SLUG, {"slug": address.slug}).scalar()
+        if address.slug not in studios:
+            studios[address.slug] = conn.execute(_STUDIO_BY_SLUG, {"slug": address.slug}).scalar()
+        studio_id = studios[address.slug]
         if studio_id is None or studio_id in seen_studios:
             continue  # studio deleted since RCPT, or the same studio twice (slug and slug+x)
         seen_studios.add(studio_id)
