@@ -546,6 +546,13 @@ def _install_timings(timings: Timings) -> None:
     timings.wrap(processor, "process_pending", "processor: process_pending (whole pass)")
 
 
+async def _answer_wait_processed(pipe: Any, gateway: Any, count: int, timeout: float) -> None:
+    """Tell the orchestrator the moment this process's processor has threaded `count` messages."""
+    assert gateway.processor is not None
+    ok = await asyncio.to_thread(gateway.processor.wait_processed, count, timeout)
+    pipe.send(("processed", (ok, time.monotonic(), gateway.processor.processed)))
+
+
 def gateway_main(pipe: Any, database_url: str, data_dir: str, profile: bool, worker: bool,
                  switch_interval: float | None) -> None:
     """The real gateway, all three roles, on uvloop as `gateway serve` runs it."""
@@ -583,10 +590,7 @@ def gateway_main(pipe: Any, database_url: str, data_dir: str, profile: bool, wor
         while True:
             command, *args = await asyncio.to_thread(pipe.recv)
             if command == "wait_processed":
-                count, timeout = args
-                assert gateway.processor is not None
-                ok = await asyncio.to_thread(gateway.processor.wait_processed, count, timeout)
-                pipe.send(("processed", (ok, time.monotonic(), gateway.processor.processed)))
+                await _answer_wait_processed(pipe, gateway, *args)
             elif command == "profile_start":
                 if timings:
                     timings.total.clear(), timings.calls.clear(), timings.batch_sizes.clear()
@@ -634,10 +638,7 @@ def worker_main(pipe: Any, database_url: str, data_dir: str) -> None:
         while True:
             command, *args = await asyncio.to_thread(pipe.recv)
             if command == "wait_processed":
-                count, timeout = args
-                assert gateway.processor is not None
-                ok = await asyncio.to_thread(gateway.processor.wait_processed, count, timeout)
-                pipe.send(("processed", (ok, time.monotonic(), gateway.processor.processed)))
+                await _answer_wait_processed(pipe, gateway, *args)
             elif command == "stop":
                 await gateway.stop()
                 assert gateway.engine is not None

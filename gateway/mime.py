@@ -35,7 +35,7 @@ import quopri
 import re
 import unicodedata
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from html.parser import HTMLParser
@@ -437,6 +437,20 @@ def _dsn_blocks_from_text(body: bytes) -> list[list[tuple[str, str]]]:
     return blocks
 
 
+def _push_children(stack: list[Any], node: "_Node", parts: Iterable[Any], depth: int, limits: "_Limits") -> None:
+    """Queue a multipart's children for the iterative walk, within the part budget."""
+    children = []
+    for child in parts:
+        if not limits.take_part():
+            break
+        child_node = _Node(content_type="", headers=[])
+        children.append(child_node)
+        stack.append((child, child_node, depth + 1))
+    node.children = children
+    # The stack is LIFO; reverse the pushes so document order is kept.
+    stack[len(stack) - len(children):] = stack[len(stack) - len(children):][::-1]
+
+
 def _flanker_tree(raw: bytes, limits: _Limits) -> _Node:
     """Parse with flanker and convert its tree to _Node, iteratively and bounded.
 
@@ -455,16 +469,7 @@ def _flanker_tree(raw: bytes, limits: _Limits) -> _Node:
         if node.content_type.startswith("multipart/") and node.content_type not in _LEAF_TYPES:
             if limits.deep_enough(depth + 1):
                 continue
-            children = []
-            for child in part.parts:
-                if not limits.take_part():
-                    break
-                child_node = _Node(content_type="", headers=[])
-                children.append(child_node)
-                stack.append((child, child_node, depth + 1))
-            node.children = children
-            # The stack is LIFO; reverse pushes so document order is kept.
-            stack[len(stack) - len(children):] = stack[len(stack) - len(children):][::-1]
+            _push_children(stack, node, part.parts, depth, limits)
             continue
         block = split_header_block(_view_to_bytes(part.to_string()))
         node.headers = block.headers
@@ -501,15 +506,7 @@ def _stdlib_tree(raw: bytes, limits: _Limits) -> tuple[_Node, list[str]]:
             continue
         if limits.deep_enough(depth + 1):
             continue
-        children = []
-        for child in payload:
-            if not limits.take_part():
-                break
-            child_node = _Node(content_type="", headers=[])
-            children.append(child_node)
-            stack.append((child, child_node, depth + 1))
-        node.children = children
-        stack[len(stack) - len(children):] = stack[len(stack) - len(children):][::-1]
+        _push_children(stack, node, payload, depth, limits)
     return root, found
 
 
