@@ -176,7 +176,8 @@ class Acceptor:
         self.secret = settings.secret()
         self.max_batch = max_batch
         self.on_stored = on_stored
-        self._queue: asyncio.Queue[_Pending] | None = None
+        self._queue: asyncio.Queue[_Pending | None] | None = None
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acceptor")
         self._busy_budget = settings.db_busy_timeout
@@ -191,13 +192,23 @@ class Acceptor:
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name="acceptor")
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Store everything already handed over, answer it, then stop; later arrivals get 451."""
+        if self._task and self._queue is not None:
+            self._stopping = True
+            await self._queue.put(None)  # FIFO: every message queued before it is written first
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is not None and not item.future.done():
+                    item.future.set_exception(TemporaryFailure("shutting down"))
         self._executor.shutdown(wait=True)
         if self._write_engine is not self.engine:
             self._write_engine.dispose()
@@ -206,6 +217,8 @@ class Acceptor:
         """The inbound id once committed; raises TemporaryFailure or FloodLimited."""
         if self._queue is None:
             raise RuntimeError("Acceptor.start() was not awaited")
+        if self._stopping:
+            raise TemporaryFailure("shutting down")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(raw, envelope, future))
         return await future
@@ -214,9 +227,16 @@ class Acceptor:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
             while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
+                if item is None:  # stop: write what came before it, then end
+                    self._queue.put_nowait(None)
+                    break
+                batch.append(item)
             try:
                 results = await loop.run_in_executor(self._executor, self._write, batch)
             except Exception as exc:  # database or disk trouble: nothing of the batch was committed

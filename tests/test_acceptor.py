@@ -1,0 +1,58 @@
+"""The acceptor's promise at shutdown: whatever was handed over is stored and answered."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.db import read_tx, write_tx
+from gateway.ingest import INBOUND, Acceptor, Envelope, TemporaryFailure
+from gateway.settings import Settings
+from gateway.studios import add_studio
+from tests.mail import make_mail
+
+
+def test_stop_writes_and_answers_everything_queued_then_refuses(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
+    with write_tx(engine) as conn:
+        add_studio(conn, "inkwell", "Inkwell", "owner@inkwell.example")
+
+    async def scenario() -> tuple[list[object], BaseException | None]:
+        acceptor = Acceptor(engine, settings)
+        await acceptor.start()
+        envelope = Envelope("guest@example.org", ["inkwell@mail.test"])
+        tasks = [asyncio.create_task(acceptor.accept(make_mail(subject=f"Anfrage {i}", from_=f"g{i}@example.org"),
+                                                     envelope))
+                 for i in range(25)]
+        await asyncio.sleep(0)  # one loop turn: every task has handed its message over
+        await acceptor.stop()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await acceptor.accept(make_mail(), envelope)
+        except TemporaryFailure as exc:
+            return results, exc
+        return results, None
+
+    results, late = asyncio.run(scenario())
+    assert [r for r in results if not isinstance(r, int)] == []
+    assert isinstance(late, TemporaryFailure)
+    with read_tx(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(INBOUND)).scalar_one() == 25
+
+
+def test_acceptor_refuses_use_before_start(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RuntimeError):
+        asyncio.run(Acceptor(engine, settings).accept(b"x", Envelope("", [])))
+
+
+def test_flood_guard_counts_the_messages_of_one_group_commit_too(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
+    from gateway.ingest import FloodLimited, store_batch
+
+    with write_tx(engine) as conn:
+        add_studio(conn, "inkwell", "Inkwell", "owner@inkwell.example")
+        items = [(make_mail(subject=f"Anfrage {i}"), Envelope("guest@example.org", ["inkwell@mail.test"]))
+                 for i in range(settings.flood_max_new_per_hour + 5)]
+        results = store_batch(conn, items, settings, settings.secret())
+    assert [type(r).__name__ for r in results] == (
+        ["int"] * settings.flood_max_new_per_hour + ["FloodLimited"] * 5)
+    assert all(isinstance(r, FloodLimited) for r in results[-5:])
