@@ -317,7 +317,7 @@ SMUGGLED = (b"MAIL FROM:<admin@bank.example>\r\nRCPT TO:<inkwell@mail.test>\r\nD
 @pytest.mark.parametrize("end", [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n"],
                          ids=["LF.LF", "CR.CR", "LF.CRLF", "CRLF.LF"])
 def test_smuggled_end_of_data_does_not_end_the_message(gw: RunningGateway, end: bytes) -> None:
-    studio = gw.add_studio("inkwell")
+    gw.add_studio("inkwell")  # RCPT needs the studio to exist
     payload = (HEAD + b"Subject: real\r\nMessage-ID: <real@example.org>\r\n\r\nreal body" + end
                + SMUGGLED + end + b"tail\r\n")
     session = RawSession(gw.smtp_port)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import pool
 from sqlmodel import SQLModel
 
 from gateway import models  # noqa: F401
