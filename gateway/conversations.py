@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^c([0-9]{1,18})-([a-z2-7]{16})$")
@@ -59,8 +60,13 @@ class StudioAddress:
     detail: str  # the part after "+", "" if none
 
 
+@lru_cache(maxsize=4096)
 def parse_studio_address(address: str, domain: str) -> StudioAddress | None:
-    """`slug@domain` or `slug+detail@domain` (RFC 5233 subaddress), else None."""
+    """`slug@domain` or `slug+detail@domain` (RFC 5233 subaddress), else None.
+
+    Cached: every accepted message asks this for each recipient several times (RCPT or the
+    webhook's envelope, the flood guard, threading), mostly for the same few addresses.
+    """
     address = address.strip().strip("<>").strip()
     local, sep, addr_domain = address.rpartition("@")
     if not sep or addr_domain.lower().rstrip(".") != domain:

@@ -11,15 +11,14 @@ import logging
 import re
 import socket
 import ssl
-import time
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from gateway.conversations import parse_studio_address
-from gateway.db import read_tx
-from gateway.ingest import STUDIO, Acceptor, Envelope, FloodLimited, TemporaryFailure
+from gateway.directory import StudioDirectory
+from gateway.ingest import Acceptor, Envelope, FloodLimited, TemporaryFailure
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,32 +48,6 @@ def command_limits(settings: Settings) -> dict[str, int]:
     return {"MAIL": 10_000, "RCPT": 100_000, "DATA": 10_000, "RSET": 10_000, "QUIT": 1,
             "EHLO": 10, "HELO": 10, "STARTTLS": 2, "NOOP": idle, "HELP": idle, "VRFY": idle,
             "EXPN": idle, "*": idle}
-
-
-class StudioDirectory:
-    """Which studio slugs exist, with a short positive cache for the RCPT hot path.
-
-    Only positive answers are cached (briefly): an unknown address is looked up every time,
-    so a studio created a moment ago receives mail at once.
-    """
-
-    def __init__(self, engine: Engine, ttl: float = 5.0) -> None:
-        self.engine = engine
-        self.ttl = ttl
-        self._known: dict[str, float] = {}
-
-    def _lookup(self, slug: str) -> bool:
-        with read_tx(self.engine) as conn:
-            return conn.execute(select(STUDIO.c.id).where(STUDIO.c.slug == slug)).first() is not None
-
-    async def exists(self, slug: str) -> bool:
-        now = time.monotonic()
-        if self._known.get(slug, 0.0) > now:
-            return True
-        found = await asyncio.to_thread(self._lookup, slug)
-        if found:
-            self._known[slug] = now + self.ttl
-        return found
 
 
 class GatewayHandler:

@@ -1,0 +1,53 @@
+"""Which studio an envelope recipient reaches: one rule for SMTP's RCPT and the webhooks.
+
+A provider webhook names its envelope recipients in the payload; they choose the studio
+exactly as RCPT TO does over SMTP, so mail is never accepted through one door that the other
+would refuse.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sqlalchemy import Engine, select
+
+from gateway.conversations import parse_studio_address
+from gateway.db import read_tx
+from gateway.models import Studio
+
+STUDIO = Studio.__table__  # type: ignore[attr-defined]
+
+
+class StudioDirectory:
+    """Which studio slugs exist, with a short positive cache for the RCPT hot path.
+
+    Only positive answers are cached (briefly): an unknown address is looked up every time,
+    so a studio created a moment ago receives mail at once.
+    """
+
+    def __init__(self, engine: Engine, ttl: float = 5.0) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self._known: dict[str, float] = {}
+
+    def _lookup(self, slug: str) -> bool:
+        with read_tx(self.engine) as conn:
+            return conn.execute(select(STUDIO.c.id).where(STUDIO.c.slug == slug)).first() is not None
+
+    async def exists(self, slug: str) -> bool:
+        now = time.monotonic()
+        if self._known.get(slug, 0.0) > now:
+            return True
+        found = await asyncio.to_thread(self._lookup, slug)
+        if found:
+            self._known[slug] = now + self.ttl
+        return found
+
+    async def deliverable(self, recipients: list[str], mail_domain: str) -> list[str]:
+        """The recipients that are addresses of existing studios, in order, without repeats."""
+        found: list[str] = []
+        for rcpt in recipients:
+            address = parse_studio_address(rcpt, mail_domain)
+            if address is not None and rcpt not in found and await self.exists(address.slug):
+                found.append(rcpt)
+        return found
