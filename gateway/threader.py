@@ -99,9 +99,7 @@ def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, se
     if not sender.email:
         raise Unprocessable("no sender address in From or the envelope")
     auto = classify(parsed, inbound.mail_from)
-    print_ = fingerprint(inbound.raw)
-    message_id = parsed.message_id or synthesize_message_id(print_, settings.mail_domain)
-    dedupe_key = hashlib.sha256(f"{message_id}\n{print_}".encode()).hexdigest()
+    message_id, dedupe_key = _identity(parsed, inbound.raw, sender.email, settings)
 
     outcomes = []
     seen_studios: set[int] = set()
@@ -120,6 +118,26 @@ def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, se
     if not outcomes:
         raise Unprocessable("no known studio among the recipients " + ", ".join(inbound.rcpt_to)[:300])
     return outcomes
+
+
+def _identity(parsed: ParsedMessage, raw: bytes, sender: str, settings: Settings) -> tuple[str, str]:
+    """The message's id and the key that makes a second delivery of it a duplicate.
+
+    With a Message-ID the key is that id with the sender, subject and date as parsed: the same
+    mail received over SMTP and through a provider webhook (whose raw bytes, or MIME rebuilt
+    from parsed fields, differ from ours) is stored once, as is a relay's retry, while a client
+    that reuses one Message-ID for different mail (they exist) still gets each one stored.
+    Without an id, one is synthesised from a fingerprint of the identifying headers and body,
+    which is stable across retries of the same transport.
+    """
+    if parsed.message_id:
+        date = parsed.date.isoformat() if parsed.date else ""
+        subject = " ".join(parsed.subject.split())
+        key = f"id\n{parsed.message_id}\n{sender}\n{subject}\n{date}"
+        return parsed.message_id, hashlib.sha256(key.encode()).hexdigest()
+    print_ = fingerprint(raw)
+    message_id = synthesize_message_id(print_, settings.mail_domain)
+    return message_id, hashlib.sha256(f"{message_id}\n{print_}".encode()).hexdigest()
 
 
 def _sender(parsed: ParsedMessage, mail_from: str) -> Address:
