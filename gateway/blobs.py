@@ -12,11 +12,17 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, select
 
-from gateway.db import insert_ignore
+from gateway.db import driver_execute, insert_ignore
 from gateway.models import Blob, utcnow
 
 BLOB = Blob.__table__  # type: ignore[attr-defined]
 _INSERT_IGNORE: dict[str, Any] = {}  # per dialect, built once
+
+
+def bind_value(column: Any, conn: Connection, value: Any) -> Any:
+    """`value` as SQLAlchemy would bind it for `column` (e.g. UTCDateTime's text form on SQLite)."""
+    processor = column.type.bind_processor(conn.dialect)
+    return processor(value) if processor else value
 
 
 class BlobStore(Protocol):
@@ -43,7 +49,14 @@ class DatabaseBlobStore:
             if digest not in seen:
                 seen.add(digest)
                 rows.append({"sha256": digest, "size": len(data), "data": data, "created_at": now})
-        if rows:
+        if rows and conn.dialect.name == "sqlite":
+            # The acceptor's hot path: the driver's executemany, without SQLAlchemy's per-row
+            # statement machinery (about a third of a group commit's CPU, measured).
+            created = bind_value(BLOB.c.created_at, conn, now)
+            driver_execute(conn, "INSERT INTO blob (sha256, size, data, created_at) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT DO NOTHING",
+                           [(row["sha256"], row["size"], row["data"], created) for row in rows], many=True)
+        elif rows:
             statement = _INSERT_IGNORE.get(conn.dialect.name)
             if statement is None:
                 statement = _INSERT_IGNORE[conn.dialect.name] = insert_ignore(conn, BLOB)

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
+from sqlalchemy import exc as exc_module
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -81,6 +82,20 @@ def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose()
     _engines.clear()
+
+
+def driver_execute(conn: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
+    """Run SQL on the connection's driver cursor, inside its current transaction.
+
+    For the few hot statements where SQLAlchemy's per-row machinery costs more than the
+    database takes; the driver's errors come out as SQLAlchemy's (OperationalError,
+    IntegrityError, ...), so callers handle one family of exceptions.
+    """
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        return cursor.executemany(sql, params) if many else cursor.execute(sql, params)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise exc_module.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error) from exc
 
 
 @contextmanager

@@ -72,7 +72,13 @@ class InboundMail(SQLModel, table=True):
     """
 
     __tablename__ = "inbound_mail"
-    __table_args__ = (Index("ix_inbound_mail_status_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_inbound_mail_status_id", "status", "id"),
+        # A provider's one-time request token (Mailgun's `token`) is stored with the message it
+        # came with, in the same transaction: a replayed request collides here and is refused,
+        # while a retry after our own failure (nothing committed) is not.
+        Index("uq_inbound_mail_source_nonce", "source", "nonce", unique=True),
+    )
     id: int | None = Field(default=None, primary_key=True)
     received_at: datetime = Field(default_factory=utcnow)
     source: str = Field(default="smtp", max_length=32)
@@ -86,6 +92,7 @@ class InboundMail(SQLModel, table=True):
     claimed_at: datetime | None = None
     processed_at: datetime | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
+    nonce: str | None = Field(default=None, max_length=128)
 
 
 # --- conversations -----------------------------------------------------------------------------

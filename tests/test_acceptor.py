@@ -56,3 +56,37 @@ def test_flood_guard_counts_the_messages_of_one_group_commit_too(settings: Setti
     assert [type(r).__name__ for r in results] == (
         ["int"] * settings.flood_max_new_per_hour + ["FloodLimited"] * 5)
     assert all(isinstance(r, FloodLimited) for r in results[-5:])
+
+
+def test_one_time_tokens_are_refused_on_reuse_within_and_across_group_commits(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
+    from gateway.ingest import Replayed
+
+    with write_tx(engine) as conn:
+        add_studio(conn, "inkwell", "Inkwell", "owner@inkwell.example")
+
+    def envelope(token: str, source: str = "mailgun") -> Envelope:
+        return Envelope("guest@example.org", ["inkwell@mail.test"], source=source, nonce=token)
+
+    async def scenario() -> tuple[list[object], list[object]]:
+        acceptor = Acceptor(engine, settings)
+        await acceptor.start()
+        try:
+            # one group commit: two innocent messages around a token used twice
+            first = await asyncio.gather(*(acceptor.accept(make_mail(subject=f"A {i}"), envelope(token))
+                                           for i, token in enumerate(["t1", "t2", "t2", "t3"])),
+                                         return_exceptions=True)
+            # later commits: a known token among new ones, and the same token from another provider
+            later = await asyncio.gather(*(acceptor.accept(make_mail(subject=f"B {i}"), envelope(token, source))
+                                           for i, (token, source) in enumerate([("t4", "mailgun"), ("t1", "mailgun"),
+                                                                                ("t1", "sendgrid")])),
+                                         return_exceptions=True)
+        finally:
+            await acceptor.stop()
+        return first, later
+
+    first, later = asyncio.run(scenario())
+    assert [type(r).__name__ for r in first] == ["int", "int", "Replayed", "int"]
+    assert [type(r).__name__ for r in later] == ["int", "Replayed", "int"]
+    assert isinstance(later[1], Replayed)
+    with read_tx(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(INBOUND)).scalar_one() == 5
