@@ -12,7 +12,7 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "please-change", "xxx"}
@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     poll_interval: float = Field(0.5, gt=0)          # how often role processes look for work
     process_max_defer: float = Field(15.0, ge=0)     # seconds threading may wait while mail streams in
 
+    # Provider webhooks (webhooks/): each is off until its secret is configured.
+    mailgun_signing_key: SecretStr | None = None      # Mailgun "HTTP webhook signing key"
+    sendgrid_verification_key: str = ""               # Inbound Parse security policy's public key (base64 DER)
+    sendgrid_basic_auth: SecretStr | None = None      # "user:password" from the Parse URL's credentials
+    postmark_basic_auth: SecretStr | None = None      # "user:password" from the inbound webhook URL
+    ses_topic_arns: str = ""                          # comma-separated SNS topics whose SES mail we take
+    ses_cert_host_pattern: str = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+    ses_cert_ca_file: Path | None = None              # CA bundle for fetching SNS certificates
+    ses_auto_confirm: bool = False                    # confirm SNS subscriptions to the topics above
+    webhook_max_age: float = Field(300.0, gt=0)       # seconds a signed timestamp stays valid
+
     log_level: str = "INFO"
 
     @field_validator("log_level")
@@ -75,6 +86,34 @@ class Settings(BaseSettings):
         if not value or any(c in value for c in "@ \r\n\t<>"):
             raise ValueError("GATEWAY_MAIL_DOMAIN must be a bare domain such as mail.example.com")
         return value
+
+    @field_validator("mailgun_signing_key", "sendgrid_basic_auth", "postmark_basic_auth")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # empty means off
+        secret = value.get_secret_value()
+        if secret.lower() in _PLACEHOLDER_SECRETS or len(secret) < 8:
+            raise ValueError("webhook secrets must be the provider's real key or user:password, not a placeholder")
+        return value
+
+    @field_validator("sendgrid_basic_auth", "postmark_basic_auth")
+    @classmethod
+    def _user_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("basic auth settings are written user:password")
+        return value
+
+    @property
+    def ses_topics(self) -> frozenset[str]:
+        return frozenset(arn.strip() for arn in self.ses_topic_arns.split(",") if arn.strip())
+
+    @property
+    def webhook_max_body(self) -> int:
+        """Largest webhook body read: the biggest mail we accept, twice (raw MIME and parsed
+        attachments side by side, as Mailgun and Postmark send them), base64-inflated, plus form
+        and JSON overhead. Litestar's 10 MB default would refuse big inquiries with photos."""
+        return 2 * (self.smtp_max_message_size * 4 // 3) + 1024 * 1024
 
     @property
     def resolved_database_url(self) -> str:

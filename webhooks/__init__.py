@@ -1,0 +1,34 @@
+"""Provider webhooks: each receiver turns a provider's post into the same stored raw message
+that SMTP produces, so one pipeline serves both doors."""
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.handlers import HTTPRouteHandler
+
+from gateway.settings import Settings
+from webhooks.base import Receiver, receive
+from webhooks.mailgun import MailgunReceiver
+from webhooks.postmark import PostmarkReceiver
+from webhooks.sendgrid import SendGridReceiver
+from webhooks.ses import SesReceiver
+
+RECEIVERS: tuple[type[Receiver], ...] = (MailgunReceiver, SendGridReceiver, PostmarkReceiver, SesReceiver)
+
+
+async def _endpoint(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    receiver: Receiver = request.app.state.webhooks[request.route_handler.opt["provider"]]
+    return await receive(receiver, request)
+
+
+def webhook_handlers(settings: Settings) -> tuple[dict[str, Receiver], list[HTTPRouteHandler]]:
+    """The receivers and their routes, with a body limit that fits the largest mail we take."""
+    receivers = {cls.name: cls(settings) for cls in RECEIVERS}
+    handlers = [
+        post(path, name=f"webhook-{receiver.name}-{index}", opt={"provider": receiver.name},
+             request_max_body_size=settings.webhook_max_body, status_code=200, tags=["webhooks"],
+             summary=f"Inbound mail from {receiver.name}")(_endpoint)
+        for receiver in receivers.values() for index, path in enumerate(receiver.paths)
+    ]
+    return receivers, handlers
