@@ -102,6 +102,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
 
 
 @pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
+    """A SQLite database file, for scenarios that exist only there (locking it from outside)."""
+    path = tmp_path / "gateway-sqlite.db"
+    shutil.copyfile(sqlite_template, path)
+    yield f"sqlite:///{path}"
+    dispose_engines()
+
+
+@pytest.fixture
 def pg_database_url(pg_template: str) -> Iterator[str]:
     """A throwaway PostgreSQL database, for scenarios that exist only there."""
     if not pg_template:
