@@ -8,6 +8,8 @@ waiting out `busy_timeout`. PostgreSQL runs with `synchronous_commit=on` for the
 from __future__ import annotations
 
 import sqlite3
+import threading
+import weakref
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -47,6 +49,7 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
                           "timeout": busy_timeout},
             pool_size=pool_size, max_overflow=20,
         )
+        _busy_timeouts[engine] = busy_timeout
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
@@ -98,12 +101,43 @@ def driver_execute(conn: Connection, sql: str, params: Any, *, many: bool = Fals
         raise exc_module.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error) from exc
 
 
+_write_locks: dict[str, threading.RLock] = {}
+_busy_timeouts: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+_write_locks_guard = threading.Lock()
+
+
+def _sqlite_write_lock(engine: Engine) -> threading.RLock | None:
+    if not is_sqlite(engine):
+        return None
+    key = str(engine.url)
+    with _write_locks_guard:
+        return _write_locks.setdefault(key, threading.RLock())
+
+
 @contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
-    """A write transaction: BEGIN IMMEDIATE on SQLite, ordinary on PostgreSQL."""
-    with engine.connect().execution_options(write=True) as conn:
-        with conn.begin():
-            yield conn
+    """A write transaction: BEGIN IMMEDIATE on SQLite, ordinary on PostgreSQL.
+
+    On SQLite, writers of this process queue on a lock first. SQLite lets one writer in at a
+    time and makes the others retry in its busy handler, which sleeps up to 100 ms between
+    tries: twenty API requests writing at once waited hundreds of milliseconds for a lock
+    held a millisecond each (bench/outbound.py). Other processes still meet the busy handler.
+    """
+    lock = _sqlite_write_lock(engine)
+    if lock is not None and not lock.acquire(timeout=_busy_timeout(engine)):
+        raise exc_module.OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(
+            "database is locked (by other writers of this process)"))
+    try:
+        with engine.connect().execution_options(write=True) as conn:
+            with conn.begin():
+                yield conn
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _busy_timeout(engine: Engine) -> float:
+    return _busy_timeouts.get(engine, 5.0)
 
 
 @contextmanager
