@@ -1,0 +1,281 @@
+"""gateway.render: every template, hostile values, locale fallback, and the compiled fast path.
+
+The fast path (MJML compiled once, values filled in) is checked against a full Jinja2 + MJML
+render of the same message (``Renderer(precompile=False)``): byte for byte, for every
+template and branch, and for generated text.
+"""
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway import mime
+from gateway.quotes import split_reply
+from gateway.render import Quoted, Rendered, Renderer, _Compiled
+
+HOSTILE = '<script>alert(1)</script> "&<>'
+HOSTILE_HTML = "&lt;script&gt;alert(1)&lt;/script&gt; &#34;&amp;&lt;&gt;"
+SENT = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+LOCALES = ("de", "en")
+ACK_PHRASE = {"de": "danke für deine Anfrage", "en": "Thanks for your inquiry"}
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Renderer:
+    return Renderer()
+
+
+@pytest.fixture(scope="module")
+def reference() -> Renderer:
+    return Renderer(precompile=False)
+
+
+def every_rendering(r: Renderer, studio: str = "Inkwell Tattoo", text: str = "Hallo Lena,\n\nDonnerstag passt.",
+                    guest: str = "Lena", quoted_text: str = "Geht Donnerstag?\nLG") -> list[tuple[str, Rendered]]:
+    """Each template in each branch: reply without/with quote (author given, author unknown),
+    acknowledgement with/without guest name."""
+    out: list[tuple[str, Rendered]] = []
+    for loc in LOCALES:
+        out += [
+            (f"reply.{loc}", r.reply(locale=loc, studio_name=studio, text=text, guest_name=guest)),
+            (f"reply.{loc}.quote", r.reply(locale=loc, studio_name=studio, text=text, guest_name=guest,
+                                           quoted=Quoted(author=guest, sent_at=SENT, text=quoted_text))),
+            (f"reply.{loc}.quote-anonymous", r.reply(locale=loc, studio_name=studio, text=text,
+                                                     quoted=Quoted(author="", sent_at=SENT, text=quoted_text))),
+            (f"acknowledgement.{loc}", r.acknowledgement(locale=loc, studio_name=studio, guest_name=guest)),
+            (f"acknowledgement.{loc}.anonymous", r.acknowledgement(locale=loc, studio_name=studio)),
+        ]
+    return out
+
+
+def mime_message(rendered: Rendered) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Inkwell Tattoo <inkwell@mail.test>"
+    msg["To"] = "lena@example.de"
+    msg["Subject"] = "Re: Anfrage"
+    msg.set_content(rendered.text)
+    msg.add_alternative(rendered.html, subtype="html")
+    return msg.as_bytes()
+
+
+# ------------------------------------------------------------------ every template
+
+@pytest.mark.parametrize("case", range(10))
+def test_every_template_renders_completely(renderer: Renderer, case: int) -> None:
+    name, rendered = every_rendering(renderer)[case]
+    for leftover in ("{{", "}}", "{%", "%}", "{#", "#}", "@@gw"):
+        assert leftover not in rendered.text, (name, leftover)
+        assert leftover not in rendered.html, (name, leftover)
+    assert not re.search(r"</?mj-", rendered.html), name
+    assert "Inkwell Tattoo" in rendered.text and "Inkwell Tattoo" in rendered.html
+    if name.startswith("reply"):
+        assert "Hallo Lena,\n\nDonnerstag passt." in rendered.text
+        assert "Hallo Lena,<br /><br />Donnerstag passt." in rendered.html
+    else:
+        locale = name.split(".")[1]
+        assert ACK_PHRASE[locale] in rendered.text and ACK_PHRASE[locale] in rendered.html
+    assert rendered.text.endswith(".\n") and not rendered.text.endswith("\n\n")
+    assert "\n\n\n" not in rendered.text
+
+
+def test_html_is_a_full_document_without_remote_resources(renderer: Renderer) -> None:
+    for name, rendered in every_rendering(renderer):
+        html = rendered.html
+        assert html.startswith("<!doctype html>") and "<html" in html and html.endswith("</html>\n"), name
+        lowered = html.lower()
+        for remote in ("<img", "<link", "src=", "url(", "@import", "<script", "background="):
+            assert remote not in lowered, (name, remote)
+        # The only URL MRML writes is the XHTML namespace, an identifier that is never fetched.
+        assert set(re.findall(r"https?://[^\s\"'<>]+", html)) == {"http://www.w3.org/1999/xhtml"}, name
+        assert re.search(r'<html lang="(de|en)"', html), name
+
+
+def test_reply_layout_text_part(renderer: Renderer) -> None:
+    rendered = renderer.reply(locale="de", studio_name="Inkwell Tattoo", text="Hi Lena,\n\nDonnerstag passt.",
+                              quoted=Quoted(author="Lena Müller", sent_at=SENT, text="Geht Donnerstag?\n\nLG"))
+    assert rendered.text == (
+        "Hi Lena,\n\nDonnerstag passt.\n\nInkwell Tattoo\n\n"
+        "Am 20.11.2026 um 10:00 schrieb Lena Müller:\n> Geht Donnerstag?\n>\n> LG\n\n"
+        "Antworte einfach auf diese E-Mail – deine Nachricht geht direkt an Inkwell Tattoo.\n")
+    plain = renderer.reply(locale="en", studio_name="Ink", text="See you!")
+    assert plain.text == "See you!\n\nInk\n\nJust reply to this email – your message goes straight to Ink.\n"
+    assert "wrote" not in plain.html and "<p style=\"border-top" not in plain.html   # no divider without quote
+
+
+# ------------------------------------------------------------------ hostile values
+
+@pytest.mark.parametrize("where", ["text", "studio_name", "guest_name", "quoted_text", "quoted_author"])
+def test_hostile_values_are_escaped_in_html_and_verbatim_in_text(renderer: Renderer, where: str) -> None:
+    values = {"text": "Hallo", "studio_name": "Ink", "guest_name": "Lena", "quoted_text": "Frage",
+              "quoted_author": ""}   # empty author: the guest name names the quote's author
+    values[where] = HOSTILE
+    renderings = [
+        renderer.reply(locale=loc, studio_name=values["studio_name"], text=values["text"],
+                       guest_name=values["guest_name"],
+                       quoted=Quoted(author=values["quoted_author"], sent_at=SENT, text=values["quoted_text"]))
+        for loc in LOCALES]
+    if where in ("studio_name", "guest_name"):
+        renderings += [renderer.acknowledgement(locale=loc, studio_name=values["studio_name"],
+                                                guest_name=values["guest_name"]) for loc in LOCALES]
+    for rendered in renderings:
+        assert HOSTILE in rendered.text
+        assert HOSTILE_HTML in rendered.html
+        assert "<script" not in rendered.html.lower()
+        assert '"&<>' not in rendered.html
+
+
+def test_guest_cannot_inject_template_syntax(renderer: Renderer) -> None:
+    rendered = renderer.reply(locale="en", studio_name="{{ studio_name }}", text="{% if x %}{# c #}@@gw:text@@",
+                              quoted=Quoted(author="{{ 7*7 }}", sent_at=SENT, text="}}{{"))
+    assert "{% if x %}{# c #}@@gw:text@@" in rendered.text and "{{ 7*7 }} wrote:" in rendered.text
+    assert "{% if x %}{# c #}@@gw:text@@" in rendered.html and "49" not in rendered.text
+
+
+# ------------------------------------------------------------------ line breaks and odd characters
+
+def test_line_breaks_are_preserved(renderer: Renderer) -> None:
+    text = "eins\nzwei\n\n\ndrei  mit   Abstand\n\tEinzug"
+    for crlf in (False, True):
+        source = text.replace("\n", "\r\n") if crlf else text
+        rendered = renderer.reply(locale="de", studio_name="Ink", text=source,
+                                  quoted=Quoted(author="Lena", sent_at=SENT, text=source))
+        assert text in rendered.text and "\r" not in rendered.text
+        assert "> eins\n> zwei\n>\n>\n> drei  mit   Abstand\n> \tEinzug" in rendered.text
+        assert "eins<br />zwei<br /><br /><br />drei  mit   Abstand<br />\tEinzug" in rendered.html
+        assert rendered.html.count("eins<br />zwei") == 2
+
+
+def test_characters_mail_and_mjml_refuse_are_dropped_and_line_separators_become_newlines(
+        renderer: Renderer, reference: Renderer) -> None:
+    text = "a\x00b\x1bc\u2028d\x85e\x0bf\ud800g\ufffeh\x7fi\r\nj\rk"
+    fast = renderer.reply(locale="de", studio_name="In\x00k\nwell", text=text)
+    assert fast == reference.reply(locale="de", studio_name="In\x00k\nwell", text=text)
+    assert fast.text.startswith("abc\nd\ne\nfghi\nj\nk\n\nInk well\n")
+    assert mime.parse(mime_message(fast)).text == fast.text.rstrip("\n")
+
+
+def test_names_are_one_line(renderer: Renderer) -> None:
+    rendered = renderer.reply(locale="en", studio_name="Ink", text="x",
+                              quoted=Quoted(author="Lena\r\n  Müller\t", sent_at=SENT, text="y"))
+    assert "On Nov 20, 2026, at 10:00, Lena Müller wrote:\n" in rendered.text
+
+
+# ------------------------------------------------------------------ locales and dates
+
+@pytest.mark.parametrize(("locale", "language"), [
+    ("de", "de"), ("en", "en"), ("de-AT", "de"), ("de_CH", "de"), ("en_GB", "en"), ("EN-us", "en"),
+    (" en ", "en"), ("fr", "de"), ("fr-FR", "de"), ("", "de"), ("english", "de"), ("x-klingon", "de"),
+])
+def test_locales_map_to_their_language_and_unknown_ones_fall_back(renderer: Renderer, locale: str,
+                                                                  language: str) -> None:
+    assert renderer.language(locale) == language
+    ack = renderer.acknowledgement(locale=locale, studio_name="Ink")
+    assert ack == renderer.acknowledgement(locale=language, studio_name="Ink")
+    assert ACK_PHRASE[language] in ack.text
+    assert f'<html lang="{language}"' in ack.html
+
+
+def test_default_locale_is_configurable_and_checked() -> None:
+    english_first = Renderer(default_locale="en")
+    assert english_first.language("fr") == "en"
+    assert Renderer(locales=("de",)).language("en-GB") == "de"
+    with pytest.raises(ValueError, match="default_locale"):
+        Renderer(default_locale="fr")
+    with pytest.raises(ValueError, match="locales"):
+        Renderer(locales=("de", "../x"))
+
+
+def test_quote_line_per_locale_in_utc(renderer: Renderer) -> None:
+    vienna = datetime(2026, 11, 20, 11, 0, tzinfo=timezone(timedelta(hours=1)))   # 10:00 UTC
+    quoted = Quoted(author="Lena", sent_at=vienna, text="Hallo")
+    de = renderer.reply(locale="de", studio_name="Ink", text="x", quoted=quoted)
+    en = renderer.reply(locale="en", studio_name="Ink", text="x", quoted=quoted)
+    assert "Am 20.11.2026 um 10:00 schrieb Lena:\n> Hallo\n" in de.text
+    assert "Am 20.11.2026 um 10:00 schrieb Lena:" in de.html
+    assert "On Nov 20, 2026, at 10:00, Lena wrote:\n> Hallo\n" in en.text
+    assert "On Nov 20, 2026, at 10:00, Lena wrote:" in en.html
+    early = Quoted(author="", sent_at=datetime(2027, 3, 5, 7, 5, tzinfo=timezone.utc), text="Hallo")
+    assert "Am 05.03.2027 um 07:05 schriebst du:\n" in renderer.reply(locale="de", studio_name="I", text="x",
+                                                                       quoted=early).text
+    assert "On Mar 5, 2027, at 07:05, you wrote:\n" in renderer.reply(locale="en", studio_name="I", text="x",
+                                                                       quoted=early).text
+
+
+def test_naive_quote_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        Quoted(author="Lena", sent_at=datetime(2026, 11, 20, 10, 0), text="Hallo")
+
+
+def test_our_quote_line_is_cut_by_the_reply_splitter(renderer: Renderer) -> None:
+    """A guest who answers below our mail: gateway.quotes must see our attribution line."""
+    for loc in LOCALES:
+        for author in ("Lena", ""):
+            rendered = renderer.reply(locale=loc, studio_name="Ink", text="Donnerstag passt.",
+                                      quoted=Quoted(author=author, sent_at=SENT, text="Geht Donnerstag?"))
+            assert split_reply(rendered.text) == "Donnerstag passt.\n\nInk"
+
+
+# ------------------------------------------------------------------ fast path = full render
+
+def test_fast_path_equals_full_render_for_every_template_and_branch(renderer: Renderer,
+                                                                    reference: Renderer) -> None:
+    for values in ({}, {"studio": HOSTILE, "text": HOSTILE + "\n\nx", "guest": HOSTILE, "quoted_text": HOSTILE}):
+        fast, full = every_rendering(renderer, **values), every_rendering(reference, **values)
+        assert [name for name, _ in fast] == [name for name, _ in full]
+        for (name, a), (_, b) in zip(fast, full):
+            assert a.html == b.html, name
+            assert a.text == b.text, name
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(max_size=300), quoted_text=st.text(max_size=200), studio=st.text(max_size=40),
+       author=st.text(max_size=40), guest=st.text(max_size=40), locale=st.sampled_from(["de", "en-GB", "fr"]),
+       quote=st.booleans())
+def test_fast_path_equals_full_render_for_any_text(text: str, quoted_text: str, studio: str, author: str,
+                                                   guest: str, locale: str, quote: bool) -> None:
+    fast, full = _SHARED["fast"], _SHARED["full"]
+    quoted = Quoted(author=author, sent_at=SENT, text=quoted_text) if quote else None
+    kwargs = dict(locale=locale, studio_name=studio, text=text, guest_name=guest, quoted=quoted)
+    assert fast.reply(**kwargs) == full.reply(**kwargs)
+    assert fast.acknowledgement(locale=locale, studio_name=studio, guest_name=guest) == \
+        full.acknowledgement(locale=locale, studio_name=studio, guest_name=guest)
+
+
+# hypothesis refuses function-scoped fixtures in @given tests; build the pair once.
+_SHARED = {"fast": Renderer(), "full": Renderer(precompile=False)}
+
+
+def test_a_filter_the_fast_path_cannot_replay_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="cannot replay"):
+        _Compiled.from_html("<p>@@GW:TEXT@@</p>", "email/x.de.mjml.j2")   # e.g. {{ text|upper }}
+    compiled = _Compiled.from_html("<p>@@gw:text|nl2br@@ {x} @@gw:name@@</p>", "email/x.de.mjml.j2")
+    assert compiled.fill({"text": "a\n<b>", "name": "&"}) == "<p>a<br />&lt;b&gt; {x} &amp;</p>"
+
+
+# ------------------------------------------------------------------ as a real email
+
+@pytest.mark.parametrize("case", range(10))
+def test_multipart_alternative_parses_back(renderer: Renderer, case: int) -> None:
+    name, rendered = every_rendering(renderer, text="Hallo Lena,\n\nDonnerstag passt. " + HOSTILE + " ä€🎉",
+                                     quoted_text="Geht Donnerstag?\n" + "lang " * 40)[case]
+    raw = mime_message(rendered)
+
+    stdlib = email.message_from_bytes(raw, policy=email.policy.default)
+    assert stdlib.get_content_type() == "multipart/alternative"
+    plain, html = stdlib.get_body(("plain",)), stdlib.get_body(("html",))
+    assert plain is not None and html is not None
+    assert plain.get_content() == rendered.text, name
+    assert html.get_content() == rendered.html, name
+    assert not stdlib.defects and not plain.defects and not html.defects
+
+    parsed = mime.parse(raw)
+    assert parsed.content_type == "multipart/alternative" and not parsed.defects, parsed.defects
+    assert parsed.text == rendered.text.rstrip("\n"), name   # gateway.mime strips the end of every body
+    assert parsed.html is not None and "Inkwell Tattoo" in parsed.html
