@@ -178,3 +178,28 @@ class Attachment(SQLModel, table=True):
     sha256: str = Field(foreign_key="blob.sha256", max_length=64)
     inline: bool = False
     content_id: str | None = Field(default=None, max_length=998)
+
+
+# --- outbound ----------------------------------------------------------------------------------
+
+class OutboundJob(SQLModel, table=True):
+    """One email to send, committed with its outbound message (the transactional outbox).
+
+    status: queued → sending → sent | failed; a temporary failure goes back to queued with a
+    later next_attempt_at. `sending` carries a lease (claimed_at): a worker that died mid-way
+    leaves the job to be claimed again after it. Marked `sent` right after the relay's 250, so
+    a restarted worker does not send again what the relay already accepted.
+    """
+
+    __tablename__ = "outbound_job"
+    __table_args__ = (Index("ix_outbound_job_status_due", "status", "next_attempt_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    message_id: int = Field(foreign_key="message.id", unique=True)
+    status: str = Field(default="queued", max_length=16)
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    claimed_at: datetime | None = None
+    sent_at: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))

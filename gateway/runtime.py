@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from gateway.api.app import create_app
 from gateway.db import get_engine, migrate
 from gateway.ingest import Acceptor
+from gateway.outbox import Outbox
 from gateway.processor import ProcessorThread
 from gateway.settings import Settings
 from gateway.smtp import start_smtp_server
@@ -36,6 +37,8 @@ class Gateway:
         self.engine = engine
         self.processor: ProcessorThread | None = None
         self.acceptor: Acceptor | None = None
+        self.outbox: Outbox | None = None
+        self._outbox_task: asyncio.Task[None] | None = None
         self._smtp: asyncio.AbstractServer | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._uvicorn_task: asyncio.Task[None] | None = None
@@ -51,6 +54,8 @@ class Gateway:
         if "worker" in self.roles:
             self.processor = ProcessorThread(self.engine, self.settings)
             self.processor.start()
+            self.outbox = Outbox(self.engine, self.settings)
+            self._outbox_task = asyncio.create_task(self.outbox.run(), name="outbox")
         self.acceptor = Acceptor(self.engine, self.settings,
                                  on_stored=self.processor.wake if self.processor else None)
         await self.acceptor.start()
@@ -60,6 +65,8 @@ class Gateway:
         if "web" in self.roles:
             app = create_app(self.engine, self.settings)
             app.state.acceptor = self.acceptor
+            if self.outbox is not None:
+                app.state.wake_outbox = self.outbox.wake
             if http_sock is None:
                 http_sock = socket.create_server((self.settings.http_host, self.settings.http_port))
             config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
@@ -82,6 +89,9 @@ class Gateway:
             await self._uvicorn_task
         if self.acceptor is not None:
             await self.acceptor.stop()
+        if self.outbox is not None and self._outbox_task is not None:
+            self.outbox.stop()
+            await self._outbox_task
         if self.processor is not None:
             await asyncio.to_thread(self.processor.stop)
 
@@ -99,7 +109,7 @@ async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
     if gateway.http_address:
         parts.append(f"HTTP on http://{gateway.http_address[0]}:{gateway.http_address[1]}")
     if gateway.processor:
-        parts.append("worker running")
+        parts.append("worker running (inbound processing and outbox)")
     log.info("gateway ready: %s (database %s)", ", ".join(parts), _safe_url(settings.resolved_database_url))
     await stop.wait()
     log.info("shutting down")

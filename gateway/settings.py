@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     poll_interval: float = Field(0.5, gt=0)          # how often role processes look for work
     process_max_defer: float = Field(15.0, ge=0)     # seconds threading may wait while mail streams in
 
+    # Outbound mail (replies): relay, retries, signing.
+    smtp_relay_url: SecretStr | None = None           # smtp://[user:pass@]host[:port] | smtps://...; none: Maildir
+    smtp_relay_timeout: float = Field(30.0, gt=0)
+    outbound_retry_for: float = Field(2 * 24 * 3600.0, gt=0)   # seconds temporary failures are retried
+    outbound_connections: int = Field(4, ge=1, le=64)          # parallel relay connections per worker
+    dkim_selector: str = ""
+    dkim_private_key_file: Path | None = None
+
     # Provider webhooks (webhooks/): each is off until its secret is configured.
     mailgun_signing_key: SecretStr | None = None      # Mailgun "HTTP webhook signing key"
     sendgrid_verification_key: str = ""               # Inbound Parse security policy's public key (base64 DER)
@@ -102,6 +110,15 @@ class Settings(BaseSettings):
     def _user_password(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and ":" not in value.get_secret_value():
             raise ValueError("basic auth settings are written user:password")
+        return value
+
+    @field_validator("smtp_relay_url")
+    @classmethod
+    def _relay(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("smtp://", "smtps://")):
+            raise ValueError("GATEWAY_SMTP_RELAY_URL must start with smtp:// or smtps://")
         return value
 
     @property

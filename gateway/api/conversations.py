@@ -9,17 +9,18 @@ import json
 from datetime import datetime
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import ClientException, NotFoundException
 from typing import Annotated
 
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy import Engine, func, select
 
-from gateway.db import read_tx
+from gateway.db import read_tx, write_tx
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE
+from gateway.replies import MAX_TEXT, OUTBOUND_JOB, ReplyError, create_reply
 from gateway.studios import Caller
 from gateway.threader import ATTACHMENT
 
@@ -57,6 +58,7 @@ class MessageOut(msgspec.Struct):
     automatic: bool
     auto_kind: str | None
     delivery: str | None
+    delivery_error: str | None      # the relay's answer when delivery failed (or is being retried)
     attachments: list[AttachmentOut]
 
 
@@ -77,6 +79,19 @@ class ConversationDetailOut(ConversationOut):
 
 class ConversationList(msgspec.Struct):
     items: list[ConversationOut]
+
+
+class ReplyIn(msgspec.Struct):
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+
+
+def _message_out(m, attachments: list[AttachmentOut], error: str | None) -> MessageOut:  # type: ignore[no-untyped-def]
+    return MessageOut(
+        id=m.id, direction=m.direction, state=m.state, from_=PersonOut(email=m.from_email, name=m.from_name),
+        to=_people(m.to_json), cc=_people(m.cc_json), subject=m.subject, text=m.text, full_text=m.full_text,
+        html=m.html, message_id=m.message_id, in_reply_to=m.in_reply_to, received_at=m.received_at,
+        sent_at=m.sent_at, thread_rule=m.thread_rule, automatic=m.automatic, auto_kind=m.auto_kind,
+        delivery=m.delivery, delivery_error=error, attachments=attachments)
 
 
 def _people(raw: str) -> list[PersonOut]:
@@ -129,6 +144,11 @@ class ConversationController(Controller):
             held = conn.execute(select(func.count()).select_from(MESSAGE).where(
                 MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.studio_id == caller.studio_id,
                 MESSAGE.c.state == "held")).scalar_one()
+            errors: dict[int, str | None] = {}
+            outbound = [m.id for m in messages if m.direction == "outbound"]
+            if outbound:
+                errors = dict(conn.execute(select(OUTBOUND_JOB.c.message_id, OUTBOUND_JOB.c.last_error).where(
+                    OUTBOUND_JOB.c.studio_id == caller.studio_id, OUTBOUND_JOB.c.message_id.in_(outbound))).all())
             attachments: dict[int, list[AttachmentOut]] = {}
             if messages:
                 for a in conn.execute(select(ATTACHMENT).where(
@@ -140,12 +160,24 @@ class ConversationController(Controller):
         base = _conversation(row)
         return ConversationDetailOut(
             **msgspec.structs.asdict(base), held_count=held,
-            messages=[MessageOut(
-                id=m.id, direction=m.direction, state=m.state,
-                from_=PersonOut(email=m.from_email, name=m.from_name), to=_people(m.to_json),
-                cc=_people(m.cc_json), subject=m.subject, text=m.text, full_text=m.full_text, html=m.html,
-                message_id=m.message_id, in_reply_to=m.in_reply_to, received_at=m.received_at,
-                sent_at=m.sent_at, thread_rule=m.thread_rule, automatic=m.automatic, auto_kind=m.auto_kind,
-                delivery=m.delivery, attachments=attachments.get(m.id, []),
-            ) for m in messages],
+            messages=[_message_out(m, attachments.get(m.id, []), errors.get(m.id)) for m in messages],
         )
+
+    @post("/{conversation_id:int}/replies", sync_to_thread=True, status_code=202)
+    def reply(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
+              data: JSONBody[ReplyIn]) -> MessageOut:
+        """Queue a reply to the guest: 202 with the outbound message (delivery `queued`)."""
+        engine: Engine = state.engine
+        try:
+            with write_tx(engine) as conn:
+                created = create_reply(conn, studio_id=caller.studio_id, conversation_id=conversation_id,
+                                       text=data.text, settings=state.settings)
+                if created is None:
+                    raise NotFoundException("conversation not found")
+                row = conn.execute(select(MESSAGE).where(MESSAGE.c.id == created.message_row_id)).one()
+        except ReplyError as exc:
+            raise ClientException(str(exc)) from None
+        wake = getattr(state, "wake_outbox", None)
+        if wake is not None:
+            wake()  # same process (gateway serve): send now rather than at the next poll
+        return _message_out(row, [], None)

@@ -1,0 +1,94 @@
+"""A studio's reply: the outbound message row and its outbox job, committed together.
+
+The API only calls `create_reply`; sending happens later in the outbox worker, so the studio's
+app gets its answer (202) at once and a relay outage never loses a reply. The Message-ID is
+chosen and stored here, before anything is sent: the guest's answer to it must thread back
+even if the worker is restarted between sending and recording.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, insert, select, update
+
+from gateway.conversations import reply_subject
+from gateway.ingest import CONVERSATION, GUEST, MESSAGE, STUDIO
+from gateway.models import OutboundJob, utcnow
+from gateway.settings import Settings
+
+OUTBOUND_JOB = OutboundJob.__table__  # type: ignore[attr-defined]
+MAX_REFERENCES = 20
+MAX_TEXT = 100_000
+
+
+class ReplyError(ValueError):
+    """The reply cannot be made as asked; the message is safe to show (answered 400)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    message_row_id: int
+    message_id: str
+
+
+def new_message_id(domain: str, conversation_id: int) -> str:
+    """A fresh, unguessable Message-ID under our domain (without angle brackets, as stored)."""
+    return f"{secrets.token_hex(12)}.c{conversation_id}@{domain}"
+
+
+def bounded_references(chain: list[str]) -> list[str]:
+    """RFC 5322 3.6.4 allows trimming long chains; keep the first (the thread's root) and the
+    most recent ones, which are what clients thread by."""
+    if len(chain) <= MAX_REFERENCES:
+        return chain
+    return [chain[0], *chain[-(MAX_REFERENCES - 1):]]
+
+
+def check_text(text: str) -> str:
+    if "\x00" in text:
+        raise ReplyError("text must not contain NUL characters")
+    if not text.strip():
+        raise ReplyError("text must not be empty")
+    if len(text) > MAX_TEXT:
+        raise ReplyError(f"text is longer than {MAX_TEXT} characters")
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
+
+
+def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text: str,
+                 settings: Settings) -> Reply | None:
+    """Queue a reply in the caller's transaction; None if the conversation is not the studio's."""
+    text = check_text(text)
+    conversation = conn.execute(
+        select(CONVERSATION.c.id, CONVERSATION.c.subject, GUEST.c.email, GUEST.c.name, STUDIO.c.slug, STUDIO.c.name.label("studio_name"))
+        .join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id).join(STUDIO, STUDIO.c.id == CONVERSATION.c.studio_id)
+        .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id)
+    ).first()
+    if conversation is None:
+        return None
+    parent = conn.execute(
+        select(MESSAGE.c.message_id, MESSAGE.c.references_json)
+        .where(MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.studio_id == studio_id,
+               MESSAGE.c.direction == "inbound", MESSAGE.c.state == "visible")
+        .order_by(MESSAGE.c.received_at.desc(), MESSAGE.c.id.desc()).limit(1)
+    ).first()
+    references: list[str] = []
+    if parent is not None:
+        references = bounded_references([*json.loads(parent.references_json or "[]"), parent.message_id])
+    now = utcnow()
+    message_id = new_message_id(settings.mail_domain, conversation_id)
+    row_id = conn.execute(insert(MESSAGE).returning(MESSAGE.c.id), {
+        "studio_id": studio_id, "conversation_id": conversation_id, "direction": "outbound", "state": "visible",
+        "from_email": f"{conversation.slug}@{settings.mail_domain}", "from_name": conversation.studio_name,
+        "to_json": json.dumps([{"email": conversation.email, "name": conversation.name}]), "cc_json": "[]",
+        "subject": reply_subject(conversation.subject), "text": text, "full_text": text, "html": None,
+        "message_id": message_id, "in_reply_to": parent.message_id if parent else None,
+        "references_json": json.dumps(references), "received_at": now, "thread_rule": "reply",
+        "automatic": False, "delivery": "queued", "parser": "", "defects_json": "[]",
+    }).scalar_one()
+    conn.execute(insert(OUTBOUND_JOB), {"studio_id": studio_id, "message_id": row_id, "status": "queued",
+                                        "attempts": 0, "created_at": now, "next_attempt_at": now})
+    conn.execute(update(CONVERSATION).where(CONVERSATION.c.id == conversation_id).values(
+        last_message_at=now, message_count=CONVERSATION.c.message_count + 1))
+    return Reply(row_id, message_id)

@@ -1,0 +1,84 @@
+"""A real SMTP server standing in for the outbound relay: records what it is given.
+
+aiosmtpd on 127.0.0.1 (a given port, or an ephemeral one), on its own event-loop thread.
+`answer` decides what DATA gets: "250" (accept), or any refusal such as
+"451 4.3.0 Try later" / "550 5.7.1 Relaying denied".
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+
+
+@dataclass
+class _Handler:
+    sink: "RelaySink"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if not self.sink.answer.startswith("250"):
+            return self.sink.answer
+        with self.sink.lock:
+            self.sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 Queued as sink"
+
+
+@dataclass
+class RelaySink:
+    port: int = 0
+    answer: str = "250"
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> "RelaySink":
+        self._loop = asyncio.new_event_loop()
+        sock = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self.port = sock.getsockname()[1]
+        handler = _Handler(self)
+
+        async def start() -> asyncio.AbstractServer:
+            return await self._loop.create_server(
+                lambda: SMTP(handler, decode_data=False, enable_SMTPUTF8=True, hostname="relay.test"), sock=sock)
+
+        self._server = self._loop.run_until_complete(start())
+        self._thread = threading.Thread(target=self._loop.run_forever, name="relay-sink", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for a relay that is down)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

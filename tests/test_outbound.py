@@ -1,0 +1,258 @@
+"""Studio replies over real sockets: API → outbox → relay (a real SMTP sink) → guest → back.
+
+The outbox is driven explicitly (`send_due`), as the worker's loop would run it; clocks are
+injected, never slept.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any, Iterator
+
+import dkim
+import pytest
+from sqlalchemy import select, update
+
+from gateway.conversations import parse_studio_address, verify_reply_token
+from gateway.db import read_tx, write_tx
+from gateway.ingest import CONVERSATION, STUDIO
+from gateway.models import utcnow
+from gateway.outbox import Outbox
+from gateway.replies import OUTBOUND_JOB, create_reply
+from gateway.signing import generate_keypair
+from tests.conftest import MAIL_DOMAIN, SECRET, RunningGateway, make_settings, start_gateway
+from tests.mail import make_mail, new_id
+from tests.relay_sink import RelaySink, free_port
+
+SELECTOR = "gw2026"
+
+
+def send_due(running: RunningGateway, *, later: timedelta = timedelta(0)) -> int:
+    """One outbox round, as the worker runs it, with the clock moved `later` ahead."""
+    outbox = Outbox(running.engine, running.settings, clock=lambda: utcnow() + later)
+
+    async def round_() -> int:
+        try:
+            return await outbox.run_once()
+        finally:
+            for transport in outbox.transports:
+                await transport.close()
+
+    return asyncio.run(round_())
+
+
+@pytest.fixture
+def sink() -> Iterator[RelaySink]:
+    with RelaySink() as relay:
+        yield relay
+
+
+@pytest.fixture
+def dkim_key(tmp_path: Path) -> tuple[Path, str]:
+    pair = generate_keypair("rsa")
+    path = tmp_path / "dkim.pem"
+    path.write_bytes(pair.private_pem)
+    path.chmod(0o600)
+    return path, pair.dns_record
+
+
+def outbound_gateway(tmp_path: Path, database_url: str, relay_url: str | None, **overrides: Any) -> RunningGateway:
+    settings = make_settings(tmp_path, database_url, smtp_relay_url=relay_url, **overrides)
+    return start_gateway(settings)
+
+
+def inquiry(running: RunningGateway, studio_slug: str = "inkwell") -> tuple[Any, str, dict[str, Any]]:
+    studio = running.add_studio(studio_slug, name="Inkwell Tattoo")
+    first = new_id()
+    assert running.send(make_mail(message_id=first, subject="Tattoo Anfrage"), studio.address).code == 250
+    running.process()
+    api = running.api(studio.token)
+    [item] = api.get("/api/v1/conversations").json()["items"]
+    return studio, first, item
+
+
+def reply(running: RunningGateway, token: str, conversation_id: int, text: str = "Hallo Lena,\n\nFreitag um 14 Uhr passt.") -> dict[str, Any]:
+    answer = running.api(token).post(f"/api/v1/conversations/{conversation_id}/replies", json={"text": text})
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
+@pytest.mark.parametrize("client", ["full_headers", "reply_address_only", "subject_only"])
+def test_reply_reaches_the_guest_signed_and_threaded_and_the_answer_comes_back(
+        tmp_path: Path, database_url: str, sink: RelaySink, dkim_key: tuple[Path, str], client: str) -> None:
+    key_file, dns_record = dkim_key
+    running = outbound_gateway(tmp_path, database_url, sink.url, dkim_selector=SELECTOR,
+                               dkim_private_key_file=key_file)
+    try:
+        studio, first, conversation = inquiry(running)
+        queued = reply(running, studio.token, conversation["id"])
+        assert queued["direction"] == "outbound" and queued["delivery"] == "queued"
+        assert send_due(running) == 1
+
+        [mail] = sink.received
+        assert mail.mail_from == f"inkwell@{MAIL_DOMAIN}" and mail.rcpt_tos == ["guest@example.org"]
+        msg = mail.message
+        assert msg["From"] == f"Inkwell Tattoo <inkwell@{MAIL_DOMAIN}>"
+        assert getaddresses([msg["To"]])[0][1] == "guest@example.org"
+        assert msg["Message-ID"] == f"<{queued['message_id']}>"
+        assert msg["In-Reply-To"] == first and first in msg["References"]
+        assert msg["Subject"] == "Re: Tattoo Anfrage" and msg["Date"]
+        assert msg["Auto-Submitted"] is None  # a human reply is not automatic mail
+        reply_to = getaddresses([msg["Reply-To"]])[0][1]
+        address = parse_studio_address(reply_to, MAIL_DOMAIN)
+        assert address and verify_reply_token(SECRET.encode(), studio.id, address.detail) == conversation["id"]
+        assert msg.get_content_type() == "multipart/alternative"
+        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+        assert "Freitag um 14 Uhr passt." in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+        def dns(name: bytes, timeout: int = 5) -> bytes:
+            return dns_record.encode() if name == f"{SELECTOR}._domainkey.{MAIL_DOMAIN}.".encode() else b""
+
+        assert dkim.verify(mail.data, dnsfunc=dns)
+        detail = running.api(studio.token).get(f"/api/v1/conversations/{conversation['id']}").json()
+        assert detail["messages"][-1]["delivery"] == "sent" and detail["messages"][-1]["sent_at"]
+
+        if client == "full_headers":
+            answer, rcpt = make_mail(subject="Re: Tattoo Anfrage", in_reply_to=msg["Message-ID"],
+                                     references=[first, msg["Message-ID"]], to=reply_to, body="Super, danke!"), reply_to
+        elif client == "reply_address_only":
+            answer, rcpt = make_mail(subject="Noch eine Frage", to=reply_to, body="Super, danke!"), reply_to
+        else:
+            answer, rcpt = make_mail(subject="AW: Re: Tattoo Anfrage", body="Super, danke!"), studio.address
+        assert running.send(answer, rcpt).code == 250
+        running.process()
+        detail = running.api(studio.token).get(f"/api/v1/conversations/{conversation['id']}").json()
+        assert [m["direction"] for m in detail["messages"]] == ["inbound", "outbound", "inbound"]
+        assert detail["messages"][-1]["text"] == "Super, danke!"
+    finally:
+        running.stop()
+
+
+def test_relay_down_keeps_the_reply_queued_then_sends_it_exactly_once(tmp_path: Path, database_url: str) -> None:
+    port = free_port()
+    running = outbound_gateway(tmp_path, database_url, f"smtp://127.0.0.1:{port}")
+    try:
+        studio, _, conversation = inquiry(running)
+        reply(running, studio.token, conversation["id"])
+        assert send_due(running) == 1  # tried: connection refused
+        message = running.api(studio.token).get(f"/api/v1/conversations/{conversation['id']}").json()["messages"][-1]
+        assert message["delivery"] == "queued" and "unreachable" in message["delivery_error"]
+        assert send_due(running) == 0  # backoff: not due yet
+        with RelaySink(port=port) as relay:
+            assert send_due(running, later=timedelta(hours=2)) == 1
+            assert send_due(running, later=timedelta(hours=4)) == 0  # a restarted worker finds nothing to send
+            assert len(relay.received) == 1
+        message = running.api(studio.token).get(f"/api/v1/conversations/{conversation['id']}").json()["messages"][-1]
+        assert message["delivery"] == "sent" and message["delivery_error"] is None
+        with read_tx(running.engine) as conn:
+            assert conn.execute(select(OUTBOUND_JOB.c.attempts)).scalar_one() == 2
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("answer, delivery, later, expected", [
+    ("550 5.7.1 Relaying denied", "failed", timedelta(0), "550 5.7.1 Relaying denied"),
+    ("451 4.3.0 Try again later", "queued", timedelta(0), "451 4.3.0 Try again later"),
+    ("451 4.3.0 Try again later", "failed", timedelta(days=3), "gave up after 1 attempts"),
+])
+def test_relay_refusals(tmp_path: Path, database_url: str, sink: RelaySink, answer: str, delivery: str,
+                        later: timedelta, expected: str) -> None:
+    sink.answer = answer
+    running = outbound_gateway(tmp_path, database_url, sink.url)
+    try:
+        studio, _, conversation = inquiry(running)
+        reply(running, studio.token, conversation["id"])
+        send_due(running, later=later)
+        message = running.api(studio.token).get(f"/api/v1/conversations/{conversation['id']}").json()["messages"][-1]
+        assert message["delivery"] == delivery and expected in message["delivery_error"]
+        assert sink.received == []
+    finally:
+        running.stop()
+
+
+def test_without_a_relay_mail_goes_to_a_maildir(tmp_path: Path, database_url: str) -> None:
+    running = outbound_gateway(tmp_path, database_url, None)
+    try:
+        studio, _, conversation = inquiry(running)
+        queued = reply(running, studio.token, conversation["id"])
+        assert send_due(running) == 1
+        files = list((running.settings.data_dir / "outbox-maildir" / "new").iterdir())
+        assert len(files) == 1 and f"<{queued['message_id']}>".encode() in files[0].read_bytes()
+    finally:
+        running.stop()
+
+
+def test_no_value_can_inject_a_header(tmp_path: Path, database_url: str, sink: RelaySink) -> None:
+    running = outbound_gateway(tmp_path, database_url, sink.url)
+    try:
+        studio = running.add_studio("inkwell")
+        # Encoded words that decode to CR LF inside the subject and the sender's name.
+        raw = ("From: =?utf-8?q?Eve=0D=0ABcc=3A_x=40evil.example?= <guest@example.org>\r\n"
+               f"To: {studio.address}\r\nSubject: =?utf-8?q?Termin=0D=0ABcc:_victim@example.net?=\r\n"
+               f"Message-ID: {new_id()}\r\nDate: Fri, 20 Nov 2026 10:00:00 +0000\r\n\r\nHallo\r\n")
+        assert running.send(raw, studio.address).code == 250
+        running.process()
+        with write_tx(running.engine) as conn:
+            conn.execute(update(STUDIO).values(name="Ink\r\nBcc: studio-victim@example.net"))
+            [conversation_id] = conn.execute(select(CONVERSATION.c.id)).scalars()
+        reply(running, studio.token, conversation_id, text="Hallo\r\nBcc: not-a-header@example.net\r\n\r\nbis bald")
+        assert send_due(running) == 1
+        [mail] = sink.received
+        head = mail.data.split(b"\r\n\r\n", 1)[0]
+        assert b"\nBcc:" not in head and b"\r\nBcc" not in head.replace(b"\r\n ", b" ")
+        assert mail.rcpt_tos == ["guest@example.org"]
+        assert mail.message["Subject"].startswith("Re: Termin")
+    finally:
+        running.stop()
+
+
+def test_reply_api_refuses_bad_input_and_other_studios(tmp_path: Path, database_url: str) -> None:
+    running = outbound_gateway(tmp_path, database_url, None)
+    try:
+        studio, _, conversation = inquiry(running)
+        other = running.add_studio("nadelwerk")
+        path = f"/api/v1/conversations/{conversation['id']}/replies"
+        assert running.api(other.token).post(path, json={"text": "hi"}).status_code == 404
+        assert running.api(None).post(path, json={"text": "hi"}).status_code == 401
+        for body in ({"text": ""}, {"text": "   \n "}, {"text": "a\x00b"}, {"nope": 1}, {"text": "x" * 100_001}):
+            answer = running.api(studio.token).post(path, json=body)
+            assert answer.status_code == 400 and answer.json()["detail"], body
+        with read_tx(running.engine) as conn:
+            assert conn.execute(select(OUTBOUND_JOB.c.id)).all() == []
+    finally:
+        running.stop()
+
+
+def test_two_workers_on_postgres_send_each_of_200_replies_once(tmp_path: Path, pg_database_url: str,
+                                                              sink: RelaySink) -> None:
+    settings = make_settings(tmp_path, pg_database_url, smtp_relay_url=sink.url, outbound_connections=3)
+    running = start_gateway(settings)
+    try:
+        studio, _, conversation = inquiry(running)
+        with write_tx(running.engine) as conn:
+            ids = [create_reply(conn, studio_id=studio.id, conversation_id=conversation["id"], text=f"Antwort {i}",
+                                settings=settings).message_id for i in range(200)]  # type: ignore[union-attr]
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                while send_due(running):
+                    pass
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors
+        sent_ids = sorted(r.message["Message-ID"].strip("<>") for r in sink.received)
+        assert sent_ids == sorted(ids)
+        with read_tx(running.engine) as conn:
+            assert set(conn.execute(select(OUTBOUND_JOB.c.status)).scalars()) == {"sent"}
+    finally:
+        running.stop()
