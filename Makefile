@@ -14,6 +14,7 @@ test: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/smtp_ingest.py
 	$(BIN)/python bench/webhook_ingest.py
+	$(BIN)/python bench/outbound.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
