@@ -20,12 +20,12 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 import tenacity
-from sqlalchemy import Engine, case, or_, select, update
+from sqlalchemy import Engine, or_, select, update
 
 from gateway.db import read_tx, write_tx
 from gateway.ingest import MESSAGE
 from gateway.models import utcnow
-from gateway.outbound import OutgoingMail, compose
+from gateway.outbound import OutgoingMail, compose_many
 from gateway.relay import MaildirTransport, RelayConnection, RelayUrl, SendResult, Transport
 from gateway.render import Renderer
 from gateway.replies import OUTBOUND_JOB
@@ -111,51 +111,56 @@ class Outbox:
         return [Job(r.id, r.message_id, r.attempts + 1, r.created_at) for r in rows]
 
     def compose_all(self, jobs: list[Job]) -> list[OutgoingMail | SendResult]:
-        composed: list[OutgoingMail | SendResult] = []
         with read_tx(self.engine) as conn:
-            for job in jobs:
-                try:
-                    composed.append(compose(conn, job.message_row_id, self.settings, self.secret, self.renderer,
-                                            self.signer))
-                except Exception as exc:  # a reply that cannot be built will not build next time either
-                    log.exception("composing outbound message %s failed", job.message_row_id)
-                    composed.append(SendResult("permanent", f"could not compose the message: {type(exc).__name__}"))
+            built = compose_many(conn, [job.message_row_id for job in jobs], self.settings, self.secret,
+                                 self.renderer, self.signer)
+        composed: list[OutgoingMail | SendResult] = []
+        for job in jobs:
+            mail = built[job.message_row_id]
+            if isinstance(mail, Exception):  # a reply that cannot be built will not build next time either
+                log.error("composing outbound message %s failed: %r", job.message_row_id, mail)
+                composed.append(SendResult("permanent", f"could not compose the message: {type(mail).__name__}"))
+            else:
+                composed.append(mail)
         return composed
 
     def record(self, results: list[tuple[Job, SendResult]]) -> None:
         now = self.clock()
         with write_tx(self.engine) as conn:
+            sent = [job for job, result in results if result.kind == "sent"]
+            if sent:  # the common case, in two statements however many there are
+                conn.execute(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id.in_([j.id for j in sent])).values(
+                    status="sent", claimed_at=None, last_error=None, sent_at=now))
+                conn.execute(update(MESSAGE).where(MESSAGE.c.id.in_([j.message_row_id for j in sent])).values(
+                    delivery="sent", sent_at=now))
             for job, result in results:
-                status, delivery, next_at = "sent", "sent", None
+                if result.kind == "sent":
+                    continue
+                status, next_at, detail = "failed", None, result.detail
                 if result.kind == "temporary":
                     next_at = now + backoff(job.attempts)
                     if next_at - job.created_at > timedelta(seconds=self.settings.outbound_retry_for):
-                        status, delivery = "failed", "failed"
+                        detail = f"gave up after {job.attempts} attempts; last: {result.detail}"
                     else:
-                        status, delivery = "queued", "queued"
-                elif result.kind == "permanent":
-                    status, delivery = "failed", "failed"
-                detail = result.detail if result.kind != "sent" else None
-                if status == "failed" and result.kind == "temporary":
-                    detail = f"gave up after {job.attempts} attempts; last: {result.detail}"
+                        status = "queued"
+                delivery = status
                 conn.execute(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == job.id).values(
                     status=status, claimed_at=None, last_error=detail,
-                    sent_at=now if status == "sent" else None,
                     next_attempt_at=next_at if next_at is not None else OUTBOUND_JOB.c.next_attempt_at))
-                conn.execute(update(MESSAGE).where(MESSAGE.c.id == job.message_row_id).values(
-                    delivery=delivery, sent_at=case((MESSAGE.c.sent_at.is_(None), now if status == "sent" else None),
-                                                    else_=MESSAGE.c.sent_at)))
-                if status != "sent":
-                    log.warning("outbound message %s: %s (%s)", job.message_row_id, status, detail)
+                conn.execute(update(MESSAGE).where(MESSAGE.c.id == job.message_row_id).values(delivery=delivery))
+                log.warning("outbound message %s: %s (%s)", job.message_row_id, status, detail)
+
+    def _claim_and_compose(self) -> tuple[list[Job], list[OutgoingMail | SendResult]]:
+        jobs = self.claim()
+        return jobs, self.compose_all(jobs) if jobs else []
 
     # -- the loop --
 
     async def run_once(self) -> int:
         """Send every job that is due now; the number handled."""
-        jobs = await asyncio.to_thread(self.claim)
+        jobs, composed = await asyncio.to_thread(self._claim_and_compose)
         if not jobs:
             return 0
-        composed = await asyncio.to_thread(self.compose_all, jobs)
         results: asyncio.Queue[tuple[Job, SendResult] | None] = asyncio.Queue()
         recorder = asyncio.create_task(self._record_results(results))
         work = list(zip(jobs, composed))

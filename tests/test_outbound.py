@@ -256,3 +256,37 @@ def test_two_workers_on_postgres_send_each_of_200_replies_once(tmp_path: Path, p
             assert set(conn.execute(select(OUTBOUND_JOB.c.status)).scalars()) == {"sent"}
     finally:
         running.stop()
+
+
+def test_composed_mail_parses_back_exactly_with_non_ascii_and_long_values(tmp_path: Path, database_url: str,
+                                                                         sink: RelaySink) -> None:
+    from email import message_from_bytes, policy
+
+    from gateway.mime import parse
+
+    running = outbound_gateway(tmp_path, database_url, sink.url)
+    try:
+        studio = running.add_studio("inkwell", name="Nadelwerk Ünterwelt, Köln")
+        subject = "Anfrage: großes Rückenmotiv mit Schriftzug „Für immer“ – wann hättet ihr Zeit für ein Gespräch?"
+        assert running.send(make_mail(subject=subject, from_="Jürgen \"Jo\" Groß <guest@example.org>"),
+                            studio.address).code == 250
+        running.process()
+        [item] = running.api(studio.token).get("/api/v1/conversations").json()["items"]
+        text = "Hallo Jürgen,\n\n" + "gerne! Wir melden uns mit einem Termin. " * 30 + "\n\n=3D Gruß =?utf-8?q?x?="
+        reply(running, studio.token, item["id"], text=text)
+        assert send_due(running) == 1
+        [mail] = sink.received
+        assert all(len(line) <= 998 for line in mail.data.split(b"\r\n"))
+        assert b"\n" not in mail.data.replace(b"\r\n", b"")
+        msg = message_from_bytes(mail.data, policy=policy.default)
+        assert msg.defects == [] and all(p.defects == [] for p in msg.walk())
+        assert msg["Subject"] == "Re: " + subject
+        assert msg["From"].addresses[0].display_name == "Nadelwerk Ünterwelt, Köln"
+        assert msg["To"].addresses[0].display_name == 'Jürgen "Jo" Groß'
+        plain = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert " ".join(text.split()) in " ".join(plain.split())  # QP round trip, "=3D" and "=?" kept literal
+        parsed = parse(mail.data)
+        assert parsed.parser == "flanker" and parsed.subject == "Re: " + subject
+        assert parsed.text.startswith("Hallo Jürgen,") and parsed.html and "Jürgen" in parsed.html
+    finally:
+        running.stop()
