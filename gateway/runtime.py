@@ -16,6 +16,7 @@ import uvicorn
 from sqlalchemy import Engine
 
 from gateway.api.app import create_app
+from gateway.batching import WriteBatcher
 from gateway.db import get_engine, migrate
 from gateway.ingest import Acceptor
 from gateway.outbox import Outbox
@@ -38,6 +39,7 @@ class Gateway:
         self.processor: ProcessorThread | None = None
         self.acceptor: Acceptor | None = None
         self.outbox: Outbox | None = None
+        self.writes: WriteBatcher | None = None
         self._outbox_task: asyncio.Task[None] | None = None
         self._smtp: asyncio.AbstractServer | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -65,6 +67,9 @@ class Gateway:
         if "web" in self.roles:
             app = create_app(self.engine, self.settings)
             app.state.acceptor = self.acceptor
+            self.writes = WriteBatcher(self.engine)
+            await self.writes.start()
+            app.state.writes = self.writes
             if self.outbox is not None:
                 app.state.wake_outbox = self.outbox.wake
             if http_sock is None:
@@ -87,6 +92,8 @@ class Gateway:
         if self._uvicorn is not None and self._uvicorn_task is not None:
             self._uvicorn.should_exit = True
             await self._uvicorn_task
+        if self.writes is not None:
+            await self.writes.stop()
         if self.acceptor is not None:
             await self.acceptor.stop()
         if self.outbox is not None and self._outbox_task is not None:

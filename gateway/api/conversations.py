@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import ClientException, NotFoundException
-from typing import Annotated
+from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException
 
 from litestar.params import FromPath, JSONBody, QueryParameter
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import OperationalError
 
-from gateway.db import read_tx, write_tx
+from gateway.batching import WriteUnavailable
+from gateway.db import read_tx
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE
 from gateway.replies import MAX_TEXT, OUTBOUND_JOB, ReplyError, create_reply
 from gateway.studios import Caller
@@ -163,20 +165,30 @@ class ConversationController(Controller):
             messages=[_message_out(m, attachments.get(m.id, []), errors.get(m.id)) for m in messages],
         )
 
-    @post("/{conversation_id:int}/replies", sync_to_thread=True, status_code=202)
-    def reply(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
-              data: JSONBody[ReplyIn]) -> MessageOut:
-        """Queue a reply to the guest: 202 with the outbound message (delivery `queued`)."""
-        engine: Engine = state.engine
+    @post("/{conversation_id:int}/replies", status_code=202)
+    async def reply(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
+                    data: JSONBody[ReplyIn]) -> MessageOut:
+        """Queue a reply to the guest: 202 with the outbound message (delivery `queued`).
+
+        The row and its outbox job are written in a group commit shared with concurrent
+        replies (gateway/batching.py)."""
+        settings = state.settings
+
+        def write(conn: Connection) -> Any:
+            created = create_reply(conn, studio_id=caller.studio_id, conversation_id=conversation_id,
+                                   text=data.text, settings=settings)
+            if created is None:
+                return None
+            return conn.execute(select(MESSAGE).where(MESSAGE.c.id == created.message_row_id)).one()
+
         try:
-            with write_tx(engine) as conn:
-                created = create_reply(conn, studio_id=caller.studio_id, conversation_id=conversation_id,
-                                       text=data.text, settings=state.settings)
-                if created is None:
-                    raise NotFoundException("conversation not found")
-                row = conn.execute(select(MESSAGE).where(MESSAGE.c.id == created.message_row_id)).one()
+            row = await state.writes.run(write)
         except ReplyError as exc:
             raise ClientException(str(exc)) from None
+        except (WriteUnavailable, OperationalError):
+            raise ServiceUnavailableException("temporary problem storing the reply, please retry") from None
+        if row is None:
+            raise NotFoundException("conversation not found")
         wake = getattr(state, "wake_outbox", None)
         if wake is not None:
             wake()  # same process (gateway serve): send now rather than at the next poll
