@@ -123,6 +123,7 @@ class Conversation(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     last_message_at: datetime = Field(default_factory=utcnow)
     message_count: int = 0
+    read_at: datetime | None = None   # when the studio last read it: unread while last_message_at is later
 
 
 class Message(SQLModel, table=True):

@@ -90,5 +90,5 @@ def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text
     conn.execute(insert(OUTBOUND_JOB), {"studio_id": studio_id, "message_id": row_id, "status": "queued",
                                         "attempts": 0, "created_at": now, "next_attempt_at": now})
     conn.execute(update(CONVERSATION).where(CONVERSATION.c.id == conversation_id).values(
-        last_message_at=now, message_count=CONVERSATION.c.message_count + 1))
+        last_message_at=now, message_count=CONVERSATION.c.message_count + 1, read_at=now))  # answering is reading
     return Reply(row_id, message_id)

@@ -96,3 +96,48 @@ def test_tokens_are_stored_only_as_hashes(gw: RunningGateway) -> None:
 def test_openapi_schema_lists_the_routes(gw: RunningGateway) -> None:
     paths = gw.api(None).get("/schema/openapi.json").json()["paths"]
     assert {"/api/v1/conversations", "/api/v1/conversations/{conversation_id}", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_list_filters_unread_and_cursor_pagination(gw: RunningGateway) -> None:
+    from tests.mail import make_mail as mail
+
+    studio = gw.add_studio("inkwell")
+    for i in range(7):
+        gw.send(mail(subject=f"Anfrage {i}", from_=f"Gast {i} <gast{i}@example.org>"), studio.address)
+        gw.process()
+    gw.send(mail(subject="100% Rabatt_aktion?", from_="Müller <mueller@example.net>"), studio.address)
+    gw.process()
+    api = gw.api(studio.token)
+
+    pages, cursor = [], None
+    while True:
+        params: dict[str, object] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        answer = api.get("/api/v1/conversations", params=params).json()
+        pages.append([i["subject"] for i in answer["items"]])
+        cursor = answer["next_cursor"]
+        if cursor is None:
+            break
+    flat = [s for page in pages for s in page]
+    assert [len(p) for p in pages] == [3, 3, 2] and len(set(flat)) == 8
+    assert flat == [i["subject"] for i in api.get("/api/v1/conversations").json()["items"]]  # same order
+
+    def subjects(**params: object) -> list[str]:
+        return [i["subject"] for i in api.get("/api/v1/conversations", params=params).json()["items"]]
+
+    assert subjects(q="100%") == ["100% Rabatt_aktion?"]  # LIKE wildcards are literal
+    assert subjects(q="MÜLLER") == ["100% Rabatt_aktion?"] and subjects(q="gast3@") == ["Anfrage 3"]
+    assert len(subjects(unread=True)) == 8 and subjects(unread=False) == []
+    first = api.get("/api/v1/conversations", params={"q": "Anfrage 2"}).json()["items"][0]
+    marked = api.post(f"/api/v1/conversations/{first['id']}/read")
+    assert marked.status_code == 200 and marked.json()["unread"] is False
+    assert subjects(unread=False) == ["Anfrage 2"] and "Anfrage 2" not in subjects(unread=True)
+    gw.send(mail(subject="Re: Anfrage 2", from_="Gast 2 <gast2@example.org>"), studio.address)
+    gw.process()
+    assert "Anfrage 2" in subjects(unread=True)  # new mail makes it unread again
+    assert subjects(status="closed") == [] and len(subjects(status="open")) == 8
+    assert api.get("/api/v1/conversations", params={"status": "deleted"}).status_code == 400
+    assert api.get("/api/v1/conversations", params={"cursor": "bm9wZQ"}).status_code == 400
+    other = gw.add_studio("nadelwerk")
+    assert gw.api(other.token).post(f"/api/v1/conversations/{first['id']}/read").status_code == 404

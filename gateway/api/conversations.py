@@ -5,8 +5,9 @@ Every query filters on the caller's studio id; an id of another studio is simply
 """
 from __future__ import annotations
 
+import base64
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import msgspec
@@ -16,13 +17,14 @@ from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException
 
 from litestar.params import FromPath, JSONBody, QueryParameter
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from gateway.batching import WriteUnavailable
-from gateway.db import read_tx
+from gateway.db import read_tx, write_tx
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE
 from gateway.replies import MAX_TEXT, OUTBOUND_JOB, ReplyError, create_reply
+from gateway.models import utcnow
 from gateway.studios import Caller
 from gateway.threader import ATTACHMENT
 
@@ -72,6 +74,7 @@ class ConversationOut(msgspec.Struct):
     message_count: int
     last_message_at: datetime
     created_at: datetime
+    unread: bool
 
 
 class ConversationDetailOut(ConversationOut):
@@ -81,6 +84,26 @@ class ConversationDetailOut(ConversationOut):
 
 class ConversationList(msgspec.Struct):
     items: list[ConversationOut]
+    next_cursor: str | None = None
+
+
+class ReadOut(msgspec.Struct):
+    id: int
+    unread: bool
+    read_at: datetime
+
+
+def _encode_cursor(last_message_at: datetime, conversation_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{last_message_at.isoformat()}|{conversation_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        at, _, conversation_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        parsed = datetime.fromisoformat(at)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)), int(conversation_id)
+    except (ValueError, UnicodeDecodeError):
+        raise ClientException("cursor is not one this API handed out") from None
 
 
 class ReplyIn(msgspec.Struct):
@@ -104,12 +127,13 @@ def _conversation(row) -> ConversationOut:  # type: ignore[no-untyped-def]
     return ConversationOut(id=row.id, subject=row.subject, status=row.status,
                            guest=PersonOut(email=row.guest_email, name=row.guest_name),
                            message_count=row.message_count, last_message_at=row.last_message_at,
-                           created_at=row.created_at)
+                           created_at=row.created_at,
+                           unread=row.read_at is None or row.last_message_at > row.read_at)
 
 
 _CONVERSATION_COLUMNS = (CONVERSATION.c.id, CONVERSATION.c.subject, CONVERSATION.c.status,
                          CONVERSATION.c.message_count, CONVERSATION.c.last_message_at,
-                         CONVERSATION.c.created_at, GUEST.c.email.label("guest_email"),
+                         CONVERSATION.c.created_at, CONVERSATION.c.read_at, GUEST.c.email.label("guest_email"),
                          GUEST.c.name.label("guest_name"))
 
 
@@ -117,16 +141,50 @@ class ConversationController(Controller):
     path = "/api/v1/conversations"
 
     @get("/", sync_to_thread=True)
-    def list_conversations(self, state: State, caller: NamedDependency[Caller],
-                           limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50) -> ConversationList:
-        engine: Engine = state.engine
-        with read_tx(engine) as conn:
-            rows = conn.execute(
-                select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-                .where(CONVERSATION.c.studio_id == caller.studio_id)
-                .order_by(CONVERSATION.c.last_message_at.desc(), CONVERSATION.c.id.desc()).limit(limit)
-            ).all()
-        return ConversationList(items=[_conversation(r) for r in rows])
+    def list_conversations(
+        self, state: State, caller: NamedDependency[Caller],
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        status: Annotated[str | None, QueryParameter(pattern="^(open|closed)$")] = None,
+        unread: Annotated[bool | None, QueryParameter()] = None,
+        q: Annotated[str | None, QueryParameter(min_length=1, max_length=200)] = None,
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> ConversationList:
+        """Newest activity first; `next_cursor` fetches the page after this one."""
+        query = (select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
+                 .where(CONVERSATION.c.studio_id == caller.studio_id))
+        if status is not None:
+            query = query.where(CONVERSATION.c.status == status)
+        if unread is not None:
+            is_unread = CONVERSATION.c.read_at.is_(None) | (CONVERSATION.c.last_message_at > CONVERSATION.c.read_at)
+            query = query.where(is_unread if unread else ~is_unread)
+        if q is not None:
+            needle = q.lower()
+            query = query.where(func.lower(CONVERSATION.c.subject).contains(needle, autoescape=True)
+                                | func.lower(GUEST.c.email).contains(needle, autoescape=True)
+                                | func.lower(GUEST.c.name).contains(needle, autoescape=True))
+        if cursor is not None:
+            after_at, after_id = _decode_cursor(cursor)
+            query = query.where((CONVERSATION.c.last_message_at < after_at)
+                                | ((CONVERSATION.c.last_message_at == after_at) & (CONVERSATION.c.id < after_id)))
+        with read_tx(state.engine) as conn:
+            rows = conn.execute(query.order_by(CONVERSATION.c.last_message_at.desc(), CONVERSATION.c.id.desc())
+                                .limit(limit + 1)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1].last_message_at, rows[-1].id) if more else None
+        return ConversationList(items=[_conversation(r) for r in rows], next_cursor=next_cursor)
+
+    @post("/{conversation_id:int}/read", sync_to_thread=True, status_code=200)
+    def mark_read(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> ReadOut:
+        """Mark the conversation read now (it turns unread again when new mail arrives)."""
+        now = utcnow()
+        with write_tx(state.engine) as conn:
+            found = conn.execute(update(CONVERSATION).where(
+                CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id
+            ).values(read_at=now)).rowcount
+        if not found:
+            raise NotFoundException("conversation not found")
+        return ReadOut(id=conversation_id, unread=False, read_at=now)
 
     @get("/{conversation_id:int}", sync_to_thread=True)
     def get_conversation(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> ConversationDetailOut:
