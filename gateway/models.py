@@ -24,6 +24,7 @@ class Studio(SQLModel, table=True):
     owner_email: str = Field(max_length=320)
     locale: str = Field(default="de", max_length=8)
     created_at: datetime = Field(default_factory=utcnow)
+    acknowledge_inquiries: bool = False   # send guests an automatic "thanks, we'll answer" for new inquiries
 
 
 class Profile(SQLModel, table=True):

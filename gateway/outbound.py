@@ -83,7 +83,8 @@ def _serialize(headers: list[tuple[str, str]], text: str, html: str) -> bytes:
 _TO_COMPOSE = (
     select(MESSAGE.c.id, MESSAGE.c.studio_id, MESSAGE.c.conversation_id, MESSAGE.c.from_email, MESSAGE.c.to_json,
            MESSAGE.c.subject, MESSAGE.c.text, MESSAGE.c.message_id, MESSAGE.c.in_reply_to, MESSAGE.c.references_json,
-           MESSAGE.c.received_at, MESSAGE.c.automatic, STUDIO.c.slug, STUDIO.c.name, STUDIO.c.locale)
+           MESSAGE.c.received_at, MESSAGE.c.automatic, MESSAGE.c.auto_kind, STUDIO.c.slug, STUDIO.c.name,
+           STUDIO.c.locale)
     .join(STUDIO, STUDIO.c.id == MESSAGE.c.studio_id)
 )
 _PARENTS = select(MESSAGE.c.studio_id, MESSAGE.c.message_id, MESSAGE.c.from_name, MESSAGE.c.from_email,
@@ -125,8 +126,11 @@ def _build(m: Any, parent: Any, settings: Settings, secret: bytes, renderer: Ren
     quoted = None
     if parent is not None:
         quoted = Quoted(author=parent.from_name or parent.from_email, sent_at=parent.received_at, text=parent.text)
-    rendered = renderer.reply(locale=m.locale, studio_name=m.name, text=m.text,
-                              guest_name=guest.get("name", ""), quoted=quoted)
+    if m.auto_kind == "acknowledgement":
+        rendered = renderer.acknowledgement(locale=m.locale, studio_name=m.name, guest_name=guest.get("name", ""))
+    else:
+        rendered = renderer.reply(locale=m.locale, studio_name=m.name, text=m.text,
+                                  guest_name=guest.get("name", ""), quoted=quoted)
 
     headers = [
         ("From", _address(m.name, m.from_email)),

@@ -57,8 +57,11 @@ def check_text(text: str) -> str:
 
 
 def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text: str,
-                 settings: Settings) -> Reply | None:
-    """Queue a reply in the caller's transaction; None if the conversation is not the studio's."""
+                 settings: Settings, auto_kind: str | None = None) -> Reply | None:
+    """Queue a reply in the caller's transaction; None if the conversation is not the studio's.
+
+    `auto_kind` marks automatic mail (an acknowledgement): sent with Auto-Submitted, and not
+    counted as the studio having read the conversation."""
     text = check_text(text)
     conversation = conn.execute(
         select(CONVERSATION.c.id, CONVERSATION.c.subject, GUEST.c.email, GUEST.c.name, STUDIO.c.slug, STUDIO.c.name.label("studio_name"))
@@ -84,11 +87,14 @@ def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text
         "to_json": json.dumps([{"email": conversation.email, "name": conversation.name}]), "cc_json": "[]",
         "subject": reply_subject(conversation.subject), "text": text, "full_text": text, "html": None,
         "message_id": message_id, "in_reply_to": parent.message_id if parent else None,
-        "references_json": json.dumps(references), "received_at": now, "thread_rule": "reply",
-        "automatic": False, "delivery": "queued", "parser": "", "defects_json": "[]",
+        "references_json": json.dumps(references), "received_at": now,
+        "thread_rule": auto_kind or "reply", "automatic": auto_kind is not None, "auto_kind": auto_kind,
+        "delivery": "queued", "parser": "", "defects_json": "[]",
     }).scalar_one()
     conn.execute(insert(OUTBOUND_JOB), {"studio_id": studio_id, "message_id": row_id, "status": "queued",
                                         "attempts": 0, "created_at": now, "next_attempt_at": now})
-    conn.execute(update(CONVERSATION).where(CONVERSATION.c.id == conversation_id).values(
-        last_message_at=now, message_count=CONVERSATION.c.message_count + 1, read_at=now))  # answering is reading
+    activity: dict[str, object] = {"last_message_at": now, "message_count": CONVERSATION.c.message_count + 1}
+    if auto_kind is None:
+        activity["read_at"] = now  # answering is reading
+    conn.execute(update(CONVERSATION).where(CONVERSATION.c.id == conversation_id).values(**activity))
     return Reply(row_id, message_id)

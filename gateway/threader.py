@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from gateway.acknowledgements import maybe_acknowledge
 from gateway.automatic import AutoInfo, classify
 from gateway.blobs import blob_store
 from gateway.conversations import normalize_subject, parse_studio_address, verify_reply_token
@@ -201,6 +202,9 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
     except IntegrityError as exc:  # a concurrent processor stored the same delivery first
         raise _RaceLost(str(exc.orig)[:200]) from exc
     _store_attachments(conn, studio_id, inserted, parsed, settings)
+    if opened and state == "visible" and not auto.automatic:
+        maybe_acknowledge(conn, studio_id=studio_id, conversation_id=conversation_id, guest_id=guest_id,
+                          guest_name=sender.name, settings=settings)
 
     if state == "visible" and not opened:
         values: dict[str, Any] = {"message_count": CONVERSATION.c.message_count + 1, "last_message_at": now}

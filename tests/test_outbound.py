@@ -290,3 +290,58 @@ def test_composed_mail_parses_back_exactly_with_non_ascii_and_long_values(tmp_pa
         assert parsed.text.startswith("Hallo Jürgen,") and parsed.html and "Jürgen" in parsed.html
     finally:
         running.stop()
+
+
+def test_acknowledgement_of_new_inquiries_is_automatic_once_a_day_and_never_for_automatic_mail(
+        tmp_path: Path, database_url: str, sink: RelaySink) -> None:
+    running = outbound_gateway(tmp_path, database_url, sink.url)
+    try:
+        studio = running.add_studio("inkwell", name="Inkwell Tattoo")
+        owner = running.api(studio.token)
+        assert owner.get("/api/v1/studio").json()["acknowledge_inquiries"] is False
+        running.send(make_mail(subject="Vorher", from_="Ann <ann@example.org>"), studio.address)
+        running.process()
+        assert send_due(running) == 0  # off by default
+
+        changed = owner.patch("/api/v1/studio", json={"acknowledge_inquiries": True})
+        assert changed.status_code == 200 and changed.json()["acknowledge_inquiries"] is True
+        first = new_id()
+        running.send(make_mail(subject="Anfrage Unterarm", message_id=first), studio.address)
+        running.send(make_mail(subject="Noch eine Idee"), studio.address)  # same guest, same day
+        running.send(make_mail(subject="Abwesend", from_="bot@example.net",
+                               headers={"Auto-Submitted": "auto-replied"}), studio.address)
+        running.send(make_mail(subject="Newsletter", from_="news@example.com",
+                               headers={"List-Id": "<news.example.com>", "Precedence": "bulk"}), studio.address)
+        running.process()
+        assert send_due(running) == 1
+        [ack] = sink.received
+        msg = ack.message
+        assert ack.rcpt_tos == ["guest@example.org"]
+        assert msg["Auto-Submitted"] == "auto-replied" and msg["X-Auto-Response-Suppress"] == "All"
+        assert msg["In-Reply-To"] == first and msg["Subject"] == "Re: Anfrage Unterarm"
+        assert "anfrage" in msg.get_body(("plain",)).get_content().lower()  # type: ignore[union-attr]
+        items = owner.get("/api/v1/conversations", params={"q": "Anfrage Unterarm"}).json()["items"]
+        detail = owner.get(f"/api/v1/conversations/{items[0]['id']}").json()
+        assert [m["automatic"] for m in detail["messages"]] == [False, True]
+        assert detail["unread"] is True  # an automatic answer is not the studio reading it
+    finally:
+        running.stop()
+
+
+def test_only_the_owner_changes_studio_settings(tmp_path: Path, database_url: str) -> None:
+    from gateway.models import Profile
+    from gateway.studios import create_token
+
+    running = outbound_gateway(tmp_path, database_url, None)
+    try:
+        studio = running.add_studio("inkwell")
+        with write_tx(running.engine) as conn:
+            profile_id = conn.execute(Profile.__table__.insert().returning(Profile.__table__.c.id), {  # type: ignore[attr-defined]
+                "studio_id": studio.id, "email": "artist@inkwell.example", "name": "Artist", "role": "member",
+                "created_at": utcnow()}).scalar_one()
+            member = create_token(conn, studio.id, profile_id)
+        answer = running.api(member).patch("/api/v1/studio", json={"acknowledge_inquiries": True})
+        assert answer.status_code == 403
+        assert running.api(member).get("/api/v1/studio").json()["acknowledge_inquiries"] is False
+    finally:
+        running.stop()

@@ -1,0 +1,48 @@
+"""The automatic "thanks for your inquiry" a studio can switch on for new inquiries.
+
+Automatic mail must never start a loop between two auto-responders (RFC 3834): none is sent
+for automatic mail, bounces or mailing lists (the threader only calls this for a new,
+non-automatic conversation), it carries Auto-Submitted and X-Auto-Response-Suppress, and a
+guest gets at most one acknowledgement from a studio per day, however many inquiries.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+
+from sqlalchemy import Connection, select
+
+from gateway.ingest import CONVERSATION, MESSAGE, STUDIO
+from gateway.models import utcnow
+from gateway.render import Renderer
+from gateway.replies import create_reply
+from gateway.settings import Settings
+
+ACKNOWLEDGEMENT = "acknowledgement"
+PER_GUEST_WINDOW = timedelta(days=1)
+
+
+@lru_cache(maxsize=1)
+def _renderer() -> Renderer:
+    return Renderer()  # compiles the templates once per process
+
+
+def maybe_acknowledge(conn: Connection, *, studio_id: int, conversation_id: int, guest_id: int,
+                      guest_name: str, settings: Settings) -> int | None:
+    """Queue an acknowledgement for a new inquiry if the studio wants them; its message row id."""
+    studio = conn.execute(select(STUDIO.c.acknowledge_inquiries, STUDIO.c.name, STUDIO.c.locale)
+                          .where(STUDIO.c.id == studio_id)).first()
+    if studio is None or not studio.acknowledge_inquiries:
+        return None
+    recent = conn.execute(
+        select(MESSAGE.c.id).join(CONVERSATION, CONVERSATION.c.id == MESSAGE.c.conversation_id)
+        .where(MESSAGE.c.studio_id == studio_id, CONVERSATION.c.guest_id == guest_id,
+               MESSAGE.c.direction == "outbound", MESSAGE.c.automatic.is_(True),
+               MESSAGE.c.received_at >= utcnow() - PER_GUEST_WINDOW).limit(1)
+    ).first()
+    if recent is not None:
+        return None
+    text = _renderer().acknowledgement(locale=studio.locale, studio_name=studio.name, guest_name=guest_name).text
+    created = create_reply(conn, studio_id=studio_id, conversation_id=conversation_id, text=text,
+                           settings=settings, auto_kind=ACKNOWLEDGEMENT)
+    return created.message_row_id if created else None

@@ -1,0 +1,55 @@
+"""The caller's studio and its settings; changing them is for the owner."""
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, get, patch
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.params import JSONBody
+from sqlalchemy import select, update
+
+from gateway.db import read_tx, write_tx
+from gateway.ingest import STUDIO
+from gateway.studios import Caller
+
+
+class StudioOut(msgspec.Struct):
+    id: int
+    slug: str
+    name: str
+    address: str
+    locale: str
+    acknowledge_inquiries: bool
+
+
+class StudioPatch(msgspec.Struct, omit_defaults=True):
+    acknowledge_inquiries: bool | None = None
+
+
+class StudioController(Controller):
+    path = "/api/v1/studio"
+
+    @get("/", sync_to_thread=True)
+    def show(self, state: State, caller: NamedDependency[Caller]) -> StudioOut:
+        return _load(state, caller.studio_id)
+
+    @patch("/", sync_to_thread=True)
+    def change(self, state: State, caller: NamedDependency[Caller], data: JSONBody[StudioPatch]) -> StudioOut:
+        """Owner only: whether new inquiries get an automatic acknowledgement."""
+        if caller.role != "owner":
+            raise PermissionDeniedException("only the studio's owner can change its settings")
+        if data.acknowledge_inquiries is not None:
+            with write_tx(state.engine) as conn:
+                conn.execute(update(STUDIO).where(STUDIO.c.id == caller.studio_id).values(
+                    acknowledge_inquiries=data.acknowledge_inquiries))
+        return _load(state, caller.studio_id)
+
+
+def _load(state: State, studio_id: int) -> StudioOut:
+    with read_tx(state.engine) as conn:
+        row = conn.execute(select(STUDIO).where(STUDIO.c.id == studio_id)).first()
+    if row is None:
+        raise NotFoundException("studio not found")
+    return StudioOut(id=row.id, slug=row.slug, name=row.name, address=f"{row.slug}@{state.settings.mail_domain}",
+                     locale=row.locale, acknowledge_inquiries=row.acknowledge_inquiries)
