@@ -141,3 +141,15 @@ def test_list_filters_unread_and_cursor_pagination(gw: RunningGateway) -> None:
     assert api.get("/api/v1/conversations", params={"cursor": "bm9wZQ"}).status_code == 400
     other = gw.add_studio("nadelwerk")
     assert gw.api(other.token).post(f"/api/v1/conversations/{first['id']}/read").status_code == 404
+
+
+def test_openapi_schema_lists_every_route_with_typed_bodies(gw: RunningGateway) -> None:
+    import re
+
+    paths = gw.api(None).get("/schema/openapi.json").json()["paths"]
+    app = gw.gateway._uvicorn.config.app  # type: ignore[union-attr]
+    routes = {re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path) for route in app.routes}
+    missing = {r for r in routes if not r.startswith("/schema") and r not in paths}
+    assert missing == set(), f"routes missing from the OpenAPI schema: {missing}"
+    reply = paths["/api/v1/conversations/{conversation_id}/replies"]["post"]
+    assert "application/json" in reply["requestBody"]["content"] and "202" in reply["responses"]
