@@ -1,8 +1,13 @@
-"""Creating studios and their owners' API tokens.
+"""Creating studios, and the API tokens of their owners and members.
 
 Tokens are random 256-bit strings shown once; only their SHA-256 is stored (a fast hash is
 right for high-entropy tokens: there is nothing to brute-force), so a leaked database does
-not leak working tokens.
+not leak working tokens. The stored prefix (`gw_` and six characters) lets people tell their
+tokens apart without revealing them.
+
+Token management is scoped like every other query: to the caller's studio, and for members to
+their own profile. A token outside that scope is "not found", never "forbidden", so the API
+never confirms that it exists.
 """
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import ColumnElement, Connection, func, insert, select, update
 
 from gateway.conversations import valid_slug
 from gateway.models import ApiToken, Profile, Studio, utcnow
@@ -31,18 +37,80 @@ class Caller:
     studio_id: int
     profile_id: int
     role: str
+    token_id: int | None = None  # the token this request came with
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A stored token as its owners may see it: never the token or its hash."""
+
+    id: int
+    prefix: str
+    profile_id: int
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NewToken:
+    id: int
+    prefix: str
+    token: str  # shown once: only its hash is kept
+    created_at: datetime
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(conn: Connection, studio_id: int, profile_id: int) -> str:
+def issue_token(conn: Connection, studio_id: int, profile_id: int) -> NewToken:
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    conn.execute(insert(TOKEN), {"studio_id": studio_id, "profile_id": profile_id,
-                                 "prefix": token[:len(TOKEN_PREFIX) + 6], "token_hash": hash_token(token),
-                                 "created_at": utcnow()})
-    return token
+    prefix, now = token[:len(TOKEN_PREFIX) + 6], utcnow()
+    token_id = conn.execute(insert(TOKEN).returning(TOKEN.c.id), {
+        "studio_id": studio_id, "profile_id": profile_id, "prefix": prefix,
+        "token_hash": hash_token(token), "created_at": now}).scalar_one()
+    return NewToken(id=token_id, prefix=prefix, token=token, created_at=now)
+
+
+def create_token(conn: Connection, studio_id: int, profile_id: int) -> str:
+    return issue_token(conn, studio_id, profile_id).token
+
+
+def _visible_to(caller: Caller) -> ColumnElement[bool]:
+    """The tokens a caller may see and revoke: the owner all of the studio's, a member their own."""
+    scope = TOKEN.c.studio_id == caller.studio_id
+    if caller.role != "owner":
+        scope = scope & (TOKEN.c.profile_id == caller.profile_id)
+    return scope
+
+
+def list_tokens(conn: Connection, caller: Caller) -> list[TokenInfo]:
+    """The caller's visible tokens, revoked ones included, oldest first."""
+    rows = conn.execute(
+        select(TOKEN.c.id, TOKEN.c.prefix, TOKEN.c.profile_id, TOKEN.c.created_at, TOKEN.c.revoked_at)
+        .where(_visible_to(caller)).order_by(TOKEN.c.created_at, TOKEN.c.id)
+    ).all()
+    return [TokenInfo(id=r.id, prefix=r.prefix, profile_id=r.profile_id, created_at=r.created_at,
+                      revoked_at=r.revoked_at) for r in rows]
+
+
+def create_own_token(conn: Connection, caller: Caller) -> NewToken:
+    """A new token for the caller's own profile (never someone else's: that would be a login as them)."""
+    return issue_token(conn, caller.studio_id, caller.profile_id)
+
+
+def revoke_token(conn: Connection, caller: Caller, token_id: int) -> bool:
+    """Revoke a token the caller may see; False when there is none such (answer 404).
+
+    Idempotent: revoking a revoked token succeeds and keeps the first revocation time.
+    `authenticate` checks `revoked_at` on every request, so the token stops working as soon
+    as this transaction commits.
+    """
+    found = conn.execute(
+        update(TOKEN).where(TOKEN.c.id == token_id, _visible_to(caller))
+        .values(revoked_at=func.coalesce(TOKEN.c.revoked_at, utcnow()))
+    ).rowcount
+    return bool(found)
 
 
 def authenticate(conn: Connection, token: str) -> Caller | None:
@@ -51,14 +119,14 @@ def authenticate(conn: Connection, token: str) -> Caller | None:
         return None
     digest = hash_token(token)
     row = conn.execute(
-        select(TOKEN.c.token_hash, TOKEN.c.studio_id, TOKEN.c.profile_id, PROFILE.c.role)
+        select(TOKEN.c.id, TOKEN.c.token_hash, TOKEN.c.studio_id, TOKEN.c.profile_id, PROFILE.c.role)
         .join(PROFILE, PROFILE.c.id == TOKEN.c.profile_id)
         .where(TOKEN.c.token_hash == digest, TOKEN.c.revoked_at.is_(None),
                PROFILE.c.disconnected_at.is_(None), PROFILE.c.studio_id == TOKEN.c.studio_id)
     ).first()
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return None
-    return Caller(studio_id=row.studio_id, profile_id=row.profile_id, role=row.role)
+    return Caller(studio_id=row.studio_id, profile_id=row.profile_id, role=row.role, token_id=row.id)
 
 
 def add_studio(conn: Connection, slug: str, name: str, owner_email: str, locale: str = "de") -> tuple[int, str]:

@@ -1,0 +1,71 @@
+"""API tokens of the caller's studio: list, create (shown once), revoke.
+
+The owner sees and revokes all of the studio's tokens, a member only their own; anything else
+is 404, never 403 (gateway/studios.py holds the rules). Answers carry the stored prefix only:
+the token itself appears once, in the answer that creates it.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+from litestar import Controller, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
+
+from gateway.db import read_tx, write_tx
+from gateway.studios import Caller, create_own_token, list_tokens, revoke_token
+
+
+class TokenOut(msgspec.Struct):
+    id: int
+    prefix: str
+    profile_id: int
+    created_at: datetime
+    revoked_at: datetime | None
+    current: bool  # the token this request came with
+
+
+class TokenList(msgspec.Struct):
+    items: list[TokenOut]
+
+
+class NewTokenOut(msgspec.Struct):
+    id: int
+    prefix: str
+    token: str
+    created_at: datetime
+
+
+# The new token's only appearance must not stay in a cache on the way.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class TokenController(Controller):
+    path = "/api/v1/tokens"
+
+    @get("/", sync_to_thread=True)
+    def index(self, state: State, caller: NamedDependency[Caller]) -> TokenList:
+        """The studio's tokens for the owner, one's own for a member; revoked ones included."""
+        with read_tx(state.engine) as conn:
+            tokens = list_tokens(conn, caller)
+        return TokenList(items=[
+            TokenOut(id=t.id, prefix=t.prefix, profile_id=t.profile_id, created_at=t.created_at,
+                     revoked_at=t.revoked_at, current=t.id == caller.token_id) for t in tokens])
+
+    @post("/", sync_to_thread=True, status_code=201, response_headers=NO_STORE)
+    def create(self, state: State, caller: NamedDependency[Caller]) -> NewTokenOut:
+        """A new token for the caller's own profile; `token` is shown this once."""
+        with write_tx(state.engine) as conn:
+            new = create_own_token(conn, caller)
+        return NewTokenOut(id=new.id, prefix=new.prefix, token=new.token, created_at=new.created_at)
+
+    @delete("/{token_id:int}", sync_to_thread=True, status_code=204)
+    def revoke(self, state: State, caller: NamedDependency[Caller], token_id: FromPath[int]) -> None:
+        """Revoke at once (the next request with it is 401); revoking again is fine."""
+        with write_tx(state.engine) as conn:
+            found = revoke_token(conn, caller, token_id)
+        if not found:
+            raise NotFoundException("token not found")
