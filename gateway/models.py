@@ -130,7 +130,7 @@ class Conversation(SQLModel, table=True):
 class Message(SQLModel, table=True):
     """A message in a conversation, inbound or outbound.
 
-    state: visible | held (sender is not a participant: the studio accepts or rejects it).
+    state: visible | held (sender is not a participant: the studio accepts or rejects it) | rejected.
     dedupe_key is unique per studio so a retried delivery is stored once even when two
     processors race on PostgreSQL; outbound messages leave it NULL.
     """

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from gateway.api.auth import provide_caller
 from gateway.api.conversations import ConversationController
 from gateway.api.health import healthz, readyz
+from gateway.api.manage import AttachmentController, ConversationStatusController, HeldController
 from gateway.api.studio import StudioController
 from gateway.api.tokens import TokenController
 from gateway.directory import StudioDirectory
@@ -20,7 +21,8 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
     """The HTTP side; `app.state.acceptor` must be set before webhooks can store mail."""
     receivers, webhooks = webhook_handlers(settings)
     app = Litestar(
-        route_handlers=[healthz, readyz, ConversationController, StudioController, TokenController, *webhooks],
+        route_handlers=[healthz, readyz, ConversationController, StudioController, TokenController,
+                        HeldController, ConversationStatusController, AttachmentController, *webhooks],
         dependencies={"caller": Provide(provide_caller, sync_to_thread=True)},
         openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
         debug=False,

@@ -1,0 +1,164 @@
+"""Managing the caller's studio's mail: held messages, closing and reopening conversations,
+downloading attachments. Thin handlers over gateway/conversation_actions.py.
+
+As everywhere in the API, an id of another studio is 404, never 403.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import datetime
+from typing import Annotated
+from urllib.parse import quote
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import FromPath, QueryParameter
+from litestar.status_codes import HTTP_409_CONFLICT
+
+from gateway.api.conversations import PersonOut
+from gateway.conversation_actions import (
+    CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status)
+from gateway.db import read_tx, write_tx
+from gateway.studios import Caller
+
+
+class HeldOut(msgspec.Struct):
+    id: int
+    conversation_id: int
+    from_: PersonOut = msgspec.field(name="from")
+    subject: str
+    text: str
+    received_at: datetime
+
+
+class HeldList(msgspec.Struct):
+    items: list[HeldOut]
+
+
+class DecisionOut(msgspec.Struct):
+    id: int
+    state: str              # visible (accepted) | rejected
+    conversation_id: int
+
+
+class StatusOut(msgspec.Struct):
+    id: int
+    status: str             # open | closed
+
+
+class ConflictException(HTTPException):
+    status_code = HTTP_409_CONFLICT
+
+
+class HeldController(Controller):
+    """Mail from someone who is not a participant of the conversation it replies to."""
+
+    path = "/api/v1/held"
+
+    @get("/", sync_to_thread=True)
+    def index(self, state: State, caller: NamedDependency[Caller],
+              limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100) -> HeldList:
+        """The studio's held messages, newest first."""
+        with read_tx(state.engine) as conn:
+            held = list_held(conn, caller.studio_id, limit)
+        return HeldList(items=[
+            HeldOut(id=m.id, conversation_id=m.conversation_id, from_=PersonOut(email=m.from_email, name=m.from_name),
+                    subject=m.subject, text=m.text, received_at=m.received_at) for m in held])
+
+    @post("/{message_id:int}/accept", sync_to_thread=True, status_code=200,
+          raises=[ConflictException, NotFoundException])
+    def accept(self, state: State, caller: NamedDependency[Caller], message_id: FromPath[int]) -> DecisionOut:
+        """Show the message in its conversation; its sender counts as a participant from now on.
+        409 if it is not held (any more)."""
+        return _decide(state, caller, message_id, accept=True)
+
+    @post("/{message_id:int}/reject", sync_to_thread=True, status_code=200,
+          raises=[ConflictException, NotFoundException])
+    def reject(self, state: State, caller: NamedDependency[Caller], message_id: FromPath[int]) -> DecisionOut:
+        """Keep the message out of sight for good (it is kept, as `rejected`). 409 if not held."""
+        return _decide(state, caller, message_id, accept=False)
+
+
+def _decide(state: State, caller: Caller, message_id: int, *, accept: bool) -> DecisionOut:
+    try:
+        with write_tx(state.engine) as conn:
+            decision = decide_held(conn, caller.studio_id, message_id, accept=accept)
+    except NotHeld as exc:
+        raise ConflictException(str(exc)) from None
+    if decision is None:
+        raise NotFoundException("held message not found")
+    return DecisionOut(id=decision.id, state=decision.state, conversation_id=decision.conversation_id)
+
+
+class ConversationStatusController(Controller):
+    """Close and reopen; shares its prefix with ConversationController (gateway/api/conversations.py)."""
+
+    path = "/api/v1/conversations"
+
+    @post("/{conversation_id:int}/close", sync_to_thread=True, status_code=200)
+    def close(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> StatusOut:
+        """Closed until the studio reopens it or the guest writes again; closing twice is fine."""
+        return _set_status(state, caller, conversation_id, CLOSED)
+
+    @post("/{conversation_id:int}/reopen", sync_to_thread=True, status_code=200)
+    def reopen(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> StatusOut:
+        """Open again; reopening an open conversation is fine."""
+        return _set_status(state, caller, conversation_id, OPEN)
+
+
+def _set_status(state: State, caller: Caller, conversation_id: int, status: str) -> StatusOut:
+    with write_tx(state.engine) as conn:
+        found = set_status(conn, caller.studio_id, conversation_id, status)
+    if not found:
+        raise NotFoundException("conversation not found")
+    return StatusOut(id=conversation_id, status=status)
+
+
+# The bytes and their name come from whoever wrote the mail. A browser must never render them
+# in our origin, whatever the type says: always a download (Content-Disposition: attachment),
+# no type sniffing, and a sandbox (no scripts, opaque origin) should one open it anyway, as
+# for text/html or image/svg+xml, which can carry script.
+DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
+_UNSAFE_ASCII = re.compile(r"[^A-Za-z0-9 ._()+,=@&#!~-]")
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with the name twice (RFC 6266): `filename*` in UTF-8, percent-encoded
+    (RFC 8187), which every current browser prefers, and a plain ASCII `filename` for older
+    clients: accents dropped ("Rücken" → "Rucken"), anything that could end or break the
+    quoted string (quotes, backslashes, control characters) replaced by "_"."""
+    decomposed = unicodedata.normalize("NFKD", filename)
+    ascii_name = "".join(c for c in decomposed if not unicodedata.combining(c))
+    ascii_name = _UNSAFE_ASCII.sub("_", ascii_name).strip() or "attachment"
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def download_media_type(content_type: str) -> str:
+    """The stored type when it is a plain `type/subtype`, else application/octet-stream."""
+    return content_type if _MEDIA_TYPE.fullmatch(content_type) else "application/octet-stream"
+
+
+class AttachmentController(Controller):
+    path = "/api/v1/attachments"
+
+    @get("/{attachment_id:int}", sync_to_thread=True, media_type="application/octet-stream")
+    def download(self, state: State, caller: NamedDependency[Caller], attachment_id: FromPath[int]) -> Response[bytes]:
+        """The attachment's bytes as a download, with its stored type.
+
+        404 for another studio's attachment, and for one of a held or rejected message: it
+        becomes available when the message is accepted."""
+        with read_tx(state.engine) as conn:
+            found = attachment_download(conn, caller.studio_id, attachment_id)
+        if found is None:
+            raise NotFoundException("attachment not found")
+        media_type = download_media_type(found.content_type)
+        # Content-Type set as stored: Litestar would add "; charset=utf-8" to text/* types, but
+        # the bytes are in whatever charset the sender used.
+        return Response(found.data, media_type=media_type, headers={
+            **DOWNLOAD_HEADERS, "Content-Type": media_type,
+            "Content-Disposition": content_disposition(found.filename)})
