@@ -22,6 +22,26 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+Q = TypeVar("Q")
+
+
+async def next_batch(queue: asyncio.Queue[Q | None], max_batch: int) -> list[Q] | None:
+    """The next group commit's items: whatever is queued, at least one (waits for it), at most
+    max_batch; None at the stop sentinel, which stays queued behind the items before it, so
+    everything handed over before a stop is still written."""
+    first = await queue.get()
+    if first is None:
+        return None
+    batch = [first]
+    while len(batch) < max_batch and not queue.empty():
+        item = queue.get_nowait()
+        if item is None:
+            queue.put_nowait(None)
+            break
+        batch.append(item)
+    return batch
+
+
 class WriteUnavailable(Exception):
     """The transaction could not be committed: nothing of it was stored (answered 503)."""
 
@@ -62,16 +82,9 @@ class WriteBatcher:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            first = await self._queue.get()
-            if first is None:
+            batch = await next_batch(self._queue, self.max_batch)
+            if batch is None:
                 return
-            batch = [first]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    self._queue.put_nowait(None)
-                    break
-                batch.append(item)
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._write, batch)
             except Exception as exc:  # the commit failed: nothing of the batch is stored

@@ -21,6 +21,7 @@ from typing import Callable
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from gateway.batching import next_batch
 from gateway.blobs import bind_value, blob_store
 from gateway.conversations import normalize_subject, parse_studio_address, verify_reply_token
 from gateway.db import driver_execute, is_sqlite, make_engine, write_tx
@@ -336,16 +337,9 @@ class Acceptor:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            first = await self._queue.get()
-            if first is None:
+            batch = await next_batch(self._queue, self.max_batch)
+            if batch is None:  # stop: everything queued before it has been written
                 return
-            batch = [first]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:  # stop: write what came before it, then end
-                    self._queue.put_nowait(None)
-                    break
-                batch.append(item)
             try:
                 prepared = self._prepare(batch) if self._inline else None
                 if prepared is not None:
