@@ -34,8 +34,11 @@ from gateway.signing import DkimSigner
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=5)
-CLAIM_BATCH = 64
+# A claimed round must finish well within the lease, or another worker would take its jobs
+# again while they are in flight: at most PER_CONNECTION messages per relay connection per
+# round, each bounded by the relay timeout per SMTP step, against a 30-minute lease.
+LEASE = timedelta(minutes=30)
+PER_CONNECTION = 8
 # 30 s, 1 min, 2 min, ... capped at an hour between tries, with jitter so a relay coming back
 # is not hit by every queued reply at the same second.
 BACKOFF = tenacity.wait_random_exponential(multiplier=15, max=3600)
@@ -91,7 +94,8 @@ class Outbox:
 
     # -- database steps (run in a thread) --
 
-    def claim(self, limit: int = CLAIM_BATCH) -> list[Job]:
+    def claim(self, limit: int | None = None) -> list[Job]:
+        limit = limit or PER_CONNECTION * len(self.transports)
         now = self.clock()
         with write_tx(self.engine) as conn:
             rows = conn.execute(
