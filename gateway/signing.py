@@ -14,15 +14,15 @@ Ed25519 signature helps only next to an RSA one (two signers, two selectors).
 Cost per message, measured with a 4 KB (3,959-byte) multipart reply on the dev container
 (Python 3.11, dkimpy 1.1.8, PyNaCl 1.6.2; median of 300):
 
-    RSA-2048   ~5.8 ms  (dkimpy signs in pure Python: two 1024-bit `pow`s, ~5.5 ms)
+    RSA-2048   ~0.65 ms with the RSA step in OpenSSL (see _rsa_sign); ~5.8 ms with dkimpy's
+               own pure-Python RSA (two 1024-bit `pow`s) (bench/outbound.py, 8.5 KB reply)
     Ed25519    ~0.23 ms (libsodium via PyNaCl; mostly dkimpy parsing and hashing)
 
 dkimpy's API takes the key as PEM bytes and parses it on every call (~0.1 ms for RSA, ~15 µs
 for Ed25519); this module parses and checks the key once in `__init__` so a bad key fails at
 start-up, and hands dkimpy the form it parses fastest (PKCS#1 for RSA). Each of the two RSA
-`pow`s holds the GIL for ~2.8 ms, even in a worker thread: signing on an event loop stalls it
-~6 ms per message, `asyncio.to_thread` shortens the stalls to ~3 ms, only a process pool
-removes them. Expect ~170 RSA signatures per second per core.
+`pow`s held the GIL for ~2.8 ms, even in a worker thread, stalling the servers of the same
+process; hence the OpenSSL path for the RSA step.
 """
 from __future__ import annotations
 
@@ -31,12 +31,13 @@ import binascii
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dkim
 import dkim.crypto
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
 # RFC 8301 §3.2: signers MUST use RSA keys of at least 1024 bits and SHOULD use 2048;
 # verifiers need only handle up to 4096, larger keys may not verify anywhere.
@@ -199,6 +200,25 @@ def _load_key(data: bytes) -> _Key:
     return _from_private_key(private)
 
 
+# dkimpy computes the RSA signature in pure Python (two 1024-bit pow()s, ~5.5 ms per message,
+# holding the GIL, which stalls the SMTP and HTTP servers of the same process). Its signer
+# looks up RSASSA_PKCS1_v1_5_sign in the dkim module at call time, so for keys loaded here the
+# same PKCS#1 v1.5 signature (deterministic: byte for byte equal, tested) comes from OpenSSL
+# through `cryptography` in ~0.2 ms; any other key still goes through dkimpy's own code.
+_OPENSSL_KEYS: dict[int, rsa.RSAPrivateKey] = {}
+_pure_python_sign = dkim.RSASSA_PKCS1_v1_5_sign
+
+
+def _rsa_sign(digest: Any, private_key: dict[str, int]) -> bytes:
+    key = _OPENSSL_KEYS.get(private_key.get("modulus", 0))
+    if key is None or getattr(digest, "name", "") != "sha256":
+        return _pure_python_sign(digest, private_key)
+    return key.sign(digest.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+
+
+dkim.RSASSA_PKCS1_v1_5_sign = _rsa_sign
+
+
 def _from_private_key(private: object) -> _Key:
     if isinstance(private, rsa.RSAPrivateKey):
         if not RSA_MIN_BITS <= private.key_size <= RSA_MAX_BITS:
@@ -213,6 +233,7 @@ def _from_private_key(private: object) -> _Key:
             raise SigningError("dkimpy cannot parse this RSA key") from None
         spki = private.public_key().public_bytes(serialization.Encoding.DER,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+        _OPENSSL_KEYS[private.private_numbers().public_numbers.n] = private
         return _Key(_RSA, pkcs1, f"v=DKIM1; k=rsa; p={base64.b64encode(spki).decode()}")
     if isinstance(private, ed25519.Ed25519PrivateKey):
         try:
