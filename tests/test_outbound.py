@@ -220,6 +220,9 @@ def test_reply_api_refuses_bad_input_and_other_studios(tmp_path: Path, database_
         for body in ({"text": ""}, {"text": "   \n "}, {"text": "a\x00b"}, {"nope": 1}, {"text": "x" * 100_001}):
             answer = running.api(studio.token).post(path, json=body)
             assert answer.status_code == 400 and answer.json()["detail"], body
+        oversized = running.api(studio.token).post(path, content=b'{"text": "' + b"x" * 700_000 + b'"}',
+                                                   headers={"Content-Type": "application/json"})
+        assert oversized.status_code == 413 and oversized.json()["detail"]
         with read_tx(running.engine) as conn:
             assert conn.execute(select(OUTBOUND_JOB.c.id)).all() == []
     finally:

@@ -106,6 +106,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise ClientException("cursor is not one this API handed out") from None
 
 
+# The longest text (MAX_TEXT characters) as JSON, each character escaped as \uXXXX at worst.
+REPLY_MAX_BODY = MAX_TEXT * 6 + 4096
+
+
 class ReplyIn(msgspec.Struct):
     text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
 
@@ -223,7 +227,7 @@ class ConversationController(Controller):
             messages=[_message_out(m, attachments.get(m.id, []), errors.get(m.id)) for m in messages],
         )
 
-    @post("/{conversation_id:int}/replies", status_code=202)
+    @post("/{conversation_id:int}/replies", status_code=202, request_max_body_size=REPLY_MAX_BODY)
     async def reply(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
                     data: JSONBody[ReplyIn]) -> MessageOut:
         """Queue a reply to the guest: 202 with the outbound message (delivery `queued`).
