@@ -448,3 +448,13 @@ def test_postgres_going_away_answers_503_then_the_retry_is_stored(tmp_path: Path
             assert counts(running) == (1, 1)
         finally:
             running.stop()
+
+
+@pytest.mark.parametrize("key", ["not base64!", "aGVsbG8=", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"])
+def test_a_malformed_sendgrid_key_stops_the_gateway_at_start_with_a_clear_error(tmp_path: Path, sqlite_url: str,
+                                                                                key: str) -> None:
+    from webhooks import webhook_handlers
+
+    with pytest.raises(ValueError, match="GATEWAY_SENDGRID_VERIFICATION_KEY") as caught:
+        webhook_handlers(make_settings(tmp_path, sqlite_url, sendgrid_verification_key=key))
+    assert key not in str(caught.value)

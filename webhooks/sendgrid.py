@@ -24,12 +24,13 @@ import json
 from functools import cached_property
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 from litestar import Request, Response
 
+from gateway.settings import Settings
 from webhooks.base import Delivery, Receiver, WebhookError, check_basic_auth, check_timestamp
 from webhooks.compose import ComposeError, mime_from_sendgrid
 from webhooks.forms import FormError, parse_form
@@ -41,6 +42,14 @@ TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
 class SendGridReceiver(Receiver):
     name = "sendgrid"
     paths = ("/webhooks/sendgrid",)
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        try:
+            self.public_key  # a bad key stops the gateway at start, not each request with a 500
+        except (ValueError, binascii.Error, UnsupportedAlgorithm) as exc:
+            raise ValueError("GATEWAY_SENDGRID_VERIFICATION_KEY is not SendGrid's public key "
+                             f"(base64 DER or PEM of an ECDSA key): {type(exc).__name__}") from None
 
     @property
     def enabled(self) -> bool:
