@@ -458,3 +458,11 @@ def test_a_malformed_sendgrid_key_stops_the_gateway_at_start_with_a_clear_error(
     with pytest.raises(ValueError, match="GATEWAY_SENDGRID_VERIFICATION_KEY") as caught:
         webhook_handlers(make_settings(tmp_path, sqlite_url, sendgrid_verification_key=key))
     assert key not in str(caught.value)
+
+
+def test_a_broken_ses_host_pattern_stops_the_gateway_at_start(tmp_path: Path, sqlite_url: str) -> None:
+    from webhooks import webhook_handlers
+
+    with pytest.raises(ValueError, match="GATEWAY_SES_CERT_HOST_PATTERN"):
+        webhook_handlers(make_settings(tmp_path, sqlite_url, ses_topic_arns=p.SES_TOPIC,
+                                       ses_cert_host_pattern="^sns\\.(unclosed$"))

@@ -17,11 +17,13 @@ import base64
 import binascii
 import json
 import logging
+import re
 from functools import cached_property
 from typing import Any, Callable
 
 from litestar import Request
 
+from gateway.settings import Settings
 from webhooks.base import Delivery, Receiver, WebhookError
 from webhooks.sns import SnsError, SnsUnavailable, SnsVerifier
 
@@ -32,6 +34,14 @@ class SesReceiver(Receiver):
     name = "ses"
     paths = ("/webhooks/ses",)
     status_unauthenticated = 403
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        if self.enabled:
+            try:
+                self.verifier  # a broken host pattern stops the gateway at start, not each request
+            except re.error as exc:
+                raise ValueError(f"GATEWAY_SES_CERT_HOST_PATTERN is not a valid regular expression: {exc}") from None
 
     @property
     def enabled(self) -> bool:
