@@ -8,6 +8,7 @@ even if the worker is restarted between sending and recording.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -15,16 +16,27 @@ from sqlalchemy import Connection, insert, select, update
 
 from gateway.conversations import reply_subject
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE, STUDIO
-from gateway.models import OutboundJob, utcnow
+from gateway.blobs import blob_store
+from gateway.mime import sanitise_filename
+from gateway.models import Attachment, OutboundJob, utcnow
 from gateway.settings import Settings
 
 OUTBOUND_JOB = OutboundJob.__table__  # type: ignore[attr-defined]
+ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 MAX_REFERENCES = 20
 MAX_TEXT = 100_000
 
 
 class ReplyError(ValueError):
     """The reply cannot be made as asked; the message is safe to show (answered 400)."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    content_type: str
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -56,8 +68,24 @@ def check_text(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
 
 
+def check_uploads(uploads: list[Upload], settings: Settings) -> list[Upload]:
+    """Attachments as they will be sent: safe names, plain media types, within the limits."""
+    checked = []
+    for index, upload in enumerate(uploads):
+        if len(upload.data) > settings.max_attachment_size:
+            raise ReplyError(f"attachment {upload.filename!r} is larger than {settings.max_attachment_size} bytes")
+        media = upload.content_type.split(";", 1)[0].strip().lower()
+        if not _MEDIA_TYPE.fullmatch(media):
+            media = "application/octet-stream"
+        checked.append(Upload(sanitise_filename(upload.filename, media, index + 1), media, upload.data))
+    if sum(len(u.data) for u in checked) * 4 // 3 > settings.smtp_max_message_size:
+        raise ReplyError("attachments together are larger than a message may be")
+    return checked
+
+
 def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text: str,
-                 settings: Settings, auto_kind: str | None = None) -> Reply | None:
+                 settings: Settings, auto_kind: str | None = None,
+                 uploads: list[Upload] | None = None) -> Reply | None:
     """Queue a reply in the caller's transaction; None if the conversation is not the studio's.
 
     `auto_kind` marks automatic mail (an acknowledgement): sent with Auto-Submitted, and not
@@ -91,6 +119,12 @@ def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text
         "thread_rule": auto_kind or "reply", "automatic": auto_kind is not None, "auto_kind": auto_kind,
         "delivery": "queued", "parser": "", "defects_json": "[]",
     }).scalar_one()
+    if uploads:
+        digests = blob_store.put_many(conn, [u.data for u in uploads])
+        conn.execute(insert(ATTACHMENT), [
+            {"studio_id": studio_id, "message_id": row_id, "filename": u.filename[:255],
+             "content_type": u.content_type[:255], "size": len(u.data), "sha256": digest, "inline": False,
+             "content_id": None} for u, digest in zip(uploads, digests)])
     conn.execute(insert(OUTBOUND_JOB), {"studio_id": studio_id, "message_id": row_id, "status": "queued",
                                         "attempts": 0, "created_at": now, "next_attempt_at": now})
     activity: dict[str, object] = {"last_message_at": now, "message_count": CONVERSATION.c.message_count + 1}

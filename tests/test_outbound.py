@@ -348,3 +348,37 @@ def test_only_the_owner_changes_studio_settings(tmp_path: Path, database_url: st
         assert running.api(member).get("/api/v1/studio").json()["acknowledge_inquiries"] is False
     finally:
         running.stop()
+
+
+def test_reply_with_attachments_reaches_the_guest_intact(tmp_path: Path, database_url: str, sink: RelaySink) -> None:
+    import hashlib
+
+    from gateway.mime import parse
+
+    running = outbound_gateway(tmp_path, database_url, sink.url, max_attachment_size=50_000)
+    try:
+        studio, _, conversation = inquiry(running)
+        sketch = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 20
+        pdf = b"%PDF-1.4\n" + b"\x00\xff" * 3000
+        answer = running.api(studio.token).post(
+            f"/api/v1/conversations/{conversation['id']}/replies/upload", data={"text": "Anbei der Entwurf."},
+            files=[("files", ("Entwurf Rücken.png", sketch, "image/png")),
+                   ("files", ("../../Preise \"2027\".pdf", pdf, "application/pdf; name=x"))])
+        assert answer.status_code == 202, answer.text
+        queued = answer.json()
+        assert [(a["filename"], a["content_type"], a["size"]) for a in queued["attachments"]] == [
+            ("Entwurf Rücken.png", "image/png", len(sketch)), ('Preise "2027".pdf', "application/pdf", len(pdf))]
+        assert send_due(running) == 1
+        [mail] = sink.received
+        assert mail.message.get_content_type() == "multipart/mixed"
+        parsed = parse(mail.data)
+        assert parsed.text.startswith("Anbei der Entwurf.")
+        assert [(a.filename, a.content_type, hashlib.sha256(a.data).hexdigest()) for a in parsed.attachments] == [
+            ("Entwurf Rücken.png", "image/png", hashlib.sha256(sketch).hexdigest()),
+            ("Preise _2027_.pdf", "application/pdf", hashlib.sha256(pdf).hexdigest())]
+        too_big = running.api(studio.token).post(
+            f"/api/v1/conversations/{conversation['id']}/replies/upload", data={"text": "zu groß"},
+            files=[("files", ("big.bin", b"\x00" * (running.settings.max_attachment_size + 1), "application/octet-stream"))])
+        assert too_big.status_code == 400 and "larger than" in too_big.json()["detail"]
+    finally:
+        running.stop()

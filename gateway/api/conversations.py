@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -16,14 +17,16 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException
 
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath, JSONBody, QueryParameter
 from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from gateway.batching import WriteUnavailable
 from gateway.db import read_tx, write_tx
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE
-from gateway.replies import MAX_TEXT, OUTBOUND_JOB, ReplyError, create_reply
+from gateway.replies import MAX_TEXT, OUTBOUND_JOB, ReplyError, Upload, check_uploads, create_reply
 from gateway.models import utcnow
 from gateway.studios import Caller
 from gateway.threader import ATTACHMENT
@@ -108,6 +111,16 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
 
 # The longest text (MAX_TEXT characters) as JSON, each character escaped as \uXXXX at worst.
 REPLY_MAX_BODY = MAX_TEXT * 6 + 4096
+
+
+# Attachments up to the largest message we accept (checked exactly in check_uploads).
+UPLOAD_MAX_BODY = 64 * 1024 * 1024
+
+
+@dataclass
+class ReplyUpload:
+    text: str
+    files: list[UploadFile] = field(default_factory=list)
 
 
 class ReplyIn(msgspec.Struct):
@@ -227,6 +240,20 @@ class ConversationController(Controller):
             messages=[_message_out(m, attachments.get(m.id, []), errors.get(m.id)) for m in messages],
         )
 
+    @post("/{conversation_id:int}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY)
+    async def reply_with_attachments(
+        self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
+        data: Annotated[ReplyUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+    ) -> MessageOut:
+        """The same reply with attachments: multipart/form-data with `text` and `files` parts."""
+        uploads = [Upload(f.filename or "attachment", f.content_type or "application/octet-stream", await f.read())
+                   for f in data.files]
+        try:
+            uploads = check_uploads(uploads, state.settings)
+        except ReplyError as exc:
+            raise ClientException(str(exc)) from None
+        return await self._queue_reply(state, caller, conversation_id, data.text, uploads)
+
     @post("/{conversation_id:int}/replies", status_code=202, request_max_body_size=REPLY_MAX_BODY)
     async def reply(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
                     data: JSONBody[ReplyIn]) -> MessageOut:
@@ -234,24 +261,32 @@ class ConversationController(Controller):
 
         The row and its outbox job are written in a group commit shared with concurrent
         replies (gateway/batching.py)."""
+        return await self._queue_reply(state, caller, conversation_id, data.text, [])
+
+    async def _queue_reply(self, state: State, caller: Caller, conversation_id: int, text: str,
+                           uploads: list[Upload]) -> MessageOut:
         settings = state.settings
 
         def write(conn: Connection) -> Any:
             created = create_reply(conn, studio_id=caller.studio_id, conversation_id=conversation_id,
-                                   text=data.text, settings=settings)
+                                   text=text, settings=settings, uploads=uploads)
             if created is None:
                 return None
-            return conn.execute(select(MESSAGE).where(MESSAGE.c.id == created.message_row_id)).one()
+            row = conn.execute(select(MESSAGE).where(MESSAGE.c.id == created.message_row_id)).one()
+            files = conn.execute(select(ATTACHMENT).where(ATTACHMENT.c.message_id == row.id)
+                                 .order_by(ATTACHMENT.c.id)).all()
+            return row, [AttachmentOut(id=a.id, filename=a.filename, content_type=a.content_type, size=a.size,
+                                       sha256=a.sha256, inline=a.inline) for a in files]
 
         try:
-            row = await state.writes.run(write)
+            written = await state.writes.run(write)
         except ReplyError as exc:
             raise ClientException(str(exc)) from None
         except (WriteUnavailable, OperationalError):
             raise ServiceUnavailableException("temporary problem storing the reply, please retry") from None
-        if row is None:
+        if written is None:
             raise NotFoundException("conversation not found")
         wake = getattr(state, "wake_outbox", None)
         if wake is not None:
             wake()  # same process (gateway serve): send now rather than at the next poll
-        return _message_out(row, [], None)
+        return _message_out(written[0], written[1], None)
