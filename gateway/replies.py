@@ -32,6 +32,10 @@ class ReplyError(ValueError):
     """The reply cannot be made as asked; the message is safe to show (answered 400)."""
 
 
+class ReplyTooLarge(ReplyError):
+    """An attachment, or all of them, beyond what a message may carry (answered 413)."""
+
+
 @dataclass(frozen=True)
 class Upload:
     filename: str
@@ -73,13 +77,13 @@ def check_uploads(uploads: list[Upload], settings: Settings) -> list[Upload]:
     checked = []
     for index, upload in enumerate(uploads):
         if len(upload.data) > settings.max_attachment_size:
-            raise ReplyError(f"attachment {upload.filename!r} is larger than {settings.max_attachment_size} bytes")
+            raise ReplyTooLarge(f"attachment {upload.filename!r} is larger than {settings.max_attachment_size} bytes")
         media = upload.content_type.split(";", 1)[0].strip().lower()
         if not _MEDIA_TYPE.fullmatch(media):
             media = "application/octet-stream"
         checked.append(Upload(sanitise_filename(upload.filename, media, index + 1), media, upload.data))
     if sum(len(u.data) for u in checked) * 4 // 3 > settings.smtp_max_message_size:
-        raise ReplyError("attachments together are larger than a message may be")
+        raise ReplyTooLarge("attachments together are larger than a message may be")
     return checked
 
 

@@ -379,6 +379,6 @@ def test_reply_with_attachments_reaches_the_guest_intact(tmp_path: Path, databas
         too_big = running.api(studio.token).post(
             f"/api/v1/conversations/{conversation['id']}/replies/upload", data={"text": "zu groß"},
             files=[("files", ("big.bin", b"\x00" * (running.settings.max_attachment_size + 1), "application/octet-stream"))])
-        assert too_big.status_code == 400 and "larger than" in too_big.json()["detail"]
+        assert too_big.status_code == 413 and "larger than" in too_big.json()["detail"]
     finally:
         running.stop()

@@ -26,7 +26,8 @@ from sqlalchemy.exc import OperationalError
 from gateway.batching import WriteUnavailable
 from gateway.db import read_tx, write_tx
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE
-from gateway.replies import MAX_TEXT, OUTBOUND_JOB, ReplyError, Upload, check_uploads, create_reply
+from gateway.replies import (MAX_TEXT, OUTBOUND_JOB, ReplyError, ReplyTooLarge, Upload, check_uploads,
+                             create_reply)
 from gateway.models import utcnow
 from gateway.studios import Caller
 from gateway.threader import ATTACHMENT
@@ -250,6 +251,8 @@ class ConversationController(Controller):
                    for f in data.files]
         try:
             uploads = check_uploads(uploads, state.settings)
+        except ReplyTooLarge as exc:
+            raise ClientException(str(exc), status_code=413) from None
         except ReplyError as exc:
             raise ClientException(str(exc)) from None
         return await self._queue_reply(state, caller, conversation_id, data.text, uploads)
