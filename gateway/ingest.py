@@ -81,7 +81,7 @@ _OPENED = (
 
 
 class StudioIds:
-    """slug → studio id for the flood guard, cached briefly by the one writer thread.
+    """slug → studio id for the flood guard, cached briefly by the acceptor (one batch at a time).
 
     Studios change rarely and this lookup ran in every group commit; a studio created a moment
     ago is looked up at once (only hits are cached), and a stale id for a few seconds after a
@@ -258,6 +258,11 @@ def _looks_like_reply(conn: Connection, studio_id: int, sender: str, head: Heade
     ).first() is not None
 
 
+def _busy(exc: OperationalError) -> bool:
+    """SQLite's write lock is held by another connection (worth retrying in a moment)."""
+    return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+
+
 class Acceptor:
     """Group-commit writer shared by all receivers in one process.
 
@@ -378,7 +383,7 @@ class Acceptor:
                                      self.secret, self._studio_ids)
         except OperationalError as exc:
             conn.close()
-            if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+            if _busy(exc):
                 return None
             raise
         except Exception:
@@ -400,8 +405,7 @@ class Acceptor:
                 with write_tx(self._write_engine) as conn:
                     return store_batch(conn, items, self.settings, self.secret, self._studio_ids)
             except OperationalError as exc:
-                busy = "locked" in str(exc.orig) or "busy" in str(exc.orig)
-                if not busy or time.monotonic() + delay > deadline:
+                if not _busy(exc) or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)  # another writer holds SQLite's lock for a few ms: try again soon
             delay = min(delay * 2, 0.004)

@@ -618,6 +618,17 @@ _EXTENSIONS = {
 }
 
 
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+
+
+def plain_media_type(value: str) -> str:
+    """The `type/subtype` of a Content-Type value, lower-case, without parameters; anything
+    that is not a plain RFC 6838 media type becomes application/octet-stream, so a value from
+    a client or a mail can never carry more than a type into a header we write."""
+    main = (value or "").partition(";")[0].strip().lower()
+    return main if _MEDIA_TYPE.fullmatch(main) else "application/octet-stream"
+
+
 def sanitise_filename(name: str, content_type: str, index: int) -> str:
     """Basename only, no control or format characters, never empty.
 

@@ -188,8 +188,7 @@ class Outbox:
             batch = [await results.get()]
             while not results.empty():
                 batch.append(results.get_nowait())
-            if batch[-1] is None or None in batch:
-                done = True
+            done = None in batch  # the end marker: everything before it is in this batch
             items = [b for b in batch if b is not None]
             if items:
                 try:

@@ -8,22 +8,20 @@ even if the worker is restarted between sending and recording.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, insert, select, update
 
+from gateway.blobs import blob_store
 from gateway.conversations import reply_subject
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE, STUDIO
-from gateway.blobs import blob_store
-from gateway.mime import sanitise_filename
+from gateway.mime import plain_media_type, sanitise_filename
 from gateway.models import Attachment, OutboundJob, utcnow
 from gateway.settings import Settings
 
 OUTBOUND_JOB = OutboundJob.__table__  # type: ignore[attr-defined]
 ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
-_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 MAX_REFERENCES = 20
 MAX_TEXT = 100_000
 
@@ -78,9 +76,7 @@ def check_uploads(uploads: list[Upload], settings: Settings) -> list[Upload]:
     for index, upload in enumerate(uploads):
         if len(upload.data) > settings.max_attachment_size:
             raise ReplyTooLarge(f"attachment {upload.filename!r} is larger than {settings.max_attachment_size} bytes")
-        media = upload.content_type.split(";", 1)[0].strip().lower()
-        if not _MEDIA_TYPE.fullmatch(media):
-            media = "application/octet-stream"
+        media = plain_media_type(upload.content_type)
         checked.append(Upload(sanitise_filename(upload.filename, media, index + 1), media, upload.data))
     if sum(len(u.data) for u in checked) * 4 // 3 > settings.smtp_max_message_size:
         raise ReplyTooLarge("attachments together are larger than a message may be")

@@ -52,7 +52,6 @@ class Receiver:
 
     name: ClassVar[str]
     paths: ClassVar[tuple[str, ...]]
-    status_unauthenticated: ClassVar[int] = 401   # retried by all: a key mix-up on our side loses nothing
     status_unknown_recipient: ClassVar[int] = 404
     status_replayed: ClassVar[int] = 403
 

@@ -70,7 +70,7 @@ from email.message import MIMEPart
 from email.utils import formataddr
 from typing import Any
 
-from gateway.mime import decode_bytes
+from gateway.mime import decode_bytes, plain_media_type
 from webhooks.forms import FilePart, Form
 
 __all__ = ["ComposeError", "mime_from_mailgun", "mime_from_postmark", "mime_from_sendgrid"]
@@ -107,7 +107,6 @@ _CONTROLS = "[\x00-\x1f\x7f\x85\u2028\u2029]"
 _LINE_BREAKERS = re.compile("\r\n|" + _CONTROLS)
 _FILENAME_BAD = re.compile(_CONTROLS)
 # RFC 6838 section 4.2 restricted-name, for type and subtype.
-_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _CHARSET_PARAM = re.compile(r"""charset\s*=\s*"?([A-Za-z0-9_.:+-]{1,40})"?""", re.IGNORECASE)
 
 
@@ -396,10 +395,9 @@ def _attachment(filename: str, content_type: str, data: bytes, content_id: str |
 
 
 def _media_type(value: str) -> str:
-    main, _, params = (value or "").partition(";")
-    main = main.strip().lower()
+    main, params = plain_media_type(value), (value or "").partition(";")[2]
     # A multipart type cannot be an opaque attachment (its body is not one blob).
-    if not _MEDIA_TYPE.fullmatch(main) or main.startswith("multipart/"):
+    if main.startswith("multipart/"):
         return "application/octet-stream"
     charset = _CHARSET_PARAM.search(params) if main.startswith("text/") else None
     return f"{main}; charset={charset.group(1)}" if charset else main

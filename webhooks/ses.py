@@ -33,7 +33,6 @@ log = logging.getLogger("webhooks.ses")
 class SesReceiver(Receiver):
     name = "ses"
     paths = ("/webhooks/ses",)
-    status_unauthenticated = 403
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

@@ -23,6 +23,7 @@ from gateway.api.conversations import PersonOut
 from gateway.conversation_actions import (
     CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status)
 from gateway.db import read_tx, write_tx
+from gateway.mime import plain_media_type
 from gateway.studios import Caller
 
 
@@ -123,7 +124,6 @@ def _set_status(state: State, caller: Caller, conversation_id: int, status: str)
 # no type sniffing, and a sandbox (no scripts, opaque origin) should one open it anyway, as
 # for text/html or image/svg+xml, which can carry script.
 DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
-_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 _UNSAFE_ASCII = re.compile(r"[^A-Za-z0-9 ._()+,=@&#!~-]")
 
 
@@ -136,11 +136,6 @@ def content_disposition(filename: str) -> str:
     ascii_name = "".join(c for c in decomposed if not unicodedata.combining(c))
     ascii_name = _UNSAFE_ASCII.sub("_", ascii_name).strip() or "attachment"
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-def download_media_type(content_type: str) -> str:
-    """The stored type when it is a plain `type/subtype`, else application/octet-stream."""
-    return content_type if _MEDIA_TYPE.fullmatch(content_type) else "application/octet-stream"
 
 
 class AttachmentController(Controller):
@@ -156,7 +151,7 @@ class AttachmentController(Controller):
             found = attachment_download(conn, caller.studio_id, attachment_id)
         if found is None:
             raise NotFoundException("attachment not found")
-        media_type = download_media_type(found.content_type)
+        media_type = plain_media_type(found.content_type)
         # Content-Type set as stored: Litestar would add "; charset=utf-8" to text/* types, but
         # the bytes are in whatever charset the sender used.
         return Response(found.data, media_type=media_type, headers={
