@@ -54,7 +54,8 @@ def cmd_studio_add(args: argparse.Namespace) -> int:
     engine = get_engine(settings.resolved_database_url)
     try:
         with write_tx(engine) as conn:
-            studio_id, token = add_studio(conn, args.slug, args.name, args.owner_email, args.locale)
+            studio_id, token = add_studio(conn, args.slug, args.name, args.owner_email, args.locale,
+                                          args.country)
     except StudioError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", required=True)
     add.add_argument("--owner-email", required=True)
     add.add_argument("--locale", default="de", choices=["de", "en"])
+    add.add_argument("--country", help="ISO 3166 code (DE, AT, ...): which lockdowns pause its payments")
     add.add_argument("--json", action="store_true")
     add.set_defaults(func=cmd_studio_add)
 

@@ -25,6 +25,7 @@ class Studio(SQLModel, table=True):
     locale: str = Field(default="de", max_length=8)
     created_at: datetime = Field(default_factory=utcnow)
     acknowledge_inquiries: bool = False   # send guests an automatic "thanks, we'll answer" for new inquiries
+    country: str | None = Field(default=None, max_length=2)   # ISO 3166 code: which lockdowns apply
 
 
 class Profile(SQLModel, table=True):
@@ -205,3 +206,77 @@ class OutboundJob(SQLModel, table=True):
     claimed_at: datetime | None = None
     sent_at: datetime | None = None
     last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+# --- billing -----------------------------------------------------------------------------------
+
+class Subscription(SQLModel, table=True):
+    """A studio's plan as Stripe last told us; no row (or plan `free`) means the free plan.
+
+    Stripe is the source of truth and its events arrive late, twice, or out of order:
+    `stripe_as_of` is the creation time of the newest event applied, so an older one never
+    moves the state back (gateway/billing/state.py).
+    """
+
+    studio_id: int = Field(primary_key=True, foreign_key="studio.id")
+    plan: str = Field(default="free", max_length=16)         # free | monthly | yearly
+    status: str = Field(default="none", max_length=32)        # Stripe's subscription status; none: never subscribed
+    stripe_customer_id: str | None = Field(default=None, max_length=255, index=True)
+    stripe_subscription_id: str | None = Field(default=None, max_length=255, unique=True)
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    ended_at: datetime | None = None
+    collection_paused: bool = False                           # Stripe's pause_collection is set
+    past_due_since: datetime | None = None
+    stripe_as_of: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Lockdown(SQLModel, table=True):
+    """A lockdown during which every payment is suspended (an operator starts and ends it)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    countries: str = Field(default="", max_length=400)        # comma-separated ISO codes; empty: everywhere
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+
+
+class PaymentPause(SQLModel, table=True):
+    """One studio's payments paused by one lockdown: exactly one row per (lockdown, studio).
+
+    state: pausing (recorded, Stripe not yet confirmed) → paused → resuming → resumed. The
+    intermediate states make `gateway lockdown start|end` resumable after a crash.
+    """
+
+    __tablename__ = "payment_pause"
+    __table_args__ = (UniqueConstraint("lockdown_id", "studio_id", name="uq_payment_pause_lockdown_studio"),)
+    id: int | None = Field(default=None, primary_key=True)
+    lockdown_id: int = Field(foreign_key="lockdown.id")
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    stripe_subscription_id: str = Field(max_length=255)
+    state: str = Field(default="pausing", max_length=16)
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+
+
+class StripeEvent(SQLModel, table=True):
+    """Stripe events applied, by id: a redelivered or concurrently delivered event applies once."""
+
+    __tablename__ = "stripe_event"
+    id: str = Field(primary_key=True, max_length=255)
+    type: str = Field(max_length=100)
+    created: int
+    studio_id: int | None = Field(default=None, foreign_key="studio.id", index=True)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+# --- erasure -----------------------------------------------------------------------------------
+
+class Tombstone(SQLModel, table=True):
+    """The dedupe key of an erased inbound message: a late or retried delivery of the same mail
+    must not bring an erased conversation back. A hash, no personal data."""
+
+    studio_id: int = Field(primary_key=True, foreign_key="studio.id")
+    dedupe_key: str = Field(primary_key=True, max_length=64)
+    erased_at: datetime = Field(default_factory=utcnow)

@@ -70,6 +70,22 @@ class Settings(BaseSettings):
     ses_auto_confirm: bool = False                    # confirm SNS subscriptions to the topics above
     webhook_max_age: float = Field(300.0, gt=0)       # seconds a signed timestamp stays valid
 
+    # Billing (Stripe): off until the secret key is configured; every studio is then on `free`.
+    stripe_secret_key: SecretStr | None = None        # sk_live_... / sk_test_... / rk_... (restricted key)
+    stripe_webhook_secrets: SecretStr | None = None   # whsec_..., comma-separated during a rotation
+    stripe_price_monthly: str = ""                    # price_... of the monthly plan
+    stripe_price_yearly: str = ""                     # price_... of the yearly plan
+    stripe_api_base: str = "https://api.stripe.com"  # tests point this at a local emulator
+    stripe_max_retries: int = Field(4, ge=0, le=10)   # tries after the first on network trouble, 429 and 5xx
+    stripe_retry_wait: float = Field(1.0, ge=0)       # first backoff in seconds, doubled each try
+    billing_past_due_grace_days: float = Field(7.0, ge=0)   # paid features kept while a payment is late
+    billing_return_url: str = "http://127.0.0.1:8000/"      # where Stripe Checkout sends the owner back
+
+    # Backups and the deletion log kept beside them (it must outlive the database it describes).
+    backup_dir: Path | None = None                    # default: <data_dir>/backups
+    backup_keep: int = Field(7, ge=1)                 # scheduled backups kept
+    backup_interval_hours: float = Field(0.0, ge=0)   # 0: no scheduled backups in the worker
+
     log_level: str = "INFO"
 
     @field_validator("log_level")
@@ -112,6 +128,22 @@ class Settings(BaseSettings):
             raise ValueError("basic auth settings are written user:password")
         return value
 
+    @field_validator("stripe_secret_key", "stripe_webhook_secrets")
+    @classmethod
+    def _stripe_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # empty means off
+        if value.get_secret_value().strip().lower() in _PLACEHOLDER_SECRETS:
+            raise ValueError("Stripe secrets must be the real keys from the Stripe dashboard, not a placeholder")
+        return value
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _stripe_base(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("GATEWAY_STRIPE_API_BASE must be an http(s) URL")
+        return value.rstrip("/")
+
     @field_validator("smtp_relay_url")
     @classmethod
     def _relay(cls, value: SecretStr | None) -> SecretStr | None:
@@ -131,6 +163,17 @@ class Settings(BaseSettings):
         attachments side by side, as Mailgun and Postmark send them), base64-inflated, plus form
         and JSON overhead. Litestar's 10 MB default would refuse big inquiries with photos."""
         return 2 * (self.smtp_max_message_size * 4 // 3) + 1024 * 1024
+
+    @property
+    def stripe_webhook_secret_list(self) -> list[str]:
+        """Every webhook signing secret accepted: old and new side by side during a rotation."""
+        if self.stripe_webhook_secrets is None:
+            return []
+        return [s.strip() for s in self.stripe_webhook_secrets.get_secret_value().split(",") if s.strip()]
+
+    @property
+    def resolved_backup_dir(self) -> Path:
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
 
     @property
     def resolved_database_url(self) -> str:

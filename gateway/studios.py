@@ -129,8 +129,11 @@ def authenticate(conn: Connection, token: str) -> Caller | None:
     return Caller(studio_id=row.studio_id, profile_id=row.profile_id, role=row.role, token_id=row.id)
 
 
-def add_studio(conn: Connection, slug: str, name: str, owner_email: str, locale: str = "de") -> tuple[int, str]:
-    """Create a studio with its owner profile; returns (studio id, the owner's new token)."""
+def add_studio(conn: Connection, slug: str, name: str, owner_email: str, locale: str = "de",
+               country: str | None = None) -> tuple[int, str]:
+    """Create a studio with its owner profile; returns (studio id, the owner's new token).
+
+    `country` (ISO 3166 alpha-2) decides which lockdowns pause the studio's payments."""
     slug = slug.strip().lower()
     if not valid_slug(slug):
         raise StudioError("slug must be 1-64 characters of a-z, 0-9 and inner hyphens")
@@ -139,12 +142,16 @@ def add_studio(conn: Connection, slug: str, name: str, owner_email: str, locale:
     owner_email = owner_email.strip()
     if "@" not in owner_email or any(c in owner_email for c in " \r\n\0<>,;"):
         raise StudioError("owner email must be a plain address like owner@example.com")
+    if country is not None:
+        country = country.strip().upper()
+        if len(country) != 2 or not country.isascii() or not country.isalpha():
+            raise StudioError("country must be a two-letter ISO 3166 code such as DE")
     if conn.execute(select(STUDIO.c.id).where(STUDIO.c.slug == slug)).first():
         raise StudioError(f"a studio with the slug {slug!r} exists already")
     now = utcnow()
     studio_id = conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
         "slug": slug, "name": name.strip(), "owner_email": owner_email.lower(), "locale": locale,
-        "created_at": now}).scalar_one()
+        "country": country, "created_at": now}).scalar_one()
     profile_id = conn.execute(insert(PROFILE).returning(PROFILE.c.id), {
         "studio_id": studio_id, "email": owner_email.lower(), "name": name.strip(), "role": "owner",
         "created_at": now}).scalar_one()

@@ -29,11 +29,12 @@ from gateway.db import insert_ignore
 from gateway.headers import fingerprint, normalize_email
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE, STUDIO
 from gateway.mime import Address, ParsedMessage
-from gateway.models import Attachment, utcnow
+from gateway.models import Attachment, Tombstone, utcnow
 from gateway.quotes import split_reply
 from gateway.settings import Settings
 
 ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
+TOMBSTONE = Tombstone.__table__  # type: ignore[attr-defined]
 
 
 class Unprocessable(Exception):
@@ -45,7 +46,7 @@ class Outcome:
     studio_id: int
     message_id: int | None      # None: duplicate or not stored (automatic mail with no thread)
     conversation_id: int | None
-    rule: str                   # thread rule, or "duplicate" / "unthreaded-automatic"
+    rule: str                   # thread rule, or "duplicate" / "erased" / "unthreaded-automatic"
 
 
 @dataclass
@@ -67,6 +68,10 @@ def synthesize_message_id(print_: str, domain: str) -> str:
 _STUDIO_BY_SLUG = select(STUDIO.c.id).where(STUDIO.c.slug == bindparam("slug"))
 _DUPLICATE = select(MESSAGE.c.id).where(MESSAGE.c.studio_id == bindparam("studio_id"),
                                         MESSAGE.c.dedupe_key == bindparam("dedupe_key"))
+# A mail whose message was erased (gateway/erasure.py) left its dedupe key behind: a late or
+# retried delivery of it must not bring the erased conversation back.
+_ERASED = select(TOMBSTONE.c.dedupe_key).where(TOMBSTONE.c.studio_id == bindparam("studio_id"),
+                                               TOMBSTONE.c.dedupe_key == bindparam("dedupe_key"))
 _BY_MESSAGE_IDS = select(MESSAGE.c.message_id, MESSAGE.c.conversation_id).where(
     MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)),
     MESSAGE.c.conversation_id.is_not(None))
@@ -152,6 +157,8 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
                        dedupe_key: str, settings: Settings, secret: bytes) -> Outcome:
     if conn.execute(_DUPLICATE, {"studio_id": studio_id, "dedupe_key": dedupe_key}).first():
         return Outcome(studio_id, None, None, "duplicate")
+    if conn.execute(_ERASED, {"studio_id": studio_id, "dedupe_key": dedupe_key}).first():
+        return Outcome(studio_id, None, None, "erased")
 
     guest = conn.execute(_GUEST, {"studio_id": studio_id, "email": sender.email}).first()
     conversation, rule = _find_conversation(conn, studio_id, detail, parsed, guest, auto, settings, secret)

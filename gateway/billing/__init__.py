@@ -1,0 +1,1 @@
+"""Subscriptions and lockdown payment pauses (Stripe): state, the paid-feature check, operations."""
