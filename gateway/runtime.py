@@ -26,6 +26,7 @@ from gateway.smtp import start_smtp_server
 
 log = logging.getLogger(__name__)
 ROLES = ("smtp", "web", "worker")
+LOCKDOWN_RECONCILE_INTERVAL = 600.0  # seconds between the worker's lockdown reconciliations
 
 
 class Gateway:
@@ -41,6 +42,8 @@ class Gateway:
         self.outbox: Outbox | None = None
         self.writes: WriteBatcher | None = None
         self._outbox_task: asyncio.Task[None] | None = None
+        self._billing_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._smtp: asyncio.AbstractServer | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._uvicorn_task: asyncio.Task[None] | None = None
@@ -58,6 +61,8 @@ class Gateway:
             self.processor.start()
             self.outbox = Outbox(self.engine, self.settings)
             self._outbox_task = asyncio.create_task(self.outbox.run(), name="outbox")
+            if self.settings.stripe_secret_key is not None:
+                self._billing_task = asyncio.create_task(self._reconcile_lockdowns(), name="lockdowns")
         self.acceptor = Acceptor(self.engine, self.settings,
                                  on_stored=self.processor.wake if self.processor else None)
         await self.acceptor.start()
@@ -85,7 +90,29 @@ class Gateway:
             self.http_address = http_sock.getsockname()[:2]
             log.info("HTTP listening on %s", self.http_address)
 
+    async def _reconcile_lockdowns(self) -> None:
+        """Finish lockdown pauses and resumes that a crash, a Stripe outage or a webhook left
+        half-done (gateway/billing/lockdowns.py records intent before asking Stripe)."""
+        from gateway.billing.lockdowns import reconcile
+        from gateway.billing.stripe_api import StripeApi
+
+        api = StripeApi(self.settings)
+        assert self.engine is not None
+        while not self._stopping.is_set():
+            try:
+                report = await asyncio.to_thread(reconcile, self.engine, api)
+                if report.paused or report.resumed or report.failed:
+                    log.info("lockdowns reconciled: %d paused, %d resumed, %d still failing",
+                             len(report.paused), len(report.resumed), len(report.failed))
+            except Exception:  # noqa: BLE001 - the next round retries
+                log.warning("lockdown reconciliation failed; retrying later", exc_info=True)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=LOCKDOWN_RECONCILE_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+
     async def stop(self) -> None:
+        self._stopping.set()
         if self._smtp is not None:
             self._smtp.close()
             await self._smtp.wait_closed()
@@ -99,6 +126,8 @@ class Gateway:
         if self.outbox is not None and self._outbox_task is not None:
             self.outbox.stop()
             await self._outbox_task
+        if self._billing_task is not None:
+            await self._billing_task
         if self.processor is not None:
             await asyncio.to_thread(self.processor.stop)
 

@@ -186,9 +186,11 @@ class RunningGateway:
         host, port = self.gateway.http_address
         return f"http://{host}:{port}"
 
-    def add_studio(self, slug: str, name: str | None = None, owner: str | None = None) -> StudioInfo:
+    def add_studio(self, slug: str, name: str | None = None, owner: str | None = None,
+                   country: str | None = None) -> StudioInfo:
         with write_tx(self.engine) as conn:
-            studio_id, token = add_studio(conn, slug, name or slug.title(), owner or f"owner@{slug}.example")
+            studio_id, token = add_studio(conn, slug, name or slug.title(), owner or f"owner@{slug}.example",
+                                          country=country)
         info = self.studios[slug] = StudioInfo(studio_id, slug, token)
         return info
 

@@ -7,14 +7,17 @@ from litestar.openapi import OpenAPIConfig
 from sqlalchemy import Engine
 
 from gateway.api.auth import provide_caller
+from gateway.api.billing import BillingController
 from gateway.api.conversations import ConversationController
 from gateway.api.health import healthz, readyz
 from gateway.api.manage import AttachmentController, ConversationStatusController, HeldController
 from gateway.api.studio import StudioController
 from gateway.api.tokens import TokenController
+from gateway.billing.stripe_api import stripe_api
 from gateway.directory import StudioDirectory
 from gateway.settings import Settings
 from webhooks import webhook_handlers
+from webhooks.stripe import stripe_webhook
 
 
 def create_app(engine: Engine, settings: Settings) -> Litestar:
@@ -22,7 +25,8 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
     receivers, webhooks = webhook_handlers(settings)
     app = Litestar(
         route_handlers=[healthz, readyz, ConversationController, StudioController, TokenController,
-                        HeldController, ConversationStatusController, AttachmentController, *webhooks],
+                        HeldController, ConversationStatusController, AttachmentController, BillingController,
+                        *webhooks, stripe_webhook],
         dependencies={"caller": Provide(provide_caller, sync_to_thread=True)},
         openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
         debug=False,
@@ -32,4 +36,5 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
     app.state.settings = settings
     app.state.directory = StudioDirectory(engine)
     app.state.webhooks = receivers
+    app.state.stripe_api = stripe_api(settings)
     return app
