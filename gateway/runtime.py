@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
+import threading
 from typing import Iterable
 
 import uvicorn
@@ -43,6 +44,7 @@ class Gateway:
         self.writes: WriteBatcher | None = None
         self._outbox_task: asyncio.Task[None] | None = None
         self._billing_task: asyncio.Task[None] | None = None
+        self.lockdowns_reconciled = threading.Event()   # set after each reconciliation round
         self._stopping = asyncio.Event()
         self._smtp: asyncio.AbstractServer | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -106,6 +108,7 @@ class Gateway:
                              len(report.paused), len(report.resumed), len(report.failed))
             except Exception:  # noqa: BLE001 - the next round retries
                 log.warning("lockdown reconciliation failed; retrying later", exc_info=True)
+            self.lockdowns_reconciled.set()
             try:
                 await asyncio.wait_for(self._stopping.wait(), timeout=LOCKDOWN_RECONCILE_INTERVAL)
             except asyncio.TimeoutError:

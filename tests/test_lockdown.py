@@ -168,3 +168,20 @@ def test_lockdown_commands(billing: Billing) -> None:
     assert ended.returncode == 0 and "2 resumed" in ended.stdout
     assert all(billing.stripe.subscriptions[sub]["pause_collection"] is None for sub in subs.values())
     assert run("end", "--name", "nope").returncode == 1
+
+
+def test_the_worker_finishes_a_pause_that_stripe_refused_during_the_command(billing: Billing) -> None:
+    from tests.conftest import start_gateway
+
+    _, monthly, _, subs = _three(billing)
+    billing.stripe.fail(subs["monthly"], times=3, status=503)
+    report = start_lockdown(billing.gw.engine, StripeApi(billing.settings), "Lockdown", ["DE"])
+    assert len(report.failed) == 1 and (monthly.id, "pausing") in _pauses(billing)
+
+    worker = start_gateway(billing.settings, roles=("worker",))   # reconciles at start, then every 10 min
+    try:
+        assert worker.gateway.lockdowns_reconciled.wait(60)
+    finally:
+        worker.stop()
+    assert (monthly.id, "paused") in _pauses(billing)
+    assert billing.stripe.subscriptions[subs["monthly"]]["pause_collection"] == {"behavior": "void", "resumes_at": None}
