@@ -9,6 +9,7 @@ from typing import Sequence
 
 from pydantic import ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.db import get_engine, migrate, read_tx, write_tx
 from gateway.settings import Settings, get_settings
@@ -139,7 +140,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
         result = take_backup(settings, Path(args.output) if args.output else None)
-    except BackupError as exc:
+    except (BackupError, SQLAlchemyError, OSError) as exc:
         print(f"gateway: backup failed: {exc}", file=sys.stderr)
         return 1
     manifest = result.manifest
@@ -161,6 +162,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         summary = restore(settings, Path(args.file), force=args.force)
     except BackupError as exc:
         print(f"gateway: restore refused: {exc}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, OSError) as exc:
+        print(f"gateway: restore failed: {exc}\nEvery step can be repeated: run it again once the cause is "
+              "fixed (with --force if the data was already loaded).", file=sys.stderr)
         return 1
     manifest = summary.manifest
     print(f"restored {args.file} ({manifest.backend}, taken {manifest.snapshot_started_at.isoformat()} "
