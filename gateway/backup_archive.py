@@ -86,13 +86,8 @@ class Manifest:
 
 
 def file_entry(path: Path) -> FileEntry:
-    digest = hashlib.sha256()
-    size = 0
     with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return FileEntry(digest.hexdigest(), size)
+        return _digest(fh)
 
 
 def write_archive(output: Path, manifest: Manifest, folder: Path) -> None:
@@ -175,13 +170,19 @@ def fsync_dir(folder: Path) -> None:
 
 
 def _copy_hashing(src: IO[bytes], target: Path) -> FileEntry:
+    with target.open("xb") as out:
+        return _digest(src, out)
+
+
+def _digest(src: IO[bytes], copy_to: IO[bytes] | None = None) -> FileEntry:
+    """SHA-256 and size of a stream read in chunks (backups are as large as the mail), copied on the way."""
     digest = hashlib.sha256()
     size = 0
-    with target.open("xb") as out:
-        while chunk := src.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
+    while chunk := src.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+        if copy_to is not None:
+            copy_to.write(chunk)
     return FileEntry(digest.hexdigest(), size)
 
 

@@ -33,8 +33,8 @@ from gateway.erasure import (CONVERSATION, INBOUND, MESSAGE, STUDIO, erase_conve
 from gateway.restore import restore
 from gateway.settings import Settings
 from gateway.studios import add_studio
-from tests.conftest import (MAIL_DOMAIN, SECRET, RunningGateway, _pg_admin, _pg_url_for, _throwaway_pg_database,
-                            make_settings, send_on, start_gateway)
+from tests.conftest import (MAIL_DOMAIN, SECRET, RunningGateway, _throwaway_pg_database, make_settings, send_on,
+                            start_gateway)
 from tests.mail import make_mail
 
 HEAD = max(known_revisions())
@@ -316,16 +316,8 @@ def _bare_store(database_url: str, tmp_path: Path) -> Iterator[str]:
     if is_sqlite(database_url):
         yield f"sqlite:///{tmp_path / 'old' / 'gateway.db'}"
         return
-    name = f"gwt_{uuid.uuid4().hex[:12]}"
-    admin = _pg_admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield _pg_url_for(name)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with _throwaway_pg_database(None) as url:
+        yield url
 
 
 def test_a_backup_of_an_older_schema_is_migrated_to_the_current_one(
