@@ -131,7 +131,7 @@ def _check_restorable(manifest: Manifest, backend: str) -> None:
     expected = SQLITE_FILE if backend == "sqlite" else PG_FILE
     if expected not in manifest.files:
         raise BackupError(f"the backup lists no {expected}; nothing was changed")
-    if manifest.schema_revision not in known_revisions():
+    if not set(manifest.schema_revision.split(",")) <= known_revisions():
         raise BackupError(f"the backup's schema revision {manifest.schema_revision!r} is unknown to this gateway "
                           f"(taken by version {manifest.gateway_version}); restore it with that version or newer")
 
