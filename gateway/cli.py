@@ -1,4 +1,4 @@
-"""The `gateway` command: run roles, migrate, manage studios and the quarantine."""
+"""The `gateway` command: run roles, migrate, back up and restore, manage studios and the quarantine."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ from typing import Sequence
 
 from pydantic import ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.db import get_engine, migrate, read_tx, write_tx
 from gateway.settings import Settings, get_settings
@@ -177,6 +178,54 @@ def cmd_lockdown(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent snapshot of the running gateway's database, as one verified file."""
+    from pathlib import Path
+
+    from gateway.backup import take_backup
+    from gateway.backup_archive import BackupError
+
+    settings = _settings()
+    try:
+        result = take_backup(settings, Path(args.output) if args.output else None)
+    except (BackupError, SQLAlchemyError, OSError) as exc:
+        print(f"gateway: backup failed: {exc}", file=sys.stderr)
+        return 1
+    manifest = result.manifest
+    print(f"backup written to {result.path}")
+    print(f"{manifest.backend}, schema {manifest.schema_revision}, {sum(manifest.rows.values())} rows, "
+          f"snapshot started {manifest.snapshot_started_at.isoformat()}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Verify a backup, put it in place, migrate it and re-apply the erasures made since."""
+    from pathlib import Path
+
+    from gateway.backup_archive import BackupError
+    from gateway.restore import restore
+
+    settings = _settings()
+    try:
+        summary = restore(settings, Path(args.file), force=args.force)
+    except BackupError as exc:
+        print(f"gateway: restore refused: {exc}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, OSError) as exc:
+        print(f"gateway: restore failed: {exc}\nEvery step can be repeated: run it again once the cause is "
+              "fixed (with --force if the data was already loaded).", file=sys.stderr)
+        return 1
+    manifest = summary.manifest
+    print(f"restored {args.file} ({manifest.backend}, taken {manifest.snapshot_started_at.isoformat()} "
+          f"by gateway {manifest.gateway_version})")
+    print(f"schema {manifest.schema_revision} -> {summary.revision}")
+    print(f"rows: {sum(summary.rows.values())} (" + ", ".join(f"{t} {n}" for t, n in summary.rows.items() if n) + ")")
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.erased.items()))
+    print(f"erasures replayed: {summary.replayed} logged since the snapshot"
+          + (f", {sum(summary.erased.values())} found data to erase ({kinds})" if summary.erased else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -216,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rsa (2048 bit, understood everywhere) or ed25519 (RFC 8463)")
     keygen.add_argument("--output", help="key file (default: $GATEWAY_DATA_DIR/dkim-<selector>.pem)")
     keygen.set_defaults(func=cmd_dkim_keygen)
+
+    backup = sub.add_parser("backup", help="write a consistent backup of the database (safe while running)")
+    backup.add_argument("--output", help="backup file (default: $GATEWAY_BACKUP_DIR/backup-<time>.tar)")
+    backup.set_defaults(func=cmd_backup)
+    restore = sub.add_parser("restore", help="restore a backup into the configured database (gateway stopped)")
+    restore.add_argument("file")
+    restore.add_argument("--force", action="store_true", help="overwrite a database that holds studios or mail")
+    restore.set_defaults(func=cmd_restore)
 
     quarantine = sub.add_parser("quarantine", help="inspect or retry parked messages")
     quarantine.add_argument("action", choices=["list", "retry"])

@@ -158,13 +158,35 @@ def migrations_dir() -> Path:
     return Path(str(resources.files("gateway") / "migrations"))
 
 
-def migrate(url: str) -> None:
-    """Bring the schema to the newest revision (idempotent; safe at every start)."""
-    from alembic import command
+def alembic_config(url: str) -> Any:
+    """Alembic's configuration for the migrations shipped inside the package."""
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
+    return cfg
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the schema to the newest revision (idempotent; safe at every start)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def schema_revision(conn: Connection) -> str:
+    """The revision a database is at ("" before the first migration)."""
+    from alembic.migration import MigrationContext
+
+    heads = MigrationContext.configure(conn).get_current_heads()
+    return ",".join(sorted(heads))
+
+
+def known_revisions() -> set[str]:
+    """Every revision this gateway's migrations know (a backup from a newer one cannot be restored)."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(str(migrations_dir()))
+    return {script.revision for script in scripts.walk_revisions()}

@@ -280,3 +280,18 @@ class Tombstone(SQLModel, table=True):
     studio_id: int = Field(primary_key=True, foreign_key="studio.id")
     dedupe_key: str = Field(primary_key=True, max_length=64)
     erased_at: datetime = Field(default_factory=utcnow)
+
+
+# --- backups -----------------------------------------------------------------------------------
+
+class BackupSchedule(SQLModel, table=True):
+    """The scheduled backups' state, shared by every worker on the database. It is read and
+    written only under the backup lock (gateway/backup_schedule.py), so workers on several
+    hosts take one backup per interval between them, not one each."""
+
+    __tablename__ = "backup_schedule"
+    name: str = Field(primary_key=True, max_length=32)        # "scheduled"
+    last_attempt_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_file: str | None = Field(default=None, max_length=1024)
+    last_error: str | None = Field(default=None, sa_column=Column(Text))

@@ -17,6 +17,7 @@ import uvicorn
 from sqlalchemy import Engine
 
 from gateway.api.app import create_app
+from gateway.backup_schedule import BackupScheduler
 from gateway.batching import WriteBatcher
 from gateway.db import get_engine, migrate
 from gateway.ingest import Acceptor
@@ -42,6 +43,8 @@ class Gateway:
         self.acceptor: Acceptor | None = None
         self.outbox: Outbox | None = None
         self.writes: WriteBatcher | None = None
+        self.backups: BackupScheduler | None = None
+        self._backup_task: asyncio.Task[None] | None = None
         self._outbox_task: asyncio.Task[None] | None = None
         self._billing_task: asyncio.Task[None] | None = None
         self.lockdowns_reconciled = threading.Event()   # set after each reconciliation round
@@ -65,6 +68,9 @@ class Gateway:
             self._outbox_task = asyncio.create_task(self.outbox.run(), name="outbox")
             if self.settings.stripe_secret_key is not None:
                 self._billing_task = asyncio.create_task(self._reconcile_lockdowns(), name="lockdowns")
+            if self.settings.backup_interval_hours > 0:
+                self.backups = BackupScheduler(self.engine, self.settings)
+                self._backup_task = asyncio.create_task(self.backups.run(), name="backups")
         self.acceptor = Acceptor(self.engine, self.settings,
                                  on_stored=self.processor.wake if self.processor else None)
         await self.acceptor.start()
@@ -131,6 +137,9 @@ class Gateway:
             await self._outbox_task
         if self._billing_task is not None:
             await self._billing_task
+        if self.backups is not None and self._backup_task is not None:
+            self.backups.stop()
+            await self._backup_task  # a backup in progress is finished, not torn
         if self.processor is not None:
             await asyncio.to_thread(self.processor.stop)
 
@@ -148,7 +157,8 @@ async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
     if gateway.http_address:
         parts.append(f"HTTP on http://{gateway.http_address[0]}:{gateway.http_address[1]}")
     if gateway.processor:
-        parts.append("worker running (inbound processing and outbox)")
+        parts.append("worker running (inbound processing and outbox"
+                     + (f", a backup every {settings.backup_interval_hours:g} h)" if gateway.backups else ")"))
     log.info("gateway ready: %s (database %s)", ", ".join(parts), _safe_url(settings.resolved_database_url))
     await stop.wait()
     log.info("shutting down")

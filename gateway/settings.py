@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     backup_dir: Path | None = None                    # default: <data_dir>/backups
     backup_keep: int = Field(7, ge=1)                 # scheduled backups kept
     backup_interval_hours: float = Field(0.0, ge=0)   # 0: no scheduled backups in the worker
+    pg_bin_dir: Path | None = None                    # pg_dump/pg_restore/psql; default: found on PATH
 
     log_level: str = "INFO"
 

@@ -75,11 +75,13 @@ def pg_template() -> Iterator[str]:
 
 
 @contextmanager
-def _throwaway_pg_database(template: str) -> Iterator[str]:
+def _throwaway_pg_database(template: str | None) -> Iterator[str]:
+    """A new database cloned from `template`, or an empty, unmigrated one without it; dropped after."""
     name = f"gwt_{uuid.uuid4().hex[:12]}"
     admin = _pg_admin()
+    clone = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY'))
+        conn.execute(text(f'CREATE DATABASE "{name}"{clone}'))
     try:
         yield _pg_url_for(name)
     finally:
