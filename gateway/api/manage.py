@@ -19,11 +19,11 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_409_CONFLICT
 
-from gateway.api.conversations import PersonOut
 from gateway.conversation_actions import (
     CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status)
 from gateway.db import read_tx, write_tx
 from gateway.mime import plain_media_type
+from gateway.reading import PersonOut
 from gateway.studios import Caller
 
 
