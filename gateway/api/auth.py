@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from litestar import Litestar, Request
-from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from sqlalchemy import Engine
 
 from gateway.db import read_tx
@@ -19,6 +19,14 @@ from gateway.ratelimit import AuthFailureLimiter
 from gateway.studios import Caller, authenticate
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def require_owner(caller: Caller, doing: str) -> None:
+    """403 unless the caller is the studio's owner; `doing` completes "only the owner can ..."."""
+    if caller.role != "owner":
+        raise PermissionDeniedException(f"only the studio's owner can {doing}")
+
+
 _limiter_guard = threading.Lock()
 
 
