@@ -1,4 +1,4 @@
-"""The `gateway` command: run roles, migrate, manage studios and the quarantine."""
+"""The `gateway` command: run roles, migrate, manage studios, the quarantine and support access."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from gateway.db import get_engine, migrate, read_tx, write_tx
 from gateway.settings import Settings, get_settings
+from gateway.support_cli import add_commands as add_support_commands
 
 
 def _settings() -> Settings:
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("ids", nargs="*", type=int, help="with retry: only these ids")
     quarantine.add_argument("--json", action="store_true")
     quarantine.set_defaults(func=cmd_quarantine)
+    add_support_commands(sub)
     return parser
 
 

@@ -33,8 +33,14 @@ class StudioError(ValueError):
     """Bad input for a studio operation; the message is safe to show."""
 
 
+SUPPORT_ROLE = "support"
+
+
 @dataclass(frozen=True)
 class Caller:
+    """Who a request acts for: a studio profile (role owner or member), or support reading a
+    studio under its owner's grant (role support, profile_id 0: support has no profile)."""
+
     studio_id: int
     profile_id: int
     role: str

@@ -1,18 +1,23 @@
-"""Setting up who may act for a studio and what they act on, the way the product does:
-members connected over the API, guests' mail over SMTP."""
+"""Setting up who may act for a studio, the way the product does: members connected over the
+API, support tokens issued as the operator command does, grants made by the owner."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
 from sqlalchemy import select
 
-from gateway.db import read_tx
+from gateway.db import read_tx, write_tx
 from gateway.ingest import MESSAGE
+from gateway.models import utcnow
+from gateway.support import issue_support_token
 from gateway.threader import ATTACHMENT
 from tests.conftest import RunningGateway, StudioInfo
 from tests.mail import make_mail, new_id
 
 PROFILES = "/api/v1/profiles"
+GRANTS = "/api/v1/support-grants"
+AUDIT = "/api/v1/audit"
 CONVERSATIONS = "/api/v1/conversations"
 
 
@@ -23,6 +28,27 @@ def connect_member(gw: RunningGateway, studio: StudioInfo, email: str = "artist@
     assert response.status_code == 201, response.text
     created = response.json()
     return int(created["profile"]["id"]), str(created["token"]["token"])
+
+
+def support_token(gw: RunningGateway, name: str = "alice") -> str:
+    """A support token as `gateway support token --name NAME` issues it."""
+    with write_tx(gw.engine) as conn:
+        return issue_support_token(conn, name, utcnow()).token
+
+
+def grant(gw: RunningGateway, studio: StudioInfo, **body: object) -> dict[str, object]:
+    """The owner grants support access (24 hours unless `hours`/`days` say otherwise)."""
+    response = gw.api(studio.token).post(GRANTS, json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def as_support(gw: RunningGateway, token: str, slug: str, reason: str = "ticket 4711: reply not delivered"
+               ) -> httpx.Client:
+    """An HTTP client that reads as support: the token, the studio and the reason on every request."""
+    client = gw.api(token)
+    client.headers.update({"X-Support-Studio": slug, "X-Support-Reason": reason})
+    return client
 
 
 @dataclass

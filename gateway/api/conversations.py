@@ -20,6 +20,7 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import OperationalError
 
 from gateway import reading
+from gateway.api.auth import support_read
 from gateway.batching import WriteUnavailable
 from gateway.db import read_tx, write_tx
 from gateway.ingest import CONVERSATION, MESSAGE
@@ -58,7 +59,7 @@ class ReplyIn(msgspec.Struct):
 class ConversationController(Controller):
     path = "/api/v1/conversations"
 
-    @get("/", sync_to_thread=True)
+    @get("/", sync_to_thread=True, opt=support_read("conversation.list", "conversations"))
     def list_conversations(
         self, state: State, caller: NamedDependency[Caller],
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
@@ -87,7 +88,8 @@ class ConversationController(Controller):
             raise NotFoundException("conversation not found")
         return ReadOut(id=conversation_id, unread=False, read_at=now)
 
-    @get("/{conversation_id:int}", sync_to_thread=True)
+    @get("/{conversation_id:int}", sync_to_thread=True,
+         opt=support_read("conversation.read", "conversation {conversation_id}"))
     def get_conversation(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> ConversationDetailOut:
         with read_tx(state.engine) as conn:
             detail = reading.conversation_detail(conn, caller.studio_id, conversation_id)
