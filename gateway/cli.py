@@ -1,4 +1,5 @@
-"""The `gateway` command: run roles, migrate, back up and restore, manage studios and the quarantine."""
+"""The `gateway` command: run roles, migrate, back up and restore, manage studios, lockdowns, the quarantine
+and support access."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.db import get_engine, migrate, read_tx, write_tx
 from gateway.settings import Settings, get_settings
+from gateway.support_cli import add_commands as add_support_commands
 
 
 def _settings() -> Settings:
@@ -279,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("ids", nargs="*", type=int, help="with retry: only these ids")
     quarantine.add_argument("--json", action="store_true")
     quarantine.set_defaults(func=cmd_quarantine)
+    add_support_commands(sub)
     return parser
 
 

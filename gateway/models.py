@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -31,6 +31,12 @@ class Studio(SQLModel, table=True):
 class Profile(SQLModel, table=True):
     """A person acting for a studio in the messenger: the owner or a connected member."""
 
+    __table_args__ = (
+        # One connected profile per address and studio, also when two owners' requests race;
+        # a disconnected profile keeps its row (and history), so the address may connect again.
+        Index("uq_profile_studio_email_connected", "studio_id", "email", unique=True,
+              sqlite_where=text("disconnected_at IS NULL"), postgresql_where=text("disconnected_at IS NULL")),
+    )
     id: int | None = Field(default=None, primary_key=True)
     studio_id: int = Field(foreign_key="studio.id", index=True)
     email: str = Field(max_length=320)
@@ -295,3 +301,51 @@ class BackupSchedule(SQLModel, table=True):
     last_success_at: datetime | None = None
     last_file: str | None = Field(default=None, max_length=1024)
     last_error: str | None = Field(default=None, sa_column=Column(Text))
+# --- support and audit -------------------------------------------------------------------------
+
+class SupportGrant(SQLModel, table=True):
+    """The owner's leave for support to read the studio's conversations until expires_at.
+
+    Active while not revoked and not expired; a new grant replaces the studio's active one,
+    so revoking the grant the owner sees ends support's access.
+    """
+
+    __tablename__ = "support_grant"
+    __table_args__ = (Index("ix_support_grant_studio_expires", "studio_id", "expires_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    profile_id: int = Field(foreign_key="profile.id")   # the owner who granted it
+    note: str = Field(default="", max_length=500)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    revoked_at: datetime | None = None
+
+
+class SupportToken(SQLModel, table=True):
+    """A support operator's bearer token (SHA-256 only, like ApiToken); reads need a grant."""
+
+    __tablename__ = "support_token"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)                    # the operator, as the audit log names them
+    prefix: str = Field(max_length=16)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who read or changed access to a studio's data, when and why. Append-only: the code has
+    no update or delete for it; rows go only when the whole studio is erased.
+
+    Never holds message bodies, subjects or secrets: the target is a kind and an id.
+    """
+
+    __tablename__ = "audit_entry"
+    __table_args__ = (Index("ix_audit_entry_studio_id", "studio_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    created_at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=400)                  # owner:<email>, support:<name>, operator:<name>
+    action: str = Field(max_length=64)                  # conversation.read, support_grant.create, ...
+    target: str = Field(default="", max_length=100)     # conversation 12, attachment 7, ...
+    reason: str = Field(default="", max_length=500)

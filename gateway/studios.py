@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,8 +33,14 @@ class StudioError(ValueError):
     """Bad input for a studio operation; the message is safe to show."""
 
 
+SUPPORT_ROLE = "support"
+
+
 @dataclass(frozen=True)
 class Caller:
+    """Who a request acts for: a studio profile (role owner or member), or support reading a
+    studio under its owner's grant (role support, profile_id 0: support has no profile)."""
+
     studio_id: int
     profile_id: int
     role: str
@@ -63,9 +70,41 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def mint_token(kind: str) -> tuple[str, str]:
+    """A new random token starting with `kind` (gw_, gws_), and the prefix stored to recognise it."""
+    token = kind + secrets.token_urlsafe(32)
+    return token, token[:len(kind) + 6]
+
+
+def single_line(value: str, what: str, max_length: int, *, required: bool = True) -> str:
+    """`value` stripped, or StudioError naming `what`. Names and notes end up in mail headers,
+    logs and terminals, where a line break or control character would forge a new line."""
+    value = value.strip()
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+        raise StudioError(f"{what} must be a single line without control characters")
+    if required and not value:
+        raise StudioError(f"{what} must not be empty")
+    if len(value) > max_length:
+        raise StudioError(f"{what} must be at most {max_length} characters")
+    return value
+
+
+def check_email(value: str, what: str = "email") -> str:
+    """A plain address (local@domain), lower-cased, or StudioError naming `what`.
+
+    Deliberately plainer than RFC 5322 allows: no display names, comments or quoting, since
+    the address is compared, shown and used as a recipient as it stands."""
+    address = value.strip().lower()
+    local, at, domain = address.rpartition("@")
+    if (not at or not local or not domain or "@" in local or len(address) > 320 or len(local) > 64
+            or any(c.isspace() or unicodedata.category(c) == "Cc" or c in '<>,;"()[]\\' for c in address)):
+        raise StudioError(f"{what} must be a plain address like name@example.com")
+    return address
+
+
 def issue_token(conn: Connection, studio_id: int, profile_id: int) -> NewToken:
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    prefix, now = token[:len(TOKEN_PREFIX) + 6], utcnow()
+    token, prefix = mint_token(TOKEN_PREFIX)
+    now = utcnow()
     token_id = conn.execute(insert(TOKEN).returning(TOKEN.c.id), {
         "studio_id": studio_id, "profile_id": profile_id, "prefix": prefix,
         "token_hash": hash_token(token), "created_at": now}).scalar_one()
@@ -137,11 +176,8 @@ def add_studio(conn: Connection, slug: str, name: str, owner_email: str, locale:
     slug = slug.strip().lower()
     if not valid_slug(slug):
         raise StudioError("slug must be 1-64 characters of a-z, 0-9 and inner hyphens")
-    if any(c in name for c in "\r\n\0\u2028\u2029") or not name.strip():
-        raise StudioError("name must be a single non-empty line")
-    owner_email = owner_email.strip()
-    if "@" not in owner_email or any(c in owner_email for c in " \r\n\0<>,;"):
-        raise StudioError("owner email must be a plain address like owner@example.com")
+    name = single_line(name, "name", 200)
+    owner_email = check_email(owner_email, "owner email")
     if country is not None:
         country = country.strip().upper()
         if len(country) != 2 or not country.isascii() or not country.isalpha():
@@ -150,9 +186,9 @@ def add_studio(conn: Connection, slug: str, name: str, owner_email: str, locale:
         raise StudioError(f"a studio with the slug {slug!r} exists already")
     now = utcnow()
     studio_id = conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
-        "slug": slug, "name": name.strip(), "owner_email": owner_email.lower(), "locale": locale,
+        "slug": slug, "name": name, "owner_email": owner_email, "locale": locale,
         "country": country, "created_at": now}).scalar_one()
     profile_id = conn.execute(insert(PROFILE).returning(PROFILE.c.id), {
-        "studio_id": studio_id, "email": owner_email.lower(), "name": name.strip(), "role": "owner",
+        "studio_id": studio_id, "email": owner_email, "name": name, "role": "owner",
         "created_at": now}).scalar_one()
     return studio_id, create_token(conn, studio_id, profile_id)

@@ -8,10 +8,9 @@ from sqlalchemy import select
 from gateway.db import read_tx
 from gateway.ingest import MESSAGE
 from gateway.threader import ATTACHMENT
+from tests.access import STRANGER, held_message
 from tests.conftest import RunningGateway, StudioInfo
 from tests.mail import make_mail, new_id
-
-STRANGER = "Mallory Weiß <mallory@elsewhere.example>"
 
 
 def _open(gw: RunningGateway, studio: StudioInfo, subject: str = "Tattoo Anfrage",
@@ -23,22 +22,6 @@ def _open(gw: RunningGateway, studio: StudioInfo, subject: str = "Tattoo Anfrage
     [outcome] = result.outcomes
     assert outcome.rule == "new" and outcome.conversation_id is not None
     return outcome.conversation_id, mid
-
-
-def _hold(gw: RunningGateway, studio: StudioInfo, guest_mid: str, *, from_: str = STRANGER,
-          body: str = "Ich schreibe für meine Freundin.",
-          attachments: list[tuple[str, str, bytes]] | None = None) -> int:
-    """A reply to the guest's mail from someone who is not in the conversation: held, as the
-    threader stores it. Returns the message's id."""
-    reply = gw.send(make_mail(subject="Re: Tattoo Anfrage", from_=from_, in_reply_to=guest_mid, body=body,
-                              attachments=attachments), studio.address, mail_from=from_.split("<")[-1].rstrip(">"))
-    assert reply.code == 250
-    gw.process()
-    with read_tx(gw.engine) as conn:
-        row = conn.execute(select(MESSAGE.c.id, MESSAGE.c.state).where(
-            MESSAGE.c.inbound_mail_id == reply.inbound_id)).one()
-    assert row.state == "held"
-    return int(row.id)
 
 
 def _state(gw: RunningGateway, message_id: int) -> str:
@@ -56,8 +39,8 @@ def test_held_messages_are_listed_newest_first_and_not_shown(gw: RunningGateway)
     studio = gw.add_studio("inkwell")
     first_conversation, first_mid = _open(gw, studio)
     second_conversation, second_mid = _open(gw, studio, subject="Cover-up")
-    older = _hold(gw, studio, first_mid)
-    newer = _hold(gw, studio, second_mid, from_="Tom <tom@example.net>", body="Ich komme mit.")
+    older = held_message(gw, studio, first_mid)
+    newer = held_message(gw, studio, second_mid, from_="Tom <tom@example.net>", body="Ich komme mit.")
     api = gw.api(studio.token)
 
     items = api.get("/api/v1/held").json()["items"]
@@ -75,7 +58,7 @@ def test_held_messages_are_listed_newest_first_and_not_shown(gw: RunningGateway)
 def test_accepting_shows_the_message_in_its_conversation(gw: RunningGateway) -> None:
     studio = gw.add_studio("inkwell")
     conversation_id, mid = _open(gw, studio)
-    held = _hold(gw, studio, mid)
+    held = held_message(gw, studio, mid)
     api = gw.api(studio.token)
 
     accepted = api.post(f"/api/v1/held/{held}/accept")
@@ -98,7 +81,7 @@ def test_accepting_shows_the_message_in_its_conversation(gw: RunningGateway) -> 
 def test_accepting_an_older_held_message_keeps_the_latest_activity(gw: RunningGateway) -> None:
     studio = gw.add_studio("inkwell")
     conversation_id, mid = _open(gw, studio)
-    held = _hold(gw, studio, mid)
+    held = held_message(gw, studio, mid)
     gw.send(make_mail(subject="Re: Tattoo Anfrage", in_reply_to=mid, body="Noch eine Frage."), studio.address)
     gw.process()
     api = gw.api(studio.token)
@@ -114,7 +97,7 @@ def test_accepting_an_older_held_message_keeps_the_latest_activity(gw: RunningGa
 def test_rejecting_keeps_the_message_but_out_of_sight(gw: RunningGateway) -> None:
     studio = gw.add_studio("inkwell")
     conversation_id, mid = _open(gw, studio)
-    held = _hold(gw, studio, mid)
+    held = held_message(gw, studio, mid)
     api = gw.api(studio.token)
 
     rejected = api.post(f"/api/v1/held/{held}/reject")
@@ -125,13 +108,13 @@ def test_rejecting_keeps_the_message_but_out_of_sight(gw: RunningGateway) -> Non
     assert [m["id"] for m in detail["messages"]] != [] and held not in [m["id"] for m in detail["messages"]]
     assert (detail["message_count"], detail["held_count"]) == (1, 0)
     assert _state(gw, held) == "rejected"
-    assert _hold(gw, studio, mid, body="Nochmal ich.") != held  # a rejected sender's next mail is held again
+    assert held_message(gw, studio, mid, body="Nochmal ich.") != held  # a rejected sender's next mail is held again
 
 
 def test_deciding_a_message_that_is_not_held_is_409(gw: RunningGateway) -> None:
     studio = gw.add_studio("inkwell")
     conversation_id, mid = _open(gw, studio)
-    accepted, rejected = _hold(gw, studio, mid), _hold(gw, studio, mid, from_="Tom <tom@example.net>")
+    accepted, rejected = held_message(gw, studio, mid), held_message(gw, studio, mid, from_="Tom <tom@example.net>")
     api = gw.api(studio.token)
     assert api.post(f"/api/v1/held/{accepted}/accept").status_code == 200
     assert api.post(f"/api/v1/held/{rejected}/reject").status_code == 200
@@ -151,7 +134,7 @@ def test_deciding_a_message_that_is_not_held_is_409(gw: RunningGateway) -> None:
 def test_another_studios_held_messages_are_404_and_never_listed(gw: RunningGateway) -> None:
     theirs, mine = gw.add_studio("blackrose"), gw.add_studio("inkwell")
     _, mid = _open(gw, theirs)
-    held = _hold(gw, theirs, mid)
+    held = held_message(gw, theirs, mid)
     api = gw.api(mine.token)
     assert api.get("/api/v1/held").json()["items"] == []
     for action in ("accept", "reject"):
@@ -245,8 +228,8 @@ def test_attachment_of_another_studio_is_404_and_without_a_token_401(gw: Running
 def test_attachment_of_a_held_message_is_404_until_accepted(gw: RunningGateway) -> None:
     studio = gw.add_studio("inkwell")
     _, mid = _open(gw, studio)
-    to_accept = _hold(gw, studio, mid, attachments=[("vorlage.jpg", "image/jpeg", b"\xff\xd8accepted")])
-    to_reject = _hold(gw, studio, mid, from_="Tom <tom@example.net>",
+    to_accept = held_message(gw, studio, mid, attachments=[("vorlage.jpg", "image/jpeg", b"\xff\xd8accepted")])
+    to_reject = held_message(gw, studio, mid, from_="Tom <tom@example.net>",
                       attachments=[("werbung.pdf", "application/pdf", b"%PDF-rejected")])
     [accept_attachment], [reject_attachment] = _attachment_ids(gw, to_accept), _attachment_ids(gw, to_reject)
     api = gw.api(studio.token)
@@ -263,7 +246,7 @@ def test_attachment_of_a_held_message_is_404_until_accepted(gw: RunningGateway) 
 def test_management_routes_need_a_token(gw: RunningGateway) -> None:
     studio = gw.add_studio("inkwell")
     conversation_id, mid = _open(gw, studio)
-    held = _hold(gw, studio, mid)
+    held = held_message(gw, studio, mid)
     anonymous = gw.api(None)
     assert anonymous.get("/api/v1/held").status_code == 401
     assert anonymous.post(f"/api/v1/held/{held}/accept").status_code == 401

@@ -5,20 +5,45 @@ blocked address gets 429 with `Retry-After` for every request that needs a calle
 its token is checked. The client address is uvicorn's, which honours `X-Forwarded-For` only
 from the proxies in `FORWARDED_ALLOW_IPS` (default: localhost); behind any other proxy all
 clients share its address and so its budget.
+
+Support tokens (gws_) act for the studio named in `X-Support-Studio`, with a reason in
+`X-Support-Reason`, only on the read routes marked `opt=support_read(...)` and only while
+the studio's owner has granted access (gateway/support.py); each such request is audited
+before it is served. Everything else is 403 for support, without looking at the studio.
 """
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from litestar import Litestar, Request
-from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
+from litestar.exceptions import (
+    ClientException, NotAuthorizedException, PermissionDeniedException, TooManyRequestsException)
 from sqlalchemy import Engine
 
-from gateway.db import read_tx
+from gateway.db import read_tx, write_tx
+from gateway.models import utcnow
 from gateway.ratelimit import AuthFailureLimiter
-from gateway.studios import Caller, authenticate
+from gateway.studios import SUPPORT_ROLE, Caller, StudioError, authenticate
+from gateway.support import SUPPORT_TOKEN_PREFIX, SupportDenied, authenticate_support, open_read
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+SUPPORT_STUDIO, SUPPORT_REASON = "X-Support-Studio", "X-Support-Reason"
+_SUPPORT_READ = "support_read"
+
+
+def support_read(action: str, target: str) -> dict[str, Any]:
+    """Handler `opt` that opens a read route to support: the audit action, and the target
+    with the route's path parameters filled in ("conversation {conversation_id}")."""
+    return {_SUPPORT_READ: (action, target)}
+
+
+def require_owner(caller: Caller, doing: str) -> None:
+    """403 unless the caller is the studio's owner; `doing` completes "only the owner can ..."."""
+    if caller.role != "owner":
+        raise PermissionDeniedException(f"only the studio's owner can {doing}")
+
+
 _limiter_guard = threading.Lock()
 
 
@@ -46,9 +71,38 @@ def provide_caller(request: Request) -> Caller:
     if scheme.lower() != "bearer" or not token.strip():
         raise NotAuthorizedException("missing bearer token", headers=CHALLENGE)  # not counted: nothing guessed
     engine: Engine = request.app.state.engine
+    token = token.strip()
+    if token.startswith(SUPPORT_TOKEN_PREFIX):
+        return _support_caller(request, engine, token, limiter, address)
     with read_tx(engine) as conn:
-        caller = authenticate(conn, token.strip())
+        caller = authenticate(conn, token)
     if caller is None:
         limiter.failure(address)
         raise NotAuthorizedException("invalid or revoked token", headers=CHALLENGE)
     return caller
+
+
+def _support_caller(request: Request, engine: Engine, token: str, limiter: AuthFailureLimiter,
+                    address: str) -> Caller:
+    with read_tx(engine) as conn:
+        operator = authenticate_support(conn, token)
+    if operator is None:
+        limiter.failure(address)
+        raise NotAuthorizedException("invalid or revoked token", headers=CHALLENGE)
+    read = request.route_handler.opt.get(_SUPPORT_READ)
+    if read is None:
+        raise PermissionDeniedException("support access is read-only: conversations, held messages and "
+                                        "attachments, under the studio owner's grant")
+    slug, reason = request.headers.get(SUPPORT_STUDIO, ""), request.headers.get(SUPPORT_REASON, "")
+    if not slug.strip():
+        raise ClientException(f"support requests name the studio in {SUPPORT_STUDIO} and why in {SUPPORT_REASON}")
+    action, target = read
+    try:
+        with write_tx(engine) as conn:
+            studio_id = open_read(conn, slug, actor=f"support:{operator.name}", reason=reason, action=action,
+                                  target=target.format(**request.path_params), now=utcnow())
+    except SupportDenied as exc:
+        raise PermissionDeniedException(str(exc)) from None
+    except StudioError as exc:
+        raise ClientException(f"{SUPPORT_REASON}: {exc}") from None
+    return Caller(studio_id=studio_id, profile_id=0, role=SUPPORT_ROLE)

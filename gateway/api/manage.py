@@ -19,11 +19,12 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_409_CONFLICT
 
-from gateway.api.conversations import PersonOut
+from gateway.api.auth import support_read
 from gateway.conversation_actions import (
     CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status)
 from gateway.db import read_tx, write_tx
 from gateway.mime import plain_media_type
+from gateway.reading import PersonOut
 from gateway.studios import Caller
 
 
@@ -60,7 +61,7 @@ class HeldController(Controller):
 
     path = "/api/v1/held"
 
-    @get("/", sync_to_thread=True)
+    @get("/", sync_to_thread=True, opt=support_read("held.list", "held messages"))
     def index(self, state: State, caller: NamedDependency[Caller],
               limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100) -> HeldList:
         """The studio's held messages, newest first."""
@@ -141,7 +142,8 @@ def content_disposition(filename: str) -> str:
 class AttachmentController(Controller):
     path = "/api/v1/attachments"
 
-    @get("/{attachment_id:int}", sync_to_thread=True, media_type="application/octet-stream")
+    @get("/{attachment_id:int}", sync_to_thread=True, media_type="application/octet-stream",
+         opt=support_read("attachment.read", "attachment {attachment_id}"))
     def download(self, state: State, caller: NamedDependency[Caller], attachment_id: FromPath[int]) -> Response[bytes]:
         """The attachment's bytes as a download, with its stored type.
 

@@ -5,10 +5,11 @@ import msgspec
 from litestar import Controller, get, patch
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody
 from sqlalchemy import select, update
 
+from gateway.api.auth import require_owner
 from gateway.db import read_tx, write_tx
 from gateway.ingest import STUDIO
 from gateway.studios import Caller
@@ -37,8 +38,7 @@ class StudioController(Controller):
     @patch("/", sync_to_thread=True)
     def change(self, state: State, caller: NamedDependency[Caller], data: JSONBody[StudioPatch]) -> StudioOut:
         """Owner only: whether new inquiries get an automatic acknowledgement."""
-        if caller.role != "owner":
-            raise PermissionDeniedException("only the studio's owner can change its settings")
+        require_owner(caller, "change its settings")
         if data.acknowledge_inquiries is not None:
             with write_tx(state.engine) as conn:
                 conn.execute(update(STUDIO).where(STUDIO.c.id == caller.studio_id).values(

@@ -1,0 +1,90 @@
+"""The studio's profiles: the owner connects members (each gets a first token, shown once)
+and disconnects them; members see who is connected. Rules in gateway/profiles.py."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import FromPath, JSONBody
+
+from gateway.api.auth import require_owner
+from gateway.api.manage import ConflictException
+from gateway.api.tokens import NO_STORE, NewTokenOut
+from gateway.db import read_tx, write_tx
+from gateway.models import utcnow
+from gateway.profiles import ProfileConflict, ProfileInfo, connect_member, disconnect_profile, list_profiles
+from gateway.studios import Caller, StudioError
+
+
+class ProfileOut(msgspec.Struct):
+    id: int
+    email: str
+    name: str
+    role: str                           # owner | member
+    created_at: datetime
+    disconnected_at: datetime | None
+
+
+class ProfileList(msgspec.Struct):
+    items: list[ProfileOut]
+
+
+class ProfileIn(msgspec.Struct):
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class NewProfileOut(msgspec.Struct):
+    profile: ProfileOut
+    token: NewTokenOut                  # the member's first token, shown this once
+
+
+def _out(p: ProfileInfo) -> ProfileOut:
+    return ProfileOut(id=p.id, email=p.email, name=p.name, role=p.role, created_at=p.created_at,
+                      disconnected_at=p.disconnected_at)
+
+
+class ProfileController(Controller):
+    path = "/api/v1/profiles"
+
+    @get("/", sync_to_thread=True)
+    def index(self, state: State, caller: NamedDependency[Caller]) -> ProfileList:
+        """Oldest first. The owner sees every profile, disconnected ones with `disconnected_at`;
+        a member sees the connected ones (who else answers the studio's guests)."""
+        with read_tx(state.engine) as conn:
+            return ProfileList(items=[_out(p) for p in list_profiles(conn, caller)])
+
+    @post("/", sync_to_thread=True, status_code=201, response_headers=NO_STORE,
+          raises=[ClientException, ConflictException])
+    def connect(self, state: State, caller: NamedDependency[Caller], data: JSONBody[ProfileIn]) -> NewProfileOut:
+        """Owner only: connect a member and hand out their first token (shown once).
+        409 when the address is connected to the studio already."""
+        require_owner(caller, "connect profiles")
+        try:
+            with write_tx(state.engine) as conn:
+                profile, token = connect_member(conn, caller, data.email, data.name, utcnow())
+        except ProfileConflict as exc:
+            raise ConflictException(str(exc)) from None
+        except StudioError as exc:
+            raise ClientException(str(exc)) from None
+        return NewProfileOut(profile=_out(profile), token=NewTokenOut(
+            id=token.id, prefix=token.prefix, token=token.token, created_at=token.created_at))
+
+    @delete("/{profile_id:int}", sync_to_thread=True, status_code=204,
+            raises=[ConflictException, NotFoundException])
+    def disconnect(self, state: State, caller: NamedDependency[Caller], profile_id: FromPath[int]) -> None:
+        """Owner only: disconnect a member; their tokens stop working at once. 409 for the
+        owner's own profile; disconnecting again is fine."""
+        require_owner(caller, "disconnect profiles")
+        try:
+            with write_tx(state.engine) as conn:
+                found = disconnect_profile(conn, caller, profile_id, utcnow())
+        except ProfileConflict as exc:
+            raise ConflictException(str(exc)) from None
+        if not found:
+            raise NotFoundException("profile not found")

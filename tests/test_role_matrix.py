@@ -1,0 +1,220 @@
+"""Every route of the API against every kind of caller, over HTTP.
+
+MATRIX says, for each route of the app, what each principal gets: a 2xx, or the exact
+refusal. A route the app has and the matrix lacks fails the first test, so a new route
+cannot ship without someone deciding who may call it. Refusals must carry nothing but the
+error itself (never 403-with-data). One gateway per back end serves all cases; targets that
+a call uses up (a held message, a token, a profile, a grant) are made fresh for each case.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+from gateway.db import dispose_engines, write_tx
+from gateway.models import utcnow
+from gateway.ratelimit import AuthFailureLimiter
+from gateway.support import active_grant, grant_access, grant_duration, revoke_grant
+from tests.access import as_support, connect_member, held_message, open_conversation, support_token
+from tests.billing_support import billing_settings
+from tests.conftest import BACKENDS, RunningGateway, StudioInfo, _throwaway_pg_database, start_gateway
+from tests.stripe_emulator import StripeEmulator
+
+PRINCIPALS = ("owner", "member", "disconnected", "other_owner", "anonymous", "support", "support_no_grant")
+
+# What each principal gets. "2xx" is any success; refusals are exact. Members read, answer and
+# decide like the owner but manage nothing; support reads four routes under a grant; another
+# studio's ids are 404; a disconnected member's token is dead (401).
+MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
+    #                                                          owner  member  gone   other  anon   support no-grant
+    ("GET", "/api/v1/conversations"):                         ("2xx", "2xx", "401", "2xx", "401", "2xx", "403"),
+    ("GET", "/api/v1/conversations/{conversation_id:int}"):   ("2xx", "2xx", "401", "404", "401", "2xx", "403"),
+    ("POST", "/api/v1/conversations/{conversation_id:int}/read"):
+                                                              ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("POST", "/api/v1/conversations/{conversation_id:int}/replies"):
+                                                              ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("POST", "/api/v1/conversations/{conversation_id:int}/replies/upload"):
+                                                              ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("POST", "/api/v1/conversations/{conversation_id:int}/close"):
+                                                              ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("POST", "/api/v1/conversations/{conversation_id:int}/reopen"):
+                                                              ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("GET", "/api/v1/held"):                                  ("2xx", "2xx", "401", "2xx", "401", "2xx", "403"),
+    ("POST", "/api/v1/held/{message_id:int}/accept"):         ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("POST", "/api/v1/held/{message_id:int}/reject"):         ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("GET", "/api/v1/attachments/{attachment_id:int}"):       ("2xx", "2xx", "401", "404", "401", "2xx", "403"),
+    ("GET", "/api/v1/studio"):                                ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("PATCH", "/api/v1/studio"):                              ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("GET", "/api/v1/tokens"):                                ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("POST", "/api/v1/tokens"):                               ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("DELETE", "/api/v1/tokens/{token_id:int}"):              ("2xx", "404", "401", "404", "401", "403", "403"),
+    ("GET", "/api/v1/profiles"):                              ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("POST", "/api/v1/profiles"):                             ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("DELETE", "/api/v1/profiles/{profile_id:int}"):          ("2xx", "403", "401", "404", "401", "403", "403"),
+    ("GET", "/api/v1/support-grants"):                        ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("POST", "/api/v1/support-grants"):                       ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("DELETE", "/api/v1/support-grants/{grant_id:int}"):      ("2xx", "403", "401", "404", "401", "403", "403"),
+    ("GET", "/api/v1/audit"):                                 ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("GET", "/api/v1/billing"):                               ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("POST", "/api/v1/billing/checkout"):                     ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    # Allowed for owners; neither studio has a paid plan to cancel, hence 409 rather than 2xx.
+    ("POST", "/api/v1/billing/cancel"):                       ("409", "403", "401", "409", "401", "403", "403"),
+}
+
+# Routes that are no caller's business: probes, the schema, providers' signed webhooks.
+UNLISTED = ("/healthz", "/readyz", "/schema", "/webhooks/")
+
+
+@dataclass
+class World:
+    """Studio "inkwell" with a conversation and an attachment, seen by every principal;
+    studio "blackrose" next door; a support operator."""
+
+    gw: RunningGateway
+    studio: StudioInfo
+    other: StudioInfo
+    conversation_id: int
+    attachment_id: int
+    guest_message_id: str
+    owner_profile_id: int = 0
+    clients: dict[str, httpx.Client] = field(default_factory=dict)
+    serial: Iterator[int] = field(default_factory=itertools.count)
+
+    @classmethod
+    def build(cls, gw: RunningGateway) -> World:
+        studio, other = gw.add_studio("inkwell"), gw.add_studio("blackrose")
+        mail = open_conversation(gw, studio)
+        world = cls(gw, studio, other, mail.conversation_id, mail.attachment_id, mail.guest_message_id)
+        [owner] = gw.api(studio.token).get("/api/v1/profiles").json()["items"]
+        world.owner_profile_id = owner["id"]
+        _, member = connect_member(gw, studio, "artist@inkwell.example")
+        gone_id, gone = connect_member(gw, studio, "former@inkwell.example")
+        assert gw.api(studio.token).delete(f"/api/v1/profiles/{gone_id}").status_code == 204
+        support = support_token(gw, "alice")
+        world.clients = {
+            "owner": gw.api(studio.token), "member": gw.api(member), "disconnected": gw.api(gone),
+            "other_owner": gw.api(other.token), "anonymous": gw.api(None),
+            "support": as_support(gw, support, "inkwell"), "support_no_grant": as_support(gw, support, "inkwell"),
+        }
+        return world
+
+    def set_grant(self, active: bool) -> None:
+        """Support's principals differ only in this: whether inkwell's owner has granted access."""
+        now = utcnow()
+        with write_tx(self.gw.engine) as conn:
+            current = active_grant(conn, self.studio.id, now)
+            if active and current is None:
+                grant_access(conn, self.studio.id, self.owner_profile_id, "owner:owner@inkwell.example",
+                             grant_duration(), "", now)
+            elif not active and current is not None:
+                revoke_grant(conn, self.studio.id, current.id, "owner:owner@inkwell.example", now)
+
+    # Path parameters: shared targets for what a call leaves intact, fresh ones for what it uses up.
+    def fresh_held(self) -> int:
+        return held_message(self.gw, self.studio, self.guest_message_id,
+                            from_=f"Stranger <stranger{next(self.serial)}@elsewhere.example>")
+
+    def fresh_owner_token(self) -> int:
+        return int(self.clients["owner"].post("/api/v1/tokens").json()["id"])
+
+    def fresh_member(self) -> int:
+        return connect_member(self.gw, self.studio, f"member{next(self.serial)}@inkwell.example")[0]
+
+    def fresh_grant(self) -> int:
+        now = utcnow()
+        with write_tx(self.gw.engine) as conn:
+            return grant_access(conn, self.studio.id, self.owner_profile_id, "owner:owner@inkwell.example",
+                                grant_duration(hours=1), "", now).id
+
+    def path(self, template: str) -> str:
+        values: dict[str, Callable[[], int]] = {
+            "conversation_id": lambda: self.conversation_id, "attachment_id": lambda: self.attachment_id,
+            "message_id": self.fresh_held, "token_id": self.fresh_owner_token, "profile_id": self.fresh_member,
+            "grant_id": self.fresh_grant,
+        }
+
+        def fill(match: re.Match[str]) -> str:
+            assert match.group(1) in values, f"no target for {{{match.group(1)}}}: add one to World.path"
+            return str(values[match.group(1)]())
+
+        return re.sub(r"\{(\w+):\w+\}", fill, template)
+
+    def body(self, method: str, template: str) -> dict[str, Any]:
+        """The request's content: valid, so that what is tested is who may send it."""
+        if template.endswith("/replies"):
+            return {"json": {"text": "Danke, bis Freitag!"}}
+        if template.endswith("/replies/upload"):
+            return {"data": {"text": "Anbei die Skizze."}, "files": [("files", ("skizze.txt", b"~~~", "text/plain"))]}
+        if template == "/api/v1/profiles" and method == "POST":
+            return {"json": {"email": f"new{next(self.serial)}@example.org", "name": "Neu"}}
+        if template == "/api/v1/billing/checkout":
+            return {"json": {"plan": "monthly"}}
+        if template == "/api/v1/support-grants" and method == "POST":
+            return {"json": {"hours": 1}}
+        if method == "PATCH":
+            return {"json": {}}
+        return {}
+
+
+@contextmanager
+def _database(request: pytest.FixtureRequest, directory: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        path = directory / "gateway.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        dispose_engines()
+    else:
+        with _throwaway_pg_database(request.getfixturevalue("pg_template")) as url:
+            yield url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    directory = tmp_path_factory.mktemp(f"matrix-{request.param}")
+    stripe = StripeEmulator()
+    with _database(request, directory) as url:
+        gw = start_gateway(billing_settings(directory, url, stripe.start()))
+        try:
+            # The disconnected member fails authentication on every route: far more often than
+            # the real limiter allows from one address, which is tested in test_api_tokens.
+            app = gw.gateway._uvicorn.config.app  # type: ignore[union-attr]
+            app.state.auth_limiter = AuthFailureLimiter(max_failures=1_000_000)
+            yield World.build(gw)
+        finally:
+            gw.stop()
+            stripe.stop()
+
+
+def app_routes(gw: RunningGateway) -> set[tuple[str, str]]:
+    app = gw.gateway._uvicorn.config.app  # type: ignore[union-attr]
+    return {(method, route.path) for route in app.routes for handler in route.route_handlers
+            for method in handler.http_methods
+            if method != "OPTIONS" and not route.path.startswith(UNLISTED)}  # OPTIONS: Litestar's own
+
+
+def test_every_route_of_the_app_is_in_the_matrix(world: World) -> None:
+    routes = app_routes(world.gw)
+    assert routes - set(MATRIX) == set(), "routes nobody has decided on: add them to MATRIX"
+    assert set(MATRIX) - routes == set(), "MATRIX lists routes the app does not have"
+
+
+@pytest.mark.parametrize("principal", PRINCIPALS)
+@pytest.mark.parametrize("method, template", list(MATRIX))
+def test_each_principal_gets_what_the_matrix_says_and_refusals_carry_no_data(
+        world: World, method: str, template: str, principal: str) -> None:
+    world.set_grant(active=principal != "support_no_grant")
+    path = world.path(template)
+    response = world.clients[principal].request(method, path, **world.body(method, template))
+    got = "2xx" if response.is_success else str(response.status_code)
+    expected = MATRIX[method, template][PRINCIPALS.index(principal)]
+    assert got == expected, f"{method} {path} as {principal}: {response.status_code} {response.text[:300]}"
+    if not response.is_success:
+        assert set(response.json()) == {"status_code", "detail"}
+
