@@ -22,6 +22,7 @@ from sqlalchemy import Column, Connection, Table, delete, exists, insert, or_, s
 from gateway.conversations import parse_studio_address
 from gateway.models import (Attachment, Blob, Conversation, Guest, InboundMail, Message, OutboundJob, SQLModel,
                             Studio, Tombstone, utcnow)
+from gateway.visibility import recount
 
 STUDIO = Studio.__table__  # type: ignore[attr-defined]
 GUEST = Guest.__table__  # type: ignore[attr-defined]
@@ -43,10 +44,8 @@ def erase_message(conn: Connection, studio_id: int, message_id: int) -> bool:
         return False
     _erase_messages(conn, studio_id, [message_id])
     conversation_id = ids[0].conversation_id
-    if conversation_id is not None:  # keep the conversation's count honest
-        remaining = conn.execute(select(MESSAGE.c.id).where(MESSAGE.c.conversation_id == conversation_id)).all()
-        conn.execute(update(CONVERSATION).where(CONVERSATION.c.id == conversation_id)
-                     .values(message_count=len(remaining)))
+    if conversation_id is not None:  # keep the conversation's count and activity honest
+        recount(conn, conversation_id)
     return True
 
 

@@ -1,7 +1,9 @@
 """Conversations of the caller's studio: list and read.
 
 Every query filters on the caller's studio id; an id of another studio is simply not found
-(404), so the API never confirms that someone else's conversation exists.
+(404), so the API never confirms that someone else's conversation exists. Deleted
+conversations and messages are left out the same way (gateway/visibility.py); the trash
+(gateway/api/trash.py) is where they can be found and restored.
 """
 from __future__ import annotations
 
@@ -31,9 +33,16 @@ from gateway.replies import (MAX_TEXT, OUTBOUND_JOB, ReplyError, ReplyTooLarge, 
 from gateway.models import utcnow
 from gateway.studios import Caller
 from gateway.threader import ATTACHMENT
+from gateway.visibility import LIVE_CONVERSATION, LIVE_MESSAGE
 
 
 class PersonOut(msgspec.Struct):
+    email: str
+    name: str
+
+
+class GuestOut(msgspec.Struct):
+    id: int             # for GET /api/v1/guests/{id} and the guest's erasure
     email: str
     name: str
 
@@ -74,7 +83,7 @@ class ConversationOut(msgspec.Struct):
     id: int
     subject: str
     status: str
-    guest: PersonOut
+    guest: GuestOut
     message_count: int
     last_message_at: datetime
     created_at: datetime
@@ -143,7 +152,7 @@ def _people(raw: str) -> list[PersonOut]:
 
 def _conversation(row) -> ConversationOut:  # type: ignore[no-untyped-def]
     return ConversationOut(id=row.id, subject=row.subject, status=row.status,
-                           guest=PersonOut(email=row.guest_email, name=row.guest_name),
+                           guest=GuestOut(id=row.guest_id, email=row.guest_email, name=row.guest_name),
                            message_count=row.message_count, last_message_at=row.last_message_at,
                            created_at=row.created_at,
                            unread=row.read_at is None or row.last_message_at > row.read_at)
@@ -151,7 +160,8 @@ def _conversation(row) -> ConversationOut:  # type: ignore[no-untyped-def]
 
 _CONVERSATION_COLUMNS = (CONVERSATION.c.id, CONVERSATION.c.subject, CONVERSATION.c.status,
                          CONVERSATION.c.message_count, CONVERSATION.c.last_message_at,
-                         CONVERSATION.c.created_at, CONVERSATION.c.read_at, GUEST.c.email.label("guest_email"),
+                         CONVERSATION.c.created_at, CONVERSATION.c.read_at, CONVERSATION.c.guest_id,
+                         GUEST.c.email.label("guest_email"),
                          GUEST.c.name.label("guest_name"))
 
 
@@ -169,7 +179,7 @@ class ConversationController(Controller):
     ) -> ConversationList:
         """Newest activity first; `next_cursor` fetches the page after this one."""
         query = (select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-                 .where(CONVERSATION.c.studio_id == caller.studio_id))
+                 .where(CONVERSATION.c.studio_id == caller.studio_id, LIVE_CONVERSATION))
         if status is not None:
             query = query.where(CONVERSATION.c.status == status)
         if unread is not None:
@@ -198,8 +208,8 @@ class ConversationController(Controller):
         now = utcnow()
         with write_tx(state.engine) as conn:
             found = conn.execute(update(CONVERSATION).where(
-                CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id
-            ).values(read_at=now)).rowcount
+                CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id,
+                LIVE_CONVERSATION).values(read_at=now)).rowcount
         if not found:
             raise NotFoundException("conversation not found")
         return ReadOut(id=conversation_id, unread=False, read_at=now)
@@ -210,18 +220,20 @@ class ConversationController(Controller):
         with read_tx(engine) as conn:
             row = conn.execute(
                 select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-                .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id)
+                .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id,
+                       LIVE_CONVERSATION)
             ).first()
             if row is None:
                 raise NotFoundException("conversation not found")
             messages = conn.execute(
                 select(MESSAGE).where(MESSAGE.c.conversation_id == conversation_id,
-                                      MESSAGE.c.studio_id == caller.studio_id, MESSAGE.c.state == "visible")
+                                      MESSAGE.c.studio_id == caller.studio_id, MESSAGE.c.state == "visible",
+                                      LIVE_MESSAGE)
                 .order_by(MESSAGE.c.received_at, MESSAGE.c.id)
             ).all()
             held = conn.execute(select(func.count()).select_from(MESSAGE).where(
                 MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.studio_id == caller.studio_id,
-                MESSAGE.c.state == "held")).scalar_one()
+                MESSAGE.c.state == "held", LIVE_MESSAGE)).scalar_one()
             errors: dict[int, str | None] = {}
             outbound = [m.id for m in messages if m.direction == "outbound"]
             if outbound:
