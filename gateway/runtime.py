@@ -21,6 +21,7 @@ from gateway.db import get_engine, migrate
 from gateway.ingest import Acceptor
 from gateway.outbox import Outbox
 from gateway.processor import ProcessorThread
+from gateway.purge import PurgeLoop
 from gateway.settings import Settings
 from gateway.smtp import start_smtp_server
 
@@ -40,6 +41,8 @@ class Gateway:
         self.acceptor: Acceptor | None = None
         self.outbox: Outbox | None = None
         self.writes: WriteBatcher | None = None
+        self.purger: PurgeLoop | None = None
+        self._purge_task: asyncio.Task[None] | None = None
         self._outbox_task: asyncio.Task[None] | None = None
         self._smtp: asyncio.AbstractServer | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -58,6 +61,9 @@ class Gateway:
             self.processor.start()
             self.outbox = Outbox(self.engine, self.settings)
             self._outbox_task = asyncio.create_task(self.outbox.run(), name="outbox")
+            if self.settings.purge_interval_hours > 0:
+                self.purger = PurgeLoop(self.engine, self.settings)
+                self._purge_task = asyncio.create_task(self.purger.run(), name="purge")
         self.acceptor = Acceptor(self.engine, self.settings,
                                  on_stored=self.processor.wake if self.processor else None)
         await self.acceptor.start()
@@ -99,6 +105,9 @@ class Gateway:
         if self.outbox is not None and self._outbox_task is not None:
             self.outbox.stop()
             await self._outbox_task
+        if self.purger is not None and self._purge_task is not None:
+            self.purger.stop()
+            await self._purge_task
         if self.processor is not None:
             await asyncio.to_thread(self.processor.stop)
 

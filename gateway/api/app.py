@@ -12,6 +12,7 @@ from gateway.api.health import healthz, readyz
 from gateway.api.manage import AttachmentController, ConversationStatusController, HeldController
 from gateway.api.studio import StudioController
 from gateway.api.tokens import TokenController
+from gateway.api.trash import ConversationTrashController, MessageController, TrashController
 from gateway.directory import StudioDirectory
 from gateway.settings import Settings
 from webhooks import webhook_handlers
@@ -22,7 +23,8 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
     receivers, webhooks = webhook_handlers(settings)
     app = Litestar(
         route_handlers=[healthz, readyz, ConversationController, StudioController, TokenController,
-                        HeldController, ConversationStatusController, AttachmentController, *webhooks],
+                        HeldController, ConversationStatusController, AttachmentController,
+                        ConversationTrashController, MessageController, TrashController, *webhooks],
         dependencies={"caller": Provide(provide_caller, sync_to_thread=True)},
         openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
         debug=False,

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException
@@ -25,6 +25,8 @@ from litestar.params import Body, FromPath, JSONBody, QueryParameter
 from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.exc import OperationalError
 
+from gateway.api.people import GuestOut, PersonOut
+from gateway.api.trash import DeletedOut, deleted_answer
 from gateway.batching import WriteUnavailable
 from gateway.db import read_tx, write_tx
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE
@@ -32,19 +34,9 @@ from gateway.replies import (MAX_TEXT, OUTBOUND_JOB, ReplyError, ReplyTooLarge, 
                              create_reply)
 from gateway.models import utcnow
 from gateway.studios import Caller
+from gateway.trash import delete_conversation
 from gateway.threader import ATTACHMENT
 from gateway.visibility import LIVE_CONVERSATION, LIVE_MESSAGE
-
-
-class PersonOut(msgspec.Struct):
-    email: str
-    name: str
-
-
-class GuestOut(msgspec.Struct):
-    id: int             # for GET /api/v1/guests/{id} and the guest's erasure
-    email: str
-    name: str
 
 
 class AttachmentOut(msgspec.Struct):
@@ -252,6 +244,16 @@ class ConversationController(Controller):
             **msgspec.structs.asdict(base), held_count=held,
             messages=[_message_out(m, attachments.get(m.id, []), errors.get(m.id)) for m in messages],
         )
+
+    @delete("/{conversation_id:int}", sync_to_thread=True, status_code=200, raises=[NotFoundException])
+    def remove(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> DeletedOut:
+        """Hide the conversation with all its messages at once (404 from then on, as if gone);
+        restorable from the trash for 30 days on a paid plan, then erased for good. A guest's
+        new mail opens a new conversation; replies still queued are not sent while deleted.
+        (Here, not beside restore in gateway/api/trash.py: Litestar wants one controller per path.)"""
+        with write_tx(state.engine) as conn:
+            deleted = delete_conversation(conn, caller.studio_id, conversation_id, caller.profile_id, utcnow())
+        return deleted_answer(deleted, "conversation")
 
     @post("/{conversation_id:int}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY)
     async def reply_with_attachments(

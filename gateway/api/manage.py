@@ -19,7 +19,7 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_409_CONFLICT
 
-from gateway.api.conversations import PersonOut
+from gateway.api.people import PersonOut
 from gateway.conversation_actions import (
     CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status)
 from gateway.db import read_tx, write_tx
