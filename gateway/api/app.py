@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 
 from gateway.api.auth import provide_caller
 from gateway.api.conversations import ConversationController
+from gateway.api.export import ExportController
 from gateway.api.guests import GuestController
 from gateway.api.health import healthz, readyz
 from gateway.api.manage import AttachmentController, ConversationStatusController, HeldController
@@ -26,7 +27,7 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
         route_handlers=[healthz, readyz, ConversationController, StudioController, TokenController,
                         HeldController, ConversationStatusController, AttachmentController,
                         ConversationTrashController, MessageController, TrashController, GuestController,
-                        *webhooks],
+                        ExportController, *webhooks],
         dependencies={"caller": Provide(provide_caller, sync_to_thread=True)},
         openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
         debug=False,
