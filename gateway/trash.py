@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Connection, select, update
+from sqlalchemy import ColumnElement, Connection, Table, select, update
 
 from gateway.billing.entitlements import has_paid_features
 from gateway.models import Guest, OutboundJob
@@ -148,13 +148,8 @@ def restore_conversation(conn: Connection, studio_id: int, conversation_id: int,
         CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id)).first()
     if row is None:
         return None
-    if row.deleted_at is None:
-        raise NotDeleted(f"conversation {conversation_id} is not deleted; there is nothing to restore")
-    _check_restorable(conn, studio_id, f"conversation {conversation_id}", row.deleted_at, settings, now)
-    # Only if still deleted as read: a concurrent restore or purge wins, and this one says so.
-    if not conn.execute(update(CONVERSATION).where(
-            CONVERSATION.c.id == conversation_id, CONVERSATION.c.deleted_at == row.deleted_at
-    ).values(deleted_at=None, deleted_by=None)).rowcount:
+    if not _undelete(conn, CONVERSATION, conversation_id, f"conversation {conversation_id}", row.deleted_at,
+                     studio_id, settings, now):
         return restore_conversation(conn, studio_id, conversation_id, settings, now)
     given_up = _give_up_stale_replies(conn, (MESSAGE.c.conversation_id == conversation_id) & LIVE_MESSAGE,
                                       settings, now)
@@ -175,12 +170,7 @@ def restore_message(conn: Connection, studio_id: int, message_id: int, settings:
     if hidden_by is not None:
         raise ConversationDeleted(f"message {message_id} belongs to conversation {hidden_by}, which is deleted; "
                                   "restore the conversation first")
-    if row.deleted_at is None:
-        raise NotDeleted(f"message {message_id} is not deleted; there is nothing to restore")
-    _check_restorable(conn, studio_id, f"message {message_id}", row.deleted_at, settings, now)
-    if not conn.execute(update(MESSAGE).where(
-            MESSAGE.c.id == message_id, MESSAGE.c.deleted_at == row.deleted_at
-    ).values(deleted_at=None, deleted_by=None)).rowcount:
+    if not _undelete(conn, MESSAGE, message_id, f"message {message_id}", row.deleted_at, studio_id, settings, now):
         return restore_message(conn, studio_id, message_id, settings, now)
     if row.state == "visible":
         recount(conn, row.conversation_id)
@@ -218,6 +208,18 @@ def list_trash(conn: Connection, studio_id: int, now: datetime, limit: int) -> T
             from_email=m.from_email, from_name=m.from_name, subject=m.subject, excerpt=m.text[:200],
             received_at=m.received_at, deleted_at=m.deleted_at, deleted_by=m.deleted_by,
             purge_at=m.deleted_at + RETENTION) for m in messages])
+
+
+def _undelete(conn: Connection, table: Table, object_id: int, what: str, deleted_at: datetime | None,
+              studio_id: int, settings: Settings, now: datetime) -> bool:
+    """Clear the deletion read as `deleted_at` if it may be restored (else raise NotDeleted,
+    Expired or PaidFeature). False if a concurrent restore, delete or purge changed it since it
+    was read: the caller reads again and answers as things are now."""
+    if deleted_at is None:
+        raise NotDeleted(f"{what} is not deleted; there is nothing to restore")
+    _check_restorable(conn, studio_id, what, deleted_at, settings, now)
+    return bool(conn.execute(update(table).where(table.c.id == object_id, table.c.deleted_at == deleted_at)
+                             .values(deleted_at=None, deleted_by=None)).rowcount)
 
 
 def _check_restorable(conn: Connection, studio_id: int, what: str, deleted_at: datetime, settings: Settings,

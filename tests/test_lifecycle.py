@@ -58,6 +58,16 @@ def reply_to(gw: RunningGateway, studio: StudioInfo, mid: str, body: str,
         return int(conn.execute(select(MESSAGE.c.id).where(MESSAGE.c.inbound_mail_id == sent.inbound_id)).scalar_one())
 
 
+def thread_of_two(gw: RunningGateway, *, paid_plan: bool) -> tuple[StudioInfo, Any, int, int]:
+    """A studio (on the monthly plan or the free one) with a guest's inquiry and their second
+    mail: (studio, its owner's API client, the conversation's id, the second mail's id)."""
+    studio = gw.add_studio("inkwell")
+    if paid_plan:
+        paid(gw, studio)
+    conversation_id, mid = _open(gw, studio)
+    return studio, gw.api(studio.token), conversation_id, reply_to(gw, studio, mid, "Zweite Nachricht")
+
+
 def ids(items: list[dict[str, Any]]) -> list[int]:
     return [i["id"] for i in items]
 
@@ -159,10 +169,7 @@ def test_restoring_on_a_paid_plan_brings_back_exactly_what_was_there(gw: Running
 
 
 def test_restoring_on_the_free_plan_is_402_with_an_explanation(gw: RunningGateway) -> None:
-    studio = gw.add_studio("inkwell")
-    conversation_id, mid = _open(gw, studio)
-    message = reply_to(gw, studio, mid, "Zweite Nachricht")
-    api = gw.api(studio.token)
+    studio, api, conversation_id, message = thread_of_two(gw, paid_plan=False)
     assert api.delete(f"/api/v1/messages/{message}").status_code == 200
     assert api.delete(f"/api/v1/conversations/{conversation_id}").status_code == 200
     trash = api.get("/api/v1/trash").json()
@@ -187,11 +194,7 @@ def test_restoring_on_the_free_plan_is_402_with_an_explanation(gw: RunningGatewa
 
 
 def test_after_30_days_restoring_is_410_and_after_the_purge_404(gw: RunningGateway) -> None:
-    studio = gw.add_studio("inkwell")
-    paid(gw, studio)
-    conversation_id, mid = _open(gw, studio)
-    kept_message = reply_to(gw, studio, mid, "Diese bleibt wiederherstellbar")
-    api = gw.api(studio.token)
+    _, api, conversation_id, kept_message = thread_of_two(gw, paid_plan=True)
     assert api.delete(f"/api/v1/messages/{kept_message}").status_code == 200
     assert api.delete(f"/api/v1/conversations/{conversation_id}").status_code == 200
     backdate(gw, CONVERSATION, conversation_id, RETENTION + timedelta(minutes=1))
@@ -209,11 +212,7 @@ def test_after_30_days_restoring_is_410_and_after_the_purge_404(gw: RunningGatew
 
 
 def test_restoring_what_is_not_deleted_is_409(gw: RunningGateway) -> None:
-    studio = gw.add_studio("inkwell")
-    paid(gw, studio)
-    conversation_id, mid = _open(gw, studio)
-    message = reply_to(gw, studio, mid, "Zweite")
-    api = gw.api(studio.token)
+    _, api, conversation_id, message = thread_of_two(gw, paid_plan=True)
     live = api.post(f"/api/v1/conversations/{conversation_id}/restore")
     assert live.status_code == 409 and "is not deleted" in live.json()["detail"]
     assert api.post(f"/api/v1/messages/{message}/restore").status_code == 409

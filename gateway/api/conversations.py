@@ -34,8 +34,8 @@ from gateway.replies import (MAX_TEXT, OUTBOUND_JOB, ReplyError, ReplyTooLarge, 
                              create_reply)
 from gateway.models import utcnow
 from gateway.studios import Caller
-from gateway.trash import delete_conversation
 from gateway.threader import ATTACHMENT
+from gateway.trash import delete_conversation
 from gateway.visibility import LIVE_CONVERSATION, LIVE_MESSAGE
 
 
