@@ -1,5 +1,5 @@
-"""The `gateway` command: run roles, migrate, back up and restore, manage studios, lockdowns, the quarantine
-and support access."""
+"""The `gateway` command: run roles, migrate, back up and restore, purge deleted data, manage studios,
+lockdowns, the quarantine and support access."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +102,24 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     results = drain(engine, settings)
     still = sum(1 for r in results if r.status == "quarantined")
     print(f"{count} put back; {len(results) - still} processed, {still} quarantined again")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Erase what was deleted 30 days ago or more (the worker does this hourly by itself)."""
+    from gateway.purge import purge
+
+    settings = _settings()
+    _configure_logging(settings)
+    migrate(settings.resolved_database_url)
+    report = purge(get_engine(settings.resolved_database_url), settings, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"cutoff": report.cutoff.isoformat(), "dry_run": report.dry_run,
+                          "conversations": report.conversations, "messages": report.messages}))
+    else:
+        verb = "would be erased" if report.dry_run else "erased"
+        print(f"{len(report.conversations)} conversation(s) and {len(report.messages)} message(s) "
+              f"deleted before {report.cutoff:%Y-%m-%d %H:%M} UTC {verb}")
     return 0
 
 
@@ -282,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--json", action="store_true")
     quarantine.set_defaults(func=cmd_quarantine)
     add_support_commands(sub)
+
+    purge_cmd = sub.add_parser("purge", help="erase conversations and messages deleted 30 days ago or more")
+    purge_cmd.add_argument("--dry-run", action="store_true", help="only say what would be erased")
+    purge_cmd.add_argument("--json", action="store_true")
+    purge_cmd.set_defaults(func=cmd_purge)
     return parser
 
 

@@ -9,7 +9,9 @@ sender counts as a participant from then on and their next mail is shown at once
 keeps the row (state `rejected`, never shown or listed again) so the decision can be
 explained, and the sender's next mail is held again.
 
-Every statement filters on the studio id: another studio's ids are simply not found.
+Every statement filters on the studio id: another studio's ids are simply not found; and on
+visibility (gateway/visibility.py): a deleted message, or one of a deleted conversation, is not
+found either.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from sqlalchemy import Connection, case, literal, select, update
 from gateway.blobs import blob_store
 from gateway.ingest import CONVERSATION, MESSAGE
 from gateway.threader import ATTACHMENT
+from gateway.visibility import LIVE_CONVERSATION, SHOWN_MESSAGE
 
 HELD, VISIBLE, REJECTED = "held", "visible", "rejected"
 OPEN, CLOSED = "open", "closed"
@@ -65,7 +68,7 @@ def list_held(conn: Connection, studio_id: int, limit: int) -> list[HeldMessage]
     rows = conn.execute(
         select(MESSAGE.c.id, MESSAGE.c.conversation_id, MESSAGE.c.from_email, MESSAGE.c.from_name,
                MESSAGE.c.subject, MESSAGE.c.text, MESSAGE.c.received_at)
-        .where(MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == HELD)
+        .where(MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == HELD, SHOWN_MESSAGE)
         .order_by(MESSAGE.c.received_at.desc(), MESSAGE.c.id.desc()).limit(limit))
     return [HeldMessage(**row._mapping) for row in rows]
 
@@ -80,12 +83,12 @@ def decide_held(conn: Connection, studio_id: int, message_id: int, *, accept: bo
     new_state = VISIBLE if accept else REJECTED
     changed = conn.execute(
         update(MESSAGE).where(MESSAGE.c.id == message_id, MESSAGE.c.studio_id == studio_id,
-                              MESSAGE.c.state == HELD)
+                              MESSAGE.c.state == HELD, SHOWN_MESSAGE)
         .values(state=new_state).returning(MESSAGE.c.conversation_id, MESSAGE.c.received_at)
     ).first()
     if changed is None:
         state = conn.execute(select(MESSAGE.c.state).where(
-            MESSAGE.c.id == message_id, MESSAGE.c.studio_id == studio_id)).scalar()
+            MESSAGE.c.id == message_id, MESSAGE.c.studio_id == studio_id, SHOWN_MESSAGE)).scalar()
         if state is None:
             return None
         raise NotHeld(message_id, state)
@@ -109,7 +112,7 @@ def set_status(conn: Connection, studio_id: int, conversation_id: int, status: s
     if status not in (OPEN, CLOSED):
         raise ValueError(f"unknown conversation status {status!r}")
     found = conn.execute(update(CONVERSATION).where(
-        CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id
+        CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION
     ).values(status=status)).rowcount
     return bool(found)
 
@@ -118,13 +121,13 @@ def attachment_download(conn: Connection, studio_id: int, attachment_id: int) ->
     """An attachment of a visible message of the studio, with its bytes; None otherwise.
 
     Attachments of held and rejected messages are not found: they are the studio's to see
-    only once the message is accepted, like the rest of it.
+    only once the message is accepted, like the rest of it; nor are those of deleted messages.
     """
     row = conn.execute(
         select(ATTACHMENT.c.filename, ATTACHMENT.c.content_type, ATTACHMENT.c.sha256)
         .join(MESSAGE, MESSAGE.c.id == ATTACHMENT.c.message_id)
         .where(ATTACHMENT.c.id == attachment_id, ATTACHMENT.c.studio_id == studio_id,
-               MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == VISIBLE)
+               MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == VISIBLE, SHOWN_MESSAGE)
     ).first()
     if row is None:
         return None

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from sqlalchemy import Column, Connection, Table, delete, exists, insert, or_, select, update
+from sqlalchemy import Column, ColumnElement, Connection, Table, delete, exists, insert, or_, select, update
 
 from gateway.conversations import parse_studio_address
 from gateway.models import (Attachment, Blob, Conversation, Guest, InboundMail, Message, OutboundJob, SQLModel,
                             Studio, Tombstone, utcnow)
+from gateway.visibility import recount
 
 STUDIO = Studio.__table__  # type: ignore[attr-defined]
 GUEST = Guest.__table__  # type: ignore[attr-defined]
@@ -43,10 +44,8 @@ def erase_message(conn: Connection, studio_id: int, message_id: int) -> bool:
         return False
     _erase_messages(conn, studio_id, [message_id])
     conversation_id = ids[0].conversation_id
-    if conversation_id is not None:  # keep the conversation's count honest
-        remaining = conn.execute(select(MESSAGE.c.id).where(MESSAGE.c.conversation_id == conversation_id)).all()
-        conn.execute(update(CONVERSATION).where(CONVERSATION.c.id == conversation_id)
-                     .values(message_count=len(remaining)))
+    if conversation_id is not None:  # keep the conversation's count and activity honest
+        recount(conn, conversation_id)
     return True
 
 
@@ -64,15 +63,30 @@ def erase_conversation(conn: Connection, studio_id: int, conversation_id: int) -
 
 
 def erase_guest(conn: Connection, studio_id: int, guest_id: int) -> bool:
-    """A guest of the studio: every conversation with them, and their contact."""
-    found = conn.execute(select(GUEST.c.id).where(GUEST.c.studio_id == studio_id, GUEST.c.id == guest_id)).first()
+    """A guest of the studio: every conversation with them, every mail they wrote into another
+    guest's conversation (see guest_messages), and their contact."""
+    found = conn.execute(select(GUEST.c.id, GUEST.c.email).where(
+        GUEST.c.studio_id == studio_id, GUEST.c.id == guest_id)).first()
     if found is None:
         return False
     for conversation_id in list(conn.execute(select(CONVERSATION.c.id).where(
             CONVERSATION.c.studio_id == studio_id, CONVERSATION.c.guest_id == guest_id)).scalars()):
         erase_conversation(conn, studio_id, conversation_id)
+    for message_id in list(conn.execute(select(MESSAGE.c.id).where(
+            guest_messages(studio_id, guest_id, found.email))).scalars()):
+        erase_message(conn, studio_id, message_id)
     conn.execute(delete(GUEST).where(GUEST.c.id == guest_id))
     return True
+
+
+def guest_messages(studio_id: int, guest_id: int, email: str) -> ColumnElement[bool]:
+    """A guest's messages at the studio: everything in their conversations, and the mail they
+    wrote into other conversations (a friend's inquiry they wrote in, held or accepted there).
+    That mail is theirs as much as their own inquiries are."""
+    theirs = select(CONVERSATION.c.id).where(CONVERSATION.c.studio_id == studio_id,
+                                             CONVERSATION.c.guest_id == guest_id)
+    return (MESSAGE.c.studio_id == studio_id) & (
+        MESSAGE.c.conversation_id.in_(theirs) | ((MESSAGE.c.direction == "inbound") & (MESSAGE.c.from_email == email)))
 
 
 def erase_studio(conn: Connection, studio_id: int, mail_domain: str) -> bool:

@@ -117,8 +117,17 @@ class Guest(SQLModel, table=True):
 
 
 class Conversation(SQLModel, table=True):
+    """A guest's thread with a studio.
+
+    deleted_at: soft-deleted by the studio (gateway/trash.py): hidden at once, restorable for
+    30 days on a paid plan, then erased by the purge. deleted_by is the profile that deleted it,
+    kept as a plain id so removing a profile never blocks on, or loses, that record.
+    """
+
     __table_args__ = (
-        Index("ix_conversation_studio_activity", "studio_id", "last_message_at"),
+        # The list (deleted_at IS NULL, newest activity first), the trash and the purge
+        # (deleted_at set) all start with the studio and its deleted_at.
+        Index("ix_conversation_studio_live_activity", "studio_id", "deleted_at", "last_message_at"),
         Index("ix_conversation_guest_subject", "studio_id", "guest_id", "subject_key"),
         Index("ix_conversation_guest_created", "studio_id", "guest_id", "created_at"),
     )
@@ -132,6 +141,8 @@ class Conversation(SQLModel, table=True):
     last_message_at: datetime = Field(default_factory=utcnow)
     message_count: int = 0
     read_at: datetime | None = None   # when the studio last read it: unread while last_message_at is later
+    deleted_at: datetime | None = None
+    deleted_by: int | None = None     # profile id
 
 
 class Message(SQLModel, table=True):
@@ -139,12 +150,15 @@ class Message(SQLModel, table=True):
 
     state: visible | held (sender is not a participant: the studio accepts or rejects it) | rejected.
     dedupe_key is unique per studio so a retried delivery is stored once even when two
-    processors race on PostgreSQL; outbound messages leave it NULL.
+    processors race on PostgreSQL; outbound messages leave it NULL. deleted_at/deleted_by: the
+    message alone was soft-deleted (as for Conversation); a message of a deleted conversation
+    keeps its own deleted_at, so restoring the conversation brings back exactly what it showed.
     """
 
     __table_args__ = (
         Index("ix_message_studio_message_id", "studio_id", "message_id"),
         Index("ix_message_conversation", "conversation_id", "id"),
+        Index("ix_message_studio_deleted", "studio_id", "deleted_at"),   # the trash and the purge
         UniqueConstraint("studio_id", "dedupe_key", name="uq_message_studio_dedupe"),
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -175,6 +189,8 @@ class Message(SQLModel, table=True):
     dedupe_key: str | None = Field(default=None, max_length=64)
     parser: str = Field(default="", max_length=16)
     defects_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    deleted_at: datetime | None = None
+    deleted_by: int | None = None     # profile id
 
 
 class Attachment(SQLModel, table=True):

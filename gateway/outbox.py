@@ -7,6 +7,10 @@ parallel connections share one transaction, like the acceptor's group commits), 
 the window in which a crash could send a reply twice to a few milliseconds; a graceful stop
 finishes the messages in flight and records them first.
 
+A reply whose message or conversation the studio deleted is not sent while it is deleted: it
+stays queued, untouched, and goes out if it is restored (gateway/trash.py); the purge erases it
+with its message. A reply already in flight when it is deleted is sent.
+
 Temporary failures (connection trouble, 4xx) are retried with exponential backoff computed by
 tenacity's wait strategy and stored as `next_attempt_at`, so retries survive restarts; after
 GATEWAY_OUTBOUND_RETRY_FOR, or at once on 5xx, the reply is `failed` with the relay's answer.
@@ -20,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 import tenacity
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, exists, or_, select, update
 
 from gateway.db import read_tx, write_tx
 from gateway.ingest import MESSAGE
@@ -31,8 +35,12 @@ from gateway.render import Renderer
 from gateway.replies import OUTBOUND_JOB
 from gateway.settings import Settings
 from gateway.signing import DkimSigner
+from gateway.visibility import SHOWN_MESSAGE
 
 log = logging.getLogger(__name__)
+
+# The job's message is shown: neither it nor its conversation is deleted.
+_NOT_DELETED = exists(select(MESSAGE.c.id).where(MESSAGE.c.id == OUTBOUND_JOB.c.message_id, SHOWN_MESSAGE))
 
 # A claimed round must finish well within the lease, or another worker would take its jobs
 # again while they are in flight: at most PER_CONNECTION messages per relay connection per
@@ -101,7 +109,8 @@ class Outbox:
             rows = conn.execute(
                 select(OUTBOUND_JOB.c.id, OUTBOUND_JOB.c.message_id, OUTBOUND_JOB.c.attempts, OUTBOUND_JOB.c.created_at)
                 .where(or_((OUTBOUND_JOB.c.status == "queued") & (OUTBOUND_JOB.c.next_attempt_at <= now),
-                           (OUTBOUND_JOB.c.status == "sending") & (OUTBOUND_JOB.c.claimed_at < now - LEASE)))
+                           (OUTBOUND_JOB.c.status == "sending") & (OUTBOUND_JOB.c.claimed_at < now - LEASE)),
+                       _NOT_DELETED)
                 .order_by(OUTBOUND_JOB.c.next_attempt_at, OUTBOUND_JOB.c.id).limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()

@@ -3,7 +3,8 @@ shapes the API answers with. Plain functions on a connection, scoped to one stud
 
 The HTTP API and the operators' `gateway support read` both call these, so support sees
 exactly what the studio sees and no more: held and rejected messages stay out of a
-conversation, and another studio's ids are simply not found.
+conversation, and another studio's ids are simply not found. Deleted conversations and
+messages are left out everywhere (gateway/visibility.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy import Connection, func, select
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE
 from gateway.replies import OUTBOUND_JOB
 from gateway.threader import ATTACHMENT
+from gateway.visibility import LIVE_CONVERSATION, LIVE_MESSAGE
 
 
 class BadCursor(ValueError):
@@ -25,6 +27,12 @@ class BadCursor(ValueError):
 
 
 class PersonOut(msgspec.Struct):
+    email: str
+    name: str
+
+
+class GuestOut(msgspec.Struct):
+    id: int             # for GET /api/v1/guests/{id} and the guest's erasure
     email: str
     name: str
 
@@ -65,7 +73,7 @@ class ConversationOut(msgspec.Struct):
     id: int
     subject: str
     status: str
-    guest: PersonOut
+    guest: GuestOut
     message_count: int
     last_message_at: datetime
     created_at: datetime
@@ -115,7 +123,7 @@ def _people(raw: str) -> list[PersonOut]:
 
 def _conversation(row: Any) -> ConversationOut:
     return ConversationOut(id=row.id, subject=row.subject, status=row.status,
-                           guest=PersonOut(email=row.guest_email, name=row.guest_name),
+                           guest=GuestOut(id=row.guest_id, email=row.guest_email, name=row.guest_name),
                            message_count=row.message_count, last_message_at=row.last_message_at,
                            created_at=row.created_at,
                            unread=row.read_at is None or row.last_message_at > row.read_at)
@@ -123,7 +131,8 @@ def _conversation(row: Any) -> ConversationOut:
 
 _CONVERSATION_COLUMNS = (CONVERSATION.c.id, CONVERSATION.c.subject, CONVERSATION.c.status,
                          CONVERSATION.c.message_count, CONVERSATION.c.last_message_at,
-                         CONVERSATION.c.created_at, CONVERSATION.c.read_at, GUEST.c.email.label("guest_email"),
+                         CONVERSATION.c.created_at, CONVERSATION.c.read_at, CONVERSATION.c.guest_id,
+                         GUEST.c.email.label("guest_email"),
                          GUEST.c.name.label("guest_name"))
 
 
@@ -132,7 +141,7 @@ def list_conversations(conn: Connection, studio_id: int, *, limit: int = 50, sta
                        cursor: str | None = None) -> ConversationList:
     """Newest activity first; `next_cursor` fetches the page after this one (BadCursor if forged)."""
     query = (select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-             .where(CONVERSATION.c.studio_id == studio_id))
+             .where(CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION))
     if status is not None:
         query = query.where(CONVERSATION.c.status == status)
     if unread is not None:
@@ -159,18 +168,18 @@ def conversation_detail(conn: Connection, studio_id: int, conversation_id: int) 
     """The conversation with its visible messages, or None when it is not the studio's."""
     row = conn.execute(
         select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-        .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id)
+        .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION)
     ).first()
     if row is None:
         return None
     messages = conn.execute(
         select(MESSAGE).where(MESSAGE.c.conversation_id == conversation_id,
-                              MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == "visible")
+                              MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == "visible", LIVE_MESSAGE)
         .order_by(MESSAGE.c.received_at, MESSAGE.c.id)
     ).all()
     held = conn.execute(select(func.count()).select_from(MESSAGE).where(
         MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.studio_id == studio_id,
-        MESSAGE.c.state == "held")).scalar_one()
+        MESSAGE.c.state == "held", LIVE_MESSAGE)).scalar_one()
     errors: dict[int, str | None] = {}
     outbound = [m.id for m in messages if m.direction == "outbound"]
     if outbound:

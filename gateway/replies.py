@@ -19,6 +19,7 @@ from gateway.ingest import CONVERSATION, GUEST, MESSAGE, STUDIO
 from gateway.mime import plain_media_type, sanitise_filename
 from gateway.models import Attachment, OutboundJob, utcnow
 from gateway.settings import Settings
+from gateway.visibility import LIVE_CONVERSATION, LIVE_MESSAGE
 
 OUTBOUND_JOB = OutboundJob.__table__  # type: ignore[attr-defined]
 ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
@@ -86,7 +87,8 @@ def check_uploads(uploads: list[Upload], settings: Settings) -> list[Upload]:
 def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text: str,
                  settings: Settings, auto_kind: str | None = None,
                  uploads: list[Upload] | None = None) -> Reply | None:
-    """Queue a reply in the caller's transaction; None if the conversation is not the studio's.
+    """Queue a reply in the caller's transaction; None if the conversation is not the studio's
+    (or is deleted).
 
     `auto_kind` marks automatic mail (an acknowledgement): sent with Auto-Submitted, and not
     counted as the studio having read the conversation."""
@@ -94,14 +96,14 @@ def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text
     conversation = conn.execute(
         select(CONVERSATION.c.id, CONVERSATION.c.subject, GUEST.c.email, GUEST.c.name, STUDIO.c.slug, STUDIO.c.name.label("studio_name"))
         .join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id).join(STUDIO, STUDIO.c.id == CONVERSATION.c.studio_id)
-        .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id)
+        .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION)
     ).first()
     if conversation is None:
         return None
     parent = conn.execute(
         select(MESSAGE.c.message_id, MESSAGE.c.references_json)
         .where(MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.studio_id == studio_id,
-               MESSAGE.c.direction == "inbound", MESSAGE.c.state == "visible")
+               MESSAGE.c.direction == "inbound", MESSAGE.c.state == "visible", LIVE_MESSAGE)
         .order_by(MESSAGE.c.received_at.desc(), MESSAGE.c.id.desc()).limit(1)
     ).first()
     references: list[str] = []

@@ -23,6 +23,7 @@ from gateway.db import get_engine, migrate
 from gateway.ingest import Acceptor
 from gateway.outbox import Outbox
 from gateway.processor import ProcessorThread
+from gateway.purge import PurgeLoop
 from gateway.settings import Settings
 from gateway.smtp import start_smtp_server
 
@@ -45,6 +46,8 @@ class Gateway:
         self.writes: WriteBatcher | None = None
         self.backups: BackupScheduler | None = None
         self._backup_task: asyncio.Task[None] | None = None
+        self.purger: PurgeLoop | None = None
+        self._purge_task: asyncio.Task[None] | None = None
         self._outbox_task: asyncio.Task[None] | None = None
         self._billing_task: asyncio.Task[None] | None = None
         self.lockdowns_reconciled = threading.Event()   # set after each reconciliation round
@@ -71,6 +74,9 @@ class Gateway:
             if self.settings.backup_interval_hours > 0:
                 self.backups = BackupScheduler(self.engine, self.settings)
                 self._backup_task = asyncio.create_task(self.backups.run(), name="backups")
+            if self.settings.purge_interval_hours > 0:
+                self.purger = PurgeLoop(self.engine, self.settings)
+                self._purge_task = asyncio.create_task(self.purger.run(), name="purge")
         self.acceptor = Acceptor(self.engine, self.settings,
                                  on_stored=self.processor.wake if self.processor else None)
         await self.acceptor.start()
@@ -140,6 +146,9 @@ class Gateway:
         if self.backups is not None and self._backup_task is not None:
             self.backups.stop()
             await self._backup_task  # a backup in progress is finished, not torn
+        if self.purger is not None and self._purge_task is not None:
+            self.purger.stop()
+            await self._purge_task
         if self.processor is not None:
             await asyncio.to_thread(self.processor.stop)
 

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     backup_interval_hours: float = Field(0.0, ge=0)   # 0: no scheduled backups in the worker
     pg_bin_dir: Path | None = None                    # pg_dump/pg_restore/psql; default: found on PATH
 
+    # Deleted conversations and messages are erased for good 30 days after deletion (gateway/purge.py).
+    purge_interval_hours: float = Field(1.0, ge=0)    # how often the worker purges; 0: only `gateway purge`
+
     log_level: str = "INFO"
 
     @field_validator("log_level")

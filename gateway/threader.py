@@ -9,6 +9,11 @@ Header matches are looked up only among the Message-IDs stored for the same stud
 forged or guessed id from another studio never attaches anything; and a reply whose sender is
 not a participant of the conversation it names is held for the studio to accept or reject
 instead of being shown as the guest's.
+
+A deleted conversation (gateway/trash.py) is never threaded into, by any rule: the guest's new
+mail opens a new conversation the studio sees at once, while the deleted one stays deleted,
+restorable as it was and purged on time. Threading it into the deleted conversation would hide
+new mail from the studio (for good, on the free plan, which cannot restore).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from gateway.mime import Address, ParsedMessage
 from gateway.models import Attachment, Tombstone, utcnow
 from gateway.quotes import split_reply
 from gateway.settings import Settings
+from gateway.visibility import LIVE_CONVERSATION
 
 ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
 TOMBSTONE = Tombstone.__table__  # type: ignore[attr-defined]
@@ -78,10 +84,11 @@ _BY_MESSAGE_IDS = select(MESSAGE.c.message_id, MESSAGE.c.conversation_id).where(
 _BOUNCED = select(MESSAGE.c.id, MESSAGE.c.conversation_id).where(
     MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)))
 _CONVERSATION = select(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"),
-                                           CONVERSATION.c.studio_id == bindparam("studio_id"))
+                                           CONVERSATION.c.studio_id == bindparam("studio_id"), LIVE_CONVERSATION)
 _BY_SUBJECT = select(CONVERSATION).where(
     CONVERSATION.c.studio_id == bindparam("studio_id"), CONVERSATION.c.guest_id == bindparam("guest_id"),
     CONVERSATION.c.subject_key == bindparam("subject_key"), CONVERSATION.c.last_message_at >= bindparam("since"),
+    LIVE_CONVERSATION,
 ).order_by(CONVERSATION.c.last_message_at.desc()).limit(1)
 _GUEST = select(GUEST.c.id, GUEST.c.email, GUEST.c.name).where(
     GUEST.c.studio_id == bindparam("studio_id"), GUEST.c.email == bindparam("email"))

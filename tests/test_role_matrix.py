@@ -18,12 +18,17 @@ from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
-from gateway.db import dispose_engines, write_tx
+from sqlalchemy import select
+
+from gateway.billing.state import SUBSCRIPTION
+from gateway.db import dispose_engines, read_tx, write_tx
+from gateway.ingest import CONVERSATION, MESSAGE
 from gateway.models import utcnow
 from gateway.ratelimit import AuthFailureLimiter
 from gateway.support import active_grant, grant_access, grant_duration, revoke_grant
 from tests.access import as_support, connect_member, held_message, open_conversation, support_token
 from tests.billing_support import billing_settings
+from tests.mail import make_mail
 from tests.conftest import BACKENDS, RunningGateway, StudioInfo, _throwaway_pg_database, start_gateway
 from tests.stripe_emulator import StripeEmulator
 
@@ -62,9 +67,20 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/support-grants"):                       ("2xx", "403", "401", "2xx", "401", "403", "403"),
     ("DELETE", "/api/v1/support-grants/{grant_id:int}"):      ("2xx", "403", "401", "404", "401", "403", "403"),
     ("GET", "/api/v1/audit"):                                 ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("DELETE", "/api/v1/conversations/{conversation_id:int}"):
+                                                              ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("POST", "/api/v1/conversations/{conversation_id:int}/restore"):
+                                                              ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("DELETE", "/api/v1/messages/{message_id:int}"):          ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("POST", "/api/v1/messages/{message_id:int}/restore"):    ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("GET", "/api/v1/trash"):                                 ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("GET", "/api/v1/guests/{guest_id:int}"):                 ("2xx", "2xx", "401", "404", "401", "403", "403"),
+    ("POST", "/api/v1/guests/{guest_id:int}/erase"):          ("2xx", "403", "401", "404", "401", "403", "403"),
+    ("GET", "/api/v1/export"):                                ("2xx", "403", "401", "2xx", "401", "403", "403"),
     ("GET", "/api/v1/billing"):                               ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
-    ("POST", "/api/v1/billing/checkout"):                     ("2xx", "403", "401", "2xx", "401", "403", "403"),
-    # Allowed for owners; neither studio has a paid plan to cancel, hence 409 rather than 2xx.
+    # Allowed for owners: inkwell already has a plan (409 to a second checkout), blackrose has none
+    # (a checkout, but nothing to cancel: 409). The 409s are the plan's answer, not a refusal of the caller.
+    ("POST", "/api/v1/billing/checkout"):                     ("409", "403", "401", "2xx", "401", "403", "403"),
     ("POST", "/api/v1/billing/cancel"):                       ("409", "403", "401", "409", "401", "403", "403"),
 }
 
@@ -92,6 +108,9 @@ class World:
         studio, other = gw.add_studio("inkwell"), gw.add_studio("blackrose")
         mail = open_conversation(gw, studio)
         world = cls(gw, studio, other, mail.conversation_id, mail.attachment_id, mail.guest_message_id)
+        with write_tx(gw.engine) as conn:  # inkwell pays, so restoring is allowed (free plans: 402)
+            conn.execute(SUBSCRIPTION.insert().values(studio_id=studio.id, plan="monthly", status="active",
+                                                      updated_at=utcnow()))
         [owner] = gw.api(studio.token).get("/api/v1/profiles").json()["items"]
         world.owner_profile_id = owner["id"]
         _, member = connect_member(gw, studio, "artist@inkwell.example")
@@ -133,12 +152,55 @@ class World:
             return grant_access(conn, self.studio.id, self.owner_profile_id, "owner:owner@inkwell.example",
                                 grant_duration(hours=1), "", now).id
 
-    def path(self, template: str) -> str:
+    def _new_inquiry(self) -> int:
+        """A new guest's first mail (each a new sender: the flood brake counts per sender)."""
+        n = next(self.serial)
+        reply = self.gw.send(make_mail(from_=f"Gast {n} <gast{n}@example.org>", subject=f"Anfrage {n}"),
+                             self.studio.address, mail_from=f"gast{n}@example.org")
+        assert reply.code == 250
+        [result] = self.gw.process()
+        conversation_id = result.outcomes[0].conversation_id
+        assert conversation_id is not None
+        return conversation_id
+
+    def fresh_conversation(self, deleted: bool = False) -> int:
+        conversation_id = self._new_inquiry()
+        if deleted:
+            assert self.clients["owner"].delete(f"/api/v1/conversations/{conversation_id}").status_code == 200
+        return conversation_id
+
+    def fresh_message(self, deleted: bool = False) -> int:
+        conversation_id = self.fresh_conversation()
+        with read_tx(self.gw.engine) as conn:
+            message_id = int(conn.execute(select(MESSAGE.c.id).where(
+                MESSAGE.c.conversation_id == conversation_id)).scalar_one())
+        if deleted:
+            assert self.clients["owner"].delete(f"/api/v1/messages/{message_id}").status_code == 200
+        return message_id
+
+    def guest_id(self) -> int:
+        return int(self.clients["owner"].get(f"/api/v1/conversations/{self.conversation_id}").json()["guest"]["id"])
+
+    def fresh_guest(self) -> int:
+        conversation_id = self._new_inquiry()
+        with read_tx(self.gw.engine) as conn:
+            return int(conn.execute(select(CONVERSATION.c.guest_id).where(
+                CONVERSATION.c.id == conversation_id)).scalar_one())
+
+    def path(self, method: str, template: str) -> str:
         values: dict[str, Callable[[], int]] = {
             "conversation_id": lambda: self.conversation_id, "attachment_id": lambda: self.attachment_id,
             "message_id": self.fresh_held, "token_id": self.fresh_owner_token, "profile_id": self.fresh_member,
-            "grant_id": self.fresh_grant,
+            "grant_id": self.fresh_grant, "guest_id": self.guest_id,
         }
+        # Targets a call uses up: deleting, restoring and erasing get their own each time.
+        if template.startswith("/api/v1/conversations/{conversation_id:int}") and \
+                (method == "DELETE" or template.endswith("/restore")):
+            values["conversation_id"] = lambda: self.fresh_conversation(deleted=method == "POST")
+        if template.startswith("/api/v1/messages/"):
+            values["message_id"] = lambda: self.fresh_message(deleted=method == "POST")
+        if template.endswith("/erase"):
+            values["guest_id"] = self.fresh_guest
 
         def fill(match: re.Match[str]) -> str:
             assert match.group(1) in values, f"no target for {{{match.group(1)}}}: add one to World.path"
@@ -210,7 +272,7 @@ def test_every_route_of_the_app_is_in_the_matrix(world: World) -> None:
 def test_each_principal_gets_what_the_matrix_says_and_refusals_carry_no_data(
         world: World, method: str, template: str, principal: str) -> None:
     world.set_grant(active=principal != "support_no_grant")
-    path = world.path(template)
+    path = world.path(method, template)
     response = world.clients[principal].request(method, path, **world.body(method, template))
     got = "2xx" if response.is_success else str(response.status_code)
     expected = MATRIX[method, template][PRINCIPALS.index(principal)]

@@ -209,7 +209,8 @@ def test_webhook_and_smtp_give_the_same_conversation(hooks: RunningGateway, sns:
     def shape(token: str) -> tuple[Any, ...]:
         detail = only_conversation(hooks, token)
         [m] = detail["messages"]
-        return (detail["subject"], detail["guest"], m["from"], m["subject"], m["text"], m["full_text"],
+        guest = {k: v for k, v in detail["guest"].items() if k != "id"}  # two studios: two guest rows
+        return (detail["subject"], guest, m["from"], m["subject"], m["text"], m["full_text"],
                 m["message_id"], m["automatic"], [(a["filename"], a["content_type"], a["size"]) for a in m["attachments"]])
 
     assert shape(by_hook.token) == shape(by_smtp.token)

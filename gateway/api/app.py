@@ -10,12 +10,15 @@ from gateway.api.audit import AuditController
 from gateway.api.auth import provide_caller
 from gateway.api.billing import BillingController
 from gateway.api.conversations import ConversationController
+from gateway.api.export import ExportController
+from gateway.api.guests import GuestController
 from gateway.api.health import healthz, readyz
 from gateway.api.manage import AttachmentController, ConversationStatusController, HeldController
 from gateway.api.profiles import ProfileController
 from gateway.api.studio import StudioController
 from gateway.api.support_grants import SupportGrantController
 from gateway.api.tokens import TokenController
+from gateway.api.trash import ConversationTrashController, MessageController, TrashController
 from gateway.billing.stripe_api import stripe_api
 from gateway.directory import StudioDirectory
 from gateway.settings import Settings
@@ -29,7 +32,9 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[healthz, readyz, ConversationController, StudioController, TokenController,
                         HeldController, ConversationStatusController, AttachmentController, BillingController,
-                        ProfileController, SupportGrantController, AuditController, *webhooks, stripe_webhook],
+                        ProfileController, SupportGrantController, AuditController, ConversationTrashController,
+                        MessageController, TrashController, GuestController, ExportController,
+                        *webhooks, stripe_webhook],
         dependencies={"caller": Provide(provide_caller, sync_to_thread=True)},
         openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
         debug=False,

@@ -1,7 +1,9 @@
 """Conversations of the caller's studio: list, read (queries in gateway/reading.py) and reply.
 
 Every query filters on the caller's studio id; an id of another studio is simply not found
-(404), so the API never confirms that someone else's conversation exists.
+(404), so the API never confirms that someone else's conversation exists. Deleted
+conversations and messages are left out the same way (gateway/visibility.py); the trash
+(gateway/api/trash.py) is where they can be found and restored.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, delete, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
@@ -21,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway import reading
 from gateway.api.auth import support_read
+from gateway.api.trash import DeletedOut, deleted_answer
 from gateway.batching import WriteUnavailable
 from gateway.db import read_tx, write_tx
 from gateway.ingest import CONVERSATION, MESSAGE
@@ -30,6 +33,8 @@ from gateway.reading import (BadCursor, ConversationDetailOut, ConversationList,
 from gateway.replies import MAX_TEXT, ReplyError, ReplyTooLarge, Upload, check_uploads, create_reply
 from gateway.studios import Caller
 from gateway.threader import ATTACHMENT
+from gateway.trash import delete_conversation
+from gateway.visibility import LIVE_CONVERSATION
 
 
 class ReadOut(msgspec.Struct):
@@ -82,8 +87,8 @@ class ConversationController(Controller):
         now = utcnow()
         with write_tx(state.engine) as conn:
             found = conn.execute(update(CONVERSATION).where(
-                CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id
-            ).values(read_at=now)).rowcount
+                CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id,
+                LIVE_CONVERSATION).values(read_at=now)).rowcount
         if not found:
             raise NotFoundException("conversation not found")
         return ReadOut(id=conversation_id, unread=False, read_at=now)
@@ -96,6 +101,16 @@ class ConversationController(Controller):
         if detail is None:
             raise NotFoundException("conversation not found")
         return detail
+
+    @delete("/{conversation_id:int}", sync_to_thread=True, status_code=200, raises=[NotFoundException])
+    def remove(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> DeletedOut:
+        """Hide the conversation with all its messages at once (404 from then on, as if gone);
+        restorable from the trash for 30 days on a paid plan, then erased for good. A guest's
+        new mail opens a new conversation; replies still queued are not sent while deleted.
+        (Here, not beside restore in gateway/api/trash.py: Litestar wants one controller per path.)"""
+        with write_tx(state.engine) as conn:
+            deleted = delete_conversation(conn, caller.studio_id, conversation_id, caller.profile_id, utcnow())
+        return deleted_answer(deleted, "conversation")
 
     @post("/{conversation_id:int}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY)
     async def reply_with_attachments(
