@@ -47,9 +47,10 @@ _NOT_DELETED = exists(select(MESSAGE.c.id).where(MESSAGE.c.id == OUTBOUND_JOB.c.
 # round, each bounded by the relay timeout per SMTP step, against a 30-minute lease.
 LEASE = timedelta(minutes=30)
 PER_CONNECTION = 8
-# 30 s, 1 min, 2 min, ... capped at an hour between tries, with jitter so a relay coming back
-# is not hit by every queued reply at the same second.
-BACKOFF = tenacity.wait_random_exponential(multiplier=15, max=3600)
+# 30 s, 1 min, 2 min, ... capped at an hour between tries, plus up to 15 s of jitter so a relay
+# coming back is not hit by every queued reply at the same second. (Full jitter, as before,
+# could retry a refused connection a few milliseconds later: no backoff at all.)
+BACKOFF = tenacity.wait_exponential(multiplier=30, max=3600) + tenacity.wait_random(0, 15)
 
 
 @dataclass
