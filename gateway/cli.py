@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 
 from gateway.db import get_engine, migrate, read_tx, write_tx
 from gateway.settings import Settings, get_settings
@@ -22,6 +22,12 @@ def _settings() -> Settings:
             name = "GATEWAY_" + "_".join(str(p) for p in error["loc"]).upper()
             print(f"gateway: invalid setting {name}: {error['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _migrated(settings: Settings) -> Engine:
+    """The database, brought up to date first: any command may be the first one run."""
+    migrate(settings.resolved_database_url)
+    return get_engine(settings.resolved_database_url)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -40,9 +46,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from gateway.helpdesk import ensure_helpdesk
+
     settings = _settings()
-    migrate(settings.resolved_database_url)
+    engine = _migrated(settings)
     print("schema is up to date")
+    if ensure_helpdesk(engine, settings) is not None:
+        print(f"helpdesk: {settings.helpdesk_address} (`gateway helpdesk token` for its owner token)")
+    return 0
+
+
+def cmd_helpdesk(args: argparse.Namespace) -> int:
+    """The helpdesk studio's owner token."""
+    from gateway.helpdesk import NoHelpdesk, issue_helpdesk_token
+
+    settings = _settings()
+    engine = _migrated(settings)
+    try:
+        token = issue_helpdesk_token(engine, settings)
+    except NoHelpdesk as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    print(f"helpdesk {settings.helpdesk_address}")
+    print(f"owner token (shown once): {token}")
     return 0
 
 
@@ -50,8 +76,7 @@ def cmd_studio_add(args: argparse.Namespace) -> int:
     from gateway.studios import StudioError, add_studio
 
     settings = _settings()
-    migrate(settings.resolved_database_url)
-    engine = get_engine(settings.resolved_database_url)
+    engine = _migrated(settings)
     try:
         with write_tx(engine) as conn:
             studio_id, token = add_studio(conn, args.slug, args.name, args.owner_email, args.locale,
@@ -75,8 +100,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from gateway.processor import drain
 
     settings = _settings()
-    migrate(settings.resolved_database_url)
-    engine = get_engine(settings.resolved_database_url)
+    engine = _migrated(settings)
     if args.action == "list":
         with read_tx(engine) as conn:
             rows = conn.execute(select(INBOUND.c.id, INBOUND.c.received_at, INBOUND.c.mail_from,
@@ -156,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rsa (2048 bit, understood everywhere) or ed25519 (RFC 8463)")
     keygen.add_argument("--output", help="key file (default: $GATEWAY_DATA_DIR/dkim-<selector>.pem)")
     keygen.set_defaults(func=cmd_dkim_keygen)
+
+    helpdesk = sub.add_parser("helpdesk", help="the helpdesk studio (GATEWAY_HELPDESK_ADDRESS)")
+    helpdesk.add_argument("action", choices=["token"], help="token: a new owner token for the helpdesk")
+    helpdesk.set_defaults(func=cmd_helpdesk)
 
     quarantine = sub.add_parser("quarantine", help="inspect or retry parked messages")
     quarantine.add_argument("action", choices=["list", "retry"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -193,11 +193,7 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
     opened = conversation is None
     if opened:
         guest_id = _ensure_guest(conn, studio_id, sender, guest)
-        subject = parsed.subject or ""
-        conversation_id = conn.execute(_NEW_CONVERSATION, {
-            "studio_id": studio_id, "guest_id": guest_id, "subject": subject,
-            "subject_key": normalize_subject(subject), "status": "open", "created_at": now,
-            "last_message_at": now, "message_count": 1}).scalar_one()
+        conversation_id = open_conversation(conn, studio_id, guest_id, parsed.subject or "", now, message_count=1)
         state = "visible"
     else:
         conversation_id = conversation.id
@@ -280,6 +276,22 @@ def _is_participant(conn: Connection, conversation: Any, email: str) -> bool:
     if conn.execute(_GUEST_EMAIL, {"guest_id": conversation.guest_id}).scalar() == email:
         return True
     return conn.execute(_SENT_BEFORE, {"conversation_id": conversation.id, "email": email}).first() is not None
+
+
+def open_conversation(conn: Connection, studio_id: int, guest_id: int, subject: str, now: datetime, *,
+                      message_count: int = 0) -> int:
+    """A new open conversation of the studio with the guest; its id."""
+    return int(conn.execute(_NEW_CONVERSATION, {
+        "studio_id": studio_id, "guest_id": guest_id, "subject": subject, "subject_key": normalize_subject(subject),
+        "status": "open", "created_at": now, "last_message_at": now, "message_count": message_count}).scalar_one())
+
+
+def ensure_guest(conn: Connection, studio_id: int, email: str, name: str = "") -> int:
+    """The studio's guest with this address, created when new: for conversations the gateway opens
+    itself (the helpdesk writing to a studio owner), not only those a guest's mail opens."""
+    sender = Address(email=normalize_email(email), name=name)
+    return _ensure_guest(conn, studio_id, sender, conn.execute(_GUEST, {"studio_id": studio_id,
+                                                                        "email": sender.email}).first())
 
 
 def _ensure_guest(conn: Connection, studio_id: int, sender: Address, guest: Any) -> int:
