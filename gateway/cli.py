@@ -57,18 +57,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_helpdesk(args: argparse.Namespace) -> int:
-    """The helpdesk studio's owner token."""
+    """The helpdesk studio's owner token, and the account deletions asked of the helpdesk."""
+    from gateway.account_deletion import list_requests
     from gateway.helpdesk import NoHelpdesk, issue_helpdesk_token
+    from gateway.models import utcnow
 
     settings = _settings()
     engine = _migrated(settings)
-    try:
-        token = issue_helpdesk_token(engine, settings)
-    except NoHelpdesk as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 1
-    print(f"helpdesk {settings.helpdesk_address}")
-    print(f"owner token (shown once): {token}")
+    if args.action == "token":
+        try:
+            token = issue_helpdesk_token(engine, settings)
+        except NoHelpdesk as exc:
+            print(f"gateway: {exc}", file=sys.stderr)
+            return 1
+        print(f"helpdesk {settings.helpdesk_address}")
+        print(f"owner token (shown once): {token}")
+        return 0
+    with read_tx(engine) as conn:
+        requests = list_requests(conn, utcnow())
+    if args.json:
+        print(json.dumps([{"id": r.id, "studio_id": r.studio_ref, "channel": r.channel, "status": r.status,
+                           "requested_at": r.requested_at.isoformat(),
+                           "confirmed_at": r.confirmed_at.isoformat() if r.confirmed_at else None,
+                           "reason": r.reason} for r in requests]))
+    else:
+        for r in requests:
+            print(f"{r.id}\tstudio {r.studio_ref}\t{r.channel}\t{r.status}\t{r.requested_at:%Y-%m-%d %H:%M}\t{r.reason}")
+        print(f"{len(requests)} deletion requests")
     return 0
 
 
@@ -182,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.set_defaults(func=cmd_dkim_keygen)
 
     helpdesk = sub.add_parser("helpdesk", help="the helpdesk studio (GATEWAY_HELPDESK_ADDRESS)")
-    helpdesk.add_argument("action", choices=["token"], help="token: a new owner token for the helpdesk")
+    helpdesk.add_argument("action", choices=["token", "deletions"],
+                          help="token: a new owner token for the helpdesk; deletions: account deletions asked for")
+    helpdesk.add_argument("--json", action="store_true")
     helpdesk.set_defaults(func=cmd_helpdesk)
 
     quarantine = sub.add_parser("quarantine", help="inspect or retry parked messages")

@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 from gateway.blobs import BLOB
 from gateway.db import read_tx, write_tx
 from gateway.erasure import erase_inbound
+from gateway.helpdesk_mail import on_threaded
 from gateway.ingest import INBOUND
 from gateway.mime import ParsedMessage, parse
 from gateway.models import utcnow
@@ -138,6 +139,7 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes,
             savepoint = conn.begin_nested() if isolate else None
             try:
                 outcomes = thread_message(conn, item, message, settings, secret, studios)
+                on_threaded(conn, outcomes, studios, settings)
                 if savepoint is not None:
                     savepoint.commit()
             except StudiosGone as exc:  # raised before anything of the message was written

@@ -6,6 +6,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from sqlalchemy import Engine
 
+from gateway.api.account import AccountDeletionController, confirmation_form, confirmation_page
 from gateway.api.auth import provide_caller
 from gateway.api.conversations import ConversationController
 from gateway.api.health import healthz, readyz
@@ -22,7 +23,8 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
     receivers, webhooks = webhook_handlers(settings)
     app = Litestar(
         route_handlers=[healthz, readyz, ConversationController, StudioController, TokenController,
-                        HeldController, ConversationStatusController, AttachmentController, *webhooks],
+                        HeldController, ConversationStatusController, AttachmentController,
+                        AccountDeletionController, confirmation_page, confirmation_form, *webhooks],
         dependencies={"caller": Provide(provide_caller, sync_to_thread=True)},
         openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
         debug=False,
