@@ -80,9 +80,10 @@ LIMITER = "deletion_code_limiter"
 class AccountDeletionController(Controller):
     path = "/api/v1/account/deletion"
 
-    @post("/", sync_to_thread=True, status_code=202, raises=[ConflictException, PermissionDeniedException])
+    @post("/", sync_to_thread=True, status_code=202,
+          raises=[ConflictException, PermissionDeniedException, TooManyRequestsException])
     def ask(self, state: State, caller: NamedDependency[Caller],
-                data: JSONBody[DeletionRequestIn | None] = None) -> DeletionRequestedOut:
+            data: JSONBody[DeletionRequestIn | None] = None) -> DeletionRequestedOut:
         """Owner only: mail a confirmation code (valid 48 hours, once) to the owner's registered
         address. Nothing is deleted before the code is confirmed. 429 after three requests a day."""
         if caller.role != "owner":
@@ -114,7 +115,7 @@ class AccountDeletionController(Controller):
         return DeletionConfirmedOut(status="deleted")
 
 
-@get(CONFIRMATION_PATH, sync_to_thread=False, media_type="text/html", include_in_schema=False)
+@get(CONFIRMATION_PATH, sync_to_thread=False, media_type="text/html")
 def confirmation_page(code: FromQuery[str] = "") -> Response[str]:
     """The page the mail links to: the code in a form, and a button that posts it."""
     return _page(200, "Konto löschen · Delete account", f"""
@@ -130,7 +131,7 @@ class ConfirmForm(msgspec.Struct):
     code: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
-@post(CONFIRMATION_PATH, sync_to_thread=True, media_type="text/html", status_code=200, include_in_schema=False)
+@post(CONFIRMATION_PATH, sync_to_thread=True, media_type="text/html", status_code=200)
 def confirmation_form(request: Request, state: State, data: URLEncodedBody[ConfirmForm]) -> Response[str]:
     """The page's button: the outcome as a page."""
     try:
