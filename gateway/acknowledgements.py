@@ -8,23 +8,17 @@ guest gets at most one acknowledgement from a studio per day, however many inqui
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import lru_cache
 
 from sqlalchemy import Connection, select
 
 from gateway.ingest import CONVERSATION, MESSAGE, STUDIO
 from gateway.models import utcnow
-from gateway.render import Renderer
+from gateway.render import shared_renderer
 from gateway.replies import create_reply
 from gateway.settings import Settings
 
 ACKNOWLEDGEMENT = "acknowledgement"
 PER_GUEST_WINDOW = timedelta(days=1)
-
-
-@lru_cache(maxsize=1)
-def _renderer() -> Renderer:
-    return Renderer()  # compiles the templates once per process
 
 
 def maybe_acknowledge(conn: Connection, *, studio_id: int, conversation_id: int, guest_id: int,
@@ -42,7 +36,7 @@ def maybe_acknowledge(conn: Connection, *, studio_id: int, conversation_id: int,
     ).first()
     if recent is not None:
         return None
-    text = _renderer().acknowledgement(locale=studio.locale, studio_name=studio.name, guest_name=guest_name).text
+    text = shared_renderer().acknowledgement(locale=studio.locale, studio_name=studio.name, guest_name=guest_name).text
     created = create_reply(conn, studio_id=studio_id, conversation_id=conversation_id, text=text,
                            settings=settings, auto_kind=ACKNOWLEDGEMENT)
     return created.message_row_id if created else None

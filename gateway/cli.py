@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.db import get_engine, migrate, read_tx, write_tx
@@ -25,6 +25,12 @@ def _settings() -> Settings:
             name = "GATEWAY_" + "_".join(str(p) for p in error["loc"]).upper()
             print(f"gateway: invalid setting {name}: {error['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _migrated(settings: Settings) -> Engine:
+    """The database, brought up to date first: any command may be the first one run."""
+    migrate(settings.resolved_database_url)
+    return get_engine(settings.resolved_database_url)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -43,9 +49,44 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from gateway.helpdesk import ensure_helpdesk
+
     settings = _settings()
-    migrate(settings.resolved_database_url)
+    engine = _migrated(settings)
     print("schema is up to date")
+    if ensure_helpdesk(engine, settings) is not None:
+        print(f"helpdesk: {settings.helpdesk_address} (`gateway helpdesk token` for its owner token)")
+    return 0
+
+
+def cmd_helpdesk(args: argparse.Namespace) -> int:
+    """The helpdesk studio's owner token, and the account deletions asked of the helpdesk."""
+    from gateway.account_deletion import list_requests
+    from gateway.helpdesk import NoHelpdesk, issue_helpdesk_token
+    from gateway.models import utcnow
+
+    settings = _settings()
+    engine = _migrated(settings)
+    if args.action == "token":
+        try:
+            token = issue_helpdesk_token(engine, settings)
+        except NoHelpdesk as exc:
+            print(f"gateway: {exc}", file=sys.stderr)
+            return 1
+        print(f"helpdesk {settings.helpdesk_address}")
+        print(f"owner token (shown once): {token}")
+        return 0
+    with read_tx(engine) as conn:
+        requests = list_requests(conn, utcnow())
+    if args.json:
+        print(json.dumps([{"id": r.id, "studio_id": r.studio_ref, "channel": r.channel, "status": r.status,
+                           "requested_at": r.requested_at.isoformat(),
+                           "confirmed_at": r.confirmed_at.isoformat() if r.confirmed_at else None,
+                           "reason": r.reason} for r in requests]))
+    else:
+        for r in requests:
+            print(f"{r.id}\tstudio {r.studio_ref}\t{r.channel}\t{r.status}\t{r.requested_at:%Y-%m-%d %H:%M}\t{r.reason}")
+        print(f"{len(requests)} deletion requests")
     return 0
 
 
@@ -53,8 +94,7 @@ def cmd_studio_add(args: argparse.Namespace) -> int:
     from gateway.studios import StudioError, add_studio
 
     settings = _settings()
-    migrate(settings.resolved_database_url)
-    engine = get_engine(settings.resolved_database_url)
+    engine = _migrated(settings)
     try:
         with write_tx(engine) as conn:
             studio_id, token = add_studio(conn, args.slug, args.name, args.owner_email, args.locale,
@@ -78,8 +118,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from gateway.processor import drain
 
     settings = _settings()
-    migrate(settings.resolved_database_url)
-    engine = get_engine(settings.resolved_database_url)
+    engine = _migrated(settings)
     if args.action == "list":
         with read_tx(engine) as conn:
             rows = conn.execute(select(INBOUND.c.id, INBOUND.c.received_at, INBOUND.c.mail_from,
@@ -293,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("file")
     restore.add_argument("--force", action="store_true", help="overwrite a database that holds studios or mail")
     restore.set_defaults(func=cmd_restore)
+    helpdesk = sub.add_parser("helpdesk", help="the helpdesk studio (GATEWAY_HELPDESK_ADDRESS)")
+    helpdesk.add_argument("action", choices=["token", "deletions"],
+                          help="token: a new owner token for the helpdesk; deletions: account deletions asked for")
+    helpdesk.add_argument("--json", action="store_true")
+    helpdesk.set_defaults(func=cmd_helpdesk)
 
     quarantine = sub.add_parser("quarantine", help="inspect or retry parked messages")
     quarantine.add_argument("action", choices=["list", "retry"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 
 from sqlalchemy import Engine, select
 
@@ -16,19 +17,25 @@ from gateway.db import read_tx
 from gateway.models import Studio
 
 STUDIO = Studio.__table__  # type: ignore[attr-defined]
+_directories: weakref.WeakSet[StudioDirectory] = weakref.WeakSet()
 
 
 class StudioDirectory:
     """Which studio slugs exist, with a short positive cache for the RCPT hot path.
 
     Only positive answers are cached (briefly): an unknown address is looked up every time,
-    so a studio created a moment ago receives mail at once.
+    so a studio created a moment ago receives mail at once, and `forget_studio` drops a deleted
+    studio from every directory of the process at once.
     """
 
     def __init__(self, engine: Engine, ttl: float = 5.0) -> None:
         self.engine = engine
         self.ttl = ttl
         self._known: dict[str, float] = {}
+        _directories.add(self)
+
+    def forget(self, slug: str) -> None:
+        self._known.pop(slug, None)  # one atomic dict operation: safe beside the event loop's reads
 
     def _lookup(self, slug: str) -> bool:
         with read_tx(self.engine) as conn:
@@ -51,3 +58,11 @@ class StudioDirectory:
             if address is not None and rcpt not in found and await self.exists(address.slug):
                 found.append(rcpt)
         return found
+
+
+def forget_studio(slug: str) -> None:
+    """A deleted studio's address answers `550` from now on in this process (SMTP's RCPT and the
+    webhooks each keep a directory). Other processes may still say yes for up to `ttl` seconds;
+    what they accept then is discarded unthreaded (gateway/threader.StudiosGone)."""
+    for directory in list(_directories):
+        directory.forget(slug)

@@ -112,6 +112,18 @@ def erase_studio(conn: Connection, studio_id: int, mail_domain: str) -> bool:
     return True
 
 
+def erase_inbound(conn: Connection, inbound_id: int) -> bool:
+    """An accepted mail that no message refers to (its studios were deleted before it was
+    threaded), with its raw bytes unless someone else holds the same bytes."""
+    found = conn.execute(select(INBOUND.c.id).where(INBOUND.c.id == inbound_id)).first()
+    if found is None:
+        return False
+    shas = _inbound_shas(conn, {inbound_id})
+    _drop_unreferenced_inbound(conn, {inbound_id})
+    _drop_unreferenced_blobs(conn, shas)
+    return True
+
+
 # --- the shared part -------------------------------------------------------------------------
 
 def _erase_messages(conn: Connection, studio_id: int, message_ids: list[int]) -> None:

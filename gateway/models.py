@@ -317,6 +317,8 @@ class BackupSchedule(SQLModel, table=True):
     last_success_at: datetime | None = None
     last_file: str | None = Field(default=None, max_length=1024)
     last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
 # --- support and audit -------------------------------------------------------------------------
 
 class SupportGrant(SQLModel, table=True):
@@ -365,3 +367,34 @@ class AuditEntry(SQLModel, table=True):
     action: str = Field(max_length=64)                  # conversation.read, support_grant.create, ...
     target: str = Field(default="", max_length=100)     # conversation 12, attachment 7, ...
     reason: str = Field(default="", max_length=500)
+
+
+# --- account deletion --------------------------------------------------------------------------
+
+class AccountDeletion(SQLModel, table=True):
+    """One request to delete a studio's account: LÖSCHEN mailed to the helpdesk, or the API.
+
+    Deliberately no `studio_id` column and no foreign key to the studio: the row must outlive
+    the studio (gateway/erasure.py removes every row of every table with a studio_id), so the
+    operator can see what was deleted, when and why. It holds no personal data: the studio's id
+    number, times, and the reason with addresses, numbers and signatures removed
+    (gateway/deletion_reason.py). The confirmation code itself is never stored: only its
+    SHA-256 for the lookup, and the random nonce it is derived from with GATEWAY_SECRET_KEY
+    (gateway/account_deletion.py), so a copy of the database alone confirms nothing.
+
+    status: pending → deleted | void (another request of the same studio was confirmed first).
+    """
+
+    __tablename__ = "account_deletion"
+    __table_args__ = (Index("ix_account_deletion_studio_requested", "studio_ref", "requested_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_ref: int                                            # the studio's id, no foreign key
+    channel: str = Field(max_length=8)                         # email | api
+    status: str = Field(default="pending", max_length=16)
+    nonce: str = Field(max_length=32)
+    code_hash: str = Field(max_length=64, unique=True)
+    requested_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    confirmed_at: datetime | None = None
+    message_ref: int | None = None    # the helpdesk's outbound message carrying the code (no key: it may be erased)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))

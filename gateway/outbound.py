@@ -19,11 +19,12 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from gateway.account_deletion import CONFIRMATION, render_confirmations
 from gateway.conversations import reply_address
 from gateway.blobs import BLOB
 from gateway.ingest import MESSAGE, STUDIO
 from gateway.threader import ATTACHMENT
-from gateway.render import Quoted, Renderer
+from gateway.render import Quoted, Rendered, Renderer
 from gateway.settings import Settings
 from gateway.signing import DkimSigner
 
@@ -136,11 +137,13 @@ def compose_many(conn: Connection, message_row_ids: list[int], settings: Setting
     files: dict[int, list[Any]] = {}
     for a in conn.execute(_FILES.where(ATTACHMENT.c.message_id.in_([r.id for r in rows])).order_by(ATTACHMENT.c.id)):
         files.setdefault(a.message_id, []).append(a)
+    confirmations = render_confirmations(conn, {r.id: r.name for r in rows if r.auto_kind == CONFIRMATION},
+                                         settings, secret, renderer)
     out: dict[int, OutgoingMail | Exception] = {}
     for row in rows:
         try:
             out[row.id] = _build(row, parents.get((row.studio_id, row.in_reply_to)), files.get(row.id, []),
-                                 settings, secret, renderer, signer)
+                                 settings, secret, renderer, signer, confirmations.get(row.id))
         except Exception as exc:  # reported per message by the caller
             out[row.id] = exc
     for missing in set(message_row_ids) - set(out):
@@ -149,12 +152,17 @@ def compose_many(conn: Connection, message_row_ids: list[int], settings: Setting
 
 
 def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: bytes, renderer: Renderer,
-           signer: DkimSigner | None) -> OutgoingMail:
+           signer: DkimSigner | None, confirmation: Rendered | None = None) -> OutgoingMail:
     [guest] = json.loads(m.to_json)
     quoted = None
     if parent is not None:
         quoted = Quoted(author=parent.from_name or parent.from_email, sent_at=parent.received_at, text=parent.text)
-    if m.auto_kind == "acknowledgement":
+    if m.auto_kind == CONFIRMATION:
+        # Rendered with the code, which exists only here (the stored text has it masked).
+        if confirmation is None:
+            raise LookupError("its deletion request was used, or its studio deleted, meanwhile")
+        rendered = confirmation
+    elif m.auto_kind == "acknowledgement":
         rendered = renderer.acknowledgement(locale=m.locale, studio_name=m.name, guest_name=guest.get("name", ""))
     else:
         rendered = renderer.reply(locale=m.locale, studio_name=m.name, text=m.text,

@@ -5,7 +5,9 @@ queue without taking the same row; SQLite has one writer at a time, which serial
 by itself. A claimed row carries a lease: a processor that dies mid-way leaves it to be
 claimed again after the lease, and a message that has crashed processing `max_attempts`
 times is quarantined so it cannot loop forever (Mailman's shunt queue). Nothing is deleted:
-the raw bytes stay, and `gateway quarantine retry` puts a parked message back.
+the raw bytes stay, and `gateway quarantine retry` puts a parked message back. The one
+exception is mail whose every studio was deleted after accepting it: an erased account's mail
+must not be kept anywhere, so it is discarded with its bytes (gateway/threader.StudiosGone).
 """
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.blobs import BLOB
 from gateway.db import read_tx, write_tx
+from gateway.erasure import erase_inbound
+from gateway.helpdesk_mail import on_threaded
 from gateway.ingest import INBOUND
 from gateway.mime import ParsedMessage, parse
 from gateway.models import utcnow
 from gateway.settings import Settings
-from gateway.threader import Inbound, Outcome, Unprocessable, thread_message
+from gateway.threader import Inbound, Outcome, StudiosGone, Unprocessable, thread_message
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ LEASE = timedelta(minutes=5)
 @dataclass
 class Processed:
     inbound_id: int
-    status: str                 # done | quarantined | pending (will be retried)
+    status: str                 # done | quarantined | pending (will be retried) | discarded (studios deleted)
     outcomes: list[Outcome]
     error: str | None = None
 
@@ -135,8 +139,16 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes,
             savepoint = conn.begin_nested() if isolate else None
             try:
                 outcomes = thread_message(conn, item, message, settings, secret, studios)
+                on_threaded(conn, outcomes, studios, settings)
                 if savepoint is not None:
                     savepoint.commit()
+            except StudiosGone as exc:  # raised before anything of the message was written
+                if savepoint is not None:
+                    savepoint.rollback()
+                erase_inbound(conn, item.id)
+                results.append(Processed(item.id, "discarded", [], str(exc)))
+                log.info("inbound %d discarded: %s", item.id, exc)
+                continue
             except Unprocessable as exc:  # raised before anything of the message was written
                 if savepoint is not None:
                     savepoint.rollback()

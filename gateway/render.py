@@ -1,8 +1,11 @@
-"""Email bodies for studio replies and inquiry acknowledgements: Jinja2, with MJML for HTML.
+"""Email bodies for studio replies, inquiry acknowledgements and account-deletion confirmations:
+Jinja2, with MJML for HTML.
 
 CONTRACT (the outbox relies on it):
     Renderer().reply(locale=..., studio_name=..., text=..., guest_name=..., quoted=...) -> Rendered
     Renderer().acknowledgement(locale=..., studio_name=..., guest_name=...) -> Rendered
+    Renderer().account_deletion(locale=..., studio_name=..., studio_address=..., code=...,
+                                expires_at=..., sender_name=..., link=...) -> Rendered
     ``Rendered.text`` is the text/plain body, ``Rendered.html`` a complete HTML document.
 
 Templates live in ``templates/email/<kind>.<locale>.{txt,mjml}.j2`` and ship as the
@@ -58,6 +61,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -66,7 +70,7 @@ import jinja2
 from markupsafe import Markup, escape
 from mjml import mjml2html
 
-__all__ = ["Quoted", "Rendered", "Renderer"]
+__all__ = ["Quoted", "Rendered", "Renderer", "shared_renderer"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,12 @@ _KINDS: Mapping[str, _Kind] = {
     "acknowledgement": _Kind(
         defaults={"studio_name": "", "guest_name": ""},
         flags=("guest_name",),
+    ),
+    # The link to the confirmation page exists only when GATEWAY_PUBLIC_URL is set.
+    "account_deletion": _Kind(
+        defaults={"studio_name": "", "studio_address": "", "code": "", "expires": "", "sender_name": "",
+                  "link": ""},
+        flags=("link",),
     ),
 }
 
@@ -279,6 +289,13 @@ def _load_templates(locales: tuple[str, ...]) -> dict[str, str]:
     return sources
 
 
+@lru_cache(maxsize=1)
+def shared_renderer() -> Renderer:
+    """One Renderer per process for code that renders outside the outbox (its templates are
+    compiled once, a few milliseconds, on first use)."""
+    return Renderer()
+
+
 class Renderer:
     """Renders both bodies of the emails the gateway sends; build one per process and share it.
 
@@ -343,6 +360,22 @@ class Renderer:
             "guest_name": _clean_line(guest_name),
         }
         return self._render("acknowledgement", self.language(locale), context)
+
+    def account_deletion(self, *, locale: str, studio_name: str, studio_address: str, code: str,
+                         expires_at: datetime, sender_name: str, link: str = "") -> Rendered:
+        """The request to confirm an account's deletion, mailed to the owner's registered address.
+
+        ``expires_at`` is shown in UTC, as quote times are: the renderer knows no time zone."""
+        language = self.language(locale)
+        context: dict[str, str | bool] = {
+            "studio_name": _clean_line(studio_name),
+            "studio_address": _clean_line(studio_address),
+            "code": _clean_line(code),
+            "expires": _DATE_FORMATS.get(language, _date_iso)(expires_at.astimezone(timezone.utc)) + " UTC",
+            "sender_name": _clean_line(sender_name),
+            "link": _clean_line(link),
+        }
+        return self._render("account_deletion", language, context)
 
     # ------------------------------------------------------------------ internals
 

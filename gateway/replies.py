@@ -86,12 +86,15 @@ def check_uploads(uploads: list[Upload], settings: Settings) -> list[Upload]:
 
 def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text: str,
                  settings: Settings, auto_kind: str | None = None,
-                 uploads: list[Upload] | None = None) -> Reply | None:
+                 uploads: list[Upload] | None = None, subject: str | None = None,
+                 recipient: tuple[str, str] | None = None) -> Reply | None:
     """Queue a reply in the caller's transaction; None if the conversation is not the studio's
     (or is deleted).
 
     `auto_kind` marks automatic mail (an acknowledgement): sent with Auto-Submitted, and not
-    counted as the studio having read the conversation."""
+    counted as the studio having read the conversation. `subject` replaces "Re: <the
+    conversation's>", and `recipient` (address, name) the conversation's guest: an account
+    deletion's code must reach the registered owner address whoever wrote the request."""
     text = check_text(text)
     conversation = conn.execute(
         select(CONVERSATION.c.id, CONVERSATION.c.subject, GUEST.c.email, GUEST.c.name, STUDIO.c.slug, STUDIO.c.name.label("studio_name"))
@@ -109,13 +112,15 @@ def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text
     references: list[str] = []
     if parent is not None:
         references = bounded_references([*json.loads(parent.references_json or "[]"), parent.message_id])
+    to_email, to_name = recipient or (conversation.email, conversation.name)
     now = utcnow()
     message_id = new_message_id(settings.mail_domain, conversation_id)
     row_id = conn.execute(insert(MESSAGE).returning(MESSAGE.c.id), {
         "studio_id": studio_id, "conversation_id": conversation_id, "direction": "outbound", "state": "visible",
         "from_email": f"{conversation.slug}@{settings.mail_domain}", "from_name": conversation.studio_name,
-        "to_json": json.dumps([{"email": conversation.email, "name": conversation.name}]), "cc_json": "[]",
-        "subject": reply_subject(conversation.subject), "text": text, "full_text": text, "html": None,
+        "to_json": json.dumps([{"email": to_email, "name": to_name}]), "cc_json": "[]",
+        "subject": reply_subject(conversation.subject) if subject is None else subject,
+        "text": text, "full_text": text, "html": None,
         "message_id": message_id, "in_reply_to": parent.message_id if parent else None,
         "references_json": json.dumps(references), "received_at": now,
         "thread_rule": auto_kind or "reply", "automatic": auto_kind is not None, "auto_kind": auto_kind,

@@ -14,12 +14,14 @@ import threading
 from typing import Iterable
 
 import uvicorn
+from litestar import Litestar
 from sqlalchemy import Engine
 
 from gateway.api.app import create_app
 from gateway.backup_schedule import BackupScheduler
 from gateway.batching import WriteBatcher
 from gateway.db import get_engine, migrate
+from gateway.helpdesk import ensure_helpdesk
 from gateway.ingest import Acceptor
 from gateway.outbox import Outbox
 from gateway.processor import ProcessorThread
@@ -48,6 +50,7 @@ class Gateway:
         self._backup_task: asyncio.Task[None] | None = None
         self.purger: PurgeLoop | None = None
         self._purge_task: asyncio.Task[None] | None = None
+        self.app: Litestar | None = None
         self._outbox_task: asyncio.Task[None] | None = None
         self._billing_task: asyncio.Task[None] | None = None
         self.lockdowns_reconciled = threading.Event()   # set after each reconciliation round
@@ -64,6 +67,7 @@ class Gateway:
         await asyncio.to_thread(migrate, url)
         self.engine = self.engine or get_engine(url, self.settings.db_busy_timeout)
         self.settings.secret()  # create the key before any role needs it
+        await asyncio.to_thread(ensure_helpdesk, self.engine, self.settings)
         if "worker" in self.roles:
             self.processor = ProcessorThread(self.engine, self.settings)
             self.processor.start()
@@ -84,7 +88,7 @@ class Gateway:
             self._smtp = await start_smtp_server(self.acceptor, self.engine, self.settings, sock=smtp_sock)
             self.smtp_address = self._smtp.sockets[0].getsockname()[:2]
         if "web" in self.roles:
-            app = create_app(self.engine, self.settings)
+            app = self.app = create_app(self.engine, self.settings)
             app.state.acceptor = self.acceptor
             self.writes = WriteBatcher(self.engine)
             await self.writes.start()

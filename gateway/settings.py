@@ -12,8 +12,10 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.conversations import valid_slug
 
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "please-change", "xxx"}
 
@@ -90,6 +92,12 @@ class Settings(BaseSettings):
     # Deleted conversations and messages are erased for good 30 days after deletion (gateway/purge.py).
     purge_interval_hours: float = Field(1.0, ge=0)    # how often the worker purges; 0: only `gateway purge`
 
+    # The operator's own helpdesk: a studio address (e.g. helpdesk@<mail domain>) whose mail is
+    # answered in the messenger like any studio's; LÖSCHEN to it asks for an account deletion.
+    helpdesk_address: str = ""                        # empty: no helpdesk, no deletion by email
+    helpdesk_name: str = "Helpdesk"                   # the helpdesk studio's name, the From of its mail
+    public_url: str = ""                              # base URL of the HTTP API for links in mail; empty: no links
+
     log_level: str = "INFO"
 
     @field_validator("log_level")
@@ -156,6 +164,41 @@ class Settings(BaseSettings):
         if not value.get_secret_value().startswith(("smtp://", "smtps://")):
             raise ValueError("GATEWAY_SMTP_RELAY_URL must start with smtp:// or smtps://")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("GATEWAY_PUBLIC_URL must be an http(s) URL such as https://gateway.example.com")
+        return value.rstrip("/")
+
+    @field_validator("helpdesk_address")
+    @classmethod
+    def _helpdesk_address(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @field_validator("helpdesk_name")
+    @classmethod
+    def _helpdesk_name(cls, value: str) -> str:
+        if not value.strip() or any(c in value for c in "\r\n\0\u2028\u2029"):
+            raise ValueError("GATEWAY_HELPDESK_NAME must be a single non-empty line")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _helpdesk_on_our_domain(self) -> "Settings":
+        # The helpdesk is a studio: its mail must pass RCPT and threading like any studio's,
+        # so its address has to be a plain studio address of the mail domain.
+        local, _, domain = self.helpdesk_address.rpartition("@")
+        if self.helpdesk_address and (domain != self.mail_domain or not valid_slug(local)):
+            raise ValueError(f"GATEWAY_HELPDESK_ADDRESS must be <name>@{self.mail_domain} with a name of "
+                             "a-z, 0-9 and inner hyphens (no +detail)")
+        return self
+
+    @property
+    def helpdesk_slug(self) -> str:
+        """The helpdesk studio's slug, or "" when there is no helpdesk."""
+        return self.helpdesk_address.partition("@")[0]
 
     @property
     def ses_topics(self) -> frozenset[str]:

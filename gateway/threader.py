@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.acknowledgements import maybe_acknowledge
 from gateway.automatic import AutoInfo, classify
 from gateway.blobs import blob_store
-from gateway.conversations import normalize_subject, parse_studio_address, verify_reply_token
+from gateway.conversations import StudioAddress, normalize_subject, parse_studio_address, verify_reply_token
 from gateway.db import insert_ignore
 from gateway.headers import fingerprint, normalize_email
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE, STUDIO
@@ -45,6 +45,12 @@ TOMBSTONE = Tombstone.__table__  # type: ignore[attr-defined]
 
 class Unprocessable(Exception):
     """The message can never be threaded as it is: quarantine it at once with this reason."""
+
+
+class StudiosGone(Unprocessable):
+    """Every studio the mail was accepted for was deleted after RCPT (another process's directory
+    still knew it for a few seconds, or the mail waited in the queue). It must not be kept: not
+    even the quarantine may hold bytes for an erased account. The processor discards it."""
 
 
 @dataclass
@@ -106,6 +112,11 @@ def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, se
                    secret: bytes, studios: dict[str, int | None] | None = None) -> list[Outcome]:
     """Thread into every recipient studio; `studios` caches slug lookups across a chunk."""
     studios = {} if studios is None else studios
+    targets = _recipient_studios(conn, inbound.rcpt_to, settings, studios)
+    if not targets:
+        if any(parse_studio_address(rcpt, settings.mail_domain) for rcpt in inbound.rcpt_to):
+            raise StudiosGone("every studio it was accepted for has been deleted since")
+        raise Unprocessable("no known studio among the recipients " + ", ".join(inbound.rcpt_to)[:300])
     if parsed.parser == "headers-only":
         raise Unprocessable("MIME structure unreadable: " + "; ".join(parsed.defects[:3]))
     sender = _sender(parsed, inbound.mail_from)
@@ -115,22 +126,26 @@ def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, se
     message_id, dedupe_key = _identity(parsed, inbound.raw, sender.email, settings)
 
     outcomes = []
-    seen_studios: set[int] = set()
-    for rcpt in inbound.rcpt_to:
+    for studio_id, address in targets:
+        outcomes.append(_thread_for_studio(conn, studio_id, address.detail, inbound, parsed, sender,
+                                           auto, message_id, dedupe_key, settings, secret))
+    return outcomes
+
+
+def _recipient_studios(conn: Connection, rcpt_to: list[str], settings: Settings,
+                       studios: dict[str, int | None]) -> list[tuple[int, StudioAddress]]:
+    """The existing studios among the recipients, each once (slug and slug+x are one studio)."""
+    found: list[tuple[int, StudioAddress]] = []
+    for rcpt in rcpt_to:
         address = parse_studio_address(rcpt, settings.mail_domain)
         if address is None:
             continue
         if address.slug not in studios:
             studios[address.slug] = conn.execute(_STUDIO_BY_SLUG, {"slug": address.slug}).scalar()
         studio_id = studios[address.slug]
-        if studio_id is None or studio_id in seen_studios:
-            continue  # studio deleted since RCPT, or the same studio twice (slug and slug+x)
-        seen_studios.add(studio_id)
-        outcomes.append(_thread_for_studio(conn, studio_id, address.detail, inbound, parsed, sender,
-                                           auto, message_id, dedupe_key, settings, secret))
-    if not outcomes:
-        raise Unprocessable("no known studio among the recipients " + ", ".join(inbound.rcpt_to)[:300])
-    return outcomes
+        if studio_id is not None and all(studio_id != known for known, _ in found):
+            found.append((studio_id, address))  # a studio deleted since RCPT is simply absent
+    return found
 
 
 def _identity(parsed: ParsedMessage, raw: bytes, sender: str, settings: Settings) -> tuple[str, str]:
@@ -185,11 +200,7 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
     opened = conversation is None
     if opened:
         guest_id = _ensure_guest(conn, studio_id, sender, guest)
-        subject = parsed.subject or ""
-        conversation_id = conn.execute(_NEW_CONVERSATION, {
-            "studio_id": studio_id, "guest_id": guest_id, "subject": subject,
-            "subject_key": normalize_subject(subject), "status": "open", "created_at": now,
-            "last_message_at": now, "message_count": 1}).scalar_one()
+        conversation_id = open_conversation(conn, studio_id, guest_id, parsed.subject or "", now, message_count=1)
         state = "visible"
     else:
         conversation_id = conversation.id
@@ -272,6 +283,22 @@ def _is_participant(conn: Connection, conversation: Any, email: str) -> bool:
     if conn.execute(_GUEST_EMAIL, {"guest_id": conversation.guest_id}).scalar() == email:
         return True
     return conn.execute(_SENT_BEFORE, {"conversation_id": conversation.id, "email": email}).first() is not None
+
+
+def open_conversation(conn: Connection, studio_id: int, guest_id: int, subject: str, now: datetime, *,
+                      message_count: int = 0) -> int:
+    """A new open conversation of the studio with the guest; its id."""
+    return int(conn.execute(_NEW_CONVERSATION, {
+        "studio_id": studio_id, "guest_id": guest_id, "subject": subject, "subject_key": normalize_subject(subject),
+        "status": "open", "created_at": now, "last_message_at": now, "message_count": message_count}).scalar_one())
+
+
+def ensure_guest(conn: Connection, studio_id: int, email: str, name: str = "") -> int:
+    """The studio's guest with this address, created when new: for conversations the gateway opens
+    itself (the helpdesk writing to a studio owner), not only those a guest's mail opens."""
+    sender = Address(email=normalize_email(email), name=name)
+    return _ensure_guest(conn, studio_id, sender, conn.execute(_GUEST, {"studio_id": studio_id,
+                                                                        "email": sender.email}).first())
 
 
 def _ensure_guest(conn: Connection, studio_id: int, sender: Address, guest: Any) -> int:

@@ -139,3 +139,19 @@ def test_stripe_outage_is_503_and_changes_nothing(billing: Billing) -> None:
     assert len({c.idempotency_key for c in billing.stripe.calls("DELETE")}) == 1
     assert _paid(billing, studio.id)
     assert billing.stripe.subscriptions[sub["id"]]["status"] == "active"
+
+
+def test_deleting_the_account_ends_the_subscription_at_once_whatever_the_plan(billing: Billing) -> None:
+    studio = billing.gw.add_studio("inkwell")
+    sub = billing.subscribe(studio.id, "yearly")
+    hook = billing.gw.gateway.app.state.cancel_subscription_for_deletion  # what account deletion calls
+    hook(studio.id)
+    [call] = billing.stripe.calls("DELETE", f"/v1/subscriptions/{sub['id']}")
+    assert call.params == {"prorate": "false", "invoice_now": "false"}
+    assert billing.stripe.subscriptions[sub["id"]]["status"] == "canceled"
+    assert not _paid(billing, studio.id)
+    hook(studio.id)                                   # a retried confirmation: nothing more to do
+    assert len(billing.stripe.calls("DELETE")) == 1
+    free, asked = billing.gw.add_studio("freehand"), len(billing.stripe.requests)
+    hook(free.id)                                     # no subscription: nothing asked of Stripe
+    assert len(billing.stripe.requests) == asked

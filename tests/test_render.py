@@ -279,3 +279,17 @@ def test_multipart_alternative_parses_back(renderer: Renderer, case: int) -> Non
     assert parsed.content_type == "multipart/alternative" and not parsed.defects, parsed.defects
     assert parsed.text == rendered.text.rstrip("\n"), name   # gateway.mime strips the end of every body
     assert parsed.html is not None and "Inkwell Tattoo" in parsed.html
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+@pytest.mark.parametrize("link", ["", "https://gateway.example/account/deletion/confirm?code=ABCD-EFGH-IJKL-MNOP"])
+def test_account_deletion_fast_path_equals_full_render(renderer: Renderer, reference: Renderer, locale: str,
+                                                       link: str) -> None:
+    values = dict(locale=locale, studio_name=HOSTILE, studio_address="inkwell@mail.test", code="ABCD-EFGH-IJKL-MNOP",
+                  expires_at=SENT + timedelta(hours=48), sender_name="Helpdesk", link=link)
+    fast, full = renderer.account_deletion(**values), reference.account_deletion(**values)  # type: ignore[arg-type]
+    assert fast == full
+    assert "ABCD-EFGH-IJKL-MNOP" in fast.text and "ABCD-EFGH-IJKL-MNOP" in fast.html
+    assert HOSTILE in fast.text and HOSTILE_HTML in fast.html and "@@gw" not in fast.html
+    assert (link in fast.text and f'href="{link}"' in fast.html) if link else "href" not in fast.html
+    assert {"de": "22.11.2026 um 10:00 UTC", "en": "Nov 22, 2026, at 10:00 UTC"}[locale] in fast.text

@@ -77,6 +77,11 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/guests/{guest_id:int}"):                 ("2xx", "2xx", "401", "404", "401", "403", "403"),
     ("POST", "/api/v1/guests/{guest_id:int}/erase"):          ("2xx", "403", "401", "404", "401", "403", "403"),
     ("GET", "/api/v1/export"):                                ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("POST", "/api/v1/account/deletion"):                     ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    # The confirmation needs no token (the mailed code is the proof): a wrong code is 404 for all.
+    ("POST", "/api/v1/account/deletion/confirm"):             ("404", "404", "404", "404", "404", "404", "404"),
+    ("GET", "/account/deletion/confirm"):                     ("2xx", "2xx", "2xx", "2xx", "2xx", "2xx", "2xx"),
+    ("POST", "/account/deletion/confirm"):                    ("404", "404", "404", "404", "404", "404", "404"),
     ("GET", "/api/v1/billing"):                               ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     # Allowed for owners: inkwell already has a plan (409 to a second checkout), blackrose has none
     # (a checkout, but nothing to cancel: 409). The 409s are the plan's answer, not a refusal of the caller.
@@ -216,6 +221,9 @@ class World:
             return {"data": {"text": "Anbei die Skizze."}, "files": [("files", ("skizze.txt", b"~~~", "text/plain"))]}
         if template == "/api/v1/profiles" and method == "POST":
             return {"json": {"email": f"new{next(self.serial)}@example.org", "name": "Neu"}}
+        if template.endswith("/deletion/confirm") and method == "POST":
+            code = {"code": "ABCD-EFGH-JKLM"}   # well-formed, but no request has it
+            return {"json": code} if template.startswith("/api/") else {"data": code}
         if template == "/api/v1/billing/checkout":
             return {"json": {"plan": "monthly"}}
         if template == "/api/v1/support-grants" and method == "POST":
@@ -242,12 +250,13 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     directory = tmp_path_factory.mktemp(f"matrix-{request.param}")
     stripe = StripeEmulator()
     with _database(request, directory) as url:
-        gw = start_gateway(billing_settings(directory, url, stripe.start()))
+        gw = start_gateway(billing_settings(directory, url, stripe.start(), helpdesk_address="helpdesk@mail.test"))
         try:
             # The disconnected member fails authentication on every route: far more often than
             # the real limiter allows from one address, which is tested in test_api_tokens.
             app = gw.gateway._uvicorn.config.app  # type: ignore[union-attr]
             app.state.auth_limiter = AuthFailureLimiter(max_failures=1_000_000)
+            app.state.deletion_code_limiter = AuthFailureLimiter(max_failures=1_000_000)  # wrong codes, likewise
             yield World.build(gw)
         finally:
             gw.stop()
@@ -277,6 +286,8 @@ def test_each_principal_gets_what_the_matrix_says_and_refusals_carry_no_data(
     got = "2xx" if response.is_success else str(response.status_code)
     expected = MATRIX[method, template][PRINCIPALS.index(principal)]
     assert got == expected, f"{method} {path} as {principal}: {response.status_code} {response.text[:300]}"
-    if not response.is_success:
+    if not response.is_success and response.headers["content-type"].startswith("text/html"):
+        assert "<form" not in response.text   # the confirmation page's refusal: a message, nothing to act on
+    elif not response.is_success:
         assert set(response.json()) == {"status_code", "detail"}
 

@@ -1,12 +1,15 @@
 """The Litestar application: one controller per resource, the caller provided to each."""
 from __future__ import annotations
 
+from functools import partial
+
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from sqlalchemy import Engine
 
 from gateway.api.audit import AuditController
+from gateway.api.account import AccountDeletionController, confirmation_form, confirmation_page
 from gateway.api.auth import provide_caller
 from gateway.api.billing import BillingController
 from gateway.api.conversations import ConversationController
@@ -20,6 +23,7 @@ from gateway.api.support_grants import SupportGrantController
 from gateway.api.tokens import TokenController
 from gateway.api.trash import ConversationTrashController, MessageController, TrashController
 from gateway.billing.stripe_api import stripe_api
+from gateway.billing.subscriptions import cancel_for_deletion
 from gateway.directory import StudioDirectory
 from gateway.settings import Settings
 from webhooks import webhook_handlers
@@ -34,7 +38,7 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
                         HeldController, ConversationStatusController, AttachmentController, BillingController,
                         ProfileController, SupportGrantController, AuditController, ConversationTrashController,
                         MessageController, TrashController, GuestController, ExportController,
-                        *webhooks, stripe_webhook],
+                        AccountDeletionController, confirmation_page, confirmation_form, *webhooks, stripe_webhook],
         dependencies={"caller": Provide(provide_caller, sync_to_thread=True)},
         openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
         debug=False,
@@ -45,4 +49,6 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
     app.state.directory = StudioDirectory(engine)
     app.state.webhooks = receivers
     app.state.stripe_api = stripe_api(settings)
+    # Deleting an account first ends its subscription (gateway/account_deletion.py calls this).
+    app.state.cancel_subscription_for_deletion = partial(cancel_for_deletion, engine, app.state.stripe_api, settings)
     return app

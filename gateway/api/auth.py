@@ -47,14 +47,16 @@ def require_owner(caller: Caller, doing: str) -> None:
 _limiter_guard = threading.Lock()
 
 
-def auth_limiter(app: Litestar) -> AuthFailureLimiter:
-    """The app's limiter, `app.state.auth_limiter` (created on first use unless set before)."""
-    limiter = app.state.get("auth_limiter")
+def auth_limiter(app: Litestar, name: str = "auth_limiter") -> AuthFailureLimiter:
+    """The app's limiter `app.state.<name>` (created on first use unless set before); other
+    secrets guessed over the API (account-deletion codes) keep budgets of their own."""
+    limiter = app.state.get(name)
     if limiter is None:
         with _limiter_guard:  # handlers run in threads: two first requests must share one limiter
-            limiter = app.state.get("auth_limiter")
+            limiter = app.state.get(name)
             if limiter is None:
-                limiter = app.state.auth_limiter = AuthFailureLimiter()
+                limiter = AuthFailureLimiter()
+                setattr(app.state, name, limiter)
     return limiter
 
 

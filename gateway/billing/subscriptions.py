@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import stripe
 from sqlalchemy import Connection, Engine, select
 
 from gateway.billing.entitlements import ACTIVE_PAUSE_STATES, PAID_PLANS, entitled
@@ -136,12 +137,20 @@ def cancel(engine: Engine, api: StripeApi | None, settings: Settings, studio_id:
 
 def cancel_for_deletion(engine: Engine, api: StripeApi | None, settings: Settings, studio_id: int) -> None:
     """An account being deleted: end any live subscription at once, whatever the plan, so no
-    further payment is taken from a studio that no longer exists."""
+    further payment is taken from a studio that no longer exists. Idempotent: a retried
+    confirmation calls it again, also after Stripe's idempotency keys expired (a day)."""
     with read_tx(engine) as conn:
         row = subscription_row(conn, studio_id)
-    if row is None or row.stripe_subscription_id is None or row.status == "canceled":
+    if row is None or row.stripe_subscription_id is None or row.status in ("canceled", "incomplete_expired"):
         return
     if api is None:
         raise BillingNotConfigured("the studio has a Stripe subscription but billing is not configured")
-    api.cancel_now(row.stripe_subscription_id, idempotency_key=f"gw-cancel-now-{row.stripe_subscription_id}")
-
+    sub_id = row.stripe_subscription_id
+    try:
+        answer = api.cancel_now(sub_id, idempotency_key=f"gw-cancel-now-{sub_id}")
+    except stripe.InvalidRequestError:
+        answer = api.subscription(sub_id)   # cancelled already (or gone): fine if Stripe says it is over
+        if answer.get("status") not in ("canceled", "incomplete_expired"):
+            raise
+    with write_tx(engine) as conn:
+        apply_subscription(conn, studio_id, read_subscription(answer, settings), as_of=None)

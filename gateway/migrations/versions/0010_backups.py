@@ -1,7 +1,7 @@
 """backups: the scheduled backups' shared state
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 
 """
 from typing import Sequence, Union
@@ -12,7 +12,7 @@ import sqlmodel
 
 
 revision: str = '0010'
-down_revision: Union[str, Sequence[str], None] = '0008'
+down_revision: Union[str, Sequence[str], None] = '0009'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
