@@ -73,7 +73,10 @@ _INSERT_MANY = insert(INBOUND).returning(INBOUND.c.id, sort_by_parameter_order=T
 _STUDIOS = select(STUDIO.c.slug, STUDIO.c.id).where(STUDIO.c.slug.in_(bindparam("slugs", expanding=True)))
 _OPENED = (
     select(GUEST.c.studio_id, GUEST.c.email, func.count(CONVERSATION.c.id).label("opened"))
-    .join(CONVERSATION, (CONVERSATION.c.guest_id == GUEST.c.id) & (CONVERSATION.c.created_at >= bindparam("since")))
+    # studio_id in the join lets ix_conversation_guest_created (studio, guest, created) serve
+    # it; without it the database scanned every conversation once per group commit.
+    .join(CONVERSATION, (CONVERSATION.c.studio_id == GUEST.c.studio_id) & (CONVERSATION.c.guest_id == GUEST.c.id)
+          & (CONVERSATION.c.created_at >= bindparam("since")))
     .where(GUEST.c.studio_id.in_(bindparam("studio_ids", expanding=True)),
            GUEST.c.email.in_(bindparam("emails", expanding=True)))
     .group_by(GUEST.c.studio_id, GUEST.c.email)
@@ -235,7 +238,8 @@ def _opened(conn: Connection, studio_ids: list[int], emails: list[str], since: d
         rows = conn.execute(_OPENED, {"studio_ids": studio_ids, "emails": emails, "since": since})
         return {(row.studio_id, row.email): row.opened for row in rows}
     sql = ("SELECT guest.studio_id, guest.email, count(conversation.id) FROM guest "
-           "JOIN conversation ON conversation.guest_id = guest.id AND conversation.created_at >= ? "
+           "JOIN conversation ON conversation.studio_id = guest.studio_id AND conversation.guest_id = guest.id "
+           "AND conversation.created_at >= ? "
            f"WHERE guest.studio_id IN ({', '.join('?' * len(studio_ids))}) "
            f"AND guest.email IN ({', '.join('?' * len(emails))}) GROUP BY guest.studio_id, guest.email")
     params = [bind_value(CONVERSATION.c.created_at, conn, since), *studio_ids, *emails]
@@ -263,11 +267,15 @@ def _busy(exc: OperationalError) -> bool:
     return "locked" in str(exc.orig) or "busy" in str(exc.orig)
 
 
+PG_COMMITS_IN_FLIGHT = 1
+
+
 class Acceptor:
     """Group-commit writer shared by all receivers in one process.
 
-    One writer thread owns the write transactions, so on SQLite there is never more than one
-    writer from this process, and on PostgreSQL one connection suffices for ingest.
+    On SQLite one writer thread owns the write transactions, so there is never more than one
+    writer from this process. On PostgreSQL up to PG_COMMITS_IN_FLIGHT group commits run at
+    once, each on its own connection: one alone left the process waiting on round trips.
     """
 
     def __init__(self, engine: Engine, settings: Settings, *, max_batch: int = 256,
@@ -280,7 +288,9 @@ class Acceptor:
         self._queue: asyncio.Queue[_Pending | None] | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acceptor")
+        # SQLite takes one writer at a time; PostgreSQL overlaps a few group commits.
+        self._in_flight = 1 if is_sqlite(engine) else PG_COMMITS_IN_FLIGHT
+        self._executor = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="acceptor")
         self._busy_budget = settings.db_busy_timeout
         self._studio_ids = StudioIds()
         # On SQLite a group commit is a few hundred microseconds of statements and one fsync.
@@ -341,36 +351,69 @@ class Acceptor:
     async def _run(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self._in_flight)
+        writing: set[asyncio.Task[None]] = set()
         while True:
             batch = await next_batch(self._queue, self.max_batch)
             if batch is None:  # stop: everything queued before it has been written
+                if writing:
+                    await asyncio.gather(*writing)
                 return
-            try:
-                prepared = self._prepare(batch) if self._inline else None
-                if prepared is not None:
-                    conn, results = prepared
-                    await loop.run_in_executor(self._executor, self._commit, conn)
-                else:
-                    results = await loop.run_in_executor(self._executor, self._write, batch)
-            except Exception as exc:  # database or disk trouble: nothing of the batch was committed
-                log.warning("storing %d message(s) failed, answering temporary failure: %s",
-                            len(batch), type(exc).__name__)
-                log.debug("store failure detail", exc_info=True)
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(TemporaryFailure(type(exc).__name__))
+            if self._inline:
+                await self._write_inline(loop, batch)
                 continue
-            self.commits += 1
-            self.committed += len(batch)
-            for item, result in zip(batch, results):
-                if item.future.done():  # the client went away; the message is stored regardless
-                    continue
-                if isinstance(result, Exception):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
-            if self.on_stored and any(not isinstance(r, Exception) for r in results):
-                self.on_stored()
+            # PostgreSQL: a group commit is a few network round trips and a WAL flush during
+            # which this process would sit idle; a few in flight on their own connections keep
+            # the database busy (it orders concurrent commits itself).
+            await slots.acquire()
+            task = asyncio.create_task(self._write_off_loop(loop, batch, slots))
+            writing.add(task)
+            task.add_done_callback(writing.discard)
+
+    async def _write_inline(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        try:
+            prepared = self._prepare(batch)
+            if prepared is not None:
+                conn, results = prepared
+                await loop.run_in_executor(self._executor, self._commit, conn)
+            else:
+                results = await loop.run_in_executor(self._executor, self._write, batch)
+        except Exception as exc:  # database or disk trouble: nothing of the batch was committed
+            self._failed(batch, exc)
+            return
+        self._answer(batch, results)
+
+    async def _write_off_loop(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending],
+                              slots: asyncio.Semaphore) -> None:
+        try:
+            results = await loop.run_in_executor(self._executor, self._write, batch)
+        except Exception as exc:  # database trouble: nothing of the batch was committed
+            self._failed(batch, exc)
+            return
+        finally:
+            slots.release()
+        self._answer(batch, results)
+
+    def _failed(self, batch: list[_Pending], exc: Exception) -> None:
+        log.warning("storing %d message(s) failed, answering temporary failure: %s",
+                    len(batch), type(exc).__name__)
+        log.debug("store failure detail", exc_info=True)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(TemporaryFailure(type(exc).__name__))
+
+    def _answer(self, batch: list[_Pending], results: list[int | Exception]) -> None:
+        self.commits += 1
+        self.committed += len(batch)
+        for item, result in zip(batch, results):
+            if item.future.done():  # the client went away; the message is stored regardless
+                continue
+            if isinstance(result, Exception):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+        if self.on_stored and any(not isinstance(r, Exception) for r in results):
+            self.on_stored()
 
     def _prepare(self, batch: list[_Pending]) -> tuple[Connection, list[int | Exception]] | None:
         """SQLite: run the batch's statements on the loop, leaving only the commit (the fsync,
