@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, literal, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.acknowledgements import maybe_acknowledge
@@ -78,12 +78,15 @@ def synthesize_message_id(print_: str, domain: str) -> str:
 # Statements are built once: building SQLAlchemy expressions costs more than SQLite takes to
 # run them, and the processor runs about ten of them per message.
 _STUDIO_BY_SLUG = select(STUDIO.c.id).where(STUDIO.c.slug == bindparam("slug"))
-_DUPLICATE = select(MESSAGE.c.id).where(MESSAGE.c.studio_id == bindparam("studio_id"),
-                                        MESSAGE.c.dedupe_key == bindparam("dedupe_key"))
-# A mail whose message was erased (gateway/erasure.py) left its dedupe key behind: a late or
-# retried delivery of it must not bring the erased conversation back.
-_ERASED = select(TOMBSTONE.c.dedupe_key).where(TOMBSTONE.c.studio_id == bindparam("studio_id"),
-                                               TOMBSTONE.c.dedupe_key == bindparam("dedupe_key"))
+# Stored already ("duplicate"), or erased (gateway/erasure.py left its dedupe key behind as a
+# tombstone: a late or retried delivery must not bring the erased conversation back). One
+# statement for both: it runs for every message.
+_SEEN = union_all(
+    select(literal("duplicate").label("seen")).select_from(MESSAGE).where(
+        MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.dedupe_key == bindparam("dedupe_key")),
+    select(literal("erased").label("seen")).select_from(TOMBSTONE).where(
+        TOMBSTONE.c.studio_id == bindparam("studio_id"), TOMBSTONE.c.dedupe_key == bindparam("dedupe_key")),
+).limit(1)
 _BY_MESSAGE_IDS = select(MESSAGE.c.message_id, MESSAGE.c.conversation_id).where(
     MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)),
     MESSAGE.c.conversation_id.is_not(None))
@@ -177,10 +180,9 @@ def _sender(parsed: ParsedMessage, mail_from: str) -> Address:
 def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: Inbound,
                        parsed: ParsedMessage, sender: Address, auto: AutoInfo, message_id: str,
                        dedupe_key: str, settings: Settings, secret: bytes) -> Outcome:
-    if conn.execute(_DUPLICATE, {"studio_id": studio_id, "dedupe_key": dedupe_key}).first():
-        return Outcome(studio_id, None, None, "duplicate")
-    if conn.execute(_ERASED, {"studio_id": studio_id, "dedupe_key": dedupe_key}).first():
-        return Outcome(studio_id, None, None, "erased")
+    seen = conn.execute(_SEEN, {"studio_id": studio_id, "dedupe_key": dedupe_key}).scalar()
+    if seen is not None:
+        return Outcome(studio_id, None, None, seen)
 
     guest = conn.execute(_GUEST, {"studio_id": studio_id, "email": sender.email}).first()
     conversation, rule = _find_conversation(conn, studio_id, detail, parsed, guest, auto, settings, secret)
