@@ -236,7 +236,6 @@ def confirm_deletion(engine: Engine, settings: Settings, code: str, *, now: date
 
     cancel_subscription(studio.id)
     log = deletion_log(settings)
-    log.append("studio", studio.id, studio.id, at=now)
     with write_tx(engine) as conn:
         claimed = conn.execute(update(ACCOUNT_DELETION).where(
             ACCOUNT_DELETION.c.id == request.id, ACCOUNT_DELETION.c.status == "pending")
@@ -245,6 +244,9 @@ def confirm_deletion(engine: Engine, settings: Settings, code: str, *, now: date
             raise CodeUsed("this code was used already")
         conn.execute(update(ACCOUNT_DELETION).where(
             ACCOUNT_DELETION.c.studio_ref == studio.id, ACCOUNT_DELETION.c.status == "pending").values(status="void"))
+        # Logged inside the transaction, just before erasing (gateway/deletion_log.py): a backup
+        # then either holds the erasure or replays this entry after a restore.
+        log.append("studio", studio.id, studio.id, at=now)
         erase_studio(conn, studio.id, settings.mail_domain)
         _erase_owner_at_helpdesk(conn, settings, log, studio.owner_email, now)
     forget_studio(studio.slug)

@@ -2,13 +2,14 @@
 
 A restored backup predates the erasures made since it was taken; replaying this log after a
 restore (gateway/restore.py) keeps an erased studio, guest, conversation or message erased.
-Append inside the erasure's write transaction, just before erasing: a backup fixes its
-snapshot only when no write transaction that began earlier is still open (gateway/backup.py),
-so an entry written before that moment belongs to an erasure the snapshot already has.
 So the log must survive the loss of the database it describes: it lives in the backup
 directory, not in the database, and each line is fsync'd before the erasure it announces is
 committed (an entry for an erasure that then failed only erases again what was asked to go).
 It holds ids and times, never personal data.
+
+Append inside the erasure's write transaction, just before erasing: a backup fixes its
+snapshot only when no write transaction that began earlier is still open (gateway/backup.py),
+so an entry written before that moment belongs to an erasure the snapshot already has.
 """
 from __future__ import annotations
 
