@@ -151,3 +151,12 @@ def test_other_event_types_and_unknown_subscriptions_are_acknowledged_and_record
     assert _events(billing) == 2
     malformed = billing.post_event({"id": "evt_broken", "type": "invoice.paid"})
     assert malformed.status_code == 400
+
+
+def test_events_naming_what_stripe_cannot_find_or_without_an_object_id(billing: Billing) -> None:
+    billing.gw.add_studio("inkwell")
+    invoice = {"id": "in_orphan", "object": "invoice",
+               "parent": {"type": "subscription_details", "subscription_details": {"subscription": "sub_gone"}}}
+    orphan = billing.post_event(event("invoice.paid", invoice))
+    assert orphan.status_code == 200 and orphan.json()["result"] == "ignored"   # not redelivered for days
+    assert billing.post_event(event("customer.subscription.updated", {"object": "subscription"})).status_code == 400

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import stripe
 from sqlalchemy import Engine, select
 
 from gateway.billing.lockdowns import reconcile, record_pauses
@@ -62,7 +63,16 @@ def handle_event(engine: Engine, settings: Settings, api: StripeApi | None, even
     if kind not in HANDLED:
         return _record(engine, event_id, kind, created, None, lambda conn, studio_id: "ignored")
 
-    facts, as_of, customer, hint = _facts(engine, settings, api, kind, obj, created)
+    try:
+        facts, as_of, customer, hint = _facts(engine, settings, api, kind, obj, created)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadEvent(f"the {kind} event's object cannot be read: {type(exc).__name__}") from None
+    except stripe.InvalidRequestError as exc:
+        # The subscription it names is unknown to Stripe (deleted test data, another account):
+        # recorded and acknowledged, or Stripe would redeliver it for days.
+        log.warning("billing: Stripe event %s (%s) names what Stripe cannot find: %s", event_id, kind,
+                    exc.user_message or exc.code)
+        return _record(engine, event_id, kind, created, None, lambda conn, studio_id: "ignored")
     country = None
     if kind == "checkout.session.completed":
         details = obj.get("customer_details") or {}
