@@ -111,6 +111,9 @@ def test_yearly_cancel_keeps_features_until_period_end_without_refund(billing: B
 
     again = billing.gw.api(studio.token).post(f"{BILLING}/cancel")
     assert again.status_code == 200 and again.json()["features_until"] == body["features_until"]
+    # Subscribing again before the paid year ends would charge twice for the same months.
+    twice = billing.gw.api(studio.token).post(f"{BILLING}/checkout", json={"plan": "monthly"})
+    assert twice.status_code == 409 and "runs until" in twice.json()["detail"]
     assert len(billing.stripe.calls("POST", "/v1/subscriptions/")) == 1   # asked once
 
     ended = billing.stripe.subscriptions[sub["id"]]   # the year is over: Stripe ends it and says so

@@ -99,7 +99,11 @@ def start_checkout(engine: Engine, api: StripeApi | None, settings: Settings, st
     with read_tx(engine) as conn:
         studio = conn.execute(select(STUDIO.c.owner_email).where(STUDIO.c.id == studio_id)).one()
         row = subscription_row(conn, studio_id)
-    if row is not None and row.plan in PAID_PLANS and row.status in LIVE and not row.cancel_at_period_end:
+    if row is not None and row.plan in PAID_PLANS and row.status in LIVE:
+        if row.cancel_at_period_end and row.current_period_end is not None:
+            # A second subscription now would charge for months the cancelled one still covers.
+            raise BillingConflict(f"the cancelled {row.plan} plan runs until {row.current_period_end:%Y-%m-%d}; "
+                                  "subscribe again once it has ended")
         raise BillingConflict(f"the studio already has the {row.plan} plan ({row.status}); cancel it first")
     session = api.create_checkout(
         studio_id=studio_id, plan=plan, price_id=price, customer_id=row.stripe_customer_id if row else None,
