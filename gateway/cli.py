@@ -150,8 +150,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _configure_logging(settings)
-    migrate(settings.resolved_database_url)
-    report = purge(get_engine(settings.resolved_database_url), settings, dry_run=args.dry_run)
+    report = purge(_migrated(settings), settings, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"cutoff": report.cutoff.isoformat(), "dry_run": report.dry_run,
                           "conversations": report.conversations, "messages": report.messages}))
@@ -196,8 +195,7 @@ def cmd_lockdown(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _configure_logging(settings)
-    migrate(settings.resolved_database_url)
-    engine = get_engine(settings.resolved_database_url)
+    engine = _migrated(settings)
     if args.action == "status":
         infos = lockdown_status(engine)
         if args.json:

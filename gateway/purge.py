@@ -12,11 +12,9 @@ a restore that is committing is not purged under it.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Callable
 
 from sqlalchemy import Connection, Engine, Table, select
@@ -25,6 +23,7 @@ from gateway.db import read_tx, write_tx
 from gateway.deletion_log import DeletionLog, Kind, deletion_log
 from gateway.erasure import erase_conversation, erase_message
 from gateway.models import Studio, utcnow
+from gateway.periodic import PeriodicRound
 from gateway.settings import Settings
 from gateway.trash import RETENTION
 from gateway.visibility import CONVERSATION, MESSAGE
@@ -83,37 +82,7 @@ def purge(engine: Engine, settings: Settings, now: datetime | None = None, *, dr
     return report
 
 
-class PurgeLoop:
-    """The worker's hourly purge: a round at start, then one every interval until stop()."""
-
-    def __init__(self, engine: Engine, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
-        self.engine = engine
-        self.settings = settings
-        self.clock = clock
-        self.interval = timedelta(hours=settings.purge_interval_hours)
-        self._stop = asyncio.Event()
-        self._rounds = 0
-        self._done = threading.Condition()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await asyncio.to_thread(purge, self.engine, self.settings, self.clock())
-            except Exception:  # the next round tries again; nothing was erased without its log entry
-                log.exception("purge round failed; retrying in %s", self.interval)
-            with self._done:
-                self._rounds += 1
-                self._done.notify_all()
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval.total_seconds())
-            except asyncio.TimeoutError:
-                pass
-
-    def stop(self) -> None:
-        """Called on the loop's thread; a round in progress finishes first."""
-        self._stop.set()
-
-    def wait_rounds(self, count: int, timeout: float = 30.0) -> bool:
-        """Block until at least `count` rounds have run (tests, from another thread)."""
-        with self._done:
-            return self._done.wait_for(lambda: self._rounds >= count, timeout=timeout)
+def purge_loop(engine: Engine, settings: Settings, clock: Callable[[], datetime] = utcnow) -> PeriodicRound:
+    """The worker's hourly purge: a round at start, then one every GATEWAY_PURGE_INTERVAL_HOURS."""
+    return PeriodicRound("purge", settings.purge_interval_hours * 3600,
+                         lambda: purge(engine, settings, clock()))

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
-import threading
+from functools import partial
 from typing import Iterable
 
 import uvicorn
@@ -20,12 +20,15 @@ from sqlalchemy import Engine
 from gateway.api.app import create_app
 from gateway.backup_schedule import BackupScheduler
 from gateway.batching import WriteBatcher
+from gateway.billing.lockdowns import reconcile
+from gateway.billing.stripe_api import StripeApi
 from gateway.db import get_engine, migrate
 from gateway.helpdesk import ensure_helpdesk
 from gateway.ingest import Acceptor
 from gateway.outbox import Outbox
+from gateway.periodic import PeriodicRound
 from gateway.processor import ProcessorThread
-from gateway.purge import PurgeLoop
+from gateway.purge import purge_loop
 from gateway.settings import Settings
 from gateway.smtp import start_smtp_server
 
@@ -48,13 +51,12 @@ class Gateway:
         self.writes: WriteBatcher | None = None
         self.backups: BackupScheduler | None = None
         self._backup_task: asyncio.Task[None] | None = None
-        self.purger: PurgeLoop | None = None
+        self.purger: PeriodicRound | None = None
         self._purge_task: asyncio.Task[None] | None = None
         self.app: Litestar | None = None
         self._outbox_task: asyncio.Task[None] | None = None
-        self._billing_task: asyncio.Task[None] | None = None
-        self.lockdowns_reconciled = threading.Event()   # set after each reconciliation round
-        self._stopping = asyncio.Event()
+        self.lockdowns: PeriodicRound | None = None
+        self._lockdowns_task: asyncio.Task[None] | None = None
         self._smtp: asyncio.AbstractServer | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._uvicorn_task: asyncio.Task[None] | None = None
@@ -74,12 +76,16 @@ class Gateway:
             self.outbox = Outbox(self.engine, self.settings)
             self._outbox_task = asyncio.create_task(self.outbox.run(), name="outbox")
             if self.settings.stripe_secret_key is not None:
-                self._billing_task = asyncio.create_task(self._reconcile_lockdowns(), name="lockdowns")
+                # Finishes lockdown pauses and resumes that a crash, a Stripe outage or a webhook
+                # left half-done (gateway/billing/lockdowns.py records intent before asking Stripe).
+                self.lockdowns = PeriodicRound("lockdown reconciliation", LOCKDOWN_RECONCILE_INTERVAL,
+                                               partial(reconcile, self.engine, StripeApi(self.settings)))
+                self._lockdowns_task = asyncio.create_task(self.lockdowns.run(), name="lockdowns")
             if self.settings.backup_interval_hours > 0:
                 self.backups = BackupScheduler(self.engine, self.settings)
                 self._backup_task = asyncio.create_task(self.backups.run(), name="backups")
             if self.settings.purge_interval_hours > 0:
-                self.purger = PurgeLoop(self.engine, self.settings)
+                self.purger = purge_loop(self.engine, self.settings)
                 self._purge_task = asyncio.create_task(self.purger.run(), name="purge")
         self.acceptor = Acceptor(self.engine, self.settings,
                                  on_stored=self.processor.wake if self.processor else None)
@@ -108,30 +114,7 @@ class Gateway:
             self.http_address = http_sock.getsockname()[:2]
             log.info("HTTP listening on %s", self.http_address)
 
-    async def _reconcile_lockdowns(self) -> None:
-        """Finish lockdown pauses and resumes that a crash, a Stripe outage or a webhook left
-        half-done (gateway/billing/lockdowns.py records intent before asking Stripe)."""
-        from gateway.billing.lockdowns import reconcile
-        from gateway.billing.stripe_api import StripeApi
-
-        api = StripeApi(self.settings)
-        assert self.engine is not None
-        while not self._stopping.is_set():
-            try:
-                report = await asyncio.to_thread(reconcile, self.engine, api)
-                if report.paused or report.resumed or report.failed:
-                    log.info("lockdowns reconciled: %d paused, %d resumed, %d still failing",
-                             len(report.paused), len(report.resumed), len(report.failed))
-            except Exception:  # noqa: BLE001 - the next round retries
-                log.warning("lockdown reconciliation failed; retrying later", exc_info=True)
-            self.lockdowns_reconciled.set()
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=LOCKDOWN_RECONCILE_INTERVAL)
-            except asyncio.TimeoutError:
-                pass
-
     async def stop(self) -> None:
-        self._stopping.set()
         if self._smtp is not None:
             self._smtp.close()
             await self._smtp.wait_closed()
@@ -145,8 +128,9 @@ class Gateway:
         if self.outbox is not None and self._outbox_task is not None:
             self.outbox.stop()
             await self._outbox_task
-        if self._billing_task is not None:
-            await self._billing_task
+        if self.lockdowns is not None and self._lockdowns_task is not None:
+            self.lockdowns.stop()
+            await self._lockdowns_task
         if self.backups is not None and self._backup_task is not None:
             self.backups.stop()
             await self._backup_task  # a backup in progress is finished, not torn

@@ -14,18 +14,16 @@ import sys
 import msgspec
 from sqlalchemy import Engine
 
-from gateway.db import get_engine, migrate, write_tx
+from gateway.db import write_tx
 from gateway.models import utcnow
 from gateway.studios import StudioError
 from gateway.support import SupportDenied, check_operator, issue_support_token, open_read, revoke_support_token
 
 
 def _engine() -> Engine:
-    from gateway.cli import _settings  # the command's settings handling; late: gateway.cli imports this module
+    from gateway.cli import _migrated, _settings  # late: gateway.cli imports this module
 
-    settings = _settings()
-    migrate(settings.resolved_database_url)
-    return get_engine(settings.resolved_database_url)
+    return _migrated(_settings())
 
 
 def _fail(message: str) -> int:

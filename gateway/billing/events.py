@@ -78,6 +78,8 @@ def handle_event(engine: Engine, settings: Settings, api: StripeApi | None, even
         details = obj.get("customer_details") or {}
         country = ((details.get("address") or {}).get("country") or "").upper() or None
 
+    paused: list[int] = []   # pauses recorded by this event, for their Stripe side after the commit
+
     def change(conn: Any, studio_id: int | None) -> str:
         if studio_id is None:
             return "unknown-studio"
@@ -86,8 +88,8 @@ def handle_event(engine: Engine, settings: Settings, api: StripeApi | None, even
             conn.execute(STUDIO.update().where(STUDIO.c.id == studio_id, STUDIO.c.country.is_(None))
                          .values(country=country))
         applied = facts is not None and apply_subscription(conn, studio_id, facts, as_of, now)
-        if applied:
-            record_pauses(conn, studio_id=studio_id, now=now)  # subscribed during a lockdown: paused at once
+        if applied and record_pauses(conn, studio_id=studio_id, now=now):  # subscribed during a lockdown
+            paused.append(studio_id)
         return "applied" if applied or facts is None else "stale"
 
     def studio_of(conn: Any) -> int | None:
@@ -96,8 +98,8 @@ def handle_event(engine: Engine, settings: Settings, api: StripeApi | None, even
         return studio_for(conn, facts) if facts is not None else None
 
     outcome = _record(engine, event_id, kind, created, studio_of, change)
-    if outcome.result == "applied" and outcome.studio_id is not None and api is not None:
-        try:  # the Stripe side of a pause recorded just now; the worker retries if this fails
+    if paused and api is not None:
+        try:  # paused at once: the Stripe side of the pause recorded just now; the worker retries if this fails
             reconcile(engine, api, studio_id=outcome.studio_id, now=now)
         except Exception as exc:  # noqa: BLE001 - the event is applied; reconciling is best effort here
             log.warning("billing: pausing studio %s for a lockdown failed, the worker retries: %s",
