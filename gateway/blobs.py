@@ -21,7 +21,9 @@ _INSERT_IGNORE: dict[str, Any] = {}  # per dialect, built once
 
 def bind_value(column: Any, conn: Connection, value: Any) -> Any:
     """`value` as SQLAlchemy would bind it for `column` (e.g. UTCDateTime's text form on SQLite)."""
-    processor = column.type.bind_processor(conn.dialect)
+    # dialect_impl: a TypeDecorator's own bind_processor stops at process_bind_param and hands
+    # the driver a datetime, which sqlite3 stores in its own format ("+00:00" appended).
+    processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     return processor(value) if processor else value
 
 
