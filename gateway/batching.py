@@ -1,10 +1,11 @@
 """Group commit for the API's small writes (replies today): many requests, one transaction.
 
 Each write is a function of a Connection. Requests that arrive while one transaction is being
-written share the next one, each inside its own SAVEPOINT, so one request's error (a
-conversation that is not the caller's, bad input found late) never affects another's, and
-all of them share one commit and one fsync. Without it, twenty studio apps replying at once
-queued for SQLite's single writer one fsync at a time (bench/outbound.py: p99 71 ms).
+written share the next one, and all of them share one commit and one fsync. One request's
+error (bad input found late) never affects another's: if a write raises, the transaction is
+rolled back and each write is retried in a transaction of its own. Without group commits,
+twenty studio apps replying at once queued for SQLite's single writer one fsync at a time
+(bench/outbound.py: p99 71 ms).
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
-from gateway.db import write_tx
+from gateway.db import is_sqlite, make_engine, sqlite_write_lock, write_tx
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +61,16 @@ class WriteBatcher:
         self._queue: asyncio.Queue[_Write | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-writes")
+        # SQLite: a batch's statements (tens of microseconds each) run on the loop and only the
+        # commit, which waits for the fsync without the GIL, goes to the thread, as in the
+        # acceptor (gateway/ingest.py): handing every statement to a thread cost more in GIL
+        # hand-offs than the statements themselves (bench/outbound.py). The loop never waits
+        # for a lock: this connection gives up at once (busy_timeout 0) and the process's own
+        # writers are asked without blocking; when either is busy, the thread does it all.
+        self._inline_engine: Engine | None = None
+        self._lock = sqlite_write_lock(engine)
+        if is_sqlite(engine):
+            self._inline_engine = make_engine(str(engine.url), busy_timeout=0, pool_size=1)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -69,6 +81,8 @@ class WriteBatcher:
             await self._queue.put(None)  # everything queued before it is written first
             await self._task
         self._executor.shutdown(wait=True)
+        if self._inline_engine is not None:
+            self._inline_engine.dispose()
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """fn's result once its transaction is committed; fn's own exception if it raised."""
@@ -86,7 +100,7 @@ class WriteBatcher:
             if batch is None:
                 return
             try:
-                outcomes = await loop.run_in_executor(self._executor, self._write, batch)
+                outcomes = await self._write_batch(loop, batch)
             except Exception as exc:  # the commit failed: nothing of the batch is stored
                 log.warning("API write batch of %d failed: %s", len(batch), type(exc).__name__)
                 outcomes = [(False, WriteUnavailable(type(exc).__name__))] * len(batch)
@@ -98,17 +112,65 @@ class WriteBatcher:
                 else:
                     item.future.set_exception(value)
 
-    def _write(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
-        outcomes: list[tuple[bool, Any]] = []
-        with write_tx(self.engine) as conn:
-            for item in batch:
-                savepoint = conn.begin_nested()
-                try:
-                    value = item.fn(conn)
-                except Exception as exc:
-                    savepoint.rollback()
-                    outcomes.append((False, exc))
-                else:
-                    savepoint.commit()
-                    outcomes.append((True, value))
+    async def _write_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Write]) -> list[tuple[bool, Any]]:
+        prepared = self._prepare(batch)
+        if prepared is None:
+            return await loop.run_in_executor(self._executor, self._write, batch)
+        conn, outcomes = prepared
+        try:
+            await loop.run_in_executor(self._executor, self._commit, conn)
+        finally:
+            assert self._lock is not None
+            self._lock.release()
         return outcomes
+
+    def _prepare(self, batch: list[_Write]) -> tuple[Connection, list[tuple[bool, Any]]] | None:
+        """SQLite: the batch's statements run here, on the loop, in a transaction left open for
+        `_commit`, with the process's write lock held until then; None when the thread must do
+        it all (a lock is busy, or a write raised: the thread retries them one by one)."""
+        if self._inline_engine is None or self._lock is None or not self._lock.acquire(blocking=False):
+            return None
+        conn = None
+        try:
+            conn = self._inline_engine.connect().execution_options(write=True)
+            conn.begin()
+            return conn, [(True, item.fn(conn)) for item in batch]
+        except Exception:
+            if conn is not None:
+                conn.close()  # rolls back
+            self._lock.release()
+            return None
+
+    @staticmethod
+    def _commit(conn: Connection) -> None:
+        try:
+            conn.commit()
+        finally:
+            conn.close()
+
+    def _write(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
+        try:
+            return self._write_together(batch)
+        except OperationalError:
+            raise  # the database is unreachable or locked: every write of the batch must retry
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(False, exc)]
+        # One write failed inside the shared transaction (and rolled all of it back): write each
+        # in a transaction of its own, so the others are stored and only it sees its error.
+        outcomes: list[tuple[bool, Any]] = []
+        for item in batch:
+            try:
+                outcomes.extend(self._write_together([item]))
+            except OperationalError:
+                raise
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    def _write_together(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
+        """Every write in one transaction. A write that raises rolls the whole transaction
+        back: a SAVEPOINT around each would cost two more statements per write, for a case
+        (an error after a write has begun) that input checks before the batch make rare."""
+        with write_tx(self.engine) as conn:
+            return [(True, item.fn(conn)) for item in batch]

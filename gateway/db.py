@@ -106,7 +106,8 @@ _busy_timeouts: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictio
 _write_locks_guard = threading.Lock()
 
 
-def _sqlite_write_lock(engine: Engine) -> threading.RLock | None:
+def sqlite_write_lock(engine: Engine) -> threading.RLock | None:
+    """The lock this process's SQLite writers of `engine`'s database queue on (see write_tx)."""
     if not is_sqlite(engine):
         return None
     key = str(engine.url)
@@ -123,7 +124,7 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
     tries: twenty API requests writing at once waited hundreds of milliseconds for a lock
     held a millisecond each (bench/outbound.py). Other processes still meet the busy handler.
     """
-    lock = _sqlite_write_lock(engine)
+    lock = sqlite_write_lock(engine)
     if lock is not None and not lock.acquire(timeout=_busy_timeout(engine)):
         raise exc_module.OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(
             "database is locked (by other writers of this process)"))

@@ -18,10 +18,11 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, select, update
 
 from gateway.conversations import valid_slug
 from gateway.models import ApiToken, Profile, Studio, utcnow
+from gateway.prepared import Prepared
 
 TOKEN_PREFIX = "gw_"
 PROFILE = Profile.__table__  # type: ignore[attr-defined]
@@ -152,20 +153,26 @@ def revoke_token(conn: Connection, caller: Caller, token_id: int) -> bool:
     return bool(found)
 
 
+# Run for every API request: compiled once (gateway/prepared.py).
+_CALLER = Prepared(
+    select(TOKEN.c.id, TOKEN.c.token_hash, TOKEN.c.studio_id, TOKEN.c.profile_id, PROFILE.c.role)
+    .join(PROFILE, PROFILE.c.id == TOKEN.c.profile_id)
+    .where(TOKEN.c.token_hash == bindparam("token_hash"), TOKEN.c.revoked_at.is_(None),
+           PROFILE.c.disconnected_at.is_(None), PROFILE.c.studio_id == TOKEN.c.studio_id))
+
+
 def authenticate(conn: Connection, token: str) -> Caller | None:
     """The caller a bearer token belongs to, or None (revoked, disconnected, unknown)."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     digest = hash_token(token)
-    row = conn.execute(
-        select(TOKEN.c.id, TOKEN.c.token_hash, TOKEN.c.studio_id, TOKEN.c.profile_id, PROFILE.c.role)
-        .join(PROFILE, PROFILE.c.id == TOKEN.c.profile_id)
-        .where(TOKEN.c.token_hash == digest, TOKEN.c.revoked_at.is_(None),
-               PROFILE.c.disconnected_at.is_(None), PROFILE.c.studio_id == TOKEN.c.studio_id)
-    ).first()
-    if row is None or not hmac.compare_digest(row.token_hash, digest):
+    row = _CALLER.execute(conn, token_hash=digest).fetchone()
+    if row is None:
         return None
-    return Caller(studio_id=row.studio_id, profile_id=row.profile_id, role=row.role, token_id=row.id)
+    token_id, token_hash, studio_id, profile_id, role = row
+    if not hmac.compare_digest(token_hash, digest):
+        return None
+    return Caller(studio_id=studio_id, profile_id=profile_id, role=role, token_id=token_id)
 
 
 def add_studio(conn: Connection, slug: str, name: str, owner_email: str, locale: str = "de",

@@ -153,3 +153,20 @@ def test_openapi_schema_lists_every_route_with_typed_bodies(gw: RunningGateway) 
     assert missing == set(), f"routes missing from the OpenAPI schema: {missing}"
     reply = paths["/api/v1/conversations/{conversation_id}/replies"]["post"]
     assert "application/json" in reply["requestBody"]["content"] and "202" in reply["responses"]
+
+
+def test_the_reply_answer_is_the_message_as_stored(gw: RunningGateway) -> None:
+    """The 202 is built from what was written, not read back: it must match the stored row."""
+    studio = gw.add_studio("inkwell", name="Inkwell Tattoo")
+    first_id = new_id()
+    gw.send(make_mail(subject="Tattoo Anfrage", message_id=first_id), studio.address)
+    gw.process()
+    api = gw.api(studio.token)
+    [conversation] = api.get("/api/v1/conversations").json()["items"]
+    answer = api.post(f"/api/v1/conversations/{conversation['id']}/replies", json={"text": "Freitag passt!\r\n"})
+    assert answer.status_code == 202
+    detail = api.get(f"/api/v1/conversations/{conversation['id']}").json()
+    assert detail["messages"][-1] == answer.json()
+    assert answer.json()["in_reply_to"] == first_id.strip("<>") and answer.json()["text"] == "Freitag passt!"
+    assert answer.json()["subject"] == "Re: Tattoo Anfrage" and answer.json()["delivery"] == "queued"
+    assert detail["message_count"] == 2 and detail["unread"] is False

@@ -22,7 +22,7 @@ def test_one_failing_write_does_not_touch_the_others_of_its_batch(settings: Sett
         return write
 
     def broken(conn: Connection) -> int:
-        add("half")(conn)  # written, then the request fails: its savepoint is rolled back
+        add("half")(conn)  # written, then the request fails: its write is rolled back
         raise ValueError("bad input found late")
 
     async def scenario() -> list[object]:
@@ -46,3 +46,42 @@ def test_one_failing_write_does_not_touch_the_others_of_its_batch(settings: Sett
 def test_run_before_start_is_refused(engine) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(RuntimeError):
         asyncio.run(WriteBatcher(engine).run(lambda conn: None))
+
+
+def test_a_batch_meeting_another_connections_lock_waits_off_the_loop(sqlite_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SQLite batches run on the event loop; when another process holds the database's write
+    lock the batch must neither fail nor stall the loop: it waits in the writer thread."""
+    import sqlite3
+
+    from gateway.db import make_engine, migrate
+
+    migrate(sqlite_url)
+    engine = make_engine(sqlite_url, busy_timeout=5.0)
+    other = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+
+    def add(conn: Connection) -> int:
+        return conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
+            "slug": "late", "name": "Late", "owner_email": "o@late.example", "locale": "de",
+            "created_at": utcnow()}).scalar_one()
+
+    async def scenario() -> int:
+        batcher = WriteBatcher(engine)
+        await batcher.start()
+        try:
+            other.execute("BEGIN IMMEDIATE")  # "another process" writes
+            task = asyncio.create_task(batcher.run(add))
+            for _ in range(5):  # the loop keeps running while the write waits
+                await asyncio.sleep(0.01)
+                assert not task.done()
+            other.execute("COMMIT")
+            return await task
+        finally:
+            await batcher.stop()
+
+    try:
+        studio_id = asyncio.run(scenario())
+        with read_tx(engine) as conn:
+            assert conn.execute(select(STUDIO.c.slug).where(STUDIO.c.id == studio_id)).scalar_one() == "late"
+    finally:
+        other.close()
+        engine.dispose()

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from gateway.api.audit import AuditController
 from gateway.api.account import AccountDeletionController, confirmation_form, confirmation_page
-from gateway.api.auth import provide_caller
+from gateway.api.auth import loop_reader, provide_caller
 from gateway.api.billing import BillingController
 from gateway.api.conversations import ConversationController
 from gateway.api.export import ExportController
@@ -33,18 +33,26 @@ from webhooks.stripe import stripe_webhook
 def create_app(engine: Engine, settings: Settings) -> Litestar:
     """The HTTP side; `app.state.acceptor` must be set before webhooks can store mail."""
     receivers, webhooks = webhook_handlers(settings)
+    reader = loop_reader(engine)
+
+    def close_reader() -> None:
+        if reader is not None:
+            reader.dispose()
+
     app = Litestar(
         route_handlers=[healthz, readyz, ConversationController, StudioController, TokenController,
                         HeldController, ConversationStatusController, AttachmentController, BillingController,
                         ProfileController, SupportGrantController, AuditController, ConversationTrashController,
                         MessageController, TrashController, GuestController, ExportController,
                         AccountDeletionController, confirmation_page, confirmation_form, *webhooks, stripe_webhook],
-        dependencies={"caller": Provide(provide_caller, sync_to_thread=True)},
+        dependencies={"caller": Provide(provide_caller)},
         openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
         debug=False,
+        on_shutdown=[close_reader],
         logging_config=None,  # logging is configured once by the gateway, not reset by Litestar
     )
     app.state.engine = engine
+    app.state.loop_reader = reader
     app.state.settings = settings
     app.state.directory = StudioDirectory(engine)
     app.state.webhooks = receivers

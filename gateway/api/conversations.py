@@ -8,6 +8,7 @@ conversations and messages are left out the same way (gateway/visibility.py); th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -26,11 +27,12 @@ from gateway.api.auth import support_read
 from gateway.api.trash import DeletedOut, deleted_answer
 from gateway.batching import WriteUnavailable
 from gateway.db import read_tx, write_tx
-from gateway.ingest import CONVERSATION, MESSAGE
+from gateway.ingest import CONVERSATION
 from gateway.models import utcnow
 from gateway.reading import (BadCursor, ConversationDetailOut, ConversationList, MessageOut, attachment_out,
                              message_out)
-from gateway.replies import MAX_TEXT, ReplyError, ReplyTooLarge, Upload, check_uploads, create_reply
+from gateway.replies import (MAX_TEXT, ReplyError, ReplyTooLarge, Upload, check_text, check_uploads,
+                             create_reply)
 from gateway.studios import Caller
 from gateway.threader import ATTACHMENT
 from gateway.trash import delete_conversation
@@ -146,12 +148,14 @@ class ConversationController(Controller):
                                    text=text, settings=settings, uploads=uploads)
             if created is None:
                 return None
-            row = conn.execute(select(MESSAGE).where(MESSAGE.c.id == created.message_row_id)).one()
-            files = conn.execute(select(ATTACHMENT).where(ATTACHMENT.c.message_id == row.id)
-                                 .order_by(ATTACHMENT.c.id)).all()
-            return row, [attachment_out(a) for a in files]
+            files = []
+            if uploads:
+                files = conn.execute(select(ATTACHMENT).where(ATTACHMENT.c.message_id == created.message_row_id)
+                                     .order_by(ATTACHMENT.c.id)).all()
+            return SimpleNamespace(**created.row), [attachment_out(a) for a in files]
 
         try:
+            check_text(text)  # refused before it joins a group commit
             written = await state.writes.run(write)
         except ReplyError as exc:
             raise ClientException(str(exc)) from None
