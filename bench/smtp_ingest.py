@@ -569,7 +569,7 @@ def gateway_main(pipe: Any, database_url: str, data_dir: str, profile: bool, wor
         _install_timings(timings)
 
     from gateway.db import write_tx
-    from gateway.runtime import Gateway
+    from gateway.runtime import Gateway, settle_heap
     from gateway.settings import Settings
     from gateway.studios import add_studio
 
@@ -580,6 +580,7 @@ def gateway_main(pipe: Any, database_url: str, data_dir: str, profile: bool, wor
         gateway = Gateway(settings, roles=("smtp", "web", "worker") if worker else ("smtp", "web"))
         await gateway.start(smtp_sock=socket.create_server(("127.0.0.1", 0)),
                             http_sock=socket.create_server(("127.0.0.1", 0)))
+        settle_heap()  # as run_until_signalled does
         assert gateway.engine is not None and gateway.smtp_address and gateway.http_address
         with write_tx(gateway.engine) as conn:
             _, token = add_studio(conn, STUDIO_SLUG, "Inkwell Tattoo", "owner@inkwell.example")
@@ -625,7 +626,7 @@ def worker_main(pipe: Any, database_url: str, data_dir: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="worker: %(levelname)s %(name)s: %(message)s")
     import uvloop
 
-    from gateway.runtime import Gateway
+    from gateway.runtime import Gateway, settle_heap
     from gateway.settings import Settings
 
     settings = Settings(data_dir=Path(data_dir), database_url=database_url, mail_domain=MAIL_DOMAIN,
@@ -634,6 +635,7 @@ def worker_main(pipe: Any, database_url: str, data_dir: str) -> None:
     async def main() -> None:
         gateway = Gateway(settings, roles=("worker",))
         await gateway.start()
+        settle_heap()  # as run_until_signalled does
         pipe.send(("ready", {}))
         while True:
             command, *args = await asyncio.to_thread(pipe.recv)

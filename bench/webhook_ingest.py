@@ -187,7 +187,7 @@ def gateway_main(pipe: Any, database_url: str, data_dir: str, roles: tuple[str, 
     import uvloop
 
     from gateway.db import write_tx
-    from gateway.runtime import Gateway
+    from gateway.runtime import Gateway, settle_heap
     from gateway.settings import Settings
     from gateway.studios import add_studio
 
@@ -202,6 +202,7 @@ def gateway_main(pipe: Any, database_url: str, data_dir: str, roles: tuple[str, 
         sock = socket.create_server(("127.0.0.1", 0))
         smtp_sock = socket.create_server(("127.0.0.1", 0)) if "smtp" in roles else None
         await gateway.start(http_sock=sock, smtp_sock=smtp_sock)
+        settle_heap()  # as run_until_signalled does
         assert gateway.engine is not None
         with write_tx(gateway.engine) as conn:
             add_studio(conn, STUDIO, "Inkwell", "owner@inkwell.example")

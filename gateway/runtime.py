@@ -7,6 +7,7 @@ servers' loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -141,9 +142,21 @@ class Gateway:
             await asyncio.to_thread(self.processor.stop)
 
 
+def settle_heap() -> None:
+    """Move everything the start-up built (modules, app, engine, templates: ~175,000 objects)
+    out of the garbage collector's reach, once the process is serving.
+
+    A full collection walked all of it: about 50 ms here, during which no SMTP reply or API
+    answer went out, often enough to decide p99 latencies. Objects made at start-up live as
+    long as the process; what requests allocate is still collected as usual."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
     gateway = Gateway(settings, roles)
     await gateway.start()
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
