@@ -382,3 +382,31 @@ def test_reply_with_attachments_reaches_the_guest_intact(tmp_path: Path, databas
         assert too_big.status_code == 413 and "larger than" in too_big.json()["detail"]
     finally:
         running.stop()
+
+
+def test_replies_take_attachments_as_multipart_on_the_same_route(tmp_path: Path, database_url: str) -> None:
+    running = outbound_gateway(tmp_path, database_url, None, max_attachment_size=50_000)
+    try:
+        studio, _, conversation = inquiry(running)
+        path = f"/api/v1/conversations/{conversation['id']}/replies"
+        api = running.api(studio.token)
+        sketch = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+        answer = api.post(path, data={"text": "Anbei die Skizze."},
+                          files=[("files", ("Skizze.png", sketch, "image/png"))])
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["text"] == "Anbei die Skizze."
+        assert [(a["filename"], a["size"]) for a in answer.json()["attachments"]] == [("Skizze.png", len(sketch))]
+        plain = api.post(path, data={"text": "Ohne Anhang."}, files=[("other", ("x.txt", b"x", "text/plain"))])
+        assert plain.status_code == 202 and plain.json()["attachments"] == []
+        assert api.post(path, data={"nope": "x"}, files=[("files", ("a.txt", b"a", "text/plain"))]).status_code == 400
+        too_big = api.post(path, data={"text": "zu groß"},
+                           files=[("files", ("big.bin", b"\x00" * 50_001, "application/octet-stream"))])
+        assert too_big.status_code == 413 and "larger than" in too_big.json()["detail"]
+        schema = running.api(None).get("/schema/openapi.json").json()
+        body = schema["paths"]["/api/v1/conversations/{conversation_id}/replies"]["post"]["requestBody"]["content"]
+        assert set(body) == {"application/json", "multipart/form-data"}
+        assert body["multipart/form-data"]["schema"]["properties"]["files"]["items"]["format"] == "binary"
+        detail = api.get(f"/api/v1/conversations/{conversation['id']}").json()
+        assert [m["text"] for m in detail["messages"][1:]] == ["Anbei die Skizze.", "Ohne Anhang."]
+    finally:
+        running.stop()

@@ -13,12 +13,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException
-from litestar.params import Body, FromPath, JSONBody, QueryParameter
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import Body, FromPath, QueryParameter
 from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import OperationalError
 
@@ -61,6 +62,53 @@ class ReplyUpload:
 
 class ReplyIn(msgspec.Struct):
     text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+
+
+async def _uploads(files: list[UploadFile], state: State) -> list[Upload]:
+    uploads = [Upload(f.filename or "attachment", f.content_type or "application/octet-stream", await f.read())
+               for f in files]
+    try:
+        return check_uploads(uploads, state.settings)
+    except ReplyTooLarge as exc:
+        raise ClientException(str(exc), status_code=413) from None
+    except ReplyError as exc:
+        raise ClientException(str(exc)) from None
+
+
+async def _read_at_most(request: Request[Any, Any, Any], limit: int) -> bytes:
+    """The body, or 413 as soon as it passes `limit`: the route admits attachment-sized
+    bodies for multipart, which a JSON reply never needs."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise ClientException(f"a JSON reply is at most {limit} bytes", status_code=413)
+        return await request.body()  # the server holds it to the declared length
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ClientException(f"a JSON reply is at most {limit} bytes", status_code=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_TEXT = Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_TEXT)
+
+
+@dataclass
+class ReplyOperation(Operation):
+    """The reply route reads its body itself (JSON or multipart), so its schema says both."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(required=True, content={
+            "application/json": OpenAPIMediaType(schema=Schema(
+                type=OpenAPIType.OBJECT, required=["text"], properties={"text": _TEXT})),
+            "multipart/form-data": OpenAPIMediaType(schema=Schema(
+                type=OpenAPIType.OBJECT, required=["text"], properties={
+                    "text": _TEXT,
+                    "files": Schema(type=OpenAPIType.ARRAY,
+                                    items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))})),
+        })
 
 
 class ConversationController(Controller):
@@ -119,24 +167,32 @@ class ConversationController(Controller):
         self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
         data: Annotated[ReplyUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> MessageOut:
-        """The same reply with attachments: multipart/form-data with `text` and `files` parts."""
-        uploads = [Upload(f.filename or "attachment", f.content_type or "application/octet-stream", await f.read())
-                   for f in data.files]
-        try:
-            uploads = check_uploads(uploads, state.settings)
-        except ReplyTooLarge as exc:
-            raise ClientException(str(exc), status_code=413) from None
-        except ReplyError as exc:
-            raise ClientException(str(exc)) from None
-        return await self._queue_reply(state, caller, conversation_id, data.text, uploads)
+        """The same reply with attachments: multipart/form-data with `text` and `files` parts.
 
-    @post("/{conversation_id:int}/replies", status_code=202, request_max_body_size=REPLY_MAX_BODY)
-    async def reply(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
-                    data: JSONBody[ReplyIn]) -> MessageOut:
+        /replies takes this form as well; this path stays for the clients that use it."""
+        return await self._queue_reply(state, caller, conversation_id, data.text, await _uploads(data.files, state))
+
+    @post("/{conversation_id:int}/replies", status_code=202, request_max_body_size=UPLOAD_MAX_BODY,
+          operation_class=ReplyOperation)
+    async def reply(self, request: Request[Any, Any, Any], state: State, caller: NamedDependency[Caller],
+                    conversation_id: FromPath[int]) -> MessageOut:
         """Queue a reply to the guest: 202 with the outbound message (delivery `queued`).
 
-        The row and its outbox job are written in a group commit shared with concurrent
-        replies (gateway/batching.py)."""
+        JSON `{"text": ...}`, or multipart/form-data with a `text` part and `files` parts for
+        attachments (as /replies/upload takes it). The row and its outbox job are written in a
+        group commit shared with concurrent replies (gateway/batching.py)."""
+        if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            form = await request.form()
+            text = form.get("text")
+            if not isinstance(text, str):
+                raise ClientException("a multipart reply needs a text part")
+            files = [f for f in form.getall("files", []) if isinstance(f, UploadFile)]
+            return await self._queue_reply(state, caller, conversation_id, text, await _uploads(files, state))
+        body = await _read_at_most(request, REPLY_MAX_BODY)  # JSON, whatever the client declared (as before)
+        try:
+            data = msgspec.json.decode(body, type=ReplyIn)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ClientException(f"invalid reply: {exc}") from None
         return await self._queue_reply(state, caller, conversation_id, data.text, [])
 
     async def _queue_reply(self, state: State, caller: Caller, conversation_id: int, text: str,
