@@ -68,6 +68,8 @@ class WriteBatcher:
         # for a lock: this connection gives up at once (busy_timeout 0) and the process's own
         # writers are asked without blocking; when either is busy, the thread does it all.
         self._inline_engine: Engine | None = None
+        self.commits = 0  # group commits and the writes they carried (logged at stop)
+        self.written = 0
         self._lock = sqlite_write_lock(engine)
         if is_sqlite(engine):
             self._inline_engine = make_engine(str(engine.url), busy_timeout=0, pool_size=1)
@@ -83,6 +85,9 @@ class WriteBatcher:
         self._executor.shutdown(wait=True)
         if self._inline_engine is not None:
             self._inline_engine.dispose()
+        if self.commits:
+            log.info("API writes: %d in %d group commits (%.1f per commit)",
+                     self.written, self.commits, self.written / self.commits)
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """fn's result once its transaction is committed; fn's own exception if it raised."""
@@ -101,6 +106,8 @@ class WriteBatcher:
                 return
             try:
                 outcomes = await self._write_batch(loop, batch)
+                self.commits += 1
+                self.written += len(batch)
             except Exception as exc:  # the commit failed: nothing of the batch is stored
                 log.warning("API write batch of %d failed: %s", len(batch), type(exc).__name__)
                 outcomes = [(False, WriteUnavailable(type(exc).__name__))] * len(batch)
