@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from gateway.batching import next_batch
 from gateway.blobs import bind_value, blob_store
 from gateway.conversations import normalize_subject, parse_studio_address, verify_reply_token
-from gateway.db import driver_execute, is_sqlite, make_engine, write_tx
+from gateway.db import driver_execute, is_sqlite, make_engine, sqlite_write_lock, write_tx
 from gateway.headers import HeaderPeek, peek
 from gateway.models import Conversation, Guest, InboundMail, Message, Studio, utcnow
 from gateway.settings import Settings
@@ -304,6 +304,7 @@ class Acceptor:
         self.commits = 0    # group commits written, and the messages they carried: their ratio
         self.committed = 0  # is the batching that keeps acceptance cheap (logged at stop)
         self._write_engine = engine
+        self._lock = sqlite_write_lock(engine)
         if is_sqlite(engine):
             # SQLite's own busy handler sleeps up to 100 ms between tries, far longer than the
             # few milliseconds another process (the worker) holds the write lock; senders would
@@ -375,7 +376,11 @@ class Acceptor:
             prepared = self._prepare(batch)
             if prepared is not None:
                 conn, results = prepared
-                await loop.run_in_executor(self._executor, self._commit, conn)
+                try:
+                    await loop.run_in_executor(self._executor, self._commit, conn)
+                finally:
+                    assert self._lock is not None
+                    self._lock.release()
             else:
                 results = await loop.run_in_executor(self._executor, self._write, batch)
         except Exception as exc:  # database or disk trouble: nothing of the batch was committed
@@ -419,6 +424,12 @@ class Acceptor:
         """SQLite: run the batch's statements on the loop, leaving only the commit (the fsync,
         which releases the GIL) to the writer thread; None when the thread must do it all
         (another process holds the lock, or one message upsets the database)."""
+        # The process's other writers (the processor and outbox threads of `gateway serve`)
+        # queue on this lock; without it they met SQLite's busy handler, which sleeps up to
+        # 100 ms between tries. Taken without blocking: the loop never waits for it.
+        assert self._lock is not None
+        if not self._lock.acquire(blocking=False):
+            return None
         conn = self._write_engine.connect().execution_options(write=True)
         try:
             conn.begin()
@@ -426,11 +437,13 @@ class Acceptor:
                                      self.secret, self._studio_ids)
         except OperationalError as exc:
             conn.close()
+            self._lock.release()
             if _busy(exc):
                 return None
             raise
         except Exception:
             conn.close()
+            self._lock.release()
             return None
 
     @staticmethod
