@@ -16,6 +16,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
@@ -132,13 +133,14 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes,
                    pairs: list[tuple[Inbound, ParsedMessage]], *, isolate: bool) -> list[Processed]:
     results: list[Processed] = []
     studios: dict[str, int | None] = {}
+    acknowledging: dict[int, Any] = {}
     with write_tx(engine) as conn:
         attempts = dict(conn.execute(_ATTEMPTS, {"ids": [item.id for item, _ in pairs]}).all())
         for item, message in pairs:
             now = utcnow()
             savepoint = conn.begin_nested() if isolate else None
             try:
-                outcomes = thread_message(conn, item, message, settings, secret, studios)
+                outcomes = thread_message(conn, item, message, settings, secret, studios, acknowledging)
                 on_threaded(conn, outcomes, studios, settings)
                 if savepoint is not None:
                     savepoint.commit()

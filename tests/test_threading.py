@@ -169,3 +169,25 @@ def test_flood_guard_refuses_new_conversations_but_passes_replies(tmp_path, data
         assert running.send(make_mail(subject="Anfrage 5", from_="other@example.org"), studio.address).code == 250
     finally:
         running.stop()
+
+
+def test_a_chunk_acknowledges_only_for_the_studio_that_asked(gw: RunningGateway) -> None:
+    """The processor caches each studio's acknowledgement setting for one chunk: a studio that
+    asks for acknowledgements must not make another studio's mail in the same chunk answered,
+    nor the other way round."""
+    from gateway.ingest import STUDIO
+
+    quiet = gw.add_studio("quiet")
+    asking = gw.add_studio("asking")
+    with write_tx(gw.engine) as conn:
+        conn.execute(update(STUDIO).where(STUDIO.c.id == asking.id).values(acknowledge_inquiries=True))
+    for studio, sender in ((quiet, "ann@example.org"), (asking, "ben@example.org"), (quiet, "cem@example.org"),
+                           (asking, "dora@example.org")):
+        assert gw.send(make_mail(subject=f"Anfrage von {sender}", from_=sender, to=studio.address),
+                       studio.address).code == 250
+    results = gw.process()
+    assert len(results) == 4 and all(r.status == "done" for r in results)
+    with read_tx(gw.engine) as conn:
+        answered = sorted(conn.execute(select(MESSAGE.c.studio_id).where(
+            MESSAGE.c.direction == "outbound", MESSAGE.c.automatic.is_(True))).scalars())
+    assert answered == [asking.id, asking.id]
