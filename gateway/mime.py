@@ -252,6 +252,10 @@ def decode_header_value(view: str) -> str:
     multi-byte UTF-8 character across two words.
     """
     view = view.replace("\r", "").replace("\n", "")
+    if view.isascii() and "=?" not in view:
+        # Most header values: no encoded-word and no 8-bit byte, so the decoding chain below
+        # would hand back the same characters (ASCII reads alike in every charset we try).
+        return _CONTROL_CHARS.sub("", view.replace("\t", " ")).strip()
     chunks: list[tuple[bytes, str | None, bool]] = []   # (bytes, charset, is_encoded)
     pos = 0
     for match in _ENCODED_WORD.finditer(view):
@@ -451,13 +455,15 @@ def _push_children(stack: list[Any], node: "_Node", parts: Iterable[Any], depth:
     stack[len(stack) - len(children):] = stack[len(stack) - len(children):][::-1]
 
 
-def _flanker_tree(raw: bytes, limits: _Limits) -> _Node:
+def _flanker_tree(raw: bytes, limits: _Limits, top: _HeaderBlock | None = None) -> _Node:
     """Parse with flanker and convert its tree to _Node, iteratively and bounded.
 
     We hand flanker the Latin-1 view of the bytes: flanker otherwise decodes the whole
     message with chardet when it is not UTF-8, which is slow on large binary input and
     loses the original bytes of 8-bit parts. Each leaf's raw text comes from
-    ``MimePart.to_string()``, which for an unchanged part is its original text.
+    ``MimePart.to_string()``, which for an unchanged part is its original text. A single-part
+    message is its own leaf: its header block is `top`, already split by the caller, when the
+    bytes are the same.
     """
     root_part = _flanker_mime.from_string(raw.decode("latin-1"))
     root = _Node(content_type="", headers=[])
@@ -471,7 +477,8 @@ def _flanker_tree(raw: bytes, limits: _Limits) -> _Node:
                 continue
             _push_children(stack, node, part.parts, depth, limits)
             continue
-        block = split_header_block(_view_to_bytes(part.to_string()))
+        data = _view_to_bytes(part.to_string())
+        block = top if depth == 0 and top is not None and data == raw else split_header_block(data)
         node.headers = block.headers
         node.body = block.body
         limits.defects.extend(block.defects)
@@ -990,6 +997,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         raw = str(raw).encode("utf-8", "surrogateescape")
     raw = bytes(raw)
     result = ParsedMessage(from_=None)
+    top: _HeaderBlock | None = None
     try:
         top = split_header_block(raw)
         _fill_top_headers(result, top)
@@ -1011,7 +1019,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     if route is None:
         defects: list[str] = []
         try:
-            tree = _flanker_tree(raw, _Limits(defects))
+            tree = _flanker_tree(raw, _Limits(defects), top)
             attempt = _copy_headers(result)
             attempt.defects.extend(defects)
             _fill_body(attempt, tree)

@@ -43,6 +43,12 @@ _MOBILE_FOOTER = re.compile(
     re.IGNORECASE)
 
 
+# How every marker above begins, once leading whitespace is stripped (re's \s and str.strip()
+# agree on what whitespace is, and IGNORECASE folds as the patterns do): most lines of a mail
+# start otherwise and are passed by this one match instead of five.
+_MAYBE_MARKER = re.compile(r"-|\*|from|von|sent|get|gesendet|on |am ", re.IGNORECASE)
+
+
 def _is_attribution(line: str) -> bool:
     return bool(_ATTRIBUTION_EN.match(line) or _ATTRIBUTION_DE.match(line))
 
@@ -62,6 +68,8 @@ def _first_marker(lines: list[str]) -> int:
         if len(line) > _MAX_MARKER_LINE:
             continue
         stripped = line.strip()
+        if not _MAYBE_MARKER.match(stripped):
+            continue
         if _SIGNATURE.match(line.rstrip("\t")) or _MOBILE_FOOTER.match(stripped) \
                 or _ORIGINAL_MESSAGE.match(stripped):
             return i
