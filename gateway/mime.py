@@ -783,8 +783,16 @@ def _fill_top_headers(result: ParsedMessage, top: _HeaderBlock) -> None:
     views: dict[str, list[str]] = {}
     for name, view in top.headers:
         views.setdefault(name.lower(), []).append(view)
+    decoded: dict[str, str] = {}  # Subject and Date are wanted twice: in `headers` and as fields
+
+    def decode(view: str) -> str:
+        text = decoded.get(view)
+        if text is None:
+            text = decoded[view] = decode_header_value(view)
+        return text
+
     for name, view in top.headers[:MAX_HEADERS]:
-        result.headers.append((name, decode_header_value(view)))
+        result.headers.append((name, decode(view)))
     if len(top.headers) > MAX_HEADERS:
         result.defects.append(f"{len(top.headers)} top-level headers; kept the first {MAX_HEADERS}")
     senders = parse_addresses(views.get("from", [])[:1])
@@ -792,8 +800,8 @@ def _fill_top_headers(result: ParsedMessage, top: _HeaderBlock) -> None:
     result.to = parse_addresses(views.get("to", []))
     result.cc = parse_addresses(views.get("cc", []))
     result.reply_to = parse_addresses(views.get("reply-to", [])[:1])
-    result.subject = decode_header_value(views["subject"][0]) if "subject" in views else ""
-    result.date = parse_date(decode_header_value(views["date"][0])) if "date" in views else None
+    result.subject = decode(views["subject"][0]) if "subject" in views else ""
+    result.date = parse_date(decode(views["date"][0])) if "date" in views else None
     ids = parse_message_ids(views["message-id"][0]) if "message-id" in views else []
     result.message_id = ids[0] if ids else None
     if "in-reply-to" in views:
