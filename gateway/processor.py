@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from gateway.blobs import BLOB
@@ -29,7 +29,7 @@ from gateway.ingest import INBOUND
 from gateway.mime import ParsedMessage, parse
 from gateway.models import utcnow
 from gateway.settings import Settings
-from gateway.threader import Inbound, Outcome, StudiosGone, Unprocessable, thread_message
+from gateway.threader import ChunkLookups, Inbound, Outcome, StudiosGone, Unprocessable, lookup_keys, thread_message
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +142,14 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes,
     acknowledging: dict[int, Any] = {}
     with write_tx(engine) as conn:
         attempts = dict(conn.execute(_ATTEMPTS, {"ids": [item.id for item, _ in pairs]}).all())
+        # Asked once for the chunk; not when redoing it message by message, since a savepoint
+        # rolled back would leave the lookups remembering rows that are gone.
+        lookups = None if isolate else _prefetch(conn, settings, pairs, studios)
         for item, message in pairs:
             now = utcnow()
             savepoint = conn.begin_nested() if isolate else None
             try:
-                outcomes = thread_message(conn, item, message, settings, secret, studios, acknowledging)
+                outcomes = thread_message(conn, item, message, settings, secret, studios, acknowledging, lookups)
                 on_threaded(conn, outcomes, studios, settings)
                 if savepoint is not None:
                     savepoint.commit()
@@ -184,6 +187,21 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes,
         if done:
             conn.execute(_SET_DONE, {"b_ids": done, "b_processed_at": utcnow()})
     return results
+
+
+def _prefetch(conn: Connection, settings: Settings, pairs: list[tuple[Inbound, ParsedMessage]],
+              studios: dict[str, int | None]) -> ChunkLookups:
+    lookups = ChunkLookups()
+    keys = []
+    for item, message in pairs:
+        try:
+            keys.extend(lookup_keys(conn, item, message, settings, studios))
+        except OperationalError:
+            raise
+        except Exception:  # thread_message meets it again and records it against this message
+            continue
+    lookups.prefetch(conn, keys)
+    return lookups
 
 
 _ATTEMPTS = select(INBOUND.c.id, INBOUND.c.attempts).where(INBOUND.c.id.in_(bindparam("ids", expanding=True)))

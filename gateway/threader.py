@@ -127,15 +127,76 @@ class _Guest(NamedTuple):
 def _find_guest(conn: Connection, studio_id: int, email: str) -> _Guest | None:
     row = _GUEST(conn, (studio_id, email)).fetchone()
     return None if row is None else _Guest(*row)
+
+
+class ChunkLookups:
+    """What a chunk's messages will ask first, asked once for the whole chunk.
+
+    Every message asks whether it was seen (stored or erased) and who its sender is as a
+    guest: two statements per message, or two per chunk when asked together beforehand
+    (`prefetch`). Answers are kept current with what the chunk itself writes (a message
+    stored, a guest created or named), so the second of two deliveries in one chunk is still
+    a duplicate and a guest's second mail finds the guest. A key that was not prefetched is
+    asked of the database as before. Only valid while the chunk's transaction is whole: the
+    processor drops it when it redoes a chunk with a savepoint per message.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, str], str | None] = {}
+        self.guests: dict[tuple[int, str], _Guest | None] = {}
+
+    def prefetch(self, conn: Connection, keys: list[tuple[int, str, str]]) -> None:
+        """`keys`: (studio id, dedupe key, sender email) of each message about to be threaded."""
+        if not keys:
+            return
+        studio_ids = sorted({k[0] for k in keys})
+        dedupe_keys = sorted({k[1] for k in keys})
+        emails = sorted({k[2] for k in keys})
+        studios = ", ".join("?" * len(studio_ids))
+        dedupes = ", ".join("?" * len(dedupe_keys))
+        found: dict[tuple[int, str], str] = {}
+        for studio_id, dedupe_key, seen in DriverSQL(
+                f"SELECT studio_id, dedupe_key, 'duplicate' FROM message WHERE studio_id IN ({studios}) "
+                f"AND dedupe_key IN ({dedupes}) UNION ALL SELECT studio_id, dedupe_key, 'erased' FROM tombstone "
+                f"WHERE studio_id IN ({studios}) AND dedupe_key IN ({dedupes})")(
+                conn, [*studio_ids, *dedupe_keys, *studio_ids, *dedupe_keys]).fetchall():
+            if found.get((studio_id, dedupe_key)) != "duplicate":  # as _SEEN: stored before erased
+                found[(studio_id, dedupe_key)] = seen
+        guests = {(row[0], row[2]): _Guest(*row[1:]) for row in DriverSQL(
+            f"SELECT studio_id, id, email, name FROM guest WHERE studio_id IN ({studios}) "
+            f"AND email IN ({', '.join('?' * len(emails))})")(conn, [*studio_ids, *emails]).fetchall()}
+        for studio_id, dedupe_key, email in keys:
+            self.seen[(studio_id, dedupe_key)] = found.get((studio_id, dedupe_key))
+            self.guests[(studio_id, email)] = guests.get((studio_id, email))
+
+
+def _seen(conn: Connection, lookups: ChunkLookups | None, studio_id: int, dedupe_key: str) -> str | None:
+    if lookups is not None and (studio_id, dedupe_key) in lookups.seen:
+        return lookups.seen[(studio_id, dedupe_key)]
+    row = _SEEN(conn, (studio_id, dedupe_key, studio_id, dedupe_key)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _guest_of(conn: Connection, lookups: ChunkLookups | None, studio_id: int, email: str) -> _Guest | None:
+    if lookups is not None and (studio_id, email) in lookups.guests:
+        return lookups.guests[(studio_id, email)]
+    return _find_guest(conn, studio_id, email)
+
+
+def _remember_guest(lookups: ChunkLookups | None, studio_id: int, guest: _Guest) -> None:
+    if lookups is not None:
+        lookups.guests[(studio_id, guest.email)] = guest
 _CONVERSATION_ACTIVITY = update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"))
 _GUEST_NAME = update(GUEST).where(GUEST.c.id == bindparam("guest_id")).values(name=bindparam("name"))
 
 
 def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, settings: Settings,
                    secret: bytes, studios: dict[str, int | None] | None = None,
-                   acknowledging: dict[int, Any] | None = None) -> list[Outcome]:
-    """Thread into every recipient studio; `studios` caches slug lookups across a chunk, and
-    `acknowledging` the studios' acknowledgement settings (gateway/acknowledgements.py)."""
+                   acknowledging: dict[int, Any] | None = None,
+                   lookups: ChunkLookups | None = None) -> list[Outcome]:
+    """Thread into every recipient studio; `studios` caches slug lookups across a chunk,
+    `acknowledging` the studios' acknowledgement settings (gateway/acknowledgements.py), and
+    `lookups` the chunk's prefetched duplicates and guests (see `lookup_keys`)."""
     studios = {} if studios is None else studios
     targets = _recipient_studios(conn, inbound.rcpt_to, settings, studios)
     if not targets:
@@ -153,8 +214,21 @@ def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, se
     outcomes = []
     for studio_id, address in targets:
         outcomes.append(_thread_for_studio(conn, studio_id, address.detail, inbound, parsed, sender,
-                                           auto, message_id, dedupe_key, settings, secret, acknowledging))
+                                           auto, message_id, dedupe_key, settings, secret, acknowledging,
+                                           lookups))
     return outcomes
+
+
+def lookup_keys(conn: Connection, inbound: Inbound, parsed: ParsedMessage, settings: Settings,
+                studios: dict[str, int | None]) -> list[tuple[int, str, str]]:
+    """(studio id, dedupe key, sender) that thread_message will look up first, for
+    ChunkLookups.prefetch; none for mail it will refuse before looking anything up."""
+    sender = _sender(parsed, inbound.mail_from)
+    if parsed.parser == "headers-only" or not sender.email:
+        return []
+    targets = _recipient_studios(conn, inbound.rcpt_to, settings, studios)
+    _, dedupe_key = _identity(parsed, inbound.raw, sender.email, settings)
+    return [(studio_id, dedupe_key, sender.email) for studio_id, _ in targets]
 
 
 def _recipient_studios(conn: Connection, rcpt_to: list[str], settings: Settings,
@@ -202,12 +276,13 @@ def _sender(parsed: ParsedMessage, mail_from: str) -> Address:
 def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: Inbound,
                        parsed: ParsedMessage, sender: Address, auto: AutoInfo, message_id: str,
                        dedupe_key: str, settings: Settings, secret: bytes,
-                       acknowledging: dict[int, Any] | None = None) -> Outcome:
-    seen = _SEEN(conn, (studio_id, dedupe_key, studio_id, dedupe_key)).fetchone()
+                       acknowledging: dict[int, Any] | None = None,
+                       lookups: ChunkLookups | None = None) -> Outcome:
+    seen = _seen(conn, lookups, studio_id, dedupe_key)
     if seen is not None:
-        return Outcome(studio_id, None, None, seen[0])
+        return Outcome(studio_id, None, None, seen)
 
-    guest = _find_guest(conn, studio_id, sender.email)
+    guest = _guest_of(conn, lookups, studio_id, sender.email)
     conversation, rule = _find_conversation(conn, studio_id, detail, parsed, guest, auto, settings, secret)
     bounced: list[Any] = []
     if auto.kind == "bounce" and auto.bounced_message_ids:
@@ -224,13 +299,14 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
     now = utcnow()
     opened = conversation is None
     if opened:
-        guest_id = _ensure_guest(conn, studio_id, sender, guest)
+        guest_id = _ensure_guest(conn, studio_id, sender, guest, lookups)
         conversation_id = open_conversation(conn, studio_id, guest_id, parsed.subject or "", now, message_count=1)
         state = "visible"
     else:
         conversation_id = conversation.id
         if guest is not None and not guest.name and sender.name:
             conn.execute(_GUEST_NAME, {"guest_id": guest.id, "name": sender.name[:200]})
+            _remember_guest(lookups, studio_id, guest._replace(name=sender.name[:200]))
         state = "visible" if auto.automatic or rule == "subject" or _is_participant(
             conn, conversation, sender.email) else "held"
 
@@ -253,6 +329,8 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         inserted = int(_NEW_MESSAGE(conn, [row[name] for name in _MESSAGE_COLUMNS]).fetchone()[0])
     except IntegrityError as exc:  # a concurrent processor stored the same delivery first
         raise _RaceLost(str(exc.orig)[:200]) from exc
+    if lookups is not None:
+        lookups.seen[(studio_id, dedupe_key)] = "duplicate"
     _store_attachments(conn, studio_id, inserted, parsed, settings)
     if opened and state == "visible" and not auto.automatic:
         maybe_acknowledge(conn, studio_id=studio_id, conversation_id=conversation_id, guest_id=guest_id,
@@ -327,14 +405,17 @@ def ensure_guest(conn: Connection, studio_id: int, email: str, name: str = "") -
     return _ensure_guest(conn, studio_id, sender, _find_guest(conn, studio_id, sender.email))
 
 
-def _ensure_guest(conn: Connection, studio_id: int, sender: Address, guest: Any) -> int:
+def _ensure_guest(conn: Connection, studio_id: int, sender: Address, guest: Any,
+                  lookups: ChunkLookups | None = None) -> int:
     if guest is not None:
         if not guest.name and sender.name:
             conn.execute(_GUEST_NAME, {"guest_id": guest.id, "name": sender.name[:200]})
+            _remember_guest(lookups, studio_id, guest._replace(name=sender.name[:200]))
         return int(guest.id)
     created = _NEW_GUEST(conn, (studio_id, sender.email[:320], sender.name[:200],
                                 bind_processor(conn, GUEST.c.created_at)(utcnow()))).fetchone()
     if created is not None:
+        _remember_guest(lookups, studio_id, _Guest(int(created[0]), sender.email[:320], sender.name[:200]))
         return int(created[0])
     # Another processor created this guest a moment ago (PostgreSQL, several workers).
     again = _find_guest(conn, studio_id, sender.email)

@@ -191,3 +191,39 @@ def test_a_chunk_acknowledges_only_for_the_studio_that_asked(gw: RunningGateway)
         answered = sorted(conn.execute(select(MESSAGE.c.studio_id).where(
             MESSAGE.c.direction == "outbound", MESSAGE.c.automatic.is_(True))).scalars())
     assert answered == [asking.id, asking.id]
+
+
+def test_one_chunk_knows_the_guest_it_created_and_the_names_it_learnt(gw: RunningGateway) -> None:
+    """A chunk asks for its senders' guest rows once, before threading (threader.ChunkLookups):
+    a guest created or named by an earlier message of the chunk must be found by a later one."""
+    from gateway.ingest import GUEST as GUEST_TABLE
+
+    studio = gw.add_studio("inkwell")
+    mails = [make_mail(subject="Erste Anfrage", from_="neu@example.org"),
+             make_mail(subject="Re: Erste Anfrage", from_="Nora Neu <neu@example.org>"),
+             make_mail(subject="Ganz anderes Thema", from_="Nora Neu <neu@example.org>")]
+    for raw in mails:
+        assert gw.send(raw, studio.address).code == 250
+    results = gw.process()
+    assert [o.rule for r in results for o in r.outcomes] == ["new", "subject", "new"]
+    with read_tx(gw.engine) as conn:
+        guests = conn.execute(select(GUEST_TABLE.c.id, GUEST_TABLE.c.name)).all()
+        conversations = conn.execute(select(CONVERSATION.c.guest_id)).scalars().all()
+    assert len(guests) == 1 and guests[0].name == "Nora Neu"
+    assert conversations == [guests[0].id, guests[0].id]
+
+
+def test_an_erased_mail_delivered_again_stays_erased_beside_new_mail_in_one_chunk(gw: RunningGateway) -> None:
+    from gateway.erasure import erase_conversation
+
+    studio = gw.add_studio("inkwell")
+    raw = make_mail(subject="Cover-up", message_id=new_id())
+    gw.send(raw, studio.address)
+    [first] = gw.process()
+    with write_tx(gw.engine) as conn:
+        assert erase_conversation(conn, studio.id, first.outcomes[0].conversation_id)
+    gw.send(make_mail(subject="Neue Idee", from_="other@example.org"), studio.address)
+    gw.send(raw, studio.address)              # a late retry by the guest's server
+    gw.send(make_mail(subject="Noch eine", from_="third@example.org"), studio.address)
+    results = gw.process()
+    assert [o.rule for r in results for o in r.outcomes] == ["new", "erased", "new"]
