@@ -200,7 +200,12 @@ def _prefetch(conn: Connection, settings: Settings, pairs: list[tuple[Inbound, P
             raise
         except Exception:  # thread_message meets it again and records it against this message
             continue
-    lookups.prefetch(conn, keys)
+    try:
+        lookups.prefetch(conn, keys)
+    except OperationalError:
+        raise
+    except Exception as exc:  # the transaction may be unusable (PostgreSQL): redo without lookups
+        raise _Retry() from exc
     return lookups
 
 
