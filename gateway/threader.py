@@ -34,13 +34,12 @@ from gateway.db import DriverSQL, bind_processor
 from gateway.headers import fingerprint, normalize_email
 from gateway.ingest import CONVERSATION, GUEST, MESSAGE, STUDIO
 from gateway.mime import Address, ParsedMessage
-from gateway.models import Attachment, Tombstone, utcnow
+from gateway.models import Attachment, utcnow
 from gateway.quotes import split_reply
 from gateway.settings import Settings
 from gateway.visibility import LIVE_CONVERSATION
 
 ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
-TOMBSTONE = Tombstone.__table__  # type: ignore[attr-defined]
 
 
 class Unprocessable(Exception):
@@ -116,6 +115,8 @@ _MESSAGE_COLUMNS = (
     "bounce_of_id", "raw_sha256", "dedupe_key", "parser", "defects_json")
 _NEW_MESSAGE = DriverSQL(f"INSERT INTO message ({', '.join(_MESSAGE_COLUMNS)}) "
                          f"VALUES ({', '.join('?' * len(_MESSAGE_COLUMNS))}) RETURNING id")
+_CONVERSATION_ACTIVITY = update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"))
+_GUEST_NAME = update(GUEST).where(GUEST.c.id == bindparam("guest_id")).values(name=bindparam("name"))
 
 
 class _Guest(NamedTuple):
@@ -186,8 +187,6 @@ def _guest_of(conn: Connection, lookups: ChunkLookups | None, studio_id: int, em
 def _remember_guest(lookups: ChunkLookups | None, studio_id: int, guest: _Guest) -> None:
     if lookups is not None:
         lookups.guests[(studio_id, guest.email)] = guest
-_CONVERSATION_ACTIVITY = update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"))
-_GUEST_NAME = update(GUEST).where(GUEST.c.id == bindparam("guest_id")).values(name=bindparam("name"))
 
 
 def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, settings: Settings,
