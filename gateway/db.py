@@ -126,14 +126,23 @@ _bind_processors: dict[tuple[str, str, str], Any] = {}
 
 
 def bind_processor(conn: Connection, column: Any) -> Any:
-    """The function SQLAlchemy would bind `column`'s values with on this connection (identity if
-    none): e.g. UTCDateTime's aware datetime becomes UTC, and text on SQLite."""
+    """The function SQLAlchemy would bind `column`'s values with on this connection: e.g.
+    UTCDateTime's aware datetime becomes UTC, as text on SQLite ("2026-11-20 10:00:00.000000").
+
+    The dialect's implementation of the type, not the type itself: the generic DateTime has no
+    bind processor, and sqlite3's own datetime adapter would store "…+00:00", a second format
+    that sorts and compares differently from every value SQLAlchemy writes.
+    """
     key = (conn.dialect.name, column.table.name, column.name)  # a Column's == builds SQL
     found = _bind_processors.get(key)
     if found is None:
-        found = column.type.bind_processor(conn.dialect) or _identity
-        _bind_processors[key] = found
+        processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        found = _bind_processors[key] = _none_safe(processor) if processor else _identity
     return found
+
+
+def _none_safe(processor: Any) -> Any:
+    return lambda value: None if value is None else processor(value)
 
 
 def _identity(value: Any) -> Any:

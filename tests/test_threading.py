@@ -227,3 +227,22 @@ def test_an_erased_mail_delivered_again_stays_erased_beside_new_mail_in_one_chun
     gw.send(make_mail(subject="Noch eine", from_="third@example.org"), studio.address)
     results = gw.process()
     assert [o.rule for r in results for o in r.outcomes] == ["new", "erased", "new"]
+
+
+def test_times_the_processor_writes_are_stored_as_sqlalchemy_writes_them(gw: RunningGateway) -> None:
+    """The threader's inserts bypass SQLAlchemy (gateway/db.DriverSQL): on SQLite their times
+    must still be SQLAlchemy's UTC text, or they sort and compare apart from every other row."""
+    import re
+
+    if gw.engine.dialect.name != "sqlite":
+        return
+    studio = gw.add_studio("inkwell")
+    gw.send(make_mail(subject="Zeitformat"), studio.address)
+    gw.send(make_mail(subject="Re: Zeitformat"), studio.address)
+    gw.process()
+    with read_tx(gw.engine) as conn:
+        stored = [value for row in conn.exec_driver_sql(
+            "SELECT m.sent_at, m.received_at, c.created_at, c.last_message_at, g.created_at FROM message m "
+            "JOIN conversation c ON c.id = m.conversation_id JOIN guest g ON g.id = c.guest_id") for value in row]
+    assert len(stored) == 10
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", value) for value in stored), stored
