@@ -132,3 +132,44 @@ def test_split_reply_never_raises_and_never_empties(text: str) -> None:
     reply = split_reply(text)
     assert isinstance(reply, str)
     assert bool(reply) == bool(text.strip())
+
+
+# The fast paths of gateway/mime.py must read a value exactly as the general code does.
+_ADDRESS_PIECES = st.sampled_from(["Jörg", "Inkwell", "Tattoo", "=?utf-8?q?J=C3=B6rg?=", "a.b", "x@y.example",
+                                   "<", ">", "\"", "(", ")", ",", ";", ":", ".", " ", "  ", "\t", "@", "-", "_"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_ADDRESS_PIECES, max_size=8).map("".join))
+def test_plain_address_fast_path_reads_as_getaddresses(value: str) -> None:
+    import email.utils
+
+    from gateway.mime import _address_pairs
+
+    assert _address_pairs(value) == email.utils.getaddresses([value])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0xff), max_size=80))
+def test_plain_header_fast_path_decodes_as_the_charset_chain(value: str) -> None:
+    from gateway.mime import _decode_words, decode_header_value
+
+    assert decode_header_value(value) == _decode_words(value.replace("\r", "").replace("\n", ""))
+
+
+_MARKER_LINES = st.sampled_from([
+    "On Mon, 1 Jan 2024 at 10:00, X <x@y> wrote:", "Am 01.01.2024 um 10:00 schrieb X <x@y>:", "-- ", "--",
+    "-----Original Message-----", "----- Ursprüngliche Nachricht -----", "From: a", "*Von:* b", "Sent: c",
+    "Gesendet: d", "Subject: e", "Betreff: f", "__________", "Sent from my iPhone", "Von meinem iPhone gesendet",
+    "Get Outlook for iOS", "ſent from my iPhone", "ON 1 jan wrote:", "am 3.", "Hallo", "> quoted", "", "wrote:",
+    "Datum: 2", "Aber", "Grüße"])
+_WHITESPACE = st.sampled_from(["", " ", "\t", "\xa0", "\u2003", "\x1c", "\x85", "\u200b"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_WHITESPACE, _MARKER_LINES, _WHITESPACE, st.booleans()).map(
+    lambda t: (t[0] + t[1] + t[2]).swapcase() if t[3] else t[0] + t[1] + t[2]), max_size=12))
+def test_quote_marker_prefilter_finds_what_every_pattern_finds(lines: list[str]) -> None:
+    from gateway.quotes import _first_marker
+
+    assert _first_marker(lines) == _first_marker(lines, prefilter=False)

@@ -169,3 +169,80 @@ def test_flood_guard_refuses_new_conversations_but_passes_replies(tmp_path, data
         assert running.send(make_mail(subject="Anfrage 5", from_="other@example.org"), studio.address).code == 250
     finally:
         running.stop()
+
+
+def test_a_chunk_acknowledges_only_for_the_studio_that_asked(gw: RunningGateway) -> None:
+    """The processor caches each studio's acknowledgement setting for one chunk: a studio that
+    asks for acknowledgements must not make another studio's mail in the same chunk answered,
+    nor the other way round."""
+    from gateway.ingest import STUDIO
+
+    quiet = gw.add_studio("quiet")
+    asking = gw.add_studio("asking")
+    with write_tx(gw.engine) as conn:
+        conn.execute(update(STUDIO).where(STUDIO.c.id == asking.id).values(acknowledge_inquiries=True))
+    for studio, sender in ((quiet, "ann@example.org"), (asking, "ben@example.org"), (quiet, "cem@example.org"),
+                           (asking, "dora@example.org")):
+        assert gw.send(make_mail(subject=f"Anfrage von {sender}", from_=sender, to=studio.address),
+                       studio.address).code == 250
+    results = gw.process()
+    assert len(results) == 4 and all(r.status == "done" for r in results)
+    with read_tx(gw.engine) as conn:
+        answered = sorted(conn.execute(select(MESSAGE.c.studio_id).where(
+            MESSAGE.c.direction == "outbound", MESSAGE.c.automatic.is_(True))).scalars())
+    assert answered == [asking.id, asking.id]
+
+
+def test_one_chunk_knows_the_guest_it_created_and_the_names_it_learnt(gw: RunningGateway) -> None:
+    """A chunk asks for its senders' guest rows once, before threading (threader.ChunkLookups):
+    a guest created or named by an earlier message of the chunk must be found by a later one."""
+    from gateway.ingest import GUEST as GUEST_TABLE
+
+    studio = gw.add_studio("inkwell")
+    mails = [make_mail(subject="Erste Anfrage", from_="neu@example.org"),
+             make_mail(subject="Re: Erste Anfrage", from_="Nora Neu <neu@example.org>"),
+             make_mail(subject="Ganz anderes Thema", from_="Nora Neu <neu@example.org>")]
+    for raw in mails:
+        assert gw.send(raw, studio.address).code == 250
+    results = gw.process()
+    assert [o.rule for r in results for o in r.outcomes] == ["new", "subject", "new"]
+    with read_tx(gw.engine) as conn:
+        guests = conn.execute(select(GUEST_TABLE.c.id, GUEST_TABLE.c.name)).all()
+        conversations = conn.execute(select(CONVERSATION.c.guest_id)).scalars().all()
+    assert len(guests) == 1 and guests[0].name == "Nora Neu"
+    assert conversations == [guests[0].id, guests[0].id]
+
+
+def test_an_erased_mail_delivered_again_stays_erased_beside_new_mail_in_one_chunk(gw: RunningGateway) -> None:
+    from gateway.erasure import erase_conversation
+
+    studio = gw.add_studio("inkwell")
+    raw = make_mail(subject="Cover-up", message_id=new_id())
+    gw.send(raw, studio.address)
+    [first] = gw.process()
+    with write_tx(gw.engine) as conn:
+        assert erase_conversation(conn, studio.id, first.outcomes[0].conversation_id)
+    gw.send(make_mail(subject="Neue Idee", from_="other@example.org"), studio.address)
+    gw.send(raw, studio.address)              # a late retry by the guest's server
+    gw.send(make_mail(subject="Noch eine", from_="third@example.org"), studio.address)
+    results = gw.process()
+    assert [o.rule for r in results for o in r.outcomes] == ["new", "erased", "new"]
+
+
+def test_times_the_processor_writes_are_stored_as_sqlalchemy_writes_them(gw: RunningGateway) -> None:
+    """The threader's inserts bypass SQLAlchemy (gateway/db.DriverSQL): on SQLite their times
+    must still be SQLAlchemy's UTC text, or they sort and compare apart from every other row."""
+    import re
+
+    if gw.engine.dialect.name != "sqlite":
+        return
+    studio = gw.add_studio("inkwell")
+    gw.send(make_mail(subject="Zeitformat"), studio.address)
+    gw.send(make_mail(subject="Re: Zeitformat"), studio.address)
+    gw.process()
+    with read_tx(gw.engine) as conn:
+        stored = [value for row in conn.exec_driver_sql(
+            "SELECT m.sent_at, m.received_at, c.created_at, c.last_message_at, g.created_at FROM message m "
+            "JOIN conversation c ON c.id = m.conversation_id JOIN guest g ON g.id = c.guest_id") for value in row]
+    assert len(stored) == 10
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", value) for value in stored), stored
