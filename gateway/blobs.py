@@ -12,19 +12,11 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, select
 
-from gateway.db import driver_execute, insert_ignore
+from gateway.db import bind_processor, driver_execute, insert_ignore
 from gateway.models import Blob, utcnow
 
 BLOB = Blob.__table__  # type: ignore[attr-defined]
 _INSERT_IGNORE: dict[str, Any] = {}  # per dialect, built once
-
-
-def bind_value(column: Any, conn: Connection, value: Any) -> Any:
-    """`value` as SQLAlchemy would bind it for `column` (e.g. UTCDateTime's text form on SQLite)."""
-    # dialect_impl: a TypeDecorator's own bind_processor stops at process_bind_param and hands
-    # the driver a datetime, which sqlite3 stores in its own format ("+00:00" appended).
-    processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    return processor(value) if processor else value
 
 
 class BlobStore(Protocol):
@@ -54,7 +46,7 @@ class DatabaseBlobStore:
         if rows and conn.dialect.name == "sqlite":
             # The acceptor's hot path: the driver's executemany, without SQLAlchemy's per-row
             # statement machinery (about a third of a group commit's CPU, measured).
-            created = bind_value(BLOB.c.created_at, conn, now)
+            created = bind_processor(conn, BLOB.c.created_at)(now)
             driver_execute(conn, "INSERT INTO blob (sha256, size, data, created_at) VALUES (?, ?, ?, ?) "
                            "ON CONFLICT DO NOTHING",
                            [(row["sha256"], row["size"], row["data"], created) for row in rows], many=True)

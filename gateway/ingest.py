@@ -22,9 +22,9 @@ from sqlalchemy import Connection, Engine, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.batching import next_batch
-from gateway.blobs import bind_value, blob_store
+from gateway.blobs import blob_store
 from gateway.conversations import normalize_subject, parse_studio_address, verify_reply_token
-from gateway.db import driver_execute, is_sqlite, make_engine, sqlite_write_lock, write_tx
+from gateway.db import bind_processor, driver_execute, is_sqlite, make_engine, sqlite_write_lock, write_tx
 from gateway.headers import HeaderPeek, peek
 from gateway.models import Conversation, Guest, InboundMail, Message, Studio, utcnow
 from gateway.settings import Settings
@@ -155,7 +155,7 @@ def _insert_inbound_sqlite(conn: Connection, rows: list[dict[str, object]]) -> l
     so the returned ids sorted ascending line up with `rows`, as SQLAlchemy's own sorting of
     an autoincrement key assumes.
     """
-    received = bind_value(INBOUND.c.received_at, conn, rows[0]["received_at"])
+    received = bind_processor(conn, INBOUND.c.received_at)(rows[0]["received_at"])
     ids: list[int] = []
     per_row = ", ".join("?" * len(_INBOUND_COLUMNS))
     for start in range(0, len(rows), 500):  # SQLite allows 32766 parameters per statement
@@ -242,7 +242,7 @@ def _opened(conn: Connection, studio_ids: list[int], emails: list[str], since: d
            "AND conversation.created_at >= ? "
            f"WHERE guest.studio_id IN ({', '.join('?' * len(studio_ids))}) "
            f"AND guest.email IN ({', '.join('?' * len(emails))}) GROUP BY guest.studio_id, guest.email")
-    params = [bind_value(CONVERSATION.c.created_at, conn, since), *studio_ids, *emails]
+    params = [bind_processor(conn, CONVERSATION.c.created_at)(since), *studio_ids, *emails]
     return {(studio_id, email): count for studio_id, email, count in driver_execute(conn, sql, params).fetchall()}
 
 

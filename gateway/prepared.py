@@ -56,7 +56,7 @@ class Prepared:
             if bind.expanding:
                 raise ValueError("Prepared statements take no expanding IN parameters")
             fixed = defaults[name] if name in defaults else None if bind.required else bind.effective_value
-            binds.append((name, fixed, bind.type.dialect_impl(dialect).bind_processor(dialect)))
+            binds.append((name, fixed, bind.type.dialect_impl(dialect).bind_processor(dialect)))  # as db.bind_processor
         return _Compiled(str(compiled), compiled.positional, tuple(binds))
 
     def execute(self, conn: Connection, **params: Any) -> Any:

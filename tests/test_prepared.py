@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Engine, bindparam, insert, select
 
-from gateway.blobs import BLOB, bind_value
-from gateway.db import read_tx, write_tx
+from gateway.blobs import BLOB
+from gateway.db import bind_processor, read_tx, write_tx
 from gateway.ingest import STUDIO
 from gateway.prepared import Prepared
 
@@ -43,11 +43,11 @@ def test_prepared_select_binds_literals_and_repeated_parameters(engine: Engine) 
         assert _FIND.execute(conn, key="nobody").fetchall() == []
 
 
-def test_bind_value_gives_the_driver_what_sqlalchemy_gives_it(engine: Engine) -> None:
-    """Blobs and raw mail are inserted through the driver with bind_value: their times must
+def test_bind_processor_gives_the_driver_what_sqlalchemy_gives_it(engine: Engine) -> None:
+    """Blobs and raw mail are inserted through the driver with bind_processor: their times must
     compare and sort with the ones SQLAlchemy writes (on SQLite they are text)."""
     with engine.connect() as conn:
-        value = bind_value(BLOB.c.created_at, conn, WHEN)
+        value = bind_processor(conn, BLOB.c.created_at)(WHEN)
         if engine.dialect.name == "sqlite":
             assert value == "2026-11-26 03:25:31.979648"
         else:
