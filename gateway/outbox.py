@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
 import tenacity
-from sqlalchemy import Engine, exists, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, exists, or_, select, update
 
 from gateway.db import read_tx, write_tx
 from gateway.ingest import MESSAGE
@@ -42,11 +43,39 @@ log = logging.getLogger(__name__)
 # The job's message is shown: neither it nor its conversation is deleted.
 _NOT_DELETED = exists(select(MESSAGE.c.id).where(MESSAGE.c.id == OUTBOUND_JOB.c.message_id, SHOWN_MESSAGE))
 
-# A claimed round must finish well within the lease, or another worker would take its jobs
-# again while they are in flight: at most PER_CONNECTION messages per relay connection per
-# round, each bounded by the relay timeout per SMTP step, against a 30-minute lease.
+# A claimed job must be sent well within the lease, or another worker would take it again while
+# it is in flight: at most PER_CONNECTION claimed, unsent messages wait per relay connection
+# (the next claim is made when half of them are gone, so sending never waits for a claim),
+# each bounded by the relay timeout per SMTP step, against a 30-minute lease.
 LEASE = timedelta(minutes=30)
 PER_CONNECTION = 8
+
+# Built once: building and caching a Core statement per call cost more CPU than SQLite takes to
+# run it. Two subqueries rather than one OR: SQLite answered the OR by collecting and sorting
+# every queued job (tens of ms per claim with a few thousand queued); each of these walks
+# ix_outbound_job_status_due and stops at the limit. Expired leases are few (crashed workers).
+_DUE = (select(OUTBOUND_JOB.c.id)
+        .where(OUTBOUND_JOB.c.status == "queued", OUTBOUND_JOB.c.next_attempt_at <= bindparam("now"), _NOT_DELETED)
+        .order_by(OUTBOUND_JOB.c.next_attempt_at, OUTBOUND_JOB.c.id).limit(bindparam("limit"))
+        .with_for_update(skip_locked=True))
+_EXPIRED = (select(OUTBOUND_JOB.c.id)
+            .where(OUTBOUND_JOB.c.status == "sending", OUTBOUND_JOB.c.claimed_at < bindparam("expired_before"),
+                   _NOT_DELETED)
+            .order_by(OUTBOUND_JOB.c.id).limit(bindparam("limit"))
+            .with_for_update(skip_locked=True))
+# RETURNING gives the attempts after the increment (PostgreSQL and SQLite >= 3.35 alike).
+_CLAIM = (update(OUTBOUND_JOB)
+          .where(or_(OUTBOUND_JOB.c.id.in_(_DUE.scalar_subquery()), OUTBOUND_JOB.c.id.in_(_EXPIRED.scalar_subquery())))
+          .values(status="sending", claimed_at=bindparam("now"), attempts=OUTBOUND_JOB.c.attempts + 1)
+          .returning(OUTBOUND_JOB.c.id, OUTBOUND_JOB.c.message_id, OUTBOUND_JOB.c.attempts, OUTBOUND_JOB.c.created_at))
+_MESSAGE_SENDING = (update(MESSAGE).where(MESSAGE.c.id == bindparam("message_row_id"))
+                    .values(delivery="sending"))
+# Results: one row per statement, executed as executemany (one C loop in the driver on SQLite,
+# pipelined by psycopg) rather than an IN list SQLAlchemy re-renders on every call.
+_JOB_SENT = (update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == bindparam("job_id"))
+             .values(status="sent", claimed_at=None, last_error=None, sent_at=bindparam("now")))
+_MESSAGE_SENT = (update(MESSAGE).where(MESSAGE.c.id == bindparam("message_row_id"))
+                 .values(delivery="sent", sent_at=bindparam("now")))
 # 30 s, 1 min, 2 min, ... capped at an hour between tries, plus up to 15 s of jitter so a relay
 # coming back is not hit by every queued reply at the same second. (Full jitter, as before,
 # could retry a refused connection a few milliseconds later: no backoff at all.)
@@ -104,25 +133,15 @@ class Outbox:
     # -- database steps (run in a thread) --
 
     def claim(self, limit: int | None = None) -> list[Job]:
-        limit = limit or PER_CONNECTION * len(self.transports)
-        now = self.clock()
         with write_tx(self.engine) as conn:
-            rows = conn.execute(
-                select(OUTBOUND_JOB.c.id, OUTBOUND_JOB.c.message_id, OUTBOUND_JOB.c.attempts, OUTBOUND_JOB.c.created_at)
-                .where(or_((OUTBOUND_JOB.c.status == "queued") & (OUTBOUND_JOB.c.next_attempt_at <= now),
-                           (OUTBOUND_JOB.c.status == "sending") & (OUTBOUND_JOB.c.claimed_at < now - LEASE)),
-                       _NOT_DELETED)
-                .order_by(OUTBOUND_JOB.c.next_attempt_at, OUTBOUND_JOB.c.id).limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            if not rows:
-                return []
-            ids = [r.id for r in rows]
-            conn.execute(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id.in_(ids)).values(
-                status="sending", claimed_at=now, attempts=OUTBOUND_JOB.c.attempts + 1))
-            conn.execute(update(MESSAGE).where(MESSAGE.c.id.in_([r.message_id for r in rows])).values(
-                delivery="sending"))
-        return [Job(r.id, r.message_id, r.attempts + 1, r.created_at) for r in rows]
+            return self._claim(conn, limit or PER_CONNECTION * len(self.transports), self.clock())
+
+    def _claim(self, conn: Connection, limit: int, now: datetime) -> list[Job]:
+        rows = conn.execute(_CLAIM, {"now": now, "expired_before": now - LEASE, "limit": limit}).all()
+        if rows:
+            conn.execute(_MESSAGE_SENDING, [{"message_row_id": r.message_id} for r in rows])
+        rows.sort(key=lambda r: r.id)  # RETURNING promises no order; roughly oldest first
+        return [Job(r.id, r.message_id, r.attempts, r.created_at) for r in rows]
 
     def compose_all(self, jobs: list[Job]) -> list[OutgoingMail | SendResult]:
         with read_tx(self.engine) as conn:
@@ -139,72 +158,120 @@ class Outbox:
         return composed
 
     def record(self, results: list[tuple[Job, SendResult]]) -> None:
-        now = self.clock()
         with write_tx(self.engine) as conn:
-            sent = [job for job, result in results if result.kind == "sent"]
-            if sent:  # the common case, in two statements however many there are
-                conn.execute(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id.in_([j.id for j in sent])).values(
-                    status="sent", claimed_at=None, last_error=None, sent_at=now))
-                conn.execute(update(MESSAGE).where(MESSAGE.c.id.in_([j.message_row_id for j in sent])).values(
-                    delivery="sent", sent_at=now))
-            for job, result in results:
-                if result.kind == "sent":
-                    continue
-                status, next_at, detail = "failed", None, result.detail
-                if result.kind == "temporary":
-                    next_at = now + backoff(job.attempts)
-                    if next_at - job.created_at > timedelta(seconds=self.settings.outbound_retry_for):
-                        detail = f"gave up after {job.attempts} attempts; last: {result.detail}"
-                    else:
-                        status = "queued"
-                delivery = status
-                conn.execute(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == job.id).values(
-                    status=status, claimed_at=None, last_error=detail,
-                    next_attempt_at=next_at if next_at is not None else OUTBOUND_JOB.c.next_attempt_at))
-                conn.execute(update(MESSAGE).where(MESSAGE.c.id == job.message_row_id).values(delivery=delivery))
-                log.warning("outbound message %s: %s (%s)", job.message_row_id, status, detail)
+            self._record(conn, results, self.clock())
 
-    def _claim_and_compose(self) -> tuple[list[Job], list[OutgoingMail | SendResult]]:
-        jobs = self.claim()
+    def _record(self, conn: Connection, results: list[tuple[Job, SendResult]], now: datetime) -> None:
+        sent = [job for job, result in results if result.kind == "sent"]
+        if sent:  # the common case, in two statements however many there are
+            conn.execute(_JOB_SENT, [{"job_id": j.id, "now": now} for j in sent])
+            conn.execute(_MESSAGE_SENT, [{"message_row_id": j.message_row_id, "now": now} for j in sent])
+        for job, result in results:
+            if result.kind == "sent":
+                continue
+            status, next_at, detail = "failed", None, result.detail
+            if result.kind == "temporary":
+                next_at = now + backoff(job.attempts)
+                if next_at - job.created_at > timedelta(seconds=self.settings.outbound_retry_for):
+                    detail = f"gave up after {job.attempts} attempts; last: {result.detail}"
+                else:
+                    status = "queued"
+            delivery = status
+            conn.execute(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == job.id).values(
+                status=status, claimed_at=None, last_error=detail,
+                next_attempt_at=next_at if next_at is not None else OUTBOUND_JOB.c.next_attempt_at))
+            conn.execute(update(MESSAGE).where(MESSAGE.c.id == job.message_row_id).values(delivery=delivery))
+            log.warning("outbound message %s: %s (%s)", job.message_row_id, status, detail)
+
+    def _step(self, results: list[tuple[Job, SendResult]], want: int,
+              ) -> tuple[list[Job], list[OutgoingMail | SendResult]]:
+        """Record `results` and claim up to `want` more jobs in one transaction (one fsync
+        instead of two: on SQLite the commit is most of either's cost), then compose them.
+
+        If that transaction fails, the results are recorded alone, so a failing claim cannot
+        leave sent replies `sending` (they would be sent again after the lease)."""
+        now = self.clock()
+        jobs: list[Job] = []
+        try:
+            with write_tx(self.engine) as conn:
+                if results:
+                    self._record(conn, results, now)
+                if want:
+                    jobs = self._claim(conn, want, now)
+        except Exception:
+            if not (results and want):
+                raise
+            log.exception("recording %d outbound results with a claim failed; recording them alone",
+                          len(results))
+            self.record(results)
+            jobs = []
         return jobs, self.compose_all(jobs) if jobs else []
 
     # -- the loop --
 
     async def run_once(self) -> int:
-        """Send every job that is due now; the number handled."""
-        jobs, composed = await asyncio.to_thread(self._claim_and_compose)
-        if not jobs:
-            return 0
-        results: asyncio.Queue[tuple[Job, SendResult] | None] = asyncio.Queue()
-        recorder = asyncio.create_task(self._record_results(results))
-        work = list(zip(jobs, composed))
+        """Send every job that is due, until none is left; the number handled.
+
+        Claiming and composing overlap sending: one task keeps the database up to date
+        (records results as soon as they arrive and claims the next jobs when half of the
+        claimed ones are gone) while a lane per relay connection sends. A stop claims nothing
+        more, and the lanes finish and record what was claimed."""
+        window = PER_CONNECTION * len(self.transports)
+        work: deque[tuple[Job, OutgoingMail | SendResult]] = deque()
+        answered: list[tuple[Job, SendResult]] = []
+        keeper_wake, lanes_wake = asyncio.Event(), asyncio.Event()
+        state = {"claiming": True, "lanes": len(self.transports), "handled": 0}
 
         async def lane(transport: Transport) -> None:
-            while work:
-                job, mail = work.pop(0)
-                result = mail if isinstance(mail, SendResult) else await transport.send(mail)
-                await results.put((job, result))
+            try:
+                while True:
+                    if work:
+                        job, mail = work.popleft()
+                        if len(work) <= window // 2:
+                            keeper_wake.set()
+                        result = mail if isinstance(mail, SendResult) else await transport.send(mail)
+                        answered.append((job, result))
+                        keeper_wake.set()
+                    elif state["claiming"]:
+                        lanes_wake.clear()
+                        await lanes_wake.wait()
+                    else:
+                        return
+            finally:
+                state["lanes"] -= 1
+                keeper_wake.set()
 
-        try:
-            await asyncio.gather(*(lane(t) for t in self.transports))
-        finally:
-            await results.put(None)
-            await recorder
-        return len(jobs)
-
-    async def _record_results(self, results: asyncio.Queue[tuple[Job, SendResult] | None]) -> None:
-        done = False
-        while not done:
-            batch = [await results.get()]
-            while not results.empty():
-                batch.append(results.get_nowait())
-            done = None in batch  # the end marker: everything before it is in this batch
-            items = [b for b in batch if b is not None]
-            if items:
+        async def keeper() -> None:
+            while True:
+                claiming = state["claiming"] and not self._stopping and state["lanes"] > 0
+                want = window - len(work) if claiming and len(work) <= window // 2 else 0
+                if not claiming and state["claiming"]:
+                    state["claiming"] = False
+                    lanes_wake.set()
+                if not answered and not want:
+                    if not state["lanes"]:
+                        return
+                    keeper_wake.clear()
+                    await keeper_wake.wait()
+                    continue
+                results = answered[:]
+                answered.clear()
                 try:
-                    await asyncio.to_thread(self.record, items)
-                except Exception:  # the jobs stay `sending` and are claimed again after the lease
-                    log.exception("recording %d outbound results failed", len(items))
+                    jobs, composed = await asyncio.to_thread(self._step, results, want)
+                except Exception:  # results stay `sending` and are claimed again after the lease
+                    log.exception("outbox database step failed (%d results, claiming %d)", len(results), want)
+                    jobs, composed = [], []
+                if want and not jobs:
+                    state["claiming"] = False  # nothing more is due (or claiming fails): finish up
+                work.extend(zip(jobs, composed))
+                state["handled"] += len(jobs)
+                lanes_wake.set()
+
+        # Every task runs to its end, so a lane that fails cannot leave results unrecorded.
+        for outcome in await asyncio.gather(keeper(), *(lane(t) for t in self.transports), return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return state["handled"]
 
     async def run(self) -> None:
         """Until stop(): send what is due, then wait for a wake-up or the poll interval.
