@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from gateway import mime
 from gateway.quotes import split_reply
-from gateway.render import Quoted, Rendered, Renderer, _Compiled
+from gateway.render import Quoted, Rendered, Renderer, _Compiled, qp_piece
 
 HOSTILE = '<script>alert(1)</script> "&<>'
 HOSTILE_HTML = "&lt;script&gt;alert(1)&lt;/script&gt; &#34;&amp;&lt;&gt;"
@@ -310,3 +310,21 @@ def test_account_deletion_fast_path_equals_full_render(renderer: Renderer, refer
     assert HOSTILE in fast.text and HOSTILE_HTML in fast.html and "@@gw" not in fast.html
     assert (link in fast.text and f'href="{link}"' in fast.html) if link else "href" not in fast.html
     assert {"de": "22.11.2026 um 10:00 UTC", "en": "Nov 22, 2026, at 10:00 UTC"}[locale] in fast.text
+
+
+def test_text_templates_are_cut_too_and_filled_without_escaping() -> None:
+    compiled = _Compiled.from_text("@@gw:name@@ schrieb:\n@@gw:text|quote@@\n", "email/x.de.txt.j2")
+    assert compiled.fill_text({"name": "<Lena & Co>", "text": "a\n\nb"}) == "<Lena & Co> schrieb:\n> a\n>\n> b\n"
+    with pytest.raises(ValueError, match="cannot replay"):
+        _Compiled.from_text("@@GW:TEXT@@", "email/x.de.txt.j2")   # e.g. {{ text|upper }}
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(alphabet=st.sampled_from("x =\t\n.é𐀀"), max_size=240))
+def test_quoted_printable_pieces_decode_exactly_within_76_characters(value: str) -> None:
+    # Around the 76-character limit: the soft break a piece ends with must fit on its line,
+    # and must not split an =XX escape.
+    encoded = qp_piece(value)
+    assert binascii.a2b_qp(encoded) == value.replace("\n", "\r\n").encode()
+    assert all(len(line) <= 76 and line.isascii() for line in encoded.split(b"\r\n"))
+    assert encoded == b"" or encoded.endswith(b"\r\n")
