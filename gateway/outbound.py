@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import random
 import re
 import secrets
 from dataclasses import dataclass
@@ -77,6 +78,17 @@ def _encoded(name: str, value: str) -> str:
     return Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
 
 
+# MIME boundaries begin with "=_", which neither quoted-printable nor base64 output can contain
+# (RFC 2045 6.7: in quoted-printable "=" is followed by two hex digits or a line break), so they
+# cannot collide with a body and need not be unguessable: a generator seeded once from the OS
+# is enough (secrets.token_hex per message, a getrandom() call each, showed in profiles).
+_boundary_random = random.Random(secrets.randbits(128))
+
+
+def _boundary(kind: str) -> str:
+    return f"=_gw_{kind}_{_boundary_random.getrandbits(96):024x}"
+
+
 def _qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends; binascii does the work in C."""
     body = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
@@ -93,7 +105,7 @@ def _serialize(headers: list[tuple[str, str]], text: str, html: str | bytes, fil
     result is checked by the stdlib and flanker parsers and by DKIM verification in tests.
     `html` as bytes is already quoted-printable (the renderer's html_qp).
     """
-    alternative = "=_gw_alt_" + secrets.token_hex(12)
+    alternative = _boundary("alt")
     part = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
     body = [
         f"--{alternative}\r\n".encode(), part.format("plain").encode(), _qp(text), b"\r\n",
@@ -103,7 +115,7 @@ def _serialize(headers: list[tuple[str, str]], text: str, html: str | bytes, fil
     ]
     content_type = f'multipart/alternative; boundary="{alternative}"'
     if files:
-        mixed = "=_gw_mix_" + secrets.token_hex(12)
+        mixed = _boundary("mix")
         outer = [f"--{mixed}\r\nContent-Type: {content_type}\r\n\r\n".encode(), *body]
         for f in files:
             name = _filename_params(f.filename)
