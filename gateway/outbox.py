@@ -2,10 +2,12 @@
 
 Claims use `FOR UPDATE SKIP LOCKED` (PostgreSQL), so several workers share the queue and each
 reply is sent once; a claimed job carries a lease, so a worker that died mid-way leaves it to
-be claimed again. Each result is recorded as soon as the relay has answered (results of
-parallel connections share one transaction, like the acceptor's group commits), which keeps
-the window in which a crash could send a reply twice to a few milliseconds; a graceful stop
-finishes the messages in flight and records them first.
+be claimed again. Claiming and composing overlap sending (run_once). Each result is recorded
+within RECORD_WITHIN (10 ms) of the relay's answer, in the commit that claims the next jobs
+when one is due by then (results of parallel connections share one transaction, like the
+acceptor's group commits), which keeps the window in which a crash could send a reply twice
+to milliseconds; a graceful stop claims nothing more, finishes the claimed messages and
+records them first.
 
 A reply whose message or conversation the studio deleted is not sent while it is deleted: it
 stays queued, untouched, and goes out if it is restored (gateway/trash.py); the purge erases it
@@ -47,14 +49,17 @@ _NOT_DELETED = exists(select(MESSAGE.c.id).where(MESSAGE.c.id == OUTBOUND_JOB.c.
 
 # A claimed job must be sent well within the lease, or another worker would take it again while
 # it is in flight: at most PER_CONNECTION claimed, unsent messages wait per relay connection
-# (the next claim is made when half of them are gone, so sending never waits for a claim),
-# each bounded by the relay timeout per SMTP step, against a 30-minute lease.
+# (the next claim is made when a quarter of them are left, so sending rarely waits for a
+# claim), each bounded by the relay timeout per SMTP step, against a 30-minute lease.
 LEASE = timedelta(minutes=30)
 PER_CONNECTION = 8
-# Each commit costs an fsync and most of a step's CPU, so a result waits up to this long (or
-# until half a window of results is waiting) to be recorded in the commit of the next claim
-# rather than one of its own: a crash can resend at most what was answered in that time.
-RECORD_WITHIN = 0.005
+# On SQLite a commit costs an fsync and ~300 us of CPU (BEGIN IMMEDIATE, the pool, the WAL
+# write), most of a step's cost. So a result waits up to this long (or until a window's worth
+# of results is waiting) to be recorded in the commit of the next claim rather than one of its
+# own: a crash can resend at most what the relay answered in that time. At 5 ms most results
+# still needed commits of their own at ~2,500 messages a second (bench/outbound.py); at 10 ms
+# nearly every commit is shared (3000 messages: 315 commits before, 130 now).
+RECORD_WITHIN = 0.010
 
 # Built once: building and caching a Core statement per call cost more CPU than SQLite takes to
 # run it. Two subqueries rather than one OR: SQLite answered the OR by collecting and sorting
@@ -268,7 +273,7 @@ class Outbox:
         that arrived meanwhile in the same commit) while a lane per relay connection sends.
         A stop claims nothing more; the lanes finish, and record, what was claimed."""
         window = PER_CONNECTION * len(self.transports)
-        refill, enough = window // 4, window // 2  # claim at, record without waiting at
+        refill, enough = window // 4, window  # claim at, record without waiting at
         work: deque[tuple[Job, OutgoingMail | SendResult]] = deque()
         answered: list[tuple[Job, SendResult]] = []
         keeper_wake, lanes_wake = asyncio.Event(), asyncio.Event()
