@@ -64,7 +64,8 @@ RECORD_WITHIN = 0.010
 # Built once: building and caching a Core statement per call cost more CPU than SQLite takes to
 # run it. Two subqueries rather than one OR: SQLite answered the OR by collecting and sorting
 # every queued job (tens of ms per claim with a few thousand queued); each of these walks
-# ix_outbound_job_status_due and stops at the limit. Expired leases are few (crashed workers).
+# ix_outbound_job_status_due and stops at the limit. Expired leases are few (crashed workers):
+# only after a crash can a claim take more than `limit` jobs (up to `limit` of each kind).
 _DUE = (select(OUTBOUND_JOB.c.id)
         .where(OUTBOUND_JOB.c.status == "queued", OUTBOUND_JOB.c.next_attempt_at <= bindparam("now"), _NOT_DELETED)
         .order_by(OUTBOUND_JOB.c.next_attempt_at, OUTBOUND_JOB.c.id).limit(bindparam("limit"))
