@@ -300,7 +300,9 @@ class _Compiled:
             value: str = str(context[name])
             for f in filters:
                 value = _HTML_FILTERS[f](value)
-            values.append(escape(value))   # no-op on a filter's Markup, as in Jinja
+            # escape: a no-op on a filter's Markup, as in Jinja. Then a plain str: Markup's methods
+            # (the replace in qp_piece) escape their arguments on every call.
+            values.append(str(escape(value)))
         encoded = [qp_piece(value) for value in values]
         out, qp = [self.literals[0]], [self.qp_literals[0]]
         for hole, literal, qp_literal in zip(self.holes, self.literals[1:], self.qp_literals[1:]):
