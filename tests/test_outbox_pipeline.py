@@ -121,9 +121,11 @@ def test_results_are_recorded_while_later_messages_are_being_sent(gw: RunningGat
     loop: asyncio.AbstractEventLoop
 
     class Watched(Outbox):
-        def _record(self, conn: Connection, results: list[tuple[Job, SendResult]], now: datetime) -> None:
-            super()._record(conn, results, now)
-            loop.call_soon_threadsafe(recorded.set)   # _record runs in a worker thread
+        def _step(self, results: list[tuple[Job, SendResult]], want: int) -> Any:
+            done = super()._step(results, want)   # committed when it returns
+            if results:
+                loop.call_soon_threadsafe(recorded.set)   # _step runs in a worker thread
+            return done
 
     async def second_waits_for_the_first_to_be_recorded(sent: int) -> None:
         if sent == 1:
