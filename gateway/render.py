@@ -28,15 +28,18 @@ layout, and the layout of a message does not depend on the values in it, so at c
 
 Per message we escape each value, apply the recorded filters, and join the pieces: the
 same bytes a full Jinja2 + MJML render would produce (tests/test_render.py compares the two
-for every template, every branch, and generated text). The text part needs no MJML and is
-an ordinary Jinja2 render per message. What the fast path needs from HTML templates:
+for every template, every branch, and generated text). The text part needs no MJML; it is
+cut at sentinels the same way (without escaping, with ``_TEXT_FILTERS``), since a Jinja2
+render per message cost more than the outbox can spend. What the fast path needs from
+templates (HTML and text alike):
 
 * ``if`` only on the variables listed as flags in ``_KINDS``. Each combination of flags is
   compiled separately (2-4 variants per template); a branch on any other variable would be
   frozen at compile time. Loops over values are impossible for the same reason, which is
   why message text becomes HTML through the ``nl2br`` filter and not through a loop.
-* Only the filters in ``_HTML_FILTERS`` on values. Any other filter changes the sentinel,
-  which construction detects ("@@gw" left in the HTML) and refuses.
+* Only the filters in ``_HTML_FILTERS`` (``_TEXT_FILTERS`` in text templates) on values. Any
+  other filter changes the sentinel, which construction detects ("@@gw" left in the output)
+  and refuses.
 * No values inside ``<mj-title>``: MRML copies the title into an ``aria-label`` with Rust
   debug escaping (a newline comes out as a backslash and an "n"), so it would not even
   match a full render.
@@ -56,10 +59,11 @@ studio's time zone.
 """
 from __future__ import annotations
 
+import binascii
 import itertools
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
@@ -94,6 +98,9 @@ class Rendered:
 
     text: str            # the text/plain body, ending with one newline
     html: str            # the text/html body, a complete document ending with one newline
+    # `html` quoted-printable with CRLF line ends, when the fast path made it (see qp_piece):
+    # the outbox sends it as is instead of encoding 8 KB of HTML per message.
+    html_qp: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -194,7 +201,7 @@ def _nl2br(value: str) -> Markup:
 _HTML_FILTERS: Mapping[str, Callable[[str], Markup]] = {"nl2br": _nl2br}
 
 
-def _slot_aware(name: str, apply: Callable[[str], Markup]) -> Callable[[str], str]:
+def _slot_aware(name: str, apply: Callable[[str], str]) -> Callable[[str], str]:
     """A Jinja filter that records itself on a sentinel and filters real values."""
     def jinja_filter(value: str) -> str:
         if isinstance(value, _Slot):
@@ -206,6 +213,35 @@ def _slot_aware(name: str, apply: Callable[[str], Markup]) -> Callable[[str], st
 def _quote_text(value: str) -> str:
     """Prefix each line with "> " (">" for empty ones), as mail clients quote plain text."""
     return "\n".join(f"> {line}" if line else ">" for line in value.split("\n"))
+
+
+_TEXT_FILTERS: Mapping[str, Callable[[str], str]] = {"quote": _quote_text}
+
+
+def qp_piece(value: str) -> bytes:
+    """`value` quoted-printable (RFC 2045 6.7) with CRLF line ends, ending at a line start.
+
+    A piece that ends mid-line gets a soft line break ("=" CRLF), which decoders remove, so
+    pieces encoded separately concatenate into a valid encoding of the concatenated text:
+    the fixed HTML of a template is encoded once, and per message only the values are.
+    binascii does the work in C (soft breaks keep lines within 76 characters).
+    """
+    if not value:
+        return b""
+    encoded = binascii.b2a_qp(value.replace("\r\n", "\n").encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    if encoded.endswith(b"\r\n"):
+        return encoded
+    head, crlf, last = encoded.rpartition(b"\r\n")
+    if len(last) < 76:
+        return encoded + b"=\r\n"
+    # binascii fills the last line up to 76 characters: the soft break needs one more, so
+    # break it earlier, never inside an =XX escape (any "=" in the output starts one).
+    cut = 75
+    if last[cut - 1:cut] == b"=":
+        cut -= 1
+    elif last[cut - 2:cut - 1] == b"=":
+        cut -= 2
+    return head + crlf + last[:cut] + b"=\r\n" + last[cut:] + b"=\r\n"
 
 
 def _mjml(source: str) -> str:
@@ -228,15 +264,25 @@ class _Compiled:
     literals: tuple[str, ...]                        # len(holes) + 1 pieces of fixed HTML
     holes: tuple[int, ...]                           # per gap between literals: index into slots
     slots: tuple[tuple[str, tuple[str, ...]], ...]   # (variable, filters), each computed once
+    qp_literals: tuple[bytes, ...] = ()              # the literals through qp_piece
 
     @classmethod
     def from_html(cls, html: str, template: str) -> _Compiled:
-        pieces = _SENTINEL.split(html)   # literal, name, filters, literal, name, filters, ...
+        return cls._cut(html, template, _HTML_FILTERS, " or into <mj-title>")
+
+    @classmethod
+    def from_text(cls, text: str, template: str) -> _Compiled:
+        """A text/plain template rendered with sentinels: filled with fill_text, no escaping."""
+        return cls._cut(text, template, _TEXT_FILTERS, "")
+
+    @classmethod
+    def _cut(cls, output: str, template: str, allowed: Mapping[str, object], where: str) -> _Compiled:
+        pieces = _SENTINEL.split(output)   # literal, name, filters, literal, name, filters, ...
         literals = pieces[0::3]
         for literal in literals:
             if "@@gw" in literal.lower():
                 raise ValueError(f"{template}: a value went through a filter the renderer cannot "
-                                 f"replay (allowed: {', '.join(_HTML_FILTERS)}) or into <mj-title>")
+                                 f"replay (allowed: {', '.join(allowed)}){where}")
         slots: list[tuple[str, tuple[str, ...]]] = []
         holes: list[int] = []
         for name, filters in zip(pieces[1::3], pieces[2::3]):
@@ -244,19 +290,37 @@ class _Compiled:
             if key not in slots:
                 slots.append(key)
             holes.append(slots.index(key))
-        return cls(literals=tuple(literals), holes=tuple(holes), slots=tuple(slots))
+        return cls(literals=tuple(literals), holes=tuple(holes), slots=tuple(slots),
+                   qp_literals=tuple(qp_piece(literal) for literal in literals))
 
-    def fill(self, context: Mapping[str, str | bool]) -> str:
-        values = []
+    def fill(self, context: Mapping[str, str | bool]) -> tuple[str, bytes]:
+        """The HTML, and the same HTML quoted-printable (fixed pieces encoded at compile time)."""
+        values: list[str] = []
         for name, filters in self.slots:
             value: str = str(context[name])
             for f in filters:
                 value = _HTML_FILTERS[f](value)
-            values.append(escape(value))   # no-op on a filter's Markup, as in Jinja
+            # escape: a no-op on a filter's Markup, as in Jinja. Then a plain str: Markup's methods
+            # (the replace in qp_piece) escape their arguments on every call.
+            values.append(str(escape(value)))
+        encoded = [qp_piece(value) for value in values]
+        out, qp = [self.literals[0]], [self.qp_literals[0]]
+        for hole, literal, qp_literal in zip(self.holes, self.literals[1:], self.qp_literals[1:]):
+            out += (values[hole], literal)
+            qp += (encoded[hole], qp_literal)
+        return "".join(out), b"".join(qp)
+
+    def fill_text(self, context: Mapping[str, str | bool]) -> str:
+        """The text part: values as they are (autoescape is off for text), through their filters."""
+        values: list[str] = []
+        for name, filters in self.slots:
+            value = str(context[name])
+            for f in filters:
+                value = _TEXT_FILTERS[f](value)
+            values.append(value)
         out = [self.literals[0]]
         for hole, literal in zip(self.holes, self.literals[1:]):
-            out.append(values[hole])
-            out.append(literal)
+            out += (values[hole], literal)
         return "".join(out)
 
 
@@ -319,12 +383,14 @@ class Renderer:
         self._html_env.filters.update({name: _slot_aware(name, f) for name, f in _HTML_FILTERS.items()})
         self._text_env = jinja2.Environment(loader=loader, autoescape=False, undefined=jinja2.StrictUndefined,
                                             trim_blocks=True, keep_trailing_newline=True)
-        self._text_env.filters["quote"] = _quote_text
+        self._text_env.filters.update({name: _slot_aware(name, f) for name, f in _TEXT_FILTERS.items()})
         self._text = {(kind, loc): self._text_env.get_template(f"email/{kind}.{loc}.txt.j2")
                       for kind in _KINDS for loc in locales}
         self._compiled: dict[tuple[str, str], dict[tuple[bool, ...], _Compiled]] | None = None
+        self._compiled_text: dict[tuple[str, str], dict[tuple[bool, ...], _Compiled]] = {}
         if precompile:
             self._compiled = {(kind, loc): self._compile(kind, loc) for kind in _KINDS for loc in locales}
+            self._compiled_text = {(kind, loc): self._compile_text(kind, loc) for kind in _KINDS for loc in locales}
 
     def language(self, locale: str) -> str:
         """The template language for a locale: "de-AT" and "de_DE" give "de"; unknown, the default."""
@@ -381,22 +447,36 @@ class Renderer:
 
     def _compile(self, kind: str, language: str) -> dict[tuple[bool, ...], _Compiled]:
         """Every flag combination of one HTML template, compiled by MRML once."""
-        spec = _KINDS[kind]
         template = self._html_env.get_template(f"email/{kind}.{language}.mjml.j2")
-        variants: dict[tuple[bool, ...], _Compiled] = {}
+        return {combination: _Compiled.from_html(_mjml(template.render(context)), template.name or kind)
+                for combination, context in self._sentinel_contexts(kind)}
+
+    def _compile_text(self, kind: str, language: str) -> dict[tuple[bool, ...], _Compiled]:
+        """Every flag combination of one text template, cut at the sentinels like the HTML:
+        filling one costs a few microseconds, a Jinja render about 25 (measured)."""
+        template = self._text[kind, language]
+        return {combination: _Compiled.from_text(template.render(context), template.name or kind)
+                for combination, context in self._sentinel_contexts(kind)}
+
+    @staticmethod
+    def _sentinel_contexts(kind: str) -> list[tuple[tuple[bool, ...], dict[str, str | bool]]]:
+        """Per flag combination, a context of sentinels with the flags set accordingly."""
+        spec = _KINDS[kind]
+        out = []
         for combination in itertools.product((False, True), repeat=len(spec.flags)):
             context: dict[str, str | bool] = {name: _Slot(f"@@gw:{name}@@") for name in spec.defaults}
             for flag, on in zip(spec.flags, combination):
                 default = spec.defaults[flag]
                 context[flag] = (True if isinstance(default, bool) else context[flag]) if on else default
-            variants[combination] = _Compiled.from_html(_mjml(template.render(context)), template.name or kind)
-        return variants
+            out.append((combination, context))
+        return out
 
     def _render(self, kind: str, language: str, context: dict[str, str | bool]) -> Rendered:
-        text = self._text[kind, language].render(context)
         if self._compiled is None:
+            text = self._text[kind, language].render(context)
             html = _mjml(self._html_env.get_template(f"email/{kind}.{language}.mjml.j2").render(context))
-        else:
-            variant = tuple(bool(context[flag]) for flag in _KINDS[kind].flags)
-            html = self._compiled[kind, language][variant].fill(context)
-        return Rendered(text=text, html=html)
+            return Rendered(text=text, html=html)
+        variant = tuple(bool(context[flag]) for flag in _KINDS[kind].flags)
+        text = self._compiled_text[kind, language][variant].fill_text(context)
+        html, html_qp = self._compiled[kind, language][variant].fill(context)
+        return Rendered(text=text, html=html, html_qp=html_qp)

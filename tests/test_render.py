@@ -6,6 +6,7 @@ template and branch, and for generated text.
 """
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
 import re
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from gateway import mime
 from gateway.quotes import split_reply
-from gateway.render import Quoted, Rendered, Renderer, _Compiled
+from gateway.render import Quoted, Rendered, Renderer, _Compiled, qp_piece
 
 HOSTILE = '<script>alert(1)</script> "&<>'
 HOSTILE_HTML = "&lt;script&gt;alert(1)&lt;/script&gt; &#34;&amp;&lt;&gt;"
@@ -232,6 +233,17 @@ def test_fast_path_equals_full_render_for_every_template_and_branch(renderer: Re
         for (name, a), (_, b) in zip(fast, full):
             assert a.html == b.html, name
             assert a.text == b.text, name
+            assert_qp_is_the_html(a)
+
+
+def assert_qp_is_the_html(rendered: Rendered) -> None:
+    """html_qp (fixed pieces encoded once, values per message) decodes to exactly the HTML and
+    keeps RFC 2045's limits: CRLF line ends, at most 76 characters a line, ASCII only."""
+    assert rendered.html_qp is not None
+    assert binascii.a2b_qp(rendered.html_qp) == rendered.html.replace("\n", "\r\n").encode()
+    lines = rendered.html_qp.split(b"\r\n")
+    assert lines[-1] == b"" and b"\n" not in rendered.html_qp.replace(b"\r\n", b"")
+    assert all(len(line) <= 76 and line.isascii() for line in lines)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -243,7 +255,9 @@ def test_fast_path_equals_full_render_for_any_text(text: str, quoted_text: str, 
     fast, full = _SHARED["fast"], _SHARED["full"]
     quoted = Quoted(author=author, sent_at=SENT, text=quoted_text) if quote else None
     kwargs = dict(locale=locale, studio_name=studio, text=text, guest_name=guest, quoted=quoted)
-    assert fast.reply(**kwargs) == full.reply(**kwargs)
+    reply = fast.reply(**kwargs)
+    assert reply == full.reply(**kwargs)
+    assert_qp_is_the_html(reply)
     assert fast.acknowledgement(locale=locale, studio_name=studio, guest_name=guest) == \
         full.acknowledgement(locale=locale, studio_name=studio, guest_name=guest)
 
@@ -256,7 +270,9 @@ def test_a_filter_the_fast_path_cannot_replay_is_refused_at_construction() -> No
     with pytest.raises(ValueError, match="cannot replay"):
         _Compiled.from_html("<p>@@GW:TEXT@@</p>", "email/x.de.mjml.j2")   # e.g. {{ text|upper }}
     compiled = _Compiled.from_html("<p>@@gw:text|nl2br@@ {x} @@gw:name@@</p>", "email/x.de.mjml.j2")
-    assert compiled.fill({"text": "a\n<b>", "name": "&"}) == "<p>a<br />&lt;b&gt; {x} &amp;</p>"
+    html, html_qp = compiled.fill({"text": "a\n<b>", "name": "&"})
+    assert html == "<p>a<br />&lt;b&gt; {x} &amp;</p>"
+    assert binascii.a2b_qp(html_qp) == html.encode()
 
 
 # ------------------------------------------------------------------ as a real email
@@ -289,7 +305,26 @@ def test_account_deletion_fast_path_equals_full_render(renderer: Renderer, refer
                   expires_at=SENT + timedelta(hours=48), sender_name="Helpdesk", link=link)
     fast, full = renderer.account_deletion(**values), reference.account_deletion(**values)  # type: ignore[arg-type]
     assert fast == full
+    assert_qp_is_the_html(fast)
     assert "ABCD-EFGH-IJKL-MNOP" in fast.text and "ABCD-EFGH-IJKL-MNOP" in fast.html
     assert HOSTILE in fast.text and HOSTILE_HTML in fast.html and "@@gw" not in fast.html
     assert (link in fast.text and f'href="{link}"' in fast.html) if link else "href" not in fast.html
     assert {"de": "22.11.2026 um 10:00 UTC", "en": "Nov 22, 2026, at 10:00 UTC"}[locale] in fast.text
+
+
+def test_text_templates_are_cut_too_and_filled_without_escaping() -> None:
+    compiled = _Compiled.from_text("@@gw:name@@ schrieb:\n@@gw:text|quote@@\n", "email/x.de.txt.j2")
+    assert compiled.fill_text({"name": "<Lena & Co>", "text": "a\n\nb"}) == "<Lena & Co> schrieb:\n> a\n>\n> b\n"
+    with pytest.raises(ValueError, match="cannot replay"):
+        _Compiled.from_text("@@GW:TEXT@@", "email/x.de.txt.j2")   # e.g. {{ text|upper }}
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(alphabet=st.sampled_from("x =\t\n.é𐀀"), max_size=240))
+def test_quoted_printable_pieces_decode_exactly_within_76_characters(value: str) -> None:
+    # Around the 76-character limit: the soft break a piece ends with must fit on its line,
+    # and must not split an =XX escape.
+    encoded = qp_piece(value)
+    assert binascii.a2b_qp(encoded) == value.replace("\n", "\r\n").encode()
+    assert all(len(line) <= 76 and line.isascii() for line in encoded.split(b"\r\n"))
+    assert encoded == b"" or encoded.endswith(b"\r\n")
