@@ -28,13 +28,12 @@ from typing import Callable
 
 import tenacity
 from sqlalchemy import Connection, Engine, bindparam, exists, or_, select, update
-from sqlalchemy.dialects import sqlite
 
-from gateway.blobs import bind_value
-from gateway.db import driver_execute, read_tx, write_tx
+from gateway.db import read_tx, write_tx
 from gateway.ingest import MESSAGE
 from gateway.models import utcnow
 from gateway.outbound import OutgoingMail, compose_many
+from gateway.prepared import Prepared
 from gateway.relay import MaildirTransport, RelayConnection, RelayUrl, SendResult, Transport
 from gateway.render import Renderer
 from gateway.replies import OUTBOUND_JOB
@@ -80,20 +79,16 @@ _CLAIM = (update(OUTBOUND_JOB)
           .where(or_(OUTBOUND_JOB.c.id.in_(_DUE.scalar_subquery()), OUTBOUND_JOB.c.id.in_(_EXPIRED.scalar_subquery())))
           .values(status="sending", claimed_at=bindparam("now"), attempts=OUTBOUND_JOB.c.attempts + 1)
           .returning(OUTBOUND_JOB.c.id, OUTBOUND_JOB.c.message_id, OUTBOUND_JOB.c.attempts, OUTBOUND_JOB.c.created_at))
-_CLAIM_SQLITE = _CLAIM.compile(dialect=sqlite.dialect())
-_MESSAGE_SENDING = (update(MESSAGE).where(MESSAGE.c.id == bindparam("message_row_id"))
-                    .values(delivery="sending"))
+_CLAIM_JOBS = Prepared(_CLAIM)
+_MESSAGE_SENDING = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("message_row_id"))
+                            .values(delivery="sending"))
 # Results: one row per statement, executed as executemany (one C loop in the driver on SQLite,
 # pipelined by psycopg) rather than an IN list SQLAlchemy re-renders on every call.
-_JOB_SENT = (update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == bindparam("job_id"))
-             .values(status="sent", claimed_at=None, last_error=None, sent_at=bindparam("now")))
-_MESSAGE_SENT = (update(MESSAGE).where(MESSAGE.c.id == bindparam("message_row_id"))
-                 .values(delivery="sent", sent_at=bindparam("now")))
-# On SQLite the same statements go to the driver (db.driver_execute): SQLAlchemy's per-row
-# parameter handling cost more than SQLite takes to update the rows (about 15 us a message).
-_MESSAGE_SENDING_SQLITE = "UPDATE message SET delivery = 'sending' WHERE id = ?"
-_JOB_SENT_SQLITE = "UPDATE outbound_job SET status = 'sent', claimed_at = NULL, last_error = NULL, sent_at = ? WHERE id = ?"
-_MESSAGE_SENT_SQLITE = "UPDATE message SET delivery = 'sent', sent_at = ? WHERE id = ?"
+_JOB_SENT = Prepared(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == bindparam("job_id"))
+                     .values(status="sent", claimed_at=None, last_error=None,
+                             sent_at=bindparam("now", type_=OUTBOUND_JOB.c.sent_at.type)))
+_MESSAGE_SENT = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("message_row_id"))
+                         .values(delivery="sent", sent_at=bindparam("now", type_=MESSAGE.c.sent_at.type)))
 # 30 s, 1 min, 2 min, ... capped at an hour between tries, plus up to 15 s of jitter so a relay
 # coming back is not hit by every queued reply at the same second. (Full jitter, as before,
 # could retry a refused connection a few milliseconds later: no backoff at all.)
@@ -173,23 +168,9 @@ class Outbox:
             return self._claim(conn, limit or PER_CONNECTION * len(self.transports), self.clock())
 
     def _claim(self, conn: Connection, limit: int, now: datetime) -> list[Job]:
-        if conn.dialect.name == "sqlite":
-            return self._claim_sqlite(conn, limit, now)
-        rows = conn.execute(_CLAIM, {"now": now, "expired_before": now - LEASE, "limit": limit}).all()
+        rows = _CLAIM_JOBS.execute(conn, now=now, expired_before=now - LEASE, limit=limit).fetchall()
         if rows:
-            conn.execute(_MESSAGE_SENDING, [{"message_row_id": r.message_id} for r in rows])
-        rows.sort(key=lambda r: r.id)  # RETURNING promises no order; roughly oldest first
-        return [Job(r.id, r.message_id, r.attempts, r.created_at) for r in rows]
-
-    def _claim_sqlite(self, conn: Connection, limit: int, now: datetime) -> list[Job]:
-        """_claim through the driver: the same statement, compiled once for SQLite."""
-        params = _CLAIM_SQLITE.construct_params({
-            "now": bind_value(OUTBOUND_JOB.c.claimed_at, conn, now), "limit": limit,
-            "expired_before": bind_value(OUTBOUND_JOB.c.claimed_at, conn, now - LEASE)})
-        rows = driver_execute(conn, _CLAIM_SQLITE.string,
-                              [params[name] for name in _CLAIM_SQLITE.positiontup or ()]).fetchall()
-        if rows:
-            driver_execute(conn, _MESSAGE_SENDING_SQLITE, [(r[1],) for r in rows], many=True)
+            _MESSAGE_SENDING.execute_many(conn, [{"message_row_id": r[1]} for r in rows])
         rows.sort()  # RETURNING promises no order; by id, roughly oldest first
         column_type = OUTBOUND_JOB.c.created_at.type.dialect_impl(conn.dialect)
         created = column_type.result_processor(conn.dialect, None) or (lambda value: value)
@@ -216,13 +197,9 @@ class Outbox:
 
     def _record(self, conn: Connection, results: list[tuple[Job, SendResult]], now: datetime) -> None:
         sent = [job for job, result in results if result.kind == "sent"]
-        if sent and conn.dialect.name == "sqlite":  # the common case, in two statements however many
-            at = bind_value(OUTBOUND_JOB.c.sent_at, conn, now)
-            driver_execute(conn, _JOB_SENT_SQLITE, [(at, j.id) for j in sent], many=True)
-            driver_execute(conn, _MESSAGE_SENT_SQLITE, [(at, j.message_row_id) for j in sent], many=True)
-        elif sent:
-            conn.execute(_JOB_SENT, [{"job_id": j.id, "now": now} for j in sent])
-            conn.execute(_MESSAGE_SENT, [{"message_row_id": j.message_row_id, "now": now} for j in sent])
+        if sent:  # the common case, in two statements however many
+            _JOB_SENT.execute_many(conn, [{"job_id": j.id, "now": now} for j in sent])
+            _MESSAGE_SENT.execute_many(conn, [{"message_row_id": j.message_row_id, "now": now} for j in sent])
         for job, result in results:
             if result.kind == "sent":
                 continue

@@ -59,15 +59,28 @@ class Prepared:
             binds.append((name, fixed, bind.type.dialect_impl(dialect).bind_processor(dialect)))  # as db.bind_processor
         return _Compiled(str(compiled), compiled.positional, tuple(binds))
 
-    def execute(self, conn: Connection, **params: Any) -> Any:
-        dialect = conn.dialect
-        compiled = self._compiled.get(dialect.name)
+    def _for(self, conn: Connection) -> _Compiled:
+        compiled = self._compiled.get(conn.dialect.name)
         if compiled is None:
-            compiled = self._compiled[dialect.name] = self._compile(dialect)
+            compiled = self._compiled[conn.dialect.name] = self._compile(conn.dialect)
+        return compiled
+
+    @staticmethod
+    def _bound(compiled: _Compiled, params: dict[str, Any]) -> Any:
         values = []
         for name, fixed, processor in compiled.binds:
             value = params[name] if name in params else fixed
             values.append(processor(value) if processor is not None and value is not None else value)
         if compiled.positional:
-            return driver_execute(conn, compiled.sql, values)
-        return driver_execute(conn, compiled.sql, dict(zip((b[0] for b in compiled.binds), values)))
+            return values
+        return dict(zip((b[0] for b in compiled.binds), values))
+
+    def execute(self, conn: Connection, **params: Any) -> Any:
+        compiled = self._for(conn)
+        return driver_execute(conn, compiled.sql, self._bound(compiled, params))
+
+    def execute_many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """The statement once per row, as the driver's executemany (one C loop on SQLite,
+        pipelined by psycopg)."""
+        compiled = self._for(conn)
+        driver_execute(conn, compiled.sql, [self._bound(compiled, row) for row in rows], many=True)
