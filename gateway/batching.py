@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from gateway.db import is_sqlite, make_engine, sqlite_write_lock, write_tx
+from gateway.db import InlineTx, begin_inline, is_sqlite, make_engine, sqlite_write_lock, write_tx
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,37 +123,27 @@ class WriteBatcher:
         prepared = self._prepare(batch)
         if prepared is None:
             return await loop.run_in_executor(self._executor, self._write, batch)
-        conn, outcomes = prepared
-        try:
-            await loop.run_in_executor(self._executor, self._commit, conn)
-        finally:
-            assert self._lock is not None
-            self._lock.release()
+        tx, outcomes = prepared
+        await tx.commit(loop, self._executor)
         return outcomes
 
-    def _prepare(self, batch: list[_Write]) -> tuple[Connection, list[tuple[bool, Any]]] | None:
-        """SQLite: the batch's statements run here, on the loop, in a transaction left open for
-        `_commit`, with the process's write lock held until then; None when the thread must do
-        it all (a lock is busy, or a write raised: the thread retries them one by one)."""
-        if self._inline_engine is None or self._lock is None or not self._lock.acquire(blocking=False):
+    def _prepare(self, batch: list[_Write]) -> tuple[InlineTx, list[tuple[bool, Any]]] | None:
+        """SQLite: the batch's statements run here, on the loop (gateway/db.begin_inline); None
+        when the thread must do it all (a lock is held, or a write raised: the thread retries
+        them one by one)."""
+        if self._inline_engine is None or self._lock is None:
             return None
-        conn = None
         try:
-            conn = self._inline_engine.connect().execution_options(write=True)
-            conn.begin()
-            return conn, [(True, item.fn(conn)) for item in batch]
+            tx = begin_inline(self._inline_engine, self._lock)
+        except OperationalError:
+            return None
+        if tx is None:
+            return None
+        try:
+            return tx, [(True, item.fn(tx.conn)) for item in batch]
         except Exception:
-            if conn is not None:
-                conn.close()  # rolls back
-            self._lock.release()
+            tx.abandon()
             return None
-
-    @staticmethod
-    def _commit(conn: Connection) -> None:
-        try:
-            conn.commit()
-        finally:
-            conn.close()
 
     def _write(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
         try:

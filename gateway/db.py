@@ -7,8 +7,11 @@ waiting out `busy_timeout`. PostgreSQL runs with `synchronous_commit=on` for the
 """
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
+from concurrent.futures import Executor
+from dataclasses import dataclass
 import weakref
 from contextlib import contextmanager
 from importlib import resources
@@ -106,7 +109,9 @@ class DriverSQL:
 
     SQLAlchemy Core spends 30-60 µs per execution on cache keys, parameter processing and
     result wrapping; the processor runs about six statements per message, which was a third of
-    its CPU (bench/processor_cpu.py). psycopg wants `%s` where sqlite3 wants `?`, so the
+    its CPU (bench/processor_cpu.py). For SQL that Core does not write in one fixed shape
+    (IN lists as long as a chunk, multi-row VALUES); a fixed statement is better kept as Core
+    and run through gateway/prepared.Prepared, which binds values itself. psycopg wants `%s` where sqlite3 wants `?`, so the
     statement must not contain either character otherwise. Parameters must already be in the
     driver's form: `bind_processor` gives the one for a column whose type converts values.
     """
@@ -183,6 +188,64 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
     finally:
         if lock is not None:
             lock.release()
+
+
+def is_busy(exc: exc_module.OperationalError) -> bool:
+    """SQLite's write lock is held by another connection (worth retrying in a moment)."""
+    return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+
+
+@dataclass
+class InlineTx:
+    """A SQLite write transaction whose statements run on the event loop and whose commit (the
+    fsync, which releases the GIL) runs in a thread; the process's write lock is held from
+    `begin_inline` until the commit or `abandon`."""
+
+    conn: Connection
+    lock: threading.RLock
+
+    async def commit(self, loop: asyncio.AbstractEventLoop, executor: Executor) -> None:
+        try:
+            await loop.run_in_executor(executor, _commit_and_close, self.conn)
+        finally:
+            self.lock.release()
+
+    def abandon(self) -> None:
+        """Roll back and let the other writers in."""
+        self.conn.close()
+        self.lock.release()
+
+
+def _commit_and_close(conn: Connection) -> None:
+    try:
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def begin_inline(engine: Engine, lock: threading.RLock) -> InlineTx | None:
+    """Begin an InlineTx without ever waiting, as the loop must not: the process's write lock
+    is taken without blocking and `engine` gives up at once on SQLite's lock (busy_timeout 0);
+    None when either is held, and the caller hands the work to its writer thread instead.
+
+    Group commits (gateway/ingest.py, gateway/batching.py) run their statements this way:
+    handing each statement to a thread cost more in GIL hand-offs than the statements."""
+    if not lock.acquire(blocking=False):
+        return None
+    conn = engine.connect().execution_options(write=True)
+    try:
+        conn.begin()
+    except exc_module.OperationalError as exc:
+        conn.close()
+        lock.release()
+        if is_busy(exc):
+            return None
+        raise
+    except BaseException:
+        conn.close()
+        lock.release()
+        raise
+    return InlineTx(conn, lock)
 
 
 def _busy_timeout(engine: Engine) -> float:

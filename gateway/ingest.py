@@ -24,7 +24,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from gateway.batching import next_batch
 from gateway.blobs import blob_store
 from gateway.conversations import normalize_subject, parse_studio_address, verify_reply_token
-from gateway.db import bind_processor, driver_execute, is_sqlite, make_engine, sqlite_write_lock, write_tx
+from gateway.db import (InlineTx, begin_inline, bind_processor, driver_execute, is_busy, is_sqlite, make_engine,
+                        sqlite_write_lock, write_tx)
 from gateway.headers import HeaderPeek, peek
 from gateway.models import Conversation, Guest, InboundMail, Message, Studio, utcnow
 from gateway.settings import Settings
@@ -262,11 +263,6 @@ def _looks_like_reply(conn: Connection, studio_id: int, sender: str, head: Heade
     ).first() is not None
 
 
-def _busy(exc: OperationalError) -> bool:
-    """SQLite's write lock is held by another connection (worth retrying in a moment)."""
-    return "locked" in str(exc.orig) or "busy" in str(exc.orig)
-
-
 PG_COMMITS_IN_FLIGHT = 1
 
 
@@ -375,12 +371,8 @@ class Acceptor:
         try:
             prepared = self._prepare(batch)
             if prepared is not None:
-                conn, results = prepared
-                try:
-                    await loop.run_in_executor(self._executor, self._commit, conn)
-                finally:
-                    assert self._lock is not None
-                    self._lock.release()
+                tx, results = prepared
+                await tx.commit(loop, self._executor)
             else:
                 results = await loop.run_in_executor(self._executor, self._write, batch)
         except Exception as exc:  # database or disk trouble: nothing of the batch was committed
@@ -420,38 +412,27 @@ class Acceptor:
         if self.on_stored and any(not isinstance(r, Exception) for r in results):
             self.on_stored()
 
-    def _prepare(self, batch: list[_Pending]) -> tuple[Connection, list[int | Exception]] | None:
-        """SQLite: run the batch's statements on the loop, leaving only the commit (the fsync,
-        which releases the GIL) to the writer thread; None when the thread must do it all
-        (another process holds the lock, or one message upsets the database)."""
-        # The process's other writers (the processor and outbox threads of `gateway serve`)
-        # queue on this lock; without it they met SQLite's busy handler, which sleeps up to
-        # 100 ms between tries. Taken without blocking: the loop never waits for it.
+    def _prepare(self, batch: list[_Pending]) -> tuple[InlineTx, list[int | Exception]] | None:
+        """SQLite: run the batch's statements on the loop, leaving only the commit to the writer
+        thread; None when the thread must do it all (a lock is held, or one message upsets the
+        database). The lock is the one the process's other writers (the processor and outbox
+        threads of `gateway serve`) queue on: writing past it, they met SQLite's busy handler,
+        which sleeps up to 100 ms between tries."""
         assert self._lock is not None
-        if not self._lock.acquire(blocking=False):
+        tx = begin_inline(self._write_engine, self._lock)
+        if tx is None:
             return None
-        conn = self._write_engine.connect().execution_options(write=True)
         try:
-            conn.begin()
-            return conn, store_batch(conn, [(p.raw, p.envelope) for p in batch], self.settings,
-                                     self.secret, self._studio_ids)
+            return tx, store_batch(tx.conn, [(p.raw, p.envelope) for p in batch], self.settings,
+                                   self.secret, self._studio_ids)
         except OperationalError as exc:
-            conn.close()
-            self._lock.release()
-            if _busy(exc):
+            tx.abandon()
+            if is_busy(exc):
                 return None
             raise
         except Exception:
-            conn.close()
-            self._lock.release()
+            tx.abandon()
             return None
-
-    @staticmethod
-    def _commit(conn: Connection) -> None:
-        try:
-            conn.commit()
-        finally:
-            conn.close()
 
     def _store(self, items: list[tuple[bytes, Envelope]]) -> list[int | Exception]:
         deadline = time.monotonic() + self._busy_budget
@@ -461,7 +442,7 @@ class Acceptor:
                 with write_tx(self._write_engine) as conn:
                     return store_batch(conn, items, self.settings, self.secret, self._studio_ids)
             except OperationalError as exc:
-                if not _busy(exc) or time.monotonic() + delay > deadline:
+                if not is_busy(exc) or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)  # another writer holds SQLite's lock for a few ms: try again soon
             delay = min(delay * 2, 0.004)

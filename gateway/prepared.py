@@ -10,6 +10,7 @@ stores them), by position or by name as the driver expects.
 
 Results come back as the driver's plain tuples, without result processing: use it for
 statements that return ids and text, not for columns that need converting on the way out.
+SQL whose shape varies per call (an IN list per chunk) is written by hand: db.DriverSQL.
 """
 from __future__ import annotations
 
