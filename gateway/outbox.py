@@ -247,7 +247,7 @@ class Outbox:
         """Send every job that is due, until none is left; the number handled.
 
         Claiming and composing overlap sending: one task keeps the database up to date
-        (claims the next jobs when half of the claimed ones are gone, recording the results
+        (claims the next jobs when a quarter of the window is left, recording the results
         that arrived meanwhile in the same commit) while a lane per relay connection sends.
         A stop claims nothing more; the lanes finish, and record, what was claimed."""
         window = PER_CONNECTION * len(self.transports)
