@@ -22,6 +22,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> EmailMessage:
@@ -36,7 +37,8 @@ class _Handler:
         if not self.sink.answer.startswith("250"):
             return self.sink.answer
         with self.sink.lock:
-            self.sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+            self.sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
+                                               list(envelope.mail_options)))
         return "250 2.0.0 Queued as sink"
 
 
@@ -44,6 +46,7 @@ class _Handler:
 class RelaySink:
     port: int = 0
     answer: str = "250"
+    smtputf8: bool = True
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,7 +58,7 @@ class RelaySink:
 
         async def start() -> asyncio.AbstractServer:
             return await self._loop.create_server(
-                lambda: SMTP(handler, decode_data=False, enable_SMTPUTF8=True, hostname="relay.test"), sock=sock)
+                lambda: SMTP(handler, decode_data=False, enable_SMTPUTF8=self.smtputf8, hostname="relay.test"), sock=sock)
 
         self._server = self._loop.run_until_complete(start())
         self._thread = threading.Thread(target=self._loop.run_forever, name="relay-sink", daemon=True)
