@@ -146,6 +146,20 @@ def bind_processor(conn: Connection, column: Any) -> Any:
     return found
 
 
+_result_processors: dict[tuple[str, str, str], Any] = {}
+
+
+def result_processor(conn: Connection, column: Any) -> Any:
+    """The function SQLAlchemy would read `column`'s driver values with (SQLite's datetime
+    text back into an aware datetime), for rows fetched from the driver's cursor."""
+    key = (conn.dialect.name, column.table.name, column.name)
+    found = _result_processors.get(key)
+    if found is None:
+        processor = column.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None)
+        found = _result_processors[key] = processor or _identity
+    return found
+
+
 def _none_safe(processor: Any) -> Any:
     return lambda value: None if value is None else processor(value)
 

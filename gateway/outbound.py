@@ -17,14 +17,16 @@ from dataclasses import dataclass
 from email.header import Header
 from functools import lru_cache
 from email.utils import encode_rfc2231, format_datetime, formataddr
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, select
 
 from gateway.account_deletion import CONFIRMATION, render_confirmations
 from gateway.conversations import reply_address
 from gateway.blobs import BLOB
+from gateway.db import result_processor
 from gateway.ingest import MESSAGE, STUDIO
+from gateway.prepared import Prepared
 from gateway.threader import ATTACHMENT
 from gateway.render import Quoted, Rendered, Renderer
 from gateway.settings import Settings
@@ -137,20 +139,49 @@ def _filename_params(filename: str) -> str:
     return f"filename*={encode_rfc2231(safe, 'utf-8')}"
 
 
-# Built once, with expanding IN parameters: building the statements per batch cost more CPU
-# than running them.
-_TO_COMPOSE = (
+class _Outgoing(NamedTuple):
+    """An outbound message row with its studio, as _build reads it."""
+
+    id: int
+    studio_id: int
+    conversation_id: int
+    from_email: str
+    to_json: str
+    subject: str
+    text: str
+    message_id: str
+    in_reply_to: str | None
+    references_json: str
+    received_at: Any
+    automatic: bool
+    auto_kind: str | None
+    slug: str
+    name: str
+    locale: str
+
+
+class _Parent(NamedTuple):
+    from_name: str
+    from_email: str
+    received_at: Any
+    text: str
+
+
+# One row per statement through the driver (gateway/prepared.py): SQLAlchemy's IN-list
+# statements and row objects cost more per message than SQLite takes to find the rows.
+_TO_COMPOSE = Prepared(
     select(MESSAGE.c.id, MESSAGE.c.studio_id, MESSAGE.c.conversation_id, MESSAGE.c.from_email, MESSAGE.c.to_json,
            MESSAGE.c.subject, MESSAGE.c.text, MESSAGE.c.message_id, MESSAGE.c.in_reply_to, MESSAGE.c.references_json,
            MESSAGE.c.received_at, MESSAGE.c.automatic, MESSAGE.c.auto_kind, STUDIO.c.slug, STUDIO.c.name,
            STUDIO.c.locale)
     .join(STUDIO, STUDIO.c.id == MESSAGE.c.studio_id)
-    .where(MESSAGE.c.id.in_(bindparam("ids", expanding=True)))
+    .where(MESSAGE.c.id == bindparam("id"))
 )
-_PARENTS = (select(MESSAGE.c.studio_id, MESSAGE.c.message_id, MESSAGE.c.from_name, MESSAGE.c.from_email,
-                   MESSAGE.c.received_at, MESSAGE.c.text)
-            .where(MESSAGE.c.studio_id.in_(bindparam("studio_ids", expanding=True)),
-                   MESSAGE.c.message_id.in_(bindparam("message_ids", expanding=True))))
+# The message replied to (ix_message_studio_message_id); the oldest if a Message-ID came twice.
+_PARENT = Prepared(
+    select(MESSAGE.c.from_name, MESSAGE.c.from_email, MESSAGE.c.received_at, MESSAGE.c.text)
+    .where(MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id == bindparam("message_id"))
+    .order_by(MESSAGE.c.id).limit(1))
 _FILES = (select(ATTACHMENT.c.message_id, ATTACHMENT.c.filename, ATTACHMENT.c.content_type, BLOB.c.data)
           .join(BLOB, BLOB.c.sha256 == ATTACHMENT.c.sha256)
           .where(ATTACHMENT.c.message_id.in_(bindparam("ids", expanding=True))).order_by(ATTACHMENT.c.id))
@@ -164,15 +195,21 @@ def compose(conn: Connection, message_row_id: int, settings: Settings, secret: b
 
 def compose_many(conn: Connection, message_row_ids: list[int], settings: Settings, secret: bytes,
                  renderer: Renderer, signer: DkimSigner | None) -> dict[int, OutgoingMail | Exception]:
-    """Several outbound messages with two queries in all (the outbox composes a batch at a
-    time); a message that cannot be built maps to its exception, the others are unaffected."""
-    rows = conn.execute(_TO_COMPOSE, {"ids": list(message_row_ids)}).all()
-    wanted = {r.in_reply_to for r in rows if r.in_reply_to}
-    parents: dict[tuple[int, str], Any] = {}
-    if wanted:
-        for p in conn.execute(_PARENTS, {"studio_ids": sorted({r.studio_id for r in rows}),
-                                         "message_ids": sorted(wanted)}):
-            parents.setdefault((p.studio_id, p.message_id), p)
+    """Several outbound messages (the outbox composes a batch at a time); a message that cannot
+    be built maps to its exception, the others are unaffected."""
+    received = result_processor(conn, MESSAGE.c.received_at)
+    rows: list[_Outgoing] = []
+    for row_id in message_row_ids:
+        found = _TO_COMPOSE.execute(conn, id=row_id).fetchone()
+        if found is not None:
+            row = _Outgoing(*found)
+            rows.append(row._replace(received_at=received(row.received_at), automatic=bool(row.automatic)))
+    parents: dict[tuple[int, str], _Parent] = {}
+    for key in {(r.studio_id, r.in_reply_to) for r in rows if r.in_reply_to}:
+        found = _PARENT.execute(conn, studio_id=key[0], message_id=key[1]).fetchone()
+        if found is not None:
+            parent = _Parent(*found)
+            parents[key] = parent._replace(received_at=received(parent.received_at))
     files: dict[int, list[Any]] = {}
     for a in conn.execute(_FILES, {"ids": [r.id for r in rows]}):
         files.setdefault(a.message_id, []).append(a)
