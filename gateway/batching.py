@@ -156,11 +156,14 @@ class WriteBatcher:
         # One write failed inside the shared transaction (and rolled all of it back): write each
         # in a transaction of its own, so the others are stored and only it sees its error.
         outcomes: list[tuple[bool, Any]] = []
-        for item in batch:
+        for index, item in enumerate(batch):
             try:
                 outcomes.extend(self._write_together([item]))
-            except OperationalError:
-                raise
+            except OperationalError as exc:
+                # The database went away half-way: what was committed stays answered as stored
+                # (a 503 would make the app send that reply twice); the rest must retry.
+                outcomes.extend([(False, WriteUnavailable(type(exc).__name__))] * (len(batch) - index))
+                break
             except Exception as exc:
                 outcomes.append((False, exc))
         return outcomes

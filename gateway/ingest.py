@@ -458,11 +458,14 @@ class Acceptor:
         # Something in one message upset the database (or a replayed token hit its key): store
         # them one by one, so an innocent sender in the same group commit is not told to retry.
         results: list[int | Exception] = []
-        for item in items:
+        for index, item in enumerate(items):
             try:
                 results.extend(self._store([item]))
-            except OperationalError:
-                raise
+            except OperationalError as exc:
+                # The database went away half-way: the messages already committed keep their
+                # 250 (a 451 would have them sent and stored again); the rest must retry.
+                results.extend([TemporaryFailure(type(exc).__name__)] * (len(items) - index))
+                break
             except IntegrityError:
                 if item[1].nonce is None:
                     log.warning("storing one message failed on a constraint", exc_info=True)

@@ -85,3 +85,37 @@ def test_a_batch_meeting_another_connections_lock_waits_off_the_loop(sqlite_url:
     finally:
         other.close()
         engine.dispose()
+
+
+def test_a_database_failing_half_way_keeps_the_writes_already_committed_answered(  # type: ignore[no-untyped-def]
+        settings: Settings, engine) -> None:
+    """When writes are retried one by one and the database fails half-way, a write already
+    committed must be answered as stored: a 503 would make the app send that reply twice."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.batching import WriteUnavailable
+
+    def add(conn: Connection) -> int:
+        return conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
+            "slug": "kept", "name": "Kept", "owner_email": "o@kept.example", "locale": "de",
+            "created_at": utcnow()}).scalar_one()
+
+    def bad(conn: Connection) -> int:
+        raise ValueError("bad input found late")
+
+    def database_gone(conn: Connection) -> int:
+        raise OperationalError("INSERT", None, Exception("disk I/O error"))
+
+    async def scenario() -> list[object]:
+        batcher = WriteBatcher(engine)
+        await batcher.start()
+        try:
+            return await asyncio.gather(batcher.run(add), batcher.run(bad), batcher.run(database_gone),
+                                        return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    stored, refused, unavailable = asyncio.run(scenario())
+    assert isinstance(stored, int) and isinstance(refused, ValueError) and isinstance(unavailable, WriteUnavailable)
+    with read_tx(engine) as conn:
+        assert conn.execute(select(STUDIO.c.id).where(STUDIO.c.slug == "kept")).scalar_one() == stored
