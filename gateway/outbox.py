@@ -29,7 +29,7 @@ from typing import Callable
 import tenacity
 from sqlalchemy import Connection, Engine, bindparam, exists, or_, select, update
 
-from gateway.db import read_tx, write_tx
+from gateway.db import read_tx, result_processor, write_tx
 from gateway.ingest import MESSAGE
 from gateway.models import utcnow
 from gateway.outbound import OutgoingMail, compose_many
@@ -172,8 +172,7 @@ class Outbox:
         if rows:
             _MESSAGE_SENDING.execute_many(conn, [{"message_row_id": r[1]} for r in rows])
         rows.sort()  # RETURNING promises no order; by id, roughly oldest first
-        column_type = OUTBOUND_JOB.c.created_at.type.dialect_impl(conn.dialect)
-        created = column_type.result_processor(conn.dialect, None) or (lambda value: value)
+        created = result_processor(conn, OUTBOUND_JOB.c.created_at)
         return [Job(job_id, message_row_id, attempts, created(created_at))
                 for job_id, message_row_id, attempts, created_at in rows]
 

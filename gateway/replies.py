@@ -75,13 +75,16 @@ _INSERT_JOB = Prepared(insert(OUTBOUND_JOB).values(
     studio_id=bindparam("studio_id"), message_id=bindparam("message_id"), status="queued", attempts=0,
     created_at=bindparam("created_at", type_=OUTBOUND_JOB.c.created_at.type),
     next_attempt_at=bindparam("next_attempt_at", type_=OUTBOUND_JOB.c.next_attempt_at.type)))
-_ACTIVITY = Prepared(update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id")).values(
-    last_message_at=bindparam("now", type_=CONVERSATION.c.last_message_at.type),
-    message_count=CONVERSATION.c.message_count + 1))
-_ACTIVITY_READ = Prepared(update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id")).values(
-    last_message_at=bindparam("now", type_=CONVERSATION.c.last_message_at.type),
-    read_at=bindparam("now", type_=CONVERSATION.c.read_at.type),
-    message_count=CONVERSATION.c.message_count + 1))
+def _activity(read: bool) -> Prepared:
+    """The conversation's activity after a reply; `read` also marks it read (answering is reading)."""
+    values = {"last_message_at": bindparam("now", type_=CONVERSATION.c.last_message_at.type)}
+    if read:
+        values["read_at"] = bindparam("now", type_=CONVERSATION.c.read_at.type)
+    return Prepared(update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"))
+                    .values(**values, message_count=CONVERSATION.c.message_count + 1))
+
+
+_ACTIVITY, _ACTIVITY_READ = _activity(read=False), _activity(read=True)
 
 
 def new_message_id(domain: str, conversation_id: int) -> str:

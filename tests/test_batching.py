@@ -70,8 +70,8 @@ def test_a_batch_meeting_another_connections_lock_waits_off_the_loop(sqlite_url:
         try:
             other.execute("BEGIN IMMEDIATE")  # "another process" writes
             task = asyncio.create_task(batcher.run(add))
-            for _ in range(5):  # the loop keeps running while the write waits
-                await asyncio.sleep(0.01)
+            for _ in range(5):  # the loop keeps turning while the write waits for the lock
+                await asyncio.sleep(0)
                 assert not task.done()
             other.execute("COMMIT")
             return await task
