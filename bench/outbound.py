@@ -72,10 +72,11 @@ def _settings(tmp: str, **extra: Any) -> Any:
 
 def _seed(settings: Any) -> tuple[int, str]:
     """One studio, one guest inquiry threaded into a conversation: (conversation id, token)."""
-    from gateway.db import get_engine, migrate, write_tx
-    from gateway.ingest import Envelope, store_batch
-    from gateway.processor import drain
-    from gateway.studios import add_studio
+    from gateway.store.db import get_engine, migrate, write_tx
+    from gateway.inbound.intake import Envelope, store_batch
+    from gateway.inbound.processor import drain
+    from gateway.runtime import REACTIONS
+    from gateway.access.studios import add_studio
 
     migrate(settings.resolved_database_url)
     engine = get_engine(settings.resolved_database_url)
@@ -84,7 +85,7 @@ def _seed(settings: Any) -> tuple[int, str]:
     with write_tx(engine) as conn:
         _, token = add_studio(conn, "inkwell", "Inkwell Tattoo", "owner@inkwell.example")
         store_batch(conn, [(raw, Envelope("lena@example.org", [f"inkwell@{DOMAIN}"]))], settings, settings.secret())
-    drain(engine, settings)
+    drain(engine, settings, REACTIONS)
     with write_tx(engine) as conn:
         conversation_id = conn.exec_driver_sql("SELECT id FROM conversation").scalar_one()
     return conversation_id, token
@@ -208,10 +209,11 @@ def plain_loop_main(pipe: Any, port: int, message: bytes, count: int, connection
 def outbox_main(pipe: Any, port: int, count: int, connections: int, dkim: str | None) -> None:
     import uvloop
 
-    from gateway.db import get_engine, write_tx
-    from gateway.outbox import Outbox
-    from gateway.replies import create_reply
-    from gateway.signing import generate_keypair
+    from gateway.store.db import get_engine, write_tx
+    from gateway.outbound.outbox import Outbox
+    from gateway.runtime import LATE_BODIES
+    from gateway.outbound.replies import create_reply
+    from gateway.outbound.signing import generate_keypair
 
     pin("client")
     with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp:
@@ -230,7 +232,7 @@ def outbox_main(pipe: Any, port: int, count: int, connections: int, dkim: str | 
                 create_reply(conn, studio_id=studio_id, conversation_id=conversation_id, text=TEXT, settings=settings)
 
         async def main() -> float:
-            outbox = Outbox(engine, settings)
+            outbox = Outbox(engine, settings, late_bodies=LATE_BODIES)
             started = time.perf_counter()
             try:
                 while await outbox.run_once():
@@ -248,10 +250,10 @@ def outbox_main(pipe: Any, port: int, count: int, connections: int, dkim: str | 
 
 def sample_message() -> bytes:
     """A composed reply as the outbox sends it (for the plain loop and the DKIM timings)."""
-    from gateway.db import get_engine, write_tx
-    from gateway.outbound import compose
-    from gateway.render import Renderer
-    from gateway.replies import create_reply
+    from gateway.store.db import get_engine, write_tx
+    from gateway.outbound.compose import compose
+    from gateway.outbound.render import Renderer
+    from gateway.outbound.replies import create_reply
 
     with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp:
         settings = _settings(tmp)
@@ -268,7 +270,7 @@ def sample_message() -> bytes:
 
 
 def dkim_costs(message: bytes) -> dict[str, float]:
-    from gateway.signing import DkimSigner, generate_keypair
+    from gateway.outbound.signing import DkimSigner, generate_keypair
 
     costs = {}
     for kind in ("rsa", "ed25519"):

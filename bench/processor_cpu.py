@@ -2,8 +2,8 @@
 
 The end-to-end figure of bench/smtp_ingest.py is bounded by how fast the processor threads
 stored mail, but on a shared machine its wall-clock figures move by ±15 % from run to run.
-This stores N of that benchmark's German mails as the acceptor does (gateway.ingest.store_batch)
-and times `gateway.processor.drain` with `time.process_time`, which only counts this process's
+This stores N of that benchmark's German mails as the acceptor does (gateway.inbound.acceptor.store_batch)
+and times `gateway.inbound.processor.drain` with `time.process_time`, which only counts this process's
 CPU: the figure to compare variants of the processor by. Its same-run baseline is flanker
 parsing the same mails and nothing else (`flanker.mime.from_string`), the floor of a product
 choice: the ratio moves less than either figure when the machine is busy.
@@ -57,7 +57,7 @@ def _drop(admin: str, name: str) -> None:
 
 def flanker_baseline(count: int) -> float:
     """CPU seconds flanker alone takes to parse `count` of the same mails."""
-    from gateway.mime import _flanker_mime
+    from gateway.inbound.mime import _flanker_mime
 
     run = uuid.uuid4().hex[:6]
     texts = [make_message(run, i, "small")[1].replace(b"\r\n..", b"\r\n.").decode("latin-1")
@@ -70,11 +70,12 @@ def flanker_baseline(count: int) -> float:
 
 def run_once(database: str, count: int, profile: bool) -> tuple[float, int]:
     """CPU seconds of draining `count` stored messages, and how many were threaded."""
-    from gateway.db import dispose_engines, get_engine, migrate, write_tx
-    from gateway.ingest import Envelope, store_batch
-    from gateway.processor import drain
+    from gateway.store.db import dispose_engines, get_engine, migrate, write_tx
+    from gateway.inbound.intake import Envelope, store_batch
+    from gateway.inbound.processor import drain
+    from gateway.runtime import REACTIONS
     from gateway.settings import Settings
-    from gateway.studios import add_studio
+    from gateway.access.studios import add_studio
 
     tmp = tempfile.mkdtemp(prefix="gwcpu-")
     admin = name = ""
@@ -100,7 +101,7 @@ def run_once(database: str, count: int, profile: bool) -> tuple[float, int]:
         before = time.process_time()
         if profiler:
             profiler.enable()
-        done = drain(engine, settings)
+        done = drain(engine, settings, REACTIONS)
         if profiler:
             profiler.disable()
         spent = time.process_time() - before

@@ -532,7 +532,9 @@ class Timings:
 
 
 def _install_timings(timings: Timings) -> None:
-    from gateway import ingest, processor, smtp
+    from gateway.inbound import acceptor as ingest
+    from gateway.inbound import processor
+    from gateway.inbound import smtp
     timings.wrap(ingest.Acceptor, "_write", "acceptor: _write (whole tx incl. commit)", batch_arg=1)
     timings.wrap(ingest, "store_batch", "acceptor:   store_batch (inserts)")
     timings.wrap(ingest, "peek", "acceptor:     headers.peek")
@@ -568,10 +570,10 @@ def gateway_main(pipe: Any, database_url: str, data_dir: str, profile: bool, wor
     if timings:
         _install_timings(timings)
 
-    from gateway.db import write_tx
+    from gateway.store.db import write_tx
     from gateway.runtime import Gateway, settle_heap
     from gateway.settings import Settings
-    from gateway.studios import add_studio
+    from gateway.access.studios import add_studio
 
     settings = Settings(data_dir=Path(data_dir), database_url=database_url, mail_domain=MAIL_DOMAIN,
                         secret_key=SECRET, smtp_port=0, http_port=0, flood_max_new_per_hour=10**9)
@@ -758,7 +760,7 @@ def drive(ctx: Any, deadline: Deadline, port: int, count: int, size: str, connec
 def pg_admin(url: str) -> Any:
     from sqlalchemy import create_engine
 
-    from gateway.db import normalise_url
+    from gateway.store.db import normalise_url
     return create_engine(normalise_url(url), isolation_level="AUTOCOMMIT")
 
 
@@ -803,7 +805,7 @@ class GatewayRun:
 def count_rows(url: str) -> tuple[int, int, dict[str, int]]:
     from sqlalchemy import create_engine, text
 
-    from gateway.db import normalise_url
+    from gateway.store.db import normalise_url
     engine = create_engine(normalise_url(url))
     try:
         with engine.connect() as conn:

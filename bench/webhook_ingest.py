@@ -186,10 +186,10 @@ def gateway_main(pipe: Any, database_url: str, data_dir: str, roles: tuple[str, 
 
     import uvloop
 
-    from gateway.db import write_tx
+    from gateway.store.db import write_tx
     from gateway.runtime import Gateway, settle_heap
     from gateway.settings import Settings
-    from gateway.studios import add_studio
+    from gateway.access.studios import add_studio
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("gateway.ingest").setLevel(logging.INFO)
@@ -302,7 +302,7 @@ def _measure(ctx: Any, target: Any, args: tuple[Any, ...], count: int, connectio
 def _stored(database_url: str) -> int:
     from sqlalchemy import create_engine, text
 
-    from gateway.db import normalise_url
+    from gateway.store.db import normalise_url
 
     engine = create_engine(normalise_url(database_url))
     try:
@@ -315,7 +315,7 @@ def _stored(database_url: str) -> int:
 def _throwaway_pg() -> tuple[str, Any]:
     from sqlalchemy import create_engine, text
 
-    from gateway.db import normalise_url
+    from gateway.store.db import normalise_url
 
     admin = create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
     name = f"gwbench_{uuid.uuid4().hex[:10]}"

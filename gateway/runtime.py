@@ -11,31 +11,80 @@ import gc
 import logging
 import signal
 import socket
+import threading
 from functools import partial
-from typing import Iterable
+from typing import Callable, Iterable
 
 import uvicorn
 from litestar import Litestar
 from sqlalchemy import Engine
 
 from gateway.api.app import create_app
-from gateway.backup_schedule import BackupScheduler
-from gateway.batching import WriteBatcher
+from gateway.backup.schedule import BackupScheduler
+from gateway.store.batching import WriteBatcher
 from gateway.billing.lockdowns import reconcile
 from gateway.billing.stripe_api import StripeApi
-from gateway.db import get_engine, migrate
-from gateway.helpdesk import ensure_helpdesk
-from gateway.ingest import Acceptor
-from gateway.outbox import Outbox
-from gateway.periodic import PeriodicRound
-from gateway.processor import ProcessorThread
-from gateway.purge import purge_loop
+from gateway.store.db import get_engine, migrate
+from gateway.lifecycle.helpdesk import ensure_helpdesk
+from gateway.inbound.acceptor import Acceptor
+from gateway.outbound.outbox import Outbox
+from gateway.inbound.processor import ProcessorThread
+from gateway.lifecycle.purge import purge
+from gateway.events import Reaction
+from gateway.lifecycle.account_deletion import CONFIRMATION, render_confirmations
+from gateway.lifecycle.helpdesk_mail import helpdesk_commands
+from gateway.outbound.compose import LateBodies
+from gateway.outbound.acknowledgements import acknowledge
 from gateway.settings import Settings
-from gateway.smtp import start_smtp_server
+from gateway.inbound.smtp import start_smtp_server
 
 log = logging.getLogger(__name__)
 ROLES = ("smtp", "web", "worker")
 LOCKDOWN_RECONCILE_INTERVAL = 600.0  # seconds between the worker's lockdown reconciliations
+# What happens when a guest's message has been threaded (gateway/events.py), in this order.
+REACTIONS: tuple[Reaction, ...] = (acknowledge, helpdesk_commands)
+# Automatic mail whose body is rendered only when it is sent (gateway/outbound/compose.LateBodies).
+LATE_BODIES: dict[str, LateBodies] = {CONFIRMATION: render_confirmations}
+
+
+class PeriodicRound:
+    """The worker's periodic rounds (purge, lockdown reconciliation): one at start, then one every
+    interval until stop(), each in a thread so the event loop never waits on the database or Stripe.
+
+    A failed round is logged and the next one tries again: every round's work is written to be
+    repeatable (the purge logs before it erases, lockdowns record intent before asking Stripe).
+    """
+
+    def __init__(self, name: str, interval: float, work: Callable[[], object]) -> None:
+        self.name = name
+        self.interval = interval      # seconds between the end of one round and the next
+        self.work = work
+        self._stop = asyncio.Event()
+        self._rounds = 0
+        self._done = threading.Condition()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(self.work)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("%s round failed; retrying in %.0f s", self.name, self.interval)
+            with self._done:
+                self._rounds += 1
+                self._done.notify_all()
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        """Called on the loop's thread; a round in progress finishes first."""
+        self._stop.set()
+
+    def wait_rounds(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until at least `count` rounds have run (tests, from another thread)."""
+        with self._done:
+            return self._done.wait_for(lambda: self._rounds >= count, timeout=timeout)
 
 
 class Gateway:
@@ -72,9 +121,9 @@ class Gateway:
         self.settings.secret()  # create the key before any role needs it
         await asyncio.to_thread(ensure_helpdesk, self.engine, self.settings)
         if "worker" in self.roles:
-            self.processor = ProcessorThread(self.engine, self.settings)
+            self.processor = ProcessorThread(self.engine, self.settings, REACTIONS)
             self.processor.start()
-            self.outbox = Outbox(self.engine, self.settings)
+            self.outbox = Outbox(self.engine, self.settings, late_bodies=LATE_BODIES)
             self._outbox_task = asyncio.create_task(self.outbox.run(), name="outbox")
             if self.settings.stripe_secret_key is not None:
                 # Finishes lockdown pauses and resumes that a crash, a Stripe outage or a webhook
@@ -86,7 +135,9 @@ class Gateway:
                 self.backups = BackupScheduler(self.engine, self.settings)
                 self._backup_task = asyncio.create_task(self.backups.run(), name="backups")
             if self.settings.purge_interval_hours > 0:
-                self.purger = purge_loop(self.engine, self.settings)
+                # Hourly by default: a round at start, then one every GATEWAY_PURGE_INTERVAL_HOURS.
+                self.purger = PeriodicRound("purge", self.settings.purge_interval_hours * 3600,
+                                            partial(purge, self.engine, self.settings))
                 self._purge_task = asyncio.create_task(self.purger.run(), name="purge")
         self.acceptor = Acceptor(self.engine, self.settings,
                                  on_stored=self.processor.wake if self.processor else None)

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.conversations import valid_slug
+from gateway.mail.addresses import valid_slug
 
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "please-change", "xxx"}
 
@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="ignore")
 
     data_dir: Path = Path("./data")
-    database_url: str = ""              # default: sqlite:///<data_dir>/gateway.db
+    database_url: str = ""              # default: sqlite:///<data_dir>/gateway.store.db
     db_busy_timeout: float = Field(5.0, gt=0)       # seconds to wait for a locked database
     mail_domain: str = "mail.localhost"
     secret_key: str = ""                # default: generated into <data_dir>/secret_key
@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     backup_interval_hours: float = Field(0.0, ge=0)   # 0: no scheduled backups in the worker
     pg_bin_dir: Path | None = None                    # pg_dump/pg_restore/psql; default: found on PATH
 
-    # Deleted conversations and messages are erased for good 30 days after deletion (gateway/purge.py).
+    # Deleted conversations and messages are erased for good 30 days after deletion (gateway/lifecycle/purge.py).
     purge_interval_hours: float = Field(1.0, ge=0)    # how often the worker purges; 0: only `gateway purge`
 
     # The operator's own helpdesk: a studio address (e.g. helpdesk@<mail domain>) whose mail is

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy import select
 
-from gateway.db import read_tx, write_tx
-from gateway.ingest import MESSAGE
-from gateway.models import utcnow
-from gateway.support import issue_support_token
-from gateway.threader import ATTACHMENT
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import MESSAGE
+from gateway.store.models import utcnow
+from gateway.access.support import issue_support_token
+from gateway.store.tables import ATTACHMENT
 from tests.conftest import RunningGateway, StudioInfo
 from tests.mail import make_mail, new_id
 

@@ -23,11 +23,12 @@ import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from gateway.db import dispose_engines, make_engine, migrate, normalise_url, write_tx
-from gateway.processor import Processed, drain
+from gateway.store.db import dispose_engines, make_engine, migrate, normalise_url, write_tx
+from gateway.inbound.processor import Processed, drain
+from gateway.runtime import REACTIONS
 from gateway.runtime import Gateway
 from gateway.settings import Settings
-from gateway.studios import add_studio
+from gateway.access.studios import add_studio
 
 PG_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite"] + (["postgres"] if PG_URL else [])
@@ -206,7 +207,7 @@ class RunningGateway:
 
     def process(self) -> list[Processed]:
         """Run the pipeline's back half now, as the worker would."""
-        return drain(self.engine, self.settings)
+        return drain(self.engine, self.settings, REACTIONS)
 
     def api(self, token: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

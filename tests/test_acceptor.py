@@ -6,10 +6,12 @@ import asyncio
 import pytest
 from sqlalchemy import func, select
 
-from gateway.db import read_tx, write_tx
-from gateway.ingest import INBOUND, Acceptor, Envelope, TemporaryFailure
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import INBOUND
+from gateway.inbound.acceptor import Acceptor, TemporaryFailure
+from gateway.inbound.intake import Envelope
 from gateway.settings import Settings
-from gateway.studios import add_studio
+from gateway.access.studios import add_studio
 from tests.mail import make_mail
 
 
@@ -46,7 +48,7 @@ def test_acceptor_refuses_use_before_start(settings: Settings, engine) -> None: 
 
 
 def test_flood_guard_counts_the_messages_of_one_group_commit_too(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
-    from gateway.ingest import FloodLimited, store_batch
+    from gateway.inbound.intake import FloodLimited, store_batch
 
     with write_tx(engine) as conn:
         add_studio(conn, "inkwell", "Inkwell", "owner@inkwell.example")
@@ -59,7 +61,7 @@ def test_flood_guard_counts_the_messages_of_one_group_commit_too(settings: Setti
 
 
 def test_one_time_tokens_are_refused_on_reuse_within_and_across_group_commits(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
-    from gateway.ingest import Replayed
+    from gateway.inbound.intake import Replayed
 
     with write_tx(engine) as conn:
         add_studio(conn, "inkwell", "Inkwell", "owner@inkwell.example")

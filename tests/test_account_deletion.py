@@ -15,15 +15,16 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import SQLModel
 
-from gateway import directory
-from gateway.account_deletion import ACCOUNT_DELETION, MAX_REQUESTS_PER_DAY
-from gateway.db import read_tx, write_tx
-from gateway.deletion_log import deletion_log
-from gateway.erasure import GUEST, INBOUND
-from gateway.helpdesk_mail import is_deletion_subject
-from gateway.ingest import Envelope, store_batch
-from gateway.models import utcnow
-from gateway.studios import add_studio
+from gateway.inbound import directory
+from gateway.store.tables import ACCOUNT_DELETION
+from gateway.lifecycle.account_deletion import MAX_REQUESTS_PER_DAY
+from gateway.store.db import read_tx, write_tx
+from gateway.lifecycle.deletion_log import deletion_log
+from gateway.store.tables import GUEST, INBOUND
+from gateway.lifecycle.helpdesk_mail import is_deletion_subject
+from gateway.inbound.intake import Envelope, store_batch
+from gateway.store.models import utcnow
+from gateway.access.studios import add_studio
 from tests.conftest import MAIL_DOMAIN, RunningGateway, StudioInfo, make_settings, start_gateway
 from tests.mail import make_mail, new_id
 from tests.relay_sink import Received, RelaySink
@@ -381,7 +382,7 @@ def test_mail_accepted_around_the_deletion_is_not_kept_and_recreates_nothing(hd:
 # ------------------------------------------------------------------ the helpdesk itself
 
 def issue_token(gw: RunningGateway) -> str:
-    from gateway.helpdesk import issue_helpdesk_token
+    from gateway.lifecycle.helpdesk import issue_helpdesk_token
 
     return issue_helpdesk_token(gw.engine, gw.settings)
 

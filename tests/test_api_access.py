@@ -7,10 +7,11 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from gateway.db import read_tx, write_tx
-from gateway.models import utcnow
-from gateway.studios import PROFILE, TOKEN
-from gateway.support import SUPPORT_TOKEN, grant_access, revoke_support_token
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.store.tables import PROFILE, API_TOKEN
+from gateway.store.tables import SUPPORT_TOKEN
+from gateway.access.support import grant_access, revoke_support_token
 from tests.access import (AUDIT, CONVERSATIONS, GRANTS, PROFILES, as_support, connect_member, grant,
                           open_conversation, support_token)
 from tests.conftest import RunningGateway, StudioInfo
@@ -48,7 +49,7 @@ def test_owner_connects_a_member_whose_first_token_is_shown_once_and_works(gw: R
                                                          ("member", "nora@inkwell.example")]
     assert token["token"] not in gw.api(studio.token).get(PROFILES).text
     with read_tx(gw.engine) as conn:
-        stored = conn.execute(select(TOKEN.c.token_hash).where(TOKEN.c.id == token["id"])).scalar_one()
+        stored = conn.execute(select(API_TOKEN.c.token_hash).where(API_TOKEN.c.id == token["id"])).scalar_one()
     assert stored != token["token"] and len(stored) == 64
 
 

@@ -5,9 +5,9 @@ from urllib.parse import quote
 
 from sqlalchemy import select
 
-from gateway.db import read_tx
-from gateway.ingest import MESSAGE
-from gateway.threader import ATTACHMENT
+from gateway.store.db import read_tx
+from gateway.store.tables import MESSAGE
+from gateway.store.tables import ATTACHMENT
 from tests.access import STRANGER, held_message
 from tests.conftest import RunningGateway, StudioInfo
 from tests.mail import make_mail, new_id

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from gateway.db import write_tx
-from gateway.studios import TOKEN
+from gateway.store.db import write_tx
+from gateway.store.tables import API_TOKEN
 from tests.conftest import RunningGateway, fixture_bytes
 from tests.mail import make_mail, new_id
 
@@ -66,7 +66,7 @@ def test_missing_bad_and_revoked_tokens_are_401(gw: RunningGateway) -> None:
     response = gw.api(None).get("/api/v1/conversations", headers={"Authorization": f"Basic {studio.token}"})
     assert response.status_code == 401
     with write_tx(gw.engine) as conn:
-        conn.execute(update(TOKEN).values(revoked_at=TOKEN.c.created_at))
+        conn.execute(update(API_TOKEN).values(revoked_at=API_TOKEN.c.created_at))
     assert gw.api(studio.token).get("/api/v1/conversations").status_code == 401
 
 
@@ -85,10 +85,10 @@ def test_tokens_are_stored_only_as_hashes(gw: RunningGateway) -> None:
     studio = gw.add_studio("inkwell")
     from sqlalchemy import select
 
-    from gateway.db import read_tx
+    from gateway.store.db import read_tx
 
     with read_tx(gw.engine) as conn:
-        row = conn.execute(select(TOKEN)).one()
+        row = conn.execute(select(API_TOKEN)).one()
     assert studio.token not in (row.token_hash, row.prefix) and len(row.token_hash) == 64
     assert studio.token.startswith(row.prefix)
 

@@ -7,10 +7,11 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from gateway.db import read_tx, write_tx
-from gateway.models import utcnow
-from gateway.ratelimit import AuthFailureLimiter
-from gateway.studios import PROFILE, TOKEN, create_token
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.access.ratelimit import AuthFailureLimiter
+from gateway.store.tables import PROFILE, API_TOKEN
+from gateway.access.studios import create_token
 from tests.conftest import RunningGateway, StudioInfo
 
 TOKENS = "/api/v1/tokens"
@@ -58,7 +59,7 @@ def test_list_shows_prefixes_only_and_no_secrets(gw: RunningGateway) -> None:
     assert member_token.startswith(member_item["prefix"]) and member_item["current"] is False
     assert member_item["profile_id"] == member_profile and owner_item["revoked_at"] is None
     with read_tx(gw.engine) as conn:
-        hashes = conn.execute(select(TOKEN.c.token_hash)).scalars().all()
+        hashes = conn.execute(select(API_TOKEN.c.token_hash)).scalars().all()
     for secret in [studio.token, member_token, *hashes]:
         assert secret not in response.text
 

@@ -1,12 +1,12 @@
-"""gateway.automatic.classify: one test per rule, and human mail stays human."""
+"""gateway.inbound.automatic.classify: one test per rule, and human mail stays human."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from gateway.automatic import AutoInfo, classify
-from gateway.mime import Address, ParsedMessage, parse
+from gateway.inbound.automatic import AutoInfo, classify
+from gateway.inbound.mime import Address, ParsedMessage, parse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eml"
 

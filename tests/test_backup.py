@@ -1,4 +1,4 @@
-"""Backups and restores (gateway/backup.py, gateway/restore.py, gateway/backup_schedule.py).
+"""Backups and restores (gateway/backup/snapshot.py, gateway/backup/restore.py, gateway/backup/schedule.py).
 
 Mail arrives over real SMTP into a real database (SQLite file, and PostgreSQL when configured);
 backups are taken while the gateway runs and restored into a fresh, empty store: a new SQLite
@@ -22,17 +22,17 @@ from typing import Iterator
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from gateway.backup import SQLITE_FILE, take_backup
-from gateway.backup_archive import MANIFEST, BackupError, Manifest, read_archive, write_archive
-from gateway.backup_schedule import BackupScheduler
-from gateway.blobs import sha256_hex
-from gateway.db import is_sqlite, known_revisions, make_engine, migrate, read_tx, write_tx
-from gateway.deletion_log import DeletionLog, Kind, deletion_log
-from gateway.erasure import (CONVERSATION, INBOUND, MESSAGE, STUDIO, erase_conversation, erase_message,
-                             erase_studio)
-from gateway.restore import restore
+from gateway.backup.snapshot import SQLITE_FILE, take_backup
+from gateway.backup.archive import MANIFEST, BackupError, Manifest, read_archive, write_archive
+from gateway.backup.schedule import BackupScheduler
+from gateway.store.blobs import sha256_hex
+from gateway.store.db import is_sqlite, known_revisions, make_engine, migrate, read_tx, write_tx
+from gateway.lifecycle.deletion_log import DeletionLog, Kind, deletion_log
+from gateway.store.tables import CONVERSATION, INBOUND, MESSAGE, STUDIO
+from gateway.lifecycle.erasure import erase_conversation, erase_message, erase_studio
+from gateway.backup.restore import restore
 from gateway.settings import Settings
-from gateway.studios import add_studio
+from gateway.access.studios import add_studio
 from tests.conftest import (MAIL_DOMAIN, SECRET, RunningGateway, _throwaway_pg_database, make_settings, send_on,
                             start_gateway)
 from tests.mail import make_mail

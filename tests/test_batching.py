@@ -6,10 +6,10 @@ import asyncio
 import pytest
 from sqlalchemy import Connection, func, insert, select
 
-from gateway.batching import WriteBatcher
-from gateway.db import read_tx
-from gateway.ingest import STUDIO
-from gateway.models import utcnow
+from gateway.store.batching import WriteBatcher
+from gateway.store.db import read_tx
+from gateway.store.tables import STUDIO
+from gateway.store.models import utcnow
 from gateway.settings import Settings
 
 
@@ -53,7 +53,7 @@ def test_a_batch_meeting_another_connections_lock_waits_off_the_loop(sqlite_url:
     lock the batch must neither fail nor stall the loop: it waits in the writer thread."""
     import sqlite3
 
-    from gateway.db import make_engine, migrate
+    from gateway.store.db import make_engine, migrate
 
     migrate(sqlite_url)
     engine = make_engine(sqlite_url, busy_timeout=5.0)
@@ -93,7 +93,7 @@ def test_a_database_failing_half_way_keeps_the_writes_already_committed_answered
     committed must be answered as stored: a 503 would make the app send that reply twice."""
     from sqlalchemy.exc import OperationalError
 
-    from gateway.batching import WriteUnavailable
+    from gateway.store.batching import WriteUnavailable
 
     def add(conn: Connection) -> int:
         return conn.execute(insert(STUDIO).returning(STUDIO.c.id), {

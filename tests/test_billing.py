@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from gateway.billing.entitlements import has_paid_features
-from gateway.db import read_tx
+from gateway.store.db import read_tx
 from tests.billing_support import Billing, billing  # noqa: F401 - the fixture
 from tests.stripe_emulator import MONTHLY_PRICE, event
 from tests.test_api_tokens import add_member

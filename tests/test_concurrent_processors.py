@@ -5,11 +5,13 @@ import threading
 
 from sqlalchemy import func, select
 
-from gateway.db import make_engine, read_tx, write_tx
-from gateway.ingest import INBOUND, MESSAGE, Envelope, store_batch
-from gateway.processor import Processed, process_pending
+from gateway.store.db import make_engine, read_tx, write_tx
+from gateway.store.tables import INBOUND, MESSAGE
+from gateway.inbound.intake import Envelope, store_batch
+from gateway.inbound.processor import Processed, process_pending
+from gateway.runtime import REACTIONS
 from gateway.settings import Settings
-from gateway.studios import add_studio
+from gateway.access.studios import add_studio
 from tests.mail import make_mail
 
 
@@ -28,7 +30,7 @@ def test_two_processors_share_the_queue_without_doing_anything_twice(settings: S
     def worker(slot: int) -> None:
         engine = make_engine(settings.resolved_database_url, busy_timeout=30)  # its own pool, like a process
         barrier.wait()
-        while batch := process_pending(engine, settings, limit=7):
+        while batch := process_pending(engine, settings, REACTIONS, limit=7):
             done[slot].extend(batch)
         engine.dispose()
 
@@ -52,8 +54,8 @@ def test_threading_waits_while_mail_streams_in_but_never_longer_than_the_limit(s
 
     from sqlalchemy import update
 
-    from gateway.models import utcnow
-    from gateway.processor import should_defer
+    from gateway.store.models import utcnow
+    from gateway.inbound.processor import should_defer
 
     engine = make_engine(settings.resolved_database_url)
     assert settings.process_max_defer == 15

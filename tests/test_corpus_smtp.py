@@ -16,9 +16,9 @@ import pytest
 import test  # CPython's own test package, for its data files
 from sqlalchemy import func, select
 
-from gateway.blobs import BLOB
-from gateway.db import read_tx
-from gateway.ingest import INBOUND, MESSAGE
+from gateway.store.tables import BLOB
+from gateway.store.db import read_tx
+from gateway.store.tables import INBOUND, MESSAGE
 from tests.conftest import RunningGateway, SmtpReply, send_on
 from tests.mail import make_mail
 

@@ -8,8 +8,8 @@ from urllib.parse import urlparse
 
 from sqlalchemy import select
 
-from gateway.db import read_tx
-from gateway.ingest import INBOUND
+from gateway.store.db import read_tx
+from gateway.store.tables import INBOUND
 from tests.conftest import RunningGateway, make_settings, start_gateway
 from tests.mail import make_mail, new_id
 from tests.tcp_proxy import TcpProxy

@@ -1,9 +1,9 @@
-"""gateway.deletion_reason: the reason kept after an account is gone holds no personal data."""
+"""gateway.lifecycle.deletion_reason: the reason kept after an account is gone holds no personal data."""
 from __future__ import annotations
 
 import pytest
 
-from gateway.deletion_reason import MAX_REASON, clean_reason
+from gateway.lifecycle.deletion_reason import MAX_REASON, clean_reason
 
 OWNER_MAIL = """Hallo Helpdesk,
 

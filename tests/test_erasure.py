@@ -1,4 +1,4 @@
-"""Hard erasure (gateway/erasure.py): what goes, what stays, and that erased mail stays erased.
+"""Hard erasure (gateway/lifecycle/erasure.py): what goes, what stays, and that erased mail stays erased.
 
 Mail arrives over real SMTP into a real database; erasure runs as the purge, guest erasure and
 account deletion call it. Shared bytes (the same photo sent to two studios) must survive the
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from gateway.db import read_tx, write_tx
-from gateway.erasure import (BLOB, CONVERSATION, GUEST, INBOUND, MESSAGE, TOMBSTONE, erase_conversation,
-                             erase_guest, erase_message, erase_studio, studio_tables)
-from gateway.blobs import sha256_hex
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import BLOB, CONVERSATION, GUEST, INBOUND, MESSAGE, TOMBSTONE
+from gateway.lifecycle.erasure import erase_conversation, erase_guest, erase_message, erase_studio, studio_tables
+from gateway.store.blobs import sha256_hex
 from tests.conftest import MAIL_DOMAIN, RunningGateway
 from tests.mail import make_mail, new_id
 

@@ -6,7 +6,7 @@ import io
 import json
 import zipfile
 
-from gateway.studios import hash_token
+from gateway.access.studios import hash_token
 from tests.conftest import SECRET, RunningGateway
 from tests.mail import make_mail, new_id
 from tests.access import held_message as _hold

@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from gateway.blobs import sha256_hex
-from gateway.db import read_tx
-from gateway.deletion_log import deletion_log
-from gateway.erasure import BLOB, CONVERSATION, GUEST, INBOUND, MESSAGE
+from gateway.store.blobs import sha256_hex
+from gateway.store.db import read_tx
+from gateway.lifecycle.deletion_log import deletion_log
+from gateway.store.tables import BLOB, CONVERSATION, GUEST, INBOUND, MESSAGE
 from tests.conftest import RunningGateway
 from tests.mail import make_mail, new_id
 from tests.test_api_tokens import add_member

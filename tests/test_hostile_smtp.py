@@ -19,10 +19,10 @@ from typing import Iterator
 import pytest
 from sqlalchemy import select
 
-from gateway.blobs import BLOB
-from gateway.db import read_tx
-from gateway.ingest import INBOUND, MESSAGE
-from gateway.processor import Processed
+from gateway.store.tables import BLOB
+from gateway.store.db import read_tx
+from gateway.store.tables import INBOUND, MESSAGE
+from gateway.inbound.processor import Processed
 from tests.conftest import RunningGateway, SmtpReply, StudioInfo, send_on
 from tests.mail import make_mail
 

@@ -14,15 +14,16 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select, update
 
-from gateway.blobs import sha256_hex
-from gateway.db import read_tx, write_tx
-from gateway.deletion_log import DeletionLog, Erasure, Kind, deletion_log
-from gateway.erasure import ATTACHMENT, BLOB, CONVERSATION, MESSAGE, TOMBSTONE
-from gateway.models import Subscription, utcnow
-from gateway.outbox import Outbox
-from gateway.purge import purge
-from gateway.replies import OUTBOUND_JOB
-from gateway.trash import RETENTION, STALE_REPLY, restore_conversation
+from gateway.store.blobs import sha256_hex
+from gateway.store.db import read_tx, write_tx
+from gateway.lifecycle.deletion_log import DeletionLog, Erasure, Kind, deletion_log
+from gateway.store.tables import ATTACHMENT, BLOB, CONVERSATION, MESSAGE, TOMBSTONE
+from gateway.store.models import Subscription, utcnow
+from gateway.outbound.outbox import Outbox
+from gateway.runtime import LATE_BODIES
+from gateway.lifecycle.purge import purge
+from gateway.store.tables import OUTBOUND_JOB
+from gateway.lifecycle.trash import RETENTION, STALE_REPLY, restore_conversation
 from tests.conftest import RunningGateway, StudioInfo, start_gateway
 from tests.mail import make_mail, new_id
 from tests.access import held_message as _hold
@@ -295,7 +296,7 @@ def test_queued_replies_wait_while_deleted_and_go_out_when_restored(gw: RunningG
     api = gw.api(studio.token)
     queued = api.post(f"/api/v1/conversations/{conversation_id}/replies", json={"text": "Freitag passt."})
     assert queued.status_code == 202 and queued.json()["delivery"] == "queued"
-    outbox = Outbox(gw.engine, gw.settings, transports=[])
+    outbox = Outbox(gw.engine, gw.settings, late_bodies=LATE_BODIES, transports=[])
 
     assert api.delete(f"/api/v1/conversations/{conversation_id}").status_code == 200
     assert outbox.claim(limit=10) == []
@@ -324,7 +325,7 @@ def test_a_reply_restored_after_its_retry_window_is_failed_not_sent_late(gw: Run
     with write_tx(gw.engine) as conn:
         restored = restore_conversation(conn, studio.id, conversation_id, gw.settings, later)
     assert restored is not None and restored.replies_given_up == 1
-    assert Outbox(gw.engine, gw.settings, transports=[]).claim(limit=10) == []
+    assert Outbox(gw.engine, gw.settings, late_bodies=LATE_BODIES, transports=[]).claim(limit=10) == []
     [message] = [m for m in api.get(f"/api/v1/conversations/{conversation_id}").json()["messages"]
                  if m["id"] == queued["id"]]
     assert (message["delivery"], message["delivery_error"]) == ("failed", STALE_REPLY)

@@ -10,9 +10,10 @@ import subprocess
 from sqlalchemy import select
 
 from gateway.billing.entitlements import has_paid_features
-from gateway.billing.lockdowns import PAUSE, LockdownError, end_lockdown, lockdown_status, reconcile, start_lockdown
+from gateway.store.tables import PAYMENT_PAUSE
+from gateway.billing.lockdowns import LockdownError, end_lockdown, lockdown_status, reconcile, start_lockdown
 from gateway.billing.stripe_api import StripeApi
-from gateway.db import read_tx
+from gateway.store.db import read_tx
 from tests.billing_support import Billing, billing  # noqa: F401 - the fixture
 from tests.conftest import StudioInfo
 from tests.test_serve import gateway_command
@@ -30,7 +31,7 @@ def _three(b: Billing) -> tuple[StudioInfo, StudioInfo, StudioInfo, dict[str, st
 
 def _pauses(b: Billing) -> list[tuple[int, str]]:
     with read_tx(b.gw.engine) as conn:
-        return sorted((r.studio_id, r.state) for r in conn.execute(select(PAUSE.c.studio_id, PAUSE.c.state)))
+        return sorted((r.studio_id, r.state) for r in conn.execute(select(PAYMENT_PAUSE.c.studio_id, PAYMENT_PAUSE.c.state)))
 
 
 def _pause_calls(b: Billing) -> list[tuple[str, object, str | None]]:

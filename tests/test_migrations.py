@@ -6,7 +6,7 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import gateway.models  # noqa: F401  (registers every table on SQLModel.metadata)
-from gateway.db import make_engine
+from gateway.store.db import make_engine
 
 
 def test_migrated_schema_matches_the_models(database_url: str) -> None:

@@ -1,4 +1,4 @@
-"""gateway.mime: real .eml files by scenario, CPython's corpus, and hostile input."""
+"""gateway.inbound.mime: real .eml files by scenario, CPython's corpus, and hostile input."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import mime
-from gateway.mime import Address, ParsedMessage, parse
+from gateway.inbound import mime
+from gateway.inbound.mime import Address, ParsedMessage, parse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eml"
 CORPUS = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
@@ -389,7 +389,7 @@ def test_import_is_silent() -> None:
     """flanker's import noise (DeprecationWarnings, ply table messages) stays inside."""
     env = dict(os.environ, PYTHONWARNINGS="error::DeprecationWarning")
     done = subprocess.run(
-        [sys.executable, "-c", "import gateway.mime, ply.yacc; print(ply.yacc.yacc.__name__)"],
+        [sys.executable, "-c", "import gateway.inbound.mime, ply.yacc; print(ply.yacc.yacc.__name__)"],
         capture_output=True, text=True, cwd=Path(__file__).parent.parent, env=env, timeout=60,
     )
     assert done.returncode == 0, done.stderr

@@ -16,13 +16,15 @@ import dkim
 import pytest
 from sqlalchemy import select, update
 
-from gateway.conversations import parse_studio_address, verify_reply_token
-from gateway.db import read_tx, write_tx
-from gateway.ingest import CONVERSATION, STUDIO
-from gateway.models import utcnow
-from gateway.outbox import Outbox
-from gateway.replies import OUTBOUND_JOB, create_reply
-from gateway.signing import generate_keypair
+from gateway.mail.addresses import parse_studio_address, verify_reply_token
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import CONVERSATION, STUDIO
+from gateway.store.models import utcnow
+from gateway.outbound.outbox import Outbox
+from gateway.runtime import LATE_BODIES
+from gateway.store.tables import OUTBOUND_JOB
+from gateway.outbound.replies import create_reply
+from gateway.outbound.signing import generate_keypair
 from tests.conftest import MAIL_DOMAIN, SECRET, RunningGateway, make_settings, start_gateway
 from tests.mail import make_mail, new_id
 from tests.relay_sink import RelaySink, free_port
@@ -32,7 +34,7 @@ SELECTOR = "gw2026"
 
 def send_due(running: RunningGateway, *, later: timedelta = timedelta(0)) -> int:
     """One outbox round, as the worker runs it, with the clock moved `later` ahead."""
-    outbox = Outbox(running.engine, running.settings, clock=lambda: utcnow() + later)
+    outbox = Outbox(running.engine, running.settings, late_bodies=LATE_BODIES, clock=lambda: utcnow() + later)
 
     async def round_() -> int:
         try:
@@ -265,7 +267,7 @@ def test_composed_mail_parses_back_exactly_with_non_ascii_and_long_values(tmp_pa
                                                                          sink: RelaySink) -> None:
     from email import message_from_bytes, policy
 
-    from gateway.mime import parse
+    from gateway.inbound.mime import parse
 
     running = outbound_gateway(tmp_path, database_url, sink.url)
     try:
@@ -332,8 +334,8 @@ def test_acknowledgement_of_new_inquiries_is_automatic_once_a_day_and_never_for_
 
 
 def test_only_the_owner_changes_studio_settings(tmp_path: Path, database_url: str) -> None:
-    from gateway.models import Profile
-    from gateway.studios import create_token
+    from gateway.store.models import Profile
+    from gateway.access.studios import create_token
 
     running = outbound_gateway(tmp_path, database_url, None)
     try:
@@ -353,7 +355,7 @@ def test_only_the_owner_changes_studio_settings(tmp_path: Path, database_url: st
 def test_reply_with_attachments_reaches_the_guest_intact(tmp_path: Path, database_url: str, sink: RelaySink) -> None:
     import hashlib
 
-    from gateway.mime import parse
+    from gateway.inbound.mime import parse
 
     running = outbound_gateway(tmp_path, database_url, sink.url, max_attachment_size=50_000)
     try:

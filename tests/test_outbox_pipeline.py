@@ -15,13 +15,15 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection, select
 
-from gateway.db import read_tx, write_tx
-from gateway.ingest import MESSAGE
-from gateway.models import utcnow
-from gateway.outbound import OutgoingMail
-from gateway.outbox import LEASE, PER_CONNECTION, Job, Outbox
-from gateway.relay import SendResult
-from gateway.replies import OUTBOUND_JOB, create_reply
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import MESSAGE
+from gateway.store.models import utcnow
+from gateway.outbound.compose import OutgoingMail
+from gateway.outbound.outbox import LEASE, PER_CONNECTION, Job, Outbox
+from gateway.runtime import LATE_BODIES
+from gateway.outbound.relay import SendResult
+from gateway.store.tables import OUTBOUND_JOB
+from gateway.outbound.replies import create_reply
 from tests.conftest import RunningGateway
 from tests.test_outbound import inquiry
 
@@ -73,7 +75,7 @@ def test_claims_overlap_sending_and_each_reply_is_sent_once(gw: RunningGateway) 
             assert limit <= PER_CONNECTION * len(relays)   # the lease bound: never more waiting
             return claimed
 
-    outbox = Watched(gw.engine, gw.settings, transports=relays)  # type: ignore[arg-type]
+    outbox = Watched(gw.engine, gw.settings, late_bodies=LATE_BODIES, transports=relays)  # type: ignore[arg-type]
     assert asyncio.run(outbox.run_once()) == 70
     assert sorted(relays[0].sent + relays[1].sent) == sorted(ids)
     assert relays[0].sent and relays[1].sent
@@ -85,13 +87,13 @@ def test_claims_overlap_sending_and_each_reply_is_sent_once(gw: RunningGateway) 
 
 def test_a_crashed_workers_jobs_are_sent_once_after_the_lease(gw: RunningGateway) -> None:
     [message_id] = queue_replies(gw, 1)
-    crashed = Outbox(gw.engine, gw.settings, transports=[FakeRelay()])
+    crashed = Outbox(gw.engine, gw.settings, late_bodies=LATE_BODIES, transports=[FakeRelay()])
     assert len(crashed.claim()) == 1   # ... and the worker dies before sending
 
     relay = FakeRelay()
-    assert asyncio.run(Outbox(gw.engine, gw.settings, transports=[relay]).run_once()) == 0
+    assert asyncio.run(Outbox(gw.engine, gw.settings, late_bodies=LATE_BODIES, transports=[relay]).run_once()) == 0
     assert jobs(gw) == [("sending", 1, "sending")]
-    after_lease = Outbox(gw.engine, gw.settings, transports=[relay],
+    after_lease = Outbox(gw.engine, gw.settings, late_bodies=LATE_BODIES, transports=[relay],
                          clock=lambda: utcnow() + LEASE + timedelta(minutes=1))
     assert asyncio.run(after_lease.run_once()) == 1
     assert relay.sent == [message_id] and jobs(gw) == [("sent", 2, "sent")]
@@ -107,7 +109,7 @@ def test_a_stop_finishes_and_records_what_was_claimed_and_claims_no_more(gw: Run
             outbox.stop()
 
     relay = FakeRelay(stop_at_first)
-    outbox = Outbox(gw.engine, gw.settings, transports=[relay])
+    outbox = Outbox(gw.engine, gw.settings, late_bodies=LATE_BODIES, transports=[relay])
     handled = asyncio.run(outbox.run_once())
     assert 1 <= handled <= PER_CONNECTION < 40 and len(relay.sent) == handled
     states = jobs(gw)
@@ -138,7 +140,7 @@ def test_results_are_recorded_while_later_messages_are_being_sent(gw: RunningGat
         nonlocal recorded, loop
         recorded, loop = asyncio.Event(), asyncio.get_running_loop()
         relay = FakeRelay(second_waits_for_the_first_to_be_recorded)
-        handled = await Watched(gw.engine, gw.settings, transports=[relay]).run_once()
+        handled = await Watched(gw.engine, gw.settings, late_bodies=LATE_BODIES, transports=[relay]).run_once()
         assert relay.sent == ids
         return handled
 

@@ -20,7 +20,7 @@ def test_wheel_ships_code_migrations_templates_and_config_and_runs_from_elsewher
                 for p in (ROOT / folder).rglob("*.py")}
     assert expected <= names, f"missing from the wheel (add the package to pyproject): {sorted(expected - names)}"
     assert "gateway/config_files/example.env" in names
-    assert "gateway/migrations/script.py.mako" in names
+    assert "gateway/store/migrations/script.py.mako" in names
     templates = {p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*") if p.is_file()}
     assert {f"gateway/templates/{t}" for t in templates} <= names
 

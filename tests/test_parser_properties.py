@@ -11,9 +11,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.automatic import AutoInfo, classify
-from gateway.mime import ParsedMessage, parse
-from gateway.quotes import split_reply
+from gateway.inbound.automatic import AutoInfo, classify
+from gateway.inbound.mime import ParsedMessage, parse
+from gateway.inbound.quotes import split_reply
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eml"
 CORPUS = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
@@ -134,7 +134,7 @@ def test_split_reply_never_raises_and_never_empties(text: str) -> None:
     assert bool(reply) == bool(text.strip())
 
 
-# The fast paths of gateway/mime.py must read a value exactly as the general code does.
+# The fast paths of gateway/inbound/mime.py must read a value exactly as the general code does.
 _ADDRESS_PIECES = st.sampled_from(["Jörg", "Inkwell", "Tattoo", "=?utf-8?q?J=C3=B6rg?=", "a.b", "x@y.example",
                                    "<", ">", "\"", "(", ")", ",", ";", ":", ".", " ", "  ", "\t", "@", "-", "_"])
 
@@ -144,7 +144,7 @@ _ADDRESS_PIECES = st.sampled_from(["Jörg", "Inkwell", "Tattoo", "=?utf-8?q?J=C3
 def test_plain_address_fast_path_reads_as_getaddresses(value: str) -> None:
     import email.utils
 
-    from gateway.mime import _address_pairs
+    from gateway.inbound.mime import _address_pairs
 
     assert _address_pairs(value) == email.utils.getaddresses([value])
 
@@ -152,7 +152,7 @@ def test_plain_address_fast_path_reads_as_getaddresses(value: str) -> None:
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=0xff), max_size=80))
 def test_plain_header_fast_path_decodes_as_the_charset_chain(value: str) -> None:
-    from gateway.mime import _decode_words, decode_header_value
+    from gateway.inbound.mime import _decode_words, decode_header_value
 
     assert decode_header_value(value) == _decode_words(value.replace("\r", "").replace("\n", ""))
 
@@ -170,6 +170,6 @@ _WHITESPACE = st.sampled_from(["", " ", "\t", "\xa0", "\u2003", "\x1c", "\x85", 
 @given(st.lists(st.tuples(_WHITESPACE, _MARKER_LINES, _WHITESPACE, st.booleans()).map(
     lambda t: (t[0] + t[1] + t[2]).swapcase() if t[3] else t[0] + t[1] + t[2]), max_size=12))
 def test_quote_marker_prefilter_finds_what_every_pattern_finds(lines: list[str]) -> None:
-    from gateway.quotes import _first_marker
+    from gateway.inbound.quotes import _first_marker
 
     assert _first_marker(lines) == _first_marker(lines, prefilter=False)

@@ -1,14 +1,14 @@
-"""Prepared statements (gateway/prepared.py) store and find exactly what SQLAlchemy would."""
+"""Prepared statements (gateway/store/prepared.py) store and find exactly what SQLAlchemy would."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
 from sqlalchemy import Engine, bindparam, insert, select
 
-from gateway.blobs import BLOB
-from gateway.db import bind_processor, read_tx, write_tx
-from gateway.ingest import STUDIO
-from gateway.prepared import Prepared
+from gateway.store.tables import BLOB
+from gateway.store.db import bind_processor, read_tx, write_tx
+from gateway.store.tables import STUDIO
+from gateway.store.prepared import Prepared
 
 WHEN = datetime(2026, 11, 26, 3, 25, 31, 979648, tzinfo=timezone.utc)
 

@@ -8,11 +8,11 @@ import subprocess
 import pytest
 from sqlalchemy import delete, select
 
-from gateway import threader
-from gateway.blobs import BLOB
-from gateway.db import read_tx, write_tx
-from gateway.ingest import INBOUND, MESSAGE
-from gateway.studios import PROFILE, STUDIO, TOKEN
+from gateway.inbound import threader
+from gateway.store.tables import BLOB
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import INBOUND, MESSAGE
+from gateway.store.tables import PROFILE, STUDIO, API_TOKEN
 from tests.conftest import RunningGateway
 from tests.mail import make_mail
 from tests.test_serve import gateway_command
@@ -65,7 +65,7 @@ def test_mail_for_a_studio_deleted_after_rcpt_is_discarded_not_parked(gw: Runnin
     studio = gw.add_studio("inkwell")
     assert gw.send(make_mail(), studio.address).code == 250
     with write_tx(gw.engine) as conn:  # the studio goes between RCPT and processing
-        conn.execute(delete(TOKEN))
+        conn.execute(delete(API_TOKEN))
         conn.execute(delete(PROFILE))
         conn.execute(delete(STUDIO))
     [result] = gw.process()

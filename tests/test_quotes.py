@@ -1,9 +1,9 @@
-"""gateway.quotes.split_reply: one test per client style, German and English."""
+"""gateway.inbound.quotes.split_reply: one test per client style, German and English."""
 from __future__ import annotations
 
 import pytest
 
-from gateway.quotes import split_reply
+from gateway.inbound.quotes import split_reply
 
 NEW = "Donnerstag passt.\n\nLena"
 

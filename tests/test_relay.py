@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.outbound import OutgoingMail
-from gateway.relay import RelayConnection, RelayUrl, SendResult
+from gateway.outbound.compose import OutgoingMail
+from gateway.outbound.relay import RelayConnection, RelayUrl, SendResult
 from tests.relay_sink import RelaySink
 
 MESSAGE = (b"From: Inkwell <inkwell@mail.test>\r\nTo: guest\r\nSubject: Hallo\r\n\r\n"

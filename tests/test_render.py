@@ -1,4 +1,4 @@
-"""gateway.render: every template, hostile values, locale fallback, and the compiled fast path.
+"""gateway.outbound.render: every template, hostile values, locale fallback, and the compiled fast path.
 
 The fast path (MJML compiled once, values filled in) is checked against a full Jinja2 + MJML
 render of the same message (``Renderer(precompile=False)``): byte for byte, for every
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import mime
-from gateway.quotes import split_reply
-from gateway.render import Quoted, Rendered, Renderer, _Compiled, qp_piece
+from gateway.inbound import mime
+from gateway.inbound.quotes import split_reply
+from gateway.outbound.render import Quoted, Rendered, Renderer, _Compiled, qp_piece
 
 HOSTILE = '<script>alert(1)</script> "&<>'
 HOSTILE_HTML = "&lt;script&gt;alert(1)&lt;/script&gt; &#34;&amp;&lt;&gt;"
@@ -215,7 +215,7 @@ def test_naive_quote_time_is_refused() -> None:
 
 
 def test_our_quote_line_is_cut_by_the_reply_splitter(renderer: Renderer) -> None:
-    """A guest who answers below our mail: gateway.quotes must see our attribution line."""
+    """A guest who answers below our mail: gateway.inbound.quotes must see our attribution line."""
     for loc in LOCALES:
         for author in ("Lena", ""):
             rendered = renderer.reply(locale=loc, studio_name="Ink", text="Donnerstag passt.",
@@ -293,7 +293,7 @@ def test_multipart_alternative_parses_back(renderer: Renderer, case: int) -> Non
 
     parsed = mime.parse(raw)
     assert parsed.content_type == "multipart/alternative" and not parsed.defects, parsed.defects
-    assert parsed.text == rendered.text.rstrip("\n"), name   # gateway.mime strips the end of every body
+    assert parsed.text == rendered.text.rstrip("\n"), name   # gateway.inbound.mime strips the end of every body
     assert parsed.html is not None and "Inkwell Tattoo" in parsed.html
 
 

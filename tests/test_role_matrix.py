@@ -20,12 +20,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway.billing.state import SUBSCRIPTION
-from gateway.db import dispose_engines, read_tx, write_tx
-from gateway.ingest import CONVERSATION, MESSAGE
-from gateway.models import utcnow
-from gateway.ratelimit import AuthFailureLimiter
-from gateway.support import active_grant, grant_access, grant_duration, revoke_grant
+from gateway.store.tables import SUBSCRIPTION
+from gateway.store.db import dispose_engines, read_tx, write_tx
+from gateway.store.tables import CONVERSATION, MESSAGE
+from gateway.store.models import utcnow
+from gateway.access.ratelimit import AuthFailureLimiter
+from gateway.access.support import active_grant, grant_access, grant_duration, revoke_grant
 from tests.access import as_support, connect_member, held_message, open_conversation, support_token
 from tests.billing_support import billing_settings
 from tests.mail import make_mail

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, func, select
 
-from gateway.ingest import INBOUND
+from gateway.store.tables import INBOUND
 from tests.conftest import RunningGateway, make_settings, start_gateway
 from tests.mail import make_mail
 

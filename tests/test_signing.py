@@ -1,4 +1,4 @@
-"""gateway.signing: real dkimpy signatures, verified by dkimpy against the published TXT record."""
+"""gateway.outbound.signing: real dkimpy signatures, verified by dkimpy against the published TXT record."""
 from __future__ import annotations
 
 import re
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from dkim.util import parse_tag_value
 
-from gateway.signing import DkimSigner, KeyPair, SigningError, dns_txt_lines, generate_keypair
+from gateway.outbound.signing import DkimSigner, KeyPair, SigningError, dns_txt_lines, generate_keypair
 
 DOMAIN = "mail.test"
 SELECTOR = "gw2025"
@@ -298,7 +298,7 @@ def test_rsa_step_runs_in_openssl_with_exactly_dkimpys_signature(monkeypatch: py
     deterministic), and must be the one used for keys loaded by DkimSigner."""
     import dkim as dkimpy
 
-    from gateway import signing
+    from gateway.outbound import signing
 
     pair = generate_keypair("rsa")
     signer = DkimSigner(domain="mail.test", selector="sel", private_pem=pair.private_pem)

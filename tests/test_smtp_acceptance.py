@@ -6,9 +6,9 @@ import socket
 
 from sqlalchemy import select
 
-from gateway.blobs import BLOB
-from gateway.db import read_tx
-from gateway.ingest import INBOUND, MESSAGE
+from gateway.store.tables import BLOB
+from gateway.store.db import read_tx
+from gateway.store.tables import INBOUND, MESSAGE
 from tests.conftest import MAIL_DOMAIN, RunningGateway, send_on
 from tests.mail import make_mail, new_id
 
@@ -203,7 +203,7 @@ def test_noop_flood_is_cut_off(gw: RunningGateway) -> None:
 
 
 def test_flood_check_reads_the_sender_from_any_from_header_form() -> None:
-    from gateway.headers import peek
+    from gateway.inbound.headers import peek
 
     cases = {
         b"From: Lena <Lena@Example.org>": "lena@example.org",

@@ -1,5 +1,5 @@
 """The SMTP edge's own reading of MAIL/RCPT paths and auth members must answer exactly as
-aiosmtpd's does: gateway/smtp.py replaces two per-connection costs of aiosmtpd 1.4 with
+aiosmtpd's does: gateway/inbound/smtp.py replaces two per-connection costs of aiosmtpd 1.4 with
 equivalents, and these tests hold them to the original."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings as hsettings, strategies as st
 
 from gateway.settings import Settings
-from gateway.smtp import GatewayHandler, GatewaySMTP, command_limits
+from gateway.inbound.smtp import GatewayHandler, GatewaySMTP, command_limits
 
 
 @pytest.fixture(scope="module")

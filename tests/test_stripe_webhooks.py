@@ -10,17 +10,17 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from gateway.billing.entitlements import has_paid_features
-from gateway.billing.state import SUBSCRIPTION
-from gateway.db import read_tx
-from gateway.models import utcnow
-from gateway.billing.events import EVENT
+from gateway.store.tables import SUBSCRIPTION
+from gateway.store.db import read_tx
+from gateway.store.models import utcnow
+from gateway.store.tables import STRIPE_EVENT
 from tests.billing_support import OLD_WEBHOOK_SECRET, Billing, billing  # noqa: F401 - the fixture
 from tests.stripe_emulator import event, sign
 
 
 def _events(b: Billing) -> int:
     with read_tx(b.gw.engine) as conn:
-        return int(conn.execute(select(func.count()).select_from(EVENT)).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(STRIPE_EVENT)).scalar_one())
 
 
 def _status(b: Billing, studio_id: int) -> str:

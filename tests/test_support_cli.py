@@ -11,12 +11,12 @@ from typing import Callable, Iterator
 import pytest
 from sqlalchemy import func, select
 
-from gateway.audit import AUDIT
+from gateway.store.tables import AUDIT_ENTRY
 from gateway.cli import main
-from gateway.db import read_tx, write_tx
-from gateway.models import utcnow
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
 from gateway.settings import get_settings
-from gateway.support import grant_access
+from gateway.access.support import grant_access
 from tests.access import AUDIT as AUDIT_ROUTE, CONVERSATIONS, GRANTS, as_support, grant, open_conversation
 from tests.conftest import RunningGateway, StudioInfo
 
@@ -54,7 +54,8 @@ def cli(gw: RunningGateway, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
 def _audit_count(gw: RunningGateway, studio: StudioInfo) -> int:
     with read_tx(gw.engine) as conn:
-        return int(conn.execute(select(func.count()).select_from(AUDIT).where(AUDIT.c.studio_id == studio.id))
+        return int(conn.execute(select(func.count()).select_from(AUDIT_ENTRY)
+                                .where(AUDIT_ENTRY.c.studio_id == studio.id))
                    .scalar_one())
 
 

@@ -5,9 +5,9 @@ from datetime import timedelta
 
 from sqlalchemy import insert, select, update
 
-from gateway.conversations import reply_address, reply_token
-from gateway.db import read_tx, write_tx
-from gateway.ingest import CONVERSATION, MESSAGE
+from gateway.mail.addresses import reply_address, reply_token
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import CONVERSATION, MESSAGE
 from tests.conftest import MAIL_DOMAIN, SECRET, RunningGateway, fixture_bytes
 from tests.mail import make_mail, new_id
 
@@ -175,7 +175,7 @@ def test_a_chunk_acknowledges_only_for_the_studio_that_asked(gw: RunningGateway)
     """The processor caches each studio's acknowledgement setting for one chunk: a studio that
     asks for acknowledgements must not make another studio's mail in the same chunk answered,
     nor the other way round."""
-    from gateway.ingest import STUDIO
+    from gateway.store.tables import STUDIO
 
     quiet = gw.add_studio("quiet")
     asking = gw.add_studio("asking")
@@ -196,7 +196,7 @@ def test_a_chunk_acknowledges_only_for_the_studio_that_asked(gw: RunningGateway)
 def test_one_chunk_knows_the_guest_it_created_and_the_names_it_learnt(gw: RunningGateway) -> None:
     """A chunk asks for its senders' guest rows once, before threading (threader.ChunkLookups):
     a guest created or named by an earlier message of the chunk must be found by a later one."""
-    from gateway.ingest import GUEST as GUEST_TABLE
+    from gateway.store.tables import GUEST as GUEST_TABLE
 
     studio = gw.add_studio("inkwell")
     mails = [make_mail(subject="Erste Anfrage", from_="neu@example.org"),
@@ -214,7 +214,7 @@ def test_one_chunk_knows_the_guest_it_created_and_the_names_it_learnt(gw: Runnin
 
 
 def test_an_erased_mail_delivered_again_stays_erased_beside_new_mail_in_one_chunk(gw: RunningGateway) -> None:
-    from gateway.erasure import erase_conversation
+    from gateway.lifecycle.erasure import erase_conversation
 
     studio = gw.add_studio("inkwell")
     raw = make_mail(subject="Cover-up", message_id=new_id())
@@ -230,7 +230,7 @@ def test_an_erased_mail_delivered_again_stays_erased_beside_new_mail_in_one_chun
 
 
 def test_times_the_processor_writes_are_stored_as_sqlalchemy_writes_them(gw: RunningGateway) -> None:
-    """The threader's inserts bypass SQLAlchemy (gateway/db.DriverSQL): on SQLite their times
+    """The threader's inserts bypass SQLAlchemy (gateway/store/db.DriverSQL): on SQLite their times
     must still be SQLAlchemy's UTC text, or they sort and compare apart from every other row."""
     import re
 

@@ -2,7 +2,7 @@
 
 Each test writes an original message the way a mail client does (tests.mail.make_mail), turns
 it into the payload a provider posts for that message, as the provider documents it, rebuilds
-MIME from the payload and checks that `gateway.mime.parse` reads the rebuilt message the way it
+MIME from the payload and checks that `gateway.inbound.mime.parse` reads the rebuilt message the way it
 reads the original: same text, subject, ids, sender and attachments.
 
 The payload builders (`mailgun_fields`, `sendgrid_fields`, `postmark_payload`) are plain
@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from gateway.automatic import classify
-from gateway.mime import ParsedMessage, html_to_text, parse
+from gateway.inbound.automatic import classify
+from gateway.inbound.mime import ParsedMessage, html_to_text, parse
 from tests.mail import make_mail, new_id
 from webhooks.compose import ComposeError, mime_from_mailgun, mime_from_postmark, mime_from_sendgrid
 from webhooks.forms import FilePart, Form
@@ -282,7 +282,7 @@ def reading(msg: ParsedMessage) -> dict[str, Any]:
 
 
 def assert_reads_like(original: bytes, rebuilt: bytes) -> ParsedMessage:
-    """gateway.mime.parse sees the same mail in both, and the rebuilt one is well formed."""
+    """gateway.inbound.mime.parse sees the same mail in both, and the rebuilt one is well formed."""
     want, got = parse(original), parse(rebuilt)
     assert got.parser == "flanker" and got.defects == []
     assert reading(got) == reading(want)

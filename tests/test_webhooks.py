@@ -15,10 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from gateway.conversations import reply_address
-from gateway.db import read_tx
-from gateway.ingest import INBOUND, MESSAGE
-from gateway.models import Attachment
+from gateway.mail.addresses import reply_address
+from gateway.store.db import read_tx
+from gateway.store.tables import INBOUND, MESSAGE
+from gateway.store.models import Attachment
 from tests import providers as p
 from tests.conftest import MAIL_DOMAIN, SECRET, RunningGateway, make_settings, start_gateway
 from tests.mail import make_mail, new_id

@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 
 from litestar import Request, Response
 
-from gateway.directory import StudioDirectory
-from gateway.ingest import Acceptor, Envelope, FloodLimited, Replayed, TemporaryFailure
+from gateway.inbound.directory import StudioDirectory
+from gateway.inbound.acceptor import Acceptor, TemporaryFailure
+from gateway.inbound.intake import Envelope, FloodLimited, Replayed
 from gateway.settings import Settings
 
 log = logging.getLogger("webhooks")

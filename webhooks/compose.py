@@ -1,10 +1,10 @@
 """Rebuild an RFC 5322 message from a provider's parsed-field webhook.
 
 Why this exists: the pipeline stores the raw bytes of every email and reads them with
-`gateway.mime.parse`, whichever door the mail came through. Mailgun, SendGrid and Postmark
+`gateway.inbound.mime.parse`, whichever door the mail came through. Mailgun, SendGrid and Postmark
 can each be set up to post only *parsed fields* (their "raw MIME" options are preferred and are
 used as they are). For those posts we build the message the fields describe, so that
-`gateway.mime.parse` reads the same text, subject, ids, addresses and attachments as it would
+`gateway.inbound.mime.parse` reads the same text, subject, ids, addresses and attachments as it would
 from the original, and dedupe can match the Message-ID against an SMTP copy of the same mail.
 
 What the rebuilt message is:
@@ -12,7 +12,7 @@ What the rebuilt message is:
   fields only to fill a gap), minus the ones that describe the old body (`Content-Type`,
   `Content-Transfer-Encoding`, `MIME-Version`, `Content-Disposition` and friends): the body
   is new. Identifying and threading headers (`Message-ID`, `In-Reply-To`, `References`) and
-  the automatic-mail markers `gateway.automatic` reads (`Auto-Submitted`, `Precedence`,
+  the automatic-mail markers `gateway.inbound.automatic` reads (`Auto-Submitted`, `Precedence`,
   `List-Id`, `X-Autoreply`, `Return-Path`, ...) come through with the rest. No `Message-ID`
   is invented: ingest synthesises a stable one.
 - a UTF-8 body: text/plain, text/html, or multipart/alternative of both; attachments make
@@ -70,7 +70,8 @@ from email.message import MIMEPart
 from email.utils import formataddr
 from typing import Any
 
-from gateway.mime import decode_bytes, plain_media_type
+from gateway.inbound.mime import decode_bytes
+from gateway.mail.files import plain_media_type
 from webhooks.forms import FilePart, Form
 
 __all__ = ["ComposeError", "mime_from_mailgun", "mime_from_postmark", "mime_from_sendgrid"]
@@ -171,7 +172,7 @@ def mime_from_sendgrid(form: Form) -> bytes:
 
     SendGrid posts each text field in the charset of the original part and names it in
     `charsets`; we decode with that charset, then UTF-8, CP-1252 and Latin-1 (the chain
-    `gateway.mime.decode_bytes` applies to SMTP mail too, so both doors read alike).
+    `gateway.inbound.mime.decode_bytes` applies to SMTP mail too, so both doors read alike).
     """
     charsets = _json_field(form.raw("charsets"), "charsets", default={})
     if not isinstance(charsets, dict):
@@ -387,7 +388,7 @@ def _fallbacks(headers: list[tuple[str, str]], fields: dict[str, str | None]) ->
 
 
 def _attachment(filename: str, content_type: str, data: bytes, content_id: str | None) -> _Attachment:
-    # Control characters are dropped, not replaced: gateway.mime drops them from filenames
+    # Control characters are dropped, not replaced: gateway.inbound.mime drops them from filenames
     # too, so the name reads the same as in the original.
     name = _FILENAME_BAD.sub("", _unicode(filename)).strip()
     cid = "".join(_LINE_BREAKERS.sub("", _unicode(content_id or "")).split()).strip("<>") or None

@@ -18,7 +18,7 @@ from typing import Any
 
 from litestar import Request
 
-from gateway.headers import normalize_email
+from gateway.inbound.headers import normalize_email
 from webhooks.base import Delivery, Receiver, WebhookError, check_basic_auth
 from webhooks.compose import ComposeError, mime_from_postmark
 

@@ -1,8 +1,8 @@
 """Account deletion over HTTP: the owner asks, the code from the mail deletes.
 
-Thin handlers over gateway/account_deletion.py, which explains the two steps. The confirmation
+Thin handlers over gateway/lifecycle/account_deletion.py, which explains the two steps. The confirmation
 needs no bearer token (an owner who wants to leave may have lost it): the code is the proof.
-Wrong codes are counted per client address like wrong tokens (gateway/ratelimit.py, a budget
+Wrong codes are counted per client address like wrong tokens (gateway/access/ratelimit.py, a budget
 of its own), so guessing gets 429 long before it could matter for an 80-bit code.
 
 The mail's link opens a small page (GET) whose button posts the code (POST): a GET never
@@ -29,13 +29,11 @@ from litestar.params import FromQuery, JSONBody, URLEncodedBody
 from litestar.status_codes import HTTP_410_GONE
 from markupsafe import escape
 
-from gateway.account_deletion import (CONFIRMATION_PATH, CancelSubscription, CodeExpired, CodeUsed, NotAllowed,
-                                      TooManyRequests, UnknownCode, confirm_deletion, no_subscription_to_cancel,
-                                      request_by_owner)
+from gateway.lifecycle.account_deletion import (CONFIRMATION_PATH, CancelSubscription, CodeExpired, CodeUsed, NotAllowed, TooManyRequests, UnknownCode, confirm_deletion, no_subscription_to_cancel, request_by_owner)
 from gateway.api.auth import auth_limiter
 from gateway.api.manage import ConflictException
-from gateway.models import utcnow
-from gateway.studios import Caller
+from gateway.store.models import utcnow
+from gateway.access.studios import Caller
 
 log = logging.getLogger(__name__)
 

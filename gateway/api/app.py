@@ -24,7 +24,7 @@ from gateway.api.tokens import TokenController
 from gateway.api.trash import ConversationTrashController, MessageController, TrashController
 from gateway.billing.stripe_api import stripe_api
 from gateway.billing.subscriptions import cancel_for_deletion
-from gateway.directory import StudioDirectory
+from gateway.inbound.directory import StudioDirectory
 from gateway.settings import Settings
 from webhooks import webhook_handlers
 from webhooks.stripe import stripe_webhook
@@ -57,6 +57,6 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
     app.state.directory = StudioDirectory(engine)
     app.state.webhooks = receivers
     app.state.stripe_api = stripe_api(settings)
-    # Deleting an account first ends its subscription (gateway/account_deletion.py calls this).
+    # Deleting an account first ends its subscription (gateway/lifecycle/account_deletion.py calls this).
     app.state.cancel_subscription_for_deletion = partial(cancel_for_deletion, engine, app.state.stripe_api, settings)
     return app

@@ -1,5 +1,5 @@
 """The studio's audit log for its owner: who read or changed access, newest first.
-Read-only: the log has no route that changes it (gateway/audit.py)."""
+Read-only: the log has no route that changes it (gateway/access/audit.py)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -13,9 +13,9 @@ from litestar.exceptions import ClientException
 from litestar.params import QueryParameter
 
 from gateway.api.auth import require_owner
-from gateway.audit import list_entries
-from gateway.db import read_tx
-from gateway.studios import Caller
+from gateway.access.audit import list_entries
+from gateway.store.db import read_tx
+from gateway.access.studios import Caller
 
 
 class AuditOut(msgspec.Struct):

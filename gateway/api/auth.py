@@ -1,6 +1,6 @@
 """Bearer-token authentication: every API query is scoped to the caller's studio.
 
-Failed attempts are rate-limited per client address (policy in gateway/ratelimit.py): a
+Failed attempts are rate-limited per client address (policy in gateway/access/ratelimit.py): a
 blocked address gets 429 with `Retry-After` for every request that needs a caller, before
 its token is checked. The client address is uvicorn's, which honours `X-Forwarded-For` only
 from the proxies in `FORWARDED_ALLOW_IPS` (default: localhost); behind any other proxy all
@@ -8,7 +8,7 @@ clients share its address and so its budget.
 
 Support tokens (gws_) act for the studio named in `X-Support-Studio`, with a reason in
 `X-Support-Reason`, only on the read routes marked `opt=support_read(...)` and only while
-the studio's owner has granted access (gateway/support.py); each such request is audited
+the studio's owner has granted access (gateway/access/support.py); each such request is audited
 before it is served. Everything else is 403 for support, without looking at the studio.
 """
 from __future__ import annotations
@@ -23,11 +23,11 @@ from litestar.exceptions import (
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from gateway.db import is_sqlite, make_engine, read_tx, write_tx
-from gateway.models import utcnow
-from gateway.ratelimit import AuthFailureLimiter
-from gateway.studios import SUPPORT_ROLE, Caller, StudioError, authenticate
-from gateway.support import SUPPORT_TOKEN_PREFIX, SupportDenied, authenticate_support, open_read
+from gateway.store.db import is_sqlite, make_engine, read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.access.ratelimit import AuthFailureLimiter
+from gateway.access.studios import SUPPORT_ROLE, Caller, StudioError, authenticate
+from gateway.access.support import SUPPORT_TOKEN_PREFIX, SupportDenied, authenticate_support, open_read
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 SUPPORT_STUDIO, SUPPORT_REASON = "X-Support-Studio", "X-Support-Reason"

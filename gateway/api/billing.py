@@ -19,8 +19,8 @@ from litestar.status_codes import HTTP_409_CONFLICT, HTTP_502_BAD_GATEWAY
 
 from gateway.billing.stripe_api import BillingNotConfigured, BillingUnavailable
 from gateway.billing.subscriptions import BillingConflict, cancel, start_checkout, summary
-from gateway.db import read_tx
-from gateway.studios import Caller
+from gateway.store.db import read_tx
+from gateway.access.studios import Caller
 
 
 class PauseOut(msgspec.Struct):

@@ -1,8 +1,8 @@
-"""Conversations of the caller's studio: list, read (queries in gateway/reading.py) and reply.
+"""Conversations of the caller's studio: list, read (queries in gateway/inbox/reading.py) and reply.
 
 Every query filters on the caller's studio id; an id of another studio is simply not found
 (404), so the API never confirms that someone else's conversation exists. Deleted
-conversations and messages are left out the same way (gateway/visibility.py); the trash
+conversations and messages are left out the same way (gateway/access/visibility.py); the trash
 (gateway/api/trash.py) is where they can be found and restored.
 """
 from __future__ import annotations
@@ -23,21 +23,19 @@ from litestar.params import Body, FromPath, QueryParameter
 from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import OperationalError
 
-from gateway import reading
+from gateway.inbox import reading
 from gateway.api.auth import support_read
 from gateway.api.trash import DeletedOut, deleted_answer
-from gateway.batching import WriteUnavailable
-from gateway.db import read_tx, write_tx
-from gateway.ingest import CONVERSATION
-from gateway.models import utcnow
-from gateway.reading import (BadCursor, ConversationDetailOut, ConversationList, MessageOut, attachment_out,
-                             message_out)
-from gateway.replies import (MAX_TEXT, ReplyError, ReplyTooLarge, Upload, check_text, check_uploads,
-                             create_reply)
-from gateway.studios import Caller
-from gateway.threader import ATTACHMENT
-from gateway.trash import delete_conversation
-from gateway.visibility import LIVE_CONVERSATION
+from gateway.store.batching import WriteUnavailable
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import CONVERSATION
+from gateway.store.models import utcnow
+from gateway.inbox.reading import (BadCursor, ConversationDetailOut, ConversationList, MessageOut, attachment_out, message_out)
+from gateway.outbound.replies import (MAX_TEXT, ReplyError, ReplyTooLarge, Upload, check_text, check_uploads, create_reply)
+from gateway.access.studios import Caller
+from gateway.store.tables import ATTACHMENT
+from gateway.lifecycle.trash import delete_conversation
+from gateway.access.visibility import LIVE_CONVERSATION
 
 
 class ReadOut(msgspec.Struct):
@@ -180,7 +178,7 @@ class ConversationController(Controller):
 
         JSON `{"text": ...}`, or multipart/form-data with a `text` part and `files` parts for
         attachments (as /replies/upload takes it). The row and its outbox job are written in a
-        group commit shared with concurrent replies (gateway/batching.py)."""
+        group commit shared with concurrent replies (gateway/store/batching.py)."""
         if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             form = await request.form()
             text = form.get("text")

@@ -1,4 +1,4 @@
-"""The studio's whole data as a zip download (gateway/export.py); the owner's alone."""
+"""The studio's whole data as a zip download (gateway/lifecycle/export.py); the owner's alone."""
 from __future__ import annotations
 
 import tempfile
@@ -11,10 +11,10 @@ from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.response import Stream
 
 from gateway.api.manage import content_disposition
-from gateway.db import read_tx
-from gateway.export import write_export
-from gateway.models import utcnow
-from gateway.studios import Caller
+from gateway.store.db import read_tx
+from gateway.lifecycle.export import write_export
+from gateway.store.models import utcnow
+from gateway.access.studios import Caller
 
 CHUNK = 256 * 1024
 

@@ -13,11 +13,11 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.params import FromPath
 
-from gateway.db import read_tx, write_tx
-from gateway.deletion_log import deletion_log
-from gateway.guests import erase_guest_data, get_guest
-from gateway.models import utcnow
-from gateway.studios import Caller
+from gateway.store.db import read_tx, write_tx
+from gateway.lifecycle.deletion_log import deletion_log
+from gateway.lifecycle.guests import erase_guest_data, get_guest
+from gateway.store.models import utcnow
+from gateway.access.studios import Caller
 
 
 class GuestDetailOut(msgspec.Struct):

@@ -5,7 +5,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 from sqlalchemy import Engine, text
 
-from gateway.db import read_tx
+from gateway.store.db import read_tx
 
 
 @get("/healthz", sync_to_thread=False)

@@ -1,5 +1,5 @@
 """Managing the caller's studio's mail: held messages, closing and reopening conversations,
-downloading attachments. Thin handlers over gateway/conversation_actions.py.
+downloading attachments. Thin handlers over gateway/inbox/actions.py.
 
 As everywhere in the API, an id of another studio is 404, never 403.
 """
@@ -20,12 +20,11 @@ from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_409_CONFLICT
 
 from gateway.api.auth import support_read
-from gateway.conversation_actions import (
-    CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status)
-from gateway.db import read_tx, write_tx
-from gateway.mime import plain_media_type
-from gateway.reading import PersonOut
-from gateway.studios import Caller
+from gateway.inbox.actions import CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status
+from gateway.store.db import read_tx, write_tx
+from gateway.mail.files import plain_media_type
+from gateway.inbox.reading import PersonOut
+from gateway.access.studios import Caller
 
 
 class HeldOut(msgspec.Struct):

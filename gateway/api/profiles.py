@@ -1,5 +1,5 @@
 """The studio's profiles: the owner connects members (each gets a first token, shown once)
-and disconnects them; members see who is connected. Rules in gateway/profiles.py."""
+and disconnects them; members see who is connected. Rules in gateway/access/profiles.py."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -15,10 +15,10 @@ from litestar.params import FromPath, JSONBody
 from gateway.api.auth import require_owner
 from gateway.api.manage import ConflictException
 from gateway.api.tokens import NO_STORE, NewTokenOut
-from gateway.db import read_tx, write_tx
-from gateway.models import utcnow
-from gateway.profiles import ProfileConflict, ProfileInfo, connect_member, disconnect_profile, list_profiles
-from gateway.studios import Caller, StudioError
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.access.profiles import ProfileConflict, ProfileInfo, connect_member, disconnect_profile, list_profiles
+from gateway.access.studios import Caller, StudioError
 
 
 class ProfileOut(msgspec.Struct):

@@ -10,9 +10,9 @@ from litestar.params import JSONBody
 from sqlalchemy import select, update
 
 from gateway.api.auth import require_owner
-from gateway.db import read_tx, write_tx
-from gateway.ingest import STUDIO
-from gateway.studios import Caller
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import STUDIO
+from gateway.access.studios import Caller
 
 
 class StudioOut(msgspec.Struct):

@@ -1,5 +1,5 @@
 """Support access as the owner manages it: grant read-only access for a while, list, revoke.
-Rules in gateway/support.py; each grant and revocation is in the audit log."""
+Rules in gateway/access/support.py; each grant and revocation is in the audit log."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -12,12 +12,12 @@ from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath, JSONBody
 
-from gateway import audit
+from gateway.access import audit
 from gateway.api.auth import require_owner
-from gateway.db import read_tx, write_tx
-from gateway.models import utcnow
-from gateway.studios import Caller, StudioError
-from gateway.support import GrantInfo, grant_access, grant_duration, list_grants, revoke_grant
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.access.studios import Caller, StudioError
+from gateway.access.support import GrantInfo, grant_access, grant_duration, list_grants, revoke_grant
 
 
 class GrantIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,7 +1,7 @@
 """API tokens of the caller's studio: list, create (shown once), revoke.
 
 The owner sees and revokes all of the studio's tokens, a member only their own; anything else
-is 404, never 403 (gateway/studios.py holds the rules). Answers carry the stored prefix only:
+is 404, never 403 (gateway/access/studios.py holds the rules). Answers carry the stored prefix only:
 the token itself appears once, in the answer that creates it.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
-from gateway.db import read_tx, write_tx
-from gateway.studios import Caller, create_own_token, list_tokens, revoke_token
+from gateway.store.db import read_tx, write_tx
+from gateway.access.studios import Caller, create_own_token, list_tokens, revoke_token
 
 
 class TokenOut(msgspec.Struct):

@@ -1,4 +1,4 @@
-"""Deleting, the trash, and restoring: thin handlers over gateway/trash.py.
+"""Deleting, the trash, and restoring: thin handlers over gateway/lifecycle/trash.py.
 
 DELETE hides a conversation or message at once for everyone in the studio (owner and members
 alike, as in any messenger); the answer says when it will be erased for good. The trash lists
@@ -21,11 +21,10 @@ from litestar.status_codes import HTTP_402_PAYMENT_REQUIRED, HTTP_410_GONE
 from gateway.api.people import GuestOut, PersonOut
 from gateway.api.manage import ConflictException
 from gateway.billing.entitlements import has_paid_features
-from gateway.db import read_tx, write_tx
-from gateway.models import utcnow
-from gateway.studios import Caller
-from gateway.trash import (RETENTION, ConversationDeleted, Deleted, Expired, NotDeleted, PaidFeature, Restored,
-                           delete_message, list_trash, restore_conversation, restore_message)
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.access.studios import Caller
+from gateway.lifecycle.trash import (RETENTION, ConversationDeleted, Deleted, Expired, NotDeleted, PaidFeature, Restored, delete_message, list_trash, restore_conversation, restore_message)
 
 
 class PaymentRequiredException(HTTPException):

@@ -12,11 +12,10 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from gateway.models import PaymentPause, Subscription, utcnow
+from gateway.store.models import utcnow
 from gateway.settings import Settings
+from gateway.store.tables import SUBSCRIPTION, PAYMENT_PAUSE
 
-SUBSCRIPTION = Subscription.__table__  # type: ignore[attr-defined]
-PAUSE = PaymentPause.__table__  # type: ignore[attr-defined]
 PAID_PLANS = frozenset({"monthly", "yearly"})
 ACTIVE_PAUSE_STATES = ("pausing", "paused")
 
@@ -25,8 +24,8 @@ def has_paid_features(conn: Connection, studio_id: int, settings: Settings, now:
     """True while the studio's subscription grants paid features (see the module's rules)."""
     now = now or utcnow()
     row = conn.execute(select(SUBSCRIPTION).where(SUBSCRIPTION.c.studio_id == studio_id)).first()
-    paused = conn.execute(select(PAUSE.c.id).where(
-        PAUSE.c.studio_id == studio_id, PAUSE.c.state.in_(ACTIVE_PAUSE_STATES)).limit(1)).first() is not None
+    paused = conn.execute(select(PAYMENT_PAUSE.c.id).where(
+        PAYMENT_PAUSE.c.studio_id == studio_id, PAYMENT_PAUSE.c.state.in_(ACTIVE_PAUSE_STATES)).limit(1)).first() is not None
     return entitled(row, paused, now, timedelta(days=settings.billing_past_due_grace_days))
 
 

@@ -21,16 +21,14 @@ import stripe
 from sqlalchemy import Engine, select
 
 from gateway.billing.lockdowns import reconcile, record_pauses
-from gateway.billing.state import (SubscriptionFacts, apply_subscription, link_customer, read_subscription,
-                                   stripe_id, studio_for, subscription_row)
+from gateway.billing.state import (SubscriptionFacts, apply_subscription, link_customer, read_subscription, stripe_id, studio_for, subscription_row)
 from gateway.billing.stripe_api import StripeApi
-from gateway.db import insert_ignore, read_tx, write_tx
-from gateway.models import Studio, StripeEvent, utcnow
+from gateway.store.db import insert_ignore, read_tx, write_tx
+from gateway.store.models import utcnow
 from gateway.settings import Settings
+from gateway.store.tables import STUDIO, STRIPE_EVENT
 
 log = logging.getLogger(__name__)
-EVENT = StripeEvent.__table__  # type: ignore[attr-defined]
-STUDIO = Studio.__table__  # type: ignore[attr-defined]
 SUBSCRIPTION_EVENTS = frozenset({
     "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
     "customer.subscription.paused", "customer.subscription.resumed"})
@@ -58,7 +56,7 @@ def handle_event(engine: Engine, settings: Settings, api: StripeApi | None, even
     except (KeyError, TypeError, ValueError) as exc:
         raise BadEvent(f"not a Stripe event: {exc}") from None
     with read_tx(engine) as conn:
-        if conn.execute(select(EVENT.c.id).where(EVENT.c.id == event_id)).first():
+        if conn.execute(select(STRIPE_EVENT.c.id).where(STRIPE_EVENT.c.id == event_id)).first():
             return Outcome("duplicate")
     if kind not in HANDLED:
         return _record(engine, event_id, kind, created, None, lambda conn, studio_id: "ignored")
@@ -144,9 +142,9 @@ def _record(engine: Engine, event_id: str, kind: str, created: int, studio_of: A
     with write_tx(engine) as conn:
         studio_id = studio_of(conn) if studio_of else None
         # RETURNING, not rowcount: psycopg reports -1 for SQLAlchemy's ON CONFLICT inserts.
-        inserted = conn.execute(insert_ignore(conn, EVENT).values(
+        inserted = conn.execute(insert_ignore(conn, STRIPE_EVENT).values(
             id=event_id, type=kind, created=created, studio_id=studio_id, received_at=utcnow())
-            .returning(EVENT.c.id)).first() is not None
+            .returning(STRIPE_EVENT.c.id)).first() is not None
         if not inserted:
             return Outcome("duplicate", studio_id)
         result = change(conn, studio_id)

@@ -22,15 +22,14 @@ from typing import Any, Callable
 import stripe
 from sqlalchemy import Connection, Engine, and_, or_, select, update
 
-from gateway.billing.state import SUBSCRIPTION, apply_subscription, read_subscription
+from gateway.store.tables import SUBSCRIPTION
+from gateway.billing.state import apply_subscription, read_subscription
 from gateway.billing.stripe_api import StripeApi
-from gateway.db import insert_ignore, read_tx, write_tx
-from gateway.models import Lockdown, PaymentPause, Studio, utcnow
+from gateway.store.db import insert_ignore, read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.store.tables import STUDIO, LOCKDOWN, PAYMENT_PAUSE
 
 log = logging.getLogger(__name__)
-LOCKDOWN = Lockdown.__table__  # type: ignore[attr-defined]
-PAUSE = PaymentPause.__table__  # type: ignore[attr-defined]
-STUDIO = Studio.__table__  # type: ignore[attr-defined]
 # Subscriptions that still take payments: these are the ones a lockdown pauses.
 COLLECTING = ("active", "trialing", "past_due", "unpaid", "incomplete")
 
@@ -99,7 +98,7 @@ def lockdown_status(engine: Engine) -> list[LockdownInfo]:
     with read_tx(engine) as conn:
         lockdowns = conn.execute(select(LOCKDOWN).order_by(LOCKDOWN.c.started_at, LOCKDOWN.c.id)).all()
         counts: dict[int, dict[str, int]] = {}
-        for pause in conn.execute(select(PAUSE.c.lockdown_id, PAUSE.c.state)):
+        for pause in conn.execute(select(PAYMENT_PAUSE.c.lockdown_id, PAYMENT_PAUSE.c.state)):
             per = counts.setdefault(pause.lockdown_id, {})
             per[pause.state] = per.get(pause.state, 0) + 1
     return [LockdownInfo(id=r.id, name=r.name, countries=[c for c in r.countries.split(",") if c],
@@ -129,9 +128,9 @@ def record_pauses(conn: Connection, lockdown_id: int | None = None, studio_id: i
         if studio_id is not None:
             subs = subs.where(SUBSCRIPTION.c.studio_id == studio_id)
         for sub in conn.execute(subs).all():
-            recorded += conn.execute(insert_ignore(conn, PAUSE).values(
+            recorded += conn.execute(insert_ignore(conn, PAYMENT_PAUSE).values(
                 lockdown_id=lockdown.id, studio_id=sub.studio_id, stripe_subscription_id=sub.stripe_subscription_id,
-                state="pausing", started_at=now or utcnow()).returning(PAUSE.c.id)).first() is not None
+                state="pausing", started_at=now or utcnow()).returning(PAYMENT_PAUSE.c.id)).first() is not None
     return recorded
 
 
@@ -147,11 +146,11 @@ def reconcile(engine: Engine, api: StripeApi, lockdown_id: int | None = None, st
     for pause in _pending(engine, lockdown_id, studio_id):
         _settle(engine, api, pause, report, now)
     with read_tx(engine) as conn:
-        settled = select(PAUSE.c.id).where(PAUSE.c.state.in_(("paused", "resumed")))
+        settled = select(PAYMENT_PAUSE.c.id).where(PAYMENT_PAUSE.c.state.in_(("paused", "resumed")))
         if lockdown_id is not None:
-            settled = settled.where(PAUSE.c.lockdown_id == lockdown_id)
+            settled = settled.where(PAYMENT_PAUSE.c.lockdown_id == lockdown_id)
         if studio_id is not None:
-            settled = settled.where(PAUSE.c.studio_id == studio_id)
+            settled = settled.where(PAYMENT_PAUSE.c.studio_id == studio_id)
         report.unchanged = len(conn.execute(settled).all()) - len(report.paused) - len(report.resumed)
     return report
 
@@ -159,16 +158,16 @@ def reconcile(engine: Engine, api: StripeApi, lockdown_id: int | None = None, st
 def _pending(engine: Engine, lockdown_id: int | None, studio_id: int | None) -> list[Any]:
     """Pauses whose Stripe side is not done: to pause (lockdown active) or to resume (ended)."""
     with read_tx(engine) as conn:
-        query = select(PAUSE.c.id, PAUSE.c.studio_id, PAUSE.c.lockdown_id, PAUSE.c.state,
-                       PAUSE.c.stripe_subscription_id, STUDIO.c.slug, LOCKDOWN.c.ended_at).join(
-            LOCKDOWN, LOCKDOWN.c.id == PAUSE.c.lockdown_id).join(STUDIO, STUDIO.c.id == PAUSE.c.studio_id).where(or_(
-                and_(LOCKDOWN.c.ended_at.is_(None), PAUSE.c.state == "pausing"),
-                and_(LOCKDOWN.c.ended_at.is_not(None), PAUSE.c.state.in_(("pausing", "paused", "resuming")))))
+        query = select(PAYMENT_PAUSE.c.id, PAYMENT_PAUSE.c.studio_id, PAYMENT_PAUSE.c.lockdown_id, PAYMENT_PAUSE.c.state,
+                       PAYMENT_PAUSE.c.stripe_subscription_id, STUDIO.c.slug, LOCKDOWN.c.ended_at).join(
+            LOCKDOWN, LOCKDOWN.c.id == PAYMENT_PAUSE.c.lockdown_id).join(STUDIO, STUDIO.c.id == PAYMENT_PAUSE.c.studio_id).where(or_(
+                and_(LOCKDOWN.c.ended_at.is_(None), PAYMENT_PAUSE.c.state == "pausing"),
+                and_(LOCKDOWN.c.ended_at.is_not(None), PAYMENT_PAUSE.c.state.in_(("pausing", "paused", "resuming")))))
         if lockdown_id is not None:
-            query = query.where(PAUSE.c.lockdown_id == lockdown_id)
+            query = query.where(PAYMENT_PAUSE.c.lockdown_id == lockdown_id)
         if studio_id is not None:
-            query = query.where(PAUSE.c.studio_id == studio_id)
-        return list(conn.execute(query.order_by(PAUSE.c.id)).all())
+            query = query.where(PAYMENT_PAUSE.c.studio_id == studio_id)
+        return list(conn.execute(query.order_by(PAYMENT_PAUSE.c.id)).all())
 
 
 def _settle(engine: Engine, api: StripeApi, pause: Any, report: Report, now: datetime | None) -> None:
@@ -205,7 +204,7 @@ def _settle(engine: Engine, api: StripeApi, pause: Any, report: Report, now: dat
         if engine.dialect.name == "postgresql":
             # Claim the row: a concurrent run skips it instead of asking Stripe twice.
             with write_tx(engine) as conn:
-                claimed = conn.execute(select(PAUSE.c.id).where(PAUSE.c.id == pause.id, PAUSE.c.state.in_(expected))
+                claimed = conn.execute(select(PAYMENT_PAUSE.c.id).where(PAYMENT_PAUSE.c.id == pause.id, PAYMENT_PAUSE.c.state.in_(expected))
                                        .with_for_update(skip_locked=True)).first()
                 if claimed is None:
                     return
@@ -229,10 +228,10 @@ def _mark(conn: Connection, pause_id: int, expected: tuple[str, ...], target: st
     values: dict[str, Any] = {"state": target}
     if target == "resumed":
         values["ended_at"] = now or utcnow()
-    conn.execute(update(PAUSE).where(PAUSE.c.id == pause_id, PAUSE.c.state.in_(expected)).values(**values))
+    conn.execute(update(PAYMENT_PAUSE).where(PAYMENT_PAUSE.c.id == pause_id, PAYMENT_PAUSE.c.state.in_(expected)).values(**values))
 
 
 def _still_covered(conn: Connection, pause: Any) -> bool:
-    return conn.execute(select(PAUSE.c.id).join(LOCKDOWN, LOCKDOWN.c.id == PAUSE.c.lockdown_id).where(
-        PAUSE.c.studio_id == pause.studio_id, PAUSE.c.id != pause.id, LOCKDOWN.c.ended_at.is_(None),
-        PAUSE.c.state.in_(("pausing", "paused")))).first() is not None
+    return conn.execute(select(PAYMENT_PAUSE.c.id).join(LOCKDOWN, LOCKDOWN.c.id == PAYMENT_PAUSE.c.lockdown_id).where(
+        PAYMENT_PAUSE.c.studio_id == pause.studio_id, PAYMENT_PAUSE.c.id != pause.id, LOCKDOWN.c.ended_at.is_(None),
+        PAYMENT_PAUSE.c.state.in_(("pausing", "paused")))).first() is not None

@@ -17,12 +17,11 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from gateway.db import insert_ignore
-from gateway.models import Studio, Subscription, utcnow
+from gateway.store.db import insert_ignore
+from gateway.store.models import utcnow
 from gateway.settings import Settings
+from gateway.store.tables import STUDIO, SUBSCRIPTION
 
-SUBSCRIPTION = Subscription.__table__  # type: ignore[attr-defined]
-STUDIO = Studio.__table__  # type: ignore[attr-defined]
 FINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
 
 

@@ -16,14 +16,14 @@ import stripe
 from sqlalchemy import Connection, Engine, select
 
 from gateway.billing.entitlements import ACTIVE_PAUSE_STATES, PAID_PLANS, entitled
-from gateway.billing.lockdowns import LOCKDOWN, PAUSE
+from gateway.store.tables import LOCKDOWN, PAYMENT_PAUSE
 from gateway.billing.state import apply_subscription, read_subscription, subscription_row
 from gateway.billing.stripe_api import BillingNotConfigured, StripeApi
-from gateway.db import read_tx, write_tx
-from gateway.models import Studio, utcnow
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
 from gateway.settings import Settings
+from gateway.store.tables import STUDIO
 
-STUDIO = Studio.__table__  # type: ignore[attr-defined]
 LIVE = ("active", "trialing", "past_due", "unpaid", "incomplete")
 
 
@@ -62,9 +62,9 @@ class Cancellation:
 def summary(conn: Connection, studio_id: int, settings: Settings, now: datetime | None = None) -> BillingSummary:
     now = now or utcnow()
     row = subscription_row(conn, studio_id)
-    pauses = conn.execute(select(PAUSE.c.state, PAUSE.c.started_at, PAUSE.c.ended_at, LOCKDOWN.c.name).join(
-        LOCKDOWN, LOCKDOWN.c.id == PAUSE.c.lockdown_id).where(PAUSE.c.studio_id == studio_id)
-        .order_by(PAUSE.c.started_at, PAUSE.c.id)).all()
+    pauses = conn.execute(select(PAYMENT_PAUSE.c.state, PAYMENT_PAUSE.c.started_at, PAYMENT_PAUSE.c.ended_at, LOCKDOWN.c.name).join(
+        LOCKDOWN, LOCKDOWN.c.id == PAYMENT_PAUSE.c.lockdown_id).where(PAYMENT_PAUSE.c.studio_id == studio_id)
+        .order_by(PAYMENT_PAUSE.c.started_at, PAYMENT_PAUSE.c.id)).all()
     current = [p for p in pauses if p.state in ACTIVE_PAUSE_STATES]
     grace = timedelta(days=settings.billing_past_due_grace_days)
     plan = row.plan if row is not None else "free"

@@ -1,0 +1,45 @@
+"""What every command needs: strictly parsed settings, a migrated database, logging.
+
+Commands import their domain modules inside their own functions: `gateway --help` and the
+small commands then start without loading the web stack, the SMTP server and the parser.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from gateway.settings import Settings, get_settings
+from gateway.store.db import get_engine, migrate
+
+Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def fail(message: str) -> int:
+    """Say what went wrong on stderr, as every command does; exit status 1."""
+    print(f"gateway: {message}", file=sys.stderr)
+    return 1
+
+
+def settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "GATEWAY_" + "_".join(str(p) for p in error["loc"]).upper()
+            print(f"gateway: invalid setting {name}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def migrated(settings: Settings) -> Engine:
+    """The database, brought up to date first: any command may be the first one run."""
+    migrate(settings.resolved_database_url)
+    return get_engine(settings.resolved_database_url)
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO

@@ -1,0 +1,48 @@
+"""The moment a guest's message is filed: "message threaded", and the reactions to it.
+
+The processor announces each message the threader stored; reactions listen: an
+acknowledgement for a new inquiry (gateway/outbound/acknowledgements.py), the helpdesk's
+LÖSCHEN command (gateway/lifecycle/helpdesk_mail.py), and next the studio's notifications
+and outgoing webhooks. The processor knows none of them: the edge that runs it
+(gateway/runtime.py, the CLI) hands it the list, so inbound never imports what reacts.
+
+A reaction runs inside the transaction that stored the message, so what it queues (an
+outbound job, a deletion request) commits or rolls back with it, and a retried delivery,
+which the threader sees as a duplicate, announces nothing again. A reaction must be cheap
+(it holds the write transaction) and raise only for database trouble: an exception redoes
+the chunk message by message and then counts against that message like any processing
+failure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
+
+from gateway.settings import Settings
+
+
+@dataclass(frozen=True)
+class Threaded:
+    """One message filed into one studio's conversation (a mail to two studios is two)."""
+    studio_id: int
+    message_id: int
+    conversation_id: int
+    rule: str            # the threading rule that placed it (reply-address, in-reply-to, ..., new)
+    opened: bool         # the message opened this conversation: a new inquiry
+    visible: bool        # shown to the studio, not held for it to accept
+    automatic: bool      # an auto-reply, bounce or list mail (RFC 3834): never answered automatically
+    guest_id: int | None  # the conversation's guest (None when the message did not open it)
+    sender_name: str     # the display name the mail came with
+
+
+@dataclass
+class Chunk:
+    """What the reactions of one processor transaction share (a chunk of up to 16 messages)."""
+    studio_ids: dict[str, int | None]  # slug → id of the studios this chunk's mail went to
+    memo: dict[str, Any] = field(default_factory=dict)  # a reaction's own cache, under its name
+
+
+class Reaction(Protocol):
+    def __call__(self, conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) -> None: ...

@@ -1,0 +1,255 @@
+"""The one ingest pipeline's front door: every accepted message is durably stored here first.
+
+SMTP and the provider webhooks both call `Acceptor.accept`. It answers only after the raw
+bytes and the envelope are committed (fsync'd), and it does so in group commits: all messages
+that arrive while one transaction is being written share the next transaction and its single
+fsync. That is what lets acceptance keep pace with a do-nothing server while every `250` is
+durable (the statements themselves are in gateway/inbound/intake.py). Parsing and threading
+happen afterwards (see `processor.py`), as in Mailman, Zulip and Action Mailbox, so a message
+that cannot be parsed is never refused for that.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from gateway.store.batching import next_batch
+from gateway.store.db import (InlineTx, begin_inline, is_busy, is_sqlite, make_engine, sqlite_write_lock, write_tx)
+from gateway.inbound.intake import Envelope, Replayed, StudioIds, store_batch
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+
+class TemporaryFailure(Exception):
+    """Storage is unavailable: the sender must keep the message and retry (451 / 503)."""
+
+
+@dataclass
+class _Pending:
+    raw: bytes
+    envelope: Envelope
+    future: asyncio.Future[int] = field(repr=False)
+
+
+PG_COMMITS_IN_FLIGHT = 1
+
+
+class Acceptor:
+    """Group-commit writer shared by all receivers in one process.
+
+    On SQLite one writer thread owns the write transactions, so there is never more than one
+    writer from this process. On PostgreSQL up to PG_COMMITS_IN_FLIGHT group commits run at
+    once, each on its own connection: one alone left the process waiting on round trips.
+    """
+
+    def __init__(self, engine: Engine, settings: Settings, *, max_batch: int = 256,
+                 on_stored: Callable[[], None] | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.secret = settings.secret()
+        self.max_batch = max_batch
+        self.on_stored = on_stored
+        self._queue: asyncio.Queue[_Pending | None] | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        # SQLite takes one writer at a time; PostgreSQL overlaps a few group commits.
+        self._in_flight = 1 if is_sqlite(engine) else PG_COMMITS_IN_FLIGHT
+        self._executor = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="acceptor")
+        self._busy_budget = settings.db_busy_timeout
+        self._studio_ids = StudioIds()
+        # On SQLite a group commit is a few hundred microseconds of statements and one fsync.
+        # Running the statements in the writer thread cost more in GIL hand-offs between the
+        # two threads (about ten per batch, each a context switch) than it saved, so they run
+        # on the loop and only the commit, which waits on the disk without the GIL, goes to
+        # the thread (bench/webhook_ingest.py: ~20 % more requests/s). If another process holds
+        # the lock, the whole batch goes to the thread to wait there. PostgreSQL statements are
+        # network round trips: always off the loop.
+        self._inline = is_sqlite(engine)
+        self.commits = 0    # group commits written, and the messages they carried: their ratio
+        self.committed = 0  # is the batching that keeps acceptance cheap (logged at stop)
+        self._write_engine = engine
+        self._lock = sqlite_write_lock(engine)
+        if is_sqlite(engine):
+            # SQLite's own busy handler sleeps up to 100 ms between tries, far longer than the
+            # few milliseconds another process (the worker) holds the write lock; senders would
+            # wait for nothing. This writer connection gives up at once and retries every ms.
+            self._write_engine = make_engine(str(engine.url), busy_timeout=0, pool_size=1)
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name="acceptor")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Store everything already handed over, answer it, then stop; later arrivals get 451."""
+        if self._task and self._queue is not None:
+            self._stopping = True
+            await self._queue.put(None)  # FIFO: every message queued before it is written first
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is not None and not item.future.done():
+                    item.future.set_exception(TemporaryFailure("shutting down"))
+        self._executor.shutdown(wait=True)
+        if self.commits:
+            log.info("acceptor: %d messages in %d group commits (%.1f per commit)",
+                     self.committed, self.commits, self.committed / self.commits)
+        if self._write_engine is not self.engine:
+            self._write_engine.dispose()
+
+    async def accept(self, raw: bytes, envelope: Envelope) -> int:
+        """The inbound id once committed; raises TemporaryFailure or FloodLimited."""
+        if self._queue is None:
+            raise RuntimeError("Acceptor.start() was not awaited")
+        if self._stopping:
+            raise TemporaryFailure("shutting down")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(raw, envelope, future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self._in_flight)
+        writing: set[asyncio.Task[None]] = set()
+        while True:
+            batch = await next_batch(self._queue, self.max_batch)
+            if batch is None:  # stop: everything queued before it has been written
+                if writing:
+                    await asyncio.gather(*writing)
+                return
+            if self._inline:
+                await self._write_inline(loop, batch)
+                continue
+            # PostgreSQL: a group commit is a few network round trips and a WAL flush during
+            # which this process would sit idle; a few in flight on their own connections keep
+            # the database busy (it orders concurrent commits itself).
+            await slots.acquire()
+            task = asyncio.create_task(self._write_off_loop(loop, batch, slots))
+            writing.add(task)
+            task.add_done_callback(writing.discard)
+
+    async def _write_inline(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        try:
+            prepared = self._prepare(batch)
+            if prepared is not None:
+                tx, results = prepared
+                await tx.commit(loop, self._executor)
+            else:
+                results = await loop.run_in_executor(self._executor, self._write, batch)
+        except Exception as exc:  # database or disk trouble: nothing of the batch was committed
+            self._failed(batch, exc)
+            return
+        self._answer(batch, results)
+
+    async def _write_off_loop(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending],
+                              slots: asyncio.Semaphore) -> None:
+        try:
+            results = await loop.run_in_executor(self._executor, self._write, batch)
+        except Exception as exc:  # database trouble: nothing of the batch was committed
+            self._failed(batch, exc)
+            return
+        finally:
+            slots.release()
+        self._answer(batch, results)
+
+    def _failed(self, batch: list[_Pending], exc: Exception) -> None:
+        log.warning("storing %d message(s) failed, answering temporary failure: %s",
+                    len(batch), type(exc).__name__)
+        log.debug("store failure detail", exc_info=True)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(TemporaryFailure(type(exc).__name__))
+
+    def _answer(self, batch: list[_Pending], results: list[int | Exception]) -> None:
+        self.commits += 1
+        self.committed += len(batch)
+        for item, result in zip(batch, results):
+            if item.future.done():  # the client went away; the message is stored regardless
+                continue
+            if isinstance(result, Exception):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+        if self.on_stored and any(not isinstance(r, Exception) for r in results):
+            self.on_stored()
+
+    def _prepare(self, batch: list[_Pending]) -> tuple[InlineTx, list[int | Exception]] | None:
+        """SQLite: run the batch's statements on the loop, leaving only the commit to the writer
+        thread; None when the thread must do it all (a lock is held, or one message upsets the
+        database). The lock is the one the process's other writers (the processor and outbox
+        threads of `gateway serve`) queue on: writing past it, they met SQLite's busy handler,
+        which sleeps up to 100 ms between tries."""
+        assert self._lock is not None
+        tx = begin_inline(self._write_engine, self._lock)
+        if tx is None:
+            return None
+        try:
+            return tx, store_batch(tx.conn, [(p.raw, p.envelope) for p in batch], self.settings,
+                                   self.secret, self._studio_ids)
+        except OperationalError as exc:
+            tx.abandon()
+            if is_busy(exc):
+                return None
+            raise
+        except Exception:
+            tx.abandon()
+            return None
+
+    def _store(self, items: list[tuple[bytes, Envelope]]) -> list[int | Exception]:
+        deadline = time.monotonic() + self._busy_budget
+        delay = 0.0005
+        while True:
+            try:
+                with write_tx(self._write_engine) as conn:
+                    return store_batch(conn, items, self.settings, self.secret, self._studio_ids)
+            except OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)  # another writer holds SQLite's lock for a few ms: try again soon
+            delay = min(delay * 2, 0.004)
+
+    def _write(self, batch: list[_Pending]) -> list[int | Exception]:
+        items = [(p.raw, p.envelope) for p in batch]
+        try:
+            return self._store(items)
+        except OperationalError:
+            raise  # the database is unreachable or locked: every item of the batch must retry
+        except Exception:
+            pass
+        # Something in one message upset the database (or a replayed token hit its key): store
+        # them one by one, so an innocent sender in the same group commit is not told to retry.
+        results: list[int | Exception] = []
+        for index, item in enumerate(items):
+            try:
+                results.extend(self._store([item]))
+            except OperationalError as exc:
+                # The database went away half-way: the messages already committed keep their
+                # 250 (a 451 would have them sent and stored again); the rest must retry.
+                results.extend([TemporaryFailure(type(exc).__name__)] * (len(items) - index))
+                break
+            except IntegrityError:
+                if item[1].nonce is None:
+                    log.warning("storing one message failed on a constraint", exc_info=True)
+                    results.append(TemporaryFailure("IntegrityError"))
+                else:  # its one-time token is already recorded with a stored message
+                    results.append(Replayed())
+            except Exception as exc:
+                log.warning("storing one message failed: %s", type(exc).__name__, exc_info=True)
+                results.append(TemporaryFailure(type(exc).__name__))
+        return results

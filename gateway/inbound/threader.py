@@ -1,0 +1,440 @@
+"""Thread a parsed message into its studios' conversations and persist it.
+
+Rules, in order (each message records the one that placed it, so a misfiled message can be
+explained): the signed reply address, In-Reply-To, References (newest first), a DSN's
+original Message-ID for bounces, then the subject fallback for clients that drop headers
+(same guest, same normalised subject, active in the last N days), else a new conversation.
+
+Header matches are looked up only among the Message-IDs stored for the same studio, so a
+forged or guessed id from another studio never attaches anything; and a reply whose sender is
+not a participant of the conversation it names is held for the studio to accept or reject
+instead of being shown as the guest's.
+
+A deleted conversation (gateway/lifecycle/trash.py) is never threaded into, by any rule: the guest's new
+mail opens a new conversation the studio sees at once, while the deleted one stays deleted,
+restorable as it was and purged on time. Threading it into the deleted conversation would hide
+new mail from the studio (for good, on the free plan, which cannot restore).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway.inbound.automatic import AutoInfo, classify
+from gateway.store.blobs import blob_store
+from gateway.mail.addresses import StudioAddress, parse_studio_address, verify_reply_token
+from gateway.mail.subjects import normalize_subject
+from gateway.store.db import DriverSQL, bind_processor
+from gateway.inbound.headers import fingerprint, normalize_email
+from gateway.store.tables import CONVERSATION, GUEST, MESSAGE, STUDIO
+from gateway.inbound.mime import Address, ParsedMessage
+from gateway.store.models import utcnow
+from gateway.inbound.quotes import split_reply
+from gateway.events import Threaded
+from gateway.settings import Settings
+from gateway.access.visibility import LIVE_CONVERSATION
+from gateway.store.tables import ATTACHMENT
+
+
+
+class Unprocessable(Exception):
+    """The message can never be threaded as it is: quarantine it at once with this reason."""
+
+
+class StudiosGone(Unprocessable):
+    """Every studio the mail was accepted for was deleted after RCPT (another process's directory
+    still knew it for a few seconds, or the mail waited in the queue). It must not be kept: not
+    even the quarantine may hold bytes for an erased account. The processor discards it."""
+
+
+@dataclass
+class Outcome:
+    studio_id: int
+    message_id: int | None      # None: duplicate or not stored (automatic mail with no thread)
+    conversation_id: int | None
+    rule: str                   # thread rule, or "duplicate" / "erased" / "unthreaded-automatic"
+    threaded: Threaded | None = None  # the event to announce, when a message was stored
+
+
+@dataclass
+class Inbound:
+    id: int
+    mail_from: str
+    rcpt_to: list[str]
+    raw: bytes
+    raw_sha256: str
+
+
+def synthesize_message_id(print_: str, domain: str) -> str:
+    """A stable id for mail without one, so a retried delivery still dedupes."""
+    return f"synth.{print_[:32]}@{domain}"
+
+
+# Statements are built once: building SQLAlchemy expressions costs more than SQLite takes to
+# run them. The ones every new inquiry runs (seen? guest? new guest, conversation, message)
+# go to the driver directly (gateway/store/db.DriverSQL); the rest run on some replies only.
+_STUDIO_BY_SLUG = select(STUDIO.c.id).where(STUDIO.c.slug == bindparam("slug"))
+# Stored already ("duplicate"), or erased (gateway/lifecycle/erasure.py left its dedupe key behind as a
+# tombstone: a late or retried delivery must not bring the erased conversation back). One
+# statement for both: it runs for every message.
+_SEEN = DriverSQL(
+    "SELECT 'duplicate' FROM message WHERE studio_id = ? AND dedupe_key = ? "
+    "UNION ALL SELECT 'erased' FROM tombstone WHERE studio_id = ? AND dedupe_key = ? LIMIT 1")
+_BY_MESSAGE_IDS = select(MESSAGE.c.message_id, MESSAGE.c.conversation_id).where(
+    MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)),
+    MESSAGE.c.conversation_id.is_not(None))
+_BOUNCED = select(MESSAGE.c.id, MESSAGE.c.conversation_id).where(
+    MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)))
+_CONVERSATION = select(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"),
+                                           CONVERSATION.c.studio_id == bindparam("studio_id"), LIVE_CONVERSATION)
+_BY_SUBJECT = select(CONVERSATION).where(
+    CONVERSATION.c.studio_id == bindparam("studio_id"), CONVERSATION.c.guest_id == bindparam("guest_id"),
+    CONVERSATION.c.subject_key == bindparam("subject_key"), CONVERSATION.c.last_message_at >= bindparam("since"),
+    LIVE_CONVERSATION,
+).order_by(CONVERSATION.c.last_message_at.desc()).limit(1)
+_GUEST = DriverSQL("SELECT id, email, name FROM guest WHERE studio_id = ? AND email = ?")
+# A guest of a moment ago (another processor, PostgreSQL) makes this return no row.
+_NEW_GUEST = DriverSQL("INSERT INTO guest (studio_id, email, name, created_at) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT DO NOTHING RETURNING id")
+_GUEST_EMAIL = select(GUEST.c.email).where(GUEST.c.id == bindparam("guest_id"))
+_SENT_BEFORE = select(MESSAGE.c.id).where(
+    MESSAGE.c.conversation_id == bindparam("conversation_id"), MESSAGE.c.direction == "inbound",
+    MESSAGE.c.state == "visible", MESSAGE.c.from_email == bindparam("email")).limit(1)
+_NEW_CONVERSATION = DriverSQL(
+    "INSERT INTO conversation (studio_id, guest_id, subject, subject_key, status, created_at, last_message_at, "
+    "message_count) VALUES (?, ?, ?, ?, 'open', ?, ?, ?) RETURNING id")
+# Every column but deleted_at/deleted_by, which stay NULL for new mail.
+_MESSAGE_COLUMNS = (
+    "studio_id", "conversation_id", "inbound_mail_id", "direction", "state", "from_email", "from_name",
+    "to_json", "cc_json", "subject", "text", "full_text", "html", "message_id", "in_reply_to",
+    "references_json", "sent_at", "received_at", "thread_rule", "automatic", "auto_kind", "delivery",
+    "bounce_of_id", "raw_sha256", "dedupe_key", "parser", "defects_json")
+_NEW_MESSAGE = DriverSQL(f"INSERT INTO message ({', '.join(_MESSAGE_COLUMNS)}) "
+                         f"VALUES ({', '.join('?' * len(_MESSAGE_COLUMNS))}) RETURNING id")
+_CONVERSATION_ACTIVITY = update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"))
+_GUEST_NAME = update(GUEST).where(GUEST.c.id == bindparam("guest_id")).values(name=bindparam("name"))
+
+
+class _Guest(NamedTuple):
+    id: int
+    email: str
+    name: str
+
+
+def _find_guest(conn: Connection, studio_id: int, email: str) -> _Guest | None:
+    row = _GUEST(conn, (studio_id, email)).fetchone()
+    return None if row is None else _Guest(*row)
+
+
+class ChunkLookups:
+    """What a chunk's messages will ask first, asked once for the whole chunk.
+
+    Every message asks whether it was seen (stored or erased) and who its sender is as a
+    guest: two statements per message, or two per chunk when asked together beforehand
+    (`prefetch`). Answers are kept current with what the chunk itself writes (a message
+    stored, a guest created or named), so the second of two deliveries in one chunk is still
+    a duplicate and a guest's second mail finds the guest. A key that was not prefetched is
+    asked of the database as before. Only valid while the chunk's transaction is whole: the
+    processor drops it when it redoes a chunk with a savepoint per message.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, str], str | None] = {}
+        self.guests: dict[tuple[int, str], _Guest | None] = {}
+
+    def prefetch(self, conn: Connection, keys: list[tuple[int, str, str]]) -> None:
+        """`keys`: (studio id, dedupe key, sender email) of each message about to be threaded."""
+        if not keys:
+            return
+        studio_ids = sorted({k[0] for k in keys})
+        dedupe_keys = sorted({k[1] for k in keys})
+        emails = sorted({k[2] for k in keys})
+        studios = ", ".join("?" * len(studio_ids))
+        dedupes = ", ".join("?" * len(dedupe_keys))
+        found: dict[tuple[int, str], str] = {}
+        for studio_id, dedupe_key, seen in DriverSQL(
+                f"SELECT studio_id, dedupe_key, 'duplicate' FROM message WHERE studio_id IN ({studios}) "
+                f"AND dedupe_key IN ({dedupes}) UNION ALL SELECT studio_id, dedupe_key, 'erased' FROM tombstone "
+                f"WHERE studio_id IN ({studios}) AND dedupe_key IN ({dedupes})")(
+                conn, [*studio_ids, *dedupe_keys, *studio_ids, *dedupe_keys]).fetchall():
+            if found.get((studio_id, dedupe_key)) != "duplicate":  # as _SEEN: stored before erased
+                found[(studio_id, dedupe_key)] = seen
+        guests = {(row[0], row[2]): _Guest(*row[1:]) for row in DriverSQL(
+            f"SELECT studio_id, id, email, name FROM guest WHERE studio_id IN ({studios}) "
+            f"AND email IN ({', '.join('?' * len(emails))})")(conn, [*studio_ids, *emails]).fetchall()}
+        for studio_id, dedupe_key, email in keys:
+            self.seen[(studio_id, dedupe_key)] = found.get((studio_id, dedupe_key))
+            self.guests[(studio_id, email)] = guests.get((studio_id, email))
+
+
+def _seen(conn: Connection, lookups: ChunkLookups | None, studio_id: int, dedupe_key: str) -> str | None:
+    if lookups is not None and (studio_id, dedupe_key) in lookups.seen:
+        return lookups.seen[(studio_id, dedupe_key)]
+    row = _SEEN(conn, (studio_id, dedupe_key, studio_id, dedupe_key)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _guest_of(conn: Connection, lookups: ChunkLookups | None, studio_id: int, email: str) -> _Guest | None:
+    if lookups is not None and (studio_id, email) in lookups.guests:
+        return lookups.guests[(studio_id, email)]
+    return _find_guest(conn, studio_id, email)
+
+
+def _remember_guest(lookups: ChunkLookups | None, studio_id: int, guest: _Guest) -> None:
+    if lookups is not None:
+        lookups.guests[(studio_id, guest.email)] = guest
+
+
+def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, settings: Settings,
+                   secret: bytes, studios: dict[str, int | None] | None = None,
+                   lookups: ChunkLookups | None = None) -> list[Outcome]:
+    """Thread into every recipient studio; `studios` caches slug lookups across a chunk, and
+    `lookups` the chunk's prefetched duplicates and guests (see `lookup_keys`). Each outcome
+    that stored a message carries its "message threaded" event (gateway/events.py) for the
+    processor to announce."""
+    studios = {} if studios is None else studios
+    targets = _recipient_studios(conn, inbound.rcpt_to, settings, studios)
+    if not targets:
+        if any(parse_studio_address(rcpt, settings.mail_domain) for rcpt in inbound.rcpt_to):
+            raise StudiosGone("every studio it was accepted for has been deleted since")
+        raise Unprocessable("no known studio among the recipients " + ", ".join(inbound.rcpt_to)[:300])
+    if parsed.parser == "headers-only":
+        raise Unprocessable("MIME structure unreadable: " + "; ".join(parsed.defects[:3]))
+    sender = _sender(parsed, inbound.mail_from)
+    if not sender.email:
+        raise Unprocessable("no sender address in From or the envelope")
+    auto = classify(parsed, inbound.mail_from)
+    message_id, dedupe_key = _identity(parsed, inbound.raw, sender.email, settings)
+
+    outcomes = []
+    for studio_id, address in targets:
+        outcomes.append(_thread_for_studio(conn, studio_id, address.detail, inbound, parsed, sender,
+                                           auto, message_id, dedupe_key, settings, secret, lookups))
+    return outcomes
+
+
+def lookup_keys(conn: Connection, inbound: Inbound, parsed: ParsedMessage, settings: Settings,
+                studios: dict[str, int | None]) -> list[tuple[int, str, str]]:
+    """(studio id, dedupe key, sender) that thread_message will look up first, for
+    ChunkLookups.prefetch; none for mail it will refuse before looking anything up."""
+    sender = _sender(parsed, inbound.mail_from)
+    if parsed.parser == "headers-only" or not sender.email:
+        return []
+    targets = _recipient_studios(conn, inbound.rcpt_to, settings, studios)
+    _, dedupe_key = _identity(parsed, inbound.raw, sender.email, settings)
+    return [(studio_id, dedupe_key, sender.email) for studio_id, _ in targets]
+
+
+def _recipient_studios(conn: Connection, rcpt_to: list[str], settings: Settings,
+                       studios: dict[str, int | None]) -> list[tuple[int, StudioAddress]]:
+    """The existing studios among the recipients, each once (slug and slug+x are one studio)."""
+    found: list[tuple[int, StudioAddress]] = []
+    for rcpt in rcpt_to:
+        address = parse_studio_address(rcpt, settings.mail_domain)
+        if address is None:
+            continue
+        if address.slug not in studios:
+            studios[address.slug] = conn.execute(_STUDIO_BY_SLUG, {"slug": address.slug}).scalar()
+        studio_id = studios[address.slug]
+        if studio_id is not None and all(studio_id != known for known, _ in found):
+            found.append((studio_id, address))  # a studio deleted since RCPT is simply absent
+    return found
+
+
+def _identity(parsed: ParsedMessage, raw: bytes, sender: str, settings: Settings) -> tuple[str, str]:
+    """The message's id and the key that makes a second delivery of it a duplicate.
+
+    With a Message-ID the key is that id with the sender, subject and date as parsed: the same
+    mail received over SMTP and through a provider webhook (whose raw bytes, or MIME rebuilt
+    from parsed fields, differ from ours) is stored once, as is a relay's retry, while a client
+    that reuses one Message-ID for different mail (they exist) still gets each one stored.
+    Without an id, one is synthesised from a fingerprint of the identifying headers and body,
+    which is stable across retries of the same transport.
+    """
+    if parsed.message_id:
+        date = parsed.date.isoformat() if parsed.date else ""
+        subject = " ".join(parsed.subject.split())
+        key = f"id\n{parsed.message_id}\n{sender}\n{subject}\n{date}"
+        return parsed.message_id, hashlib.sha256(key.encode()).hexdigest()
+    print_ = fingerprint(raw)
+    message_id = synthesize_message_id(print_, settings.mail_domain)
+    return message_id, hashlib.sha256(f"{message_id}\n{print_}".encode()).hexdigest()
+
+
+def _sender(parsed: ParsedMessage, mail_from: str) -> Address:
+    if parsed.from_ and parsed.from_.email and "@" in parsed.from_.email:
+        return Address(email=normalize_email(parsed.from_.email), name=parsed.from_.name)
+    return Address(email=normalize_email(mail_from), name="")
+
+
+def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: Inbound,
+                       parsed: ParsedMessage, sender: Address, auto: AutoInfo, message_id: str,
+                       dedupe_key: str, settings: Settings, secret: bytes,
+                       lookups: ChunkLookups | None = None) -> Outcome:
+    seen = _seen(conn, lookups, studio_id, dedupe_key)
+    if seen is not None:
+        return Outcome(studio_id, None, None, seen)
+
+    guest = _guest_of(conn, lookups, studio_id, sender.email)
+    conversation, rule = _find_conversation(conn, studio_id, detail, parsed, guest, auto, settings, secret)
+    bounced: list[Any] = []
+    if auto.kind == "bounce" and auto.bounced_message_ids:
+        bounced = list(conn.execute(_BOUNCED, {"studio_id": studio_id,
+                                               "ids": list(auto.bounced_message_ids)[:50]}))
+        if conversation is None and bounced and bounced[0].conversation_id is not None:
+            conversation = _load_conversation(conn, studio_id, bounced[0].conversation_id)
+            rule = "bounce"
+
+    if conversation is None and auto.automatic:
+        # Automatic mail never opens a conversation; its raw bytes stay in inbound_mail.
+        return Outcome(studio_id, None, None, "unthreaded-automatic")
+
+    now = utcnow()
+    opened = conversation is None
+    if opened:
+        guest_id = _ensure_guest(conn, studio_id, sender, guest, lookups)
+        conversation_id = open_conversation(conn, studio_id, guest_id, parsed.subject or "", now, message_count=1)
+        state = "visible"
+    else:
+        conversation_id = conversation.id
+        if guest is not None and not guest.name and sender.name:
+            conn.execute(_GUEST_NAME, {"guest_id": guest.id, "name": sender.name[:200]})
+            _remember_guest(lookups, studio_id, guest._replace(name=sender.name[:200]))
+        state = "visible" if auto.automatic or rule == "subject" or _is_participant(
+            conn, conversation, sender.email) else "held"
+
+    when = bind_processor(conn, MESSAGE.c.received_at)
+    row = {
+        "studio_id": studio_id, "conversation_id": conversation_id, "inbound_mail_id": inbound.id,
+        "direction": "inbound", "state": state, "from_email": sender.email[:320],
+        "from_name": sender.name[:200], "to_json": _addresses(parsed.to), "cc_json": _addresses(parsed.cc),
+        "subject": parsed.subject or "", "text": split_reply(parsed.text), "full_text": parsed.text,
+        "html": parsed.html, "message_id": message_id[:998],
+        "in_reply_to": parsed.in_reply_to[0] if parsed.in_reply_to else None,
+        "references_json": json.dumps(parsed.references[-100:]), "sent_at": when(parsed.date),
+        "received_at": when(now), "thread_rule": rule, "automatic": bind_processor(conn, MESSAGE.c.automatic)(
+            auto.automatic), "auto_kind": auto.kind,
+        "delivery": None, "bounce_of_id": None,
+        "raw_sha256": inbound.raw_sha256, "dedupe_key": dedupe_key, "parser": parsed.parser,
+        "defects_json": json.dumps(parsed.defects[:50]),
+    }
+    try:
+        inserted = int(_NEW_MESSAGE(conn, [row[name] for name in _MESSAGE_COLUMNS]).fetchone()[0])
+    except IntegrityError as exc:  # a concurrent processor stored the same delivery first
+        raise _RaceLost(str(exc.orig)[:200]) from exc
+    if lookups is not None:
+        lookups.seen[(studio_id, dedupe_key)] = "duplicate"
+    _store_attachments(conn, studio_id, inserted, parsed, settings)
+    if state == "visible" and not opened:
+        values: dict[str, Any] = {"message_count": CONVERSATION.c.message_count + 1, "last_message_at": now}
+        if not auto.automatic:
+            values["status"] = "open"  # a reply to a closed conversation reopens it
+        conn.execute(_CONVERSATION_ACTIVITY.values(**values), {"conversation_id": conversation_id})
+    if bounced:
+        conn.execute(update(MESSAGE).where(
+            MESSAGE.c.id.in_([b.id for b in bounced]), MESSAGE.c.direction == "outbound"
+        ).values(delivery="bounced", bounce_of_id=inserted))
+    event = Threaded(studio_id=studio_id, message_id=inserted, conversation_id=conversation_id, rule=rule,
+                     opened=opened, visible=state == "visible", automatic=auto.automatic,
+                     guest_id=guest_id if opened else None, sender_name=sender.name)
+    return Outcome(studio_id, inserted, conversation_id, rule, event)
+
+
+class _RaceLost(Exception):
+    """Another processor inserted this message first; the message is retried and then found
+    to be a duplicate."""
+
+
+def _find_conversation(conn: Connection, studio_id: int, detail: str, parsed: ParsedMessage,
+                       guest: Any, auto: AutoInfo, settings: Settings, secret: bytes) -> tuple[Any, str]:
+    if detail:
+        conversation_id = verify_reply_token(secret, studio_id, detail)
+        if conversation_id is not None:
+            conversation = _load_conversation(conn, studio_id, conversation_id)
+            if conversation is not None:
+                return conversation, "reply_address"
+    for rule, ids in (("in_reply_to", parsed.in_reply_to[:20]), ("references", parsed.references[::-1][:100])):
+        if not ids:
+            continue
+        found = {r.message_id: r.conversation_id
+                 for r in conn.execute(_BY_MESSAGE_IDS, {"studio_id": studio_id, "ids": ids})}
+        for candidate in ids:  # references newest first
+            if candidate in found:
+                conversation = _load_conversation(conn, studio_id, found[candidate])
+                if conversation is not None:
+                    return conversation, rule
+    if guest is not None and not auto.automatic:  # a guest we never saw has no conversation yet
+        row = conn.execute(_BY_SUBJECT, {
+            "studio_id": studio_id, "guest_id": guest.id, "subject_key": normalize_subject(parsed.subject or ""),
+            "since": utcnow() - timedelta(days=settings.subject_fallback_days)}).first()
+        if row is not None:
+            return row, "subject"
+    return None, "new"
+
+
+def _load_conversation(conn: Connection, studio_id: int, conversation_id: int) -> Any:
+    return conn.execute(_CONVERSATION, {"conversation_id": conversation_id, "studio_id": studio_id}).first()
+
+
+def _is_participant(conn: Connection, conversation: Any, email: str) -> bool:
+    if conn.execute(_GUEST_EMAIL, {"guest_id": conversation.guest_id}).scalar() == email:
+        return True
+    return conn.execute(_SENT_BEFORE, {"conversation_id": conversation.id, "email": email}).first() is not None
+
+
+def open_conversation(conn: Connection, studio_id: int, guest_id: int, subject: str, now: datetime, *,
+                      message_count: int = 0) -> int:
+    """A new open conversation of the studio with the guest; its id."""
+    when = bind_processor(conn, CONVERSATION.c.created_at)(now)
+    return int(_NEW_CONVERSATION(conn, (studio_id, guest_id, subject, normalize_subject(subject), when, when,
+                                        message_count)).fetchone()[0])
+
+
+def ensure_guest(conn: Connection, studio_id: int, email: str, name: str = "") -> int:
+    """The studio's guest with this address, created when new: for conversations the gateway opens
+    itself (the helpdesk writing to a studio owner), not only those a guest's mail opens."""
+    sender = Address(email=normalize_email(email), name=name)
+    return _ensure_guest(conn, studio_id, sender, _find_guest(conn, studio_id, sender.email))
+
+
+def _ensure_guest(conn: Connection, studio_id: int, sender: Address, guest: Any,
+                  lookups: ChunkLookups | None = None) -> int:
+    if guest is not None:
+        if not guest.name and sender.name:
+            conn.execute(_GUEST_NAME, {"guest_id": guest.id, "name": sender.name[:200]})
+            _remember_guest(lookups, studio_id, guest._replace(name=sender.name[:200]))
+        return int(guest.id)
+    created = _NEW_GUEST(conn, (studio_id, sender.email[:320], sender.name[:200],
+                                bind_processor(conn, GUEST.c.created_at)(utcnow()))).fetchone()
+    if created is not None:
+        _remember_guest(lookups, studio_id, _Guest(int(created[0]), sender.email[:320], sender.name[:200]))
+        return int(created[0])
+    # Another processor created this guest a moment ago (PostgreSQL, several workers).
+    again = _find_guest(conn, studio_id, sender.email)
+    if again is None:
+        raise LookupError(f"guest {sender.email!r} neither inserted nor found")
+    return again.id
+
+
+def _addresses(addresses: list[Address]) -> str:
+    return json.dumps([{"email": a.email, "name": a.name} for a in addresses[:100]])
+
+
+def _store_attachments(conn: Connection, studio_id: int, message_id: int, parsed: ParsedMessage,
+                       settings: Settings) -> None:
+    kept = [a for a in parsed.attachments if a.size <= settings.max_attachment_size]
+    if not kept:
+        return
+    digests = blob_store.put_many(conn, [a.data for a in kept])
+    conn.execute(insert(ATTACHMENT), [
+        {"studio_id": studio_id, "message_id": message_id, "filename": a.filename[:255],
+         "content_type": a.content_type[:255], "size": a.size, "sha256": digest,
+         "inline": a.inline, "content_id": a.content_id}
+        for a, digest in zip(kept, digests)
+    ])

@@ -1,0 +1,82 @@
+"""The purge: what the studio deleted 30 days ago or more is erased for good.
+
+Runs hourly in the worker (GATEWAY_PURGE_INTERVAL_HOURS) and as `gateway purge [--dry-run]`.
+gateway/lifecycle/erasure.py removes the rows, raw mail and attachment bytes; each erasure is appended
+to the deletion log first (fsync'd before the erasure commits), so a backup restored later
+replays it and the purged data stays gone. If the log cannot be written, nothing is erased.
+
+Work goes studio by studio and in small batches, each its own transaction: SQLite's single
+write lock is never held for long, and on PostgreSQL the candidates are claimed with
+`FOR UPDATE SKIP LOCKED`, so two workers purging at once never erase the same item twice, and
+a restore that is committing is not purged under it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+from sqlalchemy import Connection, Engine, Table, select
+
+from gateway.store.db import read_tx, write_tx
+from gateway.lifecycle.deletion_log import DeletionLog, Kind, deletion_log
+from gateway.lifecycle.erasure import erase_conversation, erase_message
+from gateway.store.models import utcnow
+from gateway.settings import Settings
+from gateway.lifecycle.trash import RETENTION
+from gateway.store.tables import CONVERSATION, MESSAGE
+from gateway.store.tables import STUDIO
+
+log = logging.getLogger(__name__)
+BATCH = 50
+# Conversations first: their messages go with them, so only messages deleted on their own remain.
+_KINDS: tuple[tuple[Kind, Table, Callable[[Connection, int, int], bool]], ...] = (
+    ("conversation", CONVERSATION, erase_conversation),
+    ("message", MESSAGE, erase_message),
+)
+
+
+@dataclass
+class PurgeReport:
+    cutoff: datetime                                                   # deleted at or before this
+    conversations: list[int] = field(default_factory=list)
+    messages: list[int] = field(default_factory=list)
+    dry_run: bool = False
+
+    def ids(self, kind: Kind) -> list[int]:
+        return self.conversations if kind == "conversation" else self.messages
+
+
+def purge(engine: Engine, settings: Settings, now: datetime | None = None, *, dry_run: bool = False,
+          erasures: DeletionLog | None = None) -> PurgeReport:
+    """Erase every conversation and message deleted at or before `now` minus 30 days; with
+    dry_run, only say which. `erasures` is the deletion log (the configured one by default)."""
+    now = now or utcnow()
+    erasures = erasures or deletion_log(settings)
+    report = PurgeReport(cutoff=now - RETENTION, dry_run=dry_run)
+    with read_tx(engine) as conn:
+        studio_ids = list(conn.execute(select(STUDIO.c.id).order_by(STUDIO.c.id)).scalars())
+    for studio_id in studio_ids:
+        for kind, table, erase in _KINDS:
+            due = (select(table.c.id).where(table.c.studio_id == studio_id, table.c.deleted_at <= report.cutoff)
+                   .order_by(table.c.id))
+            if dry_run:
+                with read_tx(engine) as conn:
+                    report.ids(kind).extend(conn.execute(due).scalars())
+                continue
+            while True:
+                with write_tx(engine) as conn:
+                    ids = list(conn.execute(due.limit(BATCH).with_for_update(skip_locked=True)).scalars())
+                    for object_id in ids:
+                        erasures.append(kind, studio_id, object_id, at=now)   # before the erasure, always
+                        erase(conn, studio_id, object_id)
+                report.ids(kind).extend(ids)
+                if len(ids) < BATCH:
+                    break
+    if report.conversations or report.messages:
+        log.info("purge: %d conversation(s) and %d message(s) deleted before %s %s",
+                 len(report.conversations), len(report.messages), report.cutoff.isoformat(),
+                 "would be erased" if dry_run else "erased")
+    return report
+

@@ -1,0 +1,354 @@
+"""The outbox worker: claim due jobs, compose, sign, send through the relay, record.
+
+Claims use `FOR UPDATE SKIP LOCKED` (PostgreSQL), so several workers share the queue and each
+reply is sent once; a claimed job carries a lease, so a worker that died mid-way leaves it to
+be claimed again. Claiming and composing overlap sending (run_once). Each result is recorded
+within RECORD_WITHIN (10 ms) of the relay's answer, in the commit that claims the next jobs
+when one is due by then (results of parallel connections share one transaction, like the
+acceptor's group commits), which keeps the window in which a crash could send a reply twice
+to milliseconds; a graceful stop claims nothing more, finishes the claimed messages and
+records them first.
+
+A reply whose message or conversation the studio deleted is not sent while it is deleted: it
+stays queued, untouched, and goes out if it is restored (gateway/lifecycle/trash.py); the purge erases it
+with its message. A reply already in flight when it is deleted is sent.
+
+Temporary failures (connection trouble, 4xx) are retried with exponential backoff computed by
+tenacity's wait strategy and stored as `next_attempt_at`, so retries survive restarts; after
+GATEWAY_OUTBOUND_RETRY_FOR, or at once on 5xx, the reply is `failed` with the relay's answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable, Mapping
+
+import tenacity
+from sqlalchemy import Connection, Engine, bindparam, exists, or_, select, update
+
+from gateway.store.db import read_tx, result_processor, write_tx
+from gateway.store.tables import MESSAGE
+from gateway.store.models import utcnow
+from gateway.outbound.compose import LateBodies, OutgoingMail, compose_many
+from gateway.store.prepared import Prepared
+from gateway.outbound.relay import MaildirTransport, RelayConnection, RelayUrl, SendResult, Transport
+from gateway.outbound.render import Renderer
+from gateway.store.tables import OUTBOUND_JOB
+from gateway.settings import Settings
+from gateway.outbound.signing import DkimSigner
+from gateway.access.visibility import SHOWN_MESSAGE
+
+log = logging.getLogger(__name__)
+
+# The job's message is shown: neither it nor its conversation is deleted.
+_NOT_DELETED = exists(select(MESSAGE.c.id).where(MESSAGE.c.id == OUTBOUND_JOB.c.message_id, SHOWN_MESSAGE))
+
+# A claimed job must be sent well within the lease, or another worker would take it again while
+# it is in flight: at most PER_CONNECTION claimed, unsent messages wait per relay connection
+# (the next claim is made when a quarter of them are left, so sending rarely waits for a
+# claim), each bounded by the relay timeout per SMTP step, against a 30-minute lease.
+LEASE = timedelta(minutes=30)
+PER_CONNECTION = 8
+# On SQLite a commit costs an fsync and ~300 us of CPU (BEGIN IMMEDIATE, the pool, the WAL
+# write), most of a step's cost. So a result waits up to this long (or until a window's worth
+# of results is waiting) to be recorded in the commit of the next claim rather than one of its
+# own: a crash can resend at most what the relay answered in that time. At 5 ms most results
+# still needed commits of their own at ~2,500 messages a second (bench/outbound.py); at 10 ms
+# nearly every commit is shared (3000 messages: 315 commits before, 130 now).
+RECORD_WITHIN = 0.010
+
+# Built once: building and caching a Core statement per call cost more CPU than SQLite takes to
+# run it. Two subqueries rather than one OR: SQLite answered the OR by collecting and sorting
+# every queued job (tens of ms per claim with a few thousand queued); each of these walks
+# ix_outbound_job_status_due and stops at the limit. Expired leases are few (crashed workers):
+# only after a crash can a claim take more than `limit` jobs (up to `limit` of each kind).
+_DUE = (select(OUTBOUND_JOB.c.id)
+        .where(OUTBOUND_JOB.c.status == "queued", OUTBOUND_JOB.c.next_attempt_at <= bindparam("now"), _NOT_DELETED)
+        .order_by(OUTBOUND_JOB.c.next_attempt_at, OUTBOUND_JOB.c.id).limit(bindparam("limit"))
+        .with_for_update(skip_locked=True))
+_EXPIRED = (select(OUTBOUND_JOB.c.id)
+            .where(OUTBOUND_JOB.c.status == "sending", OUTBOUND_JOB.c.claimed_at < bindparam("expired_before"),
+                   _NOT_DELETED)
+            .order_by(OUTBOUND_JOB.c.id).limit(bindparam("limit"))
+            .with_for_update(skip_locked=True))
+# RETURNING gives the attempts after the increment (PostgreSQL and SQLite >= 3.35 alike).
+_CLAIM = (update(OUTBOUND_JOB)
+          .where(or_(OUTBOUND_JOB.c.id.in_(_DUE.scalar_subquery()), OUTBOUND_JOB.c.id.in_(_EXPIRED.scalar_subquery())))
+          .values(status="sending", claimed_at=bindparam("now"), attempts=OUTBOUND_JOB.c.attempts + 1)
+          .returning(OUTBOUND_JOB.c.id, OUTBOUND_JOB.c.message_id, OUTBOUND_JOB.c.attempts, OUTBOUND_JOB.c.created_at))
+_CLAIM_JOBS = Prepared(_CLAIM)
+_MESSAGE_SENDING = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("message_row_id"))
+                            .values(delivery="sending"))
+# Results: one row per statement, executed as executemany (one C loop in the driver on SQLite,
+# pipelined by psycopg) rather than an IN list SQLAlchemy re-renders on every call.
+_JOB_SENT = Prepared(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == bindparam("job_id"))
+                     .values(status="sent", claimed_at=None, last_error=None,
+                             sent_at=bindparam("now", type_=OUTBOUND_JOB.c.sent_at.type)))
+_MESSAGE_SENT = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("message_row_id"))
+                         .values(delivery="sent", sent_at=bindparam("now", type_=MESSAGE.c.sent_at.type)))
+# 30 s, 1 min, 2 min, ... capped at an hour between tries, plus up to 15 s of jitter so a relay
+# coming back is not hit by every queued reply at the same second. (Full jitter, as before,
+# could retry a refused connection a few milliseconds later: no backoff at all.)
+BACKOFF = tenacity.wait_exponential(multiplier=30, max=3600) + tenacity.wait_random(0, 15)
+
+
+@dataclass
+class Job:
+    id: int
+    message_row_id: int
+    attempts: int
+    created_at: datetime
+
+
+class _Flag:
+    """A flag that also wakes whoever waits on `event` when it is set (a timer's callback)."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self._set = False
+        self._event = event
+
+    def set(self) -> None:
+        self._set = True
+        self._event.set()
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+def backoff(attempts: int) -> timedelta:
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(attempts, 1)
+    return timedelta(seconds=BACKOFF(state))
+
+
+def load_signer(settings: Settings) -> DkimSigner | None:
+    if settings.dkim_selector and settings.dkim_private_key_file:
+        return DkimSigner.from_file(domain=settings.mail_domain, selector=settings.dkim_selector,
+                                    path=settings.dkim_private_key_file)
+    return None
+
+
+def make_transports(settings: Settings) -> list[Transport]:
+    if settings.smtp_relay_url is None:
+        path = settings.data_dir / "outbox-maildir"
+        log.info("no GATEWAY_SMTP_RELAY_URL: outgoing mail is written to the Maildir %s", path.resolve())
+        return [MaildirTransport(path)]
+    relay = RelayUrl.parse(settings.smtp_relay_url.get_secret_value())
+    return [RelayConnection(relay, settings.smtp_relay_timeout, settings.resolved_smtp_hostname)
+            for _ in range(settings.outbound_connections)]
+
+
+class Outbox:
+    def __init__(self, engine: Engine, settings: Settings, *, late_bodies: Mapping[str, LateBodies],
+                 transports: list[Transport] | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+        """`late_bodies`: the bodies rendered only at send time, by auto_kind (required, so that no
+        outbox forgets them: gateway/runtime.LATE_BODIES)."""
+        self.engine = engine
+        self.late_bodies = dict(late_bodies)
+        self.settings = settings
+        self.secret = settings.secret()
+        self.clock = clock
+        self.renderer = Renderer()
+        self.signer = load_signer(settings)
+        self.transports = transports if transports is not None else make_transports(settings)
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Called from the event loop's thread (the reply API in the same process)."""
+        self._wake.set()
+
+    # -- database steps (run in a thread) --
+
+    def claim(self, limit: int | None = None) -> list[Job]:
+        with write_tx(self.engine) as conn:
+            return self._claim(conn, limit or PER_CONNECTION * len(self.transports), self.clock())
+
+    def _claim(self, conn: Connection, limit: int, now: datetime) -> list[Job]:
+        rows = _CLAIM_JOBS.execute(conn, now=now, expired_before=now - LEASE, limit=limit).fetchall()
+        if rows:
+            _MESSAGE_SENDING.execute_many(conn, [{"message_row_id": r[1]} for r in rows])
+        rows.sort()  # RETURNING promises no order; by id, roughly oldest first
+        created = result_processor(conn, OUTBOUND_JOB.c.created_at)
+        return [Job(job_id, message_row_id, attempts, created(created_at))
+                for job_id, message_row_id, attempts, created_at in rows]
+
+    def compose_all(self, jobs: list[Job]) -> list[OutgoingMail | SendResult]:
+        with read_tx(self.engine) as conn:
+            built = compose_many(conn, [job.message_row_id for job in jobs], self.settings, self.secret,
+                                 self.renderer, self.signer, self.late_bodies)
+        composed: list[OutgoingMail | SendResult] = []
+        for job in jobs:
+            mail = built[job.message_row_id]
+            if isinstance(mail, Exception):  # a reply that cannot be built will not build next time either
+                log.error("composing outbound message %s failed: %r", job.message_row_id, mail)
+                composed.append(SendResult("permanent", f"could not compose the message: {type(mail).__name__}"))
+            else:
+                composed.append(mail)
+        return composed
+
+    def record(self, results: list[tuple[Job, SendResult]]) -> None:
+        with write_tx(self.engine) as conn:
+            self._record(conn, results, self.clock())
+
+    def _record(self, conn: Connection, results: list[tuple[Job, SendResult]], now: datetime) -> None:
+        sent = [job for job, result in results if result.kind == "sent"]
+        if sent:  # the common case, in two statements however many
+            _JOB_SENT.execute_many(conn, [{"job_id": j.id, "now": now} for j in sent])
+            _MESSAGE_SENT.execute_many(conn, [{"message_row_id": j.message_row_id, "now": now} for j in sent])
+        for job, result in results:
+            if result.kind == "sent":
+                continue
+            status, next_at, detail = "failed", None, result.detail
+            if result.kind == "temporary":
+                next_at = now + backoff(job.attempts)
+                if next_at - job.created_at > timedelta(seconds=self.settings.outbound_retry_for):
+                    detail = f"gave up after {job.attempts} attempts; last: {result.detail}"
+                else:
+                    status = "queued"
+            delivery = status
+            conn.execute(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == job.id).values(
+                status=status, claimed_at=None, last_error=detail,
+                next_attempt_at=next_at if next_at is not None else OUTBOUND_JOB.c.next_attempt_at))
+            conn.execute(update(MESSAGE).where(MESSAGE.c.id == job.message_row_id).values(delivery=delivery))
+            log.warning("outbound message %s: %s (%s)", job.message_row_id, status, detail)
+
+    def _step(self, results: list[tuple[Job, SendResult]], want: int,
+              ) -> tuple[list[Job], list[OutgoingMail | SendResult]]:
+        """Record `results` and claim up to `want` more jobs in one transaction (one fsync
+        instead of two: on SQLite the commit is most of either's cost), then compose them.
+
+        If that transaction fails, the results are recorded alone, so a failing claim cannot
+        leave sent replies `sending` (they would be sent again after the lease)."""
+        now = self.clock()
+        jobs: list[Job] = []
+        try:
+            with write_tx(self.engine) as conn:
+                if results:
+                    self._record(conn, results, now)
+                if want:
+                    jobs = self._claim(conn, want, now)
+        except Exception:
+            if not (results and want):
+                raise
+            log.exception("recording %d outbound results with a claim failed; recording them alone",
+                          len(results))
+            self.record(results)
+            jobs = []
+        return jobs, self.compose_all(jobs) if jobs else []
+
+    # -- the loop --
+
+    async def run_once(self) -> int:
+        """Send every job that is due, until none is left; the number handled.
+
+        Claiming and composing overlap sending: one task keeps the database up to date
+        (claims the next jobs when a quarter of the window is left, recording the results
+        that arrived meanwhile in the same commit) while a lane per relay connection sends.
+        A stop claims nothing more; the lanes finish, and record, what was claimed."""
+        window = PER_CONNECTION * len(self.transports)
+        refill, enough = window // 4, window  # claim at, record without waiting at
+        work: deque[tuple[Job, OutgoingMail | SendResult]] = deque()
+        answered: list[tuple[Job, SendResult]] = []
+        keeper_wake, lanes_wake = asyncio.Event(), asyncio.Event()
+        state = {"claiming": True, "lanes": len(self.transports), "handled": 0}
+        loop = asyncio.get_running_loop()
+
+        async def lane(transport: Transport) -> None:
+            try:
+                while True:
+                    if work:
+                        job, mail = work.popleft()
+                        if len(work) == refill:
+                            keeper_wake.set()  # time to claim more
+                        result = mail if isinstance(mail, SendResult) else await transport.send(mail)
+                        answered.append((job, result))
+                        if len(answered) == 1 or len(answered) >= enough or not state["claiming"]:
+                            keeper_wake.set()  # start the recording clock, or record now
+                    elif state["claiming"]:
+                        lanes_wake.clear()
+                        await lanes_wake.wait()
+                    else:
+                        return
+            finally:
+                state["lanes"] -= 1
+                keeper_wake.set()
+
+        async def keeper() -> None:
+            deadline: asyncio.TimerHandle | None = None
+            while True:
+                if state["claiming"] and (self._stopping or not state["lanes"]):
+                    state["claiming"] = False
+                    lanes_wake.set()
+                want = window - len(work) if state["claiming"] and len(work) <= refill else 0
+                if not want and (not answered or (state["claiming"] and len(answered) < enough)):
+                    if not answered and not state["lanes"]:
+                        return
+                    if answered and deadline is None:
+                        # Results wait up to RECORD_WITHIN for a claim to share its commit.
+                        deadline = loop.call_later(RECORD_WITHIN, record_now.set)
+                    keeper_wake.clear()
+                    if not record_now.is_set():
+                        await keeper_wake.wait()
+                    if not record_now.is_set():
+                        continue
+                if deadline is not None:
+                    deadline.cancel()
+                    deadline = None
+                record_now.clear()
+                results = answered[:]
+                answered.clear()
+                try:
+                    jobs, composed = await asyncio.to_thread(self._step, results, want)
+                except Exception:  # results stay `sending` and are claimed again after the lease
+                    log.exception("outbox database step failed (%d results, claiming %d)", len(results), want)
+                    jobs, composed = [], []
+                if want and not jobs:
+                    state["claiming"] = False  # nothing more is due (or claiming fails): finish up
+                    lanes_wake.set()
+                work.extend(zip(jobs, composed))
+                state["handled"] += len(jobs)
+                lanes_wake.set()
+
+        record_now = _Flag(keeper_wake)
+        # Every task runs to its end, so a lane that fails cannot leave results unrecorded.
+        for outcome in await asyncio.gather(keeper(), *(lane(t) for t in self.transports), return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return state["handled"]
+
+    async def run(self) -> None:
+        """Until stop(): send what is due, then wait for a wake-up or the poll interval.
+
+        A stop lets the round in flight finish (its results recorded), then closes the relay
+        connections."""
+        try:
+            await self._loop()
+        finally:
+            for transport in self.transports:
+                await transport.close()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                handled = await self.run_once()
+            except Exception:
+                log.exception("outbox round failed; retrying after the poll interval")
+                handled = 0
+            if handled and not self._stopping:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()

@@ -1,0 +1,318 @@
+"""Engines, transactions and migrations for SQLite and PostgreSQL.
+
+SQLite runs in WAL mode with `synchronous=FULL`, so a committed transaction has been fsync'd
+before we answer `250`. Write transactions start with `BEGIN IMMEDIATE`: a deferred
+transaction that later upgrades to a write lock fails with SQLITE_BUSY at once instead of
+waiting out `busy_timeout`. PostgreSQL runs with `synchronous_commit=on` for the same promise.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from concurrent.futures import Executor
+from dataclasses import dataclass
+import weakref
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import exc as exc_module
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gateway.store import models  # noqa: F401  (registers every table on SQLModel.metadata)
+
+_engines: dict[str, Engine] = {}
+
+
+def is_sqlite(url_or_engine: str | Engine) -> bool:
+    url = str(url_or_engine.url) if isinstance(url_or_engine, Engine) else url_or_engine
+    return url.startswith("sqlite")
+
+
+def normalise_url(url: str) -> str:
+    """Use psycopg 3 for plain postgres URLs (the psycopg2 default is not installed)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> Engine:
+    url = normalise_url(url)
+    if is_sqlite(url):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"isolation_level": None, "check_same_thread": False,
+                          "timeout": busy_timeout},
+            pool_size=pool_size, max_overflow=20,
+        )
+        _busy_timeouts[engine] = busy_timeout
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            mode = "IMMEDIATE" if conn.get_execution_options().get("write") else "DEFERRED"
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+
+    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True,
+                           connect_args={"options": "-c synchronous_commit=on", "connect_timeout": 5})
+    return engine
+
+
+def get_engine(url: str, busy_timeout: float = 5.0) -> Engine:
+    """One engine (and pool) per URL per process."""
+    url = normalise_url(url)
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = make_engine(url, busy_timeout=busy_timeout)
+    return engine
+
+
+def dispose_engines() -> None:
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+
+
+def driver_execute(conn: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
+    """Run SQL on the connection's driver cursor, inside its current transaction.
+
+    For the few hot statements where SQLAlchemy's per-row machinery costs more than the
+    database takes; the driver's errors come out as SQLAlchemy's (OperationalError,
+    IntegrityError, ...), so callers handle one family of exceptions.
+    """
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        return cursor.executemany(sql, params) if many else cursor.execute(sql, params)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise exc_module.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error) from exc
+
+
+class DriverSQL:
+    """One hot statement, written once with `?` placeholders, run on either back end's driver.
+
+    SQLAlchemy Core spends 30-60 µs per execution on cache keys, parameter processing and
+    result wrapping; the processor runs about six statements per message, which was a third of
+    its CPU (bench/processor_cpu.py). For SQL that Core does not write in one fixed shape
+    (IN lists as long as a chunk, multi-row VALUES); a fixed statement is better kept as Core
+    and run through gateway/store/prepared.Prepared, which binds values itself. psycopg wants `%s` where sqlite3 wants `?`, so the
+    statement must not contain either character otherwise. Parameters must already be in the
+    driver's form: `bind_processor` gives the one for a column whose type converts values.
+    """
+
+    def __init__(self, sql: str) -> None:
+        if "%" in sql or "'?'" in sql:
+            raise ValueError("a DriverSQL statement may not contain % or a quoted ?")
+        self.sql = sql
+        self._by_dialect = {"sqlite": sql, "postgresql": sql.replace("?", "%s")}
+
+    def __call__(self, conn: Connection, params: Any = ()) -> Any:
+        """The driver's cursor, executed; fetch from it as from any DBAPI cursor."""
+        return driver_execute(conn, self._by_dialect[conn.dialect.name], params)
+
+
+_bind_processors: dict[tuple[str, str, str], Any] = {}
+
+
+def bind_processor(conn: Connection, column: Any) -> Any:
+    """The function SQLAlchemy would bind `column`'s values with on this connection: e.g.
+    UTCDateTime's aware datetime becomes UTC, as text on SQLite ("2026-11-20 10:00:00.000000").
+
+    The dialect's implementation of the type, not the type itself: the generic DateTime has no
+    bind processor, and sqlite3's own datetime adapter would store "…+00:00", a second format
+    that sorts and compares differently from every value SQLAlchemy writes.
+    """
+    key = (conn.dialect.name, column.table.name, column.name)  # a Column's == builds SQL
+    found = _bind_processors.get(key)
+    if found is None:
+        processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        found = _bind_processors[key] = _none_safe(processor) if processor else _identity
+    return found
+
+
+_result_processors: dict[tuple[str, str, str], Any] = {}
+
+
+def result_processor(conn: Connection, column: Any) -> Any:
+    """The function SQLAlchemy would read `column`'s driver values with (SQLite's datetime
+    text back into an aware datetime), for rows fetched from the driver's cursor."""
+    key = (conn.dialect.name, column.table.name, column.name)
+    found = _result_processors.get(key)
+    if found is None:
+        processor = column.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None)
+        found = _result_processors[key] = processor or _identity
+    return found
+
+
+def _none_safe(processor: Any) -> Any:
+    return lambda value: None if value is None else processor(value)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+_write_locks: dict[str, threading.RLock] = {}
+_busy_timeouts: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+_write_locks_guard = threading.Lock()
+
+
+def sqlite_write_lock(engine: Engine) -> threading.RLock | None:
+    """The lock this process's SQLite writers of `engine`'s database queue on (see write_tx)."""
+    if not is_sqlite(engine):
+        return None
+    key = str(engine.url)
+    with _write_locks_guard:
+        return _write_locks.setdefault(key, threading.RLock())
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: BEGIN IMMEDIATE on SQLite, ordinary on PostgreSQL.
+
+    On SQLite, writers of this process queue on a lock first. SQLite lets one writer in at a
+    time and makes the others retry in its busy handler, which sleeps up to 100 ms between
+    tries: twenty API requests writing at once waited hundreds of milliseconds for a lock
+    held a millisecond each (bench/outbound.py). Other processes still meet the busy handler.
+    """
+    lock = sqlite_write_lock(engine)
+    if lock is not None and not lock.acquire(timeout=_busy_timeout(engine)):
+        raise exc_module.OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(
+            "database is locked (by other writers of this process)"))
+    try:
+        with engine.connect().execution_options(write=True) as conn:
+            with conn.begin():
+                yield conn
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def is_busy(exc: exc_module.OperationalError) -> bool:
+    """SQLite's write lock is held by another connection (worth retrying in a moment)."""
+    return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+
+
+@dataclass
+class InlineTx:
+    """A SQLite write transaction whose statements run on the event loop and whose commit (the
+    fsync, which releases the GIL) runs in a thread; the process's write lock is held from
+    `begin_inline` until the commit or `abandon`."""
+
+    conn: Connection
+    lock: threading.RLock
+
+    async def commit(self, loop: asyncio.AbstractEventLoop, executor: Executor) -> None:
+        try:
+            await loop.run_in_executor(executor, _commit_and_close, self.conn)
+        finally:
+            self.lock.release()
+
+    def abandon(self) -> None:
+        """Roll back and let the other writers in."""
+        self.conn.close()
+        self.lock.release()
+
+
+def _commit_and_close(conn: Connection) -> None:
+    try:
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def begin_inline(engine: Engine, lock: threading.RLock) -> InlineTx | None:
+    """Begin an InlineTx without ever waiting, as the loop must not: the process's write lock
+    is taken without blocking and `engine` gives up at once on SQLite's lock (busy_timeout 0);
+    None when either is held, and the caller hands the work to its writer thread instead.
+
+    Group commits (gateway/inbound/acceptor.py, gateway/store/batching.py) run their statements this way:
+    handing each statement to a thread cost more in GIL hand-offs than the statements."""
+    if not lock.acquire(blocking=False):
+        return None
+    conn = engine.connect().execution_options(write=True)
+    try:
+        conn.begin()
+    except exc_module.OperationalError as exc:
+        conn.close()
+        lock.release()
+        if is_busy(exc):
+            return None
+        raise
+    except BaseException:
+        conn.close()
+        lock.release()
+        raise
+    return InlineTx(conn, lock)
+
+
+def _busy_timeout(engine: Engine) -> float:
+    return _busy_timeouts.get(engine, 5.0)
+
+
+@contextmanager
+def read_tx(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as conn:
+        with conn.begin():
+            yield conn
+
+
+def insert_ignore(conn: Connection, table: Table) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def migrations_dir() -> Path:
+    return Path(str(resources.files("gateway.store") / "migrations"))
+
+
+def alembic_config(url: str) -> Any:
+    """Alembic's configuration for the migrations shipped inside the package."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the schema to the newest revision (idempotent; safe at every start)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def schema_revision(conn: Connection) -> str:
+    """The revision a database is at ("" before the first migration)."""
+    from alembic.migration import MigrationContext
+
+    heads = MigrationContext.configure(conn).get_current_heads()
+    return ",".join(sorted(heads))
+
+
+def known_revisions() -> set[str]:
+    """Every revision this gateway's migrations know (a backup from a newer one cannot be restored)."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(str(migrations_dir()))
+    return {script.revision for script in scripts.walk_revisions()}

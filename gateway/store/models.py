@@ -1,0 +1,403 @@
+"""SQLModel tables, grouped by family.
+
+Times are timezone-aware UTC everywhere: SQLModel's UTCDateTime stores them as UTC on both
+back ends and hands them back aware, so SQLite and PostgreSQL compare alike.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- studios and who may act for them ------------------------------------------------------
+
+class Studio(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(max_length=64, unique=True)
+    name: str = Field(max_length=200)
+    owner_email: str = Field(max_length=320)
+    locale: str = Field(default="de", max_length=8)
+    created_at: datetime = Field(default_factory=utcnow)
+    acknowledge_inquiries: bool = False   # send guests an automatic "thanks, we'll answer" for new inquiries
+    country: str | None = Field(default=None, max_length=2)   # ISO 3166 code: which lockdowns apply
+
+
+class Profile(SQLModel, table=True):
+    """A person acting for a studio in the messenger: the owner or a connected member."""
+
+    __table_args__ = (
+        # One connected profile per address and studio, also when two owners' requests race;
+        # a disconnected profile keeps its row (and history), so the address may connect again.
+        Index("uq_profile_studio_email_connected", "studio_id", "email", unique=True,
+              sqlite_where=text("disconnected_at IS NULL"), postgresql_where=text("disconnected_at IS NULL")),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    email: str = Field(max_length=320)
+    name: str = Field(default="", max_length=200)
+    role: str = Field(default="owner", max_length=16)   # owner | member
+    created_at: datetime = Field(default_factory=utcnow)
+    disconnected_at: datetime | None = None
+
+
+class ApiToken(SQLModel, table=True):
+    """Bearer tokens are stored only as SHA-256 hashes; the prefix lets owners tell them apart."""
+
+    __tablename__ = "api_token"
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    profile_id: int = Field(foreign_key="profile.id", index=True)
+    prefix: str = Field(max_length=16)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+# --- bytes -----------------------------------------------------------------------------------
+
+class Blob(SQLModel, table=True):
+    """Content-addressed bytes (raw mail, attachments): the same file is stored once."""
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    size: int
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# --- inbound receipts ------------------------------------------------------------------------
+
+class InboundMail(SQLModel, table=True):
+    """One row per accepted delivery, written before `250`/`2xx`; processed afterwards.
+
+    status: pending → processing → done | quarantined. A quarantined row keeps its raw bytes
+    and the reason, and `gateway quarantine retry` puts it back to pending.
+    """
+
+    __tablename__ = "inbound_mail"
+    __table_args__ = (
+        Index("ix_inbound_mail_status_id", "status", "id"),
+        # A provider's one-time request token (Mailgun's `token`) is stored with the message it
+        # came with, in the same transaction: a replayed request collides here and is refused,
+        # while a retry after our own failure (nothing committed) is not.
+        Index("uq_inbound_mail_source_nonce", "source", "nonce", unique=True),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow)
+    source: str = Field(default="smtp", max_length=32)
+    peer: str = Field(default="", max_length=200)
+    mail_from: str = Field(default="", max_length=320)
+    rcpt_to: str = Field(sa_column=Column(Text, nullable=False))        # JSON list
+    raw_sha256: str = Field(foreign_key="blob.sha256", max_length=64)
+    size: int = 0
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    claimed_at: datetime | None = None
+    processed_at: datetime | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    nonce: str | None = Field(default=None, max_length=128)
+
+
+# --- conversations -----------------------------------------------------------------------------
+
+class Guest(SQLModel, table=True):
+    """A guest contact of one studio; guests never have accounts."""
+
+    __table_args__ = (UniqueConstraint("studio_id", "email", name="uq_guest_studio_email"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    email: str = Field(max_length=320)
+    name: str = Field(default="", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Conversation(SQLModel, table=True):
+    """A guest's thread with a studio.
+
+    deleted_at: soft-deleted by the studio (gateway/lifecycle/trash.py): hidden at once, restorable for
+    30 days on a paid plan, then erased by the purge. deleted_by is the profile that deleted it,
+    kept as a plain id so removing a profile never blocks on, or loses, that record.
+    """
+
+    __table_args__ = (
+        # The list (deleted_at IS NULL, newest activity first), the trash and the purge
+        # (deleted_at set) all start with the studio and its deleted_at.
+        Index("ix_conversation_studio_live_activity", "studio_id", "deleted_at", "last_message_at"),
+        Index("ix_conversation_guest_subject", "studio_id", "guest_id", "subject_key"),
+        Index("ix_conversation_guest_created", "studio_id", "guest_id", "created_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    guest_id: int = Field(foreign_key="guest.id")
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    subject_key: str = Field(default="", max_length=200)   # normalised subject for the fallback
+    status: str = Field(default="open", max_length=16)      # open | closed
+    created_at: datetime = Field(default_factory=utcnow)
+    last_message_at: datetime = Field(default_factory=utcnow)
+    message_count: int = 0
+    read_at: datetime | None = None   # when the studio last read it: unread while last_message_at is later
+    deleted_at: datetime | None = None
+    deleted_by: int | None = None     # profile id
+
+
+class Message(SQLModel, table=True):
+    """A message in a conversation, inbound or outbound.
+
+    state: visible | held (sender is not a participant: the studio accepts or rejects it) | rejected.
+    dedupe_key is unique per studio so a retried delivery is stored once even when two
+    processors race on PostgreSQL; outbound messages leave it NULL. deleted_at/deleted_by: the
+    message alone was soft-deleted (as for Conversation); a message of a deleted conversation
+    keeps its own deleted_at, so restoring the conversation brings back exactly what it showed.
+    """
+
+    __table_args__ = (
+        Index("ix_message_studio_message_id", "studio_id", "message_id"),
+        Index("ix_message_conversation", "conversation_id", "id"),
+        # A reply answers the conversation's latest guest message: found without walking
+        # every reply of a long conversation (bench/outbound.py grew slower with each reply).
+        Index("ix_message_conversation_inbound", "conversation_id", "direction", "received_at"),
+        Index("ix_message_studio_deleted", "studio_id", "deleted_at"),   # the trash and the purge
+        UniqueConstraint("studio_id", "dedupe_key", name="uq_message_studio_dedupe"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    conversation_id: int | None = Field(default=None, foreign_key="conversation.id")
+    inbound_mail_id: int | None = Field(default=None, foreign_key="inbound_mail.id", index=True)
+    direction: str = Field(max_length=8)                    # inbound | outbound
+    state: str = Field(default="visible", max_length=16)
+    from_email: str = Field(default="", max_length=320)
+    from_name: str = Field(default="", max_length=200)
+    to_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    cc_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    full_text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    html: str | None = Field(default=None, sa_column=Column(Text))
+    message_id: str = Field(max_length=998)
+    in_reply_to: str | None = Field(default=None, sa_column=Column(Text))
+    references_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    sent_at: datetime | None = None
+    received_at: datetime = Field(default_factory=utcnow)
+    thread_rule: str = Field(default="new", max_length=32)
+    automatic: bool = False
+    auto_kind: str | None = Field(default=None, max_length=32)
+    delivery: str | None = Field(default=None, max_length=16)   # outbound: queued|sending|sent|failed|bounced
+    bounce_of_id: int | None = Field(default=None, foreign_key="message.id")
+    raw_sha256: str | None = Field(default=None, foreign_key="blob.sha256", max_length=64)
+    dedupe_key: str | None = Field(default=None, max_length=64)
+    parser: str = Field(default="", max_length=16)
+    defects_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    deleted_at: datetime | None = None
+    deleted_by: int | None = None     # profile id
+
+
+class Attachment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    filename: str = Field(max_length=255)
+    content_type: str = Field(max_length=255)
+    size: int
+    sha256: str = Field(foreign_key="blob.sha256", max_length=64)
+    inline: bool = False
+    content_id: str | None = Field(default=None, max_length=998)
+
+
+# --- outbound ----------------------------------------------------------------------------------
+
+class OutboundJob(SQLModel, table=True):
+    """One email to send, committed with its outbound message (the transactional outbox).
+
+    status: queued → sending → sent | failed; a temporary failure goes back to queued with a
+    later next_attempt_at. `sending` carries a lease (claimed_at): a worker that died mid-way
+    leaves the job to be claimed again after it. Marked `sent` right after the relay's 250, so
+    a restarted worker does not send again what the relay already accepted.
+    """
+
+    __tablename__ = "outbound_job"
+    __table_args__ = (Index("ix_outbound_job_status_due", "status", "next_attempt_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    message_id: int = Field(foreign_key="message.id", unique=True)
+    status: str = Field(default="queued", max_length=16)
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    claimed_at: datetime | None = None
+    sent_at: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+# --- billing -----------------------------------------------------------------------------------
+
+class Subscription(SQLModel, table=True):
+    """A studio's plan as Stripe last told us; no row (or plan `free`) means the free plan.
+
+    Stripe is the source of truth and its events arrive late, twice, or out of order:
+    `stripe_as_of` is the creation time of the newest event applied, so an older one never
+    moves the state back (gateway/billing/state.py).
+    """
+
+    studio_id: int = Field(primary_key=True, foreign_key="studio.id")
+    plan: str = Field(default="free", max_length=16)         # free | monthly | yearly
+    status: str = Field(default="none", max_length=32)        # Stripe's subscription status; none: never subscribed
+    stripe_customer_id: str | None = Field(default=None, max_length=255, index=True)
+    stripe_subscription_id: str | None = Field(default=None, max_length=255, unique=True)
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    ended_at: datetime | None = None
+    collection_paused: bool = False                           # Stripe's pause_collection is set
+    past_due_since: datetime | None = None
+    stripe_as_of: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Lockdown(SQLModel, table=True):
+    """A lockdown during which every payment is suspended (an operator starts and ends it)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    countries: str = Field(default="", max_length=400)        # comma-separated ISO codes; empty: everywhere
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+
+
+class PaymentPause(SQLModel, table=True):
+    """One studio's payments paused by one lockdown: exactly one row per (lockdown, studio).
+
+    state: pausing (recorded, Stripe not yet confirmed) → paused → resuming → resumed. The
+    intermediate states make `gateway lockdown start|end` resumable after a crash.
+    """
+
+    __tablename__ = "payment_pause"
+    __table_args__ = (UniqueConstraint("lockdown_id", "studio_id", name="uq_payment_pause_lockdown_studio"),)
+    id: int | None = Field(default=None, primary_key=True)
+    lockdown_id: int = Field(foreign_key="lockdown.id")
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    stripe_subscription_id: str = Field(max_length=255)
+    state: str = Field(default="pausing", max_length=16)
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+
+
+class StripeEvent(SQLModel, table=True):
+    """Stripe events applied, by id: a redelivered or concurrently delivered event applies once."""
+
+    __tablename__ = "stripe_event"
+    id: str = Field(primary_key=True, max_length=255)
+    type: str = Field(max_length=100)
+    created: int
+    studio_id: int | None = Field(default=None, foreign_key="studio.id", index=True)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+# --- erasure -----------------------------------------------------------------------------------
+
+class Tombstone(SQLModel, table=True):
+    """The dedupe key of an erased inbound message: a late or retried delivery of the same mail
+    must not bring an erased conversation back. A hash, no personal data."""
+
+    studio_id: int = Field(primary_key=True, foreign_key="studio.id")
+    dedupe_key: str = Field(primary_key=True, max_length=64)
+    erased_at: datetime = Field(default_factory=utcnow)
+
+
+# --- backups -----------------------------------------------------------------------------------
+
+class BackupSchedule(SQLModel, table=True):
+    """The scheduled backups' state, shared by every worker on the database. It is read and
+    written only under the backup lock (gateway/backup/schedule.py), so workers on several
+    hosts take one backup per interval between them, not one each."""
+
+    __tablename__ = "backup_schedule"
+    name: str = Field(primary_key=True, max_length=32)        # "scheduled"
+    last_attempt_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_file: str | None = Field(default=None, max_length=1024)
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+# --- support and audit -------------------------------------------------------------------------
+
+class SupportGrant(SQLModel, table=True):
+    """The owner's leave for support to read the studio's conversations until expires_at.
+
+    Active while not revoked and not expired; a new grant replaces the studio's active one,
+    so revoking the grant the owner sees ends support's access.
+    """
+
+    __tablename__ = "support_grant"
+    __table_args__ = (Index("ix_support_grant_studio_expires", "studio_id", "expires_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    profile_id: int = Field(foreign_key="profile.id")   # the owner who granted it
+    note: str = Field(default="", max_length=500)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    revoked_at: datetime | None = None
+
+
+class SupportToken(SQLModel, table=True):
+    """A support operator's bearer token (SHA-256 only, like ApiToken); reads need a grant."""
+
+    __tablename__ = "support_token"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)                    # the operator, as the audit log names them
+    prefix: str = Field(max_length=16)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who read or changed access to a studio's data, when and why. Append-only: the code has
+    no update or delete for it; rows go only when the whole studio is erased.
+
+    Never holds message bodies, subjects or secrets: the target is a kind and an id.
+    """
+
+    __tablename__ = "audit_entry"
+    __table_args__ = (Index("ix_audit_entry_studio_id", "studio_id", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    created_at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=400)                  # owner:<email>, support:<name>, operator:<name>
+    action: str = Field(max_length=64)                  # conversation.read, support_grant.create, ...
+    target: str = Field(default="", max_length=100)     # conversation 12, attachment 7, ...
+    reason: str = Field(default="", max_length=500)
+
+
+# --- account deletion --------------------------------------------------------------------------
+
+class AccountDeletion(SQLModel, table=True):
+    """One request to delete a studio's account: LÖSCHEN mailed to the helpdesk, or the API.
+
+    Deliberately no `studio_id` column and no foreign key to the studio: the row must outlive
+    the studio (gateway/lifecycle/erasure.py removes every row of every table with a studio_id), so the
+    operator can see what was deleted, when and why. It holds no personal data: the studio's id
+    number, times, and the reason with addresses, numbers and signatures removed
+    (gateway/lifecycle/deletion_reason.py). The confirmation code itself is never stored: only its
+    SHA-256 for the lookup, and the random nonce it is derived from with GATEWAY_SECRET_KEY
+    (gateway/lifecycle/account_deletion.py), so a copy of the database alone confirms nothing.
+
+    status: pending → deleted | void (another request of the same studio was confirmed first).
+    """
+
+    __tablename__ = "account_deletion"
+    __table_args__ = (Index("ix_account_deletion_studio_requested", "studio_ref", "requested_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_ref: int                                            # the studio's id, no foreign key
+    channel: str = Field(max_length=8)                         # email | api
+    status: str = Field(default="pending", max_length=16)
+    nonce: str = Field(max_length=32)
+    code_hash: str = Field(max_length=64, unique=True)
+    requested_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    confirmed_at: datetime | None = None
+    message_ref: int | None = None    # the helpdesk's outbound message carrying the code (no key: it may be erased)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
