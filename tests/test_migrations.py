@@ -5,7 +5,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import gateway.models  # noqa: F401  (registers every table on SQLModel.metadata)
+import gateway.store.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from gateway.store.db import make_engine
 
 

@@ -7,6 +7,11 @@ used as they are). For those posts we build the message the fields describe, so 
 `gateway.inbound.mime.parse` reads the same text, subject, ids, addresses and attachments as it would
 from the original, and dedupe can match the Message-ID against an SMTP copy of the same mail.
 
+One module for the three providers, longer than the ~400 lines a module should have: most of it
+is the header and attachment safety the three share (what may pass into a header we write,
+folding, charsets, file names), which must be one code path, and each provider's field map
+is a few dozen lines on top of it, documented here beside the payload format it reads.
+
 What the rebuilt message is:
 - every original header the provider hands over (its raw header data first, its parsed
   fields only to fill a gap), minus the ones that describe the old body (`Content-Type`,

@@ -29,7 +29,8 @@ from gateway.store.models import utcnow
 from gateway.events import Chunk, Reaction
 from gateway.inbound.intake import discard_inbound
 from gateway.settings import Settings
-from gateway.inbound.threader import (ChunkLookups, Inbound, Outcome, StudiosGone, Unprocessable, lookup_keys, thread_message)
+from gateway.inbound.records import ChunkLookups
+from gateway.inbound.threader import Inbound, Outcome, StudiosGone, Unprocessable, lookup_keys, thread_message
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -37,6 +37,8 @@ from gateway.inbound.mime import Address, ParsedMessage
 from gateway.store.models import utcnow
 from gateway.inbound.quotes import split_reply
 from gateway.events import Threaded
+from gateway.inbound.records import (ChunkLookups, ensure_known_guest, guest_of,
+                                     name_guest, open_conversation, seen_before)
 from gateway.settings import Settings
 from gateway.access.visibility import LIVE_CONVERSATION
 from gateway.store.tables import ATTACHMENT
@@ -80,12 +82,6 @@ def synthesize_message_id(print_: str, domain: str) -> str:
 # run them. The ones every new inquiry runs (seen? guest? new guest, conversation, message)
 # go to the driver directly (gateway/store/db.DriverSQL); the rest run on some replies only.
 _STUDIO_BY_SLUG = select(STUDIO.c.id).where(STUDIO.c.slug == bindparam("slug"))
-# Stored already ("duplicate"), or erased (gateway/lifecycle/erasure.py left its dedupe key behind as a
-# tombstone: a late or retried delivery must not bring the erased conversation back). One
-# statement for both: it runs for every message.
-_SEEN = DriverSQL(
-    "SELECT 'duplicate' FROM message WHERE studio_id = ? AND dedupe_key = ? "
-    "UNION ALL SELECT 'erased' FROM tombstone WHERE studio_id = ? AND dedupe_key = ? LIMIT 1")
 _BY_MESSAGE_IDS = select(MESSAGE.c.message_id, MESSAGE.c.conversation_id).where(
     MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)),
     MESSAGE.c.conversation_id.is_not(None))
@@ -98,17 +94,10 @@ _BY_SUBJECT = select(CONVERSATION).where(
     CONVERSATION.c.subject_key == bindparam("subject_key"), CONVERSATION.c.last_message_at >= bindparam("since"),
     LIVE_CONVERSATION,
 ).order_by(CONVERSATION.c.last_message_at.desc()).limit(1)
-_GUEST = DriverSQL("SELECT id, email, name FROM guest WHERE studio_id = ? AND email = ?")
-# A guest of a moment ago (another processor, PostgreSQL) makes this return no row.
-_NEW_GUEST = DriverSQL("INSERT INTO guest (studio_id, email, name, created_at) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT DO NOTHING RETURNING id")
 _GUEST_EMAIL = select(GUEST.c.email).where(GUEST.c.id == bindparam("guest_id"))
 _SENT_BEFORE = select(MESSAGE.c.id).where(
     MESSAGE.c.conversation_id == bindparam("conversation_id"), MESSAGE.c.direction == "inbound",
     MESSAGE.c.state == "visible", MESSAGE.c.from_email == bindparam("email")).limit(1)
-_NEW_CONVERSATION = DriverSQL(
-    "INSERT INTO conversation (studio_id, guest_id, subject, subject_key, status, created_at, last_message_at, "
-    "message_count) VALUES (?, ?, ?, ?, 'open', ?, ?, ?) RETURNING id")
 # Every column but deleted_at/deleted_by, which stay NULL for new mail.
 _MESSAGE_COLUMNS = (
     "studio_id", "conversation_id", "inbound_mail_id", "direction", "state", "from_email", "from_name",
@@ -118,77 +107,6 @@ _MESSAGE_COLUMNS = (
 _NEW_MESSAGE = DriverSQL(f"INSERT INTO message ({', '.join(_MESSAGE_COLUMNS)}) "
                          f"VALUES ({', '.join('?' * len(_MESSAGE_COLUMNS))}) RETURNING id")
 _CONVERSATION_ACTIVITY = update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"))
-_GUEST_NAME = update(GUEST).where(GUEST.c.id == bindparam("guest_id")).values(name=bindparam("name"))
-
-
-class _Guest(NamedTuple):
-    id: int
-    email: str
-    name: str
-
-
-def _find_guest(conn: Connection, studio_id: int, email: str) -> _Guest | None:
-    row = _GUEST(conn, (studio_id, email)).fetchone()
-    return None if row is None else _Guest(*row)
-
-
-class ChunkLookups:
-    """What a chunk's messages will ask first, asked once for the whole chunk.
-
-    Every message asks whether it was seen (stored or erased) and who its sender is as a
-    guest: two statements per message, or two per chunk when asked together beforehand
-    (`prefetch`). Answers are kept current with what the chunk itself writes (a message
-    stored, a guest created or named), so the second of two deliveries in one chunk is still
-    a duplicate and a guest's second mail finds the guest. A key that was not prefetched is
-    asked of the database as before. Only valid while the chunk's transaction is whole: the
-    processor drops it when it redoes a chunk with a savepoint per message.
-    """
-
-    def __init__(self) -> None:
-        self.seen: dict[tuple[int, str], str | None] = {}
-        self.guests: dict[tuple[int, str], _Guest | None] = {}
-
-    def prefetch(self, conn: Connection, keys: list[tuple[int, str, str]]) -> None:
-        """`keys`: (studio id, dedupe key, sender email) of each message about to be threaded."""
-        if not keys:
-            return
-        studio_ids = sorted({k[0] for k in keys})
-        dedupe_keys = sorted({k[1] for k in keys})
-        emails = sorted({k[2] for k in keys})
-        studios = ", ".join("?" * len(studio_ids))
-        dedupes = ", ".join("?" * len(dedupe_keys))
-        found: dict[tuple[int, str], str] = {}
-        for studio_id, dedupe_key, seen in DriverSQL(
-                f"SELECT studio_id, dedupe_key, 'duplicate' FROM message WHERE studio_id IN ({studios}) "
-                f"AND dedupe_key IN ({dedupes}) UNION ALL SELECT studio_id, dedupe_key, 'erased' FROM tombstone "
-                f"WHERE studio_id IN ({studios}) AND dedupe_key IN ({dedupes})")(
-                conn, [*studio_ids, *dedupe_keys, *studio_ids, *dedupe_keys]).fetchall():
-            if found.get((studio_id, dedupe_key)) != "duplicate":  # as _SEEN: stored before erased
-                found[(studio_id, dedupe_key)] = seen
-        guests = {(row[0], row[2]): _Guest(*row[1:]) for row in DriverSQL(
-            f"SELECT studio_id, id, email, name FROM guest WHERE studio_id IN ({studios}) "
-            f"AND email IN ({', '.join('?' * len(emails))})")(conn, [*studio_ids, *emails]).fetchall()}
-        for studio_id, dedupe_key, email in keys:
-            self.seen[(studio_id, dedupe_key)] = found.get((studio_id, dedupe_key))
-            self.guests[(studio_id, email)] = guests.get((studio_id, email))
-
-
-def _seen(conn: Connection, lookups: ChunkLookups | None, studio_id: int, dedupe_key: str) -> str | None:
-    if lookups is not None and (studio_id, dedupe_key) in lookups.seen:
-        return lookups.seen[(studio_id, dedupe_key)]
-    row = _SEEN(conn, (studio_id, dedupe_key, studio_id, dedupe_key)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _guest_of(conn: Connection, lookups: ChunkLookups | None, studio_id: int, email: str) -> _Guest | None:
-    if lookups is not None and (studio_id, email) in lookups.guests:
-        return lookups.guests[(studio_id, email)]
-    return _find_guest(conn, studio_id, email)
-
-
-def _remember_guest(lookups: ChunkLookups | None, studio_id: int, guest: _Guest) -> None:
-    if lookups is not None:
-        lookups.guests[(studio_id, guest.email)] = guest
 
 
 def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, settings: Settings,
@@ -277,11 +195,11 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
                        parsed: ParsedMessage, sender: Address, auto: AutoInfo, message_id: str,
                        dedupe_key: str, settings: Settings, secret: bytes,
                        lookups: ChunkLookups | None = None) -> Outcome:
-    seen = _seen(conn, lookups, studio_id, dedupe_key)
+    seen = seen_before(conn, lookups, studio_id, dedupe_key)
     if seen is not None:
         return Outcome(studio_id, None, None, seen)
 
-    guest = _guest_of(conn, lookups, studio_id, sender.email)
+    guest = guest_of(conn, lookups, studio_id, sender.email)
     conversation, rule = _find_conversation(conn, studio_id, detail, parsed, guest, auto, settings, secret)
     bounced: list[Any] = []
     if auto.kind == "bounce" and auto.bounced_message_ids:
@@ -298,14 +216,13 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
     now = utcnow()
     opened = conversation is None
     if opened:
-        guest_id = _ensure_guest(conn, studio_id, sender, guest, lookups)
+        guest_id = ensure_known_guest(conn, studio_id, sender, guest, lookups)
         conversation_id = open_conversation(conn, studio_id, guest_id, parsed.subject or "", now, message_count=1)
         state = "visible"
     else:
         conversation_id = conversation.id
         if guest is not None and not guest.name and sender.name:
-            conn.execute(_GUEST_NAME, {"guest_id": guest.id, "name": sender.name[:200]})
-            _remember_guest(lookups, studio_id, guest._replace(name=sender.name[:200]))
+            name_guest(conn, lookups, studio_id, guest, sender.name)
         state = "visible" if auto.automatic or rule == "subject" or _is_participant(
             conn, conversation, sender.email) else "held"
 
@@ -386,40 +303,6 @@ def _is_participant(conn: Connection, conversation: Any, email: str) -> bool:
     if conn.execute(_GUEST_EMAIL, {"guest_id": conversation.guest_id}).scalar() == email:
         return True
     return conn.execute(_SENT_BEFORE, {"conversation_id": conversation.id, "email": email}).first() is not None
-
-
-def open_conversation(conn: Connection, studio_id: int, guest_id: int, subject: str, now: datetime, *,
-                      message_count: int = 0) -> int:
-    """A new open conversation of the studio with the guest; its id."""
-    when = bind_processor(conn, CONVERSATION.c.created_at)(now)
-    return int(_NEW_CONVERSATION(conn, (studio_id, guest_id, subject, normalize_subject(subject), when, when,
-                                        message_count)).fetchone()[0])
-
-
-def ensure_guest(conn: Connection, studio_id: int, email: str, name: str = "") -> int:
-    """The studio's guest with this address, created when new: for conversations the gateway opens
-    itself (the helpdesk writing to a studio owner), not only those a guest's mail opens."""
-    sender = Address(email=normalize_email(email), name=name)
-    return _ensure_guest(conn, studio_id, sender, _find_guest(conn, studio_id, sender.email))
-
-
-def _ensure_guest(conn: Connection, studio_id: int, sender: Address, guest: Any,
-                  lookups: ChunkLookups | None = None) -> int:
-    if guest is not None:
-        if not guest.name and sender.name:
-            conn.execute(_GUEST_NAME, {"guest_id": guest.id, "name": sender.name[:200]})
-            _remember_guest(lookups, studio_id, guest._replace(name=sender.name[:200]))
-        return int(guest.id)
-    created = _NEW_GUEST(conn, (studio_id, sender.email[:320], sender.name[:200],
-                                bind_processor(conn, GUEST.c.created_at)(utcnow()))).fetchone()
-    if created is not None:
-        _remember_guest(lookups, studio_id, _Guest(int(created[0]), sender.email[:320], sender.name[:200]))
-        return int(created[0])
-    # Another processor created this guest a moment ago (PostgreSQL, several workers).
-    again = _find_guest(conn, studio_id, sender.email)
-    if again is None:
-        raise LookupError(f"guest {sender.email!r} neither inserted nor found")
-    return again.id
 
 
 def _addresses(addresses: list[Address]) -> str:

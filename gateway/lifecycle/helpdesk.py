@@ -20,7 +20,7 @@ from gateway.store.models import utcnow
 from gateway.settings import Settings
 from gateway.store.tables import STUDIO
 from gateway.access.studios import add_studio, create_token
-from gateway.inbound.threader import ensure_guest, open_conversation
+from gateway.inbound.records import ensure_guest, open_conversation
 from gateway.store.tables import PROFILE
 
 

@@ -1,5 +1,10 @@
 """SQLModel tables, grouped by family.
 
+All of them in one module, a little over the ~400 lines a module should have: the tables refer
+to each other by foreign keys across families, and the migrations (and tests/test_migrations.py)
+are checked against this one metadata, which a reader finds whole here. Their Core handles are
+in gateway/store/tables.py.
+
 Times are timezone-aware UTC everywhere: SQLModel's UTCDateTime stores them as UTC on both
 back ends and hands them back aware, so SQLite and PostgreSQL compare alike.
 """
