@@ -57,7 +57,7 @@ def _drop(admin: str, name: str) -> None:
 
 def flanker_baseline(count: int) -> float:
     """CPU seconds flanker alone takes to parse `count` of the same mails."""
-    from gateway.inbound.mime import _flanker_mime
+    from gateway.inbound.mime.tree import _flanker_mime
 
     run = uuid.uuid4().hex[:6]
     texts = [make_message(run, i, "small")[1].replace(b"\r\n..", b"\r\n.").decode("latin-1")

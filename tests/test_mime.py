@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.inbound import mime
-from gateway.inbound.mime import Address, ParsedMessage, parse
+from gateway.inbound.mime import Address, ParsedMessage, body, parse
+from gateway.mail.files import sanitise_filename
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eml"
 CORPUS = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
@@ -175,8 +176,8 @@ def test_apple_mail_text_image_text_keeps_both_texts() -> None:
 
 
 def test_attachment_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mime, "MAX_ATTACHMENTS", 3)
-    monkeypatch.setattr(mime, "MAX_ATTACHMENT_BYTES", 1000)
+    monkeypatch.setattr(body, "MAX_ATTACHMENTS", 3)   # patched where it is read
+    monkeypatch.setattr(body, "MAX_ATTACHMENT_BYTES", 1000)
     parts = [b"--B\r\nContent-Type: application/octet-stream\r\n"
              b"Content-Disposition: attachment; filename=f%d.bin\r\n\r\nxx\r\n" % i for i in range(5)]
     big = (b"--B\r\nContent-Type: image/jpeg\r\nContent-Disposition: attachment; filename=big.jpg\r\n"
@@ -189,11 +190,11 @@ def test_attachment_limits(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_sanitise_filename_fallbacks() -> None:
-    assert mime.sanitise_filename("", "image/jpeg", 2) == "attachment-2.jpg"
-    assert mime.sanitise_filename("../..", "application/x-unknown-thing", 1) == "attachment-1.bin"
-    assert mime.sanitise_filename("a/b\\c.txt", "text/plain", 1) == "c.txt"
+    assert sanitise_filename("", "image/jpeg", 2) == "attachment-2.jpg"
+    assert sanitise_filename("../..", "application/x-unknown-thing", 1) == "attachment-1.bin"
+    assert sanitise_filename("a/b\\c.txt", "text/plain", 1) == "c.txt"
     long_name = "x" * 400 + ".jpeg"
-    assert mime.sanitise_filename(long_name, "image/jpeg", 1) == "x" * 250 + ".jpeg"
+    assert sanitise_filename(long_name, "image/jpeg", 1) == "x" * 250 + ".jpeg"
 
 
 # ------------------------------------------------------------------ HTML

@@ -134,7 +134,7 @@ def test_split_reply_never_raises_and_never_empties(text: str) -> None:
     assert bool(reply) == bool(text.strip())
 
 
-# The fast paths of gateway/inbound/mime.py must read a value exactly as the general code does.
+# The fast paths of gateway/inbound/mime/ must read a value exactly as the general code does.
 _ADDRESS_PIECES = st.sampled_from(["Jörg", "Inkwell", "Tattoo", "=?utf-8?q?J=C3=B6rg?=", "a.b", "x@y.example",
                                    "<", ">", "\"", "(", ")", ",", ";", ":", ".", " ", "  ", "\t", "@", "-", "_"])
 
@@ -144,7 +144,7 @@ _ADDRESS_PIECES = st.sampled_from(["Jörg", "Inkwell", "Tattoo", "=?utf-8?q?J=C3
 def test_plain_address_fast_path_reads_as_getaddresses(value: str) -> None:
     import email.utils
 
-    from gateway.inbound.mime import _address_pairs
+    from gateway.inbound.mime.fields import _address_pairs
 
     assert _address_pairs(value) == email.utils.getaddresses([value])
 
@@ -152,7 +152,7 @@ def test_plain_address_fast_path_reads_as_getaddresses(value: str) -> None:
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=0xff), max_size=80))
 def test_plain_header_fast_path_decodes_as_the_charset_chain(value: str) -> None:
-    from gateway.inbound.mime import _decode_words, decode_header_value
+    from gateway.inbound.mime.charsets import _decode_words, decode_header_value
 
     assert decode_header_value(value) == _decode_words(value.replace("\r", "").replace("\n", ""))
 

@@ -1,0 +1,199 @@
+"""The part tree: the only module that imports flanker.
+
+flanker decides the MIME structure; the stdlib (compat32) builds the tree when flanker fails.
+Both trees become the same neutral ``Node`` tree, built iteratively within the ``Limits``
+budget, with leaves still transfer-encoded and headers still byte views.
+"""
+from __future__ import annotations
+
+import email.message
+import email.policy
+import functools
+import logging
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.inbound.mime.charsets import view_to_bytes
+from gateway.inbound.mime.fields import HeaderBlock, split_header_block
+from gateway.inbound.mime.limits import MAX_PARTS, Limits
+
+
+def _import_flanker() -> Any:
+    """Import flanker once per process, without noise on stderr and without writes.
+
+    flanker pulls in webob (``import cgi``, deprecated in 3.11) and uses ``imghdr``, which
+    emit DeprecationWarnings at import that a ``filterwarnings = error`` test suite turns
+    into errors. Its address grammar is built with ply at import: if the shipped
+    parsetab modules do not match the installed ply, ply logs "Symbol ... is unreachable"
+    warnings through flanker's loggers and tries to write new parsetab files into
+    site-packages. We import with those warnings ignored, the two ply loggers raised to
+    ERROR and ``write_tables`` forced off, then restore everything.
+    """
+    import ply.yacc  # flanker's dependency; patched only for the duration of the import
+
+    quiet = [
+        logging.getLogger("flanker.addresslib._parser.parser"),
+        logging.getLogger("flanker.addresslib._parser.lexer"),
+    ]
+    levels = [lg.level for lg in quiet]
+    original_yacc = ply.yacc.yacc
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        ply.yacc.yacc = functools.partial(original_yacc, write_tables=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", SyntaxWarning)
+            import flanker.addresslib.address  # noqa: F401  (flanker.mime imports it lazily)
+            import flanker.mime
+    finally:
+        ply.yacc.yacc = original_yacc
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+    return flanker.mime
+
+
+_flanker_mime = _import_flanker()
+
+
+# ----------------------------------------------------------------- neutral tree
+
+@dataclass
+class Node:
+    """One MIME part, whichever parser found it.
+
+    ``headers`` are the part's own headers as byte views; ``body`` is the raw body,
+    still transfer-encoded, for leaves; ``dsn_blocks`` holds the field blocks of a
+    message/delivery-status part (RFC 3464 section 2.1).
+    """
+    content_type: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    children: list[Node] = field(default_factory=list)
+    dsn_blocks: list[list[tuple[str, str]]] = field(default_factory=list)
+    _params: email.message.Message | None = None
+
+    @property
+    def params(self) -> email.message.Message:
+        """A header-only stdlib Message, used for its RFC 2045/2231 parameter parsing."""
+        if self._params is None:
+            msg = email.message.Message()
+            for name, value in self.headers:
+                if name.lower() in ("content-type", "content-disposition", "content-id",
+                                    "content-transfer-encoding"):
+                    msg[name] = value
+            self._params = msg
+        return self._params
+
+
+# Parts whose body is kept whole instead of being walked into: an embedded message is
+# stored as one .eml attachment (its own text must not become the reply text), and the
+# DSN parts are read field by field.
+_LEAF_TYPES = ("message/rfc822", "message/global", "text/rfc822-headers",
+               "message/delivery-status", "message/global-delivery-status",
+               "message/global-headers")
+
+
+def _dsn_blocks_from_text(body: bytes) -> list[list[tuple[str, str]]]:
+    """RFC 3464 section 2.1: per-message fields, blank line, per-recipient blocks."""
+    blocks = []
+    rest = body.lstrip(b"\r\n")
+    for _ in range(MAX_PARTS):
+        if not rest.strip():
+            break
+        block = split_header_block(rest, max_lines=1_000)
+        if not block.headers:
+            break
+        blocks.append(block.headers)
+        rest = block.body.lstrip(b"\r\n")
+    return blocks
+
+
+def _push_children(stack: list[Any], node: "Node", parts: Iterable[Any], depth: int, limits: "Limits") -> None:
+    """Queue a multipart's children for the iterative walk, within the part budget."""
+    children = []
+    for child in parts:
+        if not limits.take_part():
+            break
+        child_node = Node(content_type="", headers=[])
+        children.append(child_node)
+        stack.append((child, child_node, depth + 1))
+    node.children = children
+    # The stack is LIFO; reverse the pushes so document order is kept.
+    stack[len(stack) - len(children):] = stack[len(stack) - len(children):][::-1]
+
+
+def flanker_tree(raw: bytes, limits: Limits, top: HeaderBlock | None = None) -> Node:
+    """Parse with flanker and convert its tree to Node, iteratively and bounded.
+
+    We hand flanker the Latin-1 view of the bytes: flanker otherwise decodes the whole
+    message with chardet when it is not UTF-8, which is slow on large binary input and
+    loses the original bytes of 8-bit parts. Each leaf's raw text comes from
+    ``MimePart.to_string()``, which for an unchanged part is its original text. A single-part
+    message is its own leaf: its header block is `top`, already split by the caller, when the
+    bytes are the same.
+    """
+    root_part = _flanker_mime.from_string(raw.decode("latin-1"))
+    root = Node(content_type="", headers=[])
+    stack: list[tuple[Any, Node, int]] = [(root_part, root, 0)]
+    while stack:
+        part, node, depth = stack.pop()
+        ctype = part.content_type
+        node.content_type = f"{ctype.main}/{ctype.sub}".lower()
+        if node.content_type.startswith("multipart/") and node.content_type not in _LEAF_TYPES:
+            if limits.deep_enough(depth + 1):
+                continue
+            _push_children(stack, node, part.parts, depth, limits)
+            continue
+        data = view_to_bytes(part.to_string())
+        block = top if depth == 0 and top is not None and data == raw else split_header_block(data)
+        node.headers = block.headers
+        node.body = block.body
+        limits.defects.extend(block.defects)
+        if node.content_type in ("message/delivery-status", "message/global-delivery-status"):
+            node.dsn_blocks = _dsn_blocks_from_text(block.body)
+    return root
+
+
+def stdlib_tree(raw: bytes, limits: Limits) -> tuple[Node, list[str]]:
+    """Parse with the stdlib (compat32) and convert to Node; returns stdlib's defects."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    found: list[str] = []
+    root = Node(content_type="", headers=[])
+    stack: list[tuple[email.message.Message, Node, int]] = [(msg, root, 0)]
+    while stack:
+        part, node, depth = stack.pop()
+        found.extend(type(d).__name__ for d in part.defects)
+        node.content_type = part.get_content_type().lower()
+        node.headers = [(k, _stdlib_view(v)) for k, v in part.raw_items()]
+        payload = part.get_payload()
+        # compat32 parses every message/* body as an embedded message; all of them are
+        # leaves for us, like the types in _LEAF_TYPES.
+        if node.content_type.startswith("message/") or not isinstance(payload, list):
+            if node.content_type in ("message/delivery-status",
+                                     "message/global-delivery-status") and isinstance(payload, list):
+                node.dsn_blocks = [[(k, _stdlib_view(v)) for k, v in block.raw_items()]
+                                   for block in payload[:MAX_PARTS]]
+            elif isinstance(payload, list):
+                node.body = b"".join(_stdlib_message_bytes(p) for p in payload[:1])
+            else:
+                node.body = view_to_bytes(payload) if isinstance(payload, str) else b""
+            continue
+        if limits.deep_enough(depth + 1):
+            continue
+        _push_children(stack, node, payload, depth, limits)
+    return root, found
+
+
+def _stdlib_view(value: Any) -> str:
+    """compat32 keeps 8-bit header bytes as surrogate escapes; make them a byte view."""
+    return view_to_bytes(str(value)).decode("latin-1")
+
+
+def _stdlib_message_bytes(msg: Any) -> bytes:
+    try:
+        return bytes(msg.as_bytes(policy=email.policy.compat32))
+    except Exception:  # a broken embedded message must not lose the outer one
+        return b""
