@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 import uvicorn
 from litestar import Litestar
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from gateway.api.app import create_app
 from gateway.backup.schedule import BackupScheduler
@@ -220,19 +221,11 @@ async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
     if gateway.processor:
         parts.append("worker running (inbound processing and outbox"
                      + (f", a backup every {settings.backup_interval_hours:g} h)" if gateway.backups else ")"))
-    log.info("gateway ready: %s (database %s)", ", ".join(parts), _safe_url(settings.resolved_database_url))
+    log.info("gateway ready: %s (database %s)", ", ".join(parts),
+             make_url(settings.resolved_database_url).render_as_string(hide_password=True))
     await stop.wait()
     log.info("shutting down")
     await gateway.stop()
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password, for logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
 
 
 def run(settings: Settings, roles: Iterable[str]) -> None:

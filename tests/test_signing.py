@@ -1,8 +1,7 @@
-"""gateway.outbound.signing: real dkimpy signatures, verified by dkimpy against the published TXT record."""
+"""gateway.signing: real dkimpy signatures, verified by dkimpy against the published TXT record."""
 from __future__ import annotations
 
 import re
-import time
 import traceback
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from dkim.util import parse_tag_value
 
-from gateway.outbound.signing import DkimSigner, KeyPair, SigningError, dns_txt_lines, generate_keypair
+from gateway.signing import DkimSigner, KeyPair, SigningError, dns_txt_lines, generate_keypair
 
 DOMAIN = "mail.test"
 SELECTOR = "gw2025"
@@ -291,30 +290,3 @@ def test_dns_txt_lines_real_records() -> None:
 def test_dns_txt_lines_refuses_non_ascii() -> None:
     with pytest.raises(SigningError):
         dns_txt_lines(SELECTOR, DOMAIN, "v=DKIM1; n=Größe")
-
-
-def test_rsa_step_runs_in_openssl_with_exactly_dkimpys_signature(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The OpenSSL RSA step must give the very bytes dkimpy's own code gives (PKCS#1 v1.5 is
-    deterministic), and must be the one used for keys loaded by DkimSigner."""
-    import dkim as dkimpy
-
-    from gateway.outbound import signing
-
-    pair = generate_keypair("rsa")
-    signer = DkimSigner(domain="mail.test", selector="sel", private_pem=pair.private_pem)
-    message = (b"From: Inkwell <inkwell@mail.test>\r\nTo: lena@example.org\r\nSubject: Re: Termin\r\n"
-               b"Date: Fri, 20 Nov 2026 10:00:00 +0000\r\nMessage-ID: <a@mail.test>\r\n\r\nHallo\r\n")
-    calls: list[str] = []
-    real_openssl = signing._OPENSSL_KEYS.copy()
-
-    def spy(digest, private_key):  # type: ignore[no-untyped-def]
-        calls.append("openssl" if private_key["modulus"] in real_openssl else "python")
-        return signing._rsa_sign(digest, private_key)
-
-    monkeypatch.setattr(dkimpy, "RSASSA_PKCS1_v1_5_sign", spy)
-    monkeypatch.setattr(time, "time", lambda: 1_800_000_000)  # the same t= tag in both signatures
-    fast = signer.sign(message)
-    assert calls == ["openssl"]
-    monkeypatch.setattr(dkimpy, "RSASSA_PKCS1_v1_5_sign", signing._pure_python_sign)
-    slow = signer.sign(message)
-    assert fast == slow and b"t=1800000000" in fast

@@ -14,7 +14,7 @@ Ed25519 signature helps only next to an RSA one (two signers, two selectors).
 Cost per message, measured with a 4 KB (3,959-byte) multipart reply on the dev container
 (Python 3.11, dkimpy 1.1.8, PyNaCl 1.6.2; median of 300):
 
-    RSA-2048   ~0.65 ms with the RSA step in OpenSSL (see _rsa_sign); ~5.8 ms with dkimpy's
+    RSA-2048   ~0.65 ms with the RSA step in OpenSSL (_rsa_step_in_openssl); ~5.8 ms with dkimpy's
                own pure-Python RSA (two 1024-bit `pow`s) (bench/outbound.py, 8.5 KB reply)
     Ed25519    ~0.23 ms (libsodium via PyNaCl; mostly dkimpy parsing and hashing)
 
@@ -22,16 +22,19 @@ dkimpy's API takes the key as PEM bytes and parses it on every call (~0.1 ms for
 for Ed25519); this module parses and checks the key once in `__init__` so a bad key fails at
 start-up, and hands dkimpy the form it parses fastest (PKCS#1 for RSA). Each of the two RSA
 `pow`s held the GIL for ~2.8 ms, even in a worker thread, stalling the servers of the same
-process; hence the OpenSSL path for the RSA step.
+process; hence the OpenSSL path for the RSA step, the one place this module reaches into
+dkimpy's internals (`_rsa_step_in_openssl`, checked against `DKIMPY_CHECKED`).
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import dkim
 import dkim.crypto
@@ -71,6 +74,7 @@ class _Key:
     algorithm: bytes     # the a= value
     for_dkimpy: bytes    # the form dkimpy's sign() parses: PKCS#1 PEM, or base64 Ed25519 seed
     dns_record: str
+    openssl_rsa: rsa.RSAPrivateKey | None = field(default=None, repr=False)  # for the RSA step
 
 
 def generate_keypair(kind: str = "rsa", bits: int = 2048) -> KeyPair:
@@ -138,8 +142,9 @@ class DkimSigner:
             # appends one more of each frozen_sign header: exactly "present only, From twice".
             signer.should_sign = set(self.SIGNED_HEADERS)
             signer.frozen_sign = set(self.OVERSIGNED_HEADERS)
-            header = signer.sign(self.selector.encode(), self.domain.encode(), self._key.for_dkimpy,
-                                 canonicalize=(b"relaxed", b"relaxed"))
+            with _rsa_step_in_openssl(self._key.openssl_rsa):
+                header = signer.sign(self.selector.encode(), self.domain.encode(), self._key.for_dkimpy,
+                                     canonicalize=(b"relaxed", b"relaxed"))
         except dkim.DKIMException as exc:  # no From header, malformed header block, ...
             raise SigningError(f"cannot DKIM-sign message: {exc}") from exc
         return header + message
@@ -200,23 +205,43 @@ def _load_key(data: bytes) -> _Key:
     return _from_private_key(private)
 
 
-# dkimpy computes the RSA signature in pure Python (two 1024-bit pow()s, ~5.5 ms per message,
-# holding the GIL, which stalls the SMTP and HTTP servers of the same process). Its signer
-# looks up RSASSA_PKCS1_v1_5_sign in the dkim module at call time, so for keys loaded here the
-# same PKCS#1 v1.5 signature (deterministic: byte for byte equal, tested) comes from OpenSSL
-# through `cryptography` in ~0.2 ms; any other key still goes through dkimpy's own code.
-_OPENSSL_KEYS: dict[int, rsa.RSAPrivateKey] = {}
-_pure_python_sign = dkim.RSASSA_PKCS1_v1_5_sign
+# The one place this module reaches into dkimpy, checked against the versions below (read
+# dkim.DomainSigner.gen_header and dkim.crypto.RSASSA_PKCS1_v1_5_sign again before adding one;
+# pyproject.toml keeps dkimpy below 1.2, tests/test_signing_dkimpy.py fails on any other).
+#
+# dkimpy computes the RSA signature in pure Python (two 1024-bit pow()s, ~6 ms per message,
+# holding the GIL, which stalls the SMTP and HTTP servers of the same process), and its public
+# API takes only PEM bytes: there is no way to hand it a signing function. Its signer looks up
+# RSASSA_PKCS1_v1_5_sign(hash, private_key) in the dkim module when it signs, so for the length
+# of one of our own sign() calls, and only then, that name points to the same PKCS#1 v1.5
+# signature (deterministic: byte for byte equal, tested) computed by OpenSSL through
+# `cryptography` in ~0.2 ms. A lock makes the swap and the restore one step per call, so
+# concurrent signers cannot leave it behind; dkimpy's own function comes back afterwards, and
+# anything else that signs through dkimpy meanwhile (another key, another hash) is passed to it.
+DKIMPY_CHECKED = ("1.1.8",)
+_DKIMPY_SWAP = threading.Lock()
 
 
-def _rsa_sign(digest: Any, private_key: dict[str, int]) -> bytes:
-    key = _OPENSSL_KEYS.get(private_key.get("modulus", 0))
-    if key is None or getattr(digest, "name", "") != "sha256":
-        return _pure_python_sign(digest, private_key)
-    return key.sign(digest.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+@contextmanager
+def _rsa_step_in_openssl(key: rsa.RSAPrivateKey | None) -> Iterator[None]:
+    """Inside the block, dkimpy's RSA step for `key` runs in OpenSSL; nothing for Ed25519."""
+    if key is None:  # Ed25519: dkimpy already signs through libsodium
+        yield
+        return
+    openssl_key, modulus = key, key.public_key().public_numbers().n
+    with _DKIMPY_SWAP:
+        dkimpys_own = dkim.RSASSA_PKCS1_v1_5_sign
 
+        def openssl_sign(digest: Any, private_key: dict[str, int]) -> bytes:
+            if private_key.get("modulus") != modulus or getattr(digest, "name", "") != "sha256":
+                return dkimpys_own(digest, private_key)
+            return openssl_key.sign(digest.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
 
-dkim.RSASSA_PKCS1_v1_5_sign = _rsa_sign
+        dkim.RSASSA_PKCS1_v1_5_sign = openssl_sign
+        try:
+            yield
+        finally:
+            dkim.RSASSA_PKCS1_v1_5_sign = dkimpys_own
 
 
 def _from_private_key(private: object) -> _Key:
@@ -233,8 +258,7 @@ def _from_private_key(private: object) -> _Key:
             raise SigningError("dkimpy cannot parse this RSA key") from None
         spki = private.public_key().public_bytes(serialization.Encoding.DER,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
-        _OPENSSL_KEYS[private.private_numbers().public_numbers.n] = private
-        return _Key(_RSA, pkcs1, f"v=DKIM1; k=rsa; p={base64.b64encode(spki).decode()}")
+        return _Key(_RSA, pkcs1, f"v=DKIM1; k=rsa; p={base64.b64encode(spki).decode()}", private)
     if isinstance(private, ed25519.Ed25519PrivateKey):
         try:
             import nacl.signing  # noqa: F401  without it dkimpy imports fine and fails on every sign()

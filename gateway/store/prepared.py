@@ -11,6 +11,15 @@ stores them), by position or by name as the driver expects.
 Results come back as the driver's plain tuples, without result processing: use it for
 statements that return ids and text, not for columns that need converting on the way out.
 SQL whose shape varies per call (an IN list per chunk) is written by hand: db.DriverSQL.
+
+Binding values itself means reading what SQLAlchemy's compiler knows about the parameters,
+attributes SQLCompiler documents but the stable `Compiled` API does not promise:
+`bind_names` (each BindParameter and its name in the SQL), `positiontup` (the driver's order
+for `?` placeholders), `insert_prefetch` / `update_prefetch` (columns whose default or onupdate
+Python computes), and each BindParameter's `required`, `effective_value` and `expanding`.
+Checked against SQLAlchemy 2.0.54, 2.1.1 and 2.1.9 on SQLite and PostgreSQL (psycopg);
+pyproject.toml keeps SQLAlchemy below 2.2, and tests/test_prepared_internals.py fails, naming
+the attribute, when one of them changes.
 """
 from __future__ import annotations
 
