@@ -10,8 +10,8 @@ Processes (loopback only, all started and stopped here):
 - gateway: the real Gateway with the `web` role (the Procfile's web process) or all roles
   (`gateway serve`), Mailgun enabled, on a fresh SQLite file or a throwaway PostgreSQL database.
 - client: one raw-asyncio HTTP/1.1 keep-alive client process, the same code for both servers,
-  C connections. Every request is a distinct Mailgun "mime" route post (~4 KB German mail,
-  its own Message-ID, token and HMAC signature), built before the clock starts.
+  C connections. Every request is a distinct Mailgun "mime" route post (~3 KB: a ~2 KB German
+  mail, its own Message-ID, token and HMAC signature), built before the clock starts.
 
 Figures: requests/s (N / first send → last answer) and client-side latency p50/p99; for the
 gateway every 200 must be a stored `inbound_mail` row (checked after the run). Target: gateway
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     roles = list(ROLE_SETS) if args.roles == "both" else [args.roles]
     n, c = args.messages, args.connections
 
-    print(f"webhook ingest: N={n} C={c}, ~4 KB Mailgun mime posts, cpus={os.cpu_count()}")
+    print(f"webhook ingest: N={n} C={c}, ~3 KB Mailgun mime posts, cpus={os.cpu_count()}")
     failed = False
     for backend in backends:
         for role in roles:
