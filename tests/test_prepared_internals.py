@@ -1,4 +1,4 @@
-"""The SQLAlchemy compiler attributes gateway/prepared.py reads: still there, still meaning the same.
+"""The SQLAlchemy compiler attributes gateway/store/prepared.py reads: still there, still meaning the same.
 
 `Prepared` binds values itself instead of letting SQLAlchemy do it per execution, so it reads
 what the compiled statement knows about its parameters: `bind_names`, `positiontup`,
@@ -17,7 +17,7 @@ import sqlalchemy
 from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, bindparam, insert, select, update
 from sqlalchemy.engine import Dialect
 
-from gateway.prepared import Prepared
+from gateway.store.prepared import Prepared
 
 VERSION = f"SQLAlchemy {sqlalchemy.__version__}"
 
@@ -40,7 +40,7 @@ def dialect(engine: Engine) -> Iterator[Dialect]:
 
 def read(compiled: Any, attribute: str) -> Any:
     assert hasattr(compiled, attribute), (
-        f"SQLCompiler.{attribute} is gone in {VERSION}: gateway/prepared.py's Prepared._compile reads it")
+        f"SQLCompiler.{attribute} is gone in {VERSION}: gateway/store/prepared.py's Prepared._compile reads it")
     return getattr(compiled, attribute)
 
 

@@ -1,4 +1,4 @@
-"""gateway.signing: real dkimpy signatures, verified by dkimpy against the published TXT record."""
+"""gateway.outbound.signing: real dkimpy signatures, verified by dkimpy against the published TXT record."""
 from __future__ import annotations
 
 import re
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from dkim.util import parse_tag_value
 
-from gateway.signing import DkimSigner, KeyPair, SigningError, dns_txt_lines, generate_keypair
+from gateway.outbound.signing import DkimSigner, KeyPair, SigningError, dns_txt_lines, generate_keypair
 
 DOMAIN = "mail.test"
 SELECTOR = "gw2025"

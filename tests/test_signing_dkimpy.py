@@ -1,4 +1,4 @@
-"""What gateway/signing.py relies on in dkimpy, and proof that its signatures stand on their own.
+"""What gateway/outbound/signing.py relies on in dkimpy, and proof that its signatures stand on their own.
 
 The RSA step of a signature is computed by OpenSSL while dkimpy signs for us (see
 `_rsa_step_in_openssl`). These tests check that the outbox's signatures verify in a Python
@@ -22,8 +22,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway import signing
-from gateway.signing import DKIMPY_CHECKED, DkimSigner, generate_keypair
+from gateway.outbound import signing
+from gateway.outbound.signing import DKIMPY_CHECKED, DkimSigner, generate_keypair
 from tests.conftest import MAIL_DOMAIN
 from tests.relay_sink import RelaySink
 from tests.test_outbound import SELECTOR, inquiry, outbound_gateway, reply, send_due
@@ -92,7 +92,7 @@ def test_outbox_signatures_verify_with_dkimpy_in_a_fresh_process(
 def test_dkimpy_is_a_version_the_rsa_step_was_checked_against() -> None:
     installed = version("dkimpy")
     assert installed in DKIMPY_CHECKED, (
-        f"dkimpy {installed} is not one gateway/signing.py's RSA step was checked against "
+        f"dkimpy {installed} is not one gateway/outbound/signing.py's RSA step was checked against "
         f"{DKIMPY_CHECKED}: read dkim.DomainSigner.gen_header and dkim.crypto.RSASSA_PKCS1_v1_5_sign "
         "in that version, then add it to DKIMPY_CHECKED (and widen pyproject.toml's bound if needed)")
 

@@ -1,0 +1,150 @@
+"""The do-nothing baselines every figure is printed beside, measured in the same run.
+
+- `smtp_baseline_main`: aiosmtpd whose handle_DATA answers "250 OK" at once, with the
+  gateway's SMTP settings, on uvloop (smtp_ingest).
+- `litestar_baseline_main`: a Litestar app with one POST route that reads the body (the
+  Mailgun route of webhook_ingest) or decodes the reply JSON (outbound's reply API) and
+  answers like the gateway, storing nothing; on uvicorn with uvloop and httptools.
+- `plain_smtp_loop_main`: aiosmtplib sending one pre-built message again and again (outbound).
+- `flanker_cpu`: flanker parsing mails and nothing else (processor_cpu).
+
+The Litestar routes are defined when that server starts, so the SMTP benchmark's processes
+never import Litestar. (No `from __future__ import annotations` here: Litestar reads the
+routes' annotations as objects.)
+"""
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+from bench.lib.mails import RCPT, SEED_SENDER
+from bench.lib.procs import pin
+
+
+class NullHandler:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 OK"
+
+
+def smtp_baseline_main(pipe: Any) -> None:
+    """A do-nothing aiosmtpd on the same kind of loop and with the gateway's SMTP settings."""
+    import uvloop
+    from aiosmtpd.smtp import SMTP
+
+    from bench.lib.gateway_calls import smtp_limits
+    from bench.lib.mails import MAIL_DOMAIN
+
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # as the gateway's process has it
+    size_limit, idle_timeout = smtp_limits()
+
+    async def main() -> None:
+        sock = socket.create_server(("127.0.0.1", 0))
+        handler = NullHandler()
+
+        def factory() -> SMTP:
+            return SMTP(handler, data_size_limit=size_limit, enable_SMTPUTF8=True, decode_data=False,
+                        hostname=MAIL_DOMAIN, ident="baseline ESMTP", timeout=idle_timeout)
+
+        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        pipe.send(("ready", {"smtp_port": sock.getsockname()[1]}))
+        await asyncio.to_thread(pipe.recv)  # "stop"
+        server.close()
+        await server.wait_closed()
+        pipe.send(("stopped", None))
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+def _route(name: str) -> Any:
+    import msgspec
+    from litestar import Request, Response, post
+    from litestar.params import JSONBody
+
+    if name == "mailgun":
+        @post("/webhooks/mailgun/mime", request_max_body_size=70 * 1024 * 1024, status_code=200)
+        async def mailgun(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+            """Read the body, answer as the gateway does, store nothing."""
+            await request.body()
+            return Response({"status": "stored", "id": 1}, status_code=200)
+
+        return mailgun
+
+    class ReplyBody(msgspec.Struct):
+        text: str
+
+    @post("/api/v1/conversations/{conversation_id:int}/replies", status_code=202)
+    async def reply(conversation_id: int, data: JSONBody[ReplyBody]) -> dict[str, Any]:
+        """Decode the same JSON, answer 202 with a small document, store nothing."""
+        return {"id": conversation_id, "direction": "outbound", "delivery": "queued", "text": data.text}
+
+    return reply
+
+
+def litestar_baseline_main(pipe: Any, route: str) -> None:
+    """A do-nothing Litestar app with the one route "mailgun" or "reply", pinned to the server core."""
+    import uvicorn
+    import uvloop
+    from litestar import Litestar
+
+    pin("server")
+    app = Litestar([_route(route)], logging_config=None, openapi_config=None)
+
+    async def main() -> None:
+        sock = socket.create_server(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, http="httptools", loop="none", lifespan="on",
+                                               access_log=False, log_level="warning"))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        pipe.send(("ready", {"http_port": sock.getsockname()[1]}))
+        await asyncio.to_thread(pipe.recv)  # "stop"
+        server.should_exit = True
+        await task
+        pipe.send(("stopped", None))
+
+    uvloop.run(main())
+
+
+def plain_smtp_loop_main(pipe: Any, port: int, message: bytes, count: int, connections: int, reuse: bool) -> None:
+    """aiosmtplib sending `message` `count` times over `connections` lanes, one message per
+    connection or reusing each; sends ("result", messages per second)."""
+    import aiosmtplib
+    import uvloop
+
+    pin("client")
+
+    async def main() -> float:
+        remaining = list(range(count))
+
+        async def lane() -> None:
+            smtp = None
+            while remaining:
+                remaining.pop()
+                if smtp is None:
+                    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+                    await smtp.connect()
+                await smtp.sendmail(RCPT, [SEED_SENDER], message)
+                if not reuse:
+                    await smtp.quit()
+                    smtp = None
+            if smtp is not None:
+                await smtp.quit()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(connections)))
+        return time.perf_counter() - started
+
+    pipe.send(("result", count / uvloop.run(main())))
+
+
+def flanker_cpu(texts: list[str]) -> float:
+    """CPU seconds flanker alone takes to parse `texts` (as the gateway imports it)."""
+    from bench.lib.gateway_calls import flanker_mime
+
+    parser = flanker_mime()
+    before = time.process_time()
+    for text in texts:
+        parser.from_string(text)
+    return time.process_time() - before
