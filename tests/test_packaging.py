@@ -60,3 +60,17 @@ def test_studio_add_refuses_bad_input_and_duplicates(tmp_path: Path) -> None:
                                  env={**env, "GATEWAY_SECRET_KEY": "changeme"}, capture_output=True, text=True,
                                  timeout=120)
     assert bad_setting.returncode == 2 and "GATEWAY_SECRET_KEY" in bad_setting.stderr
+
+
+def test_every_package_of_the_tree_is_listed_for_the_wheel() -> None:
+    """pyproject lists packages by hand (templates/ and config/ are mapped into gateway): each
+    stage's subpackage must be on that list, or a plain `pip install .` would lack it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+             for folder in ("gateway", "webhooks") for init in (ROOT / folder).rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+    for stage in ("gateway.mail", "gateway.store", "gateway.inbound", "gateway.inbound.mime", "gateway.outbound",
+                  "gateway.access", "gateway.inbox", "gateway.lifecycle", "gateway.backup", "gateway.cli"):
+        assert stage in found, stage
