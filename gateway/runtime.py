@@ -221,11 +221,15 @@ async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
     if gateway.processor:
         parts.append("worker running (inbound processing and outbox"
                      + (f", a backup every {settings.backup_interval_hours:g} h)" if gateway.backups else ")"))
-    log.info("gateway ready: %s (database %s)", ", ".join(parts),
-             make_url(settings.resolved_database_url).render_as_string(hide_password=True))
+    log.info("gateway ready: %s (database %s)", ", ".join(parts), database_shown(settings.resolved_database_url))
     await stop.wait()
     log.info("shutting down")
     await gateway.stop()
+
+
+def database_shown(url: str) -> str:
+    """The database URL as the logs may show it: SQLAlchemy's rendering without the password."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def run(settings: Settings, roles: Iterable[str]) -> None:

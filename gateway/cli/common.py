@@ -14,8 +14,6 @@ from sqlalchemy import Engine
 from gateway.settings import Settings, get_settings
 from gateway.store.db import get_engine, migrate
 
-Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
 
 def fail(message: str) -> int:
     """Say what went wrong on stderr, as every command does; exit status 1."""

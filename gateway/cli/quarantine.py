@@ -12,8 +12,6 @@ from gateway.store.db import read_tx, write_tx
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     from gateway.store.tables import INBOUND
-    from gateway.inbound.processor import drain
-    from gateway.runtime import REACTIONS
 
     settings = common.settings()
     engine = common.migrated(settings)
@@ -36,6 +34,10 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         if args.ids:
             query = query.where(INBOUND.c.id.in_(args.ids))
         count = conn.execute(query.values(status="pending", attempts=0, error=None)).rowcount
+    # Only a retry processes mail: `list` stays a read that loads no web stack or parser.
+    from gateway.inbound.processor import drain
+    from gateway.runtime import REACTIONS
+
     results = drain(engine, settings, REACTIONS)
     still = sum(1 for r in results if r.status == "quarantined")
     print(f"{count} put back; {len(results) - still} processed, {still} quarantined again")

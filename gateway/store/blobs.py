@@ -69,11 +69,10 @@ class DatabaseBlobStore:
         Blobs are shared (the same photo sent to two studios is one), so a blob goes only when
         the last reference does; the referring columns are found from the schema, so a new
         table that stores bytes is covered without touching this."""
-        refs = _blob_references()
-        for start in range(0, len(shas), _CHUNK):
-            chunk = sorted(shas)[start:start + _CHUNK]
-            used = or_(*(exists().where(ref == BLOB.c.sha256) for ref in refs))
-            conn.execute(delete(BLOB).where(BLOB.c.sha256.in_(chunk), ~used))
+        used = or_(*(exists().where(ref == BLOB.c.sha256) for ref in _blob_references()))
+        ordered = sorted(shas)
+        for start in range(0, len(ordered), _CHUNK):
+            conn.execute(delete(BLOB).where(BLOB.c.sha256.in_(ordered[start:start + _CHUNK]), ~used))
 
 
 def _blob_references() -> list[Column[Any]]:
