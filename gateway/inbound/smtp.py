@@ -13,29 +13,19 @@ import socket
 import ssl
 from typing import Any
 
-import inspect
-from email._header_value_parser import get_addr_spec, get_angle_addr
-from email.errors import HeaderParseError
-from functools import lru_cache
-
-import aiosmtpd.smtp
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from sqlalchemy import Engine
 
-from gateway.mail.addresses import parse_studio_address
-from gateway.inbound.directory import StudioDirectory
 from gateway.inbound.acceptor import Acceptor, TemporaryFailure
+from gateway.inbound.directory import StudioDirectory
 from gateway.inbound.intake import Envelope, FloodLimited
+from gateway.inbound.smtp_edge import FastSMTP
+from gateway.mail.addresses import parse_studio_address
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# The common path of MAIL/RCPT: <dot-atom@domain> (RFC 5321 4.1.2, ASCII), then parameters.
-# Anything else (quoted local parts, comments, UTF-8, source routes, "<>") takes the full parser.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*)>(?:[ \t]+([^(]*))?")
-
 # One place, one wording (RFC 3463 enhanced status codes).
 OK_RCPT = "250 2.1.5 Recipient OK"
 OK_QUEUED = "250 2.0.0 Message accepted for delivery ({id})"
@@ -122,42 +112,9 @@ class GatewayHandler:
         return ERR_TEMPORARY
 
 
-class _AuthMembersOnly:
-    """`inspect` as aiosmtpd.smtp sees it: `getmembers` lists only `auth_*` attributes.
-
-    aiosmtpd 1.4 builds a new protocol object per connection and, in its __init__, calls
-    inspect.getmembers on it and on the handler, only to keep the `auth_*` ones: about 50 µs of
-    a do-nothing connection's ~850 µs (bench/smtp_ingest.py, one message per connection). The
-    same answer, for those names, costs a few µs. Everything else is the real `inspect`.
-    """
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(inspect, name)
-
-    @staticmethod
-    def getmembers(obj: object) -> list[tuple[str, object]]:
-        names = set(_auth_names(type(obj)))
-        names.update(n for n in getattr(obj, "__dict__", {}) if n.startswith("auth_"))
-        members = []
-        for name in sorted(names):
-            try:
-                members.append((name, getattr(obj, name)))
-            except AttributeError:
-                continue
-        return members
-
-
-@lru_cache(maxsize=64)
-def _auth_names(cls: type) -> tuple[str, ...]:
-    return tuple(n for n in dir(cls) if n.startswith("auth_"))
-
-
-# aiosmtpd.smtp imports `inspect` for getmembers (auth_ names) and signature (the EHLO hook).
-aiosmtpd.smtp.inspect = _AuthMembersOnly()  # type: ignore[attr-defined]
-
-
-class GatewaySMTP(SMTP):
-    """aiosmtpd's SMTP with a connection cap and a deadline for the whole DATA phase."""
+class GatewaySMTP(FastSMTP):
+    """The tuned aiosmtpd protocol (smtp_edge.py) with a connection cap and a deadline for the
+    whole DATA phase."""
 
     def __init__(self, handler: GatewayHandler, *, counter: dict[str, int], max_connections: int,
                  data_timeout: float, **kwargs: Any) -> None:
@@ -176,30 +133,6 @@ class GatewaySMTP(SMTP):
                 return
             self._counter["open"] += 1
         super().connection_made(transport)
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd 1.4's own, minus the typing.Protocol class it defined on every call: that
-        class statement was two thirds of the cost of reading the address of each MAIL and RCPT."""
-        if not arg:
-            return "", ""
-        simple = _SIMPLE_PATH.fullmatch(arg)
-        if simple is not None:
-            addr, rest = simple.group(1), simple.group(2) or ""
-            if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
-                return None, None
-            return addr, rest
-        try:
-            if arg.lstrip().startswith("<"):
-                address, rest = get_angle_addr(arg)
-            else:
-                address, rest = get_addr_spec(arg)
-        except HeaderParseError:
-            return None, None
-        addr = address.addr_spec
-        localpart = addr.rpartition("@")[0]
-        if self.local_part_limit and len(localpart) > self.local_part_limit:
-            return None, None
-        return addr, rest
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._rejected:
