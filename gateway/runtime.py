@@ -13,7 +13,7 @@ import signal
 import socket
 import threading
 from functools import partial
-from typing import Callable, Iterable
+from typing import Callable, Coroutine, Iterable
 
 import uvicorn
 from litestar import Litestar
@@ -36,7 +36,9 @@ from gateway.lifecycle.account_deletion import CONFIRMATION, render_confirmation
 from gateway.lifecycle.helpdesk_mail import helpdesk_commands
 from gateway.outbound.compose import LateBodies
 from gateway.outbound.acknowledgements import acknowledge
+from gateway.logs import configure_logging
 from gateway.settings import Settings
+from gateway.worker_process import WorkerProcess, listen
 from gateway.inbound.smtp import start_smtp_server
 
 log = logging.getLogger(__name__)
@@ -89,9 +91,13 @@ class PeriodicRound:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, roles: Iterable[str] = ROLES, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, roles: Iterable[str] = ROLES, engine: Engine | None = None,
+                 worker: WorkerProcess | None = None) -> None:
+        """`worker`: the worker role runs in that child process (`gateway serve`); this one's
+        acceptor and reply API wake it instead of a processor and outbox of their own."""
         self.settings = settings
         self.roles = set(roles)
+        self.worker = worker
         unknown = self.roles - set(ROLES)
         if unknown:
             raise ValueError(f"unknown roles: {sorted(unknown)}")
@@ -140,8 +146,8 @@ class Gateway:
                 self.purger = PeriodicRound("purge", self.settings.purge_interval_hours * 3600,
                                             partial(purge, self.engine, self.settings))
                 self._purge_task = asyncio.create_task(self.purger.run(), name="purge")
-        self.acceptor = Acceptor(self.engine, self.settings,
-                                 on_stored=self.processor.wake if self.processor else None)
+        wake_processor = self.processor.wake if self.processor else self.worker.wake_processor if self.worker else None
+        self.acceptor = Acceptor(self.engine, self.settings, on_stored=wake_processor)
         await self.acceptor.start()
         if "smtp" in self.roles:
             self._smtp = await start_smtp_server(self.acceptor, self.engine, self.settings, sock=smtp_sock)
@@ -154,6 +160,8 @@ class Gateway:
             app.state.writes = self.writes
             if self.outbox is not None:
                 app.state.wake_outbox = self.outbox.wake
+            elif self.worker is not None:
+                app.state.wake_outbox = self.worker.wake_outbox
             if http_sock is None:
                 http_sock = socket.create_server((self.settings.http_host, self.settings.http_port))
             config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
@@ -206,8 +214,16 @@ def settle_heap() -> None:
 
 
 async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
-    gateway = Gateway(settings, roles)
+    roles = set(roles)
+    # `gateway serve` (all roles): the worker in a child process when the machine has the cores.
+    worker = WorkerProcess(worker_child, settings) if roles == set(ROLES) and settings.resolved_serve_worker_process \
+        else None
+    gateway = Gateway(settings, roles - {"worker"} if worker else roles, worker=worker)
     await gateway.start()
+    watching: asyncio.Task[None] | None = None
+    if worker is not None:
+        worker.start()  # after start(): the schema is migrated and the helpdesk exists
+        watching = asyncio.create_task(worker.watch(), name="worker process")
     settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -218,13 +234,40 @@ async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
         parts.append(f"SMTP on {gateway.smtp_address[0]}:{gateway.smtp_address[1]}")
     if gateway.http_address:
         parts.append(f"HTTP on http://{gateway.http_address[0]}:{gateway.http_address[1]}")
-    if gateway.processor:
-        parts.append("worker running (inbound processing and outbox"
-                     + (f", a backup every {settings.backup_interval_hours:g} h)" if gateway.backups else ")"))
+    if gateway.processor or worker:
+        where = f" in process {worker.pid}" if worker else ""
+        parts.append(f"worker running{where} (inbound processing and outbox"
+                     + (f", a backup every {settings.backup_interval_hours:g} h)"
+                        if settings.backup_interval_hours > 0 else ")"))
     log.info("gateway ready: %s (database %s)", ", ".join(parts), database_shown(settings.resolved_database_url))
     await stop.wait()
     log.info("shutting down")
     await gateway.stop()
+    if worker is not None:
+        await worker.stop()
+    if watching is not None:
+        await watching
+
+
+def worker_child(settings: Settings, channel: socket.socket) -> None:
+    """`gateway serve`'s worker process (gateway/worker_process.py): the worker role until the
+    parent closes the channel or sends SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent stops us in order
+    configure_logging(settings)
+    _run_loop(_worker_until_told(settings, channel))
+
+
+async def _worker_until_told(settings: Settings, channel: socket.socket) -> None:
+    gateway = Gateway(settings, ("worker",))
+    await gateway.start()
+    settle_heap()
+    stop = asyncio.Event()
+    assert gateway.processor is not None and gateway.outbox is not None
+    listen(channel, processor=gateway.processor.wake, outbox=gateway.outbox.wake, closed=stop.set)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await gateway.stop()
+    channel.close()
 
 
 def database_shown(url: str) -> str:
@@ -233,11 +276,15 @@ def database_shown(url: str) -> str:
 
 
 def run(settings: Settings, roles: Iterable[str]) -> None:
+    _run_loop(run_until_signalled(settings, roles))
+
+
+def _run_loop(main: Coroutine[None, None, None]) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        asyncio.run(run_until_signalled(settings, roles))
+        asyncio.run(main)
         return
     # uvloop keeps TCP_NODELAY and halves HTTP latency; aiosmtpd runs on it unchanged.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(run_until_signalled(settings, roles))
+        runner.run(main)

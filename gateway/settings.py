@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     public_url: str = ""                              # base URL of the HTTP API for links in mail; empty: no links
 
     log_level: str = "INFO"
+    # `gateway serve` runs its worker (processing, outbox, rounds) as a child process, so parsing
+    # doesn't take turns with accepting mail under one GIL (gateway/worker_process.py). Default:
+    # when the machine has a second core; false keeps every role in one process.
+    serve_worker_process: bool | None = None
 
     @field_validator("log_level")
     @classmethod
@@ -122,6 +126,14 @@ class Settings(BaseSettings):
         if not value or any(c in value for c in "@ \r\n\t<>"):
             raise ValueError("GATEWAY_MAIL_DOMAIN must be a bare domain such as mail.example.com")
         return value
+
+    @field_validator("smtp_tls_cert_file", "smtp_tls_key_file", "dkim_private_key_file", "ses_cert_ca_file",
+                     "backup_dir", "pg_bin_dir", "serve_worker_process", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`GATEWAY_X=` as config/example.env writes it means "not set": without this an empty
+        path became Path(".") (a TLS certificate file named ".") and an empty switch an error."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("mailgun_signing_key", "sendgrid_basic_auth", "postmark_basic_auth")
     @classmethod
@@ -221,6 +233,12 @@ class Settings(BaseSettings):
     @property
     def resolved_backup_dir(self) -> Path:
         return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
+
+    @property
+    def resolved_serve_worker_process(self) -> bool:
+        if self.serve_worker_process is not None:
+            return self.serve_worker_process
+        return len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) >= 2
 
     @property
     def resolved_database_url(self) -> str:

@@ -7,6 +7,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -97,3 +98,105 @@ def test_settle_heap_takes_start_up_objects_out_of_full_collections() -> None:
         assert gc.collect() >= 2  # new garbage in cycles is still collected
     finally:
         gc.unfreeze()
+
+
+class Serve:
+    """`gateway serve` as a subprocess on a fresh data directory, with one studio."""
+
+    def __init__(self, tmp_path: Path, **env: str) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        self.env.update(GATEWAY_DATA_DIR=str(tmp_path / "data"), GATEWAY_SMTP_PORT="0", GATEWAY_HTTP_PORT="0",
+                        GATEWAY_MAIL_DOMAIN="mail.test", **env)
+        add = subprocess.run(gateway_command() + ["studio", "add", "inkwell", "--name", "Inkwell",
+                                                  "--owner-email", "owner@inkwell.example", "--json"],
+                             env=self.env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True)
+        self.token = re.search(r'"token": "([^"]+)"', add.stdout).group(1)  # type: ignore[union-attr]
+        self.proc = subprocess.Popen(gateway_command() + ["serve"], env=self.env, cwd=tmp_path,
+                                     stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        self.ready = next((line for line in self.proc.stderr if "gateway ready" in line), "")
+        match = re.search(r"SMTP on 127\.0\.0\.1:(\d+), HTTP on (http://127\.0\.0\.1:\d+)", self.ready)
+        assert match, self.ready
+        self.smtp_port, self.base_url = int(match.group(1)), match.group(2)
+
+    def send(self, subject: str) -> None:
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as client:
+            client.sendmail("guest@example.org", ["inkwell@mail.test"], make_mail(subject=subject))
+
+    def wait_listed(self, subjects: set[str], timeout: float = 60) -> bool:
+        """Poll the API (bounded) until every subject is listed: a second process has no hook to wait on."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.token}"}) as api:
+            while time.monotonic() < deadline:
+                listed = {item["subject"] for item in api.get("/api/v1/conversations").json()["items"]}
+                if subjects <= listed:
+                    return True
+                time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _gone(pid: int, timeout: float = 30) -> bool:
+    """True once `pid` no longer runs (a zombie not yet reaped counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_serve_runs_its_worker_in_a_child_process_that_restarts_and_stops_with_it(tmp_path: Path) -> None:
+    """The processor beside the servers, not under their GIL; still one command to run and stop."""
+    serve = Serve(tmp_path, GATEWAY_SERVE_WORKER_PROCESS="true")
+    try:
+        match = re.search(r"worker running in process (\d+)", serve.ready)
+        assert match, serve.ready
+        child = int(match.group(1))
+        assert _parent_of(child) == serve.proc.pid
+        serve.send("vor dem Absturz")
+        assert serve.wait_listed({"vor dem Absturz"})
+
+        os.kill(child, signal.SIGKILL)           # a worker that dies is started again
+        assert _gone(child)
+        serve.send("nach dem Absturz")
+        assert serve.wait_listed({"vor dem Absturz", "nach dem Absturz"})
+
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(timeout=60) == 0
+        assert serve.proc.stderr is not None
+        log = serve.proc.stderr.read()
+        restarted = re.search(r"worker process (\d+) started", log)
+        assert restarted and "exited with code -9" in log, log
+        assert _gone(int(restarted.group(1)))  # no worker outlives its server
+    finally:
+        serve.close()
+
+
+def test_serve_keeps_one_process_when_told(tmp_path: Path) -> None:
+    serve = Serve(tmp_path, GATEWAY_SERVE_WORKER_PROCESS="false")
+    try:
+        assert "worker running (inbound processing" in serve.ready
+        serve.send("ein Prozess")
+        assert serve.wait_listed({"ein Prozess"})
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(timeout=60) == 0
+    finally:
+        serve.close()

@@ -42,3 +42,15 @@ def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:
 def test_bad_values_are_refused(field: str, value: str) -> None:
     with pytest.raises(ValidationError):
         Settings(**{field: value})
+
+
+def test_the_example_file_as_written_starts_with_its_defaults(tmp_path: Path) -> None:
+    """Copying config/example.env unchanged must give the defaults: `GATEWAY_X=` means unset,
+    not a path named "." (a TLS certificate the server then failed to load) or an error."""
+    example = tmp_path / "gateway.env"
+    example.write_text(EXAMPLE.read_text())
+    settings = Settings(_env_file=example)  # type: ignore[call-arg]
+    assert settings.smtp_tls_cert_file is None and settings.smtp_tls_key_file is None
+    assert settings.dkim_private_key_file is None and settings.backup_dir is None and settings.pg_bin_dir is None
+    assert settings.serve_worker_process is None
+    assert Settings(serve_worker_process="false").resolved_serve_worker_process is False  # type: ignore[arg-type]

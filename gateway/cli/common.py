@@ -5,12 +5,12 @@ small commands then start without loading the web stack, the SMTP server and the
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
+from gateway.logs import configure_logging  # noqa: F401 - every command sets logging up through here
 from gateway.settings import Settings, get_settings
 from gateway.store.db import get_engine, migrate
 
@@ -35,9 +35,3 @@ def migrated(settings: Settings) -> Engine:
     """The database, brought up to date first: any command may be the first one run."""
     migrate(settings.resolved_database_url)
     return get_engine(settings.resolved_database_url)
-
-
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO

@@ -1,0 +1,150 @@
+"""`gateway serve`'s worker in a second process: processing beside the servers, not under their GIL.
+
+One Python process runs one thread at a time. With SMTP, HTTP and the processor in one process,
+parsing and threading mail took turns with accepting it, on one core of the machine's two, and
+mail became visible at about a third of the rate a do-nothing SMTP server accepts it
+(bench/smtp_ingest.py, end to end). `gateway serve` therefore starts the Procfile's `worker`
+role as a child process of its own, on the same database, and stays one command: the child is
+started, woken, restarted and stopped by the parent.
+
+- **Waking.** The parent holds one end of a socket pair and sends one byte per reason: `p`
+  when mail was stored (the acceptor's `on_stored`), `o` when a reply was queued. A lost byte
+  costs at most the worker's poll interval, never mail: the worker also polls the database.
+- **Stopping.** Closing the pair stops the child: the parent closes it on shutdown, and the
+  kernel closes it when the parent dies, even by `kill -9`, so no worker outlives its server.
+  Ctrl-C reaches the whole process group; the child ignores SIGINT and waits for its parent.
+- **Restarting.** A child that dies on its own is started again after a pause that doubles up
+  to a minute. Claims are row locks and leases in the database (gateway/inbound/processor.py,
+  gateway/outbound/outbox.py), so the new child takes over what the old one left.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import socket
+from collections.abc import Callable
+
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+WAKE_PROCESSOR = b"p"
+WAKE_OUTBOX = b"o"
+STOP_TIMEOUT = 30.0           # seconds the child gets to finish a batch and a send on shutdown
+RESTART_PAUSE = (1.0, 60.0)   # first and longest pause before a died child is started again
+
+ChildMain = Callable[[Settings, socket.socket], None]
+
+
+class WorkerProcess:
+    """The parent's handle on the worker child: start, wake, watch, stop."""
+
+    def __init__(self, main: ChildMain, settings: Settings) -> None:
+        self._main = main
+        self._settings = settings
+        self._context = multiprocessing.get_context("spawn")  # no inherited threads, loops or engines
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._channel: socket.socket | None = None
+        self._stopping = False
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        parent_end, child_end = socket.socketpair()
+        parent_end.setblocking(False)
+        process = self._context.Process(target=self._main, args=(self._settings, child_end),
+                                        name="gateway-worker", daemon=False)
+        process.start()
+        child_end.close()
+        self._process, self._channel = process, parent_end
+        log.info("worker process %s started", process.pid)
+
+    def wake_processor(self) -> None:
+        self._send(WAKE_PROCESSOR)
+
+    def wake_outbox(self) -> None:
+        self._send(WAKE_OUTBOX)
+
+    def _send(self, reason: bytes) -> None:
+        channel = self._channel
+        if channel is None:
+            return
+        # A full pair means the child has wake-ups it hasn't read yet; a broken one, that it died
+        # (watch() starts another, which looks for work on its own). Neither may fail the caller,
+        # which is storing mail.
+        with contextlib.suppress(BlockingIOError, ConnectionError, OSError):
+            channel.send(reason)
+
+    async def watch(self) -> None:
+        """Start the child again whenever it dies on its own, until stop()."""
+        pause = RESTART_PAUSE[0]
+        while not self._stopping:
+            process = self._process
+            if process is None:
+                return
+            await asyncio.to_thread(process.join)
+            if self._stopping:
+                return
+            log.error("worker process %s exited with code %s; starting another in %.0f s",
+                      process.pid, process.exitcode, pause)
+            self._close_channel()
+            await asyncio.sleep(pause)
+            if self._stopping:
+                return
+            pause = min(pause * 2, RESTART_PAUSE[1])
+            self.restarts += 1
+            self.start()
+
+    async def stop(self) -> None:
+        """Close the pair (the child's signal to finish), wait for it, and make sure it is gone."""
+        self._stopping = True
+        self._close_channel()
+        process = self._process
+        if process is None:
+            return
+        await asyncio.to_thread(process.join, STOP_TIMEOUT)
+        if process.is_alive():
+            log.warning("worker process %s did not stop in %.0f s; terminating it", process.pid, STOP_TIMEOUT)
+            process.terminate()
+            await asyncio.to_thread(process.join, 5)
+            if process.is_alive():
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+
+def listen(channel: socket.socket, *, processor: Callable[[], None], outbox: Callable[[], None],
+           closed: Callable[[], None]) -> None:
+    """The child's side: call `processor`/`outbox` per wake-up byte, `closed` when the parent is gone.
+
+    Runs on the child's event loop (a reader callback), so the callbacks may touch the loop's
+    objects (the outbox's asyncio.Event) directly.
+    """
+    loop = asyncio.get_running_loop()
+    channel.setblocking(False)
+
+    def readable() -> None:
+        try:
+            data = channel.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(channel)
+            closed()
+            return
+        if WAKE_PROCESSOR in data:
+            processor()
+        if WAKE_OUTBOX in data:
+            outbox()
+
+    loop.add_reader(channel, readable)
