@@ -82,3 +82,11 @@ def test_protocol_names_are_those_aiosmtpd_finds() -> None:
         assert sorted(fast._handle_hooks) == sorted(stock._handle_hooks) == ["DATA"]
     finally:
         loop.close()
+
+
+def test_the_gateway_handler_shows_aiosmtpd_every_hook() -> None:
+    """GatewayHandler answers dir() from a cache: aiosmtpd must still find all its handle_* hooks."""
+    from gateway.inbound.smtp import GatewayHandler
+
+    hooks = sorted(n for n in vars(GatewayHandler) if n.startswith("handle_"))
+    assert hooks and [n for n in dir(GatewayHandler.__new__(GatewayHandler)) if n.startswith("handle_")] == hooks

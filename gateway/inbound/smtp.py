@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from gateway.inbound.acceptor import Acceptor, TemporaryFailure
 from gateway.inbound.directory import StudioDirectory
 from gateway.inbound.intake import Envelope, FloodLimited
-from gateway.inbound.smtp_edge import FastSMTP
+from gateway.inbound.smtp_edge import FastSMTP, protocol_names
 from gateway.mail.addresses import parse_studio_address
 from gateway.settings import Settings
 
@@ -57,6 +57,10 @@ class GatewayHandler:
         self.acceptor = acceptor
         self.directory = directory
         self.settings = settings
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's SMTP.__init__ searches dir(handler) for hooks on every connection (smtp_edge.py).
+        return protocol_names(type(self))
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           address: str, mail_options: list[str]) -> str:
