@@ -1,8 +1,13 @@
 """The load clients, each run in a process of its own and identical for baseline and gateway.
 
 SMTP: a raw-asyncio client, C connections, one message per connection ("per-conn": connect,
-EHLO, one transaction, QUIT) or many per connection ("reuse"); latency is time-to-250 from
-connect (per-conn) or MAIL FROM (reuse) to the reply after the final dot.
+EHLO, one transaction, QUIT) or K messages on each of C kept connections ("reuse"). It reads
+the EHLO reply and talks as Postfix's smtp client does: when the server offers PIPELINING,
+MAIL FROM, RCPT TO and DATA go out in one write and their three replies are read after it
+(RFC 2920); otherwise each command waits for its reply. After 354 the body, then the final
+dot, then the 250 is awaited before the next transaction starts. Two latencies per 250:
+"send" from connect (per-conn) or MAIL FROM (reuse) to the 250, and "dot" from writing the
+final dot (the body already handed to the kernel) to reading the 250.
 
 HTTP: a raw-asyncio HTTP/1.1 keep-alive client, C connections sending pre-built requests
 back to back; latency from the first byte written to the last byte of the answer.
@@ -30,7 +35,8 @@ from bench.lib.procs import pin
 class ClientResult:
     sent: int = 0
     codes: Counter = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)   # seconds, 250s only
+    latencies: list[float] = field(default_factory=list)       # seconds, 250s only: send → 250
+    dot_latencies: list[float] = field(default_factory=list)   # seconds, 250s only: final dot → 250
     inbound_ids: list[int] = field(default_factory=list)
     t_first: float = 0.0          # time.monotonic() of the first message's start
     t_last: float = 0.0           # time.monotonic() of the last 250
@@ -38,6 +44,7 @@ class ClientResult:
     timed_out: bool = False
     wire_bytes: int = 0
     cpu_seconds: float = 0.0
+    pipelining: Counter = field(default_factory=Counter)       # connections by "PIPELINING offered?"
 
     @property
     def ok(self) -> int:
@@ -45,17 +52,19 @@ class ClientResult:
 
 
 _ID_RE = re.compile(rb"\((\d+)\)")
+_END_OF_DATA = b"\r\n.\r\n"   # the body's last line has no CRLF of its own (mails.make_message)
 
 
-async def _reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    last = b""
+async def _reply(reader: asyncio.StreamReader, lines: list[bytes] | None = None) -> tuple[int, bytes]:
+    """The code and last line of one (possibly multi-line) reply; every line into `lines` if given."""
     while True:
         line = await reader.readline()
         if not line:
             raise ConnectionError("connection closed by server")
-        last = line
+        if lines is not None:
+            lines.append(line)
         if line[3:4] != b"-":
-            return int(line[:3]), last
+            return int(line[:3]), line
 
 
 async def _command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes) -> tuple[int, bytes]:
@@ -63,36 +72,71 @@ async def _command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, l
     return await _reply(reader)
 
 
-async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+    """A connection past EHLO, and whether the server offers PIPELINING."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # With no buffer allowed, drain() returns only once every byte written is with the kernel:
+    # the end-of-DATA clock starts when the body has left, also for a 200 KB body.
+    writer.transport.set_write_buffer_limits(high=0)
     code, _ = await _reply(reader)
     if code != 220:
         raise ConnectionError(f"greeting {code}")
-    code, _ = await _command(reader, writer, b"EHLO bench.client.example\r\n")
+    writer.write(b"EHLO bench.client.example\r\n")
+    lines: list[bytes] = []
+    code, _ = await _reply(reader, lines)
     if code != 250:
         raise ConnectionError(f"EHLO {code}")
-    return reader, writer
+    keywords = {line[4:].split(maxsplit=1)[0].upper() for line in lines[1:] if line[4:].strip()}
+    return reader, writer, b"PIPELINING" in keywords
 
 
-async def _transaction(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       msg: tuple[str, bytes, bool]) -> tuple[int, bytes]:
-    sender, data, eight_bit = msg
-    code, text = await _command(reader, writer, f"MAIL FROM:<{sender}>{' BODY=8BITMIME' if eight_bit else ''}\r\n".encode())
-    if code != 250:
+async def _envelope(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mail: bytes, rcpt: bytes,
+                    pipelining: bool) -> tuple[int, bytes]:
+    """MAIL, RCPT and DATA: (354, ...) when the body may follow, else the reply that refused,
+    with the transaction reset as Postfix does."""
+    if not pipelining:
+        code, text = await _command(reader, writer, mail)
+        if code != 250:
+            return code, text
+        code, text = await _command(reader, writer, rcpt)
+        if code != 250:
+            await _command(reader, writer, b"RSET\r\n")
+            return code, text
+        code, text = await _command(reader, writer, b"DATA\r\n")
+        if code != 354:
+            await _command(reader, writer, b"RSET\r\n")
         return code, text
-    code, text = await _command(reader, writer, f"RCPT TO:<{RCPT}>\r\n".encode())
-    if code != 250:
+    writer.write(mail + rcpt + b"DATA\r\n")  # RFC 2920: one group, then its three replies
+    replies = [await _reply(reader) for _ in range(3)]
+    refused = next((reply for reply, want in zip(replies, (250, 250, 354)) if reply[0] != want), None)
+    if refused is None:
+        return replies[2]
+    if replies[2][0] == 354:
+        # A server must refuse DATA after a refused MAIL or every RCPT refused (RFC 2920 3.1);
+        # one that says 354 anyway gets an empty message, as Postfix sends it.
+        await _command(reader, writer, b".\r\n")
+    if replies[0][0] == 250:
         await _command(reader, writer, b"RSET\r\n")
-        return code, text
-    code, text = await _command(reader, writer, b"DATA\r\n")
+    return refused
+
+
+async def _transaction(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, msg: tuple[str, bytes, bool],
+                       pipelining: bool) -> tuple[int, bytes, float]:
+    """One message: the final reply's code and line, and when the final dot was written (0 if not)."""
+    sender, data, eight_bit = msg
+    mail = f"MAIL FROM:<{sender}>{' BODY=8BITMIME' if eight_bit else ''}\r\n".encode()
+    code, text = await _envelope(reader, writer, mail, f"RCPT TO:<{RCPT}>\r\n".encode(), pipelining)
     if code != 354:
-        return code, text
+        return code, text, 0.0
     writer.write(data)
-    writer.write(b"\r\n.\r\n")
-    return await _reply(reader)
+    await writer.drain()
+    t_dot = time.monotonic()
+    writer.write(_END_OF_DATA)
+    code, text = await _reply(reader)
+    return code, text, t_dot
 
 
 async def _close(writer: asyncio.StreamWriter | None) -> None:
@@ -104,17 +148,21 @@ async def _close(writer: asyncio.StreamWriter | None) -> None:
 
 async def smtp_load(port: int, messages: list[tuple[str, bytes, bool]], connections: int, mode: str,
                    timeout: float) -> ClientResult:
-    """Send every message; `mode` is "per-conn" (connect, one message, QUIT) or "reuse"."""
+    """Send every message. `mode` "per-conn": C workers take messages from one queue and open a
+    connection for each (connect, EHLO, one transaction, QUIT); "reuse": connection i sends
+    messages[i::C] one transaction after another on one connection (reconnecting after an error)."""
     result = ClientResult()
     queue = list(range(len(messages)))
     queue.reverse()
     loop_time = time.monotonic
 
-    def record(start: float, code: int, text: bytes) -> None:
+    def record(start: float, code: int, text: bytes, t_dot: float) -> None:
         now = loop_time()
         result.codes[code] += 1
         if code == 250:
             result.latencies.append(now - start)
+            if t_dot:
+                result.dot_latencies.append(now - t_dot)
             result.t_last = max(result.t_last, now)
             match = _ID_RE.search(text)
             if match:
@@ -127,38 +175,40 @@ async def smtp_load(port: int, messages: list[tuple[str, bytes, bool]], connecti
         result.sent += 1
         return now
 
+    def failed(exc: Exception) -> None:
+        result.errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
+
     async def per_connection() -> None:
         while queue:
             msg = messages[queue.pop()]
             start = started()
             writer = None
             try:
-                reader, writer = await _open(port)
-                code, text = await _transaction(reader, writer, msg)
-                record(start, code, text)
+                reader, writer, pipelining = await _open(port)
+                result.pipelining[pipelining] += 1
+                record(start, *await _transaction(reader, writer, msg, pipelining))
                 writer.write(b"QUIT\r\n")
                 await _reply(reader)
             except (OSError, ConnectionError) as exc:
-                result.errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
+                failed(exc)
             finally:
                 await _close(writer)
 
-    async def reused() -> None:
+    async def reused(lane: int) -> None:
         reader = writer = None
+        pipelining = False
         try:
-            while queue:
-                msg = messages[queue.pop()]
-                if writer is None:
-                    reader, writer = await _open(port)
+            for msg in messages[lane::connections]:
                 start = started()
                 try:
-                    code, text = await _transaction(reader, writer, msg)
+                    if writer is None:
+                        reader, writer, pipelining = await _open(port)
+                        result.pipelining[pipelining] += 1
+                    record(start, *await _transaction(reader, writer, msg, pipelining))
                 except (OSError, ConnectionError) as exc:
-                    result.errors[type(exc).__name__ + ": " + str(exc)[:80]] += 1
-                    writer.close()
+                    failed(exc)
+                    await _close(writer)
                     reader = writer = None
-                    continue
-                record(start, code, text)
             if writer is not None:
                 writer.write(b"QUIT\r\n")
                 with contextlib.suppress(Exception):
@@ -166,8 +216,10 @@ async def smtp_load(port: int, messages: list[tuple[str, bytes, bool]], connecti
         finally:
             await _close(writer)
 
-    worker = per_connection if mode == "per-conn" else reused
-    tasks = [asyncio.ensure_future(worker()) for _ in range(connections)]
+    if mode == "per-conn":
+        tasks = [asyncio.ensure_future(per_connection()) for _ in range(connections)]
+    else:
+        tasks = [asyncio.ensure_future(reused(lane)) for lane in range(connections)]
     done, pending = await asyncio.wait(tasks, timeout=timeout)
     for task in pending:
         task.cancel()
@@ -183,7 +235,8 @@ async def smtp_load(port: int, messages: list[tuple[str, bytes, bool]], connecti
 
 def smtp_client_main(pipe: Any, port: int, run: str, count: int, size: str, connections: int,
                      mode: str, timeout: float) -> None:
-    """Client process: build the messages first (untimed), say ready with their mean size, send on "go"."""
+    """Client process: build the messages first (untimed), say ready with their mean size, send on
+    "go". The client runs on uvloop so that it is not what limits the servers."""
     import uvloop
 
     messages = [make_message(run, i, size) for i in range(count)]

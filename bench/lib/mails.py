@@ -1,14 +1,16 @@
 """The benchmarks' mail: German inquiries to one studio, each from its own guest.
 
-`make_message` is what the SMTP benchmark sends and the processor benchmark stores (~4 KB,
-umlauts, half 8bit UTF-8 and half quoted-printable; or ~200 KB with a JPEG attachment that
-never dedupes). `short_inquiry` is the body of every Mailgun post of the webhook benchmark,
+`make_message` is what the SMTP benchmark sends and the processor benchmark stores: ~4 KB
+multipart/alternative (text/plain and text/html of one German text, umlauts, half 8bit UTF-8
+and half quoted-printable, each with its own Message-ID), or ~200 KB with a JPEG attachment
+that never dedupes. `short_inquiry` is the body of every Mailgun post of the webhook benchmark,
 `seed_inquiry` the one inquiry the outbound benchmark replies to.
 """
 from __future__ import annotations
 
 import base64
 import email.utils
+import html
 import quopri
 import random
 import textwrap
@@ -85,19 +87,50 @@ def _jpeg_like(rng: random.Random, size: int) -> bytes:
     return header + rng.randbytes(max(0, size - len(header) - 2)) + b"\xff\xd9"
 
 
+def _html(text: str) -> str:
+    """The HTML alternative of a plain body, as a mail client writes it: one <p> a paragraph
+    (short lines, the greeting and signature, kept apart with <br>), lines wrapped at 76 columns
+    (an 8bit part must stay under 998 octets a line)."""
+    paragraphs = []
+    for para in text.split("\n\n"):
+        lines = [html.escape(line) for line in para.split("\n")]
+        paragraphs.append(("<br>\n" if max(map(len, lines)) < 40 else " ").join(lines))
+    body = "\n".join(f"<p>{p}</p>" for p in paragraphs)
+    lines: list[str] = []
+    for line in body.split("\n"):
+        lines.extend(textwrap.wrap(line, 76, break_long_words=False, break_on_hyphens=False) or [""])
+    return ('<!DOCTYPE html>\n<html>\n<head>\n<meta http-equiv="Content-Type" content="text/html; '
+            'charset=UTF-8">\n</head>\n<body>\n' + "\n".join(lines) + "\n</body>\n</html>")
+
+
+def _part(content_type: str, cte: str, text: str) -> bytes:
+    body = text.encode() if cte == "8bit" else quopri.encodestring(text.encode()).rstrip(b"\n")
+    return (f"Content-Type: {content_type}; charset=UTF-8\nContent-Transfer-Encoding: {cte}\n\n").encode() + body
+
+
+def _multipart(kind: str, boundary: str, parts: list[bytes], preamble: bytes = b"") -> tuple[str, bytes]:
+    """(Content-Type value, body) of a multipart entity."""
+    delimiter = b"--" + boundary.encode()
+    body = preamble + b"".join(delimiter + b"\n" + part + b"\n" for part in parts) + delimiter + b"--"
+    return f'multipart/{kind}; boundary="{boundary}"', body
+
+
 def make_message(run: str, index: int, size: str) -> tuple[str, bytes, bool]:
-    """(envelope sender, wire bytes, needs BODY=8BITMIME) for one distinct guest and subject."""
+    """(envelope sender, wire bytes, needs BODY=8BITMIME) for one distinct guest and subject.
+
+    "small": ~4 KB multipart/alternative, text/plain and text/html of the same German text, as
+    Thunderbird sends it; half the parts 8bit UTF-8 (sent with BODY=8BITMIME), half
+    quoted-printable. "200k": the same alternative inside multipart/mixed with a ~195 KB
+    base64 JPEG-like attachment that never dedupes (quoted-printable text).
+    The wire bytes are CRLF-terminated lines, dot-stuffed, without the final CRLF.CRLF."""
     rng = random.Random(f"{run}-{index}")
     name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
     sender = f"guest{index}.{run}@example.org"
     motif = rng.choice(_MOTIFS)
     subject = f"Anfrage Tattoo-Termin #{index}: {motif} – Größe & Preis?"
     eight_bit = size == "small" and index % 2 == 0   # half 8bit UTF-8, half quoted-printable
-    text = _german_body(rng, name, motif, 3600)
-    if eight_bit:
-        cte, body = "8bit", text.encode()
-    else:
-        cte, body = "quoted-printable", quopri.encodestring(text.encode())
+    cte = "8bit" if eight_bit else "quoted-printable"
+    text = _german_body(rng, name, motif, 1450)
     headers = [
         f"From: {email.utils.formataddr((name, sender), charset='utf-8')}",
         f"To: Inkwell Tattoo <{RCPT}>",
@@ -106,24 +139,24 @@ def make_message(run: str, index: int, size: str) -> tuple[str, bytes, bool]:
         f"Message-ID: <bench.{run}.{index}.{uuid.uuid4().hex[:8]}@example.org>",
         "MIME-Version: 1.0",
         "User-Agent: Mozilla/5.0 Thunderbird/115.10.1",
+        "Content-Language: de-DE",
     ]
+    tag = f"{index:06d}{rng.getrandbits(48):012x}"
+    alternative = _multipart("alternative", f"------------alt{tag}",
+                             [_part("text/plain; format=flowed", cte, text), _part("text/html", cte, _html(text))])
     if size == "small":
-        headers += ["Content-Type: text/plain; charset=utf-8; format=flowed",
-                    f"Content-Transfer-Encoding: {cte}"]
-        raw = "\n".join(headers).encode() + b"\n\n" + body
+        content_type, body = alternative
     else:
-        boundary = f"------------bench{index:06d}{rng.getrandbits(48):012x}"
-        head = "\n".join(headers + [f'Content-Type: multipart/mixed; boundary="{boundary}"']).encode()
-        part_text = (b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: "
-                     + cte.encode() + b"\n\n" + body)
-        fixed = len(head) + len(part_text) + 400
+        inner = f"Content-Type: {alternative[0]}\n\n".encode() + alternative[1]
+        fixed = len("\n".join(headers)) + len(inner) + 500
         payload = max(1024, (SIZE_200K - fixed) * 57 // 78)   # base64 grows 4/3 plus CRLF per 76
-        image = base64.encodebytes(_jpeg_like(rng, payload))
-        raw = (head + b"\n\nThis is a multi-part message in MIME format.\n--" + boundary.encode() + b"\n"
-               + part_text + b"\n--" + boundary.encode() + b"\n"
-               + f'Content-Type: image/jpeg; name="motiv-skizze-{index}.jpg"\n'.encode()
-               + f'Content-Disposition: attachment; filename="motiv-skizze-{index}.jpg"\n'.encode()
-               + b"Content-Transfer-Encoding: base64\n\n" + image + b"\n--" + boundary.encode() + b"--\n")
+        image = base64.encodebytes(_jpeg_like(rng, payload)).rstrip(b"\n")
+        attachment = (f'Content-Type: image/jpeg; name="motiv-skizze-{index}.jpg"\n'
+                      f'Content-Disposition: attachment; filename="motiv-skizze-{index}.jpg"\n'
+                      "Content-Transfer-Encoding: base64\n\n").encode() + image
+        content_type, body = _multipart("mixed", f"------------mix{tag}", [inner, attachment],
+                                        b"This is a multi-part message in MIME format.\n")
+    raw = "\n".join(headers + [f"Content-Type: {content_type}"]).encode() + b"\n\n" + body
     return sender, _crlf_dotstuff(raw), eight_bit
 
 

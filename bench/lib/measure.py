@@ -21,8 +21,10 @@ from bench.lib.report import percentile
 @dataclass
 class SmtpFigure:
     rate: float
-    p50_ms: float
+    p50_ms: float                # send → 250: from connect (per-conn) or MAIL FROM (reuse)
     p99_ms: float
+    dot_p50_ms: float            # end of DATA → 250: from writing the final dot
+    dot_p99_ms: float
     ok: int
     sent: int
     codes: Counter
@@ -32,6 +34,7 @@ class SmtpFigure:
     avg_size: float
     server_cpu: float = 0.0      # share of one core used by the server process during the run
     client_cpu: float = 0.0
+    pipelining: bool | None = None  # whether the server offered PIPELINING (None: no connection)
 
 
 def measure_smtp(ctx: Any, deadline: Deadline, port: int, count: int, size: str, connections: int, mode: str,
@@ -50,13 +53,17 @@ def measure_smtp(ctx: Any, deadline: Deadline, port: int, count: int, size: str,
         server_cpu = (proc_cpu(server_pid) - server_before) / max(1e-9, time.monotonic() - wall_before)
     finally:
         client.close()
-    lat = sorted(result.latencies)
+    lat, dot = sorted(result.latencies), sorted(result.dot_latencies)
     span = result.t_last - result.t_first
+    if len(result.pipelining) > 1:
+        raise BenchAborted(f"{label}: the server offered PIPELINING on some connections only {dict(result.pipelining)}")
     figure = SmtpFigure(rate=result.ok / span if span > 0 else 0.0, p50_ms=1000 * percentile(lat, 0.50),
-                        p99_ms=1000 * percentile(lat, 0.99), ok=result.ok, sent=result.sent, codes=result.codes,
-                        errors=result.errors, timed_out=result.timed_out, t_first=result.t_first,
-                        avg_size=avg_size, server_cpu=server_cpu,
-                        client_cpu=result.cpu_seconds / span if span > 0 else 0.0)
+                        p99_ms=1000 * percentile(lat, 0.99), dot_p50_ms=1000 * percentile(dot, 0.50),
+                        dot_p99_ms=1000 * percentile(dot, 0.99), ok=result.ok, sent=result.sent,
+                        codes=result.codes, errors=result.errors, timed_out=result.timed_out,
+                        t_first=result.t_first, avg_size=avg_size, server_cpu=server_cpu,
+                        client_cpu=result.cpu_seconds / span if span > 0 else 0.0,
+                        pipelining=next(iter(result.pipelining), None))
     if result.timed_out:
         raise BenchAborted(f"client timed out in {label} after {result.ok} of {count} messages")
     return figure, result

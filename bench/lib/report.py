@@ -1,6 +1,8 @@
 """How the benchmarks summarise: percentiles, ratios to a baseline, verdicts and tables."""
 from __future__ import annotations
 
+import statistics
+
 
 def percentile(sorted_values: list[float], q: float) -> float:
     """The value at rank q·(n−1), rounded, of an ascending list; NaN for an empty one."""
@@ -13,6 +15,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def ratio(value: float, baseline: float) -> float:
     """value / baseline, 0 when the baseline measured nothing."""
     return value / baseline if baseline else 0.0
+
+
+def spread(values: list[float], fmt: str = ",.0f", unit: str = "") -> str:
+    """"median (min–max)" of a figure measured in several rounds; one value alone as it is."""
+    if not values:
+        return "–"
+    median = f"{statistics.median(values):{fmt}}{unit}"
+    if len(values) == 1:
+        return median
+    return f"{median} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
 def met(ok: bool) -> str:
