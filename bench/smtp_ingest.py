@@ -5,9 +5,11 @@ Issue 20's "Proof" is the spec. Every process runs on its own, over loopback:
   baseline  stock aiosmtpd.smtp.SMTP whose handle_DATA answers "250 OK" at once, with the
             gateway's SMTP settings (size limit, decode_data=False, SMTPUTF8, idle timeout),
             on the stock asyncio event loop. It does not offer PIPELINING.
-  gateway   the real Gateway (SMTP + HTTP API + processor thread, as `gateway serve` runs it)
+  gateway   the real gateway as `gateway serve` runs it (gateway/runtime.Served: SMTP + HTTP API,
+            and the worker in the child process serve starts when the machine has two cores)
             on a fresh SQLite file or a throwaway PostgreSQL database for every run; with
-            --topology split, SMTP+web in one process and the worker in another.
+            --topology single, every role in one process (GATEWAY_SERVE_WORKER_PROCESS=false,
+            serve before issue 20); with split, the Procfile's SMTP+web and worker processes.
   client    the same raw-asyncio client for both (bench/lib/loadclient.py): it pipelines
             MAIL, RCPT and DATA in one write when the server offers PIPELINING, as Postfix
             does, and talks lock-step otherwise; the next transaction waits for the 250.
@@ -29,7 +31,7 @@ conversation the API lists.
 
     .venv/bin/python bench/smtp_ingest.py [--rounds R] [--messages N] [--per-connection K]
         [--connections C] [--database sqlite|postgres|both] [--size small|200k|both]
-        [--topology serve|split|both] [--profile]
+        [--topology serve|single|split|all] [--profile]
 
 PostgreSQL: GATEWAY_BENCH_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test) is
 only used to CREATE and DROP a throwaway database `gwbench_<random>` per gateway run.
@@ -156,16 +158,17 @@ def list_everything(http_port: int, token: str, expected: int, until: float) -> 
 def run_gateway(ctx: Any, deadline: Deadline, backend: str, shape: Shape, connections: int, profile: bool,
                 worker: bool = True, switch_interval: float | None = None, e2e_timeout: float = 90.0,
                 topology: str = "serve") -> GatewayRun:
-    """One gateway run on a fresh database. topology "serve": all roles in one process, as
-    `gateway serve`; "split": the Procfile's smtp+web process and a separate worker process."""
+    """One gateway run on a fresh database. topology "serve": as `gateway serve` runs; "single":
+    all roles in one process; "split": the Procfile's smtp+web process and a worker process."""
     label = f"{backend} {shape.name}"
     end_to_end = shape.end_to_end and worker
     split = topology == "split" and worker
     roles = ("smtp", "web", "worker") if worker and not split else ("smtp", "web")
     with throwaway_database(backend) as (url, data_dir):
         server = Child(ctx, gateway_main, url, data_dir,
-                       GatewayOptions(roles=roles, timings=profile, switch_interval=switch_interval),
-                       name=f"gateway[{backend}]", deadline=deadline)
+                       GatewayOptions(roles=roles, timings=profile, switch_interval=switch_interval,
+                                      settings={"serve_worker_process": topology != "single"}),
+                       name=f"gateway[{backend}]", deadline=deadline, daemon=False)
         processor: Child | None = None
         try:
             info = server.expect("ready", f"starting the gateway ({backend})", limit=120)
@@ -247,9 +250,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=20, help="concurrent client connections C (default 20)")
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--size", choices=["small", "200k", "both"], default="both")
-    parser.add_argument("--topology", choices=["serve", "split", "both"], default="serve",
-                        help="serve: all roles in one process (gateway serve, the targets' topology); split: "
-                             "SMTP+web process and a worker process (the Procfile); default serve")
+    parser.add_argument("--topology", choices=["serve", "single", "split", "all"], default="serve",
+                        help="serve: as `gateway serve` runs (the targets' topology); single: every role in one "
+                             "process (GATEWAY_SERVE_WORKER_PROCESS=false); split: SMTP+web process and a worker "
+                             "process (the Procfile); default serve")
     parser.add_argument("--timeout", type=float, default=1200.0, help="global limit in seconds (default 1200)")
     parser.add_argument("--e2e-timeout", type=float, default=90.0,
                         help="longest wait from the first send until one run's mail is all listed (default 90 s)")
@@ -279,7 +283,7 @@ def shapes_of(args: argparse.Namespace) -> list[Shape]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     backends = ["sqlite", "postgres"] if args.database == "both" else [args.database]
-    topologies = ["serve", "split"] if args.topology == "both" else [args.topology]
+    topologies = ["serve", "single", "split"] if args.topology == "all" else [args.topology]
     shapes = shapes_of(args)
     deadline = Deadline(args.timeout)
     ctx = mp.get_context("spawn")  # no inherited threads, engines or loops in the children
@@ -306,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {rnd}/{args.rounds}", flush=True)
             for shape in shapes:
                 for backend, topology in variants:
-                    if shape.size == "200k" and topology == "split" and len(topologies) > 1:
+                    if shape.size == "200k" and topology != "serve" and len(topologies) > 1:
                         continue  # 200 KB acceptance is measured once, with all roles in one process
                     label = backend if args.no_worker else f"{backend} {topology}"
                     base = run_baseline(ctx, deadline, shape, args.connections)

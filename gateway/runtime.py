@@ -213,17 +213,39 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+class Served:
+    """What a `gateway` role command runs: the Gateway, and for `serve` its worker child process.
+
+    `gateway serve` (all roles) puts the worker role in a child process when the machine has the
+    cores (GATEWAY_SERVE_WORKER_PROCESS); benchmarks start it through here to measure the same.
+    """
+
+    def __init__(self, settings: Settings, roles: Iterable[str]) -> None:
+        roles = set(roles)
+        self.worker = WorkerProcess(worker_child, settings) \
+            if roles == set(ROLES) and settings.resolved_serve_worker_process else None
+        self.gateway = Gateway(settings, roles - {"worker"} if self.worker else roles, worker=self.worker)
+        self._watching: asyncio.Task[None] | None = None
+
+    async def start(self, *, smtp_sock: socket.socket | None = None,
+                    http_sock: socket.socket | None = None) -> None:
+        await self.gateway.start(smtp_sock=smtp_sock, http_sock=http_sock)
+        if self.worker is not None:
+            self.worker.start()  # after start(): the schema is migrated and the helpdesk exists
+            self._watching = asyncio.create_task(self.worker.watch(), name="worker process")
+
+    async def stop(self) -> None:
+        await self.gateway.stop()
+        if self.worker is not None:
+            await self.worker.stop()
+        if self._watching is not None:
+            await self._watching
+
+
 async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
-    roles = set(roles)
-    # `gateway serve` (all roles): the worker in a child process when the machine has the cores.
-    worker = WorkerProcess(worker_child, settings) if roles == set(ROLES) and settings.resolved_serve_worker_process \
-        else None
-    gateway = Gateway(settings, roles - {"worker"} if worker else roles, worker=worker)
-    await gateway.start()
-    watching: asyncio.Task[None] | None = None
-    if worker is not None:
-        worker.start()  # after start(): the schema is migrated and the helpdesk exists
-        watching = asyncio.create_task(worker.watch(), name="worker process")
+    served = Served(settings, roles)
+    await served.start()
+    gateway, worker = served.gateway, served.worker
     settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -242,11 +264,7 @@ async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
     log.info("gateway ready: %s (database %s)", ", ".join(parts), database_shown(settings.resolved_database_url))
     await stop.wait()
     log.info("shutting down")
-    await gateway.stop()
-    if worker is not None:
-        await worker.stop()
-    if watching is not None:
-        await watching
+    await served.stop()
 
 
 def worker_child(settings: Settings, channel: socket.socket) -> None:

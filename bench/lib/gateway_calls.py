@@ -96,13 +96,27 @@ def seed_conversation(settings: Any) -> tuple[Any, int, str]:
 
 
 async def start_gateway(settings: Any, roles: tuple[str, ...], smtp_sock: Any, http_sock: Any) -> Any:
-    """The real Gateway with `roles`, started as `gateway serve` starts it, its heap settled."""
-    from gateway.runtime import Gateway, settle_heap
+    """The real gateway with `roles`, started as `gateway serve` (all roles: with its worker child
+    process when the machine has the cores) or a role command starts it, its heap settled.
+    Answers the `Served`; its `.gateway` is this process's Gateway, `.worker` the child, if any."""
+    from gateway.runtime import Served, settle_heap
 
-    gateway = Gateway(settings, roles)
-    await gateway.start(smtp_sock=smtp_sock, http_sock=http_sock)
+    served = Served(settings, roles)
+    await served.start(smtp_sock=smtp_sock, http_sock=http_sock)
     settle_heap()  # as run_until_signalled does
-    return gateway
+    return served
+
+
+def processed_count(engine: Any) -> int:
+    """Stored mail the processor is done with (threaded, quarantined or set aside), from the
+    database: the count to wait on when the processor runs in another process."""
+    from sqlalchemy import func, select
+
+    from gateway.store.tables import INBOUND
+
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(INBOUND)
+                            .where(INBOUND.c.status.not_in(("pending", "processing")))).scalar_one()
 
 
 def timed_functions() -> list[tuple[Any, str, str, int | None]]:

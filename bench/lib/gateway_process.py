@@ -77,14 +77,26 @@ def _run(pipe: Any, database_url: str, data_dir: str, options: GatewayOptions) -
         runner.run(_serve(pipe, settings, options, serving, window))
 
 
+def _poll_processed(engine: Any, count: int, timeout: float) -> tuple[bool, int]:
+    """Every 10 ms until `count` stored messages are processed; the poll's cost is this
+    process's, never the worker's, and its granularity is small beside a run's seconds."""
+    until = time.monotonic() + timeout
+    while True:
+        done = gw.processed_count(engine)
+        if done >= count or time.monotonic() >= until:
+            return done >= count, done
+        time.sleep(0.01)
+
+
 async def _serve(pipe: Any, settings: Any, options: GatewayOptions, serving: bool, window: Any) -> None:
     info: dict[str, Any] = {}
     if options.seed:
         _, info["conversation_id"], info["token"] = await asyncio.to_thread(gw.seed_conversation, settings)
     listen = ("127.0.0.1", 0)
-    gateway = await gw.start_gateway(settings, options.roles,
-                                     socket.create_server(listen) if "smtp" in options.roles else None,
-                                     socket.create_server(listen) if "web" in options.roles else None)
+    served = await gw.start_gateway(settings, options.roles,
+                                    socket.create_server(listen) if "smtp" in options.roles else None,
+                                    socket.create_server(listen) if "web" in options.roles else None)
+    gateway = served.gateway
     if gateway.smtp_address:
         info["smtp_port"] = gateway.smtp_address[1]
     if gateway.http_address:
@@ -96,9 +108,12 @@ async def _serve(pipe: Any, settings: Any, options: GatewayOptions, serving: boo
         command, *args = await asyncio.to_thread(pipe.recv)
         if command == "wait_processed":
             count, timeout = args
-            assert gateway.processor is not None
-            ok = await asyncio.to_thread(gateway.processor.wait_processed, count, timeout)
-            pipe.send(("processed", (ok, time.monotonic(), gateway.processor.processed)))
+            if gateway.processor is not None:
+                ok = await asyncio.to_thread(gateway.processor.wait_processed, count, timeout)
+                pipe.send(("processed", (ok, time.monotonic(), gateway.processor.processed)))
+            else:  # `gateway serve`'s worker child: watch the database
+                ok, done = await asyncio.to_thread(_poll_processed, gateway.engine, count, timeout)
+                pipe.send(("processed", (ok, time.monotonic(), done)))
         elif command == "profile_start":
             if window is not None:
                 window.start()
@@ -106,6 +121,6 @@ async def _serve(pipe: Any, settings: Any, options: GatewayOptions, serving: boo
         elif command == "profile_stop":
             pipe.send(("profile", window.stop() if window is not None else ""))
         elif command == "stop":
-            await gateway.stop()
+            await served.stop()
             gateway.engine.dispose()
             return

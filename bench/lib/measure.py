@@ -106,7 +106,7 @@ def measure_http(ctx: Any, server: Callable[..., None], server_args: tuple[Any, 
     `build` over keep-alive connections from the client core, stop it. `spy`: record the server
     with py-spy (not a dependency: pip install py-spy) as raw folded stacks into that file;
     `show_threads`: print the server's CPU per request by thread before it stops."""
-    process = Child(ctx, server, *server_args, name=name)
+    process = Child(ctx, server, *server_args, name=name, daemon=False)  # `gateway serve` starts a worker child
     try:
         info = process.expect("ready", f"starting {name}", limit=120)
         client = Child(ctx, http_client_main, info, build, count, connections, warmup, name=f"client[{name}]")

@@ -60,11 +60,13 @@ class Child:
     """
 
     def __init__(self, ctx: Any, target: Callable[..., None], *args: Any, name: str,
-                 deadline: Deadline | None = None) -> None:
+                 deadline: Deadline | None = None, daemon: bool = True) -> None:
+        """`daemon=False` for a child that starts children of its own (`gateway serve`'s worker);
+        close() ends it all the same, and its own children end with it."""
         self.pipe, child_end = ctx.Pipe()
         self.name = name
         self.deadline = deadline
-        self.proc = ctx.Process(target=_child_entry, args=(target, child_end, *args), name=name, daemon=True)
+        self.proc = ctx.Process(target=_child_entry, args=(target, child_end, *args), name=name, daemon=daemon)
         self.proc.start()
         child_end.close()
 

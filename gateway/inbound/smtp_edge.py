@@ -83,6 +83,7 @@ class DataReader:
         self._buf = bytearray(b"\r\n")
         self._line_start = 2                   # where the line being received starts in _buf
         self._refusal: Exception | None = None
+        self._stuffed = False                  # a line starting with "." was seen
         self.rest = b""
 
     def feed(self, chunk: bytes) -> bytes | None:
@@ -90,7 +91,13 @@ class DataReader:
         buf = self._buf
         searched = max(0, len(buf) - _KEEP)
         buf += chunk
-        end = buf.find(_END, searched)
+        # One scan finds both: the end is the first CRLF "." that is followed by CRLF, and any
+        # CRLF "." before it is a stuffed line (so most messages are never scanned again).
+        end = first = buf.find(_STUFFED, searched)
+        if first >= 0:
+            end = buf.find(_END, first)
+            if end != first:
+                self._stuffed = True
         stop = len(buf) if end < 0 else end + 2          # content ends after the last line's CRLF
         if self._refusal is None:
             self._check(stop)
@@ -102,11 +109,12 @@ class DataReader:
         self.rest = bytes(buf[end + len(_END):])
         if self._refusal is not None:
             raise self._refusal
-        content = bytes(buf[2:stop])
+        if self._stuffed:                                 # the virtual CRLF un-stuffs a first line too
+            content = bytes(buf[:stop]).replace(_STUFFED, b"\r\n")[2:]
+        else:
+            content = bytes(buf[2:stop])
         buf.clear()
-        if content.startswith(b"."):
-            content = content[1:]
-        return content.replace(_STUFFED, b"\r\n") if _STUFFED in content else content
+        return content
 
     def _check(self, stop: int) -> None:
         """Limits over the lines complete up to `stop`, answered in aiosmtpd's order.
@@ -120,17 +128,33 @@ class DataReader:
         last = buf.rfind(b"\r\n", start, stop)
         complete_end = last + 2 if last >= 0 else start
         self._line_start = complete_end
-        if complete_end - start > line_limit:              # only then can a line be too long
-            offset = start - 2                             # offsets in the message, without _buf's CRLF
-            for line in bytes(buf[start:complete_end - 2]).split(b"\r\n"):
-                if len(line) + 2 > line_limit:
-                    self._refuse_line(offset, len(line))
-                    return
-                offset += len(line) + 2
+        if complete_end - start > line_limit and self._may_hold_long_line(start, complete_end - 2):
+            lengths = list(map(len, bytes(buf[start:complete_end - 2]).split(b"\r\n")))
+            if max(lengths) + 2 > line_limit:
+                offset = start - 2                         # offsets in the message, without _buf's CRLF
+                for length in lengths:
+                    if length + 2 > line_limit:
+                        self._refuse_line(offset, length)
+                        return
+                    offset += length + 2
         if self._size_limit and complete_end - 2 > self._size_limit:
             self._refusal = DataTooMuch()
         elif stop - complete_end >= line_limit + 2:        # unfinished, and already too long
             self._refuse_line(complete_end - 2, stop - complete_end)
+
+    def _may_hold_long_line(self, start: int, end: int) -> bool:
+        """Whether buf[start:end] may hold a line too long, looked at in blocks of half a line.
+
+        A line over the limit is a stretch of at least line_limit - 1 bytes with no CRLF in it,
+        so it covers one whole block of (line_limit - 1) // 2 bytes of any fixed grid: when every
+        block holds a CRLF, no line is too long. A few `find`s per message instead of a split
+        into lines; only a block without one sends the region to the exact count.
+        """
+        buf, block = self._buf, (self._line_limit - 1) // 2
+        for p in range(start, end - block + 1, block):
+            if buf.find(b"\r\n", p, p + block + 1) < 0:
+                return True
+        return False
 
     def _refuse_line(self, offset: int, length: int) -> None:
         noticed_before_counting = length > self._line_limit
