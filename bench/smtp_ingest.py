@@ -8,7 +8,7 @@ Issue 20's "Proof" is the spec. Every process runs on its own, over loopback:
   gateway   the real gateway as `gateway serve` runs it (gateway/runtime.Served: SMTP + HTTP API,
             and the worker in the child process serve starts when the machine has two cores)
             on a fresh SQLite file or a throwaway PostgreSQL database for every run; with
-            --topology single, every role in one process (GATEWAY_SERVE_WORKER_PROCESS=false,
+            --topology single, every role in one process (GATEWAY_SERVE_WORKER_PROCESSES=0,
             serve before issue 20); with split, the Procfile's SMTP+web and worker processes.
   client    the same raw-asyncio client for both (bench/lib/loadclient.py): it pipelines
             MAIL, RCPT and DATA in one write when the server offers PIPELINING, as Postfix
@@ -167,7 +167,7 @@ def run_gateway(ctx: Any, deadline: Deadline, backend: str, shape: Shape, connec
     with throwaway_database(backend) as (url, data_dir):
         server = Child(ctx, gateway_main, url, data_dir,
                        GatewayOptions(roles=roles, timings=profile, switch_interval=switch_interval,
-                                      settings={"serve_worker_process": topology != "single"}),
+                                      settings={"serve_worker_processes": 0} if topology == "single" else {}),
                        name=f"gateway[{backend}]", deadline=deadline, daemon=False)
         processor: Child | None = None
         try:
@@ -252,7 +252,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", choices=["small", "200k", "both"], default="both")
     parser.add_argument("--topology", choices=["serve", "single", "split", "all"], default="serve",
                         help="serve: as `gateway serve` runs (the targets' topology); single: every role in one "
-                             "process (GATEWAY_SERVE_WORKER_PROCESS=false); split: SMTP+web process and a worker "
+                             "process (GATEWAY_SERVE_WORKER_PROCESSES=0); split: SMTP+web process and a worker "
                              "process (the Procfile); default serve")
     parser.add_argument("--timeout", type=float, default=1200.0, help="global limit in seconds (default 1200)")
     parser.add_argument("--e2e-timeout", type=float, default=90.0,

@@ -7,6 +7,8 @@ servers' loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import faulthandler
 import gc
 import logging
 import signal
@@ -38,7 +40,7 @@ from gateway.outbound.compose import LateBodies
 from gateway.outbound.acknowledgements import acknowledge
 from gateway.logs import configure_logging
 from gateway.settings import Settings
-from gateway.worker_process import WorkerProcess, listen
+from gateway.worker_process import DUMP_THREADS, WorkerGroup, listen
 from gateway.inbound.smtp import start_smtp_server
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ class PeriodicRound:
 
 class Gateway:
     def __init__(self, settings: Settings, roles: Iterable[str] = ROLES, engine: Engine | None = None,
-                 worker: WorkerProcess | None = None) -> None:
+                 worker: WorkerGroup | None = None) -> None:
         """`worker`: the worker role runs in that child process (`gateway serve`); this one's
         acceptor and reply API wake it instead of a processor and outbox of their own."""
         self.settings = settings
@@ -216,14 +218,14 @@ def settle_heap() -> None:
 class Served:
     """What a `gateway` role command runs: the Gateway, and for `serve` its worker child process.
 
-    `gateway serve` (all roles) puts the worker role in a child process when the machine has the
-    cores (GATEWAY_SERVE_WORKER_PROCESS); benchmarks start it through here to measure the same.
+    `gateway serve` (all roles) puts the worker role in child processes when the machine has the
+    cores (GATEWAY_SERVE_WORKER_PROCESSES); benchmarks start it through here to measure the same.
     """
 
     def __init__(self, settings: Settings, roles: Iterable[str]) -> None:
         roles = set(roles)
-        self.worker = WorkerProcess(worker_child, settings) \
-            if roles == set(ROLES) and settings.resolved_serve_worker_process else None
+        count = settings.resolved_serve_worker_processes if roles == set(ROLES) else 0
+        self.worker = WorkerGroup(worker_child, settings, count) if count else None
         self.gateway = Gateway(settings, roles - {"worker"} if self.worker else roles, worker=self.worker)
         self._watching: asyncio.Task[None] | None = None
 
@@ -239,7 +241,9 @@ class Served:
         if self.worker is not None:
             await self.worker.stop()
         if self._watching is not None:
-            await self._watching
+            self._watching.cancel()     # it may be pausing before a restart: nothing is left to restart
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
 
 
 async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
@@ -257,7 +261,8 @@ async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
     if gateway.http_address:
         parts.append(f"HTTP on http://{gateway.http_address[0]}:{gateway.http_address[1]}")
     if gateway.processor or worker:
-        where = f" in process {worker.pid}" if worker else ""
+        pids = worker.pids if worker else []
+        where = f" in process{'es' if len(pids) > 1 else ''} {', '.join(map(str, pids))}" if pids else ""
         parts.append(f"worker running{where} (inbound processing and outbox"
                      + (f", a backup every {settings.backup_interval_hours:g} h)"
                         if settings.backup_interval_hours > 0 else ")"))
@@ -271,6 +276,7 @@ def worker_child(settings: Settings, channel: socket.socket) -> None:
     """`gateway serve`'s worker process (gateway/worker_process.py): the worker role until the
     parent closes the channel or sends SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent stops us in order
+    faulthandler.register(DUMP_THREADS, all_threads=True)  # the parent's question when we don't stop
     configure_logging(settings)
     _run_loop(_worker_until_told(settings, channel))
 

@@ -99,10 +99,11 @@ class Settings(BaseSettings):
     public_url: str = ""                              # base URL of the HTTP API for links in mail; empty: no links
 
     log_level: str = "INFO"
-    # `gateway serve` runs its worker (processing, outbox, rounds) as a child process, so parsing
-    # doesn't take turns with accepting mail under one GIL (gateway/worker_process.py). Default:
-    # when the machine has a second core; false keeps every role in one process.
-    serve_worker_process: bool | None = None
+    # `gateway serve` runs its worker role (processing, outbox, rounds) in this many child
+    # processes, so parsing doesn't take turns with accepting mail under one GIL and a burst is
+    # threaded on every core (gateway/worker_process.py). Default: one per core, up to four, when
+    # the machine has a second core; 0 keeps every role in one process.
+    serve_worker_processes: int | None = Field(default=None, ge=0, le=32)
 
     @field_validator("log_level")
     @classmethod
@@ -128,7 +129,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("smtp_tls_cert_file", "smtp_tls_key_file", "dkim_private_key_file", "ses_cert_ca_file",
-                     "backup_dir", "pg_bin_dir", "serve_worker_process", mode="before")
+                     "backup_dir", "pg_bin_dir", "serve_worker_processes", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """`GATEWAY_X=` as config/example.env writes it means "not set": without this an empty
@@ -235,10 +236,11 @@ class Settings(BaseSettings):
         return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
 
     @property
-    def resolved_serve_worker_process(self) -> bool:
-        if self.serve_worker_process is not None:
-            return self.serve_worker_process
-        return len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) >= 2
+    def resolved_serve_worker_processes(self) -> int:
+        if self.serve_worker_processes is not None:
+            return self.serve_worker_processes
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(cores, 4) if cores >= 2 else 0
 
     @property
     def resolved_database_url(self) -> str:

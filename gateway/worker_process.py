@@ -1,18 +1,21 @@
-"""`gateway serve`'s worker in a second process: processing beside the servers, not under their GIL.
+"""`gateway serve`'s worker in processes of its own: processing beside the servers, not under their GIL.
 
 One Python process runs one thread at a time. With SMTP, HTTP and the processor in one process,
 parsing and threading mail took turns with accepting it, on one core of the machine's two, and
 mail became visible at about a third of the rate a do-nothing SMTP server accepts it
 (bench/smtp_ingest.py, end to end). `gateway serve` therefore starts the Procfile's `worker`
-role as a child process of its own, on the same database, and stays one command: the child is
-started, woken, restarted and stopped by the parent.
+role in child processes of its own (GATEWAY_SERVE_WORKER_PROCESSES, one per core by default),
+on the same database, and stays one command: the children are started, woken, restarted and
+stopped by the parent.
 
-- **Waking.** The parent holds one end of a socket pair and sends one byte per reason: `p`
-  when mail was stored (the acceptor's `on_stored`), `o` when a reply was queued. A lost byte
-  costs at most the worker's poll interval, never mail: the worker also polls the database.
+- **Waking.** The parent holds one end of a socket pair per child and sends one byte per
+  reason: `p` when mail was stored (the acceptor's `on_stored`), `o` when a reply was queued.
+  A lost byte costs at most the worker's poll interval, never mail: the worker also polls.
 - **Stopping.** Closing the pair stops the child: the parent closes it on shutdown, and the
   kernel closes it when the parent dies, even by `kill -9`, so no worker outlives its server.
   Ctrl-C reaches the whole process group; the child ignores SIGINT and waits for its parent.
+  A child that doesn't finish in time is asked for its threads' stacks (faulthandler), then
+  terminated.
 - **Restarting.** A child that dies on its own is started again after a pause that doubles up
   to a minute. Claims are row locks and leases in the database (gateway/inbound/processor.py,
   gateway/outbound/outbox.py), so the new child takes over what the old one left.
@@ -23,6 +26,8 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
+import signal
 import socket
 from collections.abc import Callable
 
@@ -31,6 +36,7 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 WAKE_PROCESSOR = b"p"
 WAKE_OUTBOX = b"o"
+DUMP_THREADS = signal.SIGUSR1  # the child writes every thread's stack to stderr (faulthandler)
 STOP_TIMEOUT = 30.0           # seconds the child gets to finish a batch and a send on shutdown
 RESTART_PAUSE = (1.0, 60.0)   # first and longest pause before a died child is started again
 
@@ -47,6 +53,7 @@ class WorkerProcess:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._channel: socket.socket | None = None
         self._stopping = False
+        self._exited: asyncio.Future[int | None] | None = None
         self.restarts = 0
 
     @property
@@ -54,6 +61,7 @@ class WorkerProcess:
         return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
+        """Start the child; call on the running event loop, which learns of its exit."""
         parent_end, child_end = socket.socketpair()
         parent_end.setblocking(False)
         process = self._context.Process(target=self._main, args=(self._settings, child_end),
@@ -61,7 +69,20 @@ class WorkerProcess:
         process.start()
         child_end.close()
         self._process, self._channel = process, parent_end
+        # One place reaps the child: its sentinel becomes readable when it exits. Two threads
+        # joining one process race in waitpid(), and the loser reads a dead child as alive.
+        loop = asyncio.get_running_loop()
+        self._exited = exited = loop.create_future()
+        loop.add_reader(process.sentinel, self._reap, loop, process, exited)
         log.info("worker process %s started", process.pid)
+
+    @staticmethod
+    def _reap(loop: asyncio.AbstractEventLoop, process: multiprocessing.process.BaseProcess,
+              exited: asyncio.Future[int | None]) -> None:
+        loop.remove_reader(process.sentinel)
+        process.join()          # returns at once: the child has exited
+        if not exited.done():
+            exited.set_result(process.exitcode)
 
     def wake_processor(self) -> None:
         self._send(WAKE_PROCESSOR)
@@ -83,10 +104,10 @@ class WorkerProcess:
         """Start the child again whenever it dies on its own, until stop()."""
         pause = RESTART_PAUSE[0]
         while not self._stopping:
-            process = self._process
-            if process is None:
+            process, exited = self._process, self._exited
+            if process is None or exited is None:
                 return
-            await asyncio.to_thread(process.join)
+            await asyncio.shield(exited)
             if self._stopping:
                 return
             log.error("worker process %s exited with code %s; starting another in %.0f s",
@@ -103,22 +124,73 @@ class WorkerProcess:
         """Close the pair (the child's signal to finish), wait for it, and make sure it is gone."""
         self._stopping = True
         self._close_channel()
-        process = self._process
-        if process is None:
+        process, exited = self._process, self._exited
+        if process is None or exited is None:
             return
-        await asyncio.to_thread(process.join, STOP_TIMEOUT)
-        if process.is_alive():
-            log.warning("worker process %s did not stop in %.0f s; terminating it", process.pid, STOP_TIMEOUT)
-            process.terminate()
-            await asyncio.to_thread(process.join, 5)
-            if process.is_alive():
-                process.kill()
-                await asyncio.to_thread(process.join, 5)
+        if await self._waited(exited, STOP_TIMEOUT):
+            return
+        log.warning("worker process %s did not stop in %.0f s; its threads follow, then it is terminated",
+                    process.pid, STOP_TIMEOUT)
+        with contextlib.suppress(OSError):      # the child's faulthandler prints where it hangs
+            os.kill(process.pid, DUMP_THREADS)  # type: ignore[arg-type]
+        if await self._waited(exited, 1):
+            return
+        process.terminate()
+        if not await self._waited(exited, 5):
+            process.kill()
+            await self._waited(exited, 5)
+
+    @staticmethod
+    async def _waited(exited: asyncio.Future[int | None], timeout: float) -> bool:
+        done, _ = await asyncio.wait({exited}, timeout=timeout)
+        return bool(done)
 
     def _close_channel(self) -> None:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+
+
+class WorkerGroup:
+    """`gateway serve`'s worker children: the same role in each, started, woken and stopped together.
+
+    More than one, because a burst of mail is threaded at the pace of one core per process:
+    parsing is most of the work and needs no lock, so while one child writes its chunk the
+    others parse theirs (claims are row locks, so each message is taken by one child). Stored
+    mail wakes them all, and each claims what is left; a queued reply wakes one, in turn, since
+    one send is one child's work. Periodic rounds guard themselves (the backup lock, idempotent
+    purges), as they do for the Procfile's scaled workers.
+    """
+
+    def __init__(self, main: ChildMain, settings: Settings, count: int) -> None:
+        self.children = [WorkerProcess(main, settings) for _ in range(count)]
+        self._turn = 0
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for child in self.children if (pid := child.pid) is not None]
+
+    @property
+    def restarts(self) -> int:
+        return sum(child.restarts for child in self.children)
+
+    def start(self) -> None:
+        for child in self.children:
+            child.start()
+
+    def wake_processor(self) -> None:
+        for child in self.children:
+            child.wake_processor()
+
+    def wake_outbox(self) -> None:
+        self._turn = (self._turn + 1) % len(self.children)
+        self.children[self._turn].wake_outbox()
+
+    async def watch(self) -> None:
+        await asyncio.gather(*(child.watch() for child in self.children))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(child.stop() for child in self.children))
 
 
 def listen(channel: socket.socket, *, processor: Callable[[], None], outbox: Callable[[], None],

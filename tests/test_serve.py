@@ -7,8 +7,10 @@ import signal
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 from sqlalchemy import create_engine, func, select
@@ -114,10 +116,33 @@ class Serve:
         self.proc = subprocess.Popen(gateway_command() + ["serve"], env=self.env, cwd=tmp_path,
                                      stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
-        self.ready = next((line for line in self.proc.stderr if "gateway ready" in line), "")
+        self.log: list[str] = []
+        self._logged = threading.Condition()
+        threading.Thread(target=self._read_log, args=(self.proc.stderr,), daemon=True).start()
+        self.ready = self.wait_log(r"gateway ready.*", timeout=120) or ""
         match = re.search(r"SMTP on 127\.0\.0\.1:(\d+), HTTP on (http://127\.0\.0\.1:\d+)", self.ready)
-        assert match, self.ready
+        assert match, "".join(self.log)
         self.smtp_port, self.base_url = int(match.group(1)), match.group(2)
+
+    def _read_log(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._logged:
+                self.log.append(line)
+                self._logged.notify_all()
+        with self._logged:
+            self.log.append("")          # the end of the output: waiting further is pointless
+            self._logged.notify_all()
+
+    def wait_log(self, pattern: str, *, after: int = 0, timeout: float = 60) -> str | None:
+        """The first line from index `after` on that matches, once the server has written it."""
+        def found() -> str | None:
+            for line in self.log[after:]:
+                if (match := re.search(pattern, line)) is not None:
+                    return match.group(0)
+            return "" if self.log and self.log[-1] == "" else None
+        with self._logged:
+            self._logged.wait_for(lambda: found() is not None, timeout)
+            return found() or None
 
     def send(self, subject: str) -> None:
         with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as client:
@@ -163,35 +188,37 @@ def _gone(pid: int, timeout: float = 30) -> bool:
     return False
 
 
-def test_serve_runs_its_worker_in_a_child_process_that_restarts_and_stops_with_it(tmp_path: Path) -> None:
+def test_serve_runs_its_workers_in_child_processes_that_restart_and_stop_with_it(tmp_path: Path) -> None:
     """The processor beside the servers, not under their GIL; still one command to run and stop."""
-    serve = Serve(tmp_path, GATEWAY_SERVE_WORKER_PROCESS="true")
+    serve = Serve(tmp_path, GATEWAY_SERVE_WORKER_PROCESSES="2")
     try:
-        match = re.search(r"worker running in process (\d+)", serve.ready)
+        match = re.search(r"worker running in processes (\d+), (\d+)", serve.ready)
         assert match, serve.ready
-        child = int(match.group(1))
-        assert _parent_of(child) == serve.proc.pid
+        children = [int(match.group(1)), int(match.group(2))]
+        assert [_parent_of(child) for child in children] == [serve.proc.pid] * 2
         serve.send("vor dem Absturz")
         assert serve.wait_listed({"vor dem Absturz"})
 
-        os.kill(child, signal.SIGKILL)           # a worker that dies is started again
-        assert _gone(child)
+        seen = len(serve.log)
+        os.kill(children[0], signal.SIGKILL)     # a worker that dies is started again
+        assert _gone(children[0])
+        assert serve.wait_log(rf"worker process {children[0]} exited with code -9", after=seen)
+        restarted = serve.wait_log(r"worker process \d+ started", after=seen)
+        assert restarted, "".join(serve.log)
         serve.send("nach dem Absturz")
         assert serve.wait_listed({"vor dem Absturz", "nach dem Absturz"})
 
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.proc.wait(timeout=60) == 0
-        assert serve.proc.stderr is not None
-        log = serve.proc.stderr.read()
-        restarted = re.search(r"worker process (\d+) started", log)
-        assert restarted and "exited with code -9" in log, log
-        assert _gone(int(restarted.group(1)))  # no worker outlives its server
+        log = "".join(serve.log)
+        assert "did not stop" not in log, log    # each child finished on the parent's word
+        assert all(_gone(pid) for pid in [children[1], int(restarted.split()[2])])  # none outlives its server
     finally:
         serve.close()
 
 
 def test_serve_keeps_one_process_when_told(tmp_path: Path) -> None:
-    serve = Serve(tmp_path, GATEWAY_SERVE_WORKER_PROCESS="false")
+    serve = Serve(tmp_path, GATEWAY_SERVE_WORKER_PROCESSES="0")
     try:
         assert "worker running (inbound processing" in serve.ready
         serve.send("ein Prozess")

@@ -52,5 +52,6 @@ def test_the_example_file_as_written_starts_with_its_defaults(tmp_path: Path) ->
     settings = Settings(_env_file=example)  # type: ignore[call-arg]
     assert settings.smtp_tls_cert_file is None and settings.smtp_tls_key_file is None
     assert settings.dkim_private_key_file is None and settings.backup_dir is None and settings.pg_bin_dir is None
-    assert settings.serve_worker_process is None
-    assert Settings(serve_worker_process="false").resolved_serve_worker_process is False  # type: ignore[arg-type]
+    assert settings.serve_worker_processes is None
+    assert Settings(serve_worker_processes="0").resolved_serve_worker_processes == 0  # type: ignore[arg-type]
+    assert Settings(serve_worker_processes="3").resolved_serve_worker_processes == 3  # type: ignore[arg-type]

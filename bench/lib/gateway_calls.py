@@ -98,7 +98,7 @@ def seed_conversation(settings: Any) -> tuple[Any, int, str]:
 async def start_gateway(settings: Any, roles: tuple[str, ...], smtp_sock: Any, http_sock: Any) -> Any:
     """The real gateway with `roles`, started as `gateway serve` (all roles: with its worker child
     process when the machine has the cores) or a role command starts it, its heap settled.
-    Answers the `Served`; its `.gateway` is this process's Gateway, `.worker` the child, if any."""
+    Answers the `Served`; its `.gateway` is this process's Gateway, `.worker` the children, if any."""
     from gateway.runtime import Served, settle_heap
 
     served = Served(settings, roles)
