@@ -207,11 +207,12 @@ CASES: dict[str, Case] = {
     "RSET in the middle of a transaction": session(
         cmd(b"MAIL FROM:<a@b.c>", b"RCPT TO:<x@y.z>", b"RSET", b"DATA", b"RSET x"), tx(b"hi\r\n.\r\n"),
         codes=(*EHLO_OK, 250, 250, 250, 503, 501, *OK_TX, 221)),
+    # HELP lists and explains only commands whose method carries aiosmtpd's @syntax.
     "NOOP, HELP, VRFY, EXPN, unknown and empty commands": session(
-        cmd(b"NOOP", b"NOOP with words", b"noop", b"HELP MAIL", b"VRFY <a@b.c>", b"VRFY", b"EXPN list", b"XYZZY",
-            b"", b"  ", b"\xc3\xbc"),
+        cmd(b"NOOP", b"NOOP with words", b"noop", b"HELP", b"HELP MAIL", b"HELP DATA", b"HELP ehlo", b"HELP NOSUCH",
+            b"VRFY <a@b.c>", b"VRFY", b"EXPN list", b"XYZZY", b"", b"  ", b"\xc3\xbc"),
         Turn(b"NOOP\n", 1), Turn(b"NOOP\r\r\n", 1), Turn(b"\rNOOP\r\n", 1),
-        codes=(*EHLO_OK, *[250] * 4, 252, 501, 502, 500, 500, 500, 500, 250, 250, 500, 221)),
+        codes=(*EHLO_OK, *[250] * 7, 501, 252, 501, 502, 500, 500, 500, 500, 250, 250, 500, 221)),
     "DATA before MAIL, before RCPT, and with an argument": session(
         cmd(b"DATA", b"MAIL FROM:<a@b.c>", b"DATA", b"RCPT TO:<x@y.z>", b"DATA now"), cmd(b"DATA"),
         Turn(b"hi\r\n.\r\n"), codes=(*EHLO_OK, 503, 250, 503, 250, 501, 354, 250, 221)),
@@ -371,7 +372,7 @@ def test_a_cut_around_the_line_limit(lab: Lab, length: int, config: Config) -> N
 _BODY = st.sampled_from([b"a", b"Subject: x", b"\r", b"\n", b".", b"\r\n", b"\r\n.", b"..", b"\xc3\xbc", b"\x00",
                          b"\xff", b"x" * 400, b"\r\n.\n", b"\n.\r\n"])
 # Commands a session may hold between transactions: none of them starts DATA; few are unknown.
-_EXTRA = st.sampled_from([b"NOOP", b"RSET", b"DATA x", b"MAIL FROM:<a@b.c> SIZE=9", b"MAIL FROM:a@b.c",
+_EXTRA = st.sampled_from([b"NOOP", b"RSET", b"HELP", b"DATA x", b"MAIL FROM:<a@b.c> SIZE=9", b"MAIL FROM:a@b.c",
                           b"RCPT TO:<x@y.z>", b"VRFY <a@b.c>", b"", b"XYZZY", b"noop", b"MAIL FROM:<>"])
 
 

@@ -90,3 +90,16 @@ def test_the_gateway_handler_shows_aiosmtpd_every_hook() -> None:
 
     hooks = sorted(n for n in vars(GatewayHandler) if n.startswith("handle_"))
     assert hooks and [n for n in dir(GatewayHandler.__new__(GatewayHandler)) if n.startswith("handle_")] == hooks
+
+
+@pytest.mark.parametrize("cls", ["FastSMTP", "GatewaySMTP"])
+def test_replaced_commands_keep_aiosmtpd_s_help_syntax(cls: str) -> None:
+    """HELP lists, and explains, only the commands whose method carries @syntax: an override
+    without it drops that command from HELP (`HELP DATA` would answer 501)."""
+    from gateway.inbound.smtp import GatewaySMTP
+
+    ours = {"FastSMTP": FastSMTP, "GatewaySMTP": GatewaySMTP}[cls]
+    attributes = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
+    for name in (n for n in dir(SMTP) if n.startswith("smtp_")):
+        stock, replaced = getattr(SMTP, name), getattr(ours, name)
+        assert [getattr(replaced, a, None) for a in attributes] == [getattr(stock, a, None) for a in attributes], name

@@ -45,7 +45,7 @@ from email.errors import HeaderParseError
 from functools import lru_cache
 from typing import AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP
+from aiosmtpd.smtp import MISSING, SMTP, syntax
 from aiosmtpd.smtp import log as aiosmtpd_log
 
 # The common path of MAIL/RCPT: <dot-atom@domain> (RFC 5321 4.1.2, ASCII), then parameters.
@@ -215,6 +215,7 @@ class FastSMTP(SMTP):
         """A complete command line is buffered: its reply will follow this one without waiting."""
         return b"\n" in self._reader._buffer  # type: ignore[attr-defined]
 
+    @syntax("EHLO hostname")           # HELP lists only commands that carry aiosmtpd's syntax
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_ehlo = True
         try:
@@ -249,6 +250,7 @@ class FastSMTP(SMTP):
 
     # --- DATA ------------------------------------------------------------------------------
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         # The checks and answers before 354 are aiosmtpd's, in its order.
         if await self.check_helo_needed():
