@@ -42,6 +42,7 @@ class Config:
     timeout: float = 30.0
     enable_SMTPUTF8: bool = False
     command_call_limit: tuple[tuple[str, int], ...] | None = None   # a dict, kept hashable
+    holding_rcpt: bool = False     # RCPT TO:<hold@...> awaits forever, as a stalled lookup would
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,25 @@ class Recorder:
         return "250 OK"
 
 
+class HoldingRecorder(Recorder):
+    """A handler whose RCPT hook can stall, like the gateway's directory lookup when the
+    database hangs: RCPT TO:<hold@...> awaits until the session ends; others are accepted as
+    aiosmtpd accepts them without a hook."""
+
+    def __init__(self, on_hold: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_hold = on_hold
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address.startswith("hold@"):
+            self._on_hold()
+            await asyncio.get_running_loop().create_future()     # cancelled with the session
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+
 @dataclass
 class Connection:
     """The server's side of one connection, as the tap saw it."""
@@ -76,6 +96,7 @@ class Connection:
     recorder: Recorder = field(default_factory=Recorder)
     received: int = 0
     lost: bool = False
+    holding: bool = False          # a HoldingRecorder's RCPT hook is waiting
 
 
 class Hub:
@@ -108,10 +129,15 @@ class Hub:
 class Tap(asyncio.Protocol):
     """Forwards every transport event to the real protocol, and reports receipt and the end."""
 
-    def __init__(self, hub: Hub, make: Callable[[Recorder], SMTP]) -> None:
+    def __init__(self, hub: Hub, make: Callable[[Recorder], SMTP], holding: bool) -> None:
         self._hub = hub
         self.conn = Connection()
+        if holding:
+            self.conn.recorder = HoldingRecorder(lambda: hub.update(self._hold))
         self._inner = make(self.conn.recorder)
+
+    def _hold(self) -> None:
+        self.conn.holding = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._hub.add(transport.get_extra_info("peername"), self.conn)
@@ -167,7 +193,8 @@ class Lab:
                        timeout=config.timeout, enable_SMTPUTF8=config.enable_SMTPUTF8,
                        command_call_limit=limits, loop=loop)
 
-        return await loop.create_server(lambda: Tap(self.hub, protocol), host="127.0.0.1", port=0)
+        return await loop.create_server(lambda: Tap(self.hub, protocol, config.holding_rcpt),
+                                        host="127.0.0.1", port=0)
 
     def close(self) -> None:
         async def shutdown() -> None:
@@ -255,6 +282,10 @@ class Client:
         """Wait until `count` replies in all have come (or the server hung up)."""
         while finals(self.replies) < count and self._recv():
             pass
+
+    def wait_holding(self) -> None:
+        """Wait until the server's RCPT hook is stalled (Config.holding_rcpt)."""
+        self._wait(lambda: self.conn.holding or self.conn.lost, "the RCPT hook to stall")
 
     def half_close(self) -> None:
         """Tell the server nothing more will come (FIN), and keep reading."""

@@ -447,6 +447,35 @@ def test_a_closed_connection_in_data_stores_nothing(lab: Lab, first_message: boo
     assert outcome["edge"] == outcome["stock"] == ([b"first\r\n"] if first_message else [])
 
 
+# --- replies held for a batch when the session ends ------------------------------------------
+# The edge holds a 250 while the client's next command is buffered. When that command's hook
+# stalls (the gateway's RCPT looks the studio up in the database) and the session ends meanwhile,
+# by the client's EOF or the idle timeout, stock aiosmtpd has already sent the 250; so must the
+# edge, or a client never learns that its previous message was stored, and sends it again.
+
+_STALLED = b"second\r\n.\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\nRCPT TO:<hold@y.z>\r\n"
+
+
+@pytest.mark.parametrize("end", ["half close", "idle timeout"])
+def test_replies_held_when_a_hook_stalls_are_sent_when_the_session_ends(lab: Lab, end: str) -> None:
+    config = Config(holding_rcpt=True, timeout=IDLE if end == "idle timeout" else DEFAULT.timeout)
+
+    def script(client: Client) -> None:
+        client.send(_HEAD)
+        client.read_replies(5)
+        client.send(b"first\r\n.\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\nDATA\r\n")
+        client.read_replies(9)
+        client.send(_STALLED)
+        client.wait_holding()
+        if end == "half close":
+            client.half_close()
+
+    stock = both(lab, config, script)
+    # The second message's 250 came, then MAIL's and the first RCPT's; the stalled RCPT never answers.
+    assert codes(stock) == [*EHLO_OK, *OK_TX, *OK_TX, 250, 250]
+    assert [s.content for s in stock.stored] == [b"first\r\n", b"second\r\n"]
+
+
 # --- idle timeouts ------------------------------------------------------------------------------
 # aiosmtpd's timeout runs from the last recognised command (SMTP._reset_timeout in the command
 # loop), not from the last byte read: it hangs up silently (no 421) on a client that says

@@ -27,6 +27,8 @@ FINGERPRINTS = {
     "smtp_EHLO": "1d91592dd954c4cd",       # wrapped: PIPELINING before the last line
     "connection_made": "77a45df5065bba34",  # wrapped: TCP_NODELAY before aiosmtpd's own
     "_handle_client": "0e4d096403af6c74",  # the command loop: reads commands with readuntil()
+    "eof_received": "baab5aaf93160933",    # wrapped: held replies go out before it cancels the session
+    "_timeout_cb": "10a7351f9bec2818",     # wrapped: held replies go out before it closes
 }
 
 
