@@ -27,6 +27,8 @@ FINGERPRINTS = {
     "smtp_EHLO": "1d91592dd954c4cd",       # wrapped: PIPELINING before the last line
     "connection_made": "77a45df5065bba34",  # wrapped: TCP_NODELAY before aiosmtpd's own
     "_handle_client": "0e4d096403af6c74",  # the command loop: reads commands with readuntil()
+    "eof_received": "baab5aaf93160933",    # wrapped: held replies go out before it cancels the session
+    "_timeout_cb": "10a7351f9bec2818",     # wrapped: held replies go out before it closes
 }
 
 
@@ -90,3 +92,16 @@ def test_the_gateway_handler_shows_aiosmtpd_every_hook() -> None:
 
     hooks = sorted(n for n in vars(GatewayHandler) if n.startswith("handle_"))
     assert hooks and [n for n in dir(GatewayHandler.__new__(GatewayHandler)) if n.startswith("handle_")] == hooks
+
+
+@pytest.mark.parametrize("cls", ["FastSMTP", "GatewaySMTP"])
+def test_replaced_commands_keep_aiosmtpd_s_help_syntax(cls: str) -> None:
+    """HELP lists, and explains, only the commands whose method carries @syntax: an override
+    without it drops that command from HELP (`HELP DATA` would answer 501)."""
+    from gateway.inbound.smtp import GatewaySMTP
+
+    ours = {"FastSMTP": FastSMTP, "GatewaySMTP": GatewaySMTP}[cls]
+    attributes = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
+    for name in (n for n in dir(SMTP) if n.startswith("smtp_")):
+        stock, replaced = getattr(SMTP, name), getattr(ours, name)
+        assert [getattr(replaced, a, None) for a in attributes] == [getattr(stock, a, None) for a in attributes], name

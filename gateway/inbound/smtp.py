@@ -13,7 +13,7 @@ import socket
 import ssl
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import SMTP, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from sqlalchemy import Engine
 
@@ -150,6 +150,7 @@ class GatewaySMTP(FastSMTP):
             return False
         return super().eof_received()
 
+    @syntax("DATA")                    # without it, HELP would no longer list DATA
     async def smtp_DATA(self, arg: str | None) -> None:
         # aiosmtpd resets its timer per command only, so this bounds the whole transfer.
         self._reset_timeout(self._data_timeout)

@@ -24,15 +24,19 @@ handler hooks, AUTH, STARTTLS and `Controller` compatibility, and replaces only 
   while the client's next complete command is already buffered, so it goes out with the
   replies that command produces; continuation lines wait for their last line; `354`, `334`,
   `220`, `221` and every `4xx`/`5xx` are sent at once, so a client never waits on a held reply.
+  When the session ends while that next command is still being handled (a hook awaiting the
+  database, then the client's EOF or the idle timeout), what is held goes out first: aiosmtpd
+  had sent it already, and a lost `250` for a stored message makes the client send it again.
 - **Per connection**, `dir()` of the protocol (and of a handler that opts in) answers from a
   per-class cache of the names aiosmtpd looks for (`smtp_*`, `auth_*`, `handle_*`), so
   `__init__` no longer walks every attribute: 89 µs became 20 µs.
 
 Private parts used, all of aiosmtpd 1.4.6 and CPython's asyncio 3.11–3.13 (pinned in
 pyproject.toml; tests/test_smtp_edge_internals.py fails loudly when an upgrade changes them):
-`SMTP._reader` (the connection's `StreamReader`), `StreamReader._buffer` (to see whether a
-complete command is already waiting) and `StreamReader.feed_data` (to hand back the commands a
-pipelining client sent after the final dot, read together with the message).
+`SMTP._reader` (the connection's `StreamReader`), `SMTP._timeout_cb` (the idle timeout's end),
+`StreamReader._buffer` (to see whether a complete command is already waiting) and
+`StreamReader.feed_data` (to hand back the commands a pipelining client sent after the final
+dot, read together with the message).
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from email.errors import HeaderParseError
 from functools import lru_cache
 from typing import AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP
+from aiosmtpd.smtp import MISSING, SMTP, syntax
 from aiosmtpd.smtp import log as aiosmtpd_log
 
 # The common path of MAIL/RCPT: <dot-atom@domain> (RFC 5321 4.1.2, ASCII), then parameters.
@@ -211,10 +215,25 @@ class FastSMTP(SMTP):
         self._pending.clear()
         await self._writer.drain()
 
+    def _send_held(self) -> None:
+        """Send held replies now: the session ends before the command after them answers."""
+        if self._pending and self.transport is not None and not self.transport.is_closing():
+            self._writer.write(bytes(self._pending))
+            self._pending.clear()
+
+    def eof_received(self) -> bool | None:
+        self._send_held()              # aiosmtpd cancels the session; the client may still read
+        return super().eof_received()
+
+    def _timeout_cb(self) -> None:
+        self._send_held()              # aiosmtpd closes the transport, which sends what is written
+        super()._timeout_cb()
+
     def _command_waiting(self) -> bool:
         """A complete command line is buffered: its reply will follow this one without waiting."""
         return b"\n" in self._reader._buffer  # type: ignore[attr-defined]
 
+    @syntax("EHLO hostname")           # HELP lists only commands that carry aiosmtpd's syntax
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_ehlo = True
         try:
@@ -249,6 +268,7 @@ class FastSMTP(SMTP):
 
     # --- DATA ------------------------------------------------------------------------------
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         # The checks and answers before 354 are aiosmtpd's, in its order.
         if await self.check_helo_needed():
