@@ -6,7 +6,7 @@ Issue 20's "Proof" is the spec. Every process runs on its own, over loopback:
             gateway's SMTP settings (size limit, decode_data=False, SMTPUTF8, idle timeout),
             on the stock asyncio event loop. It does not offer PIPELINING.
   gateway   the real gateway as `gateway serve` runs it (gateway/runtime.Served: SMTP + HTTP API,
-            and the worker in the child process serve starts when the machine has two cores)
+            and the worker in the child processes serve starts, one per core on two or more)
             on a fresh SQLite file or a throwaway PostgreSQL database for every run; with
             --topology single, every role in one process (GATEWAY_SERVE_WORKER_PROCESSES=0,
             serve before issue 20); with split, the Procfile's SMTP+web and worker processes.
@@ -337,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     if pairs:
         print()
         print(summary(shapes, pairs))
-        print(f"\nmedian (min–max) over rounds; ÷ baseline = the median of the per-round ratios, each the gateway's "
-              f"figure ÷ the baseline run just before it (A/B)")
+        print("\nmedian (min–max) over rounds; ÷ baseline = the median of the per-round ratios, each the gateway's "
+              "figure ÷ the baseline run just before it (A/B)")
         print("[pipelined] / [lock-step]: whether the server offered PIPELINING, so the client sent MAIL, RCPT and "
               "DATA in one write or waited for each reply")
         print("acceptance = 250s / (last 250 − first send); end of DATA → 250 = from writing the final dot (the body "
