@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.store.batching import next_batch
-from gateway.store.db import (InlineTx, begin_inline, is_busy, is_sqlite, make_engine, sqlite_write_lock, write_tx)
+from gateway.store.db import (InlineTx, KeptConnection, begin_inline, is_busy, is_sqlite, make_engine, sqlite_write_lock, write_tx)
 from gateway.inbound.intake import Envelope, Replayed, StudioIds, store_batch
 from gateway.settings import Settings
 
@@ -83,6 +83,7 @@ class Acceptor:
             # few milliseconds another process (the worker) holds the write lock; senders would
             # wait for nothing. This writer connection gives up at once and retries every ms.
             self._write_engine = make_engine(str(engine.url), busy_timeout=0, pool_size=1)
+        self._kept = KeptConnection(self._write_engine)   # the inline transactions' connection
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -109,6 +110,7 @@ class Acceptor:
         if self.commits:
             log.info("acceptor: %d messages in %d group commits (%.1f per commit)",
                      self.committed, self.commits, self.committed / self.commits)
+        self._kept.close()
         if self._write_engine is not self.engine:
             self._write_engine.dispose()
 
@@ -196,7 +198,7 @@ class Acceptor:
         threads of `gateway serve`) queue on: writing past it, they met SQLite's busy handler,
         which sleeps up to 100 ms between tries."""
         assert self._lock is not None
-        tx = begin_inline(self._write_engine, self._lock)
+        tx = begin_inline(self._write_engine, self._lock, self._kept)
         if tx is None:
             return None
         try:

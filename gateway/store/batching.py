@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from gateway.store.db import InlineTx, begin_inline, is_sqlite, make_engine, sqlite_write_lock, write_tx
+from gateway.store.db import InlineTx, KeptConnection, begin_inline, is_sqlite, make_engine, sqlite_write_lock, write_tx
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,11 +68,13 @@ class WriteBatcher:
         # for a lock: this connection gives up at once (busy_timeout 0) and the process's own
         # writers are asked without blocking; when either is busy, the thread does it all.
         self._inline_engine: Engine | None = None
+        self._kept: KeptConnection | None = None
         self.commits = 0  # group commits and the writes they carried (logged at stop)
         self.written = 0
         self._lock = sqlite_write_lock(engine)
         if is_sqlite(engine):
             self._inline_engine = make_engine(str(engine.url), busy_timeout=0, pool_size=1)
+            self._kept = KeptConnection(self._inline_engine)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -83,6 +85,8 @@ class WriteBatcher:
             await self._queue.put(None)  # everything queued before it is written first
             await self._task
         self._executor.shutdown(wait=True)
+        if self._kept is not None:
+            self._kept.close()
         if self._inline_engine is not None:
             self._inline_engine.dispose()
         if self.commits:
@@ -134,7 +138,7 @@ class WriteBatcher:
         if self._inline_engine is None or self._lock is None:
             return None
         try:
-            tx = begin_inline(self._inline_engine, self._lock)
+            tx = begin_inline(self._inline_engine, self._lock, self._kept)
         except OperationalError:
             return None
         if tx is None:
