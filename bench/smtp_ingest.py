@@ -6,7 +6,7 @@ Issue 20's "Proof" is the spec. Every process runs on its own, over loopback:
             gateway's SMTP settings (size limit, decode_data=False, SMTPUTF8, idle timeout),
             on the stock asyncio event loop. It does not offer PIPELINING.
   gateway   the real gateway as `gateway serve` runs it (gateway/runtime.Served: SMTP + HTTP API,
-            and the worker in the child processes serve starts, one per core on two or more)
+            and the worker in the two child processes serve starts on two or more cores)
             on a fresh SQLite file or a throwaway PostgreSQL database for every run; with
             --topology single, every role in one process (GATEWAY_SERVE_WORKER_PROCESSES=0,
             serve before issue 20); with split, the Procfile's SMTP+web and worker processes.

@@ -95,7 +95,7 @@ class PeriodicRound:
 class Gateway:
     def __init__(self, settings: Settings, roles: Iterable[str] = ROLES, engine: Engine | None = None,
                  worker: WorkerGroup | None = None) -> None:
-        """`worker`: the worker role runs in that child process (`gateway serve`); this one's
+        """`worker`: the worker role runs in those child processes (`gateway serve`); this one's
         acceptor and reply API wake it instead of a processor and outbox of their own."""
         self.settings = settings
         self.roles = set(roles)

@@ -101,8 +101,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # `gateway serve` runs its worker role (processing, outbox, rounds) in this many child
     # processes, so parsing doesn't take turns with accepting mail under one GIL and a burst is
-    # threaded on every core (gateway/worker_process.py). Default: one per core, up to four, when
-    # the machine has a second core; 0 keeps every role in one process.
+    # threaded on both cores (gateway/worker_process.py). Default: two when the machine has a
+    # second core (measured there; on SQLite more processes meet its one write lock more often
+    # than they parse in parallel); 0 keeps every role in one process.
     serve_worker_processes: int | None = Field(default=None, ge=0, le=32)
 
     @field_validator("log_level")
@@ -240,7 +241,7 @@ class Settings(BaseSettings):
         if self.serve_worker_processes is not None:
             return self.serve_worker_processes
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return min(cores, 4) if cores >= 2 else 0
+        return 2 if cores >= 2 else 0
 
     @property
     def resolved_database_url(self) -> str:

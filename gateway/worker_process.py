@@ -4,7 +4,7 @@ One Python process runs one thread at a time. With SMTP, HTTP and the processor 
 parsing and threading mail took turns with accepting it, on one core of the machine's two, and
 mail became visible at about a third of the rate a do-nothing SMTP server accepts it
 (bench/smtp_ingest.py, end to end). `gateway serve` therefore starts the Procfile's `worker`
-role in child processes of its own (GATEWAY_SERVE_WORKER_PROCESSES, one per core by default),
+role in child processes of its own (GATEWAY_SERVE_WORKER_PROCESSES, two by default),
 on the same database, and stays one command: the children are started, woken, restarted and
 stopped by the parent.
 
