@@ -31,7 +31,7 @@ from gateway.store.db import get_engine, migrate
 from gateway.lifecycle.helpdesk import ensure_helpdesk
 from gateway.inbound.acceptor import Acceptor
 from gateway.outbound.outbox import Outbox
-from gateway.inbound.processor import ProcessorThread
+from gateway.inbound.processor import ProcessorThread, claimer, release_claims_of
 from gateway.lifecycle.purge import purge
 from gateway.events import Reaction
 from gateway.lifecycle.account_deletion import CONFIRMATION, render_confirmations
@@ -225,7 +225,7 @@ class Served:
     def __init__(self, settings: Settings, roles: Iterable[str]) -> None:
         roles = set(roles)
         count = settings.resolved_serve_worker_processes if roles == set(ROLES) else 0
-        self.worker = WorkerGroup(worker_child, settings, count) if count else None
+        self.worker = WorkerGroup(worker_child, settings, count, on_death=self._release_claims) if count else None
         self.gateway = Gateway(settings, roles - {"worker"} if self.worker else roles, worker=self.worker)
         self._watching: asyncio.Task[None] | None = None
 
@@ -235,6 +235,17 @@ class Served:
         if self.worker is not None:
             self.worker.start()  # after start(): the schema is migrated and the helpdesk exists
             self._watching = asyncio.create_task(self.worker.watch(), name="worker process")
+
+    async def _release_claims(self, pid: int) -> None:
+        """A worker child died without finishing: the mail it had claimed goes back to the queue now."""
+        engine = self.gateway.engine
+        if engine is None:
+            return
+        freed = await asyncio.to_thread(release_claims_of, engine, claimer(pid))
+        if freed:
+            log.warning("worker process %s died holding %d message(s); they are back in the queue", pid, freed)
+            if self.worker is not None:
+                self.worker.wake_processor()
 
     async def stop(self) -> None:
         await self.gateway.stop()

@@ -18,7 +18,9 @@ stopped by the parent.
   terminated.
 - **Restarting.** A child that dies on its own is started again after a pause that doubles up
   to a minute. Claims are row locks and leases in the database (gateway/inbound/processor.py,
-  gateway/outbound/outbox.py), so the new child takes over what the old one left.
+  gateway/outbound/outbox.py), so the new child takes over what the old one left; the mail a
+  dead child had claimed is put back at once (`on_death`), not after the five-minute lease.
+  Outbound jobs keep their lease: the child may have handed the mail to the relay already.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import multiprocessing
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gateway.settings import Settings
 
@@ -42,14 +44,16 @@ STOP_TIMEOUT = 30.0           # seconds the child gets to finish a batch and a s
 RESTART_PAUSE = (1.0, 60.0)   # first and longest pause before a died child is started again
 
 ChildMain = Callable[[Settings, socket.socket], None]
+OnDeath = Callable[[int], Awaitable[None]]   # a child died without being asked to: its pid
 
 
 class WorkerProcess:
     """The parent's handle on the worker child: start, wake, watch, stop."""
 
-    def __init__(self, main: ChildMain, settings: Settings) -> None:
+    def __init__(self, main: ChildMain, settings: Settings, on_death: OnDeath | None = None) -> None:
         self._main = main
         self._settings = settings
+        self._on_death = on_death
         self._context = multiprocessing.get_context("spawn")  # no inherited threads, loops or engines
         self._process: multiprocessing.process.BaseProcess | None = None
         self._channel: socket.socket | None = None
@@ -114,6 +118,7 @@ class WorkerProcess:
             log.error("worker process %s exited with code %s; starting another in %.0f s",
                       process.pid, process.exitcode, pause)
             self._close_channel()
+            await self._died(process)
             await asyncio.sleep(pause)
             if self._stopping:
                 return
@@ -140,6 +145,17 @@ class WorkerProcess:
         if not await self._waited(exited, 5):
             process.kill()
             await self._waited(exited, 5)
+        await self._died(process)
+
+    async def _died(self, process: multiprocessing.process.BaseProcess) -> None:
+        """Tell `on_death` (which frees the child's claims); its failure must not stop the watch."""
+        if self._on_death is None or process.pid is None:
+            return
+        try:
+            await self._on_death(process.pid)
+        except Exception:
+            log.exception("cleaning up after worker process %s failed; its claims return after their lease",
+                          process.pid)
 
     @staticmethod
     async def _waited(exited: asyncio.Future[int | None], timeout: float) -> bool:
@@ -163,8 +179,8 @@ class WorkerGroup:
     purges), as they do for the Procfile's scaled workers.
     """
 
-    def __init__(self, main: ChildMain, settings: Settings, count: int) -> None:
-        self.children = [WorkerProcess(main, settings) for _ in range(count)]
+    def __init__(self, main: ChildMain, settings: Settings, count: int, on_death: OnDeath | None = None) -> None:
+        self.children = [WorkerProcess(main, settings, on_death) for _ in range(count)]
         self._turn = 0
         self._last_wake = float("-inf")
         self._trailing: asyncio.TimerHandle | None = None

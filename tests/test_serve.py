@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, update
 
 from gateway.store.tables import INBOUND
 from tests.conftest import RunningGateway, make_settings, start_gateway
@@ -188,6 +188,27 @@ def _gone(pid: int, timeout: float = 30) -> bool:
     return False
 
 
+def _claimed_by(tmp_path: Path, pid: int, subject: str) -> None:
+    """Store a mail already claimed by worker `pid`, in one transaction: no worker sees it pending."""
+    from gateway.inbound.intake import Envelope, store_batch
+    from gateway.inbound.processor import claimer
+    from gateway.settings import Settings
+    from gateway.store.db import make_engine, write_tx
+    from gateway.store.models import utcnow
+
+    settings = Settings(data_dir=tmp_path / "data", mail_domain="mail.test")
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'gateway.db'}")
+    try:
+        with write_tx(engine) as conn:
+            (inbound_id,) = store_batch(conn, [(make_mail(subject=subject), Envelope("guest@example.org",
+                                                                                       ["inkwell@mail.test"]))],
+                                        settings, settings.secret())
+            conn.execute(update(INBOUND).where(INBOUND.c.id == inbound_id).values(
+                status="processing", claimed_at=utcnow(), claimed_by=claimer(pid), attempts=1))
+    finally:
+        engine.dispose()
+
+
 def test_serve_runs_its_workers_in_child_processes_that_restart_and_stop_with_it(tmp_path: Path) -> None:
     """The processor beside the servers, not under their GIL; still one command to run and stop."""
     serve = Serve(tmp_path, GATEWAY_SERVE_WORKER_PROCESSES="2")
@@ -200,13 +221,16 @@ def test_serve_runs_its_workers_in_child_processes_that_restart_and_stop_with_it
         assert serve.wait_listed({"vor dem Absturz"})
 
         seen = len(serve.log)
+        _claimed_by(tmp_path, children[0], "beim Absturz in Arbeit")   # what the child holds when it dies
         os.kill(children[0], signal.SIGKILL)     # a worker that dies is started again
         assert _gone(children[0])
         assert serve.wait_log(rf"worker process {children[0]} exited with code -9", after=seen)
+        assert serve.wait_log(rf"worker process {children[0]} died holding 1 message", after=seen)
         restarted = serve.wait_log(r"worker process \d+ started", after=seen)
         assert restarted, "".join(serve.log)
         serve.send("nach dem Absturz")
-        assert serve.wait_listed({"vor dem Absturz", "nach dem Absturz"})
+        # the dead child's claim came back at once: listed well before its five-minute lease ends
+        assert serve.wait_listed({"vor dem Absturz", "beim Absturz in Arbeit", "nach dem Absturz"})
 
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.proc.wait(timeout=60) == 0

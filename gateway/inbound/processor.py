@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,10 +55,15 @@ _CLAIMABLE = select(INBOUND.c.id, INBOUND.c.attempts).where(or_(
 _SET_ASIDE = update(INBOUND).where(INBOUND.c.id.in_(bindparam("b_ids", expanding=True))).values(
     status="quarantined", processed_at=bindparam("b_now"), error=bindparam("b_error"))
 _CLAIM = update(INBOUND).where(INBOUND.c.id.in_(bindparam("b_ids", expanding=True))).values(
-    status="processing", claimed_at=bindparam("b_now"), attempts=INBOUND.c.attempts + 1)
+    status="processing", claimed_at=bindparam("b_now"), claimed_by=bindparam("b_by"), attempts=INBOUND.c.attempts + 1)
 _LOAD = select(INBOUND.c.id, INBOUND.c.mail_from, INBOUND.c.rcpt_to, INBOUND.c.raw_sha256, BLOB.c.data).join(
     BLOB, BLOB.c.sha256 == INBOUND.c.raw_sha256).where(
     INBOUND.c.id.in_(bindparam("b_ids", expanding=True))).order_by(INBOUND.c.id)
+
+
+def claimer(pid: int | None = None) -> str:
+    """Who holds a claim: this host and a process on it (this one by default)."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"[:100]
 
 
 def claim(engine: Engine, settings: Settings, limit: int) -> list[Inbound]:
@@ -72,7 +79,7 @@ def claim(engine: Engine, settings: Settings, limit: int) -> list[Inbound]:
         ids = [r.id for r in rows if r.id not in set(exhausted)]
         if not ids:
             return []
-        conn.execute(_CLAIM, {"b_ids": ids, "b_now": now})
+        conn.execute(_CLAIM, {"b_ids": ids, "b_now": now, "b_by": claimer()})
         loaded = conn.execute(_LOAD, {"b_ids": ids}).all()
     return [Inbound(id=r.id, mail_from=r.mail_from, rcpt_to=json.loads(r.rcpt_to), raw=r.data,
                     raw_sha256=r.raw_sha256) for r in loaded]
@@ -116,6 +123,21 @@ def release(engine: Engine, ids: list[int]) -> None:
                          .values(status="pending", attempts=INBOUND.c.attempts - 1, claimed_at=None))
     except OperationalError:
         log.warning("could not release %d claimed message(s); they return after the lease", len(ids))
+
+
+def release_claims_of(engine: Engine, holder: str) -> int:
+    """Put back what a worker process that died held, without waiting out the lease; the count.
+
+    Only for a process known to be dead (`gateway serve` learns it from the child's exit): a
+    live one would go on with its batch. Its attempt stays counted, so a message that kills
+    its worker every time is still set aside after GATEWAY_PROCESS_MAX_ATTEMPTS claims. A chunk
+    it committed is done already; the rest is threaded again from the start, in one place.
+    """
+    with write_tx(engine) as conn:
+        result = conn.execute(update(INBOUND).where(INBOUND.c.status == "processing",
+                                                    INBOUND.c.claimed_by == holder)
+                              .values(status="pending", claimed_at=None, claimed_by=None))
+    return result.rowcount or 0
 
 
 class _Retry(Exception):

@@ -103,6 +103,9 @@ class InboundMail(SQLModel, table=True):
     status: str = Field(default="pending", max_length=16)
     attempts: int = 0
     claimed_at: datetime | None = None
+    # host:pid of the worker process holding the claim: `gateway serve` frees a dead child's
+    # claims at once (gateway/worker_process.py) instead of after the lease.
+    claimed_by: str | None = Field(default=None, max_length=100)
     processed_at: datetime | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
     nonce: str | None = Field(default=None, max_length=128)
