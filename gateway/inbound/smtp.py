@@ -178,18 +178,20 @@ async def start_smtp_server(acceptor: Acceptor, engine: Engine, settings: Settin
     handler = GatewayHandler(acceptor, StudioDirectory(engine), settings)
     counter = {"open": 0}
     context = tls_context(settings)
+    loop = asyncio.get_running_loop()
 
     def factory() -> GatewaySMTP:
+        # `loop=`: without it aiosmtpd looks the loop up per connection inside
+        # warnings.catch_warnings(), which also resets every module's warning cache.
         return GatewaySMTP(
             handler, counter=counter, max_connections=settings.smtp_max_connections,
             data_timeout=settings.smtp_data_timeout,
             data_size_limit=settings.smtp_max_message_size, enable_SMTPUTF8=True, decode_data=False,
             hostname=settings.resolved_smtp_hostname, ident="studio-gateway ESMTP",
             tls_context=context, timeout=settings.smtp_idle_timeout,
-            command_call_limit=command_limits(settings),
+            command_call_limit=command_limits(settings), loop=loop,
         )
 
-    loop = asyncio.get_running_loop()
     if sock is None:
         sock = socket.create_server((settings.smtp_host, settings.smtp_port), reuse_port=False)
     server = await loop.create_server(factory, sock=sock)
