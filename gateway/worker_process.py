@@ -189,10 +189,6 @@ class WorkerGroup:
     def pids(self) -> list[int]:
         return [pid for child in self.children if (pid := child.pid) is not None]
 
-    @property
-    def restarts(self) -> int:
-        return sum(child.restarts for child in self.children)
-
     def start(self) -> None:
         for child in self.children:
             child.start()

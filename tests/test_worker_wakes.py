@@ -27,8 +27,7 @@ def test_a_burst_wakes_each_child_once_at_once_and_once_at_its_end() -> None:
         for _ in range(200):            # a stream of group commits, far closer than WAKE_SPACING
             group.wake_processor()
         first = [end.recv(64) for end in ends]
-        await asyncio.sleep(0)          # let the loop run: the trailing wake-up is a timer on it
-        loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()   # the trailing wake-up is a timer on it: recv off the loop
         trailing = await asyncio.gather(*(loop.run_in_executor(None, end.recv, 64) for end in ends))
         return first + list(trailing)
 

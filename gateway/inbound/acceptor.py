@@ -83,7 +83,8 @@ class Acceptor:
             # few milliseconds another process (the worker) holds the write lock; senders would
             # wait for nothing. This writer connection gives up at once and retries every ms.
             self._write_engine = make_engine(str(engine.url), busy_timeout=0, pool_size=1)
-        self._kept = KeptConnection(self._write_engine)   # the inline transactions' connection
+        # the inline transactions' connection (SQLite only: PostgreSQL writes off the loop)
+        self._kept = KeptConnection(self._write_engine) if self._inline else None
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -110,7 +111,8 @@ class Acceptor:
         if self.commits:
             log.info("acceptor: %d messages in %d group commits (%.1f per commit)",
                      self.committed, self.commits, self.committed / self.commits)
-        self._kept.close()
+        if self._kept is not None:
+            self._kept.close()
         if self._write_engine is not self.engine:
             self._write_engine.dispose()
 
