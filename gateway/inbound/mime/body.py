@@ -68,7 +68,7 @@ def fill_body(result: ParsedMessage, root: Node) -> None:
         is_body_text = ctype in ("text/plain", "text/html") and disposition != "attachment" \
             and not filename
         if is_body_text:
-            text = decode_bytes(decode_transfer(node.body, cte), params.get_content_charset())
+            text = decode_bytes(_content(node, cte), params.get_content_charset())
             if ctype == "text/plain":
                 plain.append((text, parent))
             elif html_src is None:
@@ -102,6 +102,11 @@ def fill_body(result: ParsedMessage, root: Node) -> None:
     result.text = result.text.replace("\r\n", "\n").replace("\r", "\n").rstrip()
 
 
+def _content(node: Node, cte: str) -> bytes:
+    """A leaf's content with the transfer encoding undone (once: see Node.transfer_decoded)."""
+    return node.body if node.transfer_decoded else decode_transfer(node.body, cte)
+
+
 def _add_attachment(result: ParsedMessage, node: Node, ctype: str, cte: str, filename: str,
                     disposition: str, content_id: str | None, in_related: bool) -> None:
     if len(result.attachments) >= MAX_ATTACHMENTS:
@@ -109,8 +114,9 @@ def _add_attachment(result: ParsedMessage, node: Node, ctype: str, cte: str, fil
             result.defects.append(f"more than {MAX_ATTACHMENTS} attachments; the rest dropped")
         return
     # Estimate before decoding: base64 is 4 bytes for 3, so a 40 MB part is not decoded.
-    estimate = len(node.body) * 3 // 4 if cte.strip().lower() == "base64" else len(node.body)
-    data = b"" if estimate > MAX_ATTACHMENT_BYTES * 1.1 else decode_transfer(node.body, cte)
+    estimate = len(node.body) * 3 // 4 \
+        if cte.strip().lower() == "base64" and not node.transfer_decoded else len(node.body)
+    data = b"" if estimate > MAX_ATTACHMENT_BYTES * 1.1 else _content(node, cte)
     index = len(result.attachments) + 1
     name = sanitise_filename(filename, ctype, index)
     if estimate > MAX_ATTACHMENT_BYTES * 1.1 or len(data) > MAX_ATTACHMENT_BYTES:

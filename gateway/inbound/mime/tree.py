@@ -65,12 +65,15 @@ class Node:
     """One MIME part, whichever parser found it.
 
     ``headers`` are the part's own headers as byte views; ``body`` is the raw body,
-    still transfer-encoded, for leaves; ``dsn_blocks`` holds the field blocks of a
-    message/delivery-status part (RFC 3464 section 2.1).
+    still transfer-encoded, for leaves, unless ``transfer_decoded`` says the parser had
+    to undo the transfer encoding to reach the original bytes (see ``_stdlib_leaf_body``);
+    ``dsn_blocks`` holds the field blocks of a message/delivery-status part (RFC 3464
+    section 2.1).
     """
     content_type: str
     headers: list[tuple[str, str]]
     body: bytes = b""
+    transfer_decoded: bool = False
     children: list[Node] = field(default_factory=list)
     dsn_blocks: list[list[tuple[str, str]]] = field(default_factory=list)
     _params: email.message.Message | None = None
@@ -158,8 +161,14 @@ def flanker_tree(raw: bytes, limits: Limits, top: HeaderBlock | None = None) -> 
 
 
 def stdlib_tree(raw: bytes, limits: Limits) -> tuple[Node, list[str]]:
-    """Parse with the stdlib (compat32) and convert to Node; returns stdlib's defects."""
+    """Parse with the stdlib (compat32) and convert to Node; returns stdlib's defects.
+
+    Leaves carry their original bytes (``_stdlib_leaf_body``), so the body text goes
+    through the same charset chain in ``charsets`` as on the flanker path. Embedded
+    messages are written back with the line ending the mail came with.
+    """
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    linesep = "\r\n" if b"\r\n" in raw else "\n"
     found: list[str] = []
     root = Node(content_type="", headers=[])
     stack: list[tuple[email.message.Message, Node, int]] = [(msg, root, 0)]
@@ -177,9 +186,9 @@ def stdlib_tree(raw: bytes, limits: Limits) -> tuple[Node, list[str]]:
                 node.dsn_blocks = [[(k, _stdlib_view(v)) for k, v in block.raw_items()]
                                    for block in payload[:MAX_PARTS]]
             elif isinstance(payload, list):
-                node.body = b"".join(_stdlib_message_bytes(p) for p in payload[:1])
+                node.body = b"".join(_stdlib_message_bytes(p, linesep) for p in payload[:1])
             else:
-                node.body = view_to_bytes(payload) if isinstance(payload, str) else b""
+                node.body, node.transfer_decoded = _stdlib_leaf_body(part, payload)
             continue
         if limits.deep_enough(depth + 1):
             continue
@@ -192,8 +201,26 @@ def _stdlib_view(value: Any) -> str:
     return view_to_bytes(str(value)).decode("latin-1")
 
 
-def _stdlib_message_bytes(msg: Any) -> bytes:
+def _stdlib_leaf_body(part: email.message.Message, payload: Any) -> tuple[bytes, bool]:
+    """The bytes of a leaf as they came, and whether the transfer encoding is undone.
+
+    ``get_payload()`` returns an ASCII body as it came. A body with 8-bit bytes it hands
+    back already decoded with the *declared* charset and errors="replace": CP-1252 text
+    labelled us-ascii came out as U+FFFD, which our chain then read as "ï¿½" (issue 13).
+    ``get_payload(decode=True)`` is the public door to the original bytes: as they came
+    for 7bit/8bit/binary (or a missing or unknown encoding), transfer-decoded for
+    quoted-printable and base64, which is what ``transfer_decoded`` records.
+    """
+    if not isinstance(payload, str):
+        return b"", False
+    if payload.isascii():
+        return payload.encode("ascii"), False
+    data = part.get_payload(decode=True)
+    return (bytes(data) if isinstance(data, (bytes, bytearray)) else b""), True
+
+
+def _stdlib_message_bytes(msg: Any, linesep: str) -> bytes:
     try:
-        return bytes(msg.as_bytes(policy=email.policy.compat32))
+        return bytes(msg.as_bytes(policy=email.policy.compat32.clone(linesep=linesep)))
     except Exception:  # a broken embedded message must not lose the outer one
         return b""
