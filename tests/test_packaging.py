@@ -74,3 +74,36 @@ def test_every_package_of_the_tree_is_listed_for_the_wheel() -> None:
     for stage in ("gateway.mail", "gateway.store", "gateway.inbound", "gateway.inbound.mime", "gateway.outbound",
                   "gateway.access", "gateway.inbox", "gateway.lifecycle", "gateway.backup", "gateway.cli"):
         assert stage in found, stage
+
+
+def _project() -> dict:
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        return tomllib.load(fh)["project"]
+
+
+def test_requires_python_states_what_the_suite_runs_on() -> None:
+    """requires-python promises only versions the suite has run on: the running interpreter
+    is inside it, and the next minor version (not yet run) is outside it (issue 13)."""
+    from packaging.specifiers import SpecifierSet
+
+    spec = SpecifierSet(_project()["requires-python"])
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert running in spec
+    assert f"{sys.version_info.major}.{sys.version_info.minor + 1}" not in spec
+    assert f"Programming Language :: Python :: {running}" in _project()["classifiers"]
+
+
+def test_stdlib_backports_for_python_313_are_declared_under_a_marker() -> None:
+    """flanker imports imghdr, and webob under it cgi; Python 3.13 removed both (PEP 594).
+    The PyPI backports are declared for 3.13 and later only, where they are needed."""
+    from packaging.requirements import Requirement
+
+    requirements = {r.name: r for r in map(Requirement, _project()["dependencies"])}
+    for name in ("standard-imghdr", "legacy-cgi"):
+        assert name in requirements, name
+        marker = requirements[name].marker
+        assert marker is not None, name
+        assert marker.evaluate({"python_version": "3.13"})
+        assert not marker.evaluate({"python_version": "3.12"})
