@@ -162,7 +162,16 @@ _MARKER_LINES = st.sampled_from([
     "-----Original Message-----", "----- Ursprüngliche Nachricht -----", "From: a", "*Von:* b", "Sent: c",
     "Gesendet: d", "Subject: e", "Betreff: f", "__________", "Sent from my iPhone", "Von meinem iPhone gesendet",
     "Get Outlook for iOS", "ſent from my iPhone", "ON 1 jan wrote:", "am 3.", "Hallo", "> quoted", "", "wrote:",
-    "Datum: 2", "Aber", "Grüße"])
+    "Datum: 2", "Aber", "Grüße",
+    # the tourist languages (issue 13): attributions, Outlook headers, separators, footers
+    "Le 01/01/2024 à 10:00, X a écrit :", "Il 01/01/24 10:00, X ha scritto:", "El 1 ene 2024, X escribió:",
+    "Op 1 jan. 2024 om 10:00 schreef X <x@y>:", "pon., 1 sty 2024 o 10:00 X napisał(a):",
+    "W dniu 01.01.2024 o 10:00, X pisze:", "пн, 1 янв. 2024 г. в 10:00, X <x@y>:", "01.01.2024, X пишет:",
+    "01.01.2024 10:00 tarihinde X yazdı:", "Em 1 de jan. de 2024, X escreveu:", "X escreveu no dia 1/01/2024:",
+    "Studio Nadelwerk <", "x@y> wrote:", "De : a", "Envoyé : b", "Objet : c", "Od: d", "Wysłano: e",
+    "Temat: f", "От: g", "Отправлено: h", "Тема: i", "Kimden: j", "Gönderildi: k", "Konu: l",
+    "-----Message d'origine-----", "-----Исходное сообщение-----", "Envoyé de mon iPhone",
+    "Отправлено с iPhone", "Wysłane z mojego iPhone'a", "dear", "10:00:"])
 _WHITESPACE = st.sampled_from(["", " ", "\t", "\xa0", "\u2003", "\x1c", "\x85", "\u200b"])
 
 
