@@ -143,9 +143,21 @@ class ConversationController(Controller):
 
     @get("/{conversation_id:int}", sync_to_thread=True,
          opt=support_read("conversation.read", "conversation {conversation_id}"))
-    def get_conversation(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> ConversationDetailOut:
-        with read_tx(state.engine) as conn:
-            detail = reading.conversation_detail(conn, caller.studio_id, conversation_id)
+    def get_conversation(
+        self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        images: Annotated[str, QueryParameter(pattern="^(blocked|remote)$")] = "blocked",
+    ) -> ConversationDetailOut:
+        """The conversation and a page of its messages: the newest `limit` first time, oldest
+        first within the page; `next_cursor` fetches the older page. Remote images in the
+        guests' HTML are left out (`remote_images_blocked` says where) unless `images=remote`."""
+        try:
+            with read_tx(state.engine) as conn:
+                detail = reading.conversation_detail(conn, caller.studio_id, conversation_id, limit=limit,
+                                                     cursor=cursor, remote_images=images == "remote")
+        except BadCursor as exc:
+            raise ClientException(str(exc)) from None
         if detail is None:
             raise NotFoundException("conversation not found")
         return detail

@@ -20,6 +20,7 @@ from gateway.store.tables import CONVERSATION, GUEST, MESSAGE
 from gateway.store.tables import OUTBOUND_JOB
 from gateway.store.tables import ATTACHMENT
 from gateway.access.visibility import LIVE_CONVERSATION, LIVE_MESSAGE
+from gateway.inbox.html_view import html_view
 
 
 class BadCursor(ValueError):
@@ -67,6 +68,8 @@ class MessageOut(msgspec.Struct):
     delivery: str | None
     delivery_error: str | None      # the relay's answer when delivery failed (or is being retried)
     attachments: list[AttachmentOut]
+    # `html` left out the sources of remote images (tracking pixels); ask with ?images=remote
+    remote_images_blocked: bool = False
 
 
 class ConversationOut(msgspec.Struct):
@@ -82,7 +85,8 @@ class ConversationOut(msgspec.Struct):
 
 class ConversationDetailOut(ConversationOut):
     held_count: int
-    messages: list[MessageOut]
+    messages: list[MessageOut]      # one page, oldest first; the newest page comes first
+    next_cursor: str | None = None  # the page of older messages, when there is one
 
 
 class ConversationList(msgspec.Struct):
@@ -103,13 +107,17 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise BadCursor("cursor is not one this API handed out") from None
 
 
-def message_out(m: Any, attachments: list[AttachmentOut], error: str | None) -> MessageOut:
+def message_out(m: Any, attachments: list[AttachmentOut], error: str | None, *,
+                remote_images: bool = False) -> MessageOut:
+    """A message row as the API shows it; `remote_images` lets the HTML load them."""
+    html = html_view(m.html, remote_images=remote_images)
     return MessageOut(
         id=m.id, direction=m.direction, state=m.state, from_=PersonOut(email=m.from_email, name=m.from_name),
         to=_people(m.to_json), cc=_people(m.cc_json), subject=m.subject, text=m.text, full_text=m.full_text,
-        html=m.html, message_id=m.message_id, in_reply_to=m.in_reply_to, received_at=m.received_at,
+        html=html.html, message_id=m.message_id, in_reply_to=m.in_reply_to, received_at=m.received_at,
         sent_at=m.sent_at, thread_rule=m.thread_rule, automatic=m.automatic, auto_kind=m.auto_kind,
-        delivery=m.delivery, delivery_error=error, attachments=attachments)
+        delivery=m.delivery, delivery_error=error, attachments=attachments,
+        remote_images_blocked=html.remote_images_blocked)
 
 
 def attachment_out(a: Any) -> AttachmentOut:
@@ -164,19 +172,33 @@ def list_conversations(conn: Connection, studio_id: int, *, limit: int = 50, sta
     return ConversationList(items=[_conversation(r) for r in rows], next_cursor=next_cursor)
 
 
-def conversation_detail(conn: Connection, studio_id: int, conversation_id: int) -> ConversationDetailOut | None:
-    """The conversation with its visible messages, or None when it is not the studio's."""
+def conversation_detail(conn: Connection, studio_id: int, conversation_id: int, *, limit: int | None = None,
+                        cursor: str | None = None, remote_images: bool = False) -> ConversationDetailOut | None:
+    """The conversation with its visible messages, or None when it is not the studio's.
+
+    A conversation can grow to thousands of messages, so they come in pages of `limit`
+    (all of them when None): the newest page first, each page oldest first as a messenger
+    shows it, and `next_cursor` for the page of older messages, in the conversation list's
+    cursor style (BadCursor if forged)."""
     row = conn.execute(
         select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
         .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION)
     ).first()
     if row is None:
         return None
-    messages = conn.execute(
-        select(MESSAGE).where(MESSAGE.c.conversation_id == conversation_id,
-                              MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == "visible", LIVE_MESSAGE)
-        .order_by(MESSAGE.c.received_at, MESSAGE.c.id)
-    ).all()
+    query = select(MESSAGE).where(MESSAGE.c.conversation_id == conversation_id,
+                                  MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == "visible", LIVE_MESSAGE)
+    if cursor is not None:
+        before_at, before_id = _decode_cursor(cursor)
+        query = query.where((MESSAGE.c.received_at < before_at)
+                            | ((MESSAGE.c.received_at == before_at) & (MESSAGE.c.id < before_id)))
+    query = query.order_by(MESSAGE.c.received_at.desc(), MESSAGE.c.id.desc())
+    if limit is not None:
+        query = query.limit(limit + 1)
+    messages = conn.execute(query).all()
+    more = limit is not None and len(messages) > limit
+    messages = messages[:limit][::-1] if limit is not None else messages[::-1]
+    next_cursor = _encode_cursor(messages[0].received_at, messages[0].id) if more else None
     held = conn.execute(select(func.count()).select_from(MESSAGE).where(
         MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.studio_id == studio_id,
         MESSAGE.c.state == "held", LIVE_MESSAGE)).scalar_one()
@@ -194,5 +216,7 @@ def conversation_detail(conn: Connection, studio_id: int, conversation_id: int) 
     base = _conversation(row)
     return ConversationDetailOut(
         **msgspec.structs.asdict(base), held_count=held,
-        messages=[message_out(m, attachments.get(m.id, []), errors.get(m.id)) for m in messages],
+        messages=[message_out(m, attachments.get(m.id, []), errors.get(m.id), remote_images=remote_images)
+                  for m in messages],
+        next_cursor=next_cursor,
     )
