@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=0, le=65535)
 
     flood_max_new_per_hour: int = Field(20, ge=1)    # new conversations per sender per studio
+    reply_max_per_conversation_per_hour: int = Field(30, ge=1)  # API replies, then 429 (outbound/reply_brake.py)
     subject_fallback_days: int = Field(30, ge=1)
     max_attachment_size: int = Field(25 * 1024 * 1024, gt=0)
     process_max_attempts: int = Field(3, ge=1)       # crashes before a message is quarantined

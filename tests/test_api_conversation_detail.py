@@ -1,16 +1,17 @@
-"""GET /api/v1/conversations/{id} for large conversations and guest HTML (issue 13): messages
-in pages, remote images left out unless asked for."""
+"""GET /api/v1/conversations/{id} for large conversations and guest HTML, and the reply brake
+(issue 13): messages in pages, remote images left out unless asked for, 429 past the brake."""
 from __future__ import annotations
 
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import make_msgid
+from pathlib import Path
 
 from sqlalchemy import select
 
 from gateway.store.db import read_tx
 from gateway.store.tables import MESSAGE
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, make_settings, start_gateway
 from tests.mail import make_mail
 
 PIXEL = "https://track.example/open.gif?guest=lena"
@@ -108,3 +109,30 @@ def test_bad_page_parameters_are_400(gw: RunningGateway) -> None:
     for params in ({"cursor": "not-a-cursor"}, {"limit": 0}, {"limit": 201}):
         assert api.get(f"/api/v1/conversations/{conversation}", params=params).status_code == 400, params
 
+
+def test_replies_past_the_brake_are_429_with_retry_after(tmp_path: Path, database_url: str) -> None:
+    gw = start_gateway(make_settings(tmp_path, database_url, reply_max_per_conversation_per_hour=3))
+    try:
+        studio = gw.add_studio("inkwell")
+        gw.send(make_mail(subject="Eins"), studio.address)
+        gw.send(make_mail(subject="Zwei", from_="Tom <tom@example.net>"), studio.address)
+        gw.process()
+        api = gw.api(studio.token)
+        one, two = sorted(i["id"] for i in api.get("/api/v1/conversations").json()["items"])
+        for n in range(3):
+            assert api.post(f"/api/v1/conversations/{one}/replies", json={"text": f"Antwort {n}"}).status_code == 202
+        braked = api.post(f"/api/v1/conversations/{one}/replies", json={"text": "noch eine"})
+        assert braked.status_code == 429, braked.text
+        assert 3590 <= int(braked.headers["Retry-After"]) <= 3600
+        assert "3 replies per conversation per hour" in braked.json()["detail"]
+        # another conversation has its own brake; a deleted reply still counts
+        assert api.post(f"/api/v1/conversations/{two}/replies", json={"text": "Hallo Tom"}).status_code == 202
+        replies = [m for m in api.get(f"/api/v1/conversations/{one}").json()["messages"]
+                   if m["direction"] == "outbound"]
+        assert api.delete(f"/api/v1/messages/{replies[0]['id']}").status_code == 200
+        assert api.post(f"/api/v1/conversations/{one}/replies", json={"text": "x"}).status_code == 429
+        # the braked reply was never stored, and a foreign or unknown id is still 404
+        assert len(replies) == 3
+        assert api.post("/api/v1/conversations/999999/replies", json={"text": "x"}).status_code == 404
+    finally:
+        gw.stop()

@@ -31,7 +31,7 @@ def settings(data_dir: str | Path, database_url: str, **extra: Any) -> Any:
 
     values: dict[str, Any] = dict(data_dir=Path(data_dir), database_url=database_url, mail_domain=MAIL_DOMAIN,
                                   secret_key=SECRET, smtp_port=0, http_port=0, log_level="WARNING",
-                                  flood_max_new_per_hour=10**9)
+                                  flood_max_new_per_hour=10**9, reply_max_per_conversation_per_hour=10**9)
     return Settings(**(values | extra))
 
 

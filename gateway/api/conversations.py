@@ -17,7 +17,7 @@ from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException
+from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException, TooManyRequestsException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import Body, FromPath, QueryParameter
 from sqlalchemy import Connection, select, update
@@ -32,6 +32,7 @@ from gateway.store.tables import CONVERSATION
 from gateway.store.models import utcnow
 from gateway.inbox.reading import (BadCursor, ConversationDetailOut, ConversationList, MessageOut, attachment_out, message_out)
 from gateway.outbound.replies import (MAX_TEXT, ReplyError, ReplyTooLarge, Upload, check_text, check_uploads, create_reply)
+from gateway.outbound.reply_brake import RepliesBraked, check_reply_brake
 from gateway.access.studios import Caller
 from gateway.store.tables import ATTACHMENT
 from gateway.lifecycle.trash import delete_conversation
@@ -210,6 +211,9 @@ class ConversationController(Controller):
         settings = state.settings
 
         def write(conn: Connection) -> Any:
+            # Scoped to the caller's studio: another studio's id finds no replies and stays 404.
+            check_reply_brake(conn, studio_id=caller.studio_id, conversation_id=conversation_id, now=utcnow(),
+                              limit=settings.reply_max_per_conversation_per_hour)
             created = create_reply(conn, studio_id=caller.studio_id, conversation_id=conversation_id,
                                    text=text, settings=settings, uploads=uploads)
             if created is None:
@@ -223,6 +227,8 @@ class ConversationController(Controller):
         try:
             check_text(text)  # refused before it joins a group commit
             written = await state.writes.run(write)
+        except RepliesBraked as exc:
+            raise TooManyRequestsException(str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
         except ReplyError as exc:
             raise ClientException(str(exc)) from None
         except (WriteUnavailable, OperationalError):
