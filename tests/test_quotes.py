@@ -166,8 +166,8 @@ def test_gmail_attribution_wrapped_over_two_lines_fr() -> None:
     "Od: Studio <hallo@nadelwerk.example>\nWysłano: poniedziałek, 1 stycznia 2024 10:00\nDo: Lena\nTemat: Termin",
     "От: Studio <hallo@nadelwerk.example>\nОтправлено: 1 января 2024 г. 10:00\nКому: Lena\nТема: Запись",
     "Kimden: Studio <hallo@nadelwerk.example>\nGönderildi: 1 Ocak 2024 Pazartesi 10:00\nKime: Lena\nKonu: Randevu",
-    "De: Studio <hallo@nadelwerk.example>\nEnviado: segunda-feira, 1 de janeiro de 2024 10:00\nPara: Lena\n"
-    "Assunto: Marcação",
+    ("De: Studio <hallo@nadelwerk.example>\nEnviado: segunda-feira, 1 de janeiro de 2024 10:00\nPara: Lena\n"
+     "Assunto: Marcação"),
 ])
 def test_outlook_header_block_in_tourist_languages(block: str) -> None:
     text = f"{NEW}\n\n________________________________\n{block}\n\nHallo Lena\n"
