@@ -136,3 +136,14 @@ def test_replies_past_the_brake_are_429_with_retry_after(tmp_path: Path, databas
         assert api.post("/api/v1/conversations/999999/replies", json={"text": "x"}).status_code == 404
     finally:
         gw.stop()
+
+
+def test_html_view_without_images_is_the_stored_html_and_any_img_spelling_is_caught() -> None:
+    from gateway.inbox.html_view import html_view
+
+    stored = '<p>Hallo <a href="https://lena.example/" rel="noopener noreferrer">Lena</a></p>'
+    assert html_view(stored).html is stored and not html_view(stored).remote_images_blocked
+    odd = '<P>x<IMG SRC="https://t.example/p.gif" ALT="p"><img src=//t.example/q.gif></P>'
+    view = html_view(odd)
+    assert view.remote_images_blocked and "t.example" not in view.html and 'alt="p"' in view.html
+    assert "t.example/p.gif" in html_view(odd, remote_images=True).html
