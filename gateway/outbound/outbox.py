@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine, bindparam, exists, or_, select, updat
 from gateway.store.db import read_tx, result_processor, write_tx
 from gateway.store.tables import MESSAGE
 from gateway.store.models import utcnow
-from gateway.outbound.compose import LateBodies, OutgoingMail, compose_many
+from gateway.outbound.compose import LateBodies, OutgoingMail, Undeliverable, compose_many
 from gateway.store.prepared import Prepared
 from gateway.outbound.relay import MaildirTransport, RelayConnection, RelayUrl, SendResult, Transport
 from gateway.outbound.render import Renderer
@@ -188,7 +188,10 @@ class Outbox:
             mail = built[job.message_row_id]
             if isinstance(mail, Exception):  # a reply that cannot be built will not build next time either
                 log.error("composing outbound message %s failed: %r", job.message_row_id, mail)
-                composed.append(SendResult("permanent", f"could not compose the message: {type(mail).__name__}"))
+                # An address no relay can carry says why (the studio reads it); anything else is
+                # ours to fix and shows only its kind, never internals.
+                why = str(mail) if isinstance(mail, Undeliverable) else type(mail).__name__
+                composed.append(SendResult("permanent", f"could not compose the message: {why}"[:1000]))
             else:
                 composed.append(mail)
         return composed
