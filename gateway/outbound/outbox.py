@@ -34,7 +34,7 @@ from gateway.store.tables import MESSAGE
 from gateway.store.models import utcnow
 from gateway.outbound.compose import LateBodies, OutgoingMail, Undeliverable, compose_many
 from gateway.store.prepared import Prepared
-from gateway.outbound.relay import MaildirTransport, RelayConnection, RelayUrl, SendResult, Transport
+from gateway.outbound.relay import NO_STARTTLS, MaildirTransport, RelayConnection, RelayUrl, SendResult, Transport
 from gateway.outbound.render import Renderer
 from gateway.store.tables import OUTBOUND_JOB
 from gateway.settings import Settings
@@ -93,6 +93,19 @@ _MESSAGE_SENT = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("messag
 # coming back is not hit by every queued reply at the same second. (Full jitter, as before,
 # could retry a refused connection a few milliseconds later: no backoff at all.)
 BACKOFF = tenacity.wait_exponential(multiplier=30, max=3600) + tenacity.wait_random(0, 15)
+
+
+# Replies waiting because the relay would not take our credentials encrypted (relay.NO_STARTTLS):
+# walks ix_outbound_job_status_due over the queued jobs only.
+_WAITING_FOR_TLS = (select(OUTBOUND_JOB.c.id)
+                    .where(OUTBOUND_JOB.c.status == "queued", OUTBOUND_JOB.c.last_error == NO_STARTTLS).limit(1))
+
+
+def relay_problem(conn: Connection) -> str | None:
+    """What keeps replies from the relay that only an operator can mend, for /readyz (which may
+    run in another process than the outbox, so the answer comes from the jobs themselves): the
+    relay offered no STARTTLS for its credentials. Cleared by the first successful send."""
+    return NO_STARTTLS if conn.execute(_WAITING_FOR_TLS).first() is not None else None
 
 
 @dataclass
