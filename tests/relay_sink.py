@@ -7,7 +7,8 @@ aiosmtpd on 127.0.0.1 (a given port, or an ephemeral one), on its own event-loop
 `tls` offers STARTTLS with that server context; `credentials` offers AUTH (also in clear, as a
 misconfigured relay does, or as any relay looks once a man in the middle strips STARTTLS) and
 records each login in `logins`; `wire` holds every byte the clients sent before any STARTTLS,
-to prove a secret never crossed in clear.
+to prove a secret never crossed in clear. `hold` never answers DATA (a relay that hangs, so a
+worker can be killed mid-send); `arrived` is set when a DATA is being held.
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class _Handler:
     sink: "RelaySink"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.sink.hold:
+            self.sink.arrived.set()
+            await asyncio.Event().wait()  # until the client goes away (aiosmtpd cancels us)
         if not self.sink.answer.startswith("250"):
             return self.sink.answer
         with self.sink.lock:
@@ -73,6 +77,8 @@ class RelaySink:
     credentials: tuple[str, str] | None = None
     logins: list[tuple[str, str, bool]] = field(default_factory=list)  # (login, password, over TLS)
     wire: bytearray = field(default_factory=bytearray)
+    hold: bool = False
+    arrived: threading.Event = field(default_factory=threading.Event)
 
     def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
         assert isinstance(data, LoginPassword)
