@@ -119,3 +119,39 @@ def test_an_international_domain_alone_is_sent_as_its_ascii_form_through_any_rel
     assert mail.data.isascii()
     assert message_from_bytes(mail.data, policy=policy.default)["To"].addresses[0].addr_spec == \
         "lena@xn--mller-tattoo-dlb.de"
+
+
+def test_dates_in_a_reply_are_in_the_studios_time_zone_set_through_the_api(
+        tmp_path: Path, database_url: str) -> None:
+    """Issue 13: "Am 05.12.2026 um 08:01 schrieb" was UTC; the studio is in Berlin, or wherever
+    its owner says (PATCH /api/v1/studio {"time_zone": ...})."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    with RelaySink() as sink:
+        running = outbound_gateway(tmp_path, database_url, sink.url)
+        try:
+            token, conversation_id = _guest_writes(running, "lena@example.org", name="Lena")
+            owner = running.api(token)
+            assert owner.get("/api/v1/studio").json()["time_zone"] == "Europe/Berlin"
+            for bad in ("Mars/Olympus", "../../etc/passwd", "", "x" * 300):
+                refused = owner.patch("/api/v1/studio", json={"time_zone": bad})
+                assert refused.status_code == 400 and "time_zone" in refused.text, bad
+            guest_mail = owner.get(f"/api/v1/conversations/{conversation_id}").json()["messages"][0]
+            received = datetime.fromisoformat(guest_mail["received_at"].replace("Z", "+00:00"))
+
+            reply(running, token, conversation_id, text="Gern!")
+            assert send_due(running) == 1   # the default zone: Berlin
+            changed = owner.patch("/api/v1/studio", json={"time_zone": "America/New_York"})
+            assert changed.status_code == 200 and changed.json()["time_zone"] == "America/New_York"
+            assert changed.json()["acknowledge_inquiries"] is False  # the other setting untouched
+            reply(running, token, conversation_id, text="Noch etwas.")
+            assert send_due(running) == 1
+        finally:
+            running.stop()
+    for mail, zone in zip(sink.received, ("Europe/Berlin", "America/New_York")):
+        local = received.astimezone(ZoneInfo(zone))
+        msg = mail.message
+        text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert f"Am {local:%d.%m.%Y} um {local:%H:%M} schrieb Lena:" in text, (zone, text)
+        assert msg["Date"].datetime.utcoffset() == local.utcoffset()  # the studio's own offset

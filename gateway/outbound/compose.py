@@ -34,6 +34,7 @@ from gateway.store.db import result_processor
 from gateway.store.tables import MESSAGE, STUDIO
 from gateway.store.prepared import Prepared
 from gateway.store.tables import ATTACHMENT
+from gateway.outbound.dates import zone
 from gateway.outbound.render import Quoted, Rendered, Renderer
 from gateway.settings import Settings
 from gateway.outbound.signing import DkimSigner
@@ -190,6 +191,7 @@ class _Outgoing(NamedTuple):
     slug: str
     name: str
     locale: str
+    time_zone: str
 
 
 class _Parent(NamedTuple):
@@ -205,7 +207,7 @@ _TO_COMPOSE = Prepared(
     select(MESSAGE.c.id, MESSAGE.c.studio_id, MESSAGE.c.conversation_id, MESSAGE.c.from_email, MESSAGE.c.to_json,
            MESSAGE.c.subject, MESSAGE.c.text, MESSAGE.c.message_id, MESSAGE.c.in_reply_to, MESSAGE.c.references_json,
            MESSAGE.c.received_at, MESSAGE.c.automatic, MESSAGE.c.auto_kind, STUDIO.c.slug, STUDIO.c.name,
-           STUDIO.c.locale)
+           STUDIO.c.locale, STUDIO.c.time_zone)
     .join(STUDIO, STUDIO.c.id == MESSAGE.c.studio_id)
     .where(MESSAGE.c.id == bindparam("id"))
 )
@@ -292,14 +294,16 @@ def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: by
         rendered = renderer.acknowledgement(locale=m.locale, studio_name=m.name, guest_name=guest_name)
     else:
         rendered = renderer.reply(locale=m.locale, studio_name=m.name, text=m.text,
-                                  guest_name=guest_name, quoted=quoted)
+                                  guest_name=guest_name, quoted=quoted, time_zone=m.time_zone)
 
     headers = [
         ("From", _address(m.name, m.from_email)),
         ("To", _address(guest_name, guest_email)),
         ("Reply-To", _reply_to(m.name, secret, m.slug, m.studio_id, m.conversation_id, settings.mail_domain)),
         ("Subject", _encoded("Subject", header_safe(m.subject))),
-        ("Date", format_datetime(m.received_at)),
+        # The studio's local time and offset, as its own mail client would write it (RFC 5322
+        # §3.3 allows any offset; readers' clients convert).
+        ("Date", format_datetime(m.received_at.astimezone(zone(m.time_zone)))),
         ("Message-ID", f"<{m.message_id}>"),
     ]
     if m.in_reply_to:
