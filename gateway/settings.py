@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     smtp_relay_timeout: float = Field(30.0, gt=0)
     outbound_retry_for: float = Field(2 * 24 * 3600.0, gt=0)   # seconds temporary failures are retried
     outbound_connections: int = Field(4, ge=1, le=64)          # parallel relay connections per worker
+    outbound_lease: float = Field(60.0, gt=0)   # seconds a claimed reply is held; renewed while it is sent
     dkim_selector: str = ""
     dkim_private_key_file: Path | None = None
 

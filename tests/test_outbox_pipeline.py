@@ -19,7 +19,7 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import MESSAGE
 from gateway.store.models import utcnow
 from gateway.outbound.compose import OutgoingMail
-from gateway.outbound.outbox import LEASE, PER_CONNECTION, Job, Outbox
+from gateway.outbound.outbox import PER_CONNECTION, Job, Outbox
 from gateway.runtime import LATE_BODIES
 from gateway.outbound.relay import SendResult
 from gateway.store.tables import OUTBOUND_JOB
@@ -94,7 +94,7 @@ def test_a_crashed_workers_jobs_are_sent_once_after_the_lease(gw: RunningGateway
     assert asyncio.run(Outbox(gw.engine, gw.settings, late_bodies=LATE_BODIES, transports=[relay]).run_once()) == 0
     assert jobs(gw) == [("sending", 1, "sending")]
     after_lease = Outbox(gw.engine, gw.settings, late_bodies=LATE_BODIES, transports=[relay],
-                         clock=lambda: utcnow() + LEASE + timedelta(minutes=1))
+                         clock=lambda: utcnow() + timedelta(seconds=gw.settings.outbound_lease + 1))
     assert asyncio.run(after_lease.run_once()) == 1
     assert relay.sent == [message_id] and jobs(gw) == [("sent", 2, "sent")]
     assert asyncio.run(after_lease.run_once()) == 0

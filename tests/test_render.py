@@ -103,7 +103,7 @@ def test_reply_layout_text_part(renderer: Renderer) -> None:
                               quoted=Quoted(author="Lena Müller", sent_at=SENT, text="Geht Donnerstag?\n\nLG"))
     assert rendered.text == (
         "Hi Lena,\n\nDonnerstag passt.\n\nInkwell Tattoo\n\n"
-        "Am 20.11.2026 um 10:00 schrieb Lena Müller:\n> Geht Donnerstag?\n>\n> LG\n\n"
+        "Am 20.11.2026 um 11:00 schrieb Lena Müller:\n> Geht Donnerstag?\n>\n> LG\n\n"  # Berlin: SENT + 1 h
         "Antworte einfach auf diese E-Mail – deine Nachricht geht direkt an Inkwell Tattoo.\n")
     plain = renderer.reply(locale="en", studio_name="Ink", text="See you!")
     assert plain.text == "See you!\n\nInk\n\nJust reply to this email – your message goes straight to Ink.\n"
@@ -165,7 +165,7 @@ def test_characters_mail_and_mjml_refuse_are_dropped_and_line_separators_become_
 def test_names_are_one_line(renderer: Renderer) -> None:
     rendered = renderer.reply(locale="en", studio_name="Ink", text="x",
                               quoted=Quoted(author="Lena\r\n  Müller\t", sent_at=SENT, text="y"))
-    assert "On Nov 20, 2026, at 10:00, Lena Müller wrote:\n" in rendered.text
+    assert "On Nov 20, 2026, at 11:00\u202fAM, Lena Müller wrote:\n" in rendered.text
 
 
 # ------------------------------------------------------------------ locales and dates
@@ -193,20 +193,38 @@ def test_default_locale_is_configurable_and_checked() -> None:
         Renderer(locales=("de", "../x"))
 
 
-def test_quote_line_per_locale_in_utc(renderer: Renderer) -> None:
+def test_quote_line_in_the_studios_time_zone_and_locale(renderer: Renderer) -> None:
+    """Issue 13: a German reply said "Am 05.12.2026 um 08:01 schrieb" in UTC; the guest wrote at
+    09:01 Berlin time. Dates follow the studio's zone (Europe/Berlin unless set) and its locale's
+    CLDR formats (Babel); the words around them are the template's language."""
     vienna = datetime(2026, 11, 20, 11, 0, tzinfo=timezone(timedelta(hours=1)))   # 10:00 UTC
     quoted = Quoted(author="Lena", sent_at=vienna, text="Hallo")
     de = renderer.reply(locale="de", studio_name="Ink", text="x", quoted=quoted)
-    en = renderer.reply(locale="en", studio_name="Ink", text="x", quoted=quoted)
-    assert "Am 20.11.2026 um 10:00 schrieb Lena:\n> Hallo\n" in de.text
-    assert "Am 20.11.2026 um 10:00 schrieb Lena:" in de.html
-    assert "On Nov 20, 2026, at 10:00, Lena wrote:\n> Hallo\n" in en.text
-    assert "On Nov 20, 2026, at 10:00, Lena wrote:" in en.html
-    early = Quoted(author="", sent_at=datetime(2027, 3, 5, 7, 5, tzinfo=timezone.utc), text="Hallo")
-    assert "Am 05.03.2027 um 07:05 schriebst du:\n" in renderer.reply(locale="de", studio_name="I", text="x",
-                                                                       quoted=early).text
-    assert "On Mar 5, 2027, at 07:05, you wrote:\n" in renderer.reply(locale="en", studio_name="I", text="x",
-                                                                       quoted=early).text
+    assert "Am 20.11.2026 um 11:00 schrieb Lena:\n> Hallo\n" in de.text   # Europe/Berlin by default
+    assert "Am 20.11.2026 um 11:00 schrieb Lena:" in de.html
+    issue = Quoted(author="", sent_at=datetime(2026, 12, 5, 8, 1, tzinfo=timezone.utc), text="Hallo")
+    assert "Am 05.12.2026 um 09:01 schriebst du:\n" in renderer.reply(locale="de", studio_name="I", text="x",
+                                                                       quoted=issue).text
+    cases = [  # locale, zone, the quote line's date
+        ("en", "America/New_York", "On Nov 20, 2026, at 5:00\u202fAM, Lena wrote:"),   # CLDR en = en-US
+        ("en-GB", "Europe/London", "On 20 Nov 2026, at 10:00, Lena wrote:"),
+        ("de-CH", "Europe/Zurich", "Am 20.11.2026 um 11:00 schrieb Lena:"),
+        ("de", "Asia/Tokyo", "Am 20.11.2026 um 19:00 schrieb Lena:"),
+        ("fr", "Europe/Paris", "Am 20.11.2026 um 11:00 schrieb Lena:"),   # no French templates: German ones
+    ]
+    for locale, zone, line in cases:
+        rendered = renderer.reply(locale=locale, studio_name="Ink", text="x", quoted=quoted, time_zone=zone)
+        assert line + "\n> Hallo\n" in rendered.text, (locale, zone, rendered.text)
+    summer = Quoted(author="Lena", sent_at=datetime(2026, 7, 1, 10, 0, tzinfo=timezone.utc), text="Hallo")
+    assert "Am 01.07.2026 um 12:00 schrieb" in renderer.reply(locale="de", studio_name="I", text="x",
+                                                              quoted=summer).text   # CEST, +2
+
+
+def test_an_unknown_time_zone_falls_back_to_utc_rather_than_failing(renderer: Renderer) -> None:
+    quoted = Quoted(author="Lena", sent_at=datetime(2026, 12, 5, 8, 1, tzinfo=timezone.utc), text="Hallo")
+    for zone in ("Nowhere/City", "../../etc/passwd", ""):
+        assert "Am 05.12.2026 um 08:01 schrieb" in renderer.reply(locale="de", studio_name="I", text="x",
+                                                                  quoted=quoted, time_zone=zone).text
 
 
 def test_naive_quote_time_is_refused() -> None:
@@ -309,7 +327,7 @@ def test_account_deletion_fast_path_equals_full_render(renderer: Renderer, refer
     assert "ABCD-EFGH-IJKL-MNOP" in fast.text and "ABCD-EFGH-IJKL-MNOP" in fast.html
     assert HOSTILE in fast.text and HOSTILE_HTML in fast.html and "@@gw" not in fast.html
     assert (link in fast.text and f'href="{link}"' in fast.html) if link else "href" not in fast.html
-    assert {"de": "22.11.2026 um 10:00 UTC", "en": "Nov 22, 2026, at 10:00 UTC"}[locale] in fast.text
+    assert {"de": "22.11.2026 um 11:00 MEZ", "en": "Nov 22, 2026, at 11:00\u202fAM +0100"}[locale] in fast.text
 
 
 def test_text_templates_are_cut_too_and_filled_without_escaping() -> None:

@@ -5,11 +5,12 @@ import msgspec
 from litestar import Controller, get, patch
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import JSONBody
 from sqlalchemy import select, update
 
 from gateway.api.auth import require_owner
+from gateway.outbound.dates import valid_time_zone
 from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import STUDIO
 from gateway.access.studios import Caller
@@ -22,10 +23,12 @@ class StudioOut(msgspec.Struct):
     address: str
     locale: str
     acknowledge_inquiries: bool
+    time_zone: str
 
 
 class StudioPatch(msgspec.Struct, omit_defaults=True):
     acknowledge_inquiries: bool | None = None
+    time_zone: str | None = None   # an IANA name ("Europe/Vienna"): the dates its mails show
 
 
 class StudioController(Controller):
@@ -37,12 +40,16 @@ class StudioController(Controller):
 
     @patch("/", sync_to_thread=True)
     def change(self, state: State, caller: NamedDependency[Caller], data: JSONBody[StudioPatch]) -> StudioOut:
-        """Owner only: whether new inquiries get an automatic acknowledgement."""
+        """Owner only: whether new inquiries get an automatic acknowledgement; the time zone."""
         require_owner(caller, "change its settings")
-        if data.acknowledge_inquiries is not None:
+        if data.time_zone is not None and not valid_time_zone(data.time_zone):
+            raise ValidationException(f"time_zone must be an IANA time zone such as Europe/Berlin, "
+                                      f"not {data.time_zone[:80]!r}")
+        values = {name: value for name, value in (("acknowledge_inquiries", data.acknowledge_inquiries),
+                                                  ("time_zone", data.time_zone)) if value is not None}
+        if values:
             with write_tx(state.engine) as conn:
-                conn.execute(update(STUDIO).where(STUDIO.c.id == caller.studio_id).values(
-                    acknowledge_inquiries=data.acknowledge_inquiries))
+                conn.execute(update(STUDIO).where(STUDIO.c.id == caller.studio_id).values(**values))
         return _load(state, caller.studio_id)
 
 
@@ -52,4 +59,4 @@ def _load(state: State, studio_id: int) -> StudioOut:
     if row is None:
         raise NotFoundException("studio not found")
     return StudioOut(id=row.id, slug=row.slug, name=row.name, address=f"{row.slug}@{state.settings.mail_domain}",
-                     locale=row.locale, acknowledge_inquiries=row.acknowledge_inquiries)
+                     locale=row.locale, acknowledge_inquiries=row.acknowledge_inquiries, time_zone=row.time_zone)

@@ -130,7 +130,8 @@ def request_deletion(conn: Connection, settings: Settings, *, studio_id: int, ch
     """Record a request and queue its confirmation mail to the owner, in the caller's transaction.
 
     `helpdesk` and `conversation_id` name the helpdesk conversation the mail belongs to."""
-    studio = conn.execute(select(STUDIO.c.id, STUDIO.c.slug, STUDIO.c.name, STUDIO.c.owner_email, STUDIO.c.locale)
+    studio = conn.execute(select(STUDIO.c.id, STUDIO.c.slug, STUDIO.c.name, STUDIO.c.owner_email, STUDIO.c.locale,
+                                 STUDIO.c.time_zone)
                           .where(STUDIO.c.id == studio_id)).first()
     helpdesk_name = conn.execute(select(STUDIO.c.name).where(STUDIO.c.id == helpdesk)).scalar()
     if studio is None or helpdesk_name is None or studio.id == helpdesk:
@@ -185,14 +186,15 @@ def _render(renderer: Renderer, studio: Any, settings: Settings, code: str, expi
             helpdesk_name: str, link: str) -> Rendered:
     return renderer.account_deletion(locale=studio.locale, studio_name=studio.name,
                                      studio_address=f"{studio.slug}@{settings.mail_domain}", code=code,
-                                     expires_at=expires_at, sender_name=helpdesk_name, link=link)
+                                     expires_at=expires_at, sender_name=helpdesk_name, link=link,
+                                     time_zone=studio.time_zone)
 
 
 # --- composing the mail (gateway/outbound/compose.py) ---------------------------------------------------
 
 _CONFIRMATIONS = (
     select(ACCOUNT_DELETION.c.message_ref, ACCOUNT_DELETION.c.nonce, ACCOUNT_DELETION.c.expires_at,
-           STUDIO.c.slug, STUDIO.c.name, STUDIO.c.locale)
+           STUDIO.c.slug, STUDIO.c.name, STUDIO.c.locale, STUDIO.c.time_zone)
     .join(STUDIO, STUDIO.c.id == ACCOUNT_DELETION.c.studio_ref)
     .where(ACCOUNT_DELETION.c.status == "pending")
 )

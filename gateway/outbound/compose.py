@@ -4,6 +4,12 @@ Everything that reaches a header is ours or was checked: CR, LF, NUL, U+2028/U+2
 control characters in names and subjects (which arrive from guests' mail) are replaced by
 spaces before they get near a header, so no value can start a header of its own; non-ASCII
 text is RFC 2047-encoded (email.header / email.utils.formataddr).
+
+Guests write from internationalised addresses (RFC 6530). A non-ASCII domain is sent in its
+ASCII form (IDNA 2008, RFC 5891), which every relay carries; a non-ASCII local part
+(`jürgen.müller@...`) has no ASCII form, so that message carries the address in UTF-8 in its
+To header (RFC 6532 §3.2) and can only travel over SMTPUTF8 (RFC 6531): the relay module asks
+for it, and a relay without it fails the reply permanently with a reason the studio sees.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from functools import lru_cache
 from email.utils import encode_rfc2231, format_datetime, formataddr
 from typing import Any, Mapping, NamedTuple, Protocol
 
+import idna
 from sqlalchemy import Connection, bindparam, select
 
 from gateway.mail.addresses import reply_address
@@ -27,6 +34,7 @@ from gateway.store.db import result_processor
 from gateway.store.tables import MESSAGE, STUDIO
 from gateway.store.prepared import Prepared
 from gateway.store.tables import ATTACHMENT
+from gateway.outbound.dates import zone
 from gateway.outbound.render import Quoted, Rendered, Renderer
 from gateway.settings import Settings
 from gateway.outbound.signing import DkimSigner
@@ -41,6 +49,10 @@ class OutgoingMail:
     data: bytes
 
 
+class Undeliverable(ValueError):
+    """An address that no relay can carry; its text is the reason the studio sees."""
+
+
 def header_safe(value: str) -> str:
     """A value that cannot break out of its header: line breaks and controls become spaces."""
     return " ".join(_UNSAFE.sub(" ", value or "").split())
@@ -52,11 +64,31 @@ def header_safe(value: str) -> str:
 # an address that raises is not cached and raises again.
 @lru_cache(maxsize=4096)
 def _address(name: str, email: str) -> str:
-    """`"Name" <local@domain>` with the name quoted or RFC 2047-encoded as needed."""
+    """`"Name" <local@domain>` with the name quoted or RFC 2047-encoded as needed; `email` as
+    `deliverable` made it (UTF-8 only in a local part that has no other form, RFC 6532)."""
     local, _, domain = email.rpartition("@")
     if not local or not domain or _UNSAFE.search(email) or any(c in email for c in " <>,;\"()[]\\"):
-        raise ValueError("not a deliverable address")
-    return formataddr((header_safe(name), email), charset="utf-8")
+        raise Undeliverable("not a deliverable address")
+    if email.isascii():
+        return formataddr((header_safe(name), email), charset="utf-8")
+    # formataddr refuses a non-ASCII address outright; the name is formatted exactly as it
+    # would be (quoted or RFC 2047-encoded) and the address follows in UTF-8.
+    shown = formataddr((header_safe(name), "x@x"), charset="utf-8")
+    return shown[:-len("<x@x>")] + f"<{email}>"
+
+
+@lru_cache(maxsize=4096)
+def deliverable(email: str) -> str:
+    """The guest's address as it goes on the envelope and in To: an internationalised domain in
+    its ASCII form (IDNA 2008 with UTS #46 mapping, RFC 5891), so only a non-ASCII local part
+    needs SMTPUTF8."""
+    local, _, domain = email.rpartition("@")
+    if domain.isascii():
+        return email
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError as exc:
+        raise Undeliverable(f"the domain of {email!r} is not a valid international domain name") from exc
 
 
 @lru_cache(maxsize=4096)
@@ -127,7 +159,9 @@ def _serialize(headers: list[tuple[str, str]], text: str, html: str | bytes, fil
         body, content_type = outer, f'multipart/mixed; boundary="{mixed}"'
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     head += f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n"
-    return head.encode("ascii") + b"".join(body)
+    # ASCII except for an address with a non-ASCII local part (RFC 6532: UTF-8, sent only
+    # over SMTPUTF8, see _address).
+    return head.encode("utf-8") + b"".join(body)
 
 
 def _filename_params(filename: str) -> str:
@@ -157,6 +191,7 @@ class _Outgoing(NamedTuple):
     slug: str
     name: str
     locale: str
+    time_zone: str
 
 
 class _Parent(NamedTuple):
@@ -172,7 +207,7 @@ _TO_COMPOSE = Prepared(
     select(MESSAGE.c.id, MESSAGE.c.studio_id, MESSAGE.c.conversation_id, MESSAGE.c.from_email, MESSAGE.c.to_json,
            MESSAGE.c.subject, MESSAGE.c.text, MESSAGE.c.message_id, MESSAGE.c.in_reply_to, MESSAGE.c.references_json,
            MESSAGE.c.received_at, MESSAGE.c.automatic, MESSAGE.c.auto_kind, STUDIO.c.slug, STUDIO.c.name,
-           STUDIO.c.locale)
+           STUDIO.c.locale, STUDIO.c.time_zone)
     .join(STUDIO, STUDIO.c.id == MESSAGE.c.studio_id)
     .where(MESSAGE.c.id == bindparam("id"))
 )
@@ -245,7 +280,8 @@ def compose_many(conn: Connection, message_row_ids: list[int], settings: Setting
 
 def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: bytes, renderer: Renderer,
            signer: DkimSigner | None, rendered_late: bool = False, late: Rendered | None = None) -> OutgoingMail:
-    guest_name, guest_email = _guest(m.to_json)
+    guest_name, stored_email = _guest(m.to_json)
+    guest_email = deliverable(stored_email)
     quoted = None
     if parent is not None:
         quoted = Quoted(author=parent.from_name or parent.from_email, sent_at=parent.received_at, text=parent.text)
@@ -258,14 +294,16 @@ def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: by
         rendered = renderer.acknowledgement(locale=m.locale, studio_name=m.name, guest_name=guest_name)
     else:
         rendered = renderer.reply(locale=m.locale, studio_name=m.name, text=m.text,
-                                  guest_name=guest_name, quoted=quoted)
+                                  guest_name=guest_name, quoted=quoted, time_zone=m.time_zone)
 
     headers = [
         ("From", _address(m.name, m.from_email)),
         ("To", _address(guest_name, guest_email)),
         ("Reply-To", _reply_to(m.name, secret, m.slug, m.studio_id, m.conversation_id, settings.mail_domain)),
         ("Subject", _encoded("Subject", header_safe(m.subject))),
-        ("Date", format_datetime(m.received_at)),
+        # The studio's local time and offset, as its own mail client would write it (RFC 5322
+        # §3.3 allows any offset; readers' clients convert).
+        ("Date", format_datetime(m.received_at.astimezone(zone(m.time_zone)))),
         ("Message-ID", f"<{m.message_id}>"),
     ]
     if m.in_reply_to:

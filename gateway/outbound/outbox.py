@@ -1,8 +1,12 @@
 """The outbox worker: claim due jobs, compose, sign, send through the relay, record.
 
 Claims use `FOR UPDATE SKIP LOCKED` (PostgreSQL), so several workers share the queue and each
-reply is sent once; a claimed job carries a lease, so a worker that died mid-way leaves it to
-be claimed again. Claiming and composing overlap sending (run_once). Each result is recorded
+reply is sent once; a claimed job carries a short lease (GATEWAY_OUTBOUND_LEASE, a minute) that
+the worker renews every third of it while the job is in its hands, so a worker that died
+mid-way (kill -9, OOM) leaves its jobs to another worker within about a minute rather than
+after the half hour a fixed lease had to allow for a slow relay. A job the dead worker had
+already handed to the relay is then sent again: delivery is at least once, with the same
+Message-ID, so the guest's mail client shows one message. Claiming and composing overlap sending (run_once). Each result is recorded
 within RECORD_WITHIN (10 ms) of the relay's answer, in the commit that claims the next jobs
 when one is due by then (results of parallel connections share one transaction, like the
 acceptor's group commits), which keeps the window in which a crash could send a reply twice
@@ -32,9 +36,9 @@ from sqlalchemy import Connection, Engine, bindparam, exists, or_, select, updat
 from gateway.store.db import read_tx, result_processor, write_tx
 from gateway.store.tables import MESSAGE
 from gateway.store.models import utcnow
-from gateway.outbound.compose import LateBodies, OutgoingMail, compose_many
+from gateway.outbound.compose import LateBodies, OutgoingMail, Undeliverable, compose_many
 from gateway.store.prepared import Prepared
-from gateway.outbound.relay import MaildirTransport, RelayConnection, RelayUrl, SendResult, Transport
+from gateway.outbound.relay import NO_STARTTLS, MaildirTransport, RelayConnection, RelayUrl, SendResult, Transport
 from gateway.outbound.render import Renderer
 from gateway.store.tables import OUTBOUND_JOB
 from gateway.settings import Settings
@@ -46,12 +50,11 @@ log = logging.getLogger(__name__)
 # The job's message is shown: neither it nor its conversation is deleted.
 _NOT_DELETED = exists(select(MESSAGE.c.id).where(MESSAGE.c.id == OUTBOUND_JOB.c.message_id, SHOWN_MESSAGE))
 
-# A claimed job must be sent well within the lease, or another worker would take it again while
-# it is in flight: at most PER_CONNECTION claimed, unsent messages wait per relay connection
-# (the next claim is made when a quarter of them are left, so sending rarely waits for a
-# claim), each bounded by the relay timeout per SMTP step, against a 30-minute lease.
-LEASE = timedelta(minutes=30)
+# At most PER_CONNECTION claimed, unsent messages wait per relay connection (the next claim is
+# made when a quarter of them are left, so sending rarely waits for a claim). Their lease is
+# renewed while they wait and while they are sent (run_once's heartbeat), however slow the relay.
 PER_CONNECTION = 8
+RENEWALS_PER_LEASE = 3   # a renewal may fail or come late twice before another worker takes over
 # On SQLite a commit costs an fsync and ~300 us of CPU (BEGIN IMMEDIATE, the pool, the WAL
 # write), most of a step's cost. So a result waits up to this long (or until a window's worth
 # of results is waiting) to be recorded in the commit of the next claim rather than one of its
@@ -80,6 +83,12 @@ _CLAIM = (update(OUTBOUND_JOB)
           .values(status="sending", claimed_at=bindparam("now"), attempts=OUTBOUND_JOB.c.attempts + 1)
           .returning(OUTBOUND_JOB.c.id, OUTBOUND_JOB.c.message_id, OUTBOUND_JOB.c.attempts, OUTBOUND_JOB.c.created_at))
 _CLAIM_JOBS = Prepared(_CLAIM)
+# A heartbeat: only this worker's claim (the attempt it made) of a job still being sent; a job
+# already recorded, or taken over after a missed lease, is left alone.
+_RENEW = Prepared(update(OUTBOUND_JOB)
+                  .where(OUTBOUND_JOB.c.id == bindparam("job_id"), OUTBOUND_JOB.c.status == "sending",
+                         OUTBOUND_JOB.c.attempts == bindparam("attempts"))
+                  .values(claimed_at=bindparam("now", type_=OUTBOUND_JOB.c.claimed_at.type)))
 _MESSAGE_SENDING = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("message_row_id"))
                             .values(delivery="sending"))
 # Results: one row per statement, executed as executemany (one C loop in the driver on SQLite,
@@ -93,6 +102,19 @@ _MESSAGE_SENT = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("messag
 # coming back is not hit by every queued reply at the same second. (Full jitter, as before,
 # could retry a refused connection a few milliseconds later: no backoff at all.)
 BACKOFF = tenacity.wait_exponential(multiplier=30, max=3600) + tenacity.wait_random(0, 15)
+
+
+# Replies waiting because the relay would not take our credentials encrypted (relay.NO_STARTTLS):
+# walks ix_outbound_job_status_due over the queued jobs only.
+_WAITING_FOR_TLS = (select(OUTBOUND_JOB.c.id)
+                    .where(OUTBOUND_JOB.c.status == "queued", OUTBOUND_JOB.c.last_error == NO_STARTTLS).limit(1))
+
+
+def relay_problem(conn: Connection) -> str | None:
+    """What keeps replies from the relay that only an operator can mend, for /readyz (which may
+    run in another process than the outbox, so the answer comes from the jobs themselves): the
+    relay offered no STARTTLS for its credentials. Cleared by the first successful send."""
+    return NO_STARTTLS if conn.execute(_WAITING_FOR_TLS).first() is not None else None
 
 
 @dataclass
@@ -157,6 +179,7 @@ class Outbox:
         self.renderer = Renderer()
         self.signer = load_signer(settings)
         self.transports = transports if transports is not None else make_transports(settings)
+        self.lease = timedelta(seconds=settings.outbound_lease)
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -171,13 +194,19 @@ class Outbox:
             return self._claim(conn, limit or PER_CONNECTION * len(self.transports), self.clock())
 
     def _claim(self, conn: Connection, limit: int, now: datetime) -> list[Job]:
-        rows = _CLAIM_JOBS.execute(conn, now=now, expired_before=now - LEASE, limit=limit).fetchall()
+        rows = _CLAIM_JOBS.execute(conn, now=now, expired_before=now - self.lease, limit=limit).fetchall()
         if rows:
             _MESSAGE_SENDING.execute_many(conn, [{"message_row_id": r[1]} for r in rows])
         rows.sort()  # RETURNING promises no order; by id, roughly oldest first
         created = result_processor(conn, OUTBOUND_JOB.c.created_at)
         return [Job(job_id, message_row_id, attempts, created(created_at))
                 for job_id, message_row_id, attempts, created_at in rows]
+
+    def renew(self, held: list[tuple[int, int]]) -> None:
+        """Extend the lease of the jobs this worker holds, as (job id, attempts of its claim)."""
+        with write_tx(self.engine) as conn:
+            _RENEW.execute_many(conn, [{"job_id": job_id, "attempts": attempts, "now": self.clock()}
+                                       for job_id, attempts in held])
 
     def compose_all(self, jobs: list[Job]) -> list[OutgoingMail | SendResult]:
         with read_tx(self.engine) as conn:
@@ -188,7 +217,10 @@ class Outbox:
             mail = built[job.message_row_id]
             if isinstance(mail, Exception):  # a reply that cannot be built will not build next time either
                 log.error("composing outbound message %s failed: %r", job.message_row_id, mail)
-                composed.append(SendResult("permanent", f"could not compose the message: {type(mail).__name__}"))
+                # An address no relay can carry says why (the studio reads it); anything else is
+                # ours to fix and shows only its kind, never internals.
+                why = str(mail) if isinstance(mail, Undeliverable) else type(mail).__name__
+                composed.append(SendResult("permanent", f"could not compose the message: {why}"[:1000]))
             else:
                 composed.append(mail)
         return composed
@@ -259,6 +291,17 @@ class Outbox:
         keeper_wake, lanes_wake = asyncio.Event(), asyncio.Event()
         state = {"claiming": True, "lanes": len(self.transports), "handled": 0}
         loop = asyncio.get_running_loop()
+        held: dict[int, int] = {}  # claimed and not yet recorded: job id -> attempts of our claim
+
+        async def heartbeat() -> None:
+            """Renews the lease of what this worker holds until the round ends (cancelled)."""
+            while True:
+                await asyncio.sleep(self.lease.total_seconds() / RENEWALS_PER_LEASE)
+                if held:
+                    try:
+                        await asyncio.to_thread(self.renew, list(held.items()))
+                    except Exception:  # the next beat tries again; the lease allows for misses
+                        log.exception("renewing the lease of %d outbound jobs failed", len(held))
 
         async def lane(transport: Transport) -> None:
             try:
@@ -309,6 +352,9 @@ class Outbox:
                 except Exception:  # results stay `sending` and are claimed again after the lease
                     log.exception("outbox database step failed (%d results, claiming %d)", len(results), want)
                     jobs, composed = [], []
+                for job, _ in results:  # recorded, or (failing) left to the lease: held no more
+                    held.pop(job.id, None)
+                held.update((job.id, job.attempts) for job in jobs)
                 if want and not jobs:
                     state["claiming"] = False  # nothing more is due (or claiming fails): finish up
                     lanes_wake.set()
@@ -317,8 +363,14 @@ class Outbox:
                 lanes_wake.set()
 
         record_now = _Flag(keeper_wake)
-        # Every task runs to its end, so a lane that fails cannot leave results unrecorded.
-        for outcome in await asyncio.gather(keeper(), *(lane(t) for t in self.transports), return_exceptions=True):
+        beating = asyncio.create_task(heartbeat())
+        try:
+            # Every task runs to its end, so a lane that fails cannot leave results unrecorded.
+            outcomes = await asyncio.gather(keeper(), *(lane(t) for t in self.transports), return_exceptions=True)
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+        for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         return state["handled"]

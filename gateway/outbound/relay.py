@@ -4,6 +4,12 @@ One `RelayConnection` is one SMTP session, reused for many messages and reopened
 error. Answers are sorted as Mailman's outgoing runner does: 4xx and connection trouble are
 temporary (the outbox retries later), 5xx is permanent (the reply is marked failed with the
 server's words, which the studio sees in the API).
+
+Credentials never cross in clear. With `user:password@` in an `smtp://` URL the session must
+turn to TLS with STARTTLS (RFC 3207) before AUTH; a relay that does not offer it (or whose
+offer a man in the middle stripped from the EHLO answer, RFC 3207 §6) gets no AUTH and no
+mail: the attempt is a temporary failure whose reason (NO_STARTTLS) the waiting replies carry,
+which `/readyz` reports (outbox.relay_problem). The relay's certificate is checked against the system's CAs (aiosmtplib's default).
 """
 from __future__ import annotations
 
@@ -22,10 +28,18 @@ from gateway.outbound.compose import OutgoingMail
 log = logging.getLogger(__name__)
 
 
+NO_STARTTLS = ("the relay offers no STARTTLS, and its credentials are only ever sent encrypted "
+               "(RFC 3207); retrying later")
+
+
 @dataclass(frozen=True)
 class SendResult:
     kind: str      # sent | temporary | permanent
     detail: str    # the relay's answer or the error, for the record
+
+
+class NoStartTls(aiosmtplib.SMTPException):
+    """The relay would have had our credentials in clear."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,10 @@ class RelayUrl:
     implicit_tls: bool
     username: str | None
     password: str | None
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.username is not None or self.password is not None
 
     @classmethod
     def parse(cls, url: str) -> RelayUrl:
@@ -60,12 +78,24 @@ class RelayConnection:
         self._smtp: aiosmtplib.SMTP | None = None
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        """A session ready for MAIL: TLS when offered, and always before credentials."""
+        must_tls = self.relay.has_credentials and not self.relay.implicit_tls
         smtp = aiosmtplib.SMTP(hostname=self.relay.host, port=self.relay.port, use_tls=self.relay.implicit_tls,
-                               start_tls=None if not self.relay.implicit_tls else False,
+                               # Without credentials: STARTTLS when offered (opportunistic, RFC 3207).
+                               start_tls=False if self.relay.implicit_tls or must_tls else None,
                                timeout=self.timeout, local_hostname=self.local_hostname)
         await smtp.connect()
-        if self.relay.username:
-            await smtp.login(self.relay.username, self.relay.password or "")
+        try:
+            if must_tls:
+                await smtp.ehlo()
+                if not smtp.supports_extension("starttls"):
+                    raise NoStartTls(NO_STARTTLS)
+                await smtp.starttls()  # says EHLO again over TLS (RFC 3207 §4.2)
+            if self.relay.has_credentials:
+                await smtp.login(self.relay.username or "", self.relay.password or "")
+        except BaseException:
+            smtp.close()
+            raise
         return smtp
 
     async def send(self, mail: OutgoingMail) -> SendResult:
@@ -73,6 +103,11 @@ class RelayConnection:
             if self._smtp is None or not self._smtp.is_connected:
                 self._smtp = await self._connect()
             return await self._transaction(self._smtp, mail)
+        except NoStartTls:
+            await self.close()
+            log.error("relay %s:%s offers no STARTTLS: not sending credentials in clear; mail waits",
+                      self.relay.host, self.relay.port)
+            return SendResult("temporary", NO_STARTTLS)
         except aiosmtplib.SMTPResponseException as exc:
             await self.close()
             return _by_code(exc.code, f"{exc.code} {exc.message}")

@@ -31,6 +31,7 @@ class Studio(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     acknowledge_inquiries: bool = False   # send guests an automatic "thanks, we'll answer" for new inquiries
     country: str | None = Field(default=None, max_length=2)   # ISO 3166 code: which lockdowns apply
+    time_zone: str = Field(default="Europe/Berlin", max_length=64)  # IANA zone of the dates its mails show
 
 
 class Profile(SQLModel, table=True):
