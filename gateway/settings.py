@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     sendgrid_basic_auth: SecretStr | None = None      # "user:password" from the Parse URL's credentials
     postmark_basic_auth: SecretStr | None = None      # "user:password" from the inbound webhook URL
     ses_topic_arns: str = ""                          # comma-separated SNS topics whose SES mail we take
-    ses_cert_host_pattern: str = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+    # sns.<region>.amazonaws.com(.cn), region-shaped (webhooks/sns.py: DEFAULT_CERT_HOST_PATTERN)
+    ses_cert_host_pattern: str = (r"^sns\.(?:(?!cn-)[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}\.amazonaws\.com"
+                                  r"|cn-[a-z]+-[0-9]{1,2}\.amazonaws\.com\.cn)$")
     ses_cert_ca_file: Path | None = None              # CA bundle for fetching SNS certificates
     ses_auto_confirm: bool = False                    # confirm SNS subscriptions to the topics above
     webhook_max_age: float = Field(300.0, gt=0)       # seconds a signed timestamp stays valid
