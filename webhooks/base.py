@@ -63,8 +63,14 @@ class Receiver:
     def enabled(self) -> bool:
         raise NotImplementedError
 
+    def authenticate(self, request: Request[Any, Any, Any]) -> None:
+        """Checks that need only the headers (HTTP basic auth), run before the body is read, so
+        a caller without credentials gets its 401 without making us read (and hold) a body of
+        up to `webhook_max_body` bytes. Raises WebhookError; checks over the body go in `read`."""
+
     async def read(self, request: Request[Any, Any, Any], body: bytes) -> Delivery | None:
-        """Authenticate and extract the email; None acknowledges a request that carries none."""
+        """Authenticate what needs the body and extract the email; None acknowledges a request
+        that carries none."""
         raise NotImplementedError
 
     def refused_recipient(self) -> Response[dict[str, Any]]:
@@ -103,9 +109,10 @@ async def receive(receiver: Receiver, request: Request[Any, Any, Any]) -> Respon
     """The shared endpoint body: authenticate → extract → choose studio → store → answer."""
     if not receiver.enabled:
         return error(404, f"the {receiver.name} webhook is not enabled on this gateway")
-    body = await request.body()  # bounded by the route's request_max_body_size (413 beyond)
     settings: Settings = request.app.state.settings
     try:
+        receiver.authenticate(request)  # before a byte of the body is read
+        body = await request.body()  # bounded by the route's request_max_body_size (413 beyond)
         delivery = await receiver.read(request, body)
     except WebhookError as exc:
         if exc.status in (401, 403):
