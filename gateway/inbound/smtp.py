@@ -36,6 +36,11 @@ ERR_FLOOD = "450 4.7.1 Too many new conversations from this sender, please try a
 ERR_NO_RCPT = "554 5.5.1 No valid recipients"
 ERR_BAD_SENDER = "501 5.1.7 Bad sender address syntax"
 OK_SENDER = "250 2.1.0 Sender OK"
+# RFC 6531 3.7.4.2 (with RFC 6533's X.6.7): a non-ASCII mailbox needs the SMTPUTF8 parameter of
+# MAIL. Without it the client has not promised an SMTPUTF8 transaction, and the reply it would
+# get later (our acknowledgements, the studio's answers) could not be relayed back to it.
+ERR_UTF8_SENDER = "553 5.6.7 Non-ASCII sender address needs the SMTPUTF8 parameter (RFC 6531)"
+ERR_UTF8_RCPT = "553 5.6.7 Non-ASCII recipient address needs SMTPUTF8 in MAIL FROM (RFC 6531)"
 ERR_TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
 
 
@@ -68,6 +73,8 @@ class GatewayHandler:
         # otherwise reach the database and logs; the null reverse-path "<>" arrives as "".
         if _CONTROL.search(address) or len(address) > 320:
             return ERR_BAD_SENDER
+        if not envelope.smtp_utf8 and not address.isascii():  # aiosmtpd set it from the parameters
+            return ERR_UTF8_SENDER
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return OK_SENDER
@@ -76,6 +83,8 @@ class GatewayHandler:
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.settings.smtp_max_recipients:
             return ERR_TOO_MANY_RCPT
+        if not envelope.smtp_utf8 and not address.isascii():
+            return ERR_UTF8_RCPT
         studio = parse_studio_address(address, self.settings.mail_domain)
         if studio is None:
             return ERR_NO_SUCH_USER
