@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     smtp_max_commands_without_progress: int = Field(30, ge=1)
     smtp_tls_cert_file: Path | None = None
     smtp_tls_key_file: Path | None = None
+    # What one client, or all of them together, may hold of the SMTP server (docs/mail-flow.md).
+    smtp_max_connections_per_ip: int = Field(50, ge=1)          # 421 4.7.0 at connect beyond it
+    smtp_max_mail_per_session: int = Field(200, ge=1)           # MAIL commands; then 421, hang up
+    smtp_max_rset_per_session: int = Field(200, ge=1)           # RSET commands; then 421, hang up
+    smtp_max_unknown_rcpt_per_session: int = Field(20, ge=0)    # 550s; the next unknown is 421
+    smtp_unknown_rcpt_cache_seconds: float = Field(10.0, ge=0)  # unknown studios remembered; 0: off
+    smtp_unknown_rcpt_cache_size: int = Field(10_000, ge=0)     # at most this many remembered
+    smtp_max_data_in_flight: int = Field(256 * 1024 * 1024, gt=0)  # DATA bytes of all sessions at once
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
