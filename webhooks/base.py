@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from litestar import Request, Response
 
 from gateway.inbound.directory import StudioDirectory
-from gateway.inbound.acceptor import Acceptor, TemporaryFailure
+from gateway.inbound.acceptor import Acceptor, StorageFull, TemporaryFailure
 from gateway.inbound.intake import Envelope, FloodLimited, Replayed
 from gateway.settings import Settings
 
@@ -145,6 +145,9 @@ async def receive(receiver: Receiver, request: Request[Any, Any, Any]) -> Respon
     except FloodLimited:
         return error(503, "too many new conversations from this sender, please retry later",
                      {"Retry-After": "600"})
+    except StorageFull:
+        log.warning("%s webhook: storage full, answering 503", receiver.name)
+        return error(503, "insufficient storage on our side, please retry", {"Retry-After": RETRY_AFTER})
     except TemporaryFailure:
         return error(503, "temporary problem storing the message, please retry", {"Retry-After": RETRY_AFTER})
     return Response({"status": "stored", "id": inbound_id}, status_code=200)

@@ -18,7 +18,7 @@ from aiosmtpd.smtp import SMTP, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from sqlalchemy import Engine
 
-from gateway.inbound.acceptor import Acceptor, TemporaryFailure
+from gateway.inbound.acceptor import Acceptor, StorageFull, TemporaryFailure
 from gateway.inbound.directory import StudioDirectory
 from gateway.inbound.intake import Envelope, FloodLimited
 from gateway.inbound.smtp_edge import DataRefused, FastSMTP, protocol_names
@@ -33,6 +33,9 @@ OK_QUEUED = "250 2.0.0 Message accepted for delivery ({id})"
 ERR_NO_SUCH_USER = "550 5.1.1 No such mailbox here"
 ERR_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 ERR_TEMPORARY = "451 4.3.0 Temporary local problem, please try again later"
+# RFC 3463 X.3.1 "mail system full", RFC 5321 4.2.3 (452 "insufficient system storage"): our
+# disk is full; the sender retries.
+ERR_STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 ERR_FLOOD = "450 4.7.1 Too many new conversations from this sender, please try again later"
 ERR_NO_RCPT = "554 5.5.1 No valid recipients"
 ERR_BAD_SENDER = "501 5.1.7 Bad sender address syntax"
@@ -48,8 +51,8 @@ ERR_TOO_MANY_FROM_PEER = b"421 4.7.0 Too many connections from your address, try
 # server close with 421 at any time, and the client keeps its mail for another attempt.
 ERR_TOO_MANY_UNKNOWN = "421 4.7.0 Too many unknown recipients, closing connection"
 # RFC 3463 X.3.1 "mail system full": the DATA of all sessions together is over what we hold in
-# memory at once. At DATA the transaction may simply be tried again later (452, RFC 5321 4.5.3.1.10
-# allows it for DATA); mid-transfer the bytes already sent can't be refused politely, so 421.
+# memory at once. At DATA the transaction may simply be tried again later (452, which RFC 5321 4.3.2
+# lists for DATA); mid-transfer the bytes already sent can't be refused politely, so 421.
 ERR_DATA_BUSY = "452 4.3.1 Too much mail in transfer right now, try again later"
 ERR_DATA_OVER = "421 4.3.1 Too much mail in transfer right now, closing connection"
 
@@ -159,6 +162,8 @@ class GatewayHandler:
                 mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos), peer=peer_text))
         except FloodLimited:
             return ERR_FLOOD
+        except StorageFull:
+            return ERR_STORAGE_FULL
         except TemporaryFailure:
             return ERR_TEMPORARY
         except Exception:
