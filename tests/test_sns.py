@@ -610,7 +610,17 @@ def test_a_failed_certificate_url_is_refused_from_memory(emu: SnsEmulator, respo
 def test_the_negative_cache_is_bounded(emu: SnsEmulator, verifier: SnsVerifier) -> None:
     from webhooks.sns import NEGATIVE_CACHE_SIZE
     message = emu.sign(emu.notification("forged", TOPIC))
+
+    def path(index: int) -> str:
+        return f"/SimpleNotificationService-{index:x}.pem"        # the emulator answers 404
+
+    def forged(index: int) -> None:
+        with pytest.raises(SnsError, match="HTTP 404"):
+            verifier.verify({**message, "SigningCertURL": emu.base_url + path(index)})
+
     for index in range(NEGATIVE_CACHE_SIZE + 10):
-        with pytest.raises(SnsError):
-            verifier.verify({**message, "SigningCertURL": f"{emu.base_url}/SimpleNotificationService-{index:x}.pem"})
-    assert len(verifier._failed) == NEGATIVE_CACHE_SIZE
+        forged(index)
+    forged(NEGATIVE_CACHE_SIZE + 9)        # the newest is still remembered ...
+    assert emu.fetches(path(NEGATIVE_CACHE_SIZE + 9)) == 1
+    forged(0)                              # ... the oldest was dropped to stay within the bound
+    assert emu.fetches(path(0)) == 2
