@@ -103,11 +103,14 @@ def test_every_way_a_full_disk_arrives_is_recognised(tmp_path: Path) -> None:
     assert is_storage_full(OperationalError("INSERT", {}, sqlite_full.value))          # as SQLAlchemy wraps it
     pg_full = psycopg.errors.DiskFull('could not extend file "base/16384/16385": No space left on device')
     assert is_storage_full(OperationalError("INSERT", {}, pg_full))
-    assert is_storage_full(OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(OSError) as enospc:              # the kernel's own ENOSPC: /dev/full
+        with open("/dev/full", "wb", buffering=0) as device:
+            device.write(b"x")
+    assert enospc.value.errno == errno.ENOSPC and is_storage_full(enospc.value)
     assert is_storage_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
     try:
         try:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise enospc.value
         except OSError as inner:
             raise RuntimeError("writing the blob failed") from inner
     except RuntimeError as outer:
