@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     smtp_max_commands_without_progress: int = Field(30, ge=1)
     smtp_tls_cert_file: Path | None = None
     smtp_tls_key_file: Path | None = None
+    # What one client, or all of them together, may hold of the SMTP server (docs/mail-flow.md).
+    smtp_max_connections_per_ip: int = Field(50, ge=1)          # 421 4.7.0 at connect beyond it
+    smtp_max_mail_per_session: int = Field(200, ge=1)           # MAIL commands; then 421, hang up
+    smtp_max_rset_per_session: int = Field(200, ge=1)           # RSET commands; then 421, hang up
+    smtp_max_unknown_rcpt_per_session: int = Field(20, ge=0)    # 550s; the next unknown is 421
+    smtp_unknown_rcpt_cache_seconds: float = Field(10.0, ge=0)  # unknown studios remembered; 0: off
+    smtp_unknown_rcpt_cache_size: int = Field(10_000, ge=0)     # at most this many remembered
+    smtp_max_data_in_flight: int = Field(256 * 1024 * 1024, gt=0)  # DATA bytes of all sessions at once
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
@@ -69,7 +77,9 @@ class Settings(BaseSettings):
     sendgrid_basic_auth: SecretStr | None = None      # "user:password" from the Parse URL's credentials
     postmark_basic_auth: SecretStr | None = None      # "user:password" from the inbound webhook URL
     ses_topic_arns: str = ""                          # comma-separated SNS topics whose SES mail we take
-    ses_cert_host_pattern: str = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+    # sns.<region>.amazonaws.com(.cn), region-shaped (webhooks/sns.py: DEFAULT_CERT_HOST_PATTERN)
+    ses_cert_host_pattern: str = (r"^sns\.(?:(?!cn-)[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}\.amazonaws\.com"
+                                  r"|cn-[a-z]+-[0-9]{1,2}\.amazonaws\.com\.cn)$")
     ses_cert_ca_file: Path | None = None              # CA bundle for fetching SNS certificates
     ses_auto_confirm: bool = False                    # confirm SNS subscriptions to the topics above
     webhook_max_age: float = Field(300.0, gt=0)       # seconds a signed timestamp stays valid

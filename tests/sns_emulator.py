@@ -349,7 +349,7 @@ class SnsEmulator:
     query) in `requests`. `serve()` adds canned answers (redirects, oversized bodies).
     """
 
-    host_pattern = r"^localhost$"
+    host_pattern = r"^localhost:[0-9]+$"   # the emulator listens on an ephemeral port
 
     def __init__(self, *, signing_key: SigningKey | None = None) -> None:
         pki = _pki()

@@ -299,7 +299,7 @@ def test_certificate_not_yet_valid_refused() -> None:
 
 
 def test_redirect_from_certificate_url_not_followed(emu: SnsEmulator, verifier: SnsVerifier) -> None:
-    path = "/SimpleNotificationService-moved.pem"
+    path = "/SimpleNotificationService-5e1ec7ed.pem"
     emu.serve(path, Response(302, b"", {"Location": emu.cert_url}))
     message = emu.sign(emu.notification("Hello", TOPIC))
     refused(verifier, {**message, "SigningCertURL": emu.base_url + path}, "redirect")
@@ -310,7 +310,7 @@ def test_redirect_from_certificate_url_not_followed(emu: SnsEmulator, verifier: 
 @pytest.mark.parametrize("content_length", [True, False])
 def test_oversized_certificate_response_refused(emu: SnsEmulator, verifier: SnsVerifier,
                                                 content_length: bool) -> None:
-    path = "/SimpleNotificationService-huge.pem"
+    path = "/SimpleNotificationService-b16b16.pem"
     pem = emu.signing_key.cert_pem
     emu.serve(path, Response(200, pem + b"\n" * (64 * 1024), content_length=content_length))
     message = emu.sign(emu.notification("Hello", TOPIC))
@@ -322,7 +322,7 @@ def test_oversized_certificate_response_refused(emu: SnsEmulator, verifier: SnsV
 def test_declared_oversized_length_refused_before_reading(emu: SnsEmulator, verifier: SnsVerifier) -> None:
     # The body is short, so only the declared length can trigger the refusal: reading first
     # would instead end in a truncated-body error.
-    url = emu.serve("/SimpleNotificationService-declared.pem",
+    url = emu.serve("/SimpleNotificationService-dec1a7ed.pem",
                     Response(200, emu.signing_key.cert_pem, {"Content-Length": str(10**8)}, content_length=False))
     message = emu.sign(emu.notification("Hello", TOPIC))
     with pytest.raises(SnsError, match="too large") as caught:
@@ -340,7 +340,7 @@ def test_declared_oversized_length_refused_before_reading(emu: SnsEmulator, veri
 ])
 def test_bad_certificate_responses_refused(emu: SnsEmulator, verifier: SnsVerifier, response: Response,
                                            reason: str, error: type[SnsError]) -> None:
-    url = emu.serve("/SimpleNotificationService-bad.pem", response)
+    url = emu.serve("/SimpleNotificationService-badbad.pem", response)
     message = emu.sign(emu.notification("Hello", TOPIC))
     with pytest.raises(error, match=reason):
         verifier.verify({**message, "SigningCertURL": url})
@@ -512,3 +512,115 @@ def test_post_headers_are_those_sns_sends(emu: SnsEmulator) -> None:
 
 def test_iso_timestamp_has_milliseconds_and_z() -> None:
     assert iso_timestamp(datetime(2012, 5, 2, 0, 54, 6, 655321, tzinfo=timezone.utc)) == "2012-05-02T00:54:06.655Z"
+
+
+# -- the certificate host and path are pinned (issue 13) -------------------------------------
+
+@pytest.mark.parametrize("cert_url", [
+    # S3 bucket hosts: the bucket "sns", path-style and website endpoints
+    "https://sns.s3.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+    "https://sns.s3-external-1.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+    "https://sns.s3-website-us-east-1.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+    "https://sns.s3-us-west-2.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+    "https://sns.execute-api.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+    "https://sns.us-east-1.s3.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+    "https://sns.cn-north-1.amazonaws.com/SimpleNotificationService-0123abcd.pem",      # China is .com.cn
+    "https://sns.us-east-1.amazonaws.com.cn/SimpleNotificationService-0123abcd.pem",    # and only China
+    # authority tricks
+    "https://sns.us-east-1.amazonaws.com./SimpleNotificationService-0123abcd.pem",      # trailing dot
+    "https://sns.us-east-1.amazonaws.com:8443/SimpleNotificationService-0123abcd.pem",  # a port
+    "https://sns.us-east-1.amazonaws.com:443@evil.example/SimpleNotificationService-0123abcd.pem",
+    "https://user@sns.us-east-1.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+    "https://sns.us-east-1.amazonaws.com%2eevil.example/SimpleNotificationService-0123abcd.pem",
+    "https://sns%2eus-east-1.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+    "https://sns.us-east-1.amazonaws.com\\@evil.example/SimpleNotificationService-0123abcd.pem",
+    "https://[::1]/SimpleNotificationService-0123abcd.pem",
+    # path tricks
+    "https://sns.us-east-1.amazonaws.com/%53impleNotificationService-0123abcd.pem",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123abcd%2epem",
+    "https://sns.us-east-1.amazonaws.com/x/../SimpleNotificationService-0123abcd.pem",
+    "https://sns.us-east-1.amazonaws.com//SimpleNotificationService-0123abcd.pem",
+    "https://sns.us-east-1.amazonaws.com/bucket/SimpleNotificationService-0123abcd.pem",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123abcd.pem;type=a",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-../../x.pem",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-.pem",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123ABCD.pem",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123abcd.pem?",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123abcd.pem?a=b",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123abcd.pem#f",
+    "https://sns.us-east-1.amazonaws.com/evil.pem",
+])
+def test_default_pattern_refuses_known_bypasses(cert_url: str) -> None:
+    with pytest.raises(SnsError):
+        check_aws_url(cert_url, DEFAULT_CERT_HOST_PATTERN, pem=True)
+
+
+@pytest.mark.parametrize("url", [
+    "https://sns.eu-central-1.amazonaws.com/SimpleNotificationService-01d088a6f77103d0fe307c0069e40ed6.pem",
+    "https://sns.ap-southeast-5.amazonaws.com/SimpleNotificationService-01d088a6f77103d0fe307c0069e40ed6.pem",
+    "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-01d088a6f77103d0fe307c0069e40ed6.pem",
+    "https://sns.cn-northwest-1.amazonaws.com.cn/SimpleNotificationService-01d088a6f77103d0fe307c0069e40ed6.pem",
+    "https://sns.us-east-1.amazonaws.com:443/SimpleNotificationService-01d088a6f77103d0fe307c0069e40ed6.pem",
+])
+def test_default_pattern_accepts_every_region_shape(url: str) -> None:
+    check_aws_url(url, DEFAULT_CERT_HOST_PATTERN, pem=True)
+
+
+def test_the_settings_default_is_the_verifiers_default() -> None:
+    from gateway.settings import Settings
+    assert Settings.model_fields["ses_cert_host_pattern"].default == DEFAULT_CERT_HOST_PATTERN
+
+
+@pytest.mark.parametrize("subscribe_url", [
+    "https://sns.s3.amazonaws.com/?Action=ConfirmSubscription&TopicArn=arn:x&Token=ab",
+    "https://sns.us-east-1.amazonaws.com/bucket/?Action=ConfirmSubscription&TopicArn=arn:x&Token=ab",
+    "https://sns.us-east-1.amazonaws.com:8080/?Action=ConfirmSubscription&TopicArn=arn:x&Token=ab",
+])
+def test_subscribe_url_is_pinned_to_the_api_root(subscribe_url: str) -> None:
+    with pytest.raises(SnsError):
+        check_aws_url(subscribe_url, DEFAULT_CERT_HOST_PATTERN)
+
+
+# -- a certificate URL that failed is not fetched again (issue 13) ---------------------------
+
+@pytest.mark.parametrize("response, error", [
+    (Response(404, b"Not Found"), SnsError),
+    (Response(200, b"<html>not a certificate</html>"), SnsError),
+    (Response(503, b"busy"), SnsUnavailable),
+])
+def test_a_failed_certificate_url_is_refused_from_memory(emu: SnsEmulator, response: Response,
+                                                         error: type[SnsError]) -> None:
+    clock = [time.time()]
+    verifier = SnsVerifier(cert_host_pattern=emu.host_pattern, ca_file=emu.ca_file, max_age=10 * 3600,
+                           clock=lambda: clock[0])
+    path = "/SimpleNotificationService-0ff1ce.pem"
+    url = emu.serve(path, response)
+    for index in range(20):   # a forger repeating the URL
+        message = emu.sign(emu.notification(f"forged {index}", TOPIC))
+        with pytest.raises(error):
+            verifier.verify({**message, "SigningCertURL": url})
+    assert emu.fetches(path) == 1
+    clock[0] += 601    # remembered for a while only: AWS may serve it later
+    with pytest.raises(error):
+        verifier.verify({**emu.sign(emu.notification("later", TOPIC)), "SigningCertURL": url})
+    assert emu.fetches(path) == 2
+    verifier.verify(emu.sign(emu.notification("the real one", TOPIC)))   # other URLs unaffected
+
+
+def test_the_negative_cache_is_bounded(emu: SnsEmulator, verifier: SnsVerifier) -> None:
+    from webhooks.sns import NEGATIVE_CACHE_SIZE
+    message = emu.sign(emu.notification("forged", TOPIC))
+
+    def path(index: int) -> str:
+        return f"/SimpleNotificationService-{index:x}.pem"        # the emulator answers 404
+
+    def forged(index: int) -> None:
+        with pytest.raises(SnsError, match="HTTP 404"):
+            verifier.verify({**message, "SigningCertURL": emu.base_url + path(index)})
+
+    for index in range(NEGATIVE_CACHE_SIZE + 10):
+        forged(index)
+    forged(NEGATIVE_CACHE_SIZE + 9)        # the newest is still remembered ...
+    assert emu.fetches(path(NEGATIVE_CACHE_SIZE + 9)) == 1
+    forged(0)                              # ... the oldest was dropped to stay within the bound
+    assert emu.fetches(path(0)) == 2

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from litestar import Request, Response
 
 from gateway.inbound.directory import StudioDirectory
-from gateway.inbound.acceptor import Acceptor, TemporaryFailure
+from gateway.inbound.acceptor import Acceptor, StorageFull, TemporaryFailure
 from gateway.inbound.intake import Envelope, FloodLimited, Replayed
 from gateway.settings import Settings
 
@@ -63,8 +63,14 @@ class Receiver:
     def enabled(self) -> bool:
         raise NotImplementedError
 
+    def authenticate(self, request: Request[Any, Any, Any]) -> None:
+        """Checks that need only the headers (HTTP basic auth), run before the body is read, so
+        a caller without credentials gets its 401 without making us read (and hold) a body of
+        up to `webhook_max_body` bytes. Raises WebhookError; checks over the body go in `read`."""
+
     async def read(self, request: Request[Any, Any, Any], body: bytes) -> Delivery | None:
-        """Authenticate and extract the email; None acknowledges a request that carries none."""
+        """Authenticate what needs the body and extract the email; None acknowledges a request
+        that carries none."""
         raise NotImplementedError
 
     def refused_recipient(self) -> Response[dict[str, Any]]:
@@ -103,9 +109,10 @@ async def receive(receiver: Receiver, request: Request[Any, Any, Any]) -> Respon
     """The shared endpoint body: authenticate → extract → choose studio → store → answer."""
     if not receiver.enabled:
         return error(404, f"the {receiver.name} webhook is not enabled on this gateway")
-    body = await request.body()  # bounded by the route's request_max_body_size (413 beyond)
     settings: Settings = request.app.state.settings
     try:
+        receiver.authenticate(request)  # before a byte of the body is read
+        body = await request.body()  # bounded by the route's request_max_body_size (413 beyond)
         delivery = await receiver.read(request, body)
     except WebhookError as exc:
         if exc.status in (401, 403):
@@ -138,6 +145,9 @@ async def receive(receiver: Receiver, request: Request[Any, Any, Any]) -> Respon
     except FloodLimited:
         return error(503, "too many new conversations from this sender, please retry later",
                      {"Retry-After": "600"})
+    except StorageFull:
+        log.warning("%s webhook: storage full, answering 503", receiver.name)
+        return error(503, "insufficient storage on our side, please retry", {"Retry-After": RETRY_AFTER})
     except TemporaryFailure:
         return error(503, "temporary problem storing the message, please retry", {"Retry-After": RETRY_AFTER})
     return Response({"status": "stored", "id": inbound_id}, status_code=200)

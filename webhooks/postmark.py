@@ -32,9 +32,11 @@ class PostmarkReceiver(Receiver):
     def enabled(self) -> bool:
         return self.settings.postmark_basic_auth is not None
 
-    async def read(self, request: Request[Any, Any, Any], body: bytes) -> Delivery:
+    def authenticate(self, request: Request[Any, Any, Any]) -> None:
         assert self.settings.postmark_basic_auth is not None
         check_basic_auth(request, self.settings.postmark_basic_auth.get_secret_value(), 401)
+
+    async def read(self, request: Request[Any, Any, Any], body: bytes) -> Delivery:
         try:
             payload = json.loads(body)
         except ValueError:

@@ -70,10 +70,15 @@ class SendGridReceiver(Receiver):
         return Response({"status": "refused", "detail": "no studio mailbox at the recipient address"},
                         status_code=200)
 
-    async def read(self, request: Request[Any, Any, Any], body: bytes) -> Delivery:
+    def authenticate(self, request: Request[Any, Any, Any]) -> None:
         if self.settings.sendgrid_basic_auth is not None:
             check_basic_auth(request, self.settings.sendgrid_basic_auth.get_secret_value(), 401)
-        if self.public_key is not None:
+        if self.public_key is not None and not (request.headers.get(SIGNATURE_HEADER)
+                                                and request.headers.get(TIMESTAMP_HEADER)):
+            raise WebhookError(401, "missing SendGrid signature headers")
+
+    async def read(self, request: Request[Any, Any, Any], body: bytes) -> Delivery:
+        if self.public_key is not None:  # the signature covers the body: checked once it is read
             self._verify_signature(request, body)
         try:
             form = parse_form(body, request.headers.get("content-type", ""))

@@ -58,10 +58,13 @@ class SesReceiver(Receiver):
             raise WebhookError(400, "body is not an SNS message (JSON)") from None
         if not isinstance(message, dict):
             raise WebhookError(400, "body is not an SNS message (JSON object)")
-        await _sns(self.verifier.verify, message, "SNS signature not valid")
+        # The topic first, unverified: a message naming any other topic is refused without a
+        # certificate fetch, so a stranger's topic (or a forgery) can't make us call out. One
+        # naming ours is then verified, which proves the topic too (TopicArn is signed).
         topic = message.get("TopicArn")
         if topic not in self.settings.ses_topics:
             raise WebhookError(403, "SNS topic is not configured on this gateway")
+        await _sns(self.verifier.verify, message, "SNS signature not valid")
         kind = message.get("Type")
         if kind == "SubscriptionConfirmation":
             await self._subscription(message)

@@ -84,8 +84,24 @@ class SnsUnavailable(SnsError):
     """
 
 
-# Every SNS endpoint is sns.<region>.amazonaws.com, or .amazonaws.com.cn in the China regions.
-DEFAULT_CERT_HOST_PATTERN = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+# Every SNS endpoint is sns.<region>.amazonaws.com, or .amazonaws.com.cn in the China regions
+# (cn-north-1, cn-northwest-1), and a region is shaped <area>[-gov]-<direction>-<n>: us-east-1,
+# eu-central-1, ap-southeast-5, us-gov-west-1. The label is pinned to that shape because a looser
+# "[a-z0-9-]+" also matched hosts that are not SNS and that anybody can serve files from:
+# sns.s3.amazonaws.com is the S3 bucket "sns" (path-style hosts like s3, s3-external-1, or
+# s3-website-* never look like a region). The pattern is matched against the URL's host, and its
+# ":port" when one is given, so this default refuses any explicit port but 443.
+DEFAULT_CERT_HOST_PATTERN = (r"^sns\.(?:(?!cn-)[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}\.amazonaws\.com"
+                             r"|cn-[a-z]+-[0-9]{1,2}\.amazonaws\.com\.cn)$")
+# AWS names every signing certificate /SimpleNotificationService-<hex>.pem at the root of the SNS
+# host; the raw (still percent-encoded) path must be exactly that, so no encoding, dot segment,
+# extra slash or parameter can point the fetch at something else.
+_CERT_PATH = re.compile(rb"/SimpleNotificationService-[0-9a-f]{1,64}\.pem")
+# A SubscribeURL is the SNS API's root with a query (Action=ConfirmSubscription&TopicArn&Token).
+_API_PATH = b"/"
+NEGATIVE_CACHE_SIZE = 256     # certificate URLs that failed, remembered so a forgery can't make us refetch
+NEGATIVE_TTL = 600.0          # seconds a refused certificate URL is answered from memory
+NEGATIVE_TTL_UNAVAILABLE = 30.0   # seconds an unreachable one is: SNS retries, and AWS comes back
 
 NOTIFICATION = "Notification"
 SUBSCRIPTION_CONFIRMATION = "SubscriptionConfirmation"
@@ -139,8 +155,10 @@ def canonical_string(message: Mapping[str, Any]) -> bytes:
 
 def check_aws_url(url: str, host_pattern: str, *, pem: bool = False) -> None:
     """Refuse (SnsError) any URL we must not fetch: it has to be https, without credentials, on a
-    host that fully matches `host_pattern` (case-insensitive); with `pem=True` (SigningCertURL)
-    its path must end in ".pem", with no query or fragment.
+    host that fully matches `host_pattern` (case-insensitive; "host:port" when the URL names a
+    port other than 443); with `pem=True` (SigningCertURL) its raw path must be
+    /SimpleNotificationService-<hex>.pem, with no query or fragment, and otherwise (SubscribeURL)
+    the path must be "/".
 
     The URL is parsed by httpx, the same parser that will make the request, so what we check is
     what we fetch. The host is compared in its ASCII (IDNA) form so that Unicode look-alikes and
@@ -157,12 +175,20 @@ def check_aws_url(url: str, host_pattern: str, *, pem: bool = False) -> None:
         raise SnsError("URL is not https")
     if parsed.userinfo:
         raise SnsError("URL carries credentials")
-    if not host or re.fullmatch(host_pattern, host, re.IGNORECASE | re.ASCII) is None:
+    # httpx drops a default port (":443") and keeps any other: the pattern sees "host:port" then.
+    authority = host if parsed.port is None else f"{host}:{parsed.port}"
+    if not host or re.fullmatch(host_pattern, authority, re.IGNORECASE | re.ASCII) is None:
         raise SnsError("URL host is not an allowed AWS host")
-    if pem and not parsed.path.endswith(".pem"):
-        raise SnsError("certificate URL does not name a .pem file")
-    if pem and (parsed.query or parsed.fragment):   # AWS certificate URLs never carry either
+    path = parsed.raw_path.partition(b"?")[0]
+    # httpx resolves dot segments before we see the path; AWS never writes them.
+    if "/." in url.partition("?")[0]:
+        raise SnsError("URL is not in the form AWS writes")
+    if pem and _CERT_PATH.fullmatch(path) is None:
+        raise SnsError("certificate URL does not name a .pem file of SNS (/SimpleNotificationService-<hex>.pem)")
+    if pem and ("?" in url or "#" in url):   # AWS certificate URLs never carry either, not even empty
         raise SnsError("certificate URL has a query or fragment")
+    if not pem and (path != _API_PATH or parsed.fragment):
+        raise SnsError("URL is not the SNS API root")
 
 
 @dataclass(frozen=True)
@@ -202,6 +228,9 @@ class SnsVerifier:
         self._ssl_context = ssl.create_default_context(cafile=ca_file)
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, _Certificate] = OrderedDict()
+        # URL -> (until, the refusal): a forged message naming a URL that failed is answered
+        # from here, so repeating it never makes us fetch again (bounded, oldest dropped first).
+        self._failed: OrderedDict[str, tuple[float, SnsError]] = OrderedDict()
         self._in_flight: dict[str, threading.Lock] = {}
 
     # -- public API ---------------------------------------------------------------------------
@@ -273,22 +302,31 @@ class SnsVerifier:
         """The certificate's key, from the cache while the certificate is valid.
 
         Concurrent first uses of one URL wait for a single fetch instead of each fetching
-        (single flight); different URLs do not wait for each other.
+        (single flight); different URLs do not wait for each other. A URL whose fetch failed is
+        refused from memory for a while (NEGATIVE_TTL; NEGATIVE_TTL_UNAVAILABLE when AWS could
+        not be reached), the same refusal as the first time.
         """
         with self._lock:
             cached = self._cached(url)
             if cached is not None:
                 return cached.public_key
+            self._raise_if_failed(url)
             flight = self._in_flight.setdefault(url, threading.Lock())
         with flight:
             with self._lock:
                 cached = self._cached(url)
+                if cached is None:
+                    self._raise_if_failed(url)
             if cached is not None:
                 return cached.public_key
             try:
-                cert = self._fetch_certificate(url)
-                if not cert.valid_at(self._clock()):
-                    raise SnsError("signing certificate is not currently valid")
+                try:
+                    cert = self._fetch_certificate(url)
+                    if not cert.valid_at(self._clock()):
+                        raise SnsError("signing certificate is not currently valid")
+                except SnsError as exc:
+                    self._remember_failure(url, exc)
+                    raise
                 with self._lock:
                     self._cache[url] = cert
                     while len(self._cache) > CERT_CACHE_SIZE:
@@ -298,6 +336,24 @@ class SnsVerifier:
                     if self._in_flight.get(url) is flight:
                         del self._in_flight[url]
             return cert.public_key
+
+    def _raise_if_failed(self, url: str) -> None:
+        """Refuse again, without a request, a URL that failed recently (caller holds the lock)."""
+        failed = self._failed.get(url)
+        if failed is None:
+            return
+        until, refusal = failed
+        if self._clock() < until:
+            raise type(refusal)(str(refusal))
+        del self._failed[url]
+
+    def _remember_failure(self, url: str, refusal: SnsError) -> None:
+        ttl = NEGATIVE_TTL_UNAVAILABLE if isinstance(refusal, SnsUnavailable) else NEGATIVE_TTL
+        with self._lock:
+            self._failed[url] = (self._clock() + ttl, refusal)
+            self._failed.move_to_end(url)
+            while len(self._failed) > NEGATIVE_CACHE_SIZE:
+                self._failed.popitem(last=False)
 
     def _cached(self, url: str) -> _Certificate | None:
         """A cached certificate still valid now (caller holds the lock); expired ones are dropped

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.store.batching import next_batch
+from gateway.store.full import WriteHealth, is_storage_full
 from gateway.store.db import (InlineTx, KeptConnection, begin_inline, is_busy, is_sqlite, make_engine, sqlite_write_lock, write_tx)
 from gateway.inbound.intake import Envelope, Replayed, StudioIds, store_batch
 from gateway.settings import Settings
@@ -31,6 +32,14 @@ log = logging.getLogger(__name__)
 
 class TemporaryFailure(Exception):
     """Storage is unavailable: the sender must keep the message and retry (451 / 503)."""
+
+
+class StorageFull(TemporaryFailure):
+    """The disk (or the database's space) is full: temporary too, answered 452 4.3.1 / 503."""
+
+
+def _temporary(exc: BaseException) -> TemporaryFailure:
+    return StorageFull("storage full") if is_storage_full(exc) else TemporaryFailure(type(exc).__name__)
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Acceptor:
         self._executor = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="acceptor")
         self._busy_budget = settings.db_busy_timeout
         self._studio_ids = StudioIds()
+        self.health = WriteHealth()   # whether storing fails now; /readyz reports it
         # On SQLite a group commit is a few hundred microseconds of statements and one fsync.
         # Running the statements in the writer thread cost more in GIL hand-offs between the
         # two threads (about ten per batch, each a context switch) than it saved, so they run
@@ -173,12 +183,14 @@ class Acceptor:
         self._answer(batch, results)
 
     def _failed(self, batch: list[_Pending], exc: Exception) -> None:
-        log.warning("storing %d message(s) failed, answering temporary failure: %s",
-                    len(batch), type(exc).__name__)
+        failure = _temporary(exc)
+        self.health.failed("storage full" if isinstance(failure, StorageFull) else f"store failed: {failure}")
+        log.warning("storing %d message(s) failed, answering temporary failure: %s%s",
+                    len(batch), type(exc).__name__, " (storage full)" if isinstance(failure, StorageFull) else "")
         log.debug("store failure detail", exc_info=True)
         for item in batch:
             if not item.future.done():
-                item.future.set_exception(TemporaryFailure(type(exc).__name__))
+                item.future.set_exception(_temporary(exc))
 
     def _answer(self, batch: list[_Pending], results: list[int | Exception]) -> None:
         self.commits += 1
@@ -190,8 +202,12 @@ class Acceptor:
                 item.future.set_exception(result)
             else:
                 item.future.set_result(result)
-        if self.on_stored and any(not isinstance(r, Exception) for r in results):
-            self.on_stored()
+        if any(not isinstance(r, Exception) for r in results):
+            self.health.succeeded()
+            if self.on_stored:
+                self.on_stored()
+        elif any(isinstance(r, StorageFull) for r in results):
+            self.health.failed("storage full")
 
     def _prepare(self, batch: list[_Pending]) -> tuple[InlineTx, list[int | Exception]] | None:
         """SQLite: run the batch's statements on the loop, leaving only the commit to the writer
@@ -243,9 +259,9 @@ class Acceptor:
             try:
                 results.extend(self._store([item]))
             except OperationalError as exc:
-                # The database went away half-way: the messages already committed keep their
-                # 250 (a 451 would have them sent and stored again); the rest must retry.
-                results.extend([TemporaryFailure(type(exc).__name__)] * (len(items) - index))
+                # The database went away (or filled up) half-way: the messages already committed
+                # keep their 250 (a 451 would have them sent and stored again); the rest must retry.
+                results.extend([_temporary(exc)] * (len(items) - index))
                 break
             except IntegrityError:
                 if item[1].nonce is None:
@@ -255,5 +271,5 @@ class Acceptor:
                     results.append(Replayed())
             except Exception as exc:
                 log.warning("storing one message failed: %s", type(exc).__name__, exc_info=True)
-                results.append(TemporaryFailure(type(exc).__name__))
+                results.append(_temporary(exc))
         return results

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections import OrderedDict
 
 from sqlalchemy import Engine, select
 
@@ -20,17 +21,25 @@ _directories: weakref.WeakSet[StudioDirectory] = weakref.WeakSet()
 
 
 class StudioDirectory:
-    """Which studio slugs exist, with a short positive cache for the RCPT hot path.
+    """Which studio slugs exist, with short caches for the RCPT hot path.
 
-    Only positive answers are cached (briefly): an unknown address is looked up every time,
-    so a studio created a moment ago receives mail at once, and `forget_studio` drops a deleted
-    studio from every directory of the process at once.
+    Positive answers are cached briefly, and `forget_studio` drops a deleted studio from every
+    directory of the process at once. Negative answers are cached only when asked for
+    (`unknown_ttl`, SMTP's GATEWAY_SMTP_UNKNOWN_RCPT_CACHE_SECONDS), even more briefly and at
+    most `unknown_size` of them (oldest dropped first): repeated RCPTs of one unknown name
+    (a dictionary attack cycling its list, spam to info@) then cost no query. The price is
+    that a studio created in another process (`gateway studio add`) within `unknown_ttl` after
+    someone tried its address is still refused for the rest of that time.
     """
 
-    def __init__(self, engine: Engine, ttl: float = 5.0) -> None:
+    def __init__(self, engine: Engine, ttl: float = 5.0, *, unknown_ttl: float = 0.0,
+                 unknown_size: int = 0) -> None:
         self.engine = engine
         self.ttl = ttl
+        self.unknown_ttl = unknown_ttl
+        self.unknown_size = unknown_size
         self._known: dict[str, float] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()
         _directories.add(self)
 
     def forget(self, slug: str) -> None:
@@ -44,9 +53,17 @@ class StudioDirectory:
         now = time.monotonic()
         if self._known.get(slug, 0.0) > now:
             return True
+        if self._unknown.get(slug, 0.0) > now:
+            return False
         found = await asyncio.to_thread(self._lookup, slug)
         if found:
             self._known[slug] = now + self.ttl
+            self._unknown.pop(slug, None)
+        elif self.unknown_ttl > 0 and self.unknown_size > 0:
+            self._unknown[slug] = time.monotonic() + self.unknown_ttl
+            self._unknown.move_to_end(slug)
+            while len(self._unknown) > self.unknown_size:
+                self._unknown.popitem(last=False)
         return found
 
     async def deliverable(self, recipients: list[str], mail_domain: str) -> list[str]:

@@ -72,6 +72,16 @@ class DataTooMuch(Exception):
     """The message is over the size limit (answered 552)."""
 
 
+class DataRefused(Exception):
+    """Raised by a subclass's `_data_chunk` to end DATA at once: `reply` (a `421`) is sent and
+    the connection closed, as RFC 5321 3.8 lets a server do mid-transfer. FastSMTP itself never
+    raises it, so the stock-vs-edge twins stay equal."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
 class DataReader:
     """The DATA phase over whole chunks: end found, limits checked, content un-stuffed once.
 
@@ -290,6 +300,7 @@ class FastSMTP(SMTP):
                 chunk = await reader.read(_READ_ALL)
                 if not chunk:       # end of stream: aiosmtpd's eof_received is cancelling us
                     raise asyncio.CancelledError
+                self._data_chunk(len(chunk))
                 content = data.feed(chunk)
                 if content is not None:
                     break
@@ -299,12 +310,23 @@ class FastSMTP(SMTP):
                             else "552 Error: Too much mail data")
             self._set_post_data_state()
             return
+        except DataRefused as refusal:
+            await self.push(refusal.reply)
+            self._set_post_data_state()
+            if self.transport is not None:
+                self.transport.close()
+            return
         except asyncio.CancelledError:
             aiosmtpd_log.info("Connection lost during DATA")
             self._writer.close()
             raise
         self._hand_back(data.rest)
         await self._deliver(content)
+
+    def _data_chunk(self, size: int) -> None:
+        """Called with the size of each chunk of DATA as it arrives, before it is kept; a
+        subclass may raise DataRefused (gateway/inbound/smtp.py caps the bytes held across
+        sessions). Stock: nothing."""
 
     def _hand_back(self, rest: bytes) -> None:
         """Return to the reader what followed the final dot: the next pipelined commands.
