@@ -4,10 +4,12 @@ Mail arrives over real SMTP, the studio acts over real HTTP, on SQLite and Postg
 """
 from __future__ import annotations
 
-from sqlalchemy import select
+import json
 
-from gateway.store.db import read_tx
-from gateway.store.tables import MESSAGE
+from sqlalchemy import func, select, update
+
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import BLOB, GUEST, INBOUND, MESSAGE
 from tests.access import STRANGER, held_message
 from tests.conftest import RunningGateway
 from tests.mail import make_mail
@@ -45,3 +47,42 @@ def test_a_deleted_message_no_longer_makes_its_sender_a_participant(gw: RunningG
 
     assert api.post(f"/api/v1/messages/{theirs[0]}/restore").status_code == 200   # restored: vouches again
     assert _state_of_next(gw, "inkwell", guest_mid, "Zuletzt") == "visible"
+
+
+def test_erasing_a_guest_takes_their_quarantined_and_automatic_mail_and_their_address_in_cc(
+        gw: RunningGateway) -> None:
+    """Before: the guest's quarantined mail and their unthreaded auto-reply stayed in
+    inbound_mail with their raw bytes, and a friend's inquiry still listed them in Cc."""
+    studio = gw.add_studio("inkwell")
+    lena = "guest@example.org"
+    _open(gw, studio)
+    auto = gw.send(make_mail(subject="Abwesenheitsnotiz", body="Ich bin im Urlaub.",
+                             headers={"Auto-Submitted": "auto-replied"}), studio.address)
+    parked = gw.send(make_mail(subject="Noch eine Frage", body="Kaputt geparkt"), studio.address)
+    friend = gw.send(make_mail(subject="Gruppentermin", from_="Tom <tom@example.net>",
+                               headers={"Cc": f"Lena <{lena.upper()}>, Ada <ada@example.net>"}),
+                     studio.address, mail_from="tom@example.net")
+    other = gw.add_studio("needle")
+    elsewhere = gw.send(make_mail(subject="Anderes Studio", to=other.address), other.address)
+    with write_tx(gw.engine) as conn:   # as the three-attempts rule parks a mail that keeps failing
+        conn.execute(update(INBOUND).where(INBOUND.c.id == parked.inbound_id).values(
+            status="quarantined", attempts=3, error="RuntimeError: parser bug"))
+    gw.process()
+    with read_tx(gw.engine) as conn:
+        assert conn.execute(select(INBOUND.c.status).where(INBOUND.c.id == auto.inbound_id)).scalar_one() == "done"
+        assert conn.execute(select(func.count()).select_from(MESSAGE).where(
+            MESSAGE.c.inbound_mail_id.in_([auto.inbound_id, parked.inbound_id]))).scalar_one() == 0
+        guest_id = conn.execute(select(GUEST.c.id).where(GUEST.c.studio_id == studio.id,
+                                                         GUEST.c.email == lena)).scalar_one()
+        shas = list(conn.execute(select(INBOUND.c.raw_sha256).where(
+            INBOUND.c.id.in_([auto.inbound_id, parked.inbound_id]))).scalars())
+
+    assert gw.api(studio.token).post(f"/api/v1/guests/{guest_id}/erase").status_code == 200
+
+    with read_tx(gw.engine) as conn:
+        left = set(conn.execute(select(INBOUND.c.id)).scalars())
+        assert auto.inbound_id not in left and parked.inbound_id not in left
+        assert {friend.inbound_id, elsewhere.inbound_id} <= left   # Tom's mail and the other studio's stay
+        assert conn.execute(select(func.count()).select_from(BLOB).where(BLOB.c.sha256.in_(shas))).scalar_one() == 0
+        cc = conn.execute(select(MESSAGE.c.cc_json).where(MESSAGE.c.inbound_mail_id == friend.inbound_id)).scalar_one()
+    assert [p["email"] for p in json.loads(cc)] == ["ada@example.net"]

@@ -61,7 +61,7 @@ _OTHER_SESSIONS = """SELECT count(*) FROM pg_stat_activity
 
 _ERASE: dict[str, Callable[[Connection, Erasure, str], bool]] = {
     "studio": lambda conn, e, domain: erase_studio(conn, e.studio_id, domain),
-    "guest": lambda conn, e, _: erase_guest(conn, e.studio_id, e.object_id),
+    "guest": lambda conn, e, domain: erase_guest(conn, e.studio_id, e.object_id, domain),
     "conversation": lambda conn, e, _: erase_conversation(conn, e.studio_id, e.object_id),
     "message": lambda conn, e, _: erase_message(conn, e.studio_id, e.object_id),
     **{kind: lambda conn, e, _: replay_trash_event(conn, e) for kind in TRASH_EVENTS},
