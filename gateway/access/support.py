@@ -158,14 +158,31 @@ def open_read(conn: Connection, slug: str, *, actor: str, reason: str, action: s
     """Check that support may read the studio now and audit the read; the studio's id.
 
     SupportDenied without an active grant (or without such a studio), StudioError for a
-    missing reason. Call it in the transaction that reads, or before it in the same request."""
+    missing reason. Call it in the transaction that reads, so a read that fails rolls its
+    entry back with it (the command line does)."""
+    studio_id = check_read(conn, slug, reason=reason, now=now)
+    record_read(conn, studio_id, actor=actor, action=action, target=target, reason=reason, now=now)
+    return studio_id
+
+
+def check_read(conn: Connection, slug: str, *, reason: str, now: datetime) -> int:
+    """Check, without auditing, that support may read the studio now; the studio's id.
+
+    Over HTTP the read is audited only once the request has passed validation and produced
+    its answer, just before that answer is sent (gateway/api/auth.py): a query refused as
+    malformed, or an id that is not there, read nothing and is not written down as a read."""
     reason = check_reason(reason)
     studio_id = conn.execute(select(STUDIO.c.id).where(STUDIO.c.slug == slug.strip().lower())).scalar()
     if studio_id is None or active_grant(conn, studio_id, now) is None:
         raise SupportDenied(f"no active support grant for studio {slug.strip().lower()!r}; "
                             "its owner grants access under POST /api/v1/support-grants")
-    audit.record(conn, studio_id, actor=actor, action=action, target=target, reason=reason, now=now)
     return int(studio_id)
+
+
+def record_read(conn: Connection, studio_id: int, *, actor: str, action: str, target: str, reason: str,
+                now: datetime) -> None:
+    """Write a support read (or, with action "<read>.rejected", a refused attempt) to the audit log."""
+    audit.record(conn, studio_id, actor=actor, action=action, target=target, reason=check_reason(reason), now=now)
 
 
 def check_operator(name: str) -> str:

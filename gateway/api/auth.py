@@ -9,12 +9,16 @@ clients share its address and so its budget.
 Support tokens (gws_) act for the studio named in `X-Support-Studio`, with a reason in
 `X-Support-Reason`, only on the read routes marked `opt=support_read(...)` and only while
 the studio's owner has granted access (gateway/access/support.py); each such request is audited
-before it is served. Everything else is 403 for support, without looking at the studio.
+once it has passed validation and has its answer, before the answer is sent (a refused one as
+"<action>.rejected"). Everything else is 403 for support, without looking at the studio.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Litestar, Request
@@ -27,8 +31,9 @@ from gateway.store.db import is_sqlite, make_engine, read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.access.ratelimit import AuthFailureLimiter
 from gateway.access.studios import SUPPORT_ROLE, Caller, StudioError, authenticate
-from gateway.access.support import SUPPORT_TOKEN_PREFIX, SupportDenied, authenticate_support, open_read
+from gateway.access.support import SUPPORT_TOKEN_PREFIX, SupportDenied, authenticate_support, check_read, record_read
 
+log = logging.getLogger(__name__)
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 SUPPORT_STUDIO, SUPPORT_REASON = "X-Support-Studio", "X-Support-Reason"
 _SUPPORT_READ = "support_read"
@@ -62,7 +67,33 @@ def auth_limiter(app: Litestar, name: str = "auth_limiter") -> AuthFailureLimite
     return limiter
 
 
-async def provide_caller(request: Request) -> Caller:
+async def provide_caller(request: Request) -> AsyncGenerator[Caller, None]:
+    """The caller. A support read is audited once it has its answer, before that is sent.
+
+    Litestar resolves dependencies before it validates query parameters, so auditing while
+    resolving wrote "conversation.read" for requests then refused with 400 (a bad `limit`) and
+    for ids that were not there (404). The code after `yield` runs once the handler has
+    returned and its response is built, but before it is sent: if the entry cannot be written,
+    the request fails and nothing is sent, so there is still no read without its entry. A
+    request refused after the grant check is written down too, as "<action>.rejected", so the
+    owner sees every attempt; that entry is best-effort (nothing was read)."""
+    caller, read = await _caller(request)
+    if read is None:
+        yield caller
+        return
+    engine: Engine = request.app.state.engine
+    try:
+        yield caller
+    except Exception:
+        try:
+            await asyncio.to_thread(_record, engine, caller.studio_id, read, f"{read.action}.rejected")
+        except Exception:  # the refusal stands; its entry is a courtesy
+            log.exception("could not audit a refused support request")
+        raise
+    await asyncio.to_thread(_record, engine, caller.studio_id, read, read.action)
+
+
+async def _caller(request: Request) -> tuple[Caller, _PendingRead | None]:
     limiter = auth_limiter(request.app)
     address = request.client.host if request.client else "unknown"
     retry_after = limiter.retry_after(address)
@@ -82,7 +113,21 @@ async def provide_caller(request: Request) -> Caller:
     if caller is None:
         limiter.failure(address)
         raise NotAuthorizedException("invalid or revoked token", headers=CHALLENGE)
-    return caller
+    return caller, None
+
+
+@dataclass(frozen=True)
+class _PendingRead:
+    actor: str
+    action: str
+    target: str
+    reason: str
+
+
+def _record(engine: Engine, studio_id: int, read: _PendingRead, action: str) -> None:
+    with write_tx(engine) as conn:
+        record_read(conn, studio_id, actor=read.actor, action=action, target=read.target, reason=read.reason,
+                    now=utcnow())
 
 
 def loop_reader(engine: Engine) -> Engine | None:
@@ -115,7 +160,7 @@ def _authenticate(engine: Engine, token: str) -> Caller | None:
 
 
 def _support_caller(request: Request, engine: Engine, token: str, limiter: AuthFailureLimiter,
-                    address: str) -> Caller:
+                    address: str) -> tuple[Caller, _PendingRead]:
     with read_tx(engine) as conn:
         operator = authenticate_support(conn, token)
     if operator is None:
@@ -130,11 +175,12 @@ def _support_caller(request: Request, engine: Engine, token: str, limiter: AuthF
         raise ClientException(f"support requests name the studio in {SUPPORT_STUDIO} and why in {SUPPORT_REASON}")
     action, target = read
     try:
-        with write_tx(engine) as conn:
-            studio_id = open_read(conn, slug, actor=f"support:{operator.name}", reason=reason, action=action,
-                                  target=target.format(**request.path_params), now=utcnow())
+        with read_tx(engine) as conn:
+            studio_id = check_read(conn, slug, reason=reason, now=utcnow())
     except SupportDenied as exc:
         raise PermissionDeniedException(str(exc)) from None
     except StudioError as exc:
         raise ClientException(f"{SUPPORT_REASON}: {exc}") from None
-    return Caller(studio_id=studio_id, profile_id=0, role=SUPPORT_ROLE)
+    return (Caller(studio_id=studio_id, profile_id=0, role=SUPPORT_ROLE),
+            _PendingRead(actor=f"support:{operator.name}", action=action,
+                         target=target.format(**request.path_params), reason=reason))
