@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.store.db import is_sqlite, make_engine, read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.access.ratelimit import AuthFailureLimiter
+from gateway.access.ratelimit import FailureLimiter, SharedFailureLimiter
 from gateway.access.studios import SUPPORT_ROLE, Caller, StudioError, authenticate
 from gateway.access.support import SUPPORT_TOKEN_PREFIX, SupportDenied, authenticate_support, check_read, record_read
 
@@ -54,17 +54,40 @@ def require_owner(caller: Caller, doing: str) -> None:
 _limiter_guard = threading.Lock()
 
 
-def auth_limiter(app: Litestar, name: str = "auth_limiter") -> AuthFailureLimiter:
+def auth_limiter(app: Litestar, name: str = "auth_limiter") -> FailureLimiter:
     """The app's limiter `app.state.<name>` (created on first use unless set before); other
-    secrets guessed over the API (account-deletion codes) keep budgets of their own."""
+    secrets guessed over the API (account-deletion codes) keep budgets of their own. The one
+    created here counts in the database, shared by every process (gateway/access/ratelimit.py)."""
     limiter = app.state.get(name)
     if limiter is None:
         with _limiter_guard:  # handlers run in threads: two first requests must share one limiter
             limiter = app.state.get(name)
             if limiter is None:
-                limiter = AuthFailureLimiter()
+                limiter = SharedFailureLimiter(app.state.engine, name.removesuffix("_limiter"))
                 setattr(app.state, name, limiter)
     return limiter
+
+
+async def blocked_for(app: Litestar, limiter: FailureLimiter, address: str) -> int | None:
+    """limiter.retry_after without stalling the loop: a shared limiter reads the database, on
+    the loop's own SQLite reader where there is one (as the token lookup does), else in a thread."""
+    if not isinstance(limiter, SharedFailureLimiter):
+        return limiter.retry_after(address)
+    reader: Engine | None = app.state.get("loop_reader")
+    if reader is not None:
+        try:
+            with reader.connect() as conn:
+                return limiter.retry_after(address, conn)
+        except OperationalError:
+            pass  # locked for a moment: wait for it off the loop
+    return await asyncio.to_thread(limiter.retry_after, address)
+
+
+async def count_failure(limiter: FailureLimiter, address: str) -> None:
+    if isinstance(limiter, SharedFailureLimiter):
+        await asyncio.to_thread(limiter.failure, address)
+    else:
+        limiter.failure(address)
 
 
 async def provide_caller(request: Request) -> AsyncGenerator[Caller, None]:
@@ -96,7 +119,7 @@ async def provide_caller(request: Request) -> AsyncGenerator[Caller, None]:
 async def _caller(request: Request) -> tuple[Caller, _PendingRead | None]:
     limiter = auth_limiter(request.app)
     address = request.client.host if request.client else "unknown"
-    retry_after = limiter.retry_after(address)
+    retry_after = await blocked_for(request.app, limiter, address)
     if retry_after is not None:
         raise TooManyRequestsException(
             f"too many failed authentication attempts from this address; retry in {retry_after} s",
@@ -111,7 +134,7 @@ async def _caller(request: Request) -> tuple[Caller, _PendingRead | None]:
         return await asyncio.to_thread(_support_caller, request, engine, token, limiter, address)
     caller = await _token_caller(request.app, engine, token)
     if caller is None:
-        limiter.failure(address)
+        await count_failure(limiter, address)
         raise NotAuthorizedException("invalid or revoked token", headers=CHALLENGE)
     return caller, None
 
@@ -159,7 +182,7 @@ def _authenticate(engine: Engine, token: str) -> Caller | None:
         return authenticate(conn, token)
 
 
-def _support_caller(request: Request, engine: Engine, token: str, limiter: AuthFailureLimiter,
+def _support_caller(request: Request, engine: Engine, token: str, limiter: FailureLimiter,
                     address: str) -> tuple[Caller, _PendingRead]:
     with read_tx(engine) as conn:
         operator = authenticate_support(conn, token)
