@@ -26,7 +26,7 @@ from gateway.store.tables import CONVERSATION, MESSAGE
 from tests.conftest import RunningGateway
 from tests.mail import make_mail
 from tests.test_api_manage import _open
-from tests.test_backup import _cli, assert_untouched, empty_store, restore_settings, store  # noqa: F401
+from tests.test_backup import _cli, assert_untouched, empty_store, restore_settings, store  # noqa: F401, F811
 from tests.test_lifecycle import paid, reply_to
 
 
@@ -57,7 +57,8 @@ def test_what_was_trashed_after_the_backup_is_in_the_trash_after_restoring_it(
     deleted = api.delete(f"/api/v1/conversations/{trashed_later}").json()
     assert api.delete(f"/api/v1/messages/{second}").status_code == 200
     assert api.post(f"/api/v1/conversations/{restored_later}/restore").status_code == 200
-    restore(restore_settings(gw, empty_store), path)
+    summary = restore(restore_settings(gw, empty_store), path)
+    assert (summary.trash_replayed, summary.replayed) == (3, 0)
 
     assert _deleted_at(empty_store, CONVERSATION, trashed_later) == _parse(deleted["deleted_at"])   # its 30 days kept
     assert _deleted_at(empty_store, MESSAGE, second) is not None

@@ -75,6 +75,7 @@ class RestoreSummary:
     rows: dict[str, int]
     replayed: int                  # erasures logged since the snapshot, all re-applied
     erased: Counter[str]           # of them, those that found something to erase, by kind
+    trash_replayed: int = 0        # moves into and out of the trash logged since, re-applied
 
 
 def restore(settings: Settings, archive: Path, *, force: bool = False, allow_unsigned: bool = False) -> RestoreSummary:
@@ -100,7 +101,9 @@ def restore(settings: Settings, archive: Path, *, force: bool = False, allow_uns
             revision, rows, erased = _restore_postgres(work / PG_FILE, url, entries, settings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return RestoreSummary(manifest, revision, rows, len(entries), erased)
+    trash = sum(1 for e in entries if e.kind in TRASH_EVENTS)
+    return RestoreSummary(manifest, revision, rows, len(entries) - trash,
+                          Counter({k: n for k, n in erased.items() if k not in TRASH_EVENTS}), trash)
 
 
 def store_is_empty(url: str) -> bool:

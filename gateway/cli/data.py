@@ -64,6 +64,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.erased.items()))
     print(f"erasures replayed: {summary.replayed} logged since the snapshot"
           + (f", {sum(summary.erased.values())} found data to erase ({kinds})" if summary.erased else ""))
+    print(f"trash replayed: {summary.trash_replayed} deletion(s) and restore(s) from the trash logged since the snapshot")
     return 0
 
 
