@@ -7,6 +7,8 @@ process sharing that directory (or that key) signs reply addresses identically.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from functools import lru_cache
@@ -129,7 +131,7 @@ class Settings(BaseSettings):
     @field_validator("secret_key")
     @classmethod
     def _no_placeholder(cls, value: str) -> str:
-        if value and (value.lower() in _PLACEHOLDER_SECRETS or len(value) < 16):
+        if value and not _strong_secret(value):
             raise ValueError("GATEWAY_SECRET_KEY must be at least 16 random characters, not a placeholder")
         return value
 
@@ -266,21 +268,61 @@ class Settings(BaseSettings):
         return self.smtp_hostname or self.mail_domain
 
     def secret(self) -> bytes:
-        """The HMAC key for reply addresses: configured, or generated once and kept on disk."""
+        """The HMAC key for reply addresses: configured, or generated once and kept on disk.
+
+        A key file is held to the same rule as GATEWAY_SECRET_KEY (at least 16 characters, no
+        placeholder): an empty or truncated file (a full disk, a copy that went wrong, an
+        operator's `touch`) would otherwise sign every reply address, deletion code and backup
+        with a guessable key, silently. It is refused with the path to fix instead."""
         if self.secret_key:
             return self.secret_key.encode()
         path = self.data_dir / "secret_key"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL: two processes starting at once must not each write their own key.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip().encode()
+        if not path.exists():
+            _create_secret_file(path)
+        value = path.read_text(encoding="utf-8", errors="replace").strip()
+        if not _strong_secret(value):
+            raise SecretKeyError(
+                f"the secret key file {path} is empty, shorter than {MIN_SECRET_LENGTH} characters or a "
+                "placeholder; restore it from your secret store (every reply address and backup signature "
+                "depends on it), or, on a fresh install with no mail yet, delete it to have a new one generated")
+        return value.encode()
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for one purpose only, derived from the secret key (HMAC-SHA256 as a PRF,
+        RFC 2104 / the "expand" step of RFC 5869): the raw secret never signs two kinds of data,
+        so a signature made for a backup can never pass as a reply address or the reverse."""
+        return hmac.new(self.secret(), b"studio-mail-gateway/" + purpose.encode(), hashlib.sha256).digest()
+
+
+MIN_SECRET_LENGTH = 16
+
+
+class SecretKeyError(RuntimeError):
+    """The secret key on disk is unusable; the message names the file and what to do."""
+
+
+def _strong_secret(value: str) -> bool:
+    return len(value) >= MIN_SECRET_LENGTH and value.lower() not in _PLACEHOLDER_SECRETS
+
+
+def _create_secret_file(path: Path) -> None:
+    """Write a new key to a temporary file and link it into place: os.link fails if the name
+    exists, so of two processes starting at once exactly one key wins, and nobody ever reads a
+    file that exists but is not written yet (the old O_EXCL-then-write left that window)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(48))
             fh.flush()
             os.fsync(fh.fileno())
-        return path.read_text().strip().encode()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won: its key is the one
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @lru_cache(maxsize=1)

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 
 from gateway.backup.snapshot import SQLITE_FILE, take_backup
-from gateway.backup.archive import MANIFEST, BackupError, Manifest, read_archive, write_archive
+from gateway.backup.archive import KEY_PURPOSE, MANIFEST, BackupError, Manifest, read_archive, write_archive
 from gateway.backup.schedule import BackupScheduler
 from gateway.store.blobs import sha256_hex
 from gateway.store.db import is_sqlite, known_revisions, make_engine, migrate, read_tx, write_tx
@@ -240,9 +240,10 @@ def test_a_backup_of_a_schema_this_gateway_does_not_know_is_refused(
     path = take_backup(gw.settings).path
     unpacked = tmp_path / "unpacked"
     unpacked.mkdir()
-    manifest = read_archive(path, unpacked)
+    key = gw.settings.derived_key(KEY_PURPOSE)
+    manifest = read_archive(path, unpacked, key)
     future = Manifest(**{**manifest.__dict__, "schema_revision": "9999", "gateway_version": "9.0.0"})
-    write_archive(path, future, unpacked)
+    write_archive(path, future, unpacked, key)
 
     with pytest.raises(BackupError, match="revision '9999' is unknown.*version 9.0.0"):
         restore(restore_settings(gw, empty_store), path)
@@ -362,7 +363,7 @@ def test_scheduled_backups_keep_the_newest_n_and_never_touch_the_deletion_log_or
     assert outcomes == ["taken", "not-due", "taken", "taken", "not-due", "taken"]
     assert _scheduled(settings) == ["scheduled-20261120T050000.000000Z.tar", "scheduled-20261120T060000.000000Z.tar"]
     assert manual.exists()
-    assert [e.object_id for e in DeletionLog(log.path).entries()] == [99]
+    assert [e.object_id for e in DeletionLog(log.path, settings.derived_key("deletion-log")).entries()] == [99]
 
 
 def test_two_workers_on_one_database_take_one_scheduled_backup_between_them(
@@ -394,7 +395,7 @@ def test_the_worker_takes_a_scheduled_backup_when_none_has_been_taken(settings: 
     [name] = _scheduled(settings)
     unpacked = tmp_path / "check"
     unpacked.mkdir()
-    assert read_archive(settings.resolved_backup_dir / name, unpacked).files[
+    assert read_archive(settings.resolved_backup_dir / name, unpacked, settings.derived_key(KEY_PURPOSE)).files[
         SQLITE_FILE if is_sqlite(settings.resolved_database_url) else "database.pgdump"]
 
 

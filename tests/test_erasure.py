@@ -104,7 +104,7 @@ def test_erasing_a_message_or_a_guest_takes_only_theirs(gw: RunningGateway) -> N
         assert conn.execute(select(CONVERSATION.c.message_count).where(
             CONVERSATION.c.id == rose.conversation_id)).scalar_one() == 1
     with write_tx(gw.engine) as conn:
-        assert erase_guest(conn, ink.id, lena)
+        assert erase_guest(conn, ink.id, lena, gw.settings.mail_domain)
     with read_tx(gw.engine) as conn:
         assert list(conn.execute(select(GUEST.c.email)).scalars()) == ["tom@example.net"]
         assert list(conn.execute(select(MESSAGE.c.subject)).scalars()) == ["Lion"]

@@ -379,10 +379,10 @@ class BrokenLog(DeletionLog):
     """A deletion log on a full or vanished disk."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path)
+        super().__init__(path, b"k" * 32)
         self.tried: list[tuple[Kind, int]] = []
 
-    def append(self, kind: Kind, studio_id: int, object_id: int, at: Any = None) -> Erasure:
+    def append(self, kind: Kind, studio_id: int, object_id: int, at: Any = None, by: Any = None) -> Erasure:
         self.tried.append((kind, object_id))
         raise OSError(28, "No space left on device")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.settings import Settings
+from gateway.settings import SecretKeyError, Settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.env"
 
@@ -55,3 +55,19 @@ def test_the_example_file_as_written_starts_with_its_defaults(tmp_path: Path) ->
     assert settings.serve_worker_processes is None
     assert Settings(serve_worker_processes="0").resolved_serve_worker_processes == 0  # type: ignore[arg-type]
     assert Settings(serve_worker_processes="3").resolved_serve_worker_processes == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("content", ["", "\n", "short-key", "changeme\n"])
+def test_an_empty_or_short_secret_key_file_is_refused_like_a_short_environment_value(
+        tmp_path: Path, content: str) -> None:
+    """Before: an empty file gave the key b"" and every reply address was signed with it."""
+    (tmp_path / "secret_key").write_text(content)
+    with pytest.raises(SecretKeyError, match="secret_key"):
+        Settings(data_dir=tmp_path).secret()
+
+
+def test_derived_keys_differ_by_purpose_and_from_the_secret(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, secret_key="x" * 32)
+    backup, log = settings.derived_key("backup-manifest"), settings.derived_key("deletion-log")
+    assert len(backup) == 32 and backup != log and settings.secret() not in (backup, log)
+    assert Settings(data_dir=tmp_path, secret_key="y" * 32).derived_key("backup-manifest") != backup

@@ -16,12 +16,25 @@ Policy (gateway/api/auth.py applies it):
 - A success does not clear the count: otherwise anyone holding one valid token could
   interleave it with guesses at other studios' tokens.
 
-The limiter is in-process: several web processes (the PostgreSQL `Procfile`) each count their
-own failures, so the real ceiling is `max_failures` times the number of processes per window.
-That is fine for a brake; tokens are 256-bit random strings, so the limit only has to stop
-floods, not make guessing feasible-but-slow. Memory is bounded: at most `max_clients`
-addresses are tracked, entries are dropped once their window and block have passed, and when
-the table is full the address that failed least recently is forgotten first.
+Two implementations of the one policy:
+
+- SharedFailureLimiter, what the gateway runs: the counts live in the database (`rate_limit`),
+  so every web process on it (the PostgreSQL `Procfile`, or `gateway serve` beside a separate
+  `web` role) shares one budget per address. Kept per process, N processes gave a guesser N
+  times the budget, and a block in one process let the others go on answering, so a guess
+  sent to another process could still tell a hit. The window is fixed, starting at an
+  address's first counted failure (a row per address, updated by one upsert, exact under
+  concurrency on both back ends): at worst 2 x max_failures - 1 failures fit into one window's
+  length across a window's edge, which is still a brake. Rows are dropped once their window
+  and block have passed (an index range on expires_at), so the table holds only addresses
+  that failed recently. A blocked address costs one primary-key read per request and no write.
+- AuthFailureLimiter, in-process, sliding window: for tests that need a fake clock, and the
+  reference for the policy. Memory is bounded: at most `max_clients` addresses are tracked,
+  entries are dropped once their window and block have passed, and when the table is full the
+  address that failed least recently is forgotten first.
+
+Tokens are 256-bit random strings, so the limit only has to stop floods, not make guessing
+feasible-but-slow.
 """
 from __future__ import annotations
 
@@ -30,7 +43,15 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Callable
+from datetime import datetime, timedelta
+from typing import Any, Callable, Protocol
+
+from sqlalchemy import Connection, Engine, case, delete, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.store.tables import RATE_LIMIT
 
 MAX_FAILURES = 10
 WINDOW = 60.0
@@ -102,3 +123,73 @@ class AuthFailureLimiter:
             if entry.expires > now:
                 return
             del self._entries[address]
+
+
+class FailureLimiter(Protocol):
+    def retry_after(self, address: str) -> int | None: ...
+    def failure(self, address: str) -> None: ...
+
+
+class SharedFailureLimiter:
+    """The policy above, counted in the database so that every process shares it.
+
+    `scope` keeps separate budgets (API tokens, account-deletion codes) in one table. Both
+    methods do database I/O: call them off the event loop, or pass a connection (the API reads
+    on the loop on SQLite, as it does for tokens)."""
+
+    def __init__(self, engine: Engine, scope: str, *, max_failures: int = MAX_FAILURES, window: float = WINDOW,
+                 cooldown: float | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+        if max_failures < 1 or window <= 0 or not scope or len(scope) > 32:
+            raise ValueError("max_failures and window must be positive, scope 1-32 characters")
+        self.engine = engine
+        self.scope = scope
+        self.max_failures = max_failures
+        self.window = timedelta(seconds=window)
+        self.cooldown = timedelta(seconds=window if cooldown is None else cooldown)
+        self.clock = clock
+
+    def retry_after(self, address: str, conn: Connection | None = None) -> int | None:
+        """Whole seconds until `address` may try again, or None when it is not blocked."""
+        if conn is None:
+            with read_tx(self.engine) as own:
+                return self.retry_after(address, own)
+        until = conn.execute(select(RATE_LIMIT.c.blocked_until).where(
+            RATE_LIMIT.c.scope == self.scope, RATE_LIMIT.c.key == _key(address))).scalar()
+        now = self.clock()
+        if until is None or until <= now:
+            return None
+        return max(1, math.ceil((until - now).total_seconds()))
+
+    def failure(self, address: str) -> None:
+        """Count one failed attempt; the `max_failures`-th within the window starts a block."""
+        now = self.clock()
+        key = _key(address)
+        at = literal(now, RATE_LIMIT.c.window_start.type)
+        lasts = now + max(self.window, self.cooldown)
+        stale = RATE_LIMIT.c.window_start <= literal(now - self.window, RATE_LIMIT.c.window_start.type)
+        with write_tx(self.engine) as conn:
+            conn.execute(delete(RATE_LIMIT).where(RATE_LIMIT.c.expires_at <= literal(now, RATE_LIMIT.c.expires_at.type)))
+            insert = _insert(conn).values(scope=self.scope, key=key, window_start=now, failures=1,
+                                          blocked_until=None, expires_at=lasts)
+            # Every SET expression sees the row as it was (SQL's UPDATE semantics, both back ends).
+            conn.execute(insert.on_conflict_do_update(index_elements=[RATE_LIMIT.c.scope, RATE_LIMIT.c.key], set_={
+                "failures": case((stale, 1), else_=RATE_LIMIT.c.failures + 1),
+                "window_start": case((stale, at), else_=RATE_LIMIT.c.window_start),
+                "expires_at": case((RATE_LIMIT.c.blocked_until > literal(lasts, RATE_LIMIT.c.blocked_until.type),
+                                    RATE_LIMIT.c.blocked_until),
+                                   else_=literal(lasts, RATE_LIMIT.c.expires_at.type)),
+            }))
+            blocked_until = now + self.cooldown
+            conn.execute(update(RATE_LIMIT).where(
+                RATE_LIMIT.c.scope == self.scope, RATE_LIMIT.c.key == key,
+                RATE_LIMIT.c.failures >= self.max_failures).values(
+                failures=0, window_start=now, blocked_until=blocked_until,
+                expires_at=max(lasts, blocked_until)))
+
+
+def _key(address: str) -> str:
+    return address[:200]
+
+
+def _insert(conn: Connection) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(RATE_LIMIT)

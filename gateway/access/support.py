@@ -8,7 +8,8 @@ the grant, so there is no read without its entry. Operators read from the comman
 (`gateway support read`) or over HTTP with a support token (`gateway support token`).
 
 A new grant replaces the studio's active one (to extend or shorten it), so at most one is
-active and revoking it ends access. Time comes in as `now`, so expiry is tested without
+active and revoking it ends access; a partial unique index on the open grant makes that a
+constraint of the database, not only of this code. Time comes in as `now`, so expiry is tested without
 waiting; a read checks the grant when it starts, so a revocation takes effect for every
 read that starts after it commits.
 """
@@ -22,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Row, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from gateway.access import audit
 from gateway.store.tables import STUDIO
@@ -86,18 +88,35 @@ def _grant(row: Row[Any], now: datetime) -> GrantInfo:
 
 def grant_access(conn: Connection, studio_id: int, profile_id: int, actor: str, duration: timedelta,
                  note: str, now: datetime) -> GrantInfo:
-    """A new grant from now for `duration`, replacing the active one; both changes audited."""
+    """A new grant from now for `duration`, replacing the active one; both changes audited.
+
+    The studio's open grant (active, or expired and not yet replaced) is closed first; the
+    partial unique index uq_support_grant_studio_open then admits the new one. If another
+    request granted at the same moment (PostgreSQL: its insert commits while ours waits on the
+    index), ours is retried once against what it committed, so the newest grant wins and the
+    studio never holds two."""
     note = single_line(note, "note", 500, required=False)
     if not MIN_GRANT <= duration <= MAX_GRANT:
         raise StudioError("support access lasts at least 1 hour and at most 7 days")
-    replaced = conn.execute(update(SUPPORT_GRANT).where(SUPPORT_GRANT.c.studio_id == studio_id, _active(now))
-                            .values(revoked_at=now).returning(SUPPORT_GRANT.c.id)).scalars().all()
-    for grant_id in replaced:
-        audit.record(conn, studio_id, actor=actor, action="support_grant.revoke", target=f"support grant {grant_id}",
-                     reason="replaced by a new grant", now=now)
-    grant_id = conn.execute(insert(SUPPORT_GRANT).returning(SUPPORT_GRANT.c.id), {
-        "studio_id": studio_id, "profile_id": profile_id, "note": note, "created_at": now,
-        "expires_at": now + duration}).scalar_one()
+    replaced: list[int] = []
+    for attempt in (1, 2):
+        replaced += conn.execute(update(SUPPORT_GRANT).where(SUPPORT_GRANT.c.studio_id == studio_id, _active(now))
+                                .values(revoked_at=now).returning(SUPPORT_GRANT.c.id)).scalars().all()
+        conn.execute(update(SUPPORT_GRANT).where(SUPPORT_GRANT.c.studio_id == studio_id,
+                                                 SUPPORT_GRANT.c.closed_at.is_(None)).values(closed_at=now))
+        try:
+            with conn.begin_nested():
+                grant_id = conn.execute(insert(SUPPORT_GRANT).returning(SUPPORT_GRANT.c.id), {
+                    "studio_id": studio_id, "profile_id": profile_id, "note": note, "created_at": now,
+                    "expires_at": now + duration}).scalar_one()
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            continue
+        break
+    for replaced_id in replaced:
+        audit.record(conn, studio_id, actor=actor, action="support_grant.revoke",
+                     target=f"support grant {replaced_id}", reason="replaced by a new grant", now=now)
     audit.record(conn, studio_id, actor=actor, action="support_grant.create", target=f"support grant {grant_id}",
                  reason=note, now=now)
     return GrantInfo(id=grant_id, profile_id=profile_id, note=note, created_at=now, expires_at=now + duration,
@@ -115,7 +134,7 @@ def revoke_grant(conn: Connection, studio_id: int, grant_id: int, actor: str, no
     """End a grant now; None when the studio has no such grant. Idempotent: revoking again
     (or revoking an expired grant) changes and records nothing."""
     changed = conn.execute(update(SUPPORT_GRANT).where(SUPPORT_GRANT.c.id == grant_id, SUPPORT_GRANT.c.studio_id == studio_id, _active(now))
-                           .values(revoked_at=now)).rowcount
+                           .values(revoked_at=now, closed_at=now)).rowcount
     if changed:
         audit.record(conn, studio_id, actor=actor, action="support_grant.revoke", target=f"support grant {grant_id}",
                      now=now)
@@ -139,14 +158,31 @@ def open_read(conn: Connection, slug: str, *, actor: str, reason: str, action: s
     """Check that support may read the studio now and audit the read; the studio's id.
 
     SupportDenied without an active grant (or without such a studio), StudioError for a
-    missing reason. Call it in the transaction that reads, or before it in the same request."""
+    missing reason. Call it in the transaction that reads, so a read that fails rolls its
+    entry back with it (the command line does)."""
+    studio_id = check_read(conn, slug, reason=reason, now=now)
+    record_read(conn, studio_id, actor=actor, action=action, target=target, reason=reason, now=now)
+    return studio_id
+
+
+def check_read(conn: Connection, slug: str, *, reason: str, now: datetime) -> int:
+    """Check, without auditing, that support may read the studio now; the studio's id.
+
+    Over HTTP the read is audited only once the request has passed validation and produced
+    its answer, just before that answer is sent (gateway/api/auth.py): a query refused as
+    malformed, or an id that is not there, read nothing and is not written down as a read."""
     reason = check_reason(reason)
     studio_id = conn.execute(select(STUDIO.c.id).where(STUDIO.c.slug == slug.strip().lower())).scalar()
     if studio_id is None or active_grant(conn, studio_id, now) is None:
         raise SupportDenied(f"no active support grant for studio {slug.strip().lower()!r}; "
                             "its owner grants access under POST /api/v1/support-grants")
-    audit.record(conn, studio_id, actor=actor, action=action, target=target, reason=reason, now=now)
     return int(studio_id)
+
+
+def record_read(conn: Connection, studio_id: int, *, actor: str, action: str, target: str, reason: str,
+                now: datetime) -> None:
+    """Write a support read (or, with action "<read>.rejected", a refused attempt) to the audit log."""
+    audit.record(conn, studio_id, actor=actor, action=action, target=target, reason=check_reason(reason), now=now)
 
 
 def check_operator(name: str) -> str:

@@ -9,12 +9,16 @@ clients share its address and so its budget.
 Support tokens (gws_) act for the studio named in `X-Support-Studio`, with a reason in
 `X-Support-Reason`, only on the read routes marked `opt=support_read(...)` and only while
 the studio's owner has granted access (gateway/access/support.py); each such request is audited
-before it is served. Everything else is 403 for support, without looking at the studio.
+once it has passed validation and has its answer, before the answer is sent (a refused one as
+"<action>.rejected"). Everything else is 403 for support, without looking at the studio.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Litestar, Request
@@ -25,10 +29,11 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.store.db import is_sqlite, make_engine, read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.access.ratelimit import AuthFailureLimiter
+from gateway.access.ratelimit import FailureLimiter, SharedFailureLimiter
 from gateway.access.studios import SUPPORT_ROLE, Caller, StudioError, authenticate
-from gateway.access.support import SUPPORT_TOKEN_PREFIX, SupportDenied, authenticate_support, open_read
+from gateway.access.support import SUPPORT_TOKEN_PREFIX, SupportDenied, authenticate_support, check_read, record_read
 
+log = logging.getLogger(__name__)
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 SUPPORT_STUDIO, SUPPORT_REASON = "X-Support-Studio", "X-Support-Reason"
 _SUPPORT_READ = "support_read"
@@ -49,23 +54,72 @@ def require_owner(caller: Caller, doing: str) -> None:
 _limiter_guard = threading.Lock()
 
 
-def auth_limiter(app: Litestar, name: str = "auth_limiter") -> AuthFailureLimiter:
+def auth_limiter(app: Litestar, name: str = "auth_limiter") -> FailureLimiter:
     """The app's limiter `app.state.<name>` (created on first use unless set before); other
-    secrets guessed over the API (account-deletion codes) keep budgets of their own."""
+    secrets guessed over the API (account-deletion codes) keep budgets of their own. The one
+    created here counts in the database, shared by every process (gateway/access/ratelimit.py)."""
     limiter = app.state.get(name)
     if limiter is None:
         with _limiter_guard:  # handlers run in threads: two first requests must share one limiter
             limiter = app.state.get(name)
             if limiter is None:
-                limiter = AuthFailureLimiter()
+                limiter = SharedFailureLimiter(app.state.engine, name.removesuffix("_limiter"))
                 setattr(app.state, name, limiter)
     return limiter
 
 
-async def provide_caller(request: Request) -> Caller:
+async def blocked_for(app: Litestar, limiter: FailureLimiter, address: str) -> int | None:
+    """limiter.retry_after without stalling the loop: a shared limiter reads the database, on
+    the loop's own SQLite reader where there is one (as the token lookup does), else in a thread."""
+    if not isinstance(limiter, SharedFailureLimiter):
+        return limiter.retry_after(address)
+    reader: Engine | None = app.state.get("loop_reader")
+    if reader is not None:
+        try:
+            with reader.connect() as conn:
+                return limiter.retry_after(address, conn)
+        except OperationalError:
+            pass  # locked for a moment: wait for it off the loop
+    return await asyncio.to_thread(limiter.retry_after, address)
+
+
+async def count_failure(limiter: FailureLimiter, address: str) -> None:
+    if isinstance(limiter, SharedFailureLimiter):
+        await asyncio.to_thread(limiter.failure, address)
+    else:
+        limiter.failure(address)
+
+
+async def provide_caller(request: Request) -> AsyncGenerator[Caller, None]:
+    """The caller. A support read is audited once it has its answer, before that is sent.
+
+    Litestar resolves dependencies before it validates query parameters, so auditing while
+    resolving wrote "conversation.read" for requests then refused with 400 (a bad `limit`) and
+    for ids that were not there (404). The code after `yield` runs once the handler has
+    returned and its response is built, but before it is sent: if the entry cannot be written,
+    the request fails and nothing is sent, so there is still no read without its entry. A
+    request refused after the grant check is written down too, as "<action>.rejected", so the
+    owner sees every attempt; that entry is best-effort (nothing was read)."""
+    caller, read = await _caller(request)
+    if read is None:
+        yield caller
+        return
+    engine: Engine = request.app.state.engine
+    try:
+        yield caller
+    except Exception:
+        try:
+            await asyncio.to_thread(_record, engine, caller.studio_id, read, f"{read.action}.rejected")
+        except Exception:  # the refusal stands; its entry is a courtesy
+            log.exception("could not audit a refused support request")
+        raise
+    await asyncio.to_thread(_record, engine, caller.studio_id, read, read.action)
+
+
+async def _caller(request: Request) -> tuple[Caller, _PendingRead | None]:
     limiter = auth_limiter(request.app)
     address = request.client.host if request.client else "unknown"
-    retry_after = limiter.retry_after(address)
+    retry_after = await blocked_for(request.app, limiter, address)
     if retry_after is not None:
         raise TooManyRequestsException(
             f"too many failed authentication attempts from this address; retry in {retry_after} s",
@@ -80,9 +134,23 @@ async def provide_caller(request: Request) -> Caller:
         return await asyncio.to_thread(_support_caller, request, engine, token, limiter, address)
     caller = await _token_caller(request.app, engine, token)
     if caller is None:
-        limiter.failure(address)
+        await count_failure(limiter, address)
         raise NotAuthorizedException("invalid or revoked token", headers=CHALLENGE)
-    return caller
+    return caller, None
+
+
+@dataclass(frozen=True)
+class _PendingRead:
+    actor: str
+    action: str
+    target: str
+    reason: str
+
+
+def _record(engine: Engine, studio_id: int, read: _PendingRead, action: str) -> None:
+    with write_tx(engine) as conn:
+        record_read(conn, studio_id, actor=read.actor, action=action, target=read.target, reason=read.reason,
+                    now=utcnow())
 
 
 def loop_reader(engine: Engine) -> Engine | None:
@@ -114,8 +182,8 @@ def _authenticate(engine: Engine, token: str) -> Caller | None:
         return authenticate(conn, token)
 
 
-def _support_caller(request: Request, engine: Engine, token: str, limiter: AuthFailureLimiter,
-                    address: str) -> Caller:
+def _support_caller(request: Request, engine: Engine, token: str, limiter: FailureLimiter,
+                    address: str) -> tuple[Caller, _PendingRead]:
     with read_tx(engine) as conn:
         operator = authenticate_support(conn, token)
     if operator is None:
@@ -130,11 +198,12 @@ def _support_caller(request: Request, engine: Engine, token: str, limiter: AuthF
         raise ClientException(f"support requests name the studio in {SUPPORT_STUDIO} and why in {SUPPORT_REASON}")
     action, target = read
     try:
-        with write_tx(engine) as conn:
-            studio_id = open_read(conn, slug, actor=f"support:{operator.name}", reason=reason, action=action,
-                                  target=target.format(**request.path_params), now=utcnow())
+        with read_tx(engine) as conn:
+            studio_id = check_read(conn, slug, reason=reason, now=utcnow())
     except SupportDenied as exc:
         raise PermissionDeniedException(str(exc)) from None
     except StudioError as exc:
         raise ClientException(f"{SUPPORT_REASON}: {exc}") from None
-    return Caller(studio_id=studio_id, profile_id=0, role=SUPPORT_ROLE)
+    return (Caller(studio_id=studio_id, profile_id=0, role=SUPPORT_ROLE),
+            _PendingRead(actor=f"support:{operator.name}", action=action,
+                         target=target.format(**request.path_params), reason=reason))

@@ -36,6 +36,7 @@ from gateway.outbound.reply_brake import RepliesBraked, check_reply_brake
 from gateway.access.studios import Caller
 from gateway.store.tables import ATTACHMENT
 from gateway.lifecycle.trash import delete_conversation
+from gateway.lifecycle.deletion_log import deletion_log
 from gateway.access.visibility import LIVE_CONVERSATION
 
 
@@ -170,7 +171,8 @@ class ConversationController(Controller):
         new mail opens a new conversation; replies still queued are not sent while deleted.
         (Here, not beside restore in gateway/api/trash.py: Litestar wants one controller per path.)"""
         with write_tx(state.engine) as conn:
-            deleted = delete_conversation(conn, caller.studio_id, conversation_id, caller.profile_id, utcnow())
+            deleted = delete_conversation(conn, caller.studio_id, conversation_id, caller.profile_id, utcnow(),
+                                          log=deletion_log(state.settings))
         return deleted_answer(deleted, "conversation")
 
     @post("/{conversation_id:int}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY)

@@ -57,7 +57,8 @@ class GuestController(Controller):
         if caller.role != "owner":
             raise PermissionDeniedException("only the studio's owner can erase a guest's data")
         with write_tx(state.engine) as conn:
-            erased = erase_guest_data(conn, caller.studio_id, guest_id, deletion_log(state.settings), utcnow())
+            erased = erase_guest_data(conn, caller.studio_id, guest_id, deletion_log(state.settings), utcnow(),
+                                      mail_domain=state.settings.mail_domain)
         if erased is None:
             raise NotFoundException("guest not found")
         return GuestErasedOut(id=erased.id, conversations=erased.conversations, messages=erased.messages,

@@ -7,6 +7,7 @@ days are over, 409 when there is nothing to restore, 404 for what the studio doe
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated
 
@@ -24,7 +25,10 @@ from gateway.billing.entitlements import has_paid_features
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.access.studios import Caller
-from gateway.lifecycle.trash import (RETENTION, ConversationDeleted, Deleted, Expired, NotDeleted, PaidFeature, Restored, delete_message, list_trash, restore_conversation, restore_message)
+from gateway.lifecycle.trash import (RETENTION, ConversationDeleted, Deleted, Expired, NotDeleted, PaidFeature, Restored, delete_message, list_trash, record_restored, restore_conversation, restore_message)
+from gateway.lifecycle.deletion_log import deletion_log
+
+log = logging.getLogger(__name__)
 
 
 class PaymentRequiredException(HTTPException):
@@ -103,6 +107,10 @@ def _restore(state: State, caller: Caller, object_id: int, what: str) -> Restore
     if restored is None:
         raise NotFoundException(f"{what} not found (deleted items are erased for good "
                                 f"{RETENTION.days} days after their deletion)")
+    try:
+        record_restored(deletion_log(state.settings), caller.studio_id, restored)
+    except OSError:  # restored and committed: a later backup restore would only re-trash it
+        log.exception("could not log the restore of %s %d in the deletion log", what, object_id)
     return RestoredOut(kind=restored.kind, id=restored.id, conversation_id=restored.conversation_id,
                        replies_given_up=restored.replies_given_up)
 
@@ -131,7 +139,8 @@ class MessageController(Controller):
         """Hide the message and its attachments at once; the conversation's count and latest
         activity no longer include it. Restorable for 30 days on a paid plan."""
         with write_tx(state.engine) as conn:
-            deleted = delete_message(conn, caller.studio_id, message_id, caller.profile_id, utcnow())
+            deleted = delete_message(conn, caller.studio_id, message_id, caller.profile_id, utcnow(),
+                                     log=deletion_log(state.settings))
         return deleted_answer(deleted, "message")
 
     @post("/{message_id:int}/restore", sync_to_thread=True, status_code=200, raises=_RESTORE_ANSWERS)

@@ -1,4 +1,4 @@
-"""Running PostgreSQL's own client programs (pg_dump, pg_restore, psql) on the configured database.
+"""Running PostgreSQL's own client programs (pg_dump, pg_restore) on the configured database.
 
 pg_dump is the one tool that knows every object type and version quirk of the server, so the
 gateway calls it rather than copying tables itself. The password goes to the programs through
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 
 from sqlalchemy.engine import make_url
 
@@ -51,25 +50,6 @@ def run(args: list[str], env: dict[str, str], what: str) -> None:
         raise BackupError(f"{what} could not start: {exc}") from None
     if done.returncode != 0:
         raise BackupError(f"{what} failed (exit {done.returncode}): {_tail(done.stderr)}")
-
-
-def pipe(producer: list[str], consumer: list[str], env: dict[str, str], what: str) -> None:
-    """producer | consumer, as a shell would run it; both must succeed."""
-    # The producer's errors go to a file: a full stderr pipe nobody reads would stall it.
-    with tempfile.TemporaryFile() as producer_errors, \
-            subprocess.Popen(producer, env=env, stdout=subprocess.PIPE, stderr=producer_errors) as first:
-        assert first.stdout is not None
-        with subprocess.Popen(consumer, env=env, stdin=first.stdout, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) as second:
-            first.stdout.close()  # the consumer owns the pipe now: a dead consumer stops the producer
-            _, consumer_err = second.communicate()
-        first.wait()
-        producer_errors.seek(0)
-        producer_err = producer_errors.read()
-    if second.returncode != 0:
-        raise BackupError(f"{what} failed: {_tail(consumer_err.decode(errors='replace'))}")
-    if first.returncode != 0:
-        raise BackupError(f"{what} failed: {_tail(producer_err.decode(errors='replace'))}")
 
 
 def _tail(text: str, lines: int = 8) -> str:

@@ -10,10 +10,18 @@ the backups, not in them, so no restore rolls it back.
 SQLite: the whole restore (migration and replay included) runs on a copy beside the database
 file, which then replaces it with one rename, and only while no process has the file open: a
 gateway still running on the old file would keep writing to a file nobody reads. PostgreSQL:
-the old tables are dropped and the dump is loaded in one transaction (psql --single-transaction),
-also only while no other session is connected; then the schema is migrated and the erasures
-are replayed in one more transaction. If that last step fails, running the restore again
-(with --force) finishes it: every step is repeatable.
+only while no other session is connected, the current `public` schema is set aside under
+another name (one transaction), and `pg_restore --single-transaction` loads the dump straight
+into a fresh `public` schema: the dump is never turned into SQL text for psql, so nothing in
+it can reach psql's meta-commands (`\\!` runs a shell). If loading fails, the fresh schema is
+dropped and the old one renamed back (one transaction): nothing was changed. Once loaded, the
+old schema is dropped, the schema is migrated and the log is replayed in one more
+transaction. If that last step fails, running the restore again (with --force) finishes it:
+every step is repeatable.
+
+Trust: the backup's signature is checked first (gateway/backup/archive.py), and the deletion
+log's chain and its anchor in the manifest (gateway/lifecycle/deletion_log.py): a tampered
+backup or log is refused before anything is changed.
 """
 from __future__ import annotations
 
@@ -34,36 +42,29 @@ from sqlalchemy.pool import NullPool
 
 from gateway.backup import pg_client
 from gateway.backup.snapshot import PG_FILE, SQLITE_FILE, backend_name, count_rows, sqlite_path
-from gateway.backup.archive import BackupError, Manifest, fsync_dir, read_archive
+from gateway.backup.archive import KEY_PURPOSE, BackupError, Manifest, fsync_dir, read_archive
 from gateway.store.db import known_revisions, make_engine, migrate, normalise_url, schema_revision, write_tx
-from gateway.lifecycle.deletion_log import Erasure, deletion_log
+from gateway.lifecycle.deletion_log import TRASH_EVENTS, Anchor, DeletionLogError, Erasure, deletion_log
 from gateway.lifecycle.erasure import erase_conversation, erase_guest, erase_message, erase_studio
+from gateway.lifecycle.trash import replay_trash_event
 from gateway.settings import Settings
 
-# Everything of the gateway's schema goes before the dump is loaded (in the same transaction):
-# `pg_restore --clean` would leave tables that a newer schema added, and migrating would trip
-# over them.
-_DROP_ALL = """DO $$
-DECLARE r record;
-BEGIN
-  FOR r IN SELECT viewname FROM pg_views WHERE schemaname = 'public' LOOP
-    EXECUTE format('DROP VIEW IF EXISTS public.%I CASCADE', r.viewname);
-  END LOOP;
-  FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP
-    EXECUTE format('DROP TABLE IF EXISTS public.%I CASCADE', r.tablename);
-  END LOOP;
-  FOR r IN SELECT sequencename FROM pg_sequences WHERE schemaname = 'public' LOOP
-    EXECUTE format('DROP SEQUENCE IF EXISTS public.%I CASCADE', r.sequencename);
-  END LOOP;
-END $$;"""
+# The whole current schema is set aside, not dropped table by table: `pg_restore --clean` would
+# leave tables that a newer schema added (and migrating would trip over them), and setting it
+# aside is what lets a failed load be undone after pg_restore's own transaction has ended.
+SET_ASIDE = "gateway_before_restore"
+_SET_ASIDE = [f"ALTER SCHEMA public RENAME TO {SET_ASIDE}", "CREATE SCHEMA public"]
+_PUT_BACK = ["DROP SCHEMA public CASCADE", f"ALTER SCHEMA {SET_ASIDE} RENAME TO public"]
+_DROP_SET_ASIDE = [f"DROP SCHEMA {SET_ASIDE} CASCADE"]
 _OTHER_SESSIONS = """SELECT count(*) FROM pg_stat_activity
  WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"""
 
 _ERASE: dict[str, Callable[[Connection, Erasure, str], bool]] = {
     "studio": lambda conn, e, domain: erase_studio(conn, e.studio_id, domain),
-    "guest": lambda conn, e, _: erase_guest(conn, e.studio_id, e.object_id),
+    "guest": lambda conn, e, domain: erase_guest(conn, e.studio_id, e.object_id, domain),
     "conversation": lambda conn, e, _: erase_conversation(conn, e.studio_id, e.object_id),
     "message": lambda conn, e, _: erase_message(conn, e.studio_id, e.object_id),
+    **{kind: lambda conn, e, _: replay_trash_event(conn, e) for kind in TRASH_EVENTS},
 }
 
 
@@ -74,9 +75,12 @@ class RestoreSummary:
     rows: dict[str, int]
     replayed: int                  # erasures logged since the snapshot, all re-applied
     erased: Counter[str]           # of them, those that found something to erase, by kind
+    trash_replayed: int = 0        # moves into and out of the trash logged since, re-applied
 
 
-def restore(settings: Settings, archive: Path, *, force: bool = False) -> RestoreSummary:
+def restore(settings: Settings, archive: Path, *, force: bool = False, allow_unsigned: bool = False) -> RestoreSummary:
+    """Restore `archive` into the configured database. `allow_unsigned` admits a backup taken
+    before backups were signed (summary.manifest.signed is then False: say so loudly)."""
     url = settings.resolved_database_url
     backend = backend_name(url)
     # SQLite: the copy is prepared beside the database, so that it can replace it by a rename.
@@ -85,19 +89,21 @@ def restore(settings: Settings, archive: Path, *, force: bool = False) -> Restor
         beside.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".gateway-restore-", dir=beside))
     try:
-        manifest = read_archive(archive, work)
+        manifest = read_archive(archive, work, settings.derived_key(KEY_PURPOSE), allow_unsigned=allow_unsigned)
         _check_restorable(manifest, backend)
         if not force and not store_is_empty(url):
             raise BackupError("the database already holds studios or mail; restoring would replace them. "
                               "Nothing was changed. Run again with --force to overwrite it.")
-        entries = deletion_log(settings).entries(since=manifest.snapshot_started_at)
+        entries = _log_since(settings, manifest)
         if backend == "sqlite":
             revision, rows, erased = _restore_sqlite(work / SQLITE_FILE, sqlite_path(url), entries, settings)
         else:
             revision, rows, erased = _restore_postgres(work / PG_FILE, url, entries, settings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return RestoreSummary(manifest, revision, rows, len(entries), erased)
+    trash = sum(1 for e in entries if e.kind in TRASH_EVENTS)
+    return RestoreSummary(manifest, revision, rows, len(entries) - trash,
+                          Counter({k: n for k, n in erased.items() if k not in TRASH_EVENTS}), trash)
 
 
 def store_is_empty(url: str) -> bool:
@@ -122,6 +128,17 @@ def replay(engine: Engine, entries: list[Erasure], mail_domain: str) -> Counter[
             if _ERASE[entry.kind](conn, entry, mail_domain):
                 erased[entry.kind] += 1
     return erased
+
+
+def _log_since(settings: Settings, manifest: Manifest) -> list[Erasure]:
+    """The verified deletion log entries to replay; BackupError if the log was tampered with."""
+    erasures = deletion_log(settings)
+    try:
+        erasures.check_anchor(Anchor(manifest.deletion_log_entries, manifest.deletion_log_head))
+        return erasures.events(since=manifest.snapshot_started_at)
+    except DeletionLogError as exc:
+        raise BackupError(f"{exc}. Restoring with it could bring back what was erased; nothing was changed. "
+                          "Put back the deletion log from your copy and run the restore again.") from None
 
 
 def _check_restorable(manifest: Manifest, backend: str) -> None:
@@ -184,19 +201,35 @@ def _replace_sqlite_file(copy: Path, target: Path) -> None:
 
 
 def _restore_postgres(dump: Path, url: str, entries: list[Erasure], settings: Settings) -> Outcome:
-    pg_restore, psql = pg_client.program("pg_restore", settings), pg_client.program("psql", settings)
+    pg_restore = pg_client.program("pg_restore", settings)
     engine = create_engine(normalise_url(url), poolclass=NullPool)
     try:
         with engine.connect() as conn:
             others = conn.exec_driver_sql(_OTHER_SESSIONS).scalar_one()
+            left_over = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = %(name)s", {"name": SET_ASIDE}).scalar_one()
+        if others:
+            raise BackupError(f"{others} other session(s) are connected to the database (a running gateway?); "
+                              "stop every gateway process using it and run the restore again. Nothing was changed.")
+        if left_over:
+            raise BackupError(f"the schema {SET_ASIDE} exists: an earlier restore was interrupted, and it holds "
+                              "the data from before it. Look at it, then drop it (or rename it back to public) "
+                              "and run the restore again. Nothing was changed.")
+        _in_one_transaction(engine, _SET_ASIDE)
+        conninfo, env = pg_client.target(url)
+        try:
+            pg_client.run([pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
+                           f"--dbname={conninfo}", str(dump)], env, "loading the dump (the database is unchanged)")
+        except BaseException:
+            _in_one_transaction(engine, _PUT_BACK)
+            raise
+        _in_one_transaction(engine, _DROP_SET_ASIDE)
     finally:
         engine.dispose()
-    if others:
-        raise BackupError(f"{others} other session(s) are connected to the database (a running gateway?); "
-                          "stop every gateway process using it and run the restore again. Nothing was changed.")
-    conninfo, env = pg_client.target(url)
-    pg_client.pipe([pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", "--file=-", str(dump)],
-                   [psql, "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--single-transaction",
-                    f"--command={_DROP_ALL}", "--file=-", f"--dbname={conninfo}"],
-                   env, "loading the dump (the database is unchanged)")
     return _migrate_and_replay(url, entries, settings)
+
+
+def _in_one_transaction(engine: Engine, statements: list[str]) -> None:
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)

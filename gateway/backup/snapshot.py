@@ -3,7 +3,7 @@
 Everything the gateway stores is in the database, raw mail and attachment bytes included
 (gateway/store/blobs.py keeps them in the `blob` table), so the snapshot is the whole store. What is
 deliberately not in it: the deletion log (it lives beside the backups and must never be rolled
-back by a restore) and the secrets in the data directory (secret key, DKIM key), which belong in
+back by a restore; the manifest records only its length and last MAC, to tell a cut-off log) and the secrets in the data directory (secret key, DKIM key), which belong in
 the operator's secret store, not in every copy of the mail.
 
 SQLite: the online backup API copies the pages inside one read transaction, a snapshot that
@@ -39,9 +39,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from gateway.backup import pg_client
-from gateway.backup.archive import BackupError, Manifest, file_entry, write_archive
+from gateway.backup.archive import KEY_PURPOSE, BackupError, Manifest, file_entry, write_archive
 from gateway.store.db import is_sqlite, normalise_url, schema_revision
-from gateway.lifecycle.deletion_log import deletion_log
+from gateway.lifecycle.deletion_log import Anchor, DeletionLogError, deletion_log
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,16 +113,30 @@ def take_backup(settings: Settings, output: Path | None = None, *,
                                                            settings.db_busy_timeout, on_snapshot)
         else:
             name, snapshot = PG_FILE, _snapshot_postgres(url, work / PG_FILE, settings, on_snapshot)
+        anchor = _log_anchor(settings)
         manifest = Manifest(gateway_version=gateway_version(), backend=backend_name(url),
                             schema_revision=snapshot.revision, snapshot_started_at=snapshot.started_at,
                             created_at=datetime.now(timezone.utc), files={name: file_entry(work / name)},
-                            rows=snapshot.rows)
-        write_archive(output, manifest, work)
+                            rows=snapshot.rows, deletion_log_entries=anchor.entries,
+                            deletion_log_head=anchor.head)
+        write_archive(output, manifest, work, settings.derived_key(KEY_PURPOSE))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("backup written to %s (%s, schema %s, %d rows)", output, manifest.backend,
              manifest.schema_revision, sum(manifest.rows.values()))
     return BackupResult(output, manifest)
+
+
+def _log_anchor(settings: Settings) -> Anchor:
+    """Where the deletion log stands, recorded in the manifest so a restore can tell a log cut
+    off since. Read after the snapshot: every entry of a change the snapshot holds is in it.
+    A log that fails its verification does not stop the backup (the data is worth keeping);
+    it is logged as an error and the backup carries no anchor."""
+    try:
+        return deletion_log(settings).anchor()
+    except DeletionLogError as exc:
+        log.error("the deletion log fails its verification, the backup records no anchor for it: %s", exc)
+        return Anchor(0, "")
 
 
 def count_rows(conn: Connection) -> dict[str, int]:

@@ -30,6 +30,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNSIGNED_WARNING = ("gateway: WARNING: --allow-unsigned: {file} {state} WITHOUT a valid signature check. "
+                     "An unsigned backup cannot be told from a forged or altered one; restore it only if you "
+                     "know where it comes from, and take a new (signed) backup right after.")
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     """Verify a backup, put it in place, migrate it and re-apply the erasures made since."""
     from pathlib import Path
@@ -39,7 +44,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     settings = common.settings()
     try:
-        summary = restore(settings, Path(args.file), force=args.force)
+        if args.allow_unsigned:
+            print(_UNSIGNED_WARNING.format(file=args.file, state="may be restored"), file=sys.stderr)
+        summary = restore(settings, Path(args.file), force=args.force, allow_unsigned=args.allow_unsigned)
     except BackupError as exc:
         print(f"gateway: restore refused: {exc}", file=sys.stderr)
         return 1
@@ -48,6 +55,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
               "fixed (with --force if the data was already loaded).", file=sys.stderr)
         return 1
     manifest = summary.manifest
+    if not manifest.signed:
+        print(_UNSIGNED_WARNING.format(file=args.file, state="was restored"), file=sys.stderr)
     print(f"restored {args.file} ({manifest.backend}, taken {manifest.snapshot_started_at.isoformat()} "
           f"by gateway {manifest.gateway_version})")
     print(f"schema {manifest.schema_revision} -> {summary.revision}")
@@ -55,6 +64,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.erased.items()))
     print(f"erasures replayed: {summary.replayed} logged since the snapshot"
           + (f", {sum(summary.erased.values())} found data to erase ({kinds})" if summary.erased else ""))
+    print(f"trash replayed: {summary.trash_replayed} deletion(s) and restore(s) from the trash logged since the snapshot")
     return 0
 
 
@@ -82,6 +92,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     restore = sub.add_parser("restore", help="restore a backup into the configured database (gateway stopped)")
     restore.add_argument("file")
     restore.add_argument("--force", action="store_true", help="overwrite a database that holds studios or mail")
+    restore.add_argument("--allow-unsigned", action="store_true",
+                         help="accept a backup without a signature (taken before backups were signed); "
+                              "it cannot be told from a forged one")
     restore.set_defaults(func=cmd_restore)
     purge_cmd = sub.add_parser("purge", help="erase conversations and messages deleted 30 days ago or more")
     purge_cmd.add_argument("--dry-run", action="store_true", help="only say what would be erased")

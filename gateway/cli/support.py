@@ -17,7 +17,8 @@ from gateway.cli import common
 from gateway.store.db import write_tx
 from gateway.store.models import utcnow
 from gateway.access.studios import StudioError
-from gateway.access.support import SupportDenied, check_operator, issue_support_token, open_read, revoke_support_token
+from gateway.access.support import (SupportDenied, check_operator, issue_support_token, open_read, record_read,
+                                    revoke_support_token)
 
 
 def _engine() -> Engine:
@@ -38,18 +39,24 @@ def cmd_read(args: argparse.Namespace) -> int:
     else:
         action, target = "conversation.read", f"conversation {args.conversation}"
     result: ConversationList | ConversationDetailOut | None
+    actor = f"operator:{operator}"
     try:
         with write_tx(_engine()) as conn:
-            studio_id = open_read(conn, args.studio, actor=f"operator:{operator}", reason=args.reason,
+            studio_id = open_read(conn, args.studio, actor=actor, reason=args.reason,
                                   action=action, target=target, now=utcnow())
             if args.conversation is None:
                 result = list_conversations(conn, studio_id, limit=args.limit)
             else:
                 result = conversation_detail(conn, studio_id, args.conversation)
+            if result is None:  # read nothing: its entry as a read is rolled back with the transaction
+                raise LookupError(f"studio {args.studio!r} has no conversation {args.conversation}")
     except (SupportDenied, StudioError) as exc:
         return common.fail(str(exc))
-    if result is None:
-        return common.fail(f"studio {args.studio!r} has no conversation {args.conversation}")
+    except LookupError as exc:
+        with write_tx(_engine()) as conn:   # the attempt, as over HTTP (gateway/api/auth.py)
+            record_read(conn, studio_id, actor=actor, action=f"{action}.rejected", target=target,
+                        reason=args.reason, now=utcnow())
+        return common.fail(str(exc))
     if args.json:
         print(msgspec.json.encode(result).decode())
     elif isinstance(result, ConversationList):

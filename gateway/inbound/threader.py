@@ -95,9 +95,12 @@ _BY_SUBJECT = select(CONVERSATION).where(
     LIVE_CONVERSATION,
 ).order_by(CONVERSATION.c.last_message_at.desc()).limit(1)
 _GUEST_EMAIL = select(GUEST.c.email).where(GUEST.c.id == bindparam("guest_id"))
+# A participant's mail is shown there now: one the studio deleted (in the trash, or purged)
+# no longer vouches for its sender, as a rejected one never did; restored, it does again.
 _SENT_BEFORE = select(MESSAGE.c.id).where(
     MESSAGE.c.conversation_id == bindparam("conversation_id"), MESSAGE.c.direction == "inbound",
-    MESSAGE.c.state == "visible", MESSAGE.c.from_email == bindparam("email")).limit(1)
+    MESSAGE.c.state == "visible", MESSAGE.c.deleted_at.is_(None),
+    MESSAGE.c.from_email == bindparam("email")).limit(1)
 # Every column but deleted_at/deleted_by, which stay NULL for new mail.
 _MESSAGE_COLUMNS = (
     "studio_id", "conversation_id", "inbound_mail_id", "direction", "state", "from_email", "from_name",

@@ -266,7 +266,7 @@ def _erase_owner_at_helpdesk(conn: Connection, settings: Settings, log: Deletion
     for guest_id in list(conn.execute(select(GUEST.c.id).where(
             GUEST.c.studio_id == helpdesk, func.lower(GUEST.c.email) == address)).scalars()):
         log.append("guest", helpdesk, guest_id, at=now)
-        erase_guest(conn, helpdesk, guest_id)
+        erase_guest(conn, helpdesk, guest_id, settings.mail_domain)
 
 
 # --- the operator's view -------------------------------------------------------------------------

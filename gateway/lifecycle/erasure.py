@@ -17,7 +17,11 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from sqlalchemy import ColumnElement, Connection, Table, delete, insert, select, update
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+
+from sqlalchemy import ColumnElement, Connection, Table, delete, func, insert, select, update
 
 from gateway.mail.addresses import parse_studio_address
 from gateway.store.models import (SQLModel, utcnow)
@@ -54,9 +58,12 @@ def erase_conversation(conn: Connection, studio_id: int, conversation_id: int) -
     return True
 
 
-def erase_guest(conn: Connection, studio_id: int, guest_id: int) -> bool:
+def erase_guest(conn: Connection, studio_id: int, guest_id: int, mail_domain: str) -> bool:
     """A guest of the studio: every conversation with them, every mail they wrote into another
-    guest's conversation (see guest_messages), and their contact."""
+    guest's conversation (see guest_messages), their mail that never became a message
+    (quarantined, automatic, waiting: rows and raw bytes), their address in the To and Cc of
+    the studio's other messages, and their contact. `mail_domain` tells which inbound mail was
+    addressed to this studio."""
     found = conn.execute(select(GUEST.c.id, GUEST.c.email).where(
         GUEST.c.studio_id == studio_id, GUEST.c.id == guest_id)).first()
     if found is None:
@@ -67,8 +74,74 @@ def erase_guest(conn: Connection, studio_id: int, guest_id: int) -> bool:
     for message_id in list(conn.execute(select(MESSAGE.c.id).where(
             guest_messages(studio_id, guest_id, found.email))).scalars()):
         erase_message(conn, studio_id, message_id)
+    _erase_unthreaded_inbound(conn, studio_id, found.email, mail_domain)
+    _scrub_address(conn, studio_id, found.email)
     conn.execute(delete(GUEST).where(GUEST.c.id == guest_id))
     return True
+
+
+def _erase_unthreaded_inbound(conn: Connection, studio_id: int, email: str, mail_domain: str) -> None:
+    """The guest's mail that never became a message: quarantined, automatic mail that opened no
+    conversation, or still waiting. Its raw bytes are all there is of it, so the rows and the
+    bytes go. Theirs is mail addressed to this studio alone (mail also addressed to another
+    studio is that studio's data too) whose envelope sender, From or Reply-To is their address."""
+    studio = conn.execute(select(STUDIO.c.slug).where(STUDIO.c.id == studio_id)).scalar()
+    if studio is None:
+        return
+    address = email.lower()
+    candidates = _inbound_addressed_to(conn, studio, mail_domain)
+    threaded = set()
+    for chunk in _chunks(sorted(candidates)):
+        threaded.update(conn.execute(select(MESSAGE.c.inbound_mail_id).where(
+            MESSAGE.c.inbound_mail_id.in_(chunk))).scalars())
+    theirs: set[int] = set()
+    for chunk in _chunks(sorted(candidates - threaded)):
+        for row in conn.execute(select(INBOUND.c.id, INBOUND.c.mail_from, INBOUND.c.raw_sha256).where(
+                INBOUND.c.id.in_(chunk))):
+            if row.mail_from.lower() == address or address in _header_senders(blob_store.get(conn, row.raw_sha256)):
+                theirs.add(row.id)
+    if theirs:
+        shas = _inbound_shas(conn, theirs)
+        for chunk in _chunks(sorted(theirs)):
+            conn.execute(delete(INBOUND).where(INBOUND.c.id.in_(chunk)))
+        blob_store.drop_unreferenced(conn, shas)
+
+
+def _header_senders(raw: bytes | None) -> set[str]:
+    """Lower-cased addresses in From, Sender and Reply-To of raw mail (headers only, and only
+    the first 256 KB: the headers of mail that was accepted fit well within that)."""
+    if not raw:
+        return set()
+    headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:256 * 1024])
+    found: set[str] = set()
+    for name in ("from", "sender", "reply-to"):
+        for value in headers.get_all(name) or []:
+            found.update(addr.lower() for _, addr in getaddresses([str(value)]) if addr)
+    return found
+
+
+def _scrub_address(conn: Connection, studio_id: int, email: str) -> None:
+    """Take the guest's address out of the To and Cc lists of the studio's other messages (a
+    friend's inquiry that copied them in stays, without them)."""
+    address = email.lower()
+    stored = json.dumps(address)[1:-1]   # as the lists are stored: JSON, non-ASCII escaped
+    pattern = "%" + stored.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    rows = conn.execute(select(MESSAGE.c.id, MESSAGE.c.to_json, MESSAGE.c.cc_json).where(
+        MESSAGE.c.studio_id == studio_id,
+        func.lower(MESSAGE.c.cc_json).like(pattern, escape="\\") | func.lower(MESSAGE.c.to_json).like(
+            pattern, escape="\\"))).all()
+    for row in rows:
+        values = {}
+        for column in ("to_json", "cc_json"):
+            try:
+                people = json.loads(getattr(row, column))
+            except ValueError:
+                continue
+            kept = [p for p in people if not (isinstance(p, dict) and str(p.get("email", "")).lower() == address)]
+            if len(kept) != len(people):
+                values[column] = json.dumps(kept)
+        if values:
+            conn.execute(update(MESSAGE).where(MESSAGE.c.id == row.id).values(**values))
 
 
 def guest_messages(studio_id: int, guest_id: int, email: str) -> ColumnElement[bool]:

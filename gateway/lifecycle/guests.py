@@ -49,7 +49,7 @@ def get_guest(conn: Connection, studio_id: int, guest_id: int) -> GuestInfo | No
 
 
 def erase_guest_data(conn: Connection, studio_id: int, guest_id: int, erasures: DeletionLog,
-                     now: datetime) -> GuestErased | None:
+                     now: datetime, *, mail_domain: str) -> GuestErased | None:
     """Erase the guest in the caller's transaction; None if the studio has no such guest."""
     guest = conn.execute(select(GUEST.c.email).where(GUEST.c.studio_id == studio_id, GUEST.c.id == guest_id)).first()
     if guest is None:
@@ -61,6 +61,6 @@ def erase_guest_data(conn: Connection, studio_id: int, guest_id: int, erasures: 
     attachments = conn.execute(select(func.count()).select_from(ATTACHMENT).where(
         ATTACHMENT.c.message_id.in_(select(MESSAGE.c.id).where(theirs)))).scalar_one()
     erasures.append("guest", studio_id, guest_id, at=now)   # before the erasure, always
-    erase_guest(conn, studio_id, guest_id)
+    erase_guest(conn, studio_id, guest_id, mail_domain)
     return GuestErased(id=guest_id, conversations=conversations, messages=messages, attachments=attachments,
                        erased_at=now)

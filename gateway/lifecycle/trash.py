@@ -15,6 +15,10 @@ deleted (gateway/outbound/outbox.py). Restored, they go out, unless they were wr
 GATEWAY_OUTBOUND_RETRY_FOR: a reply is never delivered later than that after it was written,
 so such a one is marked failed and the studio decides whether to write again.
 
+Every deletion and every restore from the trash is written to the deletion log too
+(gateway/lifecycle/deletion_log.py): restoring a backup taken before a deletion puts the item
+back into the trash, with its original deletion time, instead of showing it again.
+
 Plain functions on a connection of the caller's transaction, scoped to one studio; an id of
 another studio, or of a message the studio never saw (rejected), is not found (None).
 """
@@ -30,6 +34,7 @@ from gateway.settings import Settings
 from gateway.store.tables import CONVERSATION, MESSAGE
 from gateway.access.visibility import IN_LIVE_CONVERSATION, LIVE_CONVERSATION, LIVE_MESSAGE, recount
 from gateway.store.tables import GUEST, OUTBOUND_JOB
+from gateway.lifecycle.deletion_log import DeletionLog, Erasure, Kind
 
 RETENTION = timedelta(days=30)   # the FAQ's promise: restorable for 30 days, then erased
 SHOWN_STATES = ("visible", "held")   # a rejected message was never shown, so never deleted
@@ -111,8 +116,15 @@ class Trash:
 
 
 def delete_conversation(conn: Connection, studio_id: int, conversation_id: int, profile_id: int,
-                        now: datetime) -> Deleted | None:
-    """Hide a shown conversation at once; None if the studio has no such conversation shown."""
+                        now: datetime, *, log: DeletionLog) -> Deleted | None:
+    """Hide a shown conversation at once; None if the studio has no such conversation shown.
+    The deletion goes into the deletion log first, so a backup restored later puts it back
+    into the trash (gateway/lifecycle/deletion_log.py)."""
+    found = conn.execute(select(CONVERSATION.c.id).where(
+        CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION)).first()
+    if found is None:
+        return None
+    log.append("conversation.trashed", studio_id, conversation_id, at=now, by=profile_id)  # before the change
     found = conn.execute(update(CONVERSATION).where(
         CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION
     ).values(deleted_at=now, deleted_by=profile_id).returning(CONVERSATION.c.id)).first()
@@ -122,9 +134,16 @@ def delete_conversation(conn: Connection, studio_id: int, conversation_id: int, 
 
 
 def delete_message(conn: Connection, studio_id: int, message_id: int, profile_id: int,
-                   now: datetime) -> Deleted | None:
+                   now: datetime, *, log: DeletionLog) -> Deleted | None:
     """Hide a shown message (visible, or held for the studio's decision) at once; None if the
-    studio has no such message shown. The conversation's count and activity follow."""
+    studio has no such message shown. The conversation's count and activity follow. Logged
+    first, as a conversation's deletion is."""
+    shown = conn.execute(select(MESSAGE.c.id).where(
+        MESSAGE.c.id == message_id, MESSAGE.c.studio_id == studio_id, MESSAGE.c.state.in_(SHOWN_STATES),
+        LIVE_MESSAGE, IN_LIVE_CONVERSATION)).first()
+    if shown is None:
+        return None
+    log.append("message.trashed", studio_id, message_id, at=now, by=profile_id)  # before the change
     found = conn.execute(update(MESSAGE).where(
         MESSAGE.c.id == message_id, MESSAGE.c.studio_id == studio_id, MESSAGE.c.state.in_(SHOWN_STATES),
         LIVE_MESSAGE, IN_LIVE_CONVERSATION
@@ -206,6 +225,35 @@ def list_trash(conn: Connection, studio_id: int, now: datetime, limit: int) -> T
             from_email=m.from_email, from_name=m.from_name, subject=m.subject, excerpt=m.text[:200],
             received_at=m.received_at, deleted_at=m.deleted_at, deleted_by=m.deleted_by,
             purge_at=m.deleted_at + RETENTION) for m in messages])
+
+
+def record_restored(log: DeletionLog, studio_id: int, restored: Restored, now: datetime | None = None) -> None:
+    """Log a restore from the trash, after it committed (see gateway/lifecycle/deletion_log.py
+    for why after): a backup restored later then leaves the item restored, not in the trash.
+    A failure here leaves the item restored now; a later backup restore would only put it
+    back into the trash, from where it can be restored again."""
+    kind: Kind = "conversation.restored" if restored.kind == "conversation" else "message.restored"
+    log.append(kind, studio_id, restored.id, at=now)
+
+
+def replay_trash_event(conn: Connection, event: Erasure) -> bool:
+    """Re-apply a logged move into or out of the trash to a restored database; True if it
+    changed something. A deletion keeps its original time (and so its 30 days) and author."""
+    table = CONVERSATION if event.kind.startswith("conversation.") else MESSAGE
+    if event.kind.endswith(".trashed"):
+        changed = conn.execute(update(table).where(
+            table.c.id == event.object_id, table.c.studio_id == event.studio_id, table.c.deleted_at.is_(None)
+        ).values(deleted_at=event.at, deleted_by=event.by)).rowcount
+    else:
+        changed = conn.execute(update(table).where(
+            table.c.id == event.object_id, table.c.studio_id == event.studio_id, table.c.deleted_at.is_not(None)
+        ).values(deleted_at=None, deleted_by=None)).rowcount
+    if changed and table is MESSAGE:
+        conversation_id = conn.execute(select(MESSAGE.c.conversation_id).where(
+            MESSAGE.c.id == event.object_id)).scalar()
+        if conversation_id is not None:
+            recount(conn, conversation_id)
+    return bool(changed)
 
 
 def _undelete(conn: Connection, table: Table, object_id: int, what: str, deleted_at: datetime | None,

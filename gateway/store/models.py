@@ -338,10 +338,19 @@ class SupportGrant(SQLModel, table=True):
 
     Active while not revoked and not expired; a new grant replaces the studio's active one,
     so revoking the grant the owner sees ends support's access.
+
+    closed_at: when the grant stopped being the studio's current one (revoked, or replaced by
+    a newer grant, or, for one that had expired, closed when the next was made). The partial
+    unique index lets the database, not only the code, hold "one open grant per studio": two
+    owners granting at once cannot leave two active grants behind.
     """
 
     __tablename__ = "support_grant"
-    __table_args__ = (Index("ix_support_grant_studio_expires", "studio_id", "expires_at"),)
+    __table_args__ = (
+        Index("ix_support_grant_studio_expires", "studio_id", "expires_at"),
+        Index("uq_support_grant_studio_open", "studio_id", unique=True,
+              sqlite_where=text("closed_at IS NULL"), postgresql_where=text("closed_at IS NULL")),
+    )
     id: int | None = Field(default=None, primary_key=True)
     studio_id: int = Field(foreign_key="studio.id")
     profile_id: int = Field(foreign_key="profile.id")   # the owner who granted it
@@ -349,6 +358,7 @@ class SupportGrant(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
     revoked_at: datetime | None = None
+    closed_at: datetime | None = None
 
 
 class SupportToken(SQLModel, table=True):
@@ -379,6 +389,28 @@ class AuditEntry(SQLModel, table=True):
     action: str = Field(max_length=64)                  # conversation.read, support_grant.create, ...
     target: str = Field(default="", max_length=100)     # conversation 12, attachment 7, ...
     reason: str = Field(default="", max_length=500)
+
+
+# --- rate limits -------------------------------------------------------------------------------
+
+class RateLimit(SQLModel, table=True):
+    """Failed guesses per client address, shared by every process on the database
+    (gateway/access/ratelimit.py): a token or deletion-code brake that each web process kept
+    on its own let N processes take N times the budget.
+
+    One row per (scope, address) while it says something: `failures` counted since
+    `window_start`, and `blocked_until` once they reached the limit. `expires_at` is when the
+    row says nothing any more, so old rows are dropped by an index range.
+    """
+
+    __tablename__ = "rate_limit"
+    __table_args__ = (Index("ix_rate_limit_expires", "expires_at"),)
+    scope: str = Field(primary_key=True, max_length=32)    # auth | deletion_code
+    key: str = Field(primary_key=True, max_length=200)     # the client address
+    window_start: datetime
+    failures: int = 0
+    blocked_until: datetime | None = None
+    expires_at: datetime
 
 
 # --- account deletion --------------------------------------------------------------------------
