@@ -1,7 +1,7 @@
 """one open support grant per studio as a constraint; rate limits shared through the database
 
 Revision ID: 0015
-Revises: 0012
+Revises: 0014
 
 """
 from typing import Sequence, Union
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision: str = '0015'
-down_revision: Union[str, Sequence[str], None] = '0012'
+down_revision: Union[str, Sequence[str], None] = '0014'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
