@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Table
 
-from gateway.store.models import (Studio, Profile, ApiToken, Blob, InboundMail, Guest, Conversation, Message, Attachment, OutboundJob, Subscription, Lockdown, PaymentPause, StripeEvent, Tombstone, BackupSchedule, SupportGrant, SupportToken, AuditEntry, AccountDeletion)
+from gateway.store.models import (Studio, Profile, ApiToken, Blob, InboundMail, Guest, Conversation, Message, Attachment, OutboundJob, Subscription, Lockdown, PaymentPause, StripeEvent, Tombstone, BackupSchedule, SupportGrant, SupportToken, AuditEntry, AccountDeletion, AutomaticMail)
 
 STUDIO: Table = Studio.__table__  # type: ignore[attr-defined]
 PROFILE: Table = Profile.__table__  # type: ignore[attr-defined]
@@ -30,3 +30,4 @@ SUPPORT_GRANT: Table = SupportGrant.__table__  # type: ignore[attr-defined]
 SUPPORT_TOKEN: Table = SupportToken.__table__  # type: ignore[attr-defined]
 AUDIT_ENTRY: Table = AuditEntry.__table__  # type: ignore[attr-defined]
 ACCOUNT_DELETION: Table = AccountDeletion.__table__  # type: ignore[attr-defined]
+AUTOMATIC_MAIL: Table = AutomaticMail.__table__  # type: ignore[attr-defined]
