@@ -124,15 +124,19 @@ def pg_database_url(pg_template: str) -> Iterator[str]:
 
 
 # The DNS server every gateway of the tests asks (GATEWAY_DNS_SERVERS): a real one on an
-# ephemeral port that knows no name, so authentication (gateway/inbound/authentication.py) runs
-# for every mail as in production, and no test resolves a name on the internet. Tests that need
-# records start their own (tests/dns_server.py).
+# ephemeral port, so authentication (gateway/inbound/authentication.py) runs for every mail as
+# in production, and no test resolves a name on the internet. It knows one record: the guests'
+# usual domain, example.org, authorises the test client's address (127.0.0.1) by SPF, so their
+# mail is aligned and acknowledged as a real mailbox provider's would be; it has no DMARC
+# record. Tests that need more start their own (tests/dns_server.py).
 _OFFLINE_DNS: list[str] = []
 
 
 @pytest.fixture(scope="session", autouse=True)
 def offline_dns() -> Iterator[str]:
-    with dns_server(Zone()) as running:
+    zone = Zone()
+    zone.txt("example.org", "v=spf1 ip4:127.0.0.1 -all")
+    with dns_server(zone) as running:
         _OFFLINE_DNS.append(running.servers)
         yield running.servers
         _OFFLINE_DNS.clear()

@@ -173,6 +173,8 @@ class Message(SQLModel, table=True):
         # every reply of a long conversation (bench/outbound.py grew slower with each reply).
         Index("ix_message_conversation_inbound", "conversation_id", "direction", "received_at"),
         Index("ix_message_studio_deleted", "studio_id", "deleted_at"),   # the trash and the purge
+        # A studio's acknowledgements of the last hour, counted before each one (their hourly cap).
+        Index("ix_message_studio_auto", "studio_id", "auto_kind", "received_at"),
         UniqueConstraint("studio_id", "dedupe_key", name="uq_message_studio_dedupe"),
     )
     id: int | None = Field(default=None, primary_key=True)

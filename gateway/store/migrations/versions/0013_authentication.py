@@ -1,5 +1,6 @@
-"""Who sent it: Authentication-Results on messages, provider verdicts on inbound mail, and the
-automatic mail that opened no conversation (listed by GET /api/v1/automatic)
+"""Who sent it: Authentication-Results on messages, provider verdicts on inbound mail, the
+automatic mail that opened no conversation (listed by GET /api/v1/automatic), and an index for
+the studio's hourly cap on acknowledgements
 
 Revision ID: 0013
 Revises: 0012
@@ -20,6 +21,7 @@ depends_on: Union[str, Sequence[str], None] = None
 
 def upgrade() -> None:
     op.add_column('message', sa.Column('authentication_results', sa.Text(), nullable=True))
+    op.create_index('ix_message_studio_auto', 'message', ['studio_id', 'auto_kind', 'received_at'])
     op.add_column('inbound_mail', sa.Column('authentication', sa.Text(), nullable=True))
     op.create_table(
         'automatic_mail',
@@ -45,4 +47,5 @@ def downgrade() -> None:
     op.drop_index('ix_automatic_mail_studio_received', table_name='automatic_mail')
     op.drop_table('automatic_mail')
     op.drop_column('inbound_mail', 'authentication')
+    op.drop_index('ix_message_studio_auto', table_name='message')
     op.drop_column('message', 'authentication_results')
