@@ -140,11 +140,6 @@ def test_a_dns_timeout_is_temperror_within_the_deadline(tmp_path: Path) -> None:
     assert took < 5  # one deadline for all lookups together, not one per lookup
 
 
-def test_verdicts_survive_json() -> None:
-    verdicts = Verdicts(spf="pass", spf_domain="a.example", dmarc="fail", reported_by="sendgrid")
-    assert Verdicts.from_json(verdicts.to_json()) == verdicts
-
-
 def test_a_hostile_from_domain_never_reaches_the_summary() -> None:
     verdicts = Verdicts(dmarc="fail", from_domain='x.example; dkim=pass header.d="bank.example"')
     assert "bank.example" not in verdicts.summary("mail.test")

@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import dkim
@@ -90,15 +90,6 @@ class Verdicts:
                 result.result_comment = f"reported by {self.reported_by}"
         text = str(AuthenticationResultsHeader(authserv_id=_safe(authserv_id) or "gateway", results=results))
         return text.partition(":")[2].strip()
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> Verdicts:
-        data = json.loads(text)
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
 
 
 NONE = Verdicts()
@@ -362,20 +353,35 @@ def authenticate(raw: bytes, parsed: ParsedMessage, mail_from: str, peer: str, s
                     dmarc=dmarc_result, dmarc_policy=policy, from_domain=from_domain, aligned=aligned)
 
 
-def provider_verdicts(provider: str, parsed: ParsedMessage, spf_result: str | None = None,
-                      dkim_result: str | None = None, dkim_domain: str = "",
-                      dmarc_result: str | None = None, mail_from: str = "") -> Verdicts:
-    """What a provider webhook reported, in our terms. Alignment is judged as for our own
-    checks: a pass only counts for the domain it was about."""
+def provider_verdicts(provider: str, parsed: ParsedMessage, reported: str | None, mail_from: str = "") -> Verdicts:
+    """What a provider webhook reported (webhooks/verdicts.py JSON), in our terms. Alignment is
+    judged as for our own checks: a pass counts only for a domain aligned with From, or when the
+    provider's own DMARC check passed."""
+    try:
+        data = json.loads(reported) if reported else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
     from_domain = _domain_of(parsed.from_.email) if parsed.from_ is not None else ""
-    spf_domain = _domain_of(mail_from)
-    spf_r, dkim_r, dmarc_r = _result(spf_result), _result(dkim_result), _result(dmarc_result)
     org = _org(from_domain)
-    aligned = bool(org) and ((spf_r == "pass" and bool(spf_domain) and _org(spf_domain) == org)
-                             or (dkim_r == "pass" and bool(dkim_domain) and _org(dkim_domain) == org)
-                             or dmarc_r == "pass")
-    return Verdicts(spf=spf_r, spf_domain=spf_domain, dkim=dkim_r, dkim_domain=dkim_domain.lower(),
-                    dmarc=dmarc_r, from_domain=from_domain, aligned=aligned, reported_by=provider)
+    spf_domain = _domain_of(mail_from)
+    spf_r, dmarc_r = _result(data.get("spf")), _result(data.get("dmarc"))
+    pairs = data.get("dkim") if isinstance(data.get("dkim"), list) else []
+    signatures = [(str(p[0] or "").lower(), _result(p[1])) for p in pairs[:MAX_SIGNATURES]
+                  if isinstance(p, list) and len(p) == 2 and isinstance(p[0], (str, type(None)))]
+    dkim_r, dkim_domain = "none", ""
+    for domain, result in signatures:   # an aligned pass first, then any pass, then the first
+        if result == "pass" and domain and _org(domain) == org:
+            dkim_r, dkim_domain = result, domain
+            break
+        if dkim_r == "none" or (result == "pass" and dkim_r != "pass"):
+            dkim_r, dkim_domain = result, domain
+    aligned = bool(org) and (dmarc_r == "pass"
+                             or (spf_r == "pass" and bool(spf_domain) and _org(spf_domain) == org)
+                             or (dkim_r == "pass" and bool(dkim_domain) and _org(dkim_domain) == org))
+    return Verdicts(spf=spf_r, spf_domain=spf_domain, dkim=dkim_r, dkim_domain=dkim_domain, dmarc=dmarc_r,
+                    from_domain=from_domain, aligned=aligned, reported_by=provider)
 
 
 # --- a claimed batch -------------------------------------------------------------------------
@@ -403,13 +409,8 @@ def authenticate_claimed(engine: Engine, settings: Settings, claimed: Sequence[A
             continue
         if row.source == "smtp":
             jobs.append((item, message, row.peer or ""))
-        elif row.authentication:
-            try:
-                item.authentication = Verdicts.from_json(row.authentication)
-            except (ValueError, TypeError):
-                item.authentication = NONE
         else:
-            item.authentication = Verdicts(reported_by=row.source)
+            item.authentication = provider_verdicts(row.source, message, row.authentication, item.mail_from)
     if not jobs:
         return
 
