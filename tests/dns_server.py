@@ -71,9 +71,16 @@ def dns_server(zone: Zone) -> Iterator[RunningDns]:
     """UDP and TCP on one ephemeral port (dnspython falls back to TCP for truncated answers)."""
     resolver = _Resolver(zone)
     quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
-    udp = DNSServer(resolver, address="127.0.0.1", port=0, logger=quiet)
-    port = udp.server.server_address[1]
-    tcp = DNSServer(resolver, address="127.0.0.1", port=port, tcp=True, logger=quiet)
+    for _ in range(50):  # the UDP port's TCP twin may be taken (by a client's ephemeral port)
+        udp = DNSServer(resolver, address="127.0.0.1", port=0, logger=quiet)
+        port = udp.server.server_address[1]
+        try:
+            tcp = DNSServer(resolver, address="127.0.0.1", port=port, tcp=True, logger=quiet)
+            break
+        except OSError:
+            udp.server.server_close()
+    else:
+        raise OSError("no port free for both UDP and TCP")
     udp.start_thread()
     tcp.start_thread()
     try:
