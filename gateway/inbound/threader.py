@@ -8,7 +8,8 @@ original Message-ID for bounces, then the subject fallback for clients that drop
 Header matches are looked up only among the Message-IDs stored for the same studio, so a
 forged or guessed id from another studio never attaches anything; and a reply whose sender is
 not a participant of the conversation it names is held for the studio to accept or reject
-instead of being shown as the guest's.
+instead of being shown as the guest's; so is a reply in a participant's name that explicitly
+fails DMARC (gateway/inbound/authentication.py), and automatic mail from a non-participant.
 
 A deleted conversation (gateway/lifecycle/trash.py) is never threaded into, by any rule: the guest's new
 mail opens a new conversation the studio sees at once, while the deleted one stays deleted,
