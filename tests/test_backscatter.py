@@ -196,3 +196,28 @@ def test_a_forged_inquiry_failing_dmarc_gets_no_acknowledgement(strict_gw: Runni
     message = _inbound(strict_gw, sent.inbound_id)
     assert message["state"] == "visible" and "dmarc=fail" in message["authentication_results"]
     assert _acknowledgements(strict_gw) == []
+
+
+def test_a_bounce_of_the_studios_reply_is_shown_one_naming_a_guests_mail_is_held(gw: RunningGateway) -> None:
+    """A delivery report naming the studio's own reply marks it bounced and stays visible; one
+    naming only the guest's Message-ID (anyone the guest wrote to knows it) is a stranger's."""
+    from sqlalchemy import insert
+    from tests.conftest import fixture_bytes
+    studio = gw.add_studio("inkwell")
+    guest_id = new_id()
+    gw.send(make_mail(message_id=guest_id), studio.address)
+    gw.process()
+    with read_tx(gw.engine) as conn:
+        conversation_id = conn.execute(select(MESSAGE.c.conversation_id)).scalar_one()
+    with write_tx(gw.engine) as conn:
+        conn.execute(insert(MESSAGE), {"studio_id": studio.id, "conversation_id": conversation_id,
+                                       "direction": "outbound", "message_id": "reply-1@mail.test",
+                                       "delivery": "sent", "subject": "Re: Tattoo Anfrage"})
+    theirs = gw.send(fixture_bytes("dsn_bounce.eml").replace(b"studio-5001@ink.example", guest_id.strip("<>").encode())
+                     .replace(b"20240106120000.ABCDEF", b"20240106120000.OTHER"), studio.address, mail_from="")
+    gw.process()  # first: once a daemon's report was shown, the daemon counts as a participant
+    ours = gw.send(fixture_bytes("dsn_bounce.eml").replace(b"studio-5001@ink.example", b"reply-1@mail.test"),
+                   studio.address, mail_from="")
+    gw.process()
+    assert (_inbound(gw, ours.inbound_id)["state"], _inbound(gw, ours.inbound_id)["auto_kind"]) == ("visible", "bounce")
+    assert _inbound(gw, theirs.inbound_id)["state"] == "held"

@@ -88,7 +88,7 @@ _STUDIO_BY_SLUG = select(STUDIO.c.id).where(STUDIO.c.slug == bindparam("slug"))
 _BY_MESSAGE_IDS = select(MESSAGE.c.message_id, MESSAGE.c.conversation_id).where(
     MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)),
     MESSAGE.c.conversation_id.is_not(None))
-_BOUNCED = select(MESSAGE.c.id, MESSAGE.c.conversation_id).where(
+_BOUNCED = select(MESSAGE.c.id, MESSAGE.c.conversation_id, MESSAGE.c.direction).where(
     MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)))
 _CONVERSATION = select(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"),
                                            CONVERSATION.c.studio_id == bindparam("studio_id"), LIVE_CONVERSATION)
@@ -239,7 +239,7 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         conversation_id = conversation.id
         if guest is not None and not guest.name and sender.name:
             name_guest(conn, lookups, studio_id, guest, sender.name)
-        state = _reply_state(conn, conversation, rule, sender, auto, verdicts, bounced_ours=bool(bounced))
+        state = _reply_state(conn, conversation, rule, sender, auto, verdicts, bounced_ours=any(b.direction == "outbound" for b in bounced))
 
     when = bind_processor(conn, MESSAGE.c.received_at)
     row = {
