@@ -239,3 +239,18 @@ def test_checking_costs_lookups_not_parsing(tmp_path: Path, dns: RunningDns) -> 
         verdicts = authenticate(raw, message, "tom@example.net", "127.0.0.1:40000", settings)
     assert verdicts.aligned
     assert time.monotonic() - started < 10
+
+
+def test_after_a_timeout_the_next_messages_only_probe_the_resolver(tmp_path: Path) -> None:
+    """A dead resolver costs the first message its deadline and the next ones a short probe,
+    so a backlog is not held up GATEWAY_DNS_TIMEOUT per batch; all of them are temperror."""
+    import time
+    raw = make_mail(from_="Lena <lena@example.com>")
+    with silent_dns_server() as servers:
+        settings = _settings(tmp_path, servers, timeout=3.0)
+        first = authenticate(raw, parse(raw), "lena@example.com", "127.0.0.1:40000", settings)
+        started = time.monotonic()
+        second = authenticate(raw, parse(raw), "lena@example.com", "127.0.0.1:40000", settings)
+        took = time.monotonic() - started
+    assert first.spf == second.spf == "temperror" and first.dmarc == second.dmarc == "temperror"
+    assert took < 2.0  # a probe (0.5 s), not the 3 s deadline again

@@ -160,6 +160,7 @@ class Lookups:
     def __init__(self, resolver: dns.resolver.Resolver, timeout: float) -> None:
         self.resolver = resolver
         self.deadline = time.monotonic() + timeout
+        self.unanswered = False     # a server did not answer in time (not: a name does not exist)
 
     def left(self) -> float:
         """Seconds left for lookups, at least a little (a library's own per-lookup timeout)."""
@@ -178,6 +179,7 @@ class Lookups:
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.NoResolverConfiguration) as exc:
+            self.unanswered = True
             raise DnsTrouble(f"DNS {type(exc).__name__} for {name} {qtype}") from exc
         except dns.exception.DNSException as exc:  # a malformed name (too long, empty label)
             log.debug("DNS lookup of %r failed: %s", name, exc)
@@ -361,9 +363,30 @@ def check_dmarc(lookups: Lookups, from_domain: str, spf_result: str, spf_domain:
     return "fail", policy
 
 
+# After a server left a lookup unanswered, the next messages only probe it briefly for a while:
+# a resolver that is down costs each batch PROBE seconds, not GATEWAY_DNS_TIMEOUT, and checks
+# are back to normal as soon as it answers again.
+PROBE = 0.5
+TROUBLE_WINDOW = 30.0
+_trouble_until: dict[str, float] = {}
+
+
 def authenticate(raw: bytes, parsed: ParsedMessage, mail_from: str, peer: str, settings: Settings) -> Verdicts:
     """SPF, DKIM and DMARC of one message received over SMTP, within GATEWAY_DNS_TIMEOUT."""
-    lookups = Lookups(resolver_for(settings.dns_servers), settings.dns_timeout)
+    timeout = settings.dns_timeout
+    if time.monotonic() < _trouble_until.get(settings.dns_servers, 0.0):
+        timeout = min(timeout, PROBE)
+    lookups = Lookups(resolver_for(settings.dns_servers), timeout)
+    try:
+        return _check(lookups, raw, parsed, mail_from, peer)
+    finally:
+        if lookups.unanswered:
+            _trouble_until[settings.dns_servers] = time.monotonic() + TROUBLE_WINDOW
+        elif timeout < settings.dns_timeout:  # a probe got its answers: the server is back
+            _trouble_until.pop(settings.dns_servers, None)
+
+
+def _check(lookups: Lookups, raw: bytes, parsed: ParsedMessage, mail_from: str, peer: str) -> Verdicts:
     from_domain = _domain_of(parsed.from_.email) if parsed.from_ is not None else ""
     ip, helo = _peer_ip_and_helo(peer)
     spf_result, spf_domain = check_spf(lookups, ip, mail_from, helo)
@@ -411,7 +434,7 @@ def provider_verdicts(provider: str, parsed: ParsedMessage, reported: str | None
 
 _SOURCES = select(INBOUND.c.id, INBOUND.c.source, INBOUND.c.peer, INBOUND.c.authentication).where(
     INBOUND.c.id.in_(bindparam("ids", expanding=True)))
-MAX_PARALLEL = 8   # messages of a batch checked at once: DNS waits, it does not compute
+MAX_PARALLEL = 32  # messages of a batch checked at once (a claim is 32): DNS waits, it does not compute
 
 
 def authenticate_claimed(engine: Engine, settings: Settings, claimed: Sequence[Any],
