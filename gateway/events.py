@@ -35,6 +35,10 @@ class Threaded:
     automatic: bool      # an auto-reply, bounce or list mail (RFC 3834): never answered automatically
     guest_id: int | None  # the conversation's guest (None when the message did not open it)
     sender_name: str     # the display name the mail came with
+    # Whether SPF or DKIM passed for the From domain (gateway/inbound/authentication.py): only
+    # then does an automatic answer go to the sender, never to a forged or unchecked address.
+    sender_aligned: bool = False
+    guest_from_reply_to: bool = False  # the guest came from Reply-To (a website form), not From
 
 
 @dataclass

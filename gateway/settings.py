@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     poll_interval: float = Field(0.5, gt=0)          # how often role processes look for work
     process_max_defer: float = Field(15.0, ge=0)     # seconds threading may wait while mail streams in
 
+    # Who sent it (gateway/inbound/authentication.py): SPF, DKIM and DMARC of mail received over
+    # SMTP, checked after the `250` while processing, never a reason to refuse or park mail.
+    dns_servers: str = ""                             # "host[:port]", comma-separated; empty: /etc/resolv.conf
+    dns_timeout: float = Field(5.0, gt=0, le=60)      # seconds all of one message's lookups may take
+    acknowledgements_per_hour: int = Field(30, ge=0)  # acknowledgements one studio sends per hour at most
+
     # Outbound mail (replies): relay, retries, signing.
     smtp_relay_url: SecretStr | None = None           # smtp://[user:pass@]host[:port] | smtps://...; none: Maildir
     smtp_relay_timeout: float = Field(30.0, gt=0)

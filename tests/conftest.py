@@ -29,6 +29,7 @@ from gateway.runtime import REACTIONS
 from gateway.runtime import Gateway
 from gateway.settings import Settings
 from gateway.access.studios import add_studio
+from tests.dns_server import Zone, dns_server
 
 PG_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite"] + (["postgres"] if PG_URL else [])
@@ -122,11 +123,30 @@ def pg_database_url(pg_template: str) -> Iterator[str]:
         yield url
 
 
+# The DNS server every gateway of the tests asks (GATEWAY_DNS_SERVERS): a real one on an
+# ephemeral port, so authentication (gateway/inbound/authentication.py) runs for every mail as
+# in production, and no test resolves a name on the internet. It knows one record: the guests'
+# usual domain, example.org, authorises the test client's address (127.0.0.1) by SPF, so their
+# mail is aligned and acknowledged as a real mailbox provider's would be; it has no DMARC
+# record. Tests that need more start their own (tests/dns_server.py).
+_OFFLINE_DNS: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_dns() -> Iterator[str]:
+    zone = Zone()
+    zone.txt("example.org", "v=spf1 ip4:127.0.0.1 -all")
+    with dns_server(zone) as running:
+        _OFFLINE_DNS.append(running.servers)
+        yield running.servers
+        _OFFLINE_DNS.clear()
+
+
 def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         data_dir=tmp_path / "data", database_url=database_url, mail_domain=MAIL_DOMAIN,
         secret_key=SECRET, smtp_host="127.0.0.1", smtp_port=0, http_host="127.0.0.1", http_port=0,
-        poll_interval=0.05, db_busy_timeout=2.0,
+        poll_interval=0.05, db_busy_timeout=2.0, dns_servers=_OFFLINE_DNS[0] if _OFFLINE_DNS else "",
     )
     values.update(overrides)
     return Settings(**values)

@@ -323,8 +323,12 @@ def test_acknowledgement_of_new_inquiries_is_automatic_once_a_day_and_never_for_
         msg = ack.message
         assert ack.rcpt_tos == ["guest@example.org"]
         assert msg["Auto-Submitted"] == "auto-replied" and msg["X-Auto-Response-Suppress"] == "All"
-        assert msg["In-Reply-To"] == first and msg["Subject"] == "Re: Anfrage Unterarm"
-        assert "anfrage" in msg.get_body(("plain",)).get_content().lower()  # type: ignore[union-attr]
+        # The studio's own subject and a generic greeting: nothing of the sender's is echoed.
+        assert msg["In-Reply-To"] == first and msg["Subject"] == "Deine Anfrage bei Inkwell Tattoo"
+        assert msg["To"] == "guest@example.org"
+        plain = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert "anfrage" in plain.lower() and plain.startswith("Hallo,")
+        assert "Lena" not in plain and "Unterarm" not in plain
         items = owner.get("/api/v1/conversations", params={"q": "Anfrage Unterarm"}).json()["items"]
         detail = owner.get(f"/api/v1/conversations/{items[0]['id']}").json()
         assert [m["automatic"] for m in detail["messages"]] == [False, True]

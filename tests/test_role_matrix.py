@@ -52,6 +52,7 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/conversations/{conversation_id:int}/reopen"):
                                                               ("2xx", "2xx", "401", "404", "401", "403", "403"),
     ("GET", "/api/v1/held"):                                  ("2xx", "2xx", "401", "2xx", "401", "2xx", "403"),
+    ("GET", "/api/v1/automatic"):                             ("2xx", "2xx", "401", "2xx", "401", "2xx", "403"),
     ("POST", "/api/v1/held/{message_id:int}/accept"):         ("2xx", "2xx", "401", "404", "401", "403", "403"),
     ("POST", "/api/v1/held/{message_id:int}/reject"):         ("2xx", "2xx", "401", "404", "401", "403", "403"),
     ("GET", "/api/v1/attachments/{attachment_id:int}"):       ("2xx", "2xx", "401", "404", "401", "2xx", "403"),

@@ -46,6 +46,7 @@ class Delivery:
     mail_from: str
     recipients: list[str]
     nonce: str | None = None  # a one-time request token that must not be accepted twice
+    authentication: str | None = None  # the provider's SPF/DKIM/DMARC verdicts (webhooks/verdicts.py)
 
 
 class Receiver:
@@ -136,7 +137,7 @@ async def receive(receiver: Receiver, request: Request[Any, Any, Any]) -> Respon
                  ", ".join(delivery.recipients)[:300])
         return receiver.refused_recipient()
     envelope = Envelope(mail_from=delivery.mail_from[:320], rcpt_tos=recipients, peer=_peer(request),
-                        source=receiver.name, nonce=delivery.nonce)
+                        source=receiver.name, nonce=delivery.nonce, authentication=delivery.authentication)
     try:
         inbound_id = await acceptor.accept(delivery.raw, envelope)
     except Replayed:

@@ -20,6 +20,7 @@ from litestar import Request
 from webhooks.base import Delivery, Receiver, WebhookError, check_timestamp
 from webhooks.compose import ComposeError, mime_from_mailgun
 from webhooks.forms import FormError, parse_form
+from webhooks import verdicts
 
 
 class MailgunReceiver(Receiver):
@@ -50,7 +51,9 @@ class MailgunReceiver(Receiver):
                 raw = mime_from_mailgun(form)
             except ComposeError as exc:
                 raise WebhookError(400, str(exc)) from None
-        return Delivery(raw=raw, mail_from=form.text("sender"), recipients=recipients, nonce=token)
+        return Delivery(raw=raw, mail_from=form.text("sender"), recipients=recipients, nonce=token,
+                        authentication=verdicts.mailgun(form.text("X-Mailgun-Spf"),
+                                                        form.text("X-Mailgun-Dkim-Check-Result")))
 
     def _verify(self, timestamp: str, token: str, signature: str) -> None:
         assert self.settings.mailgun_signing_key is not None

@@ -21,6 +21,7 @@ from litestar import Request
 from gateway.inbound.headers import normalize_email
 from webhooks.base import Delivery, Receiver, WebhookError, check_basic_auth
 from webhooks.compose import ComposeError, mime_from_postmark
+from webhooks import verdicts
 
 
 class PostmarkReceiver(Receiver):
@@ -56,7 +57,8 @@ class PostmarkReceiver(Receiver):
                 raw = mime_from_postmark(payload)
             except ComposeError as exc:
                 raise WebhookError(400, str(exc)) from None
-        return Delivery(raw=raw, mail_from=_sender(payload), recipients=recipients)
+        return Delivery(raw=raw, mail_from=_sender(payload), recipients=recipients,
+                        authentication=verdicts.postmark(payload.get("Headers")))
 
 
 def _recipients(payload: dict[str, Any]) -> list[str]:

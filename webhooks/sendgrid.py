@@ -34,6 +34,7 @@ from gateway.settings import Settings
 from webhooks.base import Delivery, Receiver, WebhookError, check_basic_auth, check_timestamp
 from webhooks.compose import ComposeError, mime_from_sendgrid
 from webhooks.forms import FormError, parse_form
+from webhooks import verdicts
 
 SIGNATURE_HEADER = "x-twilio-email-event-webhook-signature"
 TIMESTAMP_HEADER = "x-twilio-email-event-webhook-timestamp"
@@ -98,7 +99,8 @@ class SendGridReceiver(Receiver):
                 raw = mime_from_sendgrid(form)
             except ComposeError as exc:
                 raise WebhookError(400, str(exc)) from None
-        return Delivery(raw=raw, mail_from=mail_from or "", recipients=recipients)
+        return Delivery(raw=raw, mail_from=mail_from or "", recipients=recipients,
+                        authentication=verdicts.sendgrid(form.text("SPF"), form.text("dkim")))
 
     def _verify_signature(self, request: Request[Any, Any, Any], body: bytes) -> None:
         assert self.public_key is not None

@@ -26,6 +26,7 @@ from litestar import Request
 from gateway.settings import Settings
 from webhooks.base import Delivery, Receiver, WebhookError
 from webhooks.sns import SnsError, SnsUnavailable, SnsVerifier
+from webhooks import verdicts
 
 log = logging.getLogger("webhooks.ses")
 
@@ -122,4 +123,4 @@ def _delivery(message: dict[str, Any]) -> Delivery | None:
     if not recipients:
         raise WebhookError(400, "SES notification without receipt.recipients")
     source = mail.get("source") if isinstance(mail.get("source"), str) else ""
-    return Delivery(raw=raw, mail_from=source, recipients=recipients)
+    return Delivery(raw=raw, mail_from=source, recipients=recipients, authentication=verdicts.ses(receipt))

@@ -9,6 +9,7 @@ from litestar.openapi import OpenAPIConfig
 from sqlalchemy import Engine
 
 from gateway.api.audit import AuditController
+from gateway.api.automatic import AutomaticController
 from gateway.api.account import AccountDeletionController, confirmation_form, confirmation_page
 from gateway.api.auth import loop_reader, provide_caller
 from gateway.api.billing import BillingController
@@ -44,7 +45,7 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
                         HeldController, ConversationStatusController, AttachmentController, BillingController,
                         ProfileController, SupportGrantController, AuditController, ConversationTrashController,
                         MessageController, TrashController, GuestController, ExportController,
-                        AccountDeletionController, confirmation_page, confirmation_form, *webhooks, stripe_webhook],
+                        AccountDeletionController, AutomaticController, confirmation_page, confirmation_form, *webhooks, stripe_webhook],
         dependencies={"caller": Provide(provide_caller)},
         openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
         debug=False,

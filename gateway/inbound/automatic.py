@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.inbound.mime import ParsedMessage
+from gateway.inbound.mime import Address, ParsedMessage
 
 KINDS = ("bounce", "auto-reply", "bulk", "list", "auto-generated")
 
@@ -100,3 +100,38 @@ def classify(msg: ParsedMessage, mail_from: str) -> AutoInfo:
         return AutoInfo(True, "bounce" if from_daemon else "auto-generated",
                         tuple(msg.dsn_original_message_ids))
     return HUMAN
+
+
+# --- website contact forms -----------------------------------------------------------------
+
+# The senders form plugins and site builders use for their notifications (WordPress' Contact
+# Form 7 sends as wordpress@<site>, most others as noreply@ / no-reply@ / forms@ ...).
+# Matched on the local part with "_" and "." folded to "-"; anchored, no nested repetition.
+_FORM_SENDER = re.compile(
+    r"(?:no-?reply|do-?not-?reply|wordpress|web-?forms?|website|forms?|formular|kontakt(?:-?formular)?"
+    r"|contact(?:-?form)?|notifications?|notify|mailer|www-data|www|wix|jimdo|typeform|webflow)"
+    r"(?:[-+].*)?\Z")
+_FORM_KINDS = (None, "bulk", "auto-generated")   # never a bounce, an auto-reply or a list
+
+
+def website_form_guest(msg: ParsedMessage, auto: AutoInfo, mail_domain: str) -> Address | None:
+    """The guest of a website's contact-form notification: its Reply-To, or None.
+
+    A form sends From the site's no-reply address with Reply-To the visitor who filled it in,
+    and is often marked bulk or auto-generated; it is an inquiry all the same, and answering
+    must reach the visitor. It counts as a form when Reply-To names one other address, not
+    ours, and the sender is a form's (a no-reply-like local part) or the mail is marked bulk or
+    auto-generated. Bounces, auto-replies and list mail never are: their Reply-To is not a guest.
+    """
+    if auto.kind not in _FORM_KINDS or len(msg.reply_to) != 1 or msg.from_ is None:
+        return None
+    guest = msg.reply_to[0]
+    email = guest.email.strip().lower()
+    sender = msg.from_.email.strip().lower()
+    if "@" not in email or email == sender or email.rpartition("@")[2] == mail_domain \
+            or email.rpartition("@")[2].endswith("." + mail_domain):
+        return None
+    local = re.sub(r"[_.]", "-", sender.rpartition("@")[0])[:64]
+    if auto.automatic or _FORM_SENDER.match(local):
+        return guest
+    return None

@@ -41,6 +41,7 @@ class Envelope:
     peer: str = ""
     source: str = "smtp"
     nonce: str | None = None  # a provider's one-time request token, recorded with the message
+    authentication: str | None = None  # a provider's SPF/DKIM/DMARC verdicts, JSON (webhooks/verdicts.py)
 
 
 # Built once: constructing SQLAlchemy statements costs more than SQLite takes to run them,
@@ -107,7 +108,7 @@ def store_batch(conn: Connection, items: list[tuple[bytes, Envelope]], settings:
         rows = [{"received_at": now, "source": items[i][1].source, "peer": items[i][1].peer[:200],
                  "mail_from": items[i][1].mail_from[:320], "rcpt_to": json.dumps(items[i][1].rcpt_tos),
                  "raw_sha256": digest, "size": len(items[i][0]), "status": "pending", "attempts": 0,
-                 "nonce": items[i][1].nonce}
+                 "nonce": items[i][1].nonce, "authentication": items[i][1].authentication}
                 for i, digest in zip(keep, digests)]
         if conn.dialect.name == "sqlite":
             ids = _insert_inbound_sqlite(conn, rows)
@@ -121,7 +122,7 @@ def store_batch(conn: Connection, items: list[tuple[bytes, Envelope]], settings:
 
 
 _INBOUND_COLUMNS = ("received_at", "source", "peer", "mail_from", "rcpt_to", "raw_sha256", "size", "status",
-                    "attempts", "nonce")
+                    "attempts", "nonce", "authentication")
 
 
 def _insert_inbound_sqlite(conn: Connection, rows: list[dict[str, object]]) -> list[int]:

@@ -29,6 +29,7 @@ from gateway.store.tables import INBOUND
 from gateway.inbound.mime import ParsedMessage, parse
 from gateway.store.models import utcnow
 from gateway.events import Chunk, Reaction
+from gateway.inbound.authentication import authenticate_claimed
 from gateway.inbound.intake import discard_inbound
 from gateway.settings import Settings
 from gateway.inbound.records import ChunkLookups
@@ -101,6 +102,7 @@ def process_pending(engine: Engine, settings: Settings, reactions: Sequence[Reac
     if not claimed:
         return []
     parsed: list[ParsedMessage] = [parse(item.raw) for item in claimed]
+    authenticate_claimed(engine, settings, claimed, parsed)  # who sent it: SPF, DKIM, DMARC
     secret = settings.secret()
     results: list[Processed] = []
     pairs = list(zip(claimed, parsed))

@@ -8,7 +8,8 @@ original Message-ID for bounces, then the subject fallback for clients that drop
 Header matches are looked up only among the Message-IDs stored for the same studio, so a
 forged or guessed id from another studio never attaches anything; and a reply whose sender is
 not a participant of the conversation it names is held for the studio to accept or reject
-instead of being shown as the guest's.
+instead of being shown as the guest's; so is a reply in a participant's name that explicitly
+fails DMARC (gateway/inbound/authentication.py), and automatic mail from a non-participant.
 
 A deleted conversation (gateway/lifecycle/trash.py) is never threaded into, by any rule: the guest's new
 mail opens a new conversation the studio sees at once, while the deleted one stays deleted,
@@ -26,13 +27,14 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.inbound.automatic import AutoInfo, classify
+from gateway.inbound.authentication import NONE, Verdicts
+from gateway.inbound.automatic import HUMAN, AutoInfo, classify, website_form_guest
 from gateway.store.blobs import blob_store
 from gateway.mail.addresses import StudioAddress, parse_studio_address, verify_reply_token
 from gateway.mail.subjects import normalize_subject
 from gateway.store.db import DriverSQL, bind_processor
 from gateway.inbound.headers import fingerprint, normalize_email
-from gateway.store.tables import CONVERSATION, GUEST, MESSAGE, STUDIO
+from gateway.store.tables import AUTOMATIC_MAIL, CONVERSATION, GUEST, MESSAGE, STUDIO
 from gateway.inbound.mime import Address, ParsedMessage
 from gateway.store.models import utcnow
 from gateway.inbound.quotes import split_reply
@@ -71,6 +73,7 @@ class Inbound:
     rcpt_to: list[str]
     raw: bytes
     raw_sha256: str
+    authentication: Verdicts | None = None   # set by gateway/inbound/authentication.py
 
 
 def synthesize_message_id(print_: str, domain: str) -> str:
@@ -85,7 +88,7 @@ _STUDIO_BY_SLUG = select(STUDIO.c.id).where(STUDIO.c.slug == bindparam("slug"))
 _BY_MESSAGE_IDS = select(MESSAGE.c.message_id, MESSAGE.c.conversation_id).where(
     MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)),
     MESSAGE.c.conversation_id.is_not(None))
-_BOUNCED = select(MESSAGE.c.id, MESSAGE.c.conversation_id).where(
+_BOUNCED = select(MESSAGE.c.id, MESSAGE.c.conversation_id, MESSAGE.c.direction).where(
     MESSAGE.c.studio_id == bindparam("studio_id"), MESSAGE.c.message_id.in_(bindparam("ids", expanding=True)))
 _CONVERSATION = select(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"),
                                            CONVERSATION.c.studio_id == bindparam("studio_id"), LIVE_CONVERSATION)
@@ -106,7 +109,7 @@ _MESSAGE_COLUMNS = (
     "studio_id", "conversation_id", "inbound_mail_id", "direction", "state", "from_email", "from_name",
     "to_json", "cc_json", "subject", "text", "full_text", "html", "message_id", "in_reply_to",
     "references_json", "sent_at", "received_at", "thread_rule", "automatic", "auto_kind", "delivery",
-    "bounce_of_id", "raw_sha256", "dedupe_key", "parser", "defects_json")
+    "bounce_of_id", "raw_sha256", "dedupe_key", "parser", "defects_json", "authentication_results")
 _NEW_MESSAGE = DriverSQL(f"INSERT INTO message ({', '.join(_MESSAGE_COLUMNS)}) "
                          f"VALUES ({', '.join('?' * len(_MESSAGE_COLUMNS))}) RETURNING id")
 _CONVERSATION_ACTIVITY = update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"))
@@ -132,11 +135,17 @@ def thread_message(conn: Connection, inbound: Inbound, parsed: ParsedMessage, se
         raise Unprocessable("no sender address in From or the envelope")
     auto = classify(parsed, inbound.mail_from)
     message_id, dedupe_key = _identity(parsed, inbound.raw, sender.email, settings)
+    form_guest = website_form_guest(parsed, auto, settings.mail_domain)
+    if form_guest is not None:
+        # A website's contact form: the visitor in Reply-To is the guest, and it is an inquiry,
+        # not automatic mail (gateway/inbound/automatic.website_form_guest).
+        sender, auto = Address(email=normalize_email(form_guest.email), name=form_guest.name), HUMAN
 
     outcomes = []
     for studio_id, address in targets:
         outcomes.append(_thread_for_studio(conn, studio_id, address.detail, inbound, parsed, sender,
-                                           auto, message_id, dedupe_key, settings, secret, lookups))
+                                           auto, message_id, dedupe_key, settings, secret, lookups,
+                                           form=form_guest is not None))
     return outcomes
 
 
@@ -197,7 +206,7 @@ def _sender(parsed: ParsedMessage, mail_from: str) -> Address:
 def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: Inbound,
                        parsed: ParsedMessage, sender: Address, auto: AutoInfo, message_id: str,
                        dedupe_key: str, settings: Settings, secret: bytes,
-                       lookups: ChunkLookups | None = None) -> Outcome:
+                       lookups: ChunkLookups | None = None, *, form: bool = False) -> Outcome:
     seen = seen_before(conn, lookups, studio_id, dedupe_key)
     if seen is not None:
         return Outcome(studio_id, None, None, seen)
@@ -212,8 +221,13 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
             conversation = _load_conversation(conn, studio_id, bounced[0].conversation_id)
             rule = "bounce"
 
+    verdicts = inbound.authentication or NONE
+    results = None if inbound.authentication is None else verdicts.summary(
+        settings.smtp_hostname or settings.mail_domain)
     if conversation is None and auto.automatic:
-        # Automatic mail never opens a conversation; its raw bytes stay in inbound_mail.
+        # Automatic mail never opens a conversation; its raw bytes stay in inbound_mail, and the
+        # studio can list it (GET /api/v1/automatic): nothing accepted is invisible.
+        _record_automatic(conn, studio_id, inbound, parsed, sender, auto, message_id, dedupe_key, results)
         return Outcome(studio_id, None, None, "unthreaded-automatic")
 
     now = utcnow()
@@ -222,12 +236,13 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         guest_id = ensure_known_guest(conn, studio_id, sender, guest, lookups)
         conversation_id = open_conversation(conn, studio_id, guest_id, parsed.subject or "", now, message_count=1)
         state = "visible"
+        if form:
+            rule = "website_form"
     else:
         conversation_id = conversation.id
         if guest is not None and not guest.name and sender.name:
             name_guest(conn, lookups, studio_id, guest, sender.name)
-        state = "visible" if auto.automatic or rule == "subject" or _is_participant(
-            conn, conversation, sender.email) else "held"
+        state = _reply_state(conn, conversation, rule, sender, auto, verdicts, bounced_ours=any(b.direction == "outbound" for b in bounced))
 
     when = bind_processor(conn, MESSAGE.c.received_at)
     row = {
@@ -243,6 +258,7 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         "delivery": None, "bounce_of_id": None,
         "raw_sha256": inbound.raw_sha256, "dedupe_key": dedupe_key, "parser": parsed.parser,
         "defects_json": json.dumps(parsed.defects[:50]),
+        "authentication_results": results,
     }
     try:
         inserted = int(_NEW_MESSAGE(conn, [row[name] for name in _MESSAGE_COLUMNS]).fetchone()[0])
@@ -262,7 +278,8 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         ).values(delivery="bounced", bounce_of_id=inserted))
     event = Threaded(studio_id=studio_id, message_id=inserted, conversation_id=conversation_id, rule=rule,
                      opened=opened, visible=state == "visible", automatic=auto.automatic,
-                     guest_id=guest_id if opened else None, sender_name=sender.name)
+                     guest_id=guest_id if opened else None, sender_name=sender.name,
+                     sender_aligned=verdicts.aligned, guest_from_reply_to=form)
     return Outcome(studio_id, inserted, conversation_id, rule, event)
 
 
@@ -300,6 +317,42 @@ def _find_conversation(conn: Connection, studio_id: int, detail: str, parsed: Pa
 
 def _load_conversation(conn: Connection, studio_id: int, conversation_id: int) -> Any:
     return conn.execute(_CONVERSATION, {"conversation_id": conversation_id, "studio_id": studio_id}).first()
+
+
+def _reply_state(conn: Connection, conversation: Any, rule: str, sender: Address, auto: AutoInfo,
+                 verdicts: Verdicts, *, bounced_ours: bool) -> str:
+    """"visible" or "held" for a message into an existing conversation.
+
+    Held, for the studio to accept or reject: mail from someone who is not a participant
+    (automatic mail too: an auto-reply or bounce from a stranger names the conversation only by
+    headers anyone can copy), and mail whose From is a participant but which explicitly fails
+    DMARC for that domain (a forged reply). No verdict (temperror, permerror, no DMARC record)
+    decides nothing: the participant check alone applies, as before authentication existed.
+    A delivery report for the studio's own reply stays visible: it names a Message-ID we made.
+    """
+    if verdicts.dmarc_fails:
+        return "held"
+    if auto.automatic and auto.kind == "bounce" and bounced_ours:
+        return "visible"
+    if rule == "subject" or _is_participant(conn, conversation, sender.email):
+        return "visible"
+    return "held"
+
+
+def _record_automatic(conn: Connection, studio_id: int, inbound: Inbound, parsed: ParsedMessage, sender: Address,
+                      auto: AutoInfo, message_id: str, dedupe_key: str, results: str | None) -> None:
+    """List automatic mail that opened no conversation; once per studio, as messages are."""
+    if conn.execute(_AUTOMATIC_SEEN, {"studio_id": studio_id, "dedupe_key": dedupe_key}).first() is not None:
+        return
+    conn.execute(insert(AUTOMATIC_MAIL).values(
+        studio_id=studio_id, inbound_mail_id=inbound.id, received_at=utcnow(), auto_kind=auto.kind or "auto-generated",
+        from_email=sender.email[:320], from_name=sender.name[:200], subject=(parsed.subject or "")[:2000],
+        message_id=message_id[:998], dedupe_key=dedupe_key,
+        authentication_results=results))
+
+
+_AUTOMATIC_SEEN = select(AUTOMATIC_MAIL.c.id).where(AUTOMATIC_MAIL.c.studio_id == bindparam("studio_id"),
+                                                     AUTOMATIC_MAIL.c.dedupe_key == bindparam("dedupe_key"))
 
 
 def _is_participant(conn: Connection, conversation: Any, email: str) -> bool:

@@ -47,6 +47,13 @@ class AttachmentOut(msgspec.Struct):
     inline: bool
 
 
+class AuthenticationOut(msgspec.Struct):
+    spf: str
+    dkim: str
+    dmarc: str
+    results: str                    # the Authentication-Results value (RFC 8601)
+
+
 class MessageOut(msgspec.Struct):
     id: int
     direction: str
@@ -70,6 +77,9 @@ class MessageOut(msgspec.Struct):
     attachments: list[AttachmentOut]
     # `html` left out the sources of remote images (tracking pixels); ask with ?images=remote
     remote_images_blocked: bool = False
+    # Who sent it (inbound only): SPF, DKIM and DMARC as checked on receipt or as the provider
+    # reported them, and the RFC 8601 Authentication-Results summary they were read from.
+    authentication: AuthenticationOut | None = None
 
 
 class ConversationOut(msgspec.Struct):
@@ -117,7 +127,21 @@ def message_out(m: Any, attachments: list[AttachmentOut], error: str | None, *,
         html=html.html, message_id=m.message_id, in_reply_to=m.in_reply_to, received_at=m.received_at,
         sent_at=m.sent_at, thread_rule=m.thread_rule, automatic=m.automatic, auto_kind=m.auto_kind,
         delivery=m.delivery, delivery_error=error, attachments=attachments,
-        remote_images_blocked=html.remote_images_blocked)
+        remote_images_blocked=html.remote_images_blocked,
+        authentication=authentication_out(getattr(m, "authentication_results", None)))
+
+
+def authentication_out(results: str | None) -> AuthenticationOut | None:
+    """The method results of a summary we wrote (gateway/inbound/authentication.Verdicts.summary):
+    "id; spf=pass smtp.mailfrom=...; dkim=none; dmarc=fail (...) header.from=..."."""
+    if not results:
+        return None
+    found = {"spf": "none", "dkim": "none", "dmarc": "none"}
+    for clause in results.split(";")[1:]:
+        method, _, rest = clause.strip().partition("=")
+        if method in found:
+            found[method] = rest.split(" ", 1)[0].strip()
+    return AuthenticationOut(spf=found["spf"], dkim=found["dkim"], dmarc=found["dmarc"], results=results)
 
 
 def attachment_out(a: Any) -> AttachmentOut:

@@ -291,7 +291,7 @@ def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: by
             raise LookupError("its deletion request was used, or its studio deleted, meanwhile")
         rendered = late
     elif m.auto_kind == "acknowledgement":
-        rendered = renderer.acknowledgement(locale=m.locale, studio_name=m.name, guest_name=guest_name)
+        rendered = renderer.acknowledgement(locale=m.locale, studio_name=m.name)
     else:
         rendered = renderer.reply(locale=m.locale, studio_name=m.name, text=m.text,
                                   guest_name=guest_name, quoted=quoted, time_zone=m.time_zone)

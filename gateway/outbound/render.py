@@ -3,7 +3,7 @@ Jinja2, with MJML for HTML.
 
 CONTRACT (the outbox relies on it):
     Renderer().reply(locale=..., studio_name=..., text=..., guest_name=..., quoted=...) -> Rendered
-    Renderer().acknowledgement(locale=..., studio_name=..., guest_name=...) -> Rendered
+    Renderer().acknowledgement(locale=..., studio_name=...) -> Rendered
     Renderer().account_deletion(locale=..., studio_name=..., studio_address=..., code=...,
                                 expires_at=..., sender_name=..., link=...) -> Rendered
     ``Rendered.text`` is the text/plain body, ``Rendered.html`` a complete HTML document.
@@ -148,10 +148,8 @@ _KINDS: Mapping[str, _Kind] = {
         # quote_author is a flag so that an unknown author reads "you wrote", not "  wrote".
         flags=("quote", "quote_author"),
     ),
-    "acknowledgement": _Kind(
-        defaults={"studio_name": "", "guest_name": ""},
-        flags=("guest_name",),
-    ),
+    # Names no guest: an acknowledgement must not mail a sender's own words back out.
+    "acknowledgement": _Kind(defaults={"studio_name": ""}, flags=()),
     # The link to the confirmation page exists only when GATEWAY_PUBLIC_URL is set.
     "account_deletion": _Kind(
         defaults={"studio_name": "", "studio_address": "", "code": "", "expires": "", "sender_name": "",
@@ -428,12 +426,12 @@ class Renderer:
             )
         return self._render("reply", language, context)
 
-    def acknowledgement(self, *, locale: str, studio_name: str, guest_name: str = "") -> Rendered:
-        """The automatic answer to a new inquiry: received, the studio answers personally."""
-        context: dict[str, str | bool] = {
-            "studio_name": _clean_line(studio_name),
-            "guest_name": _clean_line(guest_name),
-        }
+    def acknowledgement(self, *, locale: str, studio_name: str) -> Rendered:
+        """The automatic answer to a new inquiry: received, the studio answers personally.
+
+        Generic on purpose: it goes to an address we did not choose, so nothing of the
+        sender's (display name, subject, text) is in it (gateway/outbound/acknowledgements.py)."""
+        context: dict[str, str | bool] = {"studio_name": _clean_line(studio_name)}
         return self._render("acknowledgement", self.language(locale), context)
 
     def account_deletion(self, *, locale: str, studio_name: str, studio_address: str, code: str,

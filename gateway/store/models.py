@@ -109,6 +109,9 @@ class InboundMail(SQLModel, table=True):
     claimed_by: str | None = Field(default=None, max_length=100)
     processed_at: datetime | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
+    # A provider webhook's own SPF/DKIM/DMARC verdicts (JSON, gateway/inbound/authentication.py),
+    # taken when the mail arrived: the provider, not we, saw the connection it came on.
+    authentication: str | None = Field(default=None, sa_column=Column(Text))
     nonce: str | None = Field(default=None, max_length=128)
 
 
@@ -171,6 +174,8 @@ class Message(SQLModel, table=True):
         # every reply of a long conversation (bench/outbound.py grew slower with each reply).
         Index("ix_message_conversation_inbound", "conversation_id", "direction", "received_at"),
         Index("ix_message_studio_deleted", "studio_id", "deleted_at"),   # the trash and the purge
+        # A studio's acknowledgements of the last hour, counted before each one (their hourly cap).
+        Index("ix_message_studio_auto", "studio_id", "auto_kind", "received_at"),
         UniqueConstraint("studio_id", "dedupe_key", name="uq_message_studio_dedupe"),
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -203,6 +208,35 @@ class Message(SQLModel, table=True):
     defects_json: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
     deleted_at: datetime | None = None
     deleted_by: int | None = None     # profile id
+    # RFC 8601 Authentication-Results summary (without the header name) of an inbound message:
+    # SPF, DKIM and DMARC as checked on receipt or as the provider reported them.
+    authentication_results: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class AutomaticMail(SQLModel, table=True):
+    """Automatic mail (bounces, auto-replies, lists, newsletters) that opened no conversation.
+
+    It is never shown as chat, but nothing accepted may be invisible: GET /api/v1/automatic
+    lists it for the studio. The raw bytes stay in inbound_mail; inbound_mail_id is a plain
+    reference, not a foreign key, so erasing a guest's inbound mail elsewhere never trips over it.
+    """
+
+    __tablename__ = "automatic_mail"
+    __table_args__ = (
+        Index("ix_automatic_mail_studio_received", "studio_id", "received_at", "id"),
+        UniqueConstraint("studio_id", "dedupe_key", name="uq_automatic_mail_studio_dedupe"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    inbound_mail_id: int | None = None
+    received_at: datetime = Field(default_factory=utcnow)
+    auto_kind: str = Field(max_length=32)
+    from_email: str = Field(default="", max_length=320)
+    from_name: str = Field(default="", max_length=200)
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    message_id: str = Field(default="", max_length=998)
+    dedupe_key: str = Field(max_length=64)
+    authentication_results: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class Attachment(SQLModel, table=True):

@@ -1,7 +1,7 @@
 """studio.time_zone: the IANA zone its mails show dates in (default Europe/Berlin)
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 
 """
 from typing import Sequence, Union
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision: str = '0014'
-down_revision: Union[str, Sequence[str], None] = '0012'
+down_revision: Union[str, Sequence[str], None] = '0013'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
