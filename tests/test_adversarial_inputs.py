@@ -15,9 +15,12 @@ instead of hanging the suite.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.inbound.automatic import classify
@@ -25,6 +28,8 @@ from gateway.inbound.headers import MAX_HEADER_BYTES, HeaderPeek, peek
 from gateway.inbound.mime import ParsedMessage, decode_header_value, html_to_text, parse, parse_addresses
 from gateway.inbound.mime.limits import MAX_HEADER_VALUE_CHARS, MAX_HTML_CHARS
 from gateway.mail.subjects import normalize_subject, reply_subject
+from tests import providers as p
+from tests.conftest import make_settings, start_gateway
 from webhooks.compose import mime_from_postmark
 
 Case = tuple[str, Callable[[], object]]
@@ -243,3 +248,37 @@ def test_webhook_fields() -> None:
              for field in ("Subject", "To")
              for v in runs(alphabet, size, ("", " ", "x"))]
     assert_bounded(cases, each=5)
+
+
+# --------------------------------------------------------------- end to end, by webhook
+
+def test_a_40_kb_from_by_webhook_does_not_block_the_event_loop(tmp_path: Path, database_url: str) -> None:
+    """The acceptor reads From in its group commit on the event loop, which serves SMTP and
+    HTTP: a 40 KB From of "a@" held both for 8.7 s. A GET /healthz sent while the webhook is
+    in flight must answer at once."""
+    raw = (b"From: " + b"a@" * 20_000 + b"b x\r\nTo: inkwell@mail.test\r\nSubject: lang\r\n\r\nHallo\r\n")
+    running = start_gateway(make_settings(tmp_path, database_url, postmark_basic_auth=":".join(p.POSTMARK_AUTH)))
+    try:
+        studio = running.add_studio("inkwell")
+        post = p.postmark_post(p.with_raw_email({"OriginalRecipient": studio.address}, raw))
+        answers: list[int] = []
+
+        def deliver() -> None:
+            with httpx.Client(base_url=running.base_url, timeout=120) as client:
+                answers.append(client.post(post.path, content=post.body, headers=post.headers).status_code)
+
+        webhook = threading.Thread(target=deliver)
+        slowest = 0.0
+        with httpx.Client(base_url=running.base_url, timeout=120) as client:
+            webhook.start()
+            while True:
+                started = time.perf_counter()
+                assert client.get("/healthz").status_code == 200
+                slowest = max(slowest, time.perf_counter() - started)
+                if not webhook.is_alive():
+                    break
+        webhook.join()
+        assert answers == [200]
+        assert slowest < 2.0, f"GET /healthz waited {slowest:.1f} s behind the webhook"
+    finally:
+        running.stop()
