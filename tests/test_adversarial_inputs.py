@@ -25,7 +25,13 @@ import pytest
 
 from gateway.inbound.automatic import classify
 from gateway.inbound.headers import MAX_HEADER_BYTES, HeaderPeek, peek
-from gateway.inbound.mime import ParsedMessage, decode_header_value, html_to_text, parse, parse_addresses
+from gateway.inbound.mime import (
+    ParsedMessage,
+    decode_header_value,
+    html_to_text,
+    parse,
+    parse_addresses,
+)
 from gateway.inbound.mime.limits import MAX_HEADER_VALUE_CHARS, MAX_HTML_CHARS
 from gateway.mail.subjects import normalize_subject, reply_subject
 from tests import providers as p

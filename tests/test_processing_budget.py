@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from gateway.inbound.isolation import ParseChild, Died, Overran
+from gateway.inbound.isolation import Died, Overran, ParseChild
 from gateway.inbound.mime import ParsedMessage
 from gateway.inbound.processor import LEASE, claim, claimer, release_claims_of
 from gateway.store.db import read_tx, write_tx

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Union
 
 from gateway.inbound.mime import ParsedMessage, parse
 
@@ -46,11 +47,14 @@ class Died:
     exitcode: int | None
 
 
-Outcome = Union[ParsedMessage, Overran, Died]
+Outcome = ParsedMessage | Overran | Died
 
 
 def _child_main(channel: Connection) -> None:
     """The child: parse each message of each batch it is sent, until the pipe closes."""
+    # Ctrl-C reaches the whole process group; the processor that owns this child decides when
+    # it ends (closing the pipe), as gateway serve does for its worker children.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel.send(READY)
     while True:
         try:
@@ -108,6 +112,27 @@ class ParseChild:
 
     def parse_all(self, raws: list[bytes], budget: float) -> list[Outcome]:
         """Parse every message, each within `budget` seconds; one outcome per message, in order."""
+        return list(self.parse_stream(raws, budget))
+
+    def parse_stream(self, raws: list[bytes], budget: float) -> Iterator[Outcome]:
+        """Each message's outcome as soon as it is known, in order, each parse within `budget`
+        seconds of the caller asking for it.
+
+        The child goes on parsing while the caller works on what it has (the processor threads a
+        chunk while the next is parsed: two cores for one message stream). A caller that stops
+        early leaves answers in the pipe, so the child is killed then, and the next call starts
+        a clean one.
+        """
+        done = 0
+        try:
+            for outcome in self._stream(raws, budget):
+                done += 1
+                yield outcome
+        finally:
+            if done < len(raws):
+                self.stop()
+
+    def _stream(self, raws: list[bytes], budget: float) -> Iterator[Outcome]:
         outcomes: list[Outcome] = []
         lost = 0
         while len(outcomes) < len(raws):
@@ -128,6 +153,7 @@ class ParseChild:
                                 self._process.pid, budget, len(raw))
                     self.stop()
                     outcomes.append(Overran(budget))
+                    yield outcomes[-1]
                     break
                 try:
                     outcomes.append(self._channel.recv())
@@ -137,8 +163,9 @@ class ParseChild:
                     outcomes.append(Died(process.exitcode))
                     log.warning("parser %s died (exit code %s) on a message of %d bytes; replaced",
                                 process.pid, process.exitcode, len(raw))
+                    yield outcomes[-1]
                     break
-        return outcomes
+                yield outcomes[-1]
 
 
 def _first_bytes(raws: list[bytes], limit: int) -> list[bytes]:
@@ -162,8 +189,9 @@ def child_for_thread() -> ParseChild:
     return child
 
 
-def parse_within(raws: list[bytes], budget: float) -> list[Outcome]:
-    """Each message parsed within `budget` seconds (0: in this process, without a budget)."""
+def parse_within(raws: list[bytes], budget: float) -> Iterator[Outcome]:
+    """Each message parsed within `budget` seconds (0: in this process, without a budget), as
+    a stream of outcomes in order (see ParseChild.parse_stream)."""
     if budget <= 0:
-        return [parse(raw) for raw in raws]
-    return child_for_thread().parse_all(raws, budget)
+        return (parse(raw) for raw in raws)
+    return child_for_thread().parse_stream(raws, budget)

@@ -101,29 +101,33 @@ def process_pending(engine: Engine, settings: Settings, reactions: Sequence[Reac
     claimed = claim(engine, settings, limit)
     if not claimed:
         return []
-    try:
-        outcomes = parse_within([item.raw for item in claimed], settings.process_time_budget)
-    except BaseException:
-        release(engine, [item.id for item in claimed])  # no parser to be had: no attempt counted
-        raise
-    pairs = [(item, o) for item, o in zip(claimed, outcomes) if isinstance(o, ParsedMessage)]
-    failed = [(item, o) for item, o in zip(claimed, outcomes) if not isinstance(o, ParsedMessage)]
     secret = settings.secret()
     results: list[Processed] = []
-    if failed:
-        try:
-            results.extend(_set_aside_unparsed(engine, settings, failed))
-        except OperationalError:
-            release(engine, [item.id for item in claimed])
-            raise
-    for start in range(0, len(pairs), chunk):
-        try:
-            results.extend(_persist(engine, settings, secret, reactions, pairs[start:start + chunk]))
-        except OperationalError:
-            # The database is locked or gone: hand the rest back without counting an attempt,
-            # so an outage never pushes healthy mail into the quarantine.
-            release(engine, [item.id for item, _ in pairs[start:]])
-            raise
+    # Parsed in a child process under the time budget (gateway/inbound/isolation.py), which
+    # parses the next chunk while this one is threaded here.
+    outcomes = parse_within([item.raw for item in claimed], settings.process_time_budget)
+    try:
+        for start in range(0, len(claimed), chunk):
+            try:
+                parsed = [(item, next(outcomes)) for item in claimed[start:start + chunk]]
+            except BaseException:
+                release(engine, [item.id for item in claimed[start:]])  # no parser to be had: no attempt counted
+                raise
+            pairs = [(item, o) for item, o in parsed if isinstance(o, ParsedMessage)]
+            failed = [(item, o) for item, o in parsed if not isinstance(o, ParsedMessage)]
+            try:
+                if failed:
+                    results.extend(_set_aside_unparsed(engine, settings, failed))
+                if pairs:
+                    results.extend(_persist(engine, settings, secret, reactions, pairs))
+            except OperationalError:
+                # The database is locked or gone: hand the rest back without counting an attempt,
+                # so an outage never pushes healthy mail into the quarantine. (Only rows still
+                # "processing" go back; what was recorded stays.)
+                release(engine, [item.id for item in claimed[start:]])
+                raise
+    finally:
+        outcomes.close()  # stopped early: the parser child is replaced, not left mid-batch
     return results
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import email.message
 import email.policy
 import functools
-import re
 import logging
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
