@@ -14,6 +14,7 @@ instead of hanging the suite.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -36,7 +37,8 @@ from gateway.inbound.mime.limits import MAX_HEADER_VALUE_CHARS, MAX_HTML_CHARS
 from gateway.mail.subjects import normalize_subject, reply_subject
 from tests import providers as p
 from tests.conftest import make_settings, start_gateway
-from webhooks.compose import mime_from_postmark
+from webhooks.compose import ComposeError, mime_from_postmark, mime_from_sendgrid
+from webhooks.forms import Form, FormError, parse_form
 
 Case = tuple[str, Callable[[], object]]
 
@@ -288,3 +290,32 @@ def test_a_40_kb_from_by_webhook_does_not_block_the_event_loop(tmp_path: Path, d
         assert slowest < 2.0, f"GET /healthz waited {slowest:.1f} s behind the webhook"
     finally:
         running.stop()
+
+
+def test_webhook_form_fields_and_sendgrid_header_blocks() -> None:
+    """The form parser's Content-Disposition and Content-Type readers, and SendGrid's raw
+    `headers` block, on runs of their delimiters."""
+    size = 8000  # the longest part header line the fast path takes; longer go to the streaming parser
+
+    def form_with(disposition: str) -> None:
+        body = (b"--B\r\nContent-Disposition: " + disposition.encode() + b"\r\n\r\nx\r\n--B--\r\n")
+        with contextlib.suppress(FormError):
+            parse_form(body, "multipart/form-data; boundary=B")
+
+    def content_type(value: str) -> None:
+        with contextlib.suppress(FormError):
+            parse_form(b"", value)
+
+    def sendgrid_headers(block: str) -> None:
+        form = Form(fields={"headers": [block.encode()], "from": [b"g@example.org"], "text": [b"hi"]})
+        with contextlib.suppress(ComposeError):
+            mime_from_sendgrid(form)
+
+    cases: list[Case] = []
+    cases += [(f"disposition {_label(v)}", lambda v=v: form_with("form-data; name=" + v))
+              for v in runs('";=\\ a*\'', size, ("", '"', ";"))]
+    cases += [(f"content-type {_label(v)}", lambda v=v: content_type("multipart/form-data; " + v))
+              for v in runs('";=\\ a', 64 * 1024, ("", '"'))]
+    cases += [(f"sendgrid headers {_label(v)}", lambda v=v: sendgrid_headers(v))
+              for v in runs("a: \r\n\t", 256 * 1024, ("", "x"))]
+    assert_bounded(cases, each=5)
