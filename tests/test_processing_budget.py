@@ -3,6 +3,7 @@ the mail behind it goes on (gateway/inbound/isolation.py). And a message whose p
 started and never finished counts as an attempt."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -11,9 +12,16 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from gateway.inbound.isolation import Died, Overran, ParseChild
+from gateway.inbound.isolation import CHILD_DIED, Died, Overran, ParseChild
 from gateway.inbound.mime import ParsedMessage
-from gateway.inbound.processor import LEASE, claim, claimer, release_claims_of
+from gateway.inbound.processor import (
+    LEASE,
+    claim,
+    claimer,
+    process_pending,
+    release_claims_of,
+)
+from gateway.runtime import REACTIONS
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import BLOB, INBOUND
@@ -152,3 +160,38 @@ def test_end_to_end_poisoned_html_does_not_hold_up_the_mail_behind_it(tmp_path: 
         assert statuses == ["done", "quarantined"]
     finally:
         running.stop()
+
+
+def test_a_parser_killed_mid_message_counts_an_attempt_and_the_batch_goes_on(
+        tmp_path: Path, database_url: str) -> None:
+    """The kernel kills the parser child (out of memory, say) while it reads one message: that
+    message is retried later like any crash (an attempt counted), the rest of the batch is
+    threaded now."""
+    gw = start_gateway(make_settings(tmp_path, database_url, process_time_budget=600.0))
+    try:
+        studio = gw.add_studio("inkwell")
+        poisoned = gw.send(poisoned_mail(), studio.address)
+        innocent = gw.send(make_mail(subject="Harmlos"), studio.address)
+
+        def kill_the_busy_parser() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                for child in multiprocessing.active_children():
+                    if child.name == "gateway-parser" and child.pid and _busy(child.pid, 0.5, 60):
+                        os.kill(child.pid, signal.SIGKILL)
+                        return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_the_busy_parser)
+        killer.start()
+        results = {r.inbound_id: r for r in process_pending(gw.engine, gw.settings, REACTIONS)}
+        killer.join()
+        assert results[poisoned.inbound_id].status == "pending"
+        assert results[poisoned.inbound_id].error == f"{CHILD_DIED} (exit code {-signal.SIGKILL})"
+        assert results[innocent.inbound_id].status == "done"
+        with read_tx(gw.engine) as conn:
+            row = conn.execute(select(INBOUND.c.status, INBOUND.c.attempts).where(
+                INBOUND.c.id == poisoned.inbound_id)).one()
+        assert (row.status, row.attempts) == ("pending", 1)
+    finally:
+        gw.stop()
