@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     subject_fallback_days: int = Field(30, ge=1)
     max_attachment_size: int = Field(25 * 1024 * 1024, gt=0)
     process_max_attempts: int = Field(3, ge=1)       # crashes before a message is quarantined
+    process_time_budget: float = Field(30.0, ge=0)   # seconds one message may take to parse; 0: no budget
     poll_interval: float = Field(0.5, gt=0)          # how often role processes look for work
     process_max_defer: float = Field(15.0, ge=0)     # seconds threading may wait while mail streams in
 

@@ -112,6 +112,8 @@ _FOLDING = re.compile(r"\r?\n(?=[ \t])")
 _CONTROLS = "[\x00-\x1f\x7f\x85\u2028\u2029]"
 _LINE_BREAKERS = re.compile("\r\n|" + _CONTROLS)
 _FILENAME_BAD = re.compile(_CONTROLS)
+_STRUCTURED_MAX = 998                     # longest non-ASCII value given to the stdlib's header parser
+_CHUNK = re.compile(r"[ \t]*[^ \t]+")   # a word with the whitespace before it (header folding)
 # RFC 6838 section 4.2 restricted-name, for type and subtype.
 _CHARSET_PARAM = re.compile(r"""charset\s*=\s*"?([A-Za-z0-9_.:+-]{1,40})"?""", re.IGNORECASE)
 
@@ -442,10 +444,15 @@ def _header_line(name: str, value: str) -> bytes:
         return _fold(name, value).encode("ascii")
     if name.lower() in _ID_HEADERS:
         return _fold(name, value).encode("utf-8")
-    try:
-        folded = _POLICY.header_factory(name, value).fold(policy=_POLICY)
-    except Exception:  # the structured-header parser gave up on this value
-        folded = ""
+    folded = ""
+    # The stdlib's structured-header parser and folder take about a millisecond per non-ASCII
+    # character (9 s for a 10,000-character To); no real field is longer than a line
+    # (RFC 5322 section 2.1.1: 998), so longer ones go straight to the encoded words below.
+    if len(value) <= _STRUCTURED_MAX:
+        try:
+            folded = _POLICY.header_factory(name, value).fold(policy=_POLICY)
+        except Exception:  # the structured-header parser gave up on this value
+            folded = ""
     if not (folded.isascii() and folded.endswith("\r\n")
             and all(line[:1] in (" ", "\t") for line in folded.split("\r\n")[1:-1])):
         # Last resort: the whole value as encoded words (unstructured, always valid).
@@ -458,7 +465,9 @@ def _fold(name: str, value: str) -> str:
     section 2.2.3); a longer token stays whole rather than being changed."""
     line = f"{name}:"
     lines: list[str] = []
-    for index, chunk in enumerate(re.findall(r"[ \t]*[^ \t]+", value)):
+    # Trailing whitespace never forms a chunk; stripped first, because each position of a long
+    # trailing run would otherwise scan the whole run before failing (quadratic).
+    for index, chunk in enumerate(_CHUNK.findall(value.rstrip(" \t"))):
         piece = " " + chunk if index == 0 else chunk
         if index and len(line) + len(piece) > _FOLD_AT:
             lines.append(line)

@@ -26,11 +26,12 @@ from sqlalchemy.exc import OperationalError
 from gateway.store.tables import BLOB
 from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import INBOUND
-from gateway.inbound.mime import ParsedMessage, parse
+from gateway.inbound.mime import ParsedMessage
 from gateway.store.models import utcnow
 from gateway.events import Chunk, Reaction
 from gateway.inbound.authentication import authenticate_claimed
 from gateway.inbound.intake import discard_inbound
+from gateway.inbound.isolation import CHILD_DIED, TOO_LONG, Died, Overran, child_for_thread, parse_within
 from gateway.settings import Settings
 from gateway.inbound.records import ChunkLookups
 from gateway.inbound.threader import Inbound, Outcome, StudiosGone, Unprocessable, lookup_keys, thread_message
@@ -101,19 +102,60 @@ def process_pending(engine: Engine, settings: Settings, reactions: Sequence[Reac
     claimed = claim(engine, settings, limit)
     if not claimed:
         return []
-    parsed: list[ParsedMessage] = [parse(item.raw) for item in claimed]
-    authenticate_claimed(engine, settings, claimed, parsed)  # who sent it: SPF, DKIM, DMARC
     secret = settings.secret()
     results: list[Processed] = []
-    pairs = list(zip(claimed, parsed))
-    for start in range(0, len(pairs), chunk):
-        try:
-            results.extend(_persist(engine, settings, secret, reactions, pairs[start:start + chunk]))
-        except OperationalError:
-            # The database is locked or gone: hand the rest back without counting an attempt,
-            # so an outage never pushes healthy mail into the quarantine.
-            release(engine, [item.id for item, _ in pairs[start:]])
-            raise
+    # Parsed in a child process under the time budget (gateway/inbound/isolation.py), which
+    # parses the next chunk while this one is threaded here.
+    outcomes = parse_within([item.raw for item in claimed], settings.process_time_budget)
+    try:
+        for start in range(0, len(claimed), chunk):
+            try:
+                parsed = [(item, next(outcomes)) for item in claimed[start:start + chunk]]
+            except BaseException:
+                release(engine, [item.id for item in claimed[start:]])  # no parser to be had: no attempt counted
+                raise
+            pairs = [(item, o) for item, o in parsed if isinstance(o, ParsedMessage)]
+            failed = [(item, o) for item, o in parsed if not isinstance(o, ParsedMessage)]
+            # Who sent it (SPF, DKIM, DMARC), checked side by side for the chunk; never raises.
+            authenticate_claimed(engine, settings, [item for item, _ in pairs], [o for _, o in pairs])
+            try:
+                if failed:
+                    results.extend(_set_aside_unparsed(engine, settings, failed))
+                if pairs:
+                    results.extend(_persist(engine, settings, secret, reactions, pairs))
+            except OperationalError:
+                # The database is locked or gone: hand the rest back without counting an attempt,
+                # so an outage never pushes healthy mail into the quarantine. (Only rows still
+                # "processing" go back; what was recorded stays.)
+                release(engine, [item.id for item in claimed[start:]])
+                raise
+    finally:
+        outcomes.close()  # stopped early: the parser child is replaced, not left mid-batch
+    return results
+
+
+def _set_aside_unparsed(engine: Engine, settings: Settings,
+                        failed: list[tuple[Inbound, Overran | Died]]) -> list[Processed]:
+    """Record the messages whose parse overran its budget or lost its process.
+
+    Over the budget is quarantined at once: the same bytes would take as long again, and each
+    try holds up the mail behind it for the whole budget. A parser that died (the kernel's OOM
+    killer, a crash in C) is an attempt like any crash, retried until GATEWAY_PROCESS_MAX_ATTEMPTS.
+    """
+    results: list[Processed] = []
+    now = utcnow()
+    with write_tx(engine) as conn:
+        attempts = dict(conn.execute(_ATTEMPTS, {"ids": [item.id for item, _ in failed]}).all())
+        for item, outcome in failed:
+            if isinstance(outcome, Overran):
+                status, error = "quarantined", f"{TOO_LONG} (more than {outcome.budget:g} s to parse)"
+            else:
+                final = attempts.get(item.id, 1) >= settings.process_max_attempts
+                status, error = ("quarantined" if final else "pending"), f"{CHILD_DIED} (exit code {outcome.exitcode})"
+            conn.execute(_SET_STATUS, {"b_id": item.id, "b_status": status, "b_error": error,
+                                       "b_processed_at": now if status == "quarantined" else None})
+            results.append(Processed(item.id, status, [], error))
+            log.warning("inbound %d %s: %s", item.id, status, error)
     return results
 
 
@@ -303,6 +345,18 @@ class ProcessorThread:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        # The parser child is started now, so the first mail does not wait for its imports.
+        if self.settings.process_time_budget > 0:
+            try:
+                child_for_thread().start()
+            except Exception:
+                log.exception("the parser process did not start; the first batch will try again")
+        try:
+            self._loop()
+        finally:
+            child_for_thread().stop()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 if should_defer(self.engine, self.settings):

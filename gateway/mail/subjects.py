@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 
 # Reply and forward prefixes of the clients our guests use (English, German, and a few more
-# that travel through German mailboxes), optionally numbered ("Re[2]:", "AW(3):").
+# that travel through German mailboxes), optionally numbered ("Re[2]:", "AW(3):"). The spaces
+# before a number belong to its optional group, so no run of spaces can be split two ways
+# (quadratic backtracking on "re" followed by a long run of spaces).
 _PREFIX_RE = re.compile(
     r"^\s*(?:(?:re|aw|antw|antwort|wg|fw|fwd|weitergeleitet|sv|vs|r|rif|tr|ynt|odp)"
-    r"\s*(?:\[\d+\]|\(\d+\))?\s*:\s*)+",
+    r"(?:\s*(?:\[\d+\]|\(\d+\)))?\s*:\s*)+",
     re.IGNORECASE,
 )
 

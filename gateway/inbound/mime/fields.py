@@ -25,6 +25,7 @@ from gateway.inbound.mime.parsed import Address, ParsedMessage
 # ------------------------------------------------------------- header block split
 
 _HEADER_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass
@@ -32,6 +33,7 @@ class HeaderBlock:
     headers: list[tuple[str, str]]      # (name, value as byte view, unfolded)
     body: bytes
     defects: list[str]
+    body_start: int = 0                 # offset of `body` in the data that was split
 
 
 def _iter_lines(data: bytes, start: int = 0) -> Iterator[tuple[int, int]]:
@@ -45,21 +47,24 @@ def _iter_lines(data: bytes, start: int = 0) -> Iterator[tuple[int, int]]:
         pos = end
 
 
-def split_header_block(data: bytes, max_lines: int = MAX_HEADER_LINES_SCANNED) -> HeaderBlock:
+def split_header_block(data: bytes, max_lines: int = MAX_HEADER_LINES_SCANNED, *, start: int = 0,
+                       keep_body: bool = True) -> HeaderBlock:
     """Split a header block from its body, tolerating what real mail does.
 
     An mbox "From " line at the top is skipped; a line that is neither a header nor a
     continuation ends the block (the stdlib records this as
     MissingHeaderBodySeparatorDefect); a continuation line before any header is dropped.
     Values longer than MAX_HEADER_VALUE_CHARS are cut, so a 10 MB "header" stays cheap.
+    `start` and `keep_body=False` let a caller walk many blocks of one buffer (a DSN's
+    per-recipient fields) by offset, without copying the rest of the buffer for each block.
     """
     headers: list[tuple[str, list[bytes], int]] = []
     defects: list[str] = []
     body_start = len(data)
     count = 0
     truncated: set[str] = set()
-    for start, end in _iter_lines(data):
-        line = data[start:end]
+    for line_start, end in _iter_lines(data, start):
+        line = data[line_start:end]
         stripped = line.rstrip(b"\r\n")
         if not stripped:
             body_start = end
@@ -67,8 +72,8 @@ def split_header_block(data: bytes, max_lines: int = MAX_HEADER_LINES_SCANNED) -
         count += 1
         if count > max_lines:
             defects.append(f"header block longer than {max_lines} lines; rest ignored")
-            next_blank = re.search(rb"\r?\n\r?\n", data[start:])
-            body_start = start + next_blank.end() if next_blank else len(data)
+            next_blank = _BLANK_LINE.search(data, line_start)
+            body_start = next_blank.end() if next_blank else len(data)
             break
         if stripped[:1] in (b" ", b"\t"):
             if headers:
@@ -85,7 +90,7 @@ def split_header_block(data: bytes, max_lines: int = MAX_HEADER_LINES_SCANNED) -
         match = _HEADER_LINE.match(stripped)
         if not match:
             defects.append("missing blank line between headers and body")
-            body_start = start
+            body_start = line_start
             break
         name = match.group(1).decode("ascii")
         value = stripped[match.end():].lstrip(b" \t")
@@ -98,8 +103,9 @@ def split_header_block(data: bytes, max_lines: int = MAX_HEADER_LINES_SCANNED) -
     return HeaderBlock(
         headers=[(name, b" ".join(p.strip(b" \t") for p in parts).decode("latin-1"))
                  for name, parts, _ in headers],
-        body=data[body_start:],
+        body=data[body_start:] if keep_body else b"",
         defects=defects,
+        body_start=body_start,
     )
 
 

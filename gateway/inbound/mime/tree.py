@@ -10,6 +10,7 @@ import email.message
 import email.policy
 import functools
 import logging
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -100,18 +101,31 @@ _LEAF_TYPES = ("message/rfc822", "message/global", "text/rfc822-headers",
 
 
 def _dsn_blocks_from_text(body: bytes) -> list[list[tuple[str, str]]]:
-    """RFC 3464 section 2.1: per-message fields, blank line, per-recipient blocks."""
+    """RFC 3464 section 2.1: per-message fields, blank line, per-recipient blocks.
+
+    Walked by offset: copying the rest of the part for each of up to MAX_PARTS blocks cost a
+    thousand times the part's size (0.6 s for a 4 MB part).
+    """
     blocks = []
-    rest = body.lstrip(b"\r\n")
+    pos = _skip_line_ends(body, 0)
     for _ in range(MAX_PARTS):
-        if not rest.strip():
+        if pos >= len(body) or _BLANK_TAIL.fullmatch(body, pos) is not None:
             break
-        block = split_header_block(rest, max_lines=1_000)
+        block = split_header_block(body, max_lines=1_000, start=pos, keep_body=False)
         if not block.headers:
             break
         blocks.append(block.headers)
-        rest = block.body.lstrip(b"\r\n")
+        pos = _skip_line_ends(body, block.body_start)
     return blocks
+
+
+_LINE_ENDS = re.compile(rb"[\r\n]*")
+_BLANK_TAIL = re.compile(rb"\s*")
+
+
+def _skip_line_ends(data: bytes, pos: int) -> int:
+    match = _LINE_ENDS.match(data, pos)
+    return match.end() if match else pos
 
 
 def _push_children(stack: list[Any], node: "Node", parts: Iterable[Any], depth: int, limits: "Limits") -> None:
