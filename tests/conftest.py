@@ -142,6 +142,15 @@ def offline_dns() -> Iterator[str]:
         _OFFLINE_DNS.clear()
 
 
+def gateway_subprocess_env() -> dict[str, str]:
+    """This process's environment without any GATEWAY_* setting, for a `gateway` subprocess a
+    test configures itself, but with the offline DNS server: no test resolves on the internet."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    if _OFFLINE_DNS:
+        env["GATEWAY_DNS_SERVERS"] = _OFFLINE_DNS[0]
+    return env
+
+
 def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         data_dir=tmp_path / "data", database_url=database_url, mail_domain=MAIL_DOMAIN,

@@ -33,7 +33,7 @@ from gateway.lifecycle.erasure import erase_conversation, erase_message, erase_s
 from gateway.backup.restore import restore
 from gateway.settings import Settings
 from gateway.access.studios import add_studio
-from tests.conftest import (MAIL_DOMAIN, SECRET, RunningGateway, _throwaway_pg_database, make_settings, send_on,
+from tests.conftest import (MAIL_DOMAIN, SECRET, RunningGateway, _throwaway_pg_database, make_settings, send_on,, gateway_subprocess_env
                             start_gateway)
 from tests.mail import make_mail
 
@@ -402,7 +402,7 @@ def test_the_worker_takes_a_scheduled_backup_when_none_has_been_taken(settings: 
 # --- the commands ------------------------------------------------------------------------------------
 
 def _cli(args: list[str], database_url: str, gw: RunningGateway) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = gateway_subprocess_env()
     env.update(GATEWAY_DATABASE_URL=database_url, GATEWAY_DATA_DIR=str(gw.settings.data_dir),
                GATEWAY_MAIL_DOMAIN=MAIL_DOMAIN, GATEWAY_SECRET_KEY=SECRET,
                GATEWAY_BACKUP_DIR=str(gw.settings.resolved_backup_dir))

@@ -15,7 +15,7 @@ from gateway.billing.lockdowns import LockdownError, end_lockdown, lockdown_stat
 from gateway.billing.stripe_api import StripeApi
 from gateway.store.db import read_tx
 from tests.billing_support import Billing, billing  # noqa: F401 - the fixture
-from tests.conftest import StudioInfo
+from tests.conftest import StudioInfo, gateway_subprocess_env
 from tests.test_serve import gateway_command
 
 import pytest
@@ -147,7 +147,7 @@ def test_scope_overlap_and_the_worker_reconciliation(billing: Billing) -> None:
 def test_lockdown_commands(billing: Billing) -> None:
     _, _, _, subs = _three(billing)
     s = billing.settings
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = gateway_subprocess_env()
     env.update(GATEWAY_DATABASE_URL=s.resolved_database_url, GATEWAY_DATA_DIR=str(s.data_dir),
                GATEWAY_SECRET_KEY=s.secret_key, GATEWAY_MAIL_DOMAIN=s.mail_domain,
                GATEWAY_STRIPE_SECRET_KEY=s.stripe_secret_key.get_secret_value(),  # type: ignore[union-attr]

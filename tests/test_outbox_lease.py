@@ -21,7 +21,7 @@ from gateway.outbound.outbox import Outbox
 from gateway.runtime import LATE_BODIES
 from gateway.store.db import read_tx
 from gateway.store.tables import OUTBOUND_JOB
-from tests.conftest import MAIL_DOMAIN, SECRET, make_settings, start_gateway
+from tests.conftest import MAIL_DOMAIN, SECRET, make_settings, start_gateway, gateway_subprocess_env
 from tests.relay_sink import RelaySink
 from tests.test_outbound import send_due
 from tests.test_outbox_pipeline import FakeRelay, jobs, queue_replies
@@ -35,7 +35,7 @@ def test_a_killed_workers_replies_are_taken_over_after_a_minute_and_sent_once_mo
         worker: subprocess.Popen[bytes] | None = None
         try:
             ids = queue_replies(running, 3)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+            env = gateway_subprocess_env()
             env.update(GATEWAY_DATA_DIR=str(tmp_path / "worker"), GATEWAY_DATABASE_URL=database_url,
                        GATEWAY_SECRET_KEY=SECRET, GATEWAY_MAIL_DOMAIN=MAIL_DOMAIN,
                        GATEWAY_SMTP_RELAY_URL=hanging.url, GATEWAY_OUTBOUND_CONNECTIONS="1")

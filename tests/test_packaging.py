@@ -7,6 +7,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from tests.conftest import gateway_subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,7 @@ def test_wheel_ships_code_migrations_templates_and_config_and_runs_from_elsewher
                     str(wheel)], check=True, timeout=300, capture_output=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = gateway_subprocess_env()
     env.update(PYTHONPATH=str(site), GATEWAY_DATA_DIR=str(elsewhere / "data"), GATEWAY_MAIL_DOMAIN="mail.test")
     code = ("import sys, gateway; assert gateway.__file__.startswith(sys.argv[1]), gateway.__file__; "
             "from gateway.cli import main; sys.exit(main(sys.argv[2:]))")
@@ -44,7 +45,7 @@ def test_wheel_ships_code_migrations_templates_and_config_and_runs_from_elsewher
 
 
 def test_studio_add_refuses_bad_input_and_duplicates(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = gateway_subprocess_env()
     env.update(GATEWAY_DATA_DIR=str(tmp_path / "data"), GATEWAY_MAIL_DOMAIN="mail.test")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from gateway.store.tables import BLOB
 from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import INBOUND, MESSAGE
 from gateway.store.tables import PROFILE, STUDIO, API_TOKEN
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, gateway_subprocess_env
 from tests.mail import make_mail
 from tests.test_serve import gateway_command
 
@@ -21,7 +21,7 @@ NO_SENDER = b"To: inkwell@mail.test\r\nSubject: wer bin ich\r\n\r\nkein Absender
 
 
 def _cli(gw: RunningGateway, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = gateway_subprocess_env()
     env.update(GATEWAY_DATABASE_URL=gw.settings.resolved_database_url, GATEWAY_MAIL_DOMAIN="mail.test",
                GATEWAY_DATA_DIR=str(gw.settings.data_dir), GATEWAY_SECRET_KEY=gw.settings.secret_key)
     done = subprocess.run(gateway_command() + list(args), env=env, capture_output=True, text=True, timeout=120)

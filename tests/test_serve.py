@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import create_engine, func, select, update
 
 from gateway.store.tables import INBOUND
-from tests.conftest import RunningGateway, make_settings, start_gateway
+from tests.conftest import RunningGateway, make_settings, start_gateway, gateway_subprocess_env
 from tests.mail import make_mail
 
 
@@ -43,7 +43,7 @@ def gateway_command() -> list[str]:
 
 def test_gateway_serve_command_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
     """The README's run command, minus the install: a fresh data dir, nothing else configured."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = gateway_subprocess_env()
     env.update(GATEWAY_DATA_DIR=str(tmp_path / "data"), GATEWAY_SMTP_PORT="0", GATEWAY_HTTP_PORT="0",
                GATEWAY_MAIL_DOMAIN="mail.test")
     add = subprocess.run(gateway_command() + ["studio", "add", "inkwell", "--name", "Inkwell",
@@ -106,7 +106,7 @@ class Serve:
     """`gateway serve` as a subprocess on a fresh data directory, with one studio."""
 
     def __init__(self, tmp_path: Path, **env: str) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        self.env = gateway_subprocess_env()
         self.env.update(GATEWAY_DATA_DIR=str(tmp_path / "data"), GATEWAY_SMTP_PORT="0", GATEWAY_HTTP_PORT="0",
                         GATEWAY_MAIL_DOMAIN="mail.test", **env)
         add = subprocess.run(gateway_command() + ["studio", "add", "inkwell", "--name", "Inkwell",
