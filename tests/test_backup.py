@@ -33,8 +33,8 @@ from gateway.lifecycle.erasure import erase_conversation, erase_message, erase_s
 from gateway.backup.restore import restore
 from gateway.settings import Settings
 from gateway.access.studios import add_studio
-from tests.conftest import (MAIL_DOMAIN, SECRET, RunningGateway, _throwaway_pg_database, make_settings, send_on,, gateway_subprocess_env
-                            start_gateway)
+from tests.conftest import (MAIL_DOMAIN, SECRET, RunningGateway, _throwaway_pg_database, make_settings, send_on,
+                            start_gateway, gateway_subprocess_env)
 from tests.mail import make_mail
 
 HEAD = max(known_revisions())
