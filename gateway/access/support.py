@@ -100,10 +100,16 @@ def grant_access(conn: Connection, studio_id: int, profile_id: int, actor: str, 
         raise StudioError("support access lasts at least 1 hour and at most 7 days")
     replaced: list[int] = []
     for attempt in (1, 2):
-        replaced += conn.execute(update(SUPPORT_GRANT).where(SUPPORT_GRANT.c.studio_id == studio_id, _active(now))
-                                .values(revoked_at=now).returning(SUPPORT_GRANT.c.id)).scalars().all()
-        conn.execute(update(SUPPORT_GRANT).where(SUPPORT_GRANT.c.studio_id == studio_id,
-                                                 SUPPORT_GRANT.c.closed_at.is_(None)).values(closed_at=now))
+        # Read the open grants once, locked, and revoke and close exactly those: two statements
+        # each with its own snapshot (PostgreSQL, READ COMMITTED) could otherwise close a grant
+        # committed in between without revoking it, leaving it active beside ours.
+        open_ids = conn.execute(select(SUPPORT_GRANT.c.id).where(
+            SUPPORT_GRANT.c.studio_id == studio_id, SUPPORT_GRANT.c.closed_at.is_(None))
+            .with_for_update()).scalars().all()
+        if open_ids:
+            replaced += conn.execute(update(SUPPORT_GRANT).where(SUPPORT_GRANT.c.id.in_(open_ids), _active(now))
+                                    .values(revoked_at=now).returning(SUPPORT_GRANT.c.id)).scalars().all()
+            conn.execute(update(SUPPORT_GRANT).where(SUPPORT_GRANT.c.id.in_(open_ids)).values(closed_at=now))
         try:
             with conn.begin_nested():
                 grant_id = conn.execute(insert(SUPPORT_GRANT).returning(SUPPORT_GRANT.c.id), {
