@@ -55,7 +55,7 @@ def metrics_url(running: RunningGateway) -> str:
 
 def test_a_scripted_mix_shows_in_the_counters_and_queues(tmp_path: Path, database_url: str, sink: RelaySink) -> None:
     settings = make_settings(tmp_path, database_url, smtp_relay_url=sink.url, mailgun_signing_key=p.MAILGUN_KEY,
-                             smtp_max_message_size=20_000, metrics_port=0)
+                             smtp_max_message_size=20_000, metrics_port=0, stripe_webhook_secrets="whsec_metrics_test")
     running = start_gateway(settings)
     try:
         url = metrics_url(running)
@@ -74,6 +74,8 @@ def test_a_scripted_mix_shows_in_the_counters_and_queues(tmp_path: Path, databas
         # A webhook post with a signature from some other account.
         bad = p.mailgun_post(p.mailgun_mime_form(make_mail(), studio.address), key="key-some-other-account-000")
         assert running.api(None).post(bad.path, content=bad.body, headers=bad.headers).status_code == 401
+        forged = running.api(None).post("/webhooks/stripe", content=b"{}", headers={"Stripe-Signature": "t=1,v1=00"})
+        assert forged.status_code == 400
 
         waiting = scrape(url)
         assert value(waiting, "gateway_queue_depth", queue="inbound") == 3
@@ -102,6 +104,8 @@ def test_a_scripted_mix_shows_in_the_counters_and_queues(tmp_path: Path, databas
         assert delta(after, before, "gateway_smtp_recipients_refused_total", code="550") == 1
         assert delta(after, before, "gateway_webhook_posts_total", provider="mailgun", code="401") == 1
         assert delta(after, before, "gateway_mail_total", source="mailgun", code="401") == 1
+        assert delta(after, before, "gateway_webhook_posts_total", provider="stripe", code="400") == 1
+        assert delta(after, before, "gateway_mail_total", source="stripe", code="400") == 0  # billing, not mail
         assert delta(after, before, "gateway_inbound_processed_total", result="done") == 3
         assert delta(after, before, "gateway_inbound_held_total", kind="mail") == 1
         assert delta(after, before, "gateway_outbox_attempts_total", kind="retried") == 1
