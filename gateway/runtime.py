@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 from functools import partial
 from typing import Callable, Coroutine, Iterable
@@ -27,7 +26,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from sqlalchemy.engine import make_url
 
 from gateway.api.app import create_app
-from gateway.api.metrics import MetricsListener
+from gateway.api.metrics import MetricsListener, fresh_children_dir
 from gateway.backup.schedule import BackupScheduler
 from gateway.store.batching import WriteBatcher
 from gateway.billing.lockdowns import reconcile
@@ -247,7 +246,7 @@ class Served:
         self.worker = WorkerGroup(worker_child, settings, count, on_death=self._release_claims) if count else None
         # The children count into files of their own (prometheus-client's multiprocess mode) in a
         # directory made fresh for this run, so nothing of an earlier run is ever added in.
-        self.metrics_dir = (tempfile.mkdtemp(prefix="gateway-metrics-")
+        self.metrics_dir = (fresh_children_dir()
                             if self.worker is not None and settings.metrics_port is not None else None)
         self.gateway = Gateway(settings, roles - {"worker"} if self.worker else roles, worker=self.worker,
                                metrics_children_dir=self.metrics_dir)

@@ -3,6 +3,12 @@ counters as Prometheus reads them (prometheus_client.parser), in one process and
 `gateway serve` with worker children (their counts reach the parent's listener)."""
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import tests.providers as p
+from gateway.api.metrics import CHILDREN_DIR_PREFIX, fresh_children_dir
 from tests.conftest import RunningGateway, make_settings, start_gateway
 from tests.mail import make_mail
 from tests.relay_sink import RelaySink
@@ -162,13 +169,46 @@ def test_serve_shows_what_its_worker_children_counted(tmp_path: Path) -> None:
         # No relay configured: the child's outbox writes the reply to the Maildir, a send.
         series = _scrape_until(url, lambda s: value(s, "gateway_outbox_attempts_total", kind="sent") >= 1)
         assert value(series, "gateway_outbox_attempts_total", kind="sent") == 1
+        # A child killed outright: what it counted stays in the sums (counters never go back), and
+        # the child started in its place counts on in files of its own.
+        children = re.search(r"worker running in processes (\d+), (\d+)", serve.ready)
+        assert children, serve.ready
+        for pid in map(int, children.groups()):
+            os.kill(pid, signal.SIGKILL)
+        later = {f"Nachfrage {i}" for i in range(2)}
+        for subject in sorted(later):
+            serve.send(subject)
+        assert serve.wait_listed(subjects | later, timeout=120)
+        series = _scrape_until(url, lambda s: value(s, "gateway_inbound_processed_total", result="done") >= 6)
+        assert value(series, "gateway_inbound_processed_total", result="done") == 6
+        assert value(series, "gateway_outbox_attempts_total", kind="sent") == 1
+        assert value(series, "gateway_mail_total", source="smtp", code="250") == 6
+        mine = list(Path(tempfile.gettempdir()).glob(f"{CHILDREN_DIR_PREFIX}{serve.proc.pid}-*"))
+        assert len(mine) == 1 and list(mine[0].glob("counter_*.db"))
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(timeout=60) == 0
+        assert not mine[0].exists()  # removed at stop
     finally:
         serve.close()
 
 
-def _metrics_in(ready: str) -> str:
-    import re
+def test_serve_removes_what_a_killed_run_left_of_its_children_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kill -9` leaves the children's directory behind; the next start removes it (its parent
+    is gone), and keeps a running gateway's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    left = tmp_path / f"{CHILDREN_DIR_PREFIX}{ended.pid}-abc123"
+    left.mkdir()
+    (left / "counter_1.db").write_bytes(b"\0" * 16)
+    running = tmp_path / f"{CHILDREN_DIR_PREFIX}{os.getpid()}-def456"
+    running.mkdir()
+    fresh = Path(fresh_children_dir())
+    assert not left.exists() and running.exists()
+    assert fresh.parent == tmp_path and list(fresh.iterdir()) == [] and fresh.stat().st_mode & 0o077 == 0
 
+
+def _metrics_in(ready: str) -> str:
     match = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", ready)
     assert match, ready
     return match.group(1)
@@ -182,3 +222,23 @@ def _scrape_until(url: str, done: Any, timeout: float = 60) -> Series:
         time.sleep(0.05)
         series = scrape(url)
     return series
+
+
+def test_a_scrape_while_the_database_is_unreachable_says_so_and_still_answers(tmp_path: Path) -> None:
+    """The counters are still worth having when the database is gone; the queue series are not
+    made up: they are missing, and gateway_database_up is 0."""
+    from sqlalchemy import create_engine
+
+    from gateway.api.metrics import MetricsListener
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'missing' / 'gateway.db'}")  # its directory does not exist
+    listener = MetricsListener(engine, "127.0.0.1", 0)
+    listener.start()
+    try:
+        assert listener.address is not None
+        series = scrape(f"http://127.0.0.1:{listener.address[1]}/metrics")
+        assert value(series, "gateway_database_up") == 0
+        assert not any(name == "gateway_queue_depth" for name, _ in series)
+    finally:
+        listener.stop()
+        engine.dispose()

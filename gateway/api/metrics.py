@@ -19,9 +19,13 @@ on the event loop that answers SMTP, and the loop never waits on a scrape's quer
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from litestar.middleware.base import DefineMiddleware
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 _ADDITIVE = ("counter", "histogram", "summary")
 _WAITING_INBOUND = ("pending", "processing")
 _WAITING_OUTBOX = ("queued", "sending")
+CHILDREN_DIR_PREFIX = "gateway-metrics-"  # + the parent's pid + "-" + random: one per `serve` run
 
 
 def http_timing() -> DefineMiddleware:
@@ -151,3 +156,29 @@ class MetricsListener:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def fresh_children_dir() -> str:
+    """A new, empty directory for `serve`'s worker children to count in (PROMETHEUS_MULTIPROC_DIR).
+
+    Made fresh for every run, so no count of an earlier run is ever added in; the directories of
+    runs that ended without removing theirs (`kill -9`) are removed here, at the next start: one
+    whose parent no longer runs is read by nobody again. Only our own can be removed (the
+    temporary directory's sticky bit), and rmtree never follows a symlink planted there.
+    """
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(CHILDREN_DIR_PREFIX + "*-*"):
+        pid = old.name[len(CHILDREN_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{CHILDREN_DIR_PREFIX}{os.getpid()}-")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
