@@ -11,6 +11,8 @@ import contextlib
 import faulthandler
 import gc
 import logging
+import os
+import shutil
 import signal
 import socket
 import threading
@@ -20,9 +22,11 @@ from typing import Callable, Coroutine, Iterable
 import uvicorn
 from litestar import Litestar
 from sqlalchemy import Engine
+from prometheus_client.multiprocess import mark_process_dead
 from sqlalchemy.engine import make_url
 
 from gateway.api.app import create_app
+from gateway.api.metrics import MetricsListener, fresh_children_dir
 from gateway.backup.schedule import BackupScheduler
 from gateway.store.batching import WriteBatcher
 from gateway.billing.lockdowns import reconcile
@@ -44,6 +48,7 @@ from gateway.worker_process import DUMP_THREADS, WorkerGroup, listen
 from gateway.inbound.smtp import start_smtp_server
 
 log = logging.getLogger(__name__)
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # where prometheus-client's multiprocess mode keeps its files
 ROLES = ("smtp", "web", "worker")
 LOCKDOWN_RECONCILE_INTERVAL = 600.0  # seconds between the worker's lockdown reconciliations
 # What happens when a guest's message has been threaded (gateway/events.py), in this order.
@@ -94,10 +99,17 @@ class PeriodicRound:
 
 class Gateway:
     def __init__(self, settings: Settings, roles: Iterable[str] = ROLES, engine: Engine | None = None,
-                 worker: WorkerGroup | None = None) -> None:
+                 worker: WorkerGroup | None = None, *, serve_metrics: bool = True,
+                 metrics_children_dir: str | None = None) -> None:
         """`worker`: the worker role runs in those child processes (`gateway serve`); this one's
-        acceptor and reply API wake it instead of a processor and outbox of their own."""
+        acceptor and reply API wake it instead of a processor and outbox of their own.
+        `serve_metrics`: open the /metrics listener when GATEWAY_METRICS_PORT is set (not in
+        `serve`'s children: their parent's listener shows what they counted, read from
+        `metrics_children_dir`)."""
         self.settings = settings
+        self.metrics: MetricsListener | None = None
+        self._serve_metrics = serve_metrics
+        self._metrics_children_dir = metrics_children_dir
         self.roles = set(roles)
         self.worker = worker
         unknown = self.roles - set(ROLES)
@@ -129,6 +141,10 @@ class Gateway:
         self.engine = self.engine or get_engine(url, self.settings.db_busy_timeout)
         self.settings.secret()  # create the key before any role needs it
         await asyncio.to_thread(ensure_helpdesk, self.engine, self.settings)
+        if self._serve_metrics and self.settings.metrics_port is not None:
+            self.metrics = MetricsListener(self.engine, self.settings.metrics_host, self.settings.metrics_port,
+                                           self._metrics_children_dir)
+            self.metrics.start()
         if "worker" in self.roles:
             self.processor = ProcessorThread(self.engine, self.settings, REACTIONS)
             self.processor.start()
@@ -202,6 +218,8 @@ class Gateway:
             await self._purge_task
         if self.processor is not None:
             await asyncio.to_thread(self.processor.stop)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
 
 
 def settle_heap() -> None:
@@ -226,18 +244,29 @@ class Served:
         roles = set(roles)
         count = settings.resolved_serve_worker_processes if roles == set(ROLES) else 0
         self.worker = WorkerGroup(worker_child, settings, count, on_death=self._release_claims) if count else None
-        self.gateway = Gateway(settings, roles - {"worker"} if self.worker else roles, worker=self.worker)
+        # The children count into files of their own (prometheus-client's multiprocess mode) in a
+        # directory made fresh for this run, so nothing of an earlier run is ever added in.
+        self.metrics_dir = (fresh_children_dir()
+                            if self.worker is not None and settings.metrics_port is not None else None)
+        self.gateway = Gateway(settings, roles - {"worker"} if self.worker else roles, worker=self.worker,
+                               metrics_children_dir=self.metrics_dir)
         self._watching: asyncio.Task[None] | None = None
 
     async def start(self, *, smtp_sock: socket.socket | None = None,
                     http_sock: socket.socket | None = None) -> None:
         await self.gateway.start(smtp_sock=smtp_sock, http_sock=http_sock)
         if self.worker is not None:
+            if self.metrics_dir is not None:
+                # Read by prometheus-client when a spawned child imports it; this process imported
+                # it long ago and keeps counting in memory (its values are chosen at import).
+                os.environ[MULTIPROC_DIR] = self.metrics_dir
             self.worker.start()  # after start(): the schema is migrated and the helpdesk exists
             self._watching = asyncio.create_task(self.worker.watch(), name="worker process")
 
     async def _release_claims(self, pid: int) -> None:
         """A worker child died without finishing: the mail it had claimed goes back to the queue now."""
+        if self.metrics_dir is not None:
+            mark_process_dead(pid, self.metrics_dir)  # its live gauges go; its counts stay in the sums
         engine = self.gateway.engine
         if engine is None:
             return
@@ -255,6 +284,10 @@ class Served:
             self._watching.cancel()     # it may be pausing before a restart: nothing is left to restart
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watching
+        if self.metrics_dir is not None:
+            if os.environ.get(MULTIPROC_DIR) == self.metrics_dir:
+                del os.environ[MULTIPROC_DIR]
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
@@ -267,6 +300,8 @@ async def run_until_signalled(settings: Settings, roles: Iterable[str]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     parts = []
+    if gateway.metrics is not None and gateway.metrics.address is not None:
+        parts.append(f"metrics on http://{gateway.metrics.address[0]}:{gateway.metrics.address[1]}/metrics")
     if gateway.smtp_address:
         parts.append(f"SMTP on {gateway.smtp_address[0]}:{gateway.smtp_address[1]}")
     if gateway.http_address:
@@ -293,7 +328,7 @@ def worker_child(settings: Settings, channel: socket.socket) -> None:
 
 
 async def _worker_until_told(settings: Settings, channel: socket.socket) -> None:
-    gateway = Gateway(settings, ("worker",))
+    gateway = Gateway(settings, ("worker",), serve_metrics=False)
     await gateway.start()
     settle_heap()
     stop = asyncio.Event()

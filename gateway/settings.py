@@ -55,6 +55,10 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
+    # Prometheus /metrics on a listener of its own, never the public HTTP one (gateway/api/metrics.py):
+    # off while the port is unset; each process started by a role command serves its own.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     flood_max_new_per_hour: int = Field(20, ge=1)    # new conversations per sender per studio
     reply_max_per_conversation_per_hour: int = Field(30, ge=1)  # API replies, then 429 (outbound/reply_brake.py)
@@ -151,7 +155,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("smtp_tls_cert_file", "smtp_tls_key_file", "dkim_private_key_file", "ses_cert_ca_file",
-                     "backup_dir", "pg_bin_dir", "serve_worker_processes", mode="before")
+                     "backup_dir", "pg_bin_dir", "serve_worker_processes", "metrics_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """`GATEWAY_X=` as config/example.env writes it means "not set": without this an empty

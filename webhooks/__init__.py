@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.handlers import HTTPRouteHandler
 
+from gateway.metrics import WEBHOOKS, mail_answered
 from gateway.settings import Settings
 from webhooks.base import Receiver, receive
 from webhooks.mailgun import MailgunReceiver
@@ -19,7 +20,19 @@ RECEIVERS: tuple[type[Receiver], ...] = (MailgunReceiver, SendGridReceiver, Post
 
 async def _endpoint(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     receiver: Receiver = request.app.state.webhooks[request.route_handler.opt["provider"]]
-    return await receive(receiver, request)
+    response = await receive(receiver, request)
+    count_post(receiver.name, response)
+    return response
+
+
+def count_post(provider: str, response: Response[dict[str, Any]]) -> None:
+    """Every post by its answer; a post that offered mail counts as mail too (gateway_mail), so
+    webhook and SMTP mail add up in one series. Posts that carry no mail (a provider's test
+    ping, answered `{"status": "ok"}`) are not mail."""
+    WEBHOOKS.labels(provider, str(response.status_code)).inc()
+    content = response.content
+    if not (isinstance(content, dict) and content.get("status") == "ok"):
+        mail_answered(provider, response.status_code)
 
 
 def webhook_handlers(settings: Settings) -> tuple[dict[str, Receiver], list[HTTPRouteHandler]]:

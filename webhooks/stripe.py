@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.billing.events import BadEvent, handle_event
 from gateway.billing.stripe_api import BillingUnavailable
+from gateway.metrics import WEBHOOKS
 from webhooks.base import RETRY_AFTER, error
 
 log = logging.getLogger("webhooks")
@@ -50,6 +51,12 @@ def verify(body: bytes, header: str | None, secrets: list[str]) -> dict[str, Any
 @post("/webhooks/stripe", sync_to_thread=True, request_max_body_size=MAX_BODY, status_code=200,
       tags=["webhooks"], summary="Subscription events from Stripe")
 def stripe_webhook(request: Request[Any, Any, Any], body: RawBody) -> Response[dict[str, Any]]:
+    response = _receive(request, body)
+    WEBHOOKS.labels("stripe", str(response.status_code)).inc()  # billing events, not mail: no gateway_mail
+    return response
+
+
+def _receive(request: Request[Any, Any, Any], body: RawBody) -> Response[dict[str, Any]]:
     settings = request.app.state.settings
     secrets = settings.stripe_webhook_secret_list
     if not secrets:

@@ -17,6 +17,7 @@ from gateway.api.conversations import ConversationController
 from gateway.api.export import ExportController
 from gateway.api.guests import GuestController
 from gateway.api.health import healthz, readyz
+from gateway.api.metrics import http_timing
 from gateway.api.manage import AttachmentController, ConversationStatusController, HeldController
 from gateway.api.profiles import ProfileController
 from gateway.api.studio import StudioController
@@ -51,6 +52,8 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
         debug=False,
         on_shutdown=[close_reader],
         logging_config=None,  # logging is configured once by the gateway, not reset by Litestar
+        # Per-route latency histograms only while /metrics is on: a request pays for them otherwise.
+        middleware=[http_timing()] if settings.metrics_port is not None else [],
     )
     app.state.engine = engine
     app.state.loop_reader = reader

@@ -33,6 +33,7 @@ from gateway.inbound.authentication import authenticate_claimed
 from gateway.inbound.intake import discard_inbound
 from gateway.inbound.isolation import CHILD_DIED, TOO_LONG, Died, Overran, child_for_thread, parse_within
 from gateway.settings import Settings
+from gateway.metrics import HELD, PROCESSED
 from gateway.inbound.records import ChunkLookups
 from gateway.inbound.threader import Inbound, Outcome, StudiosGone, Unprocessable, lookup_keys, thread_message
 
@@ -131,7 +132,17 @@ def process_pending(engine: Engine, settings: Settings, reactions: Sequence[Reac
                 raise
     finally:
         outcomes.close()  # stopped early: the parser child is replaced, not left mid-batch
+    _count(results)
     return results
+
+
+def _count(results: list[Processed]) -> None:
+    """The metrics of a pass, once its transactions are committed (gateway/metrics.py)."""
+    for result in results:
+        PROCESSED.labels(result.status).inc()
+        for outcome in result.outcomes:
+            if outcome.threaded is not None and not outcome.threaded.visible:
+                HELD.labels("automatic" if outcome.threaded.automatic else "mail").inc()
 
 
 def _set_aside_unparsed(engine: Engine, settings: Settings,

@@ -23,6 +23,7 @@ from gateway.inbound.directory import StudioDirectory
 from gateway.inbound.intake import Envelope, FloodLimited
 from gateway.inbound.smtp_edge import DataRefused, FastSMTP, protocol_names
 from gateway.mail.addresses import parse_studio_address
+from gateway.metrics import mail_answered, recipient_refused
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class GatewaySMTP(FastSMTP):
         self._holding = 0                    # this session's part of the budget
         self._rejected = False
         self.unknown_rcpts = 0               # counted by GatewayHandler._unknown
+        self._answering: str | None = None   # the command the next final reply answers (metrics)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None and self.transport is None:  # not the STARTTLS re-entry
@@ -241,15 +243,30 @@ class GatewaySMTP(FastSMTP):
 
     async def push(self, status: AnyStr) -> None:
         await super().push(status)
+        if self._answering is not None and status[:1] not in ("3", b"3"):  # not the 354 "go ahead"
+            answered, self._answering = self._answering, None
+            if answered == "DATA":
+                mail_answered("smtp", status)
+            elif status[:1] not in ("2", b"2"):
+                recipient_refused(status)
         # 421 means "closing the transmission channel" (RFC 5321 4.2.3): say it, then do it,
         # whether aiosmtpd (command limits) or our hooks (unknown recipients) said it.
         code = status[:3] if isinstance(status, bytes) else status[:3].encode()
         if code == b"421" and self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._answering = "RCPT"   # a refused recipient is counted by its code (push)
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._answering = None
+
     @syntax("DATA")                    # without it, HELP would no longer list DATA
     async def smtp_DATA(self, arg: str | None) -> None:
         budget = self._budget
+        self._answering = "DATA"
         if (budget is not None and self.envelope is not None and self.envelope.rcpt_tos and not arg
                 and self.session is not None and self.session.host_name
                 and not budget.room_for(max(1, _declared_size(self.envelope.mail_options)))):
@@ -261,6 +278,7 @@ class GatewaySMTP(FastSMTP):
             await super().smtp_DATA(arg)  # type: ignore[arg-type]
         finally:
             self._reset_timeout()
+            self._answering = None  # a session that drops mid-transfer got no answer
             if budget is not None:    # held until handle_DATA answered (the message is stored)
                 budget.held -= self._holding
                 self._holding = 0

@@ -33,6 +33,7 @@ from typing import Callable, Mapping
 import tenacity
 from sqlalchemy import Connection, Engine, bindparam, exists, or_, select, update
 
+from gateway.metrics import OUTBOX
 from gateway.store.db import read_tx, result_processor, write_tx
 from gateway.store.tables import MESSAGE
 from gateway.store.models import utcnow
@@ -231,6 +232,7 @@ class Outbox:
 
     def _record(self, conn: Connection, results: list[tuple[Job, SendResult]], now: datetime) -> None:
         sent = [job for job, result in results if result.kind == "sent"]
+        OUTBOX.labels("sent").inc(len(sent))
         if sent:  # the common case, in two statements however many
             _JOB_SENT.execute_many(conn, [{"job_id": j.id, "now": now} for j in sent])
             _MESSAGE_SENT.execute_many(conn, [{"message_row_id": j.message_row_id, "now": now} for j in sent])
@@ -245,6 +247,7 @@ class Outbox:
                 else:
                     status = "queued"
             delivery = status
+            OUTBOX.labels("retried" if status == "queued" else "failed").inc()
             conn.execute(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == job.id).values(
                 status=status, claimed_at=None, last_error=detail,
                 next_attempt_at=next_at if next_at is not None else OUTBOUND_JOB.c.next_attempt_at))
