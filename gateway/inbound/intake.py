@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
@@ -42,6 +42,7 @@ class Envelope:
     source: str = "smtp"
     nonce: str | None = None  # a provider's one-time request token, recorded with the message
     authentication: str | None = None  # a provider's SPF/DKIM/DMARC verdicts, JSON (webhooks/verdicts.py)
+    studio_ids: list[int] = field(default_factory=list)  # filled in by the Acceptor once stored, for its log line
 
 
 # Built once: constructing SQLAlchemy statements costs more than SQLite takes to run them,
@@ -88,6 +89,11 @@ class StudioIds:
                 found[slug] = studio_id
                 self._known[slug] = (studio_id, now + self.ttl)
         return found
+
+    def known(self, slug: str) -> int | None:
+        """The id last looked up for a slug, however old: for log lines, never for filing mail."""
+        hit = self._known.get(slug)
+        return hit[0] if hit is not None else None
 
 
 def store_batch(conn: Connection, items: list[tuple[bytes, Envelope]], settings: Settings,
@@ -173,17 +179,18 @@ def _flooded(conn: Connection, items: list[tuple[bytes, Envelope]], heads: list[
     guard is a brake on floods, not an exact quota; messages of the batch itself are.
     """
     wanted: list[tuple[int, str, str]] = []  # (item index, slug, sender) for non-reply-address mail
+    slugs: set[str] = set()
     for index, ((_, envelope), head) in enumerate(zip(items, heads)):
         sender = head.from_email or envelope.mail_from.lower()
-        if not sender:
-            continue
         for rcpt in envelope.rcpt_tos:
             address = parse_studio_address(rcpt, settings.mail_domain)
             if address is not None:
-                wanted.append((index, address.slug, sender))
+                slugs.add(address.slug)  # also without a sender: the Acceptor's log line names the studio
+                if sender:
+                    wanted.append((index, address.slug, sender))
+    studios = studio_ids.lookup(conn, slugs) if slugs else {}
     if not wanted:
         return set()
-    studios = studio_ids.lookup(conn, {slug for _, slug, _ in wanted})
     if not studios:
         return set()
     opened = _opened(conn, list(set(studios.values())), list({sender for _, _, sender in wanted}),
