@@ -19,7 +19,6 @@ from typing import Callable, IO
 import httpx
 import pytest
 
-from gateway.logs import JsonFormatter, TextFormatter, mask_addresses
 from tests.conftest import gateway_subprocess_env
 from tests.mail import make_mail
 from tests.providers import MAILGUN_KEY, mailgun_mime_form, mailgun_post
@@ -123,6 +122,9 @@ def test_a_real_gateway_logs_each_step_without_bodies_tokens_or_addresses(
             bad = mailgun_post(mailgun_mime_form(make_mail(body=BODY_MARKER, from_=WEBHOOK_GUEST), "inkwell@mail.test",
                                                  sender=WEBHOOK_GUEST), key="key-not-the-right-one-0123456789")
             assert httpx.post(base + bad.path, content=bad.body, headers=bad.headers, timeout=30).status_code == 401
+            ghost = mailgun_post(mailgun_mime_form(make_mail(to="ghost@mail.test", from_=WEBHOOK_GUEST),
+                                                   "ghost@mail.test", sender=WEBHOOK_GUEST))
+            assert httpx.post(base + ghost.path, content=ghost.body, headers=ghost.headers, timeout=30).status_code >= 400
             good = mailgun_post(mailgun_mime_form(make_mail(body=BODY_MARKER, from_=WEBHOOK_GUEST),
                                                   "inkwell@mail.test", sender=WEBHOOK_GUEST))
             assert httpx.post(base + good.path, content=good.body, headers=good.headers, timeout=30).status_code == 200
@@ -136,6 +138,7 @@ def test_a_real_gateway_logs_each_step_without_bodies_tokens_or_addresses(
                 refused = json.loads(log.wait_for(_event("webhook_refused", provider="mailgun"), "the refusal"))
                 assert refused["status"] == 401 and refused["reason"] == "bad Mailgun signature"
                 assert refused["level"] == "WARNING"
+                assert log.wait_for(_event("webhook_refused", reason="unknown recipient"), "the unknown recipient")
                 processed = json.loads(log.wait_for(_event("processed", inbound_id=accepted["inbound_id"]),
                                                     "processing the SMTP mail"))
                 assert processed["studio_id"] == studio["id"] and processed["rule"] == "new"
@@ -183,7 +186,7 @@ def test_a_real_gateway_logs_each_step_without_bodies_tokens_or_addresses(
     for secret in (BODY_MARKER, SUBJECT_MARKER, token, secret_key, MAILGUN_KEY, "Gern!", "Bis Freitag"):
         assert secret not in text, secret
     if level == "INFO":
-        for address in (GUEST, WEBHOOK_GUEST, "inkwell@mail.test", "owner@inkwell.example", "@mail.test"):
+        for address in (GUEST, WEBHOOK_GUEST, "inkwell@mail.test", "ghost@mail.test", "owner@inkwell.example", "@mail.test"):
             assert address not in text, address
         assert "setup plugin" not in text and "Context impl" not in text and "Will assume" not in text
     else:
@@ -196,6 +199,8 @@ def test_a_real_gateway_logs_each_step_without_bodies_tokens_or_addresses(
 
 def test_masking_and_the_json_fields_of_one_record() -> None:
     import logging
+
+    from gateway.logs import JsonFormatter, TextFormatter, mask_addresses
 
     record = logging.LogRecord("gateway.x", logging.INFO, __file__, 1, "to %s: %s", ("a.b+c@Example.org", "ok"), None)
     record.job_id = 7  # as extra= sets it
