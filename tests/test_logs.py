@@ -210,3 +210,20 @@ def test_masking_and_the_json_fields_of_one_record() -> None:
     assert entry["answer"] == "550 5.1.1 <<address>> unknown"
     assert "a.b+c@Example.org" in TextFormatter(mask=False).format(record)
     assert mask_addresses("no address @ here, user@localhost") == "no address @ here, user@localhost"
+
+
+def test_a_database_error_does_not_carry_the_statements_values(database_url: str) -> None:
+    """A failed statement's text reaches the log (and a message's processing error); with the
+    values in it, a body or an address would be there too."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from gateway.store.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn, pytest.raises(DBAPIError) as failed:
+            conn.execute(text("INSERT INTO no_such_table (body) VALUES (:body)"), {"body": BODY_MARKER})
+        assert BODY_MARKER not in str(failed.value)
+    finally:
+        engine.dispose()

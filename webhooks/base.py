@@ -159,9 +159,10 @@ async def receive(receiver: Receiver, request: Request[Any, Any, Any]) -> Respon
 
 
 def refused(provider: str, request: Request[Any, Any, Any], status: int, reason: str) -> None:
-    """The one line for each webhook post refused: bad credentials and signatures at WARNING (someone
-    may be probing), the rest at INFO. The reason is ours, never the request's content."""
-    level = logging.WARNING if status in (401, 403) else logging.INFO
+    """The one line for each webhook post refused: bad credentials and signatures (someone may be
+    probing) and our own trouble (5xx) at WARNING, a provider's malformed or misaddressed post at
+    INFO. The reason is ours, never the request's content."""
+    level = logging.WARNING if status in (401, 403) or status >= 500 else logging.INFO
     log.log(level, "%s webhook refused from %s (%d): %s", provider, _peer(request), status, reason,
             extra={"event": "webhook_refused", "provider": provider, "reason": reason, "status": status,
                    "peer": _peer(request)})
