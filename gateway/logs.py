@@ -78,12 +78,12 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in extra_fields(record).items():
-            entry.setdefault(key, value if isinstance(value, (int, float, bool, type(None))) else str(value))
+            entry.setdefault(key, value)
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         elif record.exc_text:
             entry["exc_info"] = record.exc_text
-        line = json.dumps(entry, ensure_ascii=False)
+        line = json.dumps(entry, ensure_ascii=False, default=str)  # numbers and lists as JSON, the rest as text
         return mask_addresses(line) if self.mask else line
 
 

@@ -132,7 +132,8 @@ def test_a_real_gateway_logs_each_step_without_bodies_tokens_or_addresses(
 
             if fmt == "json":
                 accepted = json.loads(log.wait_for(_event("accepted", source="smtp"), "the SMTP acceptance"))
-                assert accepted["studio_id"] == studio["id"] and accepted["size"] == len(raw)
+                assert accepted["studio_id"] == studio["id"] and accepted["studio_ids"] == [studio["id"]]
+                assert accepted["size"] == len(raw)
                 assert accepted["answer"] == f"250 2.0.0 Message accepted for delivery ({accepted['inbound_id']})"
                 hooked = json.loads(log.wait_for(_event("accepted", source="mailgun"), "the webhook acceptance"))
                 assert hooked["answer"] == "200" and hooked["studio_id"] == studio["id"]
@@ -205,10 +206,13 @@ def test_masking_and_the_json_fields_of_one_record() -> None:
 
     record = logging.LogRecord("gateway.x", logging.INFO, __file__, 1, "to %s: %s", ("a.b+c@Example.org", "ok"), None)
     record.job_id = 7  # as extra= sets it
+    record.studio_ids = [1, 2]
+    record.when = time  # not JSON: shown as text
     record.answer = "550 5.1.1 <x@y.example> unknown"
     entry = json.loads(JsonFormatter(mask=True).format(record))
     assert entry["message"] == "to <address>: ok" and entry["job_id"] == 7
     assert entry["answer"] == "550 5.1.1 <<address>> unknown"
+    assert entry["studio_ids"] == [1, 2] and entry["when"].startswith("<module 'time'")
     assert "a.b+c@Example.org" in TextFormatter(mask=False).format(record)
     assert mask_addresses("no address @ here, user@localhost") == "no address @ here, user@localhost"
 

@@ -46,11 +46,12 @@ def _temporary(exc: BaseException) -> TemporaryFailure:
 def log_accepted(inbound_id: int, envelope: Envelope, size: int, answer: str) -> None:
     """The one INFO line for each accepted message, written by the edge that gave the answer:
     facts only (no address: those are DEBUG-level data, docs/operations.md "Logs")."""
-    studio = ",".join(str(i) for i in envelope.studio_ids) or "?"
-    log.info("accepted inbound %d for studio %s via %s, %d bytes: %s", inbound_id, studio, envelope.source,
-             size, answer, extra={"event": "accepted", "inbound_id": inbound_id,
-                                  "studio_id": envelope.studio_ids[0] if len(envelope.studio_ids) == 1 else studio,
-                                  "source": envelope.source, "size": size, "answer": answer})
+    studios = envelope.studio_ids
+    log.info("accepted inbound %d for studio %s via %s, %d bytes: %s", inbound_id,
+             ",".join(str(i) for i in studios) or "?", envelope.source, size, answer,
+             extra={"event": "accepted", "inbound_id": inbound_id,
+                    "studio_id": studios[0] if len(studios) == 1 else None,  # one studio: nearly always
+                    "studio_ids": studios, "source": envelope.source, "size": size, "answer": answer})
 
 
 @dataclass
