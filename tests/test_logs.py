@@ -116,8 +116,10 @@ def test_a_real_gateway_logs_each_step_without_bodies_tokens_or_addresses(
             assert match, ready
             smtp_port, base = int(match.group(1)), match.group(2)
             raw = make_mail(subject=SUBJECT_MARKER, body=f"Hallo, {BODY_MARKER}", from_=f"Lena <{GUEST}>")
+            nameless = f"Subject: ohne Absender\r\n\r\n{BODY_MARKER}\r\n".encode()  # no From, null sender
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
                 client.sendmail(GUEST, ["inkwell@mail.test"], raw)
+                client.sendmail("", ["inkwell@mail.test"], nameless)
             api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
             closing.append(api)
             bad = mailgun_post(mailgun_mime_form(make_mail(body=BODY_MARKER, from_=WEBHOOK_GUEST), "inkwell@mail.test",
@@ -135,6 +137,11 @@ def test_a_real_gateway_logs_each_step_without_bodies_tokens_or_addresses(
                 assert accepted["studio_id"] == studio["id"] and accepted["studio_ids"] == [studio["id"]]
                 assert accepted["size"] == len(raw)
                 assert accepted["answer"] == f"250 2.0.0 Message accepted for delivery ({accepted['inbound_id']})"
+                bounce = json.loads(log.wait_for(_event("accepted", size=len(nameless)), "the null sender's mail"))
+                assert bounce["studio_id"] == studio["id"], bounce  # looked up without a sender too
+                set_aside = json.loads(log.wait_for(_event("quarantined", inbound_id=bounce["inbound_id"]),
+                                                    "the quarantine"))
+                assert set_aside["reason"] == "no sender address in From or the envelope"
                 hooked = json.loads(log.wait_for(_event("accepted", source="mailgun"), "the webhook acceptance"))
                 assert hooked["answer"] == "200" and hooked["studio_id"] == studio["id"]
                 refused = json.loads(log.wait_for(_event("webhook_refused", provider="mailgun"), "the refusal"))
@@ -148,6 +155,9 @@ def test_a_real_gateway_logs_each_step_without_bodies_tokens_or_addresses(
             else:
                 log.wait_for(_text("INFO", "accepted inbound", f"for studio {studio['id']} via smtp",
                                    f"{len(raw)} bytes: 250 "), "the SMTP acceptance")
+                log.wait_for(_text("INFO", f"for studio {studio['id']} via smtp, {len(nameless)} bytes: 250 "),
+                             "the null sender's mail")
+                log.wait_for(_text("INFO", "quarantined: no sender address in From or the envelope"), "the quarantine")
                 log.wait_for(_text("WARNING", "mailgun webhook refused from", "(401): bad Mailgun signature"),
                              "the refusal")
                 line = log.wait_for(_text("processed inbound", "rule new"), "processing the SMTP mail")
