@@ -223,7 +223,9 @@ class Acceptor:
             self.health.failed("storage full")
 
     def _studios_of(self, envelope: Envelope) -> list[int]:
-        """The studios a stored message went to, from the ids store_batch just looked up."""
+        """The studios a stored message went to, from the ids store_batch's flood guard just looked
+        up (every mail with a sender: the null reverse path arrives as "<>"). A mail with no sender
+        at all, which only a webhook can post, shows no studio id; it is quarantined anyway."""
         found: list[int] = []
         for rcpt in envelope.rcpt_tos:
             address = parse_studio_address(rcpt, self.settings.mail_domain)

@@ -179,18 +179,17 @@ def _flooded(conn: Connection, items: list[tuple[bytes, Envelope]], heads: list[
     guard is a brake on floods, not an exact quota; messages of the batch itself are.
     """
     wanted: list[tuple[int, str, str]] = []  # (item index, slug, sender) for non-reply-address mail
-    slugs: set[str] = set()
     for index, ((_, envelope), head) in enumerate(zip(items, heads)):
         sender = head.from_email or envelope.mail_from.lower()
+        if not sender:
+            continue
         for rcpt in envelope.rcpt_tos:
             address = parse_studio_address(rcpt, settings.mail_domain)
             if address is not None:
-                slugs.add(address.slug)  # also without a sender: the Acceptor's log line names the studio
-                if sender:
-                    wanted.append((index, address.slug, sender))
-    studios = studio_ids.lookup(conn, slugs) if slugs else {}
+                wanted.append((index, address.slug, sender))
     if not wanted:
         return set()
+    studios = studio_ids.lookup(conn, {slug for _, slug, _ in wanted})
     if not studios:
         return set()
     opened = _opened(conn, list(set(studios.values())), list({sender for _, _, sender in wanted}),
