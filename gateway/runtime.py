@@ -182,7 +182,8 @@ class Gateway:
                 app.state.wake_outbox = self.worker.wake_outbox
             if http_sock is None:
                 http_sock = socket.create_server((self.settings.http_host, self.settings.http_port))
-            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+            # log_config=None: uvicorn's lines go through our handler (JSON, masking), not its own.
+            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", log_config=None,
                                     http="httptools", loop="none", timeout_graceful_shutdown=5)
             self._uvicorn = uvicorn.Server(config)
             self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[http_sock]))

@@ -13,6 +13,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -124,6 +125,7 @@ class Settings(BaseSettings):
     public_url: str = ""                              # base URL of the HTTP API for links in mail; empty: no links
 
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"      # json: one object a line, fields as keys (gateway/logs.py)
     # `gateway serve` runs its worker role (processing, outbox, rounds) in this many child
     # processes, so parsing doesn't take turns with accepting mail under one GIL and a burst is
     # threaded on both cores (gateway/worker_process.py). Default: two when the machine has a

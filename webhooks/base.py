@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from litestar import Request, Response
 
 from gateway.inbound.directory import StudioDirectory
-from gateway.inbound.acceptor import Acceptor, StorageFull, TemporaryFailure
+from gateway.inbound.acceptor import Acceptor, StorageFull, TemporaryFailure, log_accepted
 from gateway.inbound.intake import Envelope, FloodLimited, Replayed
 from gateway.settings import Settings
 
@@ -116,12 +116,12 @@ async def receive(receiver: Receiver, request: Request[Any, Any, Any]) -> Respon
         body = await request.body()  # bounded by the route's request_max_body_size (413 beyond)
         delivery = await receiver.read(request, body)
     except WebhookError as exc:
-        if exc.status in (401, 403):
-            log.warning("%s webhook refused from %s: %s", receiver.name, _peer(request), exc.message)
+        refused(receiver.name, request, exc.status, exc.message)
         return error(exc.status, exc.message, {"Retry-After": RETRY_AFTER} if exc.status >= 500 else None)
     if delivery is None:
         return Response({"status": "ok"}, status_code=200)
     if len(delivery.raw) > settings.smtp_max_message_size:
+        refused(receiver.name, request, 413, "message too large")
         return error(413, f"message of {len(delivery.raw)} bytes exceeds the limit of "
                           f"{settings.smtp_max_message_size} bytes")
     directory: StudioDirectory = request.app.state.directory
@@ -131,27 +131,41 @@ async def receive(receiver: Receiver, request: Request[Any, Any, Any]) -> Respon
                                                  settings.mail_domain)
     except Exception:
         log.warning("%s webhook: studio lookup failed, answering 503", receiver.name, exc_info=True)
+        refused(receiver.name, request, 503, "studio lookup failed")
         return error(503, "temporary problem, please retry", {"Retry-After": RETRY_AFTER})
     if not recipients:
-        log.info("%s webhook for unknown recipients %s refused", receiver.name,
-                 ", ".join(delivery.recipients)[:300])
+        refused(receiver.name, request, receiver.status_unknown_recipient, "unknown recipient")  # the addresses only at DEBUG:
+        log.debug("%s webhook recipients refused: %s", receiver.name, ", ".join(delivery.recipients)[:300])
         return receiver.refused_recipient()
     envelope = Envelope(mail_from=delivery.mail_from[:320], rcpt_tos=recipients, peer=_peer(request),
                         source=receiver.name, nonce=delivery.nonce, authentication=delivery.authentication)
     try:
         inbound_id = await acceptor.accept(delivery.raw, envelope)
     except Replayed:
-        log.warning("%s webhook from %s replayed a used token", receiver.name, _peer(request))
+        refused(receiver.name, request, receiver.status_replayed, "replayed a used token")
         return error(receiver.status_replayed, "this request was already received (token used before)")
     except FloodLimited:
+        refused(receiver.name, request, 503, "too many new conversations from this sender")
         return error(503, "too many new conversations from this sender, please retry later",
                      {"Retry-After": "600"})
     except StorageFull:
-        log.warning("%s webhook: storage full, answering 503", receiver.name)
+        refused(receiver.name, request, 503, "storage full")
         return error(503, "insufficient storage on our side, please retry", {"Retry-After": RETRY_AFTER})
     except TemporaryFailure:
+        refused(receiver.name, request, 503, "temporary problem storing the message")
         return error(503, "temporary problem storing the message, please retry", {"Retry-After": RETRY_AFTER})
+    log_accepted(inbound_id, envelope, len(delivery.raw), "200")
     return Response({"status": "stored", "id": inbound_id}, status_code=200)
+
+
+def refused(provider: str, request: Request[Any, Any, Any], status: int, reason: str) -> None:
+    """The one line for each webhook post refused: bad credentials and signatures (someone may be
+    probing) and our own trouble (5xx) at WARNING, a provider's malformed or misaddressed post at
+    INFO. The reason is ours, never the request's content."""
+    level = logging.WARNING if status in (401, 403) or status >= 500 else logging.INFO
+    log.log(level, "%s webhook refused from %s (%d): %s", provider, _peer(request), status, reason,
+            extra={"event": "webhook_refused", "provider": provider, "reason": reason, "status": status,
+                   "peer": _peer(request)})
 
 
 def _peer(request: Request[Any, Any, Any]) -> str:

@@ -24,6 +24,7 @@ from gateway.store.batching import next_batch
 from gateway.store.full import WriteHealth, is_storage_full
 from gateway.store.db import (InlineTx, KeptConnection, begin_inline, is_busy, is_sqlite, make_engine, sqlite_write_lock, write_tx)
 from gateway.inbound.intake import Envelope, Replayed, StudioIds, store_batch
+from gateway.mail.addresses import parse_studio_address
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,17 @@ class StorageFull(TemporaryFailure):
 
 def _temporary(exc: BaseException) -> TemporaryFailure:
     return StorageFull("storage full") if is_storage_full(exc) else TemporaryFailure(type(exc).__name__)
+
+
+def log_accepted(inbound_id: int, envelope: Envelope, size: int, answer: str) -> None:
+    """The one INFO line for each accepted message, written by the edge that gave the answer:
+    facts only (no address: those are DEBUG-level data, docs/operations.md "Logs")."""
+    studios = envelope.studio_ids
+    log.info("accepted inbound %d for studio %s via %s, %d bytes: %s", inbound_id,
+             ",".join(str(i) for i in studios) or "?", envelope.source, size, answer,
+             extra={"event": "accepted", "inbound_id": inbound_id,
+                    "studio_id": studios[0] if len(studios) == 1 else None,  # one studio: nearly always
+                    "studio_ids": studios, "source": envelope.source, "size": size, "answer": answer})
 
 
 @dataclass
@@ -201,6 +213,7 @@ class Acceptor:
             if isinstance(result, Exception):
                 item.future.set_exception(result)
             else:
+                item.envelope.studio_ids = self._studios_of(item.envelope)
                 item.future.set_result(result)
         if any(not isinstance(r, Exception) for r in results):
             self.health.succeeded()
@@ -208,6 +221,18 @@ class Acceptor:
                 self.on_stored()
         elif any(isinstance(r, StorageFull) for r in results):
             self.health.failed("storage full")
+
+    def _studios_of(self, envelope: Envelope) -> list[int]:
+        """The studios a stored message went to, from the ids store_batch's flood guard just looked
+        up (every mail with a sender: the null reverse path arrives as "<>"). A mail with no sender
+        at all, which only a webhook can post, shows no studio id; it is quarantined anyway."""
+        found: list[int] = []
+        for rcpt in envelope.rcpt_tos:
+            address = parse_studio_address(rcpt, self.settings.mail_domain)
+            studio_id = self._studio_ids.known(address.slug) if address is not None else None
+            if studio_id is not None and studio_id not in found:
+                found.append(studio_id)
+        return found
 
     def _prepare(self, batch: list[_Pending]) -> tuple[InlineTx, list[int | Exception]] | None:
         """SQLite: run the batch's statements on the loop, leaving only the commit to the writer

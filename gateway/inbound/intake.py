@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
@@ -42,6 +42,7 @@ class Envelope:
     source: str = "smtp"
     nonce: str | None = None  # a provider's one-time request token, recorded with the message
     authentication: str | None = None  # a provider's SPF/DKIM/DMARC verdicts, JSON (webhooks/verdicts.py)
+    studio_ids: list[int] = field(default_factory=list)  # filled in by the Acceptor once stored, for its log line
 
 
 # Built once: constructing SQLAlchemy statements costs more than SQLite takes to run them,
@@ -88,6 +89,11 @@ class StudioIds:
                 found[slug] = studio_id
                 self._known[slug] = (studio_id, now + self.ttl)
         return found
+
+    def known(self, slug: str) -> int | None:
+        """The id last looked up for a slug, however old: for log lines, never for filing mail."""
+        hit = self._known.get(slug)
+        return hit[0] if hit is not None else None
 
 
 def store_batch(conn: Connection, items: list[tuple[bytes, Envelope]], settings: Settings,

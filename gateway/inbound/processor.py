@@ -166,7 +166,7 @@ def _set_aside_unparsed(engine: Engine, settings: Settings,
             conn.execute(_SET_STATUS, {"b_id": item.id, "b_status": status, "b_error": error,
                                        "b_processed_at": now if status == "quarantined" else None})
             results.append(Processed(item.id, status, [], error))
-            log.warning("inbound %d %s: %s", item.id, status, error)
+    log_processed(results)
     return results
 
 
@@ -241,7 +241,6 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes, reactions:
                     savepoint.rollback()
                 discard_inbound(conn, item.id)
                 results.append(Processed(item.id, "discarded", [], str(exc)))
-                log.info("inbound %d discarded: %s", item.id, exc)
                 continue
             except Unprocessable as exc:  # raised before anything of the message was written
                 if savepoint is not None:
@@ -249,7 +248,6 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes, reactions:
                 results.append(Processed(item.id, "quarantined", [], str(exc)))
                 conn.execute(_SET_STATUS, {"b_id": item.id, "b_status": "quarantined", "b_processed_at": now,
                                            "b_error": str(exc)[:2000]})
-                log.info("inbound %d quarantined: %s", item.id, exc)
                 continue
             except OperationalError:
                 raise
@@ -269,7 +267,28 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes, reactions:
         done = [r.inbound_id for r in results if r.status == "done"]
         if done:
             conn.execute(_SET_DONE, {"b_ids": done, "b_processed_at": utcnow()})
+    log_processed(results)  # once committed: a rolled-back chunk is redone, and logged then
     return results
+
+
+def log_processed(results: Sequence[Processed]) -> None:
+    """One line for each processed message: where it was threaded and by which rule, or why it
+    was set aside. Reasons are ours (a parser's or threader's exception text), never the mail's
+    content; an address in one is masked below DEBUG by gateway/logs.py."""
+    for result in results:
+        if result.status == "done":
+            for outcome in result.outcomes:
+                log.info("processed inbound %d: studio %d, conversation %s, message %s, rule %s", result.inbound_id,
+                         outcome.studio_id, outcome.conversation_id, outcome.message_id, outcome.rule,
+                         extra={"event": "processed", "inbound_id": result.inbound_id,
+                                "studio_id": outcome.studio_id, "conversation_id": outcome.conversation_id,
+                                "message_id": outcome.message_id, "rule": outcome.rule})
+        else:
+            level = logging.WARNING if result.status == "pending" else logging.INFO
+            log.log(level, "inbound %d %s: %s", result.inbound_id,
+                    "failed, will retry" if result.status == "pending" else result.status, result.error,
+                    extra={"event": "retry" if result.status == "pending" else result.status,
+                           "inbound_id": result.inbound_id, "reason": result.error})
 
 
 def _prefetch(conn: Connection, settings: Settings, pairs: list[tuple[Inbound, ParsedMessage]],

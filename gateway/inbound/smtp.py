@@ -18,7 +18,7 @@ from aiosmtpd.smtp import SMTP, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from sqlalchemy import Engine
 
-from gateway.inbound.acceptor import Acceptor, StorageFull, TemporaryFailure
+from gateway.inbound.acceptor import Acceptor, StorageFull, TemporaryFailure, log_accepted
 from gateway.inbound.directory import StudioDirectory
 from gateway.inbound.intake import Envelope, FloodLimited
 from gateway.inbound.smtp_edge import DataRefused, FastSMTP, protocol_names
@@ -158,9 +158,9 @@ class GatewayHandler:
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         if session.host_name:
             peer_text += " helo=" + _CONTROL.sub("", session.host_name)[:100]
+        stored = Envelope(mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos), peer=peer_text)
         try:
-            inbound_id = await self.acceptor.accept(raw, Envelope(
-                mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos), peer=peer_text))
+            inbound_id = await self.acceptor.accept(raw, stored)
         except FloodLimited:
             return ERR_FLOOD
         except StorageFull:
@@ -170,7 +170,9 @@ class GatewayHandler:
         except Exception:
             log.exception("unexpected error while storing a message")
             return ERR_TEMPORARY
-        return OK_QUEUED.format(id=inbound_id)
+        answer = OK_QUEUED.format(id=inbound_id)
+        log_accepted(inbound_id, stored, len(raw), answer)
+        return answer
 
     async def handle_exception(self, error: Exception) -> str:
         """Anything that escapes a hook: temporary, and nothing internal in the answer."""

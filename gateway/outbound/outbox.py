@@ -126,6 +126,17 @@ class Job:
     created_at: datetime
 
 
+def log_attempts(results: list[tuple[Job, SendResult]]) -> None:
+    """One line for each delivery attempt with the relay's answer: INFO when it took the mail,
+    WARNING when not. The answer may name a recipient; gateway/logs.py masks it below DEBUG."""
+    for job, result in results:
+        log.log(logging.INFO if result.kind == "sent" else logging.WARNING,
+                "outbound job %d (message %d), attempt %d: %s: %s", job.id, job.message_row_id, job.attempts,
+                result.kind, result.detail, extra={"event": "delivery_attempt", "job_id": job.id,
+                                                   "message_id": job.message_row_id, "attempt": job.attempts,
+                                                   "result": result.kind, "answer": result.detail})
+
+
 class _Flag:
     """A flag that also wakes whoever waits on `event` when it is set (a timer's callback)."""
 
@@ -231,6 +242,7 @@ class Outbox:
             self._record(conn, results, self.clock())
 
     def _record(self, conn: Connection, results: list[tuple[Job, SendResult]], now: datetime) -> None:
+        log_attempts(results)
         sent = [job for job, result in results if result.kind == "sent"]
         OUTBOX.labels("sent").inc(len(sent))
         if sent:  # the common case, in two statements however many
@@ -252,7 +264,9 @@ class Outbox:
                 status=status, claimed_at=None, last_error=detail,
                 next_attempt_at=next_at if next_at is not None else OUTBOUND_JOB.c.next_attempt_at))
             conn.execute(update(MESSAGE).where(MESSAGE.c.id == job.message_row_id).values(delivery=delivery))
-            log.warning("outbound message %s: %s (%s)", job.message_row_id, status, detail)
+            if status == "failed":
+                log.warning("outbound job %d failed for good: %s", job.id, detail,
+                            extra={"event": "delivery_failed", "job_id": job.id, "message_id": job.message_row_id})
 
     def _step(self, results: list[tuple[Job, SendResult]], want: int,
               ) -> tuple[list[Job], list[OutgoingMail | SendResult]]:

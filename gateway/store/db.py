@@ -41,6 +41,8 @@ def normalise_url(url: str) -> str:
 
 
 def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> Engine:
+    """hide_parameters: a database error's text (logged, and kept as a message's processing
+    error) would otherwise carry the statement's values: mail bodies, addresses, token hashes."""
     url = normalise_url(url)
     if is_sqlite(url):
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -50,7 +52,7 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
             url,
             connect_args={"isolation_level": None, "check_same_thread": False,
                           "timeout": busy_timeout},
-            pool_size=pool_size, max_overflow=20,
+            pool_size=pool_size, max_overflow=20, hide_parameters=True,
         )
         _busy_timeouts[engine] = busy_timeout
 
@@ -70,7 +72,7 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
 
         return engine
 
-    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True,
+    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, hide_parameters=True,
                            connect_args={"options": "-c synchronous_commit=on", "connect_timeout": 5})
     return engine
 
