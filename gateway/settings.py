@@ -1,18 +1,21 @@
 """Every GATEWAY_* setting, parsed once and strictly.
 
-Settings come only from the environment (and an optional env file named by GATEWAY_ENV_FILE),
-so the same code runs as one `gateway serve` process or as Procfile roles. A missing secret
+Settings come only from the environment and an env file (`.env` in the working directory, or the
+one GATEWAY_ENV_FILE names); an unknown GATEWAY_* name is an error with the nearest known name.
+The same code runs as one `gateway serve` process or as Procfile roles. A missing secret
 key is generated once into the data directory: a fresh install needs no manual step, and every
 process sharing that directory (or that key) signs reply addresses identically.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import hmac
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable, Mapping
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -332,7 +335,81 @@ def _create_secret_file(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# Names under the GATEWAY_ prefix that are not settings, so the strict check below lets them pass:
+# the env file's own name, and what the test suite and bench/ read for themselves (they run the
+# gateway as a subprocess with their environment inherited).
+ENV_FILE_VARIABLE = "GATEWAY_ENV_FILE"
+EXEMPT_PREFIXES = ("GATEWAY_TEST_", "GATEWAY_BENCH_")
+DEFAULT_ENV_FILE = ".env"
+
+
+class SettingsFileError(ValueError):
+    """The settings cannot be read: a named env file is missing, or a GATEWAY_* name is unknown.
+    The message says which name, where it came from, and the nearest known setting."""
+
+
+def known_names() -> frozenset[str]:
+    return frozenset(f"GATEWAY_{name.upper()}" for name in Settings.model_fields)
+
+
+def unknown_names(names: Iterable[str]) -> list[str]:
+    """The GATEWAY_* names that are neither a setting nor exempt: a typo such as
+    GATEWAY_SMTP_PROT was silently ignored before, and the server listened on the default port."""
+    known = known_names()
+    return sorted(name for name in set(names)
+                  if name.upper().startswith("GATEWAY_") and name.upper() not in known
+                  and name.upper() != ENV_FILE_VARIABLE and not name.upper().startswith(EXEMPT_PREFIXES))
+
+
+def suggestion(name: str) -> str:
+    """ "GATEWAY_SMTP_PORT" for "GATEWAY_SMTP_PROT": the closest known name, or "" when none is close."""
+    close = difflib.get_close_matches(name.upper(), sorted(known_names()), n=1, cutoff=0.6)
+    return close[0] if close else ""
+
+
+def env_file_path(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path | None:
+    """The env file to read: the one GATEWAY_ENV_FILE names, which must exist (a named file that
+    is missing is a deployment mistake, not "no settings"), else `.env` in the working directory
+    when there is one, as twelve-factor tools (foreman, honcho, docker compose) expect."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(ENV_FILE_VARIABLE, "")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise SettingsFileError(f"{ENV_FILE_VARIABLE} names {named}, which is not a readable file")
+        return path
+    default = (cwd or Path.cwd()) / DEFAULT_ENV_FILE
+    return default if default.is_file() else None
+
+
+def check_names(environ: Mapping[str, str], env_file: Path | None) -> None:
+    """Refuse unknown GATEWAY_* names in the environment and in the env file, with a suggestion.
+    Other names in the file are left alone: a Procfile runner's `.env` is shared with other tools."""
+    from dotenv import dotenv_values  # pydantic-settings' own dependency, and its reader
+
+    sources = [("environment", list(environ))]
+    if env_file is not None:
+        sources.append((str(env_file), list(dotenv_values(env_file))))
+    problems = []
+    for where, names in sources:
+        for name in unknown_names(names):
+            near = suggestion(name)
+            hint = f"; did you mean {near}?" if near else "; see docs/settings.md for the known settings"
+            problems.append(f"unknown setting {name} in the {where}{hint}" if where == "environment"
+                            else f"unknown setting {name} in {where}{hint}")
+    if problems:
+        raise SettingsFileError("\n".join(problems))
+
+
+def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Settings from the environment and the env file, names checked first. Values in the
+    environment win over the file's, as pydantic-settings (and docker compose) order them."""
+    environ = os.environ if environ is None else environ
+    env_file = env_file_path(environ, cwd)
+    check_names(environ, env_file)
+    return Settings(_env_file=env_file) if env_file is not None else Settings()  # type: ignore[call-arg]
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    env_file = os.environ.get("GATEWAY_ENV_FILE")
-    return Settings(_env_file=env_file) if env_file else Settings()  # type: ignore[call-arg]
+    return load_settings()

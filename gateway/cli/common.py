@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from gateway.logs import configure_logging  # noqa: F401 - every command sets logging up through here
-from gateway.settings import Settings, get_settings
+from gateway.settings import Settings, SettingsFileError, get_settings
 from gateway.store.db import get_engine, migrate
 
 
@@ -24,6 +24,10 @@ def fail(message: str) -> int:
 def settings() -> Settings:
     try:
         return get_settings()
+    except SettingsFileError as exc:
+        for line in str(exc).splitlines():
+            print(f"gateway: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
     except ValidationError as exc:
         for error in exc.errors():
             name = "GATEWAY_" + "_".join(str(p) for p in error["loc"]).upper()
