@@ -287,7 +287,7 @@ class Settings(BaseSettings):
         if self.secret_key:
             return self.secret_key.encode()
         path = self.data_dir / "secret_key"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         if not path.exists():
             _create_secret_file(path)
         value = path.read_text(encoding="utf-8", errors="replace").strip()
@@ -306,6 +306,20 @@ class Settings(BaseSettings):
 
 
 MIN_SECRET_LENGTH = 16
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def private_dir(path: Path) -> None:
+    """Create a directory readable by the gateway's user only (0700), parents too: the data
+    directory holds the database, the secret key and mail drops.
+
+    An existing directory is tightened only when we own it: a database pointed at a shared
+    directory (/tmp, /var/lib) must not take it away from everyone else."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    stat = path.stat()
+    if stat.st_uid == os.geteuid() and stat.st_mode & 0o077:
+        os.chmod(path, PRIVATE_DIR_MODE)
 
 
 class SecretKeyError(RuntimeError):

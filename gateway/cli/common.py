@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from gateway.logs import configure_logging  # noqa: F401 - every command sets logging up through here
-from gateway.settings import Settings, SettingsFileError, get_settings
+from gateway.settings import Settings, SettingsFileError, get_settings, private_dir
 from gateway.store.db import get_engine, migrate
 
 
@@ -22,8 +22,12 @@ def fail(message: str) -> int:
 
 
 def settings() -> Settings:
+    """The settings, checked; and the data directory made private (0700) before anything is
+    written into it (docs/operations.md, "Files")."""
     try:
-        return get_settings()
+        loaded = get_settings()
+        private_dir(loaded.data_dir)
+        return loaded
     except SettingsFileError as exc:
         for line in str(exc).splitlines():
             print(f"gateway: {line}", file=sys.stderr)
