@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     outbound_retry_for: float = Field(2 * 24 * 3600.0, gt=0)   # seconds temporary failures are retried
     outbound_connections: int = Field(4, ge=1, le=64)          # parallel relay connections per worker
     outbound_lease: float = Field(60.0, gt=0)   # seconds a claimed reply is held; renewed while it is sent
+    # /readyz says "degraded" (still 200) beyond these: mail piling up in the outbox (api/health.py).
+    ready_outbox_max_waiting: int = Field(1000, ge=1)      # replies queued or being sent
+    ready_outbox_max_age: float = Field(3600.0, gt=0)      # seconds the oldest of them has waited
     dkim_selector: str = ""
     dkim_private_key_file: Path | None = None
 
