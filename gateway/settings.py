@@ -58,6 +58,10 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
+    # Behind a reverse proxy: the addresses whose X-Forwarded-For / X-Forwarded-Proto are believed
+    # (uvicorn's ProxyHeadersMiddleware), so rate limits count the client, not the proxy.
+    # Comma-separated IPs or CIDRs, "*" for any; empty: believe no one. Default: a proxy on this host.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
 
     flood_max_new_per_hour: int = Field(20, ge=1)    # new conversations per sender per studio
     reply_max_per_conversation_per_hour: int = Field(30, ge=1)  # API replies, then 429 (outbound/reply_brake.py)
