@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -81,9 +82,7 @@ def _gateway_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
 
 
-def _run_gateway(tmp_path: Path, extra_env: dict[str, str], *args: str) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-
+def _run_gateway(tmp_path: Path, extra_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     from tests.conftest import gateway_subprocess_env
     env = gateway_subprocess_env()
     env.update(GATEWAY_DATA_DIR=str(tmp_path / "data"), GATEWAY_MAIL_DOMAIN="mail.test", **extra_env)

@@ -13,7 +13,11 @@ from typing import Any
 from litestar import Request, Router
 from litestar.datastructures import CacheControlHeader
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, YamlRenderPlugin
+from litestar.openapi.plugins import (
+    JsonRenderPlugin,
+    RedocRenderPlugin,
+    YamlRenderPlugin,
+)
 from litestar.static_files import create_static_files_router
 
 SCHEMA_PATH = "/schema"
