@@ -183,8 +183,12 @@ class Gateway:
             if http_sock is None:
                 http_sock = socket.create_server((self.settings.http_host, self.settings.http_port))
             # log_config=None: uvicorn's lines go through our handler (JSON, masking), not its own.
+            # Proxy headers only from GATEWAY_FORWARDED_ALLOW_IPS: uvicorn would otherwise read its
+            # own FORWARDED_ALLOW_IPS from the environment, a setting nobody documented.
+            trusted = self.settings.forwarded_allow_ips.strip()
             config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", log_config=None,
-                                    http="httptools", loop="none", timeout_graceful_shutdown=5)
+                                    http="httptools", loop="none", timeout_graceful_shutdown=5,
+                                    proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
             self._uvicorn = uvicorn.Server(config)
             self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[http_sock]))
             while not self._uvicorn.started:

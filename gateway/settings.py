@@ -1,19 +1,21 @@
 """Every GATEWAY_* setting, parsed once and strictly.
 
-Settings come only from the environment (and an optional env file named by GATEWAY_ENV_FILE),
-so the same code runs as one `gateway serve` process or as Procfile roles. A missing secret
+Settings come only from the environment and an env file (`.env` in the working directory, or the
+one GATEWAY_ENV_FILE names); an unknown GATEWAY_* name is an error with the nearest known name.
+The same code runs as one `gateway serve` process or as Procfile roles. A missing secret
 key is generated once into the data directory: a fresh install needs no manual step, and every
 process sharing that directory (or that key) signs reply addresses identically.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import hmac
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal, Mapping
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
     # off while the port is unset; each process started by a role command serves its own.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Behind a reverse proxy: the addresses whose X-Forwarded-For / X-Forwarded-Proto are believed
+    # (uvicorn's ProxyHeadersMiddleware), so rate limits count the client, not the proxy.
+    # Comma-separated IPs or CIDRs, "*" for any; empty: believe no one. Default: a proxy on this host.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
 
     flood_max_new_per_hour: int = Field(20, ge=1)    # new conversations per sender per studio
     reply_max_per_conversation_per_hour: int = Field(30, ge=1)  # API replies, then 429 (outbound/reply_brake.py)
@@ -82,6 +88,9 @@ class Settings(BaseSettings):
     outbound_retry_for: float = Field(2 * 24 * 3600.0, gt=0)   # seconds temporary failures are retried
     outbound_connections: int = Field(4, ge=1, le=64)          # parallel relay connections per worker
     outbound_lease: float = Field(60.0, gt=0)   # seconds a claimed reply is held; renewed while it is sent
+    # /readyz says "degraded" (still 200) beyond these: mail piling up in the outbox (api/health.py).
+    ready_outbox_max_waiting: int = Field(1000, ge=1)      # replies queued or being sent
+    ready_outbox_max_age: float = Field(3600.0, gt=0)      # seconds the oldest of them has waited
     dkim_selector: str = ""
     dkim_private_key_file: Path | None = None
 
@@ -290,7 +299,7 @@ class Settings(BaseSettings):
         if self.secret_key:
             return self.secret_key.encode()
         path = self.data_dir / "secret_key"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         if not path.exists():
             _create_secret_file(path)
         value = path.read_text(encoding="utf-8", errors="replace").strip()
@@ -309,6 +318,20 @@ class Settings(BaseSettings):
 
 
 MIN_SECRET_LENGTH = 16
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def private_dir(path: Path) -> None:
+    """Create a directory readable by the gateway's user only (0700), parents too: the data
+    directory holds the database, the secret key and mail drops.
+
+    An existing directory is tightened only when we own it: a database pointed at a shared
+    directory (/tmp, /var/lib) must not take it away from everyone else."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    stat = path.stat()
+    if stat.st_uid == os.geteuid() and stat.st_mode & 0o077:
+        os.chmod(path, PRIVATE_DIR_MODE)
 
 
 class SecretKeyError(RuntimeError):
@@ -338,7 +361,81 @@ def _create_secret_file(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# Names under the GATEWAY_ prefix that are not settings, so the strict check below lets them pass:
+# the env file's own name, and what the test suite and bench/ read for themselves (they run the
+# gateway as a subprocess with their environment inherited).
+ENV_FILE_VARIABLE = "GATEWAY_ENV_FILE"
+EXEMPT_PREFIXES = ("GATEWAY_TEST_", "GATEWAY_BENCH_")
+DEFAULT_ENV_FILE = ".env"
+
+
+class SettingsFileError(ValueError):
+    """The settings cannot be read: a named env file is missing, or a GATEWAY_* name is unknown.
+    The message says which name, where it came from, and the nearest known setting."""
+
+
+def known_names() -> frozenset[str]:
+    return frozenset(f"GATEWAY_{name.upper()}" for name in Settings.model_fields)
+
+
+def unknown_names(names: Iterable[str]) -> list[str]:
+    """The GATEWAY_* names that are neither a setting nor exempt: a typo such as
+    GATEWAY_SMTP_PROT was silently ignored before, and the server listened on the default port."""
+    known = known_names()
+    return sorted(name for name in set(names)
+                  if name.upper().startswith("GATEWAY_") and name.upper() not in known
+                  and name.upper() != ENV_FILE_VARIABLE and not name.upper().startswith(EXEMPT_PREFIXES))
+
+
+def suggestion(name: str) -> str:
+    """ "GATEWAY_SMTP_PORT" for "GATEWAY_SMTP_PROT": the closest known name, or "" when none is close."""
+    close = difflib.get_close_matches(name.upper(), sorted(known_names()), n=1, cutoff=0.6)
+    return close[0] if close else ""
+
+
+def env_file_path(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path | None:
+    """The env file to read: the one GATEWAY_ENV_FILE names, which must exist (a named file that
+    is missing is a deployment mistake, not "no settings"), else `.env` in the working directory
+    when there is one, as twelve-factor tools (foreman, honcho, docker compose) expect."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(ENV_FILE_VARIABLE, "")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise SettingsFileError(f"{ENV_FILE_VARIABLE} names {named}, which is not a readable file")
+        return path
+    default = (cwd or Path.cwd()) / DEFAULT_ENV_FILE
+    return default if default.is_file() else None
+
+
+def check_names(environ: Mapping[str, str], env_file: Path | None) -> None:
+    """Refuse unknown GATEWAY_* names in the environment and in the env file, with a suggestion.
+    Other names in the file are left alone: a Procfile runner's `.env` is shared with other tools."""
+    from dotenv import dotenv_values  # pydantic-settings' own dependency, and its reader
+
+    sources = [("environment", list(environ))]
+    if env_file is not None:
+        sources.append((str(env_file), list(dotenv_values(env_file))))
+    problems = []
+    for where, names in sources:
+        for name in unknown_names(names):
+            near = suggestion(name)
+            hint = f"; did you mean {near}?" if near else "; see docs/settings.md for the known settings"
+            problems.append(f"unknown setting {name} in the {where}{hint}" if where == "environment"
+                            else f"unknown setting {name} in {where}{hint}")
+    if problems:
+        raise SettingsFileError("\n".join(problems))
+
+
+def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Settings from the environment and the env file, names checked first. Values in the
+    environment win over the file's, as pydantic-settings (and docker compose) order them."""
+    environ = os.environ if environ is None else environ
+    env_file = env_file_path(environ, cwd)
+    check_names(environ, env_file)
+    return Settings(_env_file=env_file) if env_file is not None else Settings()  # type: ignore[call-arg]
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    env_file = os.environ.get("GATEWAY_ENV_FILE")
-    return Settings(_env_file=env_file) if env_file else Settings()  # type: ignore[call-arg]
+    return load_settings()

@@ -12,7 +12,8 @@ from tests.mail import make_mail, new_id
 def test_health_and_readiness(gw: RunningGateway) -> None:
     client = gw.api(None)
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ok", "database": "ok", "writes": "ok"}
+    assert client.get("/readyz").json() == {"status": "ok", "database": "ok", "writes": "ok",
+                                            "outbox": {"waiting": 0, "oldest_age_seconds": None}, "quarantined": 0}
 
 
 def test_conversation_list_and_detail_shapes(gw: RunningGateway) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,70 @@ def test_derived_keys_differ_by_purpose_and_from_the_secret(tmp_path: Path) -> N
     backup, log = settings.derived_key("backup-manifest"), settings.derived_key("deletion-log")
     assert len(backup) == 32 and backup != log and settings.secret() not in (backup, log)
     assert Settings(data_dir=tmp_path, secret_key="y" * 32).derived_key("backup-manifest") != backup
+
+
+# --- Strict names and the env file (issue 18 "Settings") --------------------------------------
+
+def _gateway_command() -> list[str]:
+    import sys
+    script = Path(sys.executable).with_name("gateway")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+
+
+def _run_gateway(tmp_path: Path, extra_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    from tests.conftest import gateway_subprocess_env
+    env = gateway_subprocess_env()
+    env.update(GATEWAY_DATA_DIR=str(tmp_path / "data"), GATEWAY_MAIL_DOMAIN="mail.test", **extra_env)
+    return subprocess.run(_gateway_command() + list(args), env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_typo_in_a_setting_stops_the_start_with_exit_2_and_a_suggestion(tmp_path: Path) -> None:
+    """Before: GATEWAY_SMTP_PROT was ignored and `gateway migrate` (or serve) went on, exit 0."""
+    done = _run_gateway(tmp_path, {"GATEWAY_SMTP_PROT": "2526"}, "migrate")
+    assert done.returncode == 2, done.stderr
+    assert "unknown setting GATEWAY_SMTP_PROT in the environment; did you mean GATEWAY_SMTP_PORT?" in done.stderr
+    assert not (tmp_path / "data" / "gateway.db").exists()  # nothing started
+
+
+def test_the_exempt_names_pass(tmp_path: Path) -> None:
+    done = _run_gateway(tmp_path, {"GATEWAY_TEST_ANYTHING": "1", "GATEWAY_BENCH_ROUNDS": "3"}, "migrate")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_dotenv_in_the_working_directory_is_read(tmp_path: Path) -> None:
+    """Before: `.env` was ignored unless GATEWAY_ENV_FILE named it."""
+    from gateway.settings import load_settings
+    (tmp_path / ".env").write_text("GATEWAY_MAIL_DOMAIN=mail.from-dotenv.example\nOTHER_TOOL=1\n")
+    settings = load_settings({}, cwd=tmp_path)
+    assert settings.mail_domain == "mail.from-dotenv.example"
+
+
+def test_the_environment_wins_over_the_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.settings import load_settings
+    (tmp_path / ".env").write_text("GATEWAY_SMTP_PORT=2600\nGATEWAY_MAIL_DOMAIN=mail.file.example\n")
+    monkeypatch.setenv("GATEWAY_SMTP_PORT", "2700")
+    monkeypatch.delenv("GATEWAY_MAIL_DOMAIN", raising=False)
+    settings = load_settings(cwd=tmp_path)
+    assert settings.smtp_port == 2700 and settings.mail_domain == "mail.file.example"
+
+
+def test_a_named_env_file_that_is_missing_is_an_error(tmp_path: Path) -> None:
+    """Before: GATEWAY_ENV_FILE=/wrong/path started with the defaults, silently."""
+    done = _run_gateway(tmp_path, {"GATEWAY_ENV_FILE": str(tmp_path / "missing.env")}, "migrate")
+    assert done.returncode == 2 and "GATEWAY_ENV_FILE names" in done.stderr and "missing.env" in done.stderr
+
+
+def test_an_unknown_name_in_the_env_file_is_refused_too(tmp_path: Path) -> None:
+    named = tmp_path / "gateway.env"
+    named.write_text("GATEWAY_MAIL_DOMAN=mail.example.org\n")
+    done = _run_gateway(tmp_path, {"GATEWAY_ENV_FILE": str(named)}, "migrate")
+    assert done.returncode == 2
+    assert f"unknown setting GATEWAY_MAIL_DOMAN in {named}; did you mean GATEWAY_MAIL_DOMAIN?" in done.stderr
+
+
+def test_a_name_far_from_every_setting_gets_no_wild_guess() -> None:
+    from gateway.settings import suggestion, unknown_names
+    assert unknown_names(["GATEWAY_ZZZZZZZZZZZZ", "GATEWAY_SMTP_PORT", "GATEWAY_ENV_FILE", "HOME"]) == [
+        "GATEWAY_ZZZZZZZZZZZZ"]
+    assert suggestion("GATEWAY_ZZZZZZZZZZZZ") == ""

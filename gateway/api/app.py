@@ -5,7 +5,6 @@ from functools import partial
 
 from litestar import Litestar
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 from sqlalchemy import Engine
 
 from gateway.api.audit import AuditController
@@ -14,6 +13,7 @@ from gateway.api.account import AccountDeletionController, confirmation_form, co
 from gateway.api.auth import loop_reader, provide_caller
 from gateway.api.billing import BillingController
 from gateway.api.conversations import ConversationController
+from gateway.api.docs import openapi_config, static_files
 from gateway.api.export import ExportController
 from gateway.api.guests import GuestController
 from gateway.api.health import healthz, readyz
@@ -46,9 +46,10 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
                         HeldController, ConversationStatusController, AttachmentController, BillingController,
                         ProfileController, SupportGrantController, AuditController, ConversationTrashController,
                         MessageController, TrashController, GuestController, ExportController,
-                        AccountDeletionController, AutomaticController, confirmation_page, confirmation_form, *webhooks, stripe_webhook],
+                        AccountDeletionController, AutomaticController, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
+                        static_files()],
         dependencies={"caller": Provide(provide_caller)},
-        openapi_config=OpenAPIConfig(title="Studio mail gateway", version="1", path="/schema"),
+        openapi_config=openapi_config(),  # the docs page and its scripts served by us (api/docs.py)
         debug=False,
         on_shutdown=[close_reader],
         logging_config=None,  # logging is configured once by the gateway, not reset by Litestar

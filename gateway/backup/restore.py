@@ -78,9 +78,12 @@ class RestoreSummary:
     trash_replayed: int = 0        # moves into and out of the trash logged since, re-applied
 
 
-def restore(settings: Settings, archive: Path, *, force: bool = False, allow_unsigned: bool = False) -> RestoreSummary:
+def restore(settings: Settings, archive: Path, *, force: bool = False, allow_unsigned: bool = False,
+            progress: Callable[[str], None] | None = None) -> RestoreSummary:
     """Restore `archive` into the configured database. `allow_unsigned` admits a backup taken
-    before backups were signed (summary.manifest.signed is then False: say so loudly)."""
+    before backups were signed (summary.manifest.signed is then False: say so loudly).
+    `progress` is told each step as it starts (`gateway restore` shows it on a terminal)."""
+    step = progress or (lambda _: None)
     url = settings.resolved_database_url
     backend = backend_name(url)
     # SQLite: the copy is prepared beside the database, so that it can replace it by a rename.
@@ -89,12 +92,14 @@ def restore(settings: Settings, archive: Path, *, force: bool = False, allow_uns
         beside.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".gateway-restore-", dir=beside))
     try:
+        step("verifying the backup")
         manifest = read_archive(archive, work, settings.derived_key(KEY_PURPOSE), allow_unsigned=allow_unsigned)
         _check_restorable(manifest, backend)
         if not force and not store_is_empty(url):
             raise BackupError("the database already holds studios or mail; restoring would replace them. "
                               "Nothing was changed. Run again with --force to overwrite it.")
         entries = _log_since(settings, manifest)
+        step(f"loading, migrating and replaying {len(entries)} logged erasure(s)")
         if backend == "sqlite":
             revision, rows, erased = _restore_sqlite(work / SQLITE_FILE, sqlite_path(url), entries, settings)
         else:

@@ -95,12 +95,15 @@ def default_output(settings: Settings, prefix: str = "backup", at: datetime | No
 
 
 def take_backup(settings: Settings, output: Path | None = None, *,
-                on_snapshot: OnSnapshot | None = None) -> BackupResult:
+                on_snapshot: OnSnapshot | None = None,
+                progress: Callable[[str], None] | None = None) -> BackupResult:
     """Snapshot the configured database into one verified backup file.
 
     `on_snapshot` is called once the snapshot is fixed and before its data is copied: writes
     made from then on are not in the backup (the tests use it to receive mail meanwhile).
+    `progress` is told each step as it starts (`gateway backup` shows it on a terminal).
     """
+    step = progress or (lambda _: None)
     url = settings.resolved_database_url
     output = (output or default_output(settings)).absolute()
     if output.resolve() == deletion_log(settings).path.resolve():
@@ -108,6 +111,7 @@ def take_backup(settings: Settings, output: Path | None = None, *,
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".gateway-backup-", dir=output.parent))
     try:
+        step("copying the database")
         if backend_name(url) == "sqlite":
             name, snapshot = SQLITE_FILE, _snapshot_sqlite(sqlite_path(url), work / SQLITE_FILE,
                                                            settings.db_busy_timeout, on_snapshot)
@@ -119,6 +123,7 @@ def take_backup(settings: Settings, output: Path | None = None, *,
                             created_at=datetime.now(timezone.utc), files={name: file_entry(work / name)},
                             rows=snapshot.rows, deletion_log_entries=anchor.entries,
                             deletion_log_head=anchor.head)
+        step("writing and verifying the archive")
         write_archive(output, manifest, work, settings.derived_key(KEY_PURPOSE))
     finally:
         shutil.rmtree(work, ignore_errors=True)

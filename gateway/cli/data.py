@@ -8,6 +8,7 @@ import sys
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.cli import common
+from gateway.cli.progress import Progress
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -19,7 +20,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
     settings = common.settings()
     try:
-        result = take_backup(settings, Path(args.output) if args.output else None)
+        with Progress("backup") as progress:
+            result = take_backup(settings, Path(args.output) if args.output else None, progress=progress)
     except (BackupError, SQLAlchemyError, OSError) as exc:
         print(f"gateway: backup failed: {exc}", file=sys.stderr)
         return 1
@@ -46,7 +48,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     try:
         if args.allow_unsigned:
             print(_UNSIGNED_WARNING.format(file=args.file, state="may be restored"), file=sys.stderr)
-        summary = restore(settings, Path(args.file), force=args.force, allow_unsigned=args.allow_unsigned)
+        with Progress("restore") as progress:
+            summary = restore(settings, Path(args.file), force=args.force, allow_unsigned=args.allow_unsigned,
+                              progress=progress)
     except BackupError as exc:
         print(f"gateway: restore refused: {exc}", file=sys.stderr)
         return 1
@@ -70,11 +74,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     """Erase what was deleted 30 days ago or more (the worker does this hourly by itself)."""
-    from gateway.lifecycle.purge import purge
+    from gateway.lifecycle.purge import PurgeReport, purge
+    from gateway.lifecycle.trash import RETENTION
+    from gateway.store.models import utcnow
 
     settings = common.settings()
     common.configure_logging(settings)
-    report = purge(common.migrated(settings), settings, dry_run=args.dry_run)
+    # --dry-run only reads, so it never migrates: on a database without a schema nothing is due.
+    engine = common.readable(settings) if args.dry_run else common.migrated(settings)
+    with Progress("purge") as progress:
+        report = (purge(engine, settings, dry_run=args.dry_run, progress=progress) if engine is not None
+                  else PurgeReport(cutoff=utcnow() - RETENTION, dry_run=True))
     if args.json:
         print(json.dumps({"cutoff": report.cutoff.isoformat(), "dry_run": report.dry_run,
                           "conversations": report.conversations, "messages": report.messages}))
@@ -90,7 +100,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     backup.add_argument("--output", help="backup file (default: $GATEWAY_BACKUP_DIR/backup-<time>.tar)")
     backup.set_defaults(func=cmd_backup)
     restore = sub.add_parser("restore", help="restore a backup into the configured database (gateway stopped)")
-    restore.add_argument("file")
+    restore.add_argument("file", help="the backup file (.tar) written by `gateway backup`")
     restore.add_argument("--force", action="store_true", help="overwrite a database that holds studios or mail")
     restore.add_argument("--allow-unsigned", action="store_true",
                          help="accept a backup without a signature (taken before backups were signed); "
@@ -98,5 +108,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     restore.set_defaults(func=cmd_restore)
     purge_cmd = sub.add_parser("purge", help="erase conversations and messages deleted 30 days ago or more")
     purge_cmd.add_argument("--dry-run", action="store_true", help="only say what would be erased")
-    purge_cmd.add_argument("--json", action="store_true")
+    purge_cmd.add_argument("--json", action="store_true", help="print JSON instead of text")
     purge_cmd.set_defaults(func=cmd_purge)

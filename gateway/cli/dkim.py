@@ -38,7 +38,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     dkim_cmd = sub.add_parser("dkim", help="DKIM keys for outgoing mail").add_subparsers(dest="dkim_command",
                                                                                          required=True)
     keygen = dkim_cmd.add_parser("keygen", help="write a key pair and print the DNS TXT record to publish")
-    keygen.add_argument("--selector", default="gateway")
+    keygen.add_argument("--selector", default="gateway", help="the DNS selector: <selector>._domainkey.<mail domain> (default: gateway)")
     keygen.add_argument("--type", choices=["rsa", "ed25519"], default="rsa",
                         help="rsa (2048 bit, understood everywhere) or ed25519 (RFC 8463)")
     keygen.add_argument("--output", help="key file (default: $GATEWAY_DATA_DIR/dkim-<selector>.pem)")

@@ -44,5 +44,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     helpdesk = sub.add_parser("helpdesk", help="the helpdesk studio (GATEWAY_HELPDESK_ADDRESS)")
     helpdesk.add_argument("action", choices=["token", "deletions"],
                           help="token: a new owner token for the helpdesk; deletions: account deletions asked for")
-    helpdesk.add_argument("--json", action="store_true")
+    helpdesk.add_argument("--json", action="store_true", help="print JSON instead of text")
     helpdesk.set_defaults(func=cmd_helpdesk)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -14,12 +15,14 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from gateway.store.tables import INBOUND
 
     settings = common.settings()
-    engine = common.migrated(settings)
-    if args.action == "list":
-        with read_tx(engine) as conn:
-            rows = conn.execute(select(INBOUND.c.id, INBOUND.c.received_at, INBOUND.c.mail_from,
-                                       INBOUND.c.rcpt_to, INBOUND.c.size, INBOUND.c.error)
-                                .where(INBOUND.c.status == "quarantined").order_by(INBOUND.c.id)).all()
+    if args.action == "list":  # read-only: never migrates (common.readable)
+        engine = common.readable(settings)
+        rows: list[Any] = []
+        if engine is not None:
+            with read_tx(engine) as conn:
+                rows = list(conn.execute(select(INBOUND.c.id, INBOUND.c.received_at, INBOUND.c.mail_from,
+                                                INBOUND.c.rcpt_to, INBOUND.c.size, INBOUND.c.error)
+                                         .where(INBOUND.c.status == "quarantined").order_by(INBOUND.c.id)).all())
         if args.json:
             print(json.dumps([{"id": r.id, "received_at": r.received_at.isoformat(), "mail_from": r.mail_from,
                                "rcpt_to": json.loads(r.rcpt_to), "size": r.size, "reason": r.error}
@@ -29,6 +32,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 print(f"{r.id}\t{r.received_at:%Y-%m-%d %H:%M:%S}\t{r.mail_from or '<>'}\t{r.size}\t{r.error}")
             print(f"{len(rows)} quarantined")
         return 0
+    engine = common.migrated(settings)
     with write_tx(engine) as conn:
         query = update(INBOUND).where(INBOUND.c.status == "quarantined")
         if args.ids:
@@ -46,7 +50,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     quarantine = sub.add_parser("quarantine", help="inspect or retry parked messages")
-    quarantine.add_argument("action", choices=["list", "retry"])
+    quarantine.add_argument("action", choices=["list", "retry"],
+                            help="list: show them (read-only); retry: put them back and process them now")
     quarantine.add_argument("ids", nargs="*", type=int, help="with retry: only these ids")
-    quarantine.add_argument("--json", action="store_true")
+    quarantine.add_argument("--json", action="store_true", help="with list: print JSON instead of text")
     quarantine.set_defaults(func=cmd_quarantine)

@@ -244,13 +244,57 @@ def confirm_deletion(engine: Engine, settings: Settings, code: str, *, now: date
             .values(status="deleted", confirmed_at=now)).rowcount
         if not claimed:  # a concurrent confirmation with the same code won
             raise CodeUsed("this code was used already")
-        conn.execute(update(ACCOUNT_DELETION).where(
-            ACCOUNT_DELETION.c.studio_ref == studio.id, ACCOUNT_DELETION.c.status == "pending").values(status="void"))
-        # Logged inside the transaction, just before erasing (gateway/lifecycle/deletion_log.py): a backup
-        # then either holds the erasure or replays this entry after a restore.
-        log.append("studio", studio.id, studio.id, at=now)
-        erase_studio(conn, studio.id, settings.mail_domain)
-        _erase_owner_at_helpdesk(conn, settings, log, studio.owner_email, now)
+        _erase_account(conn, settings, log, studio, now)
+    forget_studio(studio.slug)
+    return Deleted(studio.id)
+
+
+def _erase_account(conn: Connection, settings: Settings, log: DeletionLog, studio: Any, now: datetime) -> None:
+    """The studio with every row and byte of it, in the caller's transaction; its other pending
+    requests are void (no code of them can delete anything any more)."""
+    conn.execute(update(ACCOUNT_DELETION).where(
+        ACCOUNT_DELETION.c.studio_ref == studio.id, ACCOUNT_DELETION.c.status == "pending").values(status="void"))
+    # Logged inside the transaction, just before erasing (gateway/lifecycle/deletion_log.py): a backup
+    # then either holds the erasure or replays this entry after a restore.
+    log.append("studio", studio.id, studio.id, at=now)
+    erase_studio(conn, studio.id, settings.mail_domain)
+    _erase_owner_at_helpdesk(conn, settings, log, studio.owner_email, now)
+
+
+OPERATOR_CHANNEL = "operator"   # `gateway studio remove`: the request's channel in the helpdesk's list
+
+
+class UnknownStudio(DeletionRefused):
+    pass
+
+
+def delete_by_operator(engine: Engine, settings: Settings, slug: str, *, now: datetime, reason: str = "",
+                       cancel_subscription: CancelSubscription = no_subscription_to_cancel) -> Deleted:
+    """`gateway studio remove SLUG`: the same deletion as a confirmed code, for the operator.
+
+    Whoever runs commands on the server holds the database and the secret key already, so no
+    code is mailed; everything else is the confirmed path's: the subscription is cancelled first
+    (an error stops everything), the deletion log gets its entry, the studio and the owner's
+    helpdesk conversations are erased, and a row (channel `operator`, status `deleted`) keeps
+    for `gateway helpdesk deletions` what was deleted, when and why."""
+    with read_tx(engine) as conn:
+        studio = conn.execute(select(STUDIO.c.id, STUDIO.c.slug, STUDIO.c.owner_email)
+                              .where(STUDIO.c.slug == slug.lower())).first()
+        helpdesk = None if studio is None else helpdesk_id(conn, settings)
+    if studio is None:
+        raise UnknownStudio(f"no studio {slug.lower()}")
+    if studio.id == helpdesk:
+        raise NotAllowed("the helpdesk's own studio cannot be removed while GATEWAY_HELPDESK_ADDRESS names it")
+    cancel_subscription(studio.id)
+    log = deletion_log(settings)
+    with write_tx(engine) as conn:
+        nonce = secrets.token_hex(16)
+        conn.execute(insert(ACCOUNT_DELETION), {
+            "studio_ref": studio.id, "channel": OPERATOR_CHANNEL, "status": "deleted", "nonce": nonce,
+            # No code exists for this row: the hash of a random value nobody holds keeps the column unique.
+            "code_hash": hashlib.sha256(secrets.token_bytes(32)).hexdigest(), "requested_at": now,
+            "expires_at": now, "confirmed_at": now, "reason": clean_reason(reason)})
+        _erase_account(conn, settings, log, studio, now)
     forget_studio(studio.slug)
     return Deleted(studio.id)
 

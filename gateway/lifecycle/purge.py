@@ -49,15 +49,19 @@ class PurgeReport:
 
 
 def purge(engine: Engine, settings: Settings, now: datetime | None = None, *, dry_run: bool = False,
-          erasures: DeletionLog | None = None) -> PurgeReport:
+          erasures: DeletionLog | None = None, progress: Callable[[str], None] | None = None) -> PurgeReport:
     """Erase every conversation and message deleted at or before `now` minus 30 days; with
-    dry_run, only say which. `erasures` is the deletion log (the configured one by default)."""
+    dry_run, only say which. `erasures` is the deletion log (the configured one by default).
+    `progress` is told which studio of how many is next (`gateway purge` on a terminal)."""
     now = now or utcnow()
     erasures = erasures or deletion_log(settings)
     report = PurgeReport(cutoff=now - RETENTION, dry_run=dry_run)
     with read_tx(engine) as conn:
         studio_ids = list(conn.execute(select(STUDIO.c.id).order_by(STUDIO.c.id)).scalars())
-    for studio_id in studio_ids:
+    for number, studio_id in enumerate(studio_ids, 1):
+        if progress is not None:
+            progress(f"studio {number}/{len(studio_ids)}, {len(report.conversations)} conversation(s) and "
+                     f"{len(report.messages)} message(s) so far")
         for kind, table, erase in _KINDS:
             due = (select(table.c.id).where(table.c.studio_id == studio_id, table.c.deleted_at <= report.cutoff)
                    .order_by(table.c.id))

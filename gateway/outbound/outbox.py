@@ -260,8 +260,10 @@ class Outbox:
                     status = "queued"
             delivery = status
             OUTBOX.labels("retried" if status == "queued" else "failed").inc()
+            # claimed_at keeps when this attempt was made: /readyz tells from it whether the relay
+            # was reachable at the last attempt (outbound/readiness.py). Only `sending` is a lease.
             conn.execute(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == job.id).values(
-                status=status, claimed_at=None, last_error=detail,
+                status=status, claimed_at=now, last_error=detail,
                 next_attempt_at=next_at if next_at is not None else OUTBOUND_JOB.c.next_attempt_at))
             conn.execute(update(MESSAGE).where(MESSAGE.c.id == job.message_row_id).values(delivery=delivery))
             if status == "failed":

@@ -32,6 +32,10 @@ NO_STARTTLS = ("the relay offers no STARTTLS, and its credentials are only ever 
                "(RFC 3207); retrying later")
 
 
+# How a failure to reach the relay starts its detail; /readyz looks for it (outbound/readiness.py).
+UNREACHABLE = "relay unreachable"
+
+
 @dataclass(frozen=True)
 class SendResult:
     kind: str      # sent | temporary | permanent
@@ -116,7 +120,7 @@ class RelayConnection:
             return SendResult("permanent", f"address cannot be sent: {exc}"[:500])
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             await self.close()
-            return SendResult("temporary", f"relay unreachable: {type(exc).__name__}: {exc}"[:500])
+            return SendResult("temporary", f"{UNREACHABLE}: {type(exc).__name__}: {exc}"[:500])
 
     @staticmethod
     async def _transaction(smtp: aiosmtplib.SMTP, mail: OutgoingMail) -> SendResult:

@@ -8,6 +8,7 @@ waiting out `busy_timeout`. PostgreSQL runs with `synchronous_commit=on` for the
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from concurrent.futures import Executor
@@ -22,6 +23,7 @@ from sqlalchemy import exc as exc_module
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 
+from gateway.settings import PRIVATE_FILE_MODE, private_dir
 from gateway.store import models  # noqa: F401  (registers every table on SQLModel.metadata)
 
 _engines: dict[str, Engine] = {}
@@ -47,7 +49,7 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
     if is_sqlite(url):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_database_file(Path(path))
         engine = create_engine(
             url,
             connect_args={"isolation_level": None, "check_same_thread": False,
@@ -75,6 +77,33 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
     engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, hide_parameters=True,
                            connect_args={"options": "-c synchronous_commit=on", "connect_timeout": 5})
     return engine
+
+
+# SQLite's companions of a database file: the WAL holds recent commits (whole pages of mail),
+# the shared-memory index points into it.
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def private_database_file(path: Path) -> None:
+    """The SQLite file and its WAL readable by the gateway's user only (0600).
+
+    SQLite creates a database 0644 (SQLITE_DEFAULT_FILE_PERMISSIONS) minus the umask, so on a
+    usual umask of 022 every local user could read all mail. It gives the -wal and -shm files
+    the database file's own mode (os_unix.c, findCreateFileMode), so creating the database
+    file ourselves at 0600 before the first connection makes all three private; files from an
+    older version are tightened here, at every start."""
+    folder = path.parent
+    if not folder.exists():
+        private_dir(folder)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    os.close(fd)
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS)):
+        try:
+            stat = file.stat()
+        except FileNotFoundError:
+            continue
+        if stat.st_uid == os.geteuid() and stat.st_mode & 0o077:
+            os.chmod(file, PRIVATE_FILE_MODE)
 
 
 def get_engine(url: str, busy_timeout: float = 5.0) -> Engine:

@@ -467,7 +467,7 @@ class AccountDeletion(SQLModel, table=True):
     __table_args__ = (Index("ix_account_deletion_studio_requested", "studio_ref", "requested_at"),)
     id: int | None = Field(default=None, primary_key=True)
     studio_ref: int                                            # the studio's id, no foreign key
-    channel: str = Field(max_length=8)                         # email | api
+    channel: str = Field(max_length=8)                         # email | api | operator (`gateway studio remove`)
     status: str = Field(default="pending", max_length=16)
     nonce: str = Field(max_length=32)
     code_hash: str = Field(max_length=64, unique=True)
