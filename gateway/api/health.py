@@ -8,7 +8,7 @@ from litestar.datastructures import State
 from sqlalchemy import Engine, text
 
 from gateway.outbound.outbox import relay_problem
-from gateway.store.db import read_tx
+from gateway.store.db import commit_stalled, read_tx
 
 
 @get("/healthz", sync_to_thread=False)
@@ -33,6 +33,8 @@ def readyz(state: State) -> Response[dict[str, str]]:
         return Response({"status": "unavailable", "database": "unreachable"}, status_code=503)
     acceptor = getattr(state, "acceptor", None)
     failing = acceptor.health.failing() if acceptor is not None else None
+    if failing is None:  # PostgreSQL: a COMMIT waits for a synchronous standby that is down
+        failing = commit_stalled(state.settings.db_commit_deadline)
     if failing is None:
         failing = _sqlite_disk_short(engine, state.settings.smtp_max_message_size)
     if failing is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 import weakref
@@ -72,7 +73,103 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
 
     engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True,
                            connect_args={"options": "-c synchronous_commit=on", "connect_timeout": 5})
+    guard_commits(engine)
     return engine
+
+
+# PostgreSQL's warning when a COMMIT stops waiting for the synchronous standby (a cancel, a
+# statement timeout): src/backend/replication/syncrep.c, "canceling wait for synchronous
+# replication due to user request", DETAIL "The transaction has already committed locally, but
+# might not have been replicated to the standby." The COMMIT then returns success.
+_NOT_REPLICATED = "might not have been replicated"
+ERR_NOT_REPLICATED = "COMMIT not confirmed by the synchronous standby (might not have been replicated)"
+
+
+class CommitWatch:
+    """The PostgreSQL COMMITs of this process now in progress, and since when.
+
+    With a synchronous standby (`synchronous_standby_names`), a COMMIT waits until the standby
+    has the WAL; when the only standby is down it waits for ever. It must not be cancelled (it
+    would commit locally anyway, unreplicated), so the edges ask how long the oldest one has
+    waited and refuse new mail with a temporary failure past GATEWAY_DB_COMMIT_DEADLINE.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}
+        self._next = 0
+
+    def begin(self) -> int:
+        with self._lock:
+            self._next += 1
+            self._started[self._next] = time.monotonic()
+            return self._next
+
+    def end(self, token: int) -> None:
+        with self._lock:
+            self._started.pop(token, None)
+
+    def oldest_wait(self) -> float:
+        """Seconds the oldest COMMIT in progress has waited (0 when none is)."""
+        with self._lock:
+            if not self._started:
+                return 0.0
+            return time.monotonic() - min(self._started.values())
+
+
+commit_watch = CommitWatch()
+
+
+def commit_stalled(deadline: float) -> str | None:
+    """Why writes must be refused now: a COMMIT of this process has waited past `deadline`
+    seconds (a synchronous standby that does not answer), or None."""
+    waited = commit_watch.oldest_wait()
+    if deadline > 0 and waited >= deadline:
+        return f"commit waiting for the synchronous standby for {waited:.0f} s"
+    return None
+
+
+def guard_commits(engine: Engine) -> None:
+    """Make a COMMIT that PostgreSQL reports as "might not have been replicated" a failure,
+    and time every COMMIT in `commit_watch`.
+
+    psycopg returns such a COMMIT as a success, the warning arriving only as a notice: the
+    transaction is on the primary alone, and a failover would lose it. The acceptor must not
+    answer `250` for it, so the commit raises the driver's OperationalError (SQLAlchemy wraps
+    it like any database error: `451`, `503`). The sender retries; at worst the message is
+    stored twice, which the processor files in one conversation by its Message-ID.
+    """
+    notices: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
+
+    @event.listens_for(engine, "connect")
+    def _listen(dbapi_conn: Any, _record: Any) -> None:
+        seen = notices[dbapi_conn] = []
+
+        def on_notice(diag: Any) -> None:
+            text = f"{diag.message_primary or ''} {diag.message_detail or ''}"
+            if _NOT_REPLICATED in text:
+                seen.append(text)
+
+        dbapi_conn.add_notice_handler(on_notice)
+
+    dialect = engine.dialect
+    plain_commit = dialect.do_commit
+
+    def do_commit(dbapi_conn: Any) -> None:
+        # SQLAlchemy passes the pool's proxy; the notices are kept by the driver's connection
+        seen = notices.get(getattr(dbapi_conn, "dbapi_connection", dbapi_conn))
+        if seen:
+            seen.clear()
+        token = commit_watch.begin()
+        try:
+            plain_commit(dbapi_conn)
+        finally:
+            commit_watch.end(token)
+        if seen:
+            seen.clear()
+            raise dialect.loaded_dbapi.OperationalError(ERR_NOT_REPLICATED)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
 
 
 def get_engine(url: str, busy_timeout: float = 5.0) -> Engine:
