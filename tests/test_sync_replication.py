@@ -13,7 +13,7 @@ import shutil
 import threading
 import uuid
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select, text
@@ -76,14 +76,14 @@ def test_cancelled_commit_warning_is_a_failure(cluster: PgCluster, database: str
         with write_tx(engine) as conn:
             conn.execute(text("CREATE TABLE probe (n int)"))
         _standby_required(cluster, "absent_standby")
-        outcome: list[BaseException | None] = []
+        outcome: list[Exception | None] = []
 
         def insert() -> None:
             try:
                 with write_tx(engine) as conn:
                     conn.execute(text("INSERT INTO probe VALUES (1)"))
                 outcome.append(None)
-            except BaseException as exc:
+            except Exception as exc:  # handed to the test thread
                 outcome.append(exc)
 
         writer = threading.Thread(target=insert)
