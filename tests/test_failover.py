@@ -10,8 +10,8 @@ that got a 250 is on the new primary. (bench/failover_drill.py does the same und
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select

@@ -12,8 +12,8 @@ from __future__ import annotations
 import shutil
 import threading
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
