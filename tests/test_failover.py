@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gateway.backup import pg_client
+from gateway.backup.snapshot import take_backup
 from gateway.store.db import read_tx
 from gateway.store.tables import INBOUND
 from tests.conftest import make_settings, start_gateway
@@ -78,3 +80,27 @@ def test_primary_dies_standby_promoted_gateway_follows(pair: tuple[PgCluster, Pg
         assert {before.inbound_id, after.inbound_id} <= stored
     finally:
         running.stop()
+
+
+def test_backup_on_the_multi_host_url(pair: tuple[PgCluster, PgCluster], tmp_path: Path) -> None:
+    """pg_dump gets the pair in libpq's own spelling (db1:5432,db2:5432): given SQLAlchemy's
+    `?host=db1:5432&host=db2:5432`, libpq looked up "db1:5432" as a host name."""
+    primary, standby = pair
+    settings = make_settings(tmp_path, multi_host_url(primary, standby, db="gateway"))
+    running = start_gateway(settings)
+    try:
+        running.add_studio("inkwell")
+    finally:
+        running.stop()
+    archive = take_backup(settings, tmp_path / "backup.tar").path
+    assert archive.stat().st_size > 0
+
+
+def test_the_password_is_not_on_the_client_programs_command_line() -> None:
+    """It goes in PGPASSWORD: a command line is readable by every local user (`ps`)."""
+    for url in ("postgresql://gateway:s3cret@db1:5432/gateway",
+                "postgresql://gateway:s3cret@/gateway?host=db1:5432&host=db2:5432&target_session_attrs=read-write"):
+        conninfo, env = pg_client.target(url)
+        assert "s3cret" not in conninfo and env["PGPASSWORD"] == "s3cret"
+    assert pg_client.target("postgresql://gateway:s3cret@/gateway?host=db1:5432&host=db2:5433")[0] \
+        == "postgresql://gateway@db1:5432,db2:5433/gateway"

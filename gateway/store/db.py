@@ -18,10 +18,12 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import exc as exc_module
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
 
 from gateway.store import models  # noqa: F401  (registers every table on SQLModel.metadata)
 
@@ -39,6 +41,29 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+def libpq_url(url: URL) -> str:
+    """`url` as libpq's programs (pg_dump, pg_restore, psql) read it: SQLAlchemy spells a primary
+    and its standby `?host=db1:5432&host=db2:5432`, libpq `postgresql://db1:5432,db2:5432/db`
+    (libpq 34.1.1.2, "Specifying Multiple Hosts"); given as query parameters, libpq would look
+    up "db1:5432" as a host name. Other URLs are rendered unchanged (with the password).
+    """
+    hosts = url.query.get("host")
+    names = [hosts] if isinstance(hosts, str) else list(hosts or ())
+    if url.host or not names or (len(names) == 1 and ":" not in names[0]) or any(n.startswith("/") for n in names):
+        # one host (or a socket directory) as a query parameter is libpq's own spelling too
+        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    auth = ""
+    if url.username is not None:
+        auth = quote(url.username, safe="")
+        if url.password is not None:
+            auth += ":" + quote(str(url.password), safe="")
+        auth += "@"
+    query = {key: value for key, value in url.query.items() if key != "host"}
+    pairs = [(key, item) for key, value in query.items() for item in ([value] if isinstance(value, str) else value)]
+    tail = ("?" + urlencode(pairs)) if pairs else ""
+    return f"postgresql://{auth}{','.join(names)}/{quote(url.database or '', safe='')}{tail}"
 
 
 def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> Engine:
