@@ -20,6 +20,7 @@ from gateway.backup import pg_client
 from gateway.backup.snapshot import take_backup
 from gateway.store.db import read_tx
 from gateway.store.tables import INBOUND
+from tests import providers
 from tests.conftest import make_settings, start_gateway
 from tests.mail import make_mail, new_id
 from tests.pg_cluster import PgCluster, scratch_dir
@@ -57,9 +58,15 @@ def pair() -> Iterator[tuple[PgCluster, PgCluster]]:
 
 def test_primary_dies_standby_promoted_gateway_follows(pair: tuple[PgCluster, PgCluster], tmp_path: Path) -> None:
     primary, standby = pair
-    running = start_gateway(make_settings(tmp_path, multi_host_url(primary, standby, db="gateway")))
+    running = start_gateway(make_settings(tmp_path, multi_host_url(primary, standby, db="gateway"),
+                                          mailgun_signing_key=providers.MAILGUN_KEY))
     try:
         studio = running.add_studio("inkwell")
+
+        def webhook() -> int:
+            post = providers.mailgun_post(providers.mailgun_mime_form(make_mail(message_id=new_id()), studio.address))
+            return running.api(None).post(post.path, content=post.body, headers=post.headers).status_code
+
         before = running.send(make_mail(message_id=new_id()), studio.address)
         assert before.code == 250
 
@@ -68,12 +75,14 @@ def test_primary_dies_standby_promoted_gateway_follows(pair: tuple[PgCluster, Pg
         assert refused.code == 451, refused
         listing = running.api(studio.token).get("/api/v1/conversations")
         assert listing.status_code == 503 and listing.headers["Retry-After"].isdigit()
+        assert webhook() == 503
         assert running.api(None).get("/readyz").status_code == 503
 
         standby.promote()
         after = running.send(make_mail(message_id=new_id()), studio.address)
         assert after.code == 250, after
         assert running.api(studio.token).get("/api/v1/conversations").status_code == 200
+        assert webhook() == 200
         assert running.api(None).get("/readyz").status_code == 200
         with read_tx(running.engine) as conn:
             stored = {row.id for row in conn.execute(select(INBOUND.c.id))}
