@@ -115,8 +115,16 @@ def test_commit_waiting_past_the_deadline_refuses_new_mail(cluster: PgCluster, d
             running.send(make_mail(message_id=new_id()), studio.address)))
         sender.start()
         [pid] = _waiting_commits(cluster, 1)
+        # Mail handed over while that COMMIT holds the acceptor's slot waits in its queue (it
+        # was never written): past the deadline it is answered 451 too, without a cancel.
+        queued: list[SmtpReply] = []
+        queued_sender = threading.Thread(target=lambda: queued.append(
+            running.send(make_mail(message_id=new_id()), studio.address)))
+        queued_sender.start()
         while commit_stalled(settings.db_commit_deadline) is None:  # bounded by the deadline
             sender.join(timeout=0.05)
+        queued_sender.join(timeout=30)
+        assert queued and queued[0].code == 451, queued
         # The COMMIT still waits (never cancelled by us); new mail is refused at once.
         refused = running.send(make_mail(message_id=new_id()), studio.address)
         assert refused.code == 451

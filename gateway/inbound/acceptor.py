@@ -180,6 +180,8 @@ class Acceptor:
                 stalled = self._commit_stalled()
                 if stalled is not None:
                     self.health.failed(stalled)
+                    log.warning("%d message(s) queued behind a %s: answering temporary failure",
+                                len(batch), stalled)
                     for item in batch:
                         if not item.future.done():
                             item.future.set_exception(TemporaryFailure(stalled))
