@@ -167,6 +167,14 @@ def stored(url: str) -> tuple[set[int], int]:
     return ids, int(twice[0]) if twice else 0
 
 
+def unprocessed(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        row = conn.execute("SELECT count(*) FROM inbound_mail WHERE status IN ('pending', 'processing')").fetchone()
+    return int(row[0]) if row else 0
+
+
 def drill(args: argparse.Namespace) -> bool:
     end = time.monotonic() + args.timeout
     root = scratch_dir("gw-failover-drill-")
@@ -228,6 +236,12 @@ def drill(args: argparse.Namespace) -> bool:
             for thread in threads:
                 thread.join(timeout=60)
         rows, twice = stored(standby.url("gateway"))
+        # The worker role reconnects too: everything stored gets processed on the new primary.
+        settle = min(end, time.monotonic() + 60)
+        while (left := unprocessed(standby.url("gateway"))) and time.monotonic() < settle:
+            time.sleep(0.2)
+        print(f"  processed on the new primary: {len(rows) - left} of {len(rows)} "
+              f"({time.monotonic() - settle + 60:.1f} s after the senders stopped)")
     finally:
         if server is not None:
             server.stop()
@@ -252,11 +266,12 @@ def drill(args: argparse.Namespace) -> bool:
               f"{again[0] - promoted:+.2f} s from the promotion (pg_ctl promote returns a moment after the "
               f"new primary takes writes); 250s after the kill: {len(again)}, after the promotion: {after_promotion}")
     print(f"  during the outage: {len(outage_4xx)} temporary answers {codes}, "
-          f"{sum(1 for when in tally.dropped if when > killed)} dropped connections {tally.drop_kinds}")
+          f"{sum(1 for when in tally.dropped if when > killed)} connections closed {tally.drop_kinds} (the 421 after a session's 200 MAIL commands: retries count)")
     print(f"  stored twice: {twice} (a COMMIT that reached the standby but whose answer died with the primary: "
           f"451, sent again; {len(tally.resent_after_drop)} resent after a dropped connection)")
     print(f"  API answers: {dict(sorted(tally.api.items()))}; 503 without Retry-After: {tally.api_no_retry_after}")
     checks = [
+        ("every stored message processed (the worker reconnected)", left == 0, f"{left} left"),
         ("no permanent refusal", not tally.refused, "; ".join(tally.refused[:3])),
         ("every 250 is stored on the promoted standby", not lost, f"{len(lost)} missing"),
         ("mail accepted again after the promotion, without a restart", after_promotion > 0,
