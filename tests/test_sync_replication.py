@@ -144,3 +144,18 @@ def test_commit_waiting_past_the_deadline_refuses_new_mail(cluster: PgCluster, d
     finally:
         _standby_required(cluster, "")
         running.stop()
+
+
+@pytest.mark.parametrize(("configured", "used"), [("off", "on"), ("local", "on"), ("remote_write", "on"),
+                                                  ("on", "on"), ("remote_apply", "remote_apply")])
+def test_commits_are_at_least_synchronous_and_remote_apply_is_kept(cluster: PgCluster, database: str,
+                                                                   configured: str, used: str) -> None:
+    """A weaker level is raised to `on`; an operator's `remote_apply` (a 250'd mail visible on
+    the standby at once) is not lowered to `on`."""
+    cluster.sql(f"ALTER DATABASE {database.rsplit('/', 1)[1]} SET synchronous_commit = {configured}")
+    engine = make_engine(database)
+    try:
+        with read_tx(engine) as conn:
+            assert conn.execute(text("SHOW synchronous_commit")).scalar() == used
+    finally:
+        engine.dispose()

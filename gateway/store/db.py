@@ -3,7 +3,8 @@
 SQLite runs in WAL mode with `synchronous=FULL`, so a committed transaction has been fsync'd
 before we answer `250`. Write transactions start with `BEGIN IMMEDIATE`: a deferred
 transaction that later upgrades to a write lock fails with SQLITE_BUSY at once instead of
-waiting out `busy_timeout`. PostgreSQL runs with `synchronous_commit=on` for the same promise.
+waiting out `busy_timeout`. PostgreSQL runs with `synchronous_commit` at least `on` for the same promise
+(keep_commits_durable).
 """
 from __future__ import annotations
 
@@ -97,9 +98,31 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
         return engine
 
     engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True,
-                           connect_args={"options": "-c synchronous_commit=on", "connect_timeout": 5})
+                           connect_args={"connect_timeout": 5})
+    keep_commits_durable(engine)
     guard_commits(engine)
     return engine
+
+
+# synchronous_commit levels (PostgreSQL docs 19.5.2) that answer before the WAL is flushed on
+# the primary and, with a synchronous standby, on the standby: raised to `on` for our sessions.
+_WEAK_COMMIT_LEVELS = ("off", "local", "remote_write")
+
+
+def keep_commits_durable(engine: Engine) -> None:
+    """`synchronous_commit` at least `on` for every session, but a stronger `remote_apply`
+    configured on the server (or the database, or the role) is kept.
+
+    Forcing `on` through the connection's options (as before) also lowered `remote_apply`,
+    which an operator sets so that a mail answered `250` is visible on the standby at once.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _durable(dbapi_conn: Any, _record: Any) -> None:
+        level = dbapi_conn.execute("SHOW synchronous_commit").fetchone()[0]
+        if level in _WEAK_COMMIT_LEVELS:
+            dbapi_conn.execute("SET synchronous_commit = on")
+        dbapi_conn.commit()
 
 
 # PostgreSQL's warning when a COMMIT stops waiting for the synchronous standby (a cancel, a
