@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     database_url: str = ""              # default: sqlite:///<data_dir>/gateway.store.db
     db_busy_timeout: float = Field(5.0, gt=0)       # seconds to wait for a locked database
+    # PostgreSQL with a synchronous standby: once a COMMIT has waited this long (the standby is
+    # down), new mail gets 451 / 503 and /readyz 503; the COMMIT itself is never cancelled.
+    db_commit_deadline: float = Field(10.0, gt=0)
     mail_domain: str = "mail.localhost"
     secret_key: str = ""                # default: generated into <data_dir>/secret_key
 

@@ -24,6 +24,7 @@ from gateway.api.studio import StudioController
 from gateway.api.support_grants import SupportGrantController
 from gateway.api.tokens import TokenController
 from gateway.api.trash import ConversationTrashController, MessageController, TrashController
+from gateway.api.unavailable import UNAVAILABLE, database_unavailable
 from gateway.billing.stripe_api import stripe_api
 from gateway.billing.subscriptions import cancel_for_deletion
 from gateway.inbound.directory import StudioDirectory
@@ -51,6 +52,7 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
         dependencies={"caller": Provide(provide_caller)},
         openapi_config=openapi_config(),  # the docs page and its scripts served by us (api/docs.py)
         debug=False,
+        exception_handlers={error: database_unavailable for error in UNAVAILABLE},
         on_shutdown=[close_reader],
         logging_config=None,  # logging is configured once by the gateway, not reset by Litestar
         # Per-route latency histograms only while /metrics is on: a request pays for them otherwise.

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func, select, text
 from gateway.outbound.outbox import relay_problem
 from gateway.outbound.readiness import outbox_backlog, relay_unreachable_since
 from gateway.settings import Settings
-from gateway.store.db import read_tx
+from gateway.store.db import commit_stalled, read_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import INBOUND
 
@@ -51,6 +51,8 @@ def readyz(state: State) -> Response[dict[str, Any]]:
         return Response({"status": "unavailable", "database": "unreachable"}, status_code=503)
     acceptor = getattr(state, "acceptor", None)
     failing = acceptor.health.failing() if acceptor is not None else None
+    if failing is None:  # PostgreSQL: a COMMIT waits for a synchronous standby that is down
+        failing = commit_stalled(state.settings.db_commit_deadline)
     if failing is None:
         failing = _sqlite_disk_short(engine, settings.smtp_max_message_size)
     if failing is not None:

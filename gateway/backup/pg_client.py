@@ -14,7 +14,7 @@ import subprocess
 from sqlalchemy.engine import make_url
 
 from gateway.backup.archive import BackupError
-from gateway.store.db import normalise_url
+from gateway.store.db import libpq_url, normalise_url
 from gateway.settings import Settings
 
 
@@ -38,7 +38,9 @@ def target(url: str) -> tuple[str, dict[str, str]]:
     env = dict(os.environ)
     if parsed.password is not None:
         env["PGPASSWORD"] = str(parsed.password)
-    conninfo = parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    # URL.set(password=None) keeps the password (None means "unchanged" there), which put it on
+    # pg_dump's command line, readable by every local user in `ps`: _replace clears it.
+    conninfo = libpq_url(parsed._replace(password=None))
     return conninfo, env
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.store.batching import next_batch
 from gateway.store.full import WriteHealth, is_storage_full
-from gateway.store.db import (InlineTx, KeptConnection, begin_inline, is_busy, is_sqlite, make_engine, sqlite_write_lock, write_tx)
+from gateway.store.db import (InlineTx, KeptConnection, begin_inline, commit_stalled, is_busy, is_sqlite, make_engine, sqlite_write_lock, write_tx)
 from gateway.inbound.intake import Envelope, Replayed, StudioIds, store_batch
 from gateway.mail.addresses import parse_studio_address
 from gateway.settings import Settings
@@ -144,6 +144,9 @@ class Acceptor:
             raise RuntimeError("Acceptor.start() was not awaited")
         if self._stopping:
             raise TemporaryFailure("shutting down")
+        stalled = self._commit_stalled()
+        if stalled is not None:
+            raise TemporaryFailure(stalled)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(raw, envelope, future))
         return await future
@@ -165,10 +168,36 @@ class Acceptor:
             # PostgreSQL: a group commit is a few network round trips and a WAL flush during
             # which this process would sit idle; a few in flight on their own connections keep
             # the database busy (it orders concurrent commits itself).
-            await slots.acquire()
+            if not await self._slot(slots, batch):
+                continue
             task = asyncio.create_task(self._write_off_loop(loop, batch, slots))
             writing.add(task)
             task.add_done_callback(writing.discard)
+
+    def _commit_stalled(self) -> str | None:
+        """A COMMIT has waited past GATEWAY_DB_COMMIT_DEADLINE (PostgreSQL only: a synchronous
+        standby that does not answer); it is left to finish, never cancelled."""
+        if self._inline:
+            return None
+        return commit_stalled(self.settings.db_commit_deadline)
+
+    async def _slot(self, slots: asyncio.Semaphore, batch: list[_Pending]) -> bool:
+        """Wait for a free group-commit slot; False, with the batch answered 451, when the
+        COMMIT that holds it has waited past the deadline (this batch was never written)."""
+        while True:
+            try:
+                await asyncio.wait_for(slots.acquire(), timeout=self.settings.db_commit_deadline / 4)
+                return True
+            except asyncio.TimeoutError:
+                stalled = self._commit_stalled()
+                if stalled is not None:
+                    self.health.failed(stalled)
+                    log.warning("%d message(s) queued behind a %s: answering temporary failure",
+                                len(batch), stalled)
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(TemporaryFailure(stalled))
+                    return False
 
     async def _write_inline(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         try:

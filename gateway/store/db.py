@@ -3,7 +3,8 @@
 SQLite runs in WAL mode with `synchronous=FULL`, so a committed transaction has been fsync'd
 before we answer `250`. Write transactions start with `BEGIN IMMEDIATE`: a deferred
 transaction that later upgrades to a write lock fails with SQLITE_BUSY at once instead of
-waiting out `busy_timeout`. PostgreSQL runs with `synchronous_commit=on` for the same promise.
+waiting out `busy_timeout`. PostgreSQL runs with `synchronous_commit` at least `on` for the same promise
+(keep_commits_durable).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 import weakref
@@ -18,10 +20,12 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import exc as exc_module
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
 
 from gateway.settings import PRIVATE_FILE_MODE, private_dir
 from gateway.store import models  # noqa: F401  (registers every table on SQLModel.metadata)
@@ -40,6 +44,29 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+def libpq_url(url: URL) -> str:
+    """`url` as libpq's programs (pg_dump, pg_restore, psql) read it: SQLAlchemy spells a primary
+    and its standby `?host=db1:5432&host=db2:5432`, libpq `postgresql://db1:5432,db2:5432/db`
+    (libpq 34.1.1.2, "Specifying Multiple Hosts"); given as query parameters, libpq would look
+    up "db1:5432" as a host name. Other URLs are rendered unchanged (with the password).
+    """
+    hosts = url.query.get("host")
+    names = [hosts] if isinstance(hosts, str) else list(hosts or ())
+    if url.host or not names or (len(names) == 1 and ":" not in names[0]) or any(n.startswith("/") for n in names):
+        # one host (or a socket directory) as a query parameter is libpq's own spelling too
+        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    auth = ""
+    if url.username is not None:
+        auth = quote(url.username, safe="")
+        if url.password is not None:
+            auth += ":" + quote(str(url.password), safe="")
+        auth += "@"
+    query = {key: value for key, value in url.query.items() if key != "host"}
+    pairs = [(key, item) for key, value in query.items() for item in ([value] if isinstance(value, str) else value)]
+    tail = ("?" + urlencode(pairs)) if pairs else ""
+    return f"postgresql://{auth}{','.join(names)}/{quote(url.database or '', safe='')}{tail}"
 
 
 def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> Engine:
@@ -75,8 +102,126 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
         return engine
 
     engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, hide_parameters=True,
-                           connect_args={"options": "-c synchronous_commit=on", "connect_timeout": 5})
+                           connect_args={"connect_timeout": 5})
+    keep_commits_durable(engine)
+    guard_commits(engine)
     return engine
+
+
+# synchronous_commit levels (PostgreSQL docs 19.5.2) that answer before the WAL is flushed on
+# the primary and, with a synchronous standby, on the standby: raised to `on` for our sessions.
+_WEAK_COMMIT_LEVELS = ("off", "local", "remote_write")
+
+
+def keep_commits_durable(engine: Engine) -> None:
+    """`synchronous_commit` at least `on` for every session, but a stronger `remote_apply`
+    configured on the server (or the database, or the role) is kept.
+
+    Forcing `on` through the connection's options (as before) also lowered `remote_apply`,
+    which an operator sets so that a mail answered `250` is visible on the standby at once.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _durable(dbapi_conn: Any, _record: Any) -> None:
+        level = dbapi_conn.execute("SHOW synchronous_commit").fetchone()[0]
+        if level in _WEAK_COMMIT_LEVELS:
+            dbapi_conn.execute("SET synchronous_commit = on")
+        dbapi_conn.commit()
+
+
+# PostgreSQL's warning when a COMMIT stops waiting for the synchronous standby (a cancel, a
+# statement timeout): src/backend/replication/syncrep.c, "canceling wait for synchronous
+# replication due to user request", DETAIL "The transaction has already committed locally, but
+# might not have been replicated to the standby." The COMMIT then returns success.
+_NOT_REPLICATED = "might not have been replicated"
+ERR_NOT_REPLICATED = "COMMIT not confirmed by the synchronous standby (might not have been replicated)"
+
+
+class CommitWatch:
+    """The PostgreSQL COMMITs of this process now in progress, and since when.
+
+    With a synchronous standby (`synchronous_standby_names`), a COMMIT waits until the standby
+    has the WAL; when the only standby is down it waits for ever. It must not be cancelled (it
+    would commit locally anyway, unreplicated), so the edges ask how long the oldest one has
+    waited and refuse new mail with a temporary failure past GATEWAY_DB_COMMIT_DEADLINE.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}
+        self._next = 0
+
+    def begin(self) -> int:
+        with self._lock:
+            self._next += 1
+            self._started[self._next] = time.monotonic()
+            return self._next
+
+    def end(self, token: int) -> None:
+        with self._lock:
+            self._started.pop(token, None)
+
+    def oldest_wait(self) -> float:
+        """Seconds the oldest COMMIT in progress has waited (0 when none is)."""
+        with self._lock:
+            if not self._started:
+                return 0.0
+            return time.monotonic() - min(self._started.values())
+
+
+commit_watch = CommitWatch()
+
+
+def commit_stalled(deadline: float) -> str | None:
+    """Why writes must be refused now: a COMMIT of this process has waited past `deadline`
+    seconds (a synchronous standby that does not answer), or None."""
+    waited = commit_watch.oldest_wait()
+    if deadline > 0 and waited >= deadline:
+        return f"commit waiting for the synchronous standby for {waited:.0f} s"
+    return None
+
+
+def guard_commits(engine: Engine) -> None:
+    """Make a COMMIT that PostgreSQL reports as "might not have been replicated" a failure,
+    and time every COMMIT in `commit_watch`.
+
+    psycopg returns such a COMMIT as a success, the warning arriving only as a notice: the
+    transaction is on the primary alone, and a failover would lose it. The acceptor must not
+    answer `250` for it, so the commit raises the driver's OperationalError (SQLAlchemy wraps
+    it like any database error: `451`, `503`). The sender retries; at worst the message is
+    stored twice, which the processor files in one conversation by its Message-ID.
+    """
+    notices: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
+
+    @event.listens_for(engine, "connect")
+    def _listen(dbapi_conn: Any, _record: Any) -> None:
+        seen = notices[dbapi_conn] = []
+
+        def on_notice(diag: Any) -> None:
+            text = f"{diag.message_primary or ''} {diag.message_detail or ''}"
+            if _NOT_REPLICATED in text:
+                seen.append(text)
+
+        dbapi_conn.add_notice_handler(on_notice)
+
+    dialect = engine.dialect
+    plain_commit = dialect.do_commit
+
+    def do_commit(dbapi_conn: Any) -> None:
+        # SQLAlchemy passes the pool's proxy; the notices are kept by the driver's connection
+        seen = notices.get(getattr(dbapi_conn, "dbapi_connection", dbapi_conn))
+        if seen:
+            seen.clear()
+        token = commit_watch.begin()
+        try:
+            plain_commit(dbapi_conn)
+        finally:
+            commit_watch.end(token)
+        if seen:
+            seen.clear()
+            raise dialect.loaded_dbapi.OperationalError(ERR_NOT_REPLICATED)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
 
 
 # SQLite's companions of a database file: the WAL holds recent commits (whole pages of mail),
