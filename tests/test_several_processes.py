@@ -15,6 +15,8 @@ import signal
 import smtplib
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
@@ -116,13 +118,11 @@ def _counts(engine: Engine) -> tuple[int, int]:
     return done, unsent
 
 
-def _until(condition: object, timeout: float = BOUND) -> bool:
+def _until(condition: Callable[[], bool], timeout: float = BOUND) -> bool:
     """Poll the database (bounded): the roles are other processes, with no hook to wait on."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return True
         time.sleep(0.1)
     return False
@@ -172,7 +172,7 @@ def test_two_of_each_role_on_one_postgres_take_process_and_send_each_mail_once(
                         for code, text, _ in answers if code == 250]
             assert len(accepted) == THREADS * CONNECTIONS_PER_THREAD * MAILS_PER_CONNECTION, \
                 [a for a in answers if a[0] != 250][:5]
-            assert set(pid for *_, pid in answers) == set(smtp_pids)   # both smtp processes took mail
+            assert {pid for *_, pid in answers} == set(smtp_pids)   # both smtp processes took mail
             assert _until(lambda: _counts(engine)[0] == len(accepted)), _counts(engine)
 
             # Replies over many HTTP connections, both web processes taking some.
@@ -197,7 +197,7 @@ def test_two_of_each_role_on_one_postgres_take_process_and_send_each_mail_once(
             with ThreadPoolExecutor(THREADS) as pool:
                 replies = list(pool.map(reply, conversations))
             assert [code for code, _ in replies] == [202] * REPLIES
-            assert set(pid for _, pid in replies) == set(web_pids)    # both web processes took replies
+            assert {pid for _, pid in replies} == set(web_pids)    # both web processes took replies
 
             assert _until(lambda: _counts(engine)[1] == 0), _counts(engine)
             with engine.connect() as conn:
