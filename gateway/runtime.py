@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import faulthandler
 import gc
 import logging
@@ -165,9 +166,12 @@ class Gateway:
                                             partial(purge, self.engine, self.settings))
                 self._purge_task = asyncio.create_task(self.purger.run(), name="purge")
         wake_processor = self.processor.wake if self.processor else self.worker.wake_processor if self.worker else None
-        self.acceptor = Acceptor(self.engine, self.settings, on_stored=wake_processor)
-        await self.acceptor.start()
+        if self.roles & {"smtp", "web"}:  # what takes mail in (SMTP, webhooks); a worker takes none
+            self.acceptor = Acceptor(self.engine, self.settings, on_stored=wake_processor)
+            await self.acceptor.start()
         if "smtp" in self.roles:
+            if smtp_sock is None:
+                smtp_sock = listening_socket(self.settings.smtp_host, self.settings.smtp_port, self.settings)
             self._smtp = await start_smtp_server(self.acceptor, self.engine, self.settings, sock=smtp_sock)
             self.smtp_address = self._smtp.sockets[0].getsockname()[:2]
         if "web" in self.roles:
@@ -181,7 +185,7 @@ class Gateway:
             elif self.worker is not None:
                 app.state.wake_outbox = self.worker.wake_outbox
             if http_sock is None:
-                http_sock = socket.create_server((self.settings.http_host, self.settings.http_port))
+                http_sock = listening_socket(self.settings.http_host, self.settings.http_port, self.settings)
             # log_config=None: uvicorn's lines go through our handler (JSON, masking), not its own.
             # Proxy headers only from GATEWAY_FORWARDED_ALLOW_IPS: uvicorn would otherwise read its
             # own FORWARDED_ALLOW_IPS from the environment, a setting nobody documented.
@@ -225,6 +229,22 @@ class Gateway:
             await asyncio.to_thread(self.processor.stop)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
+
+
+REUSE_PORT_HINT = ("{host}:{port} is in use; to run several `gateway smtp` or `gateway web` processes on one "
+                   "port, set GATEWAY_REUSE_PORT=true for all of them")
+
+
+def listening_socket(host: str, port: int, settings: Settings) -> socket.socket:
+    """The SMTP or HTTP listener. With GATEWAY_REUSE_PORT, SO_REUSEPORT: each process of a role
+    binds the same port and the kernel hashes new connections over them (Linux 3.9+), so the
+    Procfile's roles can each run several times without a balancer in front."""
+    try:
+        return socket.create_server((host, port), reuse_port=settings.reuse_port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(exc.errno, REUSE_PORT_HINT.format(host=host, port=port)) from exc
+        raise
 
 
 def settle_heap() -> None:

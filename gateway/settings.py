@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # (uvicorn's ProxyHeadersMiddleware), so rate limits count the client, not the proxy.
     # Comma-separated IPs or CIDRs, "*" for any; empty: believe no one. Default: a proxy on this host.
     forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Several `gateway smtp` (or `gateway web`) processes on one port: SO_REUSEPORT on both
+    # listeners, and the kernel spreads new connections over them (docs/operations.md). Off by
+    # default, so a second gateway started by mistake fails with "address in use" rather than
+    # silently taking half the connections. Linux lets only the same user share the port.
+    reuse_port: bool = False
 
     flood_max_new_per_hour: int = Field(20, ge=1)    # new conversations per sender per studio
     reply_max_per_conversation_per_hour: int = Field(30, ge=1)  # API replies, then 429 (outbound/reply_brake.py)

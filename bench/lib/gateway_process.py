@@ -36,6 +36,8 @@ class GatewayOptions:
     timings: bool = False          # the profile window of smtp_ingest --profile
     cprofile: bool = False         # cProfile of the whole process, printed when it stops
     switch_interval: float | None = None  # the GIL switch interval in seconds (diagnosis)
+    smtp_port: int = 0             # a fixed SMTP port: several `gateway smtp` share it (reuse_port)
+    add_studio: bool = True        # a listening process adds the studio (only one of several may)
 
 
 def gateway_main(pipe: Any, database_url: str, data_dir: str, options: GatewayOptions) -> None:
@@ -93,15 +95,17 @@ async def _serve(pipe: Any, settings: Any, options: GatewayOptions, serving: boo
     if options.seed:
         _, info["conversation_id"], info["token"] = await asyncio.to_thread(gw.seed_conversation, settings)
     listen = ("127.0.0.1", 0)
+    smtp_listen = ("127.0.0.1", options.smtp_port)
     served = await gw.start_gateway(settings, options.roles,
-                                    socket.create_server(listen) if "smtp" in options.roles else None,
+                                    socket.create_server(smtp_listen, reuse_port=settings.reuse_port)
+                                    if "smtp" in options.roles else None,
                                     socket.create_server(listen) if "web" in options.roles else None)
     gateway = served.gateway
     if gateway.smtp_address:
         info["smtp_port"] = gateway.smtp_address[1]
     if gateway.http_address:
         info["http_port"] = gateway.http_address[1]
-    if serving and not options.seed:  # a worker of its own finds the studio its SMTP process made
+    if serving and not options.seed and options.add_studio:  # a worker of its own finds the studio its SMTP process made
         info["token"] = gw.add_studio(gateway.engine)
     pipe.send(("ready", info))
     while True:

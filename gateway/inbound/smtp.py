@@ -341,7 +341,7 @@ async def start_smtp_server(acceptor: Acceptor, engine: Engine, settings: Settin
         )
 
     if sock is None:
-        sock = socket.create_server((settings.smtp_host, settings.smtp_port), reuse_port=False)
+        sock = socket.create_server((settings.smtp_host, settings.smtp_port), reuse_port=settings.reuse_port)
     server = await loop.create_server(factory, sock=sock)
     log.info("SMTP listening on %s", sock.getsockname())
     return server
