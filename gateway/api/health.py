@@ -6,14 +6,13 @@ from typing import Any
 
 from litestar import Response, get
 from litestar.datastructures import State
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, text
 
 from gateway.outbound.outbox import relay_problem
-from gateway.outbound.readiness import outbox_backlog, relay_unreachable_since
+from gateway.outbound.readiness import outbox_backlog, quarantined_count, relay_unreachable_since
 from gateway.settings import Settings
 from gateway.store.db import commit_stalled, read_tx
 from gateway.store.models import utcnow
-from gateway.store.tables import INBOUND
 
 RELAY_UNREACHABLE = "unreachable at the last attempt"
 OUTBOX_BACKLOG = "outbox backlog"
@@ -45,8 +44,7 @@ def readyz(state: State) -> Response[dict[str, Any]]:
             relay = relay_problem(conn)
             unreachable = relay_unreachable_since(conn)
             backlog = outbox_backlog(conn)
-            quarantined = conn.execute(select(func.count()).select_from(INBOUND)
-                                       .where(INBOUND.c.status == "quarantined")).scalar_one()
+            quarantined = quarantined_count(conn)
     except Exception:
         return Response({"status": "unavailable", "database": "unreachable"}, status_code=503)
     acceptor = getattr(state, "acceptor", None)
@@ -60,7 +58,7 @@ def readyz(state: State) -> Response[dict[str, Any]]:
     waited = None if backlog.oldest is None else max(0.0, (utcnow() - backlog.oldest).total_seconds())
     body: dict[str, Any] = {"status": "ok", "database": "ok", "writes": "ok",
                             "outbox": {"waiting": backlog.waiting, "oldest_age_seconds": None if waited is None else round(waited, 1)},
-                            "quarantined": int(quarantined)}
+                            "quarantined": quarantined}
     if relay is None and unreachable is not None:
         relay = RELAY_UNREACHABLE
         body["relay_unreachable_since"] = unreachable.isoformat()

@@ -37,14 +37,14 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
 from gateway.store.db import read_tx
-from gateway.store.tables import INBOUND, OUTBOUND_JOB
+from gateway.outbound.readiness import outbox_backlog, quarantined_count
+from gateway.store.tables import INBOUND
 
 log = logging.getLogger(__name__)
 
 # Sample kinds whose values add up across processes; `_created` (a timestamp) does not.
 _ADDITIVE = ("counter", "histogram", "summary")
 _WAITING_INBOUND = ("pending", "processing")
-_WAITING_OUTBOX = ("queued", "sending")
 CHILDREN_DIR_PREFIX = "gateway-metrics-"  # + the parent's pid + "-" + random: one per `serve` run
 
 
@@ -98,10 +98,8 @@ class QueuesCollector(Collector):
             with read_tx(self.engine) as conn:
                 inbound = conn.execute(select(func.count(), func.min(INBOUND.c.received_at))
                                        .where(INBOUND.c.status.in_(_WAITING_INBOUND))).one()
-                outbox = conn.execute(select(func.count(), func.min(OUTBOUND_JOB.c.created_at))
-                                      .where(OUTBOUND_JOB.c.status.in_(_WAITING_OUTBOX))).one()
-                quarantined = conn.execute(select(func.count()).select_from(INBOUND)
-                                           .where(INBOUND.c.status == "quarantined")).scalar_one()
+                backlog = outbox_backlog(conn)
+                quarantined = quarantined_count(conn)
         except Exception as exc:  # noqa: BLE001 - a scrape shows the database down, not a 500
             log.warning("metrics: queue queries failed: %s", type(exc).__name__)
             up.add_metric([], 0)
@@ -115,7 +113,7 @@ class QueuesCollector(Collector):
                                   labels=["queue"])
         age = GaugeMetricFamily("gateway_queue_oldest_age_seconds", "Age of the oldest waiting item, by queue "
                                 "(0 when empty)", labels=["queue"])
-        for name, (count, oldest) in (("inbound", inbound), ("outbox", outbox)):
+        for name, (count, oldest) in (("inbound", tuple(inbound)), ("outbox", (backlog.waiting, backlog.oldest))):
             depth.add_metric([name], count)
             age.add_metric([name], _age(now, oldest))
         yield depth

@@ -55,6 +55,7 @@ _NOT_DELETED = exists(select(MESSAGE.c.id).where(MESSAGE.c.id == OUTBOUND_JOB.c.
 # made when a quarter of them are left, so sending rarely waits for a claim). Their lease is
 # renewed while they wait and while they are sent (run_once's heartbeat), however slow the relay.
 PER_CONNECTION = 8
+COMPOSE_FAILED = "could not compose the message"  # a reply that never reached the relay (readiness.py)
 RENEWALS_PER_LEASE = 3   # a renewal may fail or come late twice before another worker takes over
 # On SQLite a commit costs an fsync and ~300 us of CPU (BEGIN IMMEDIATE, the pool, the WAL
 # write), most of a step's cost. So a result waits up to this long (or until a window's worth
@@ -232,7 +233,7 @@ class Outbox:
                 # An address no relay can carry says why (the studio reads it); anything else is
                 # ours to fix and shows only its kind, never internals.
                 why = str(mail) if isinstance(mail, Undeliverable) else type(mail).__name__
-                composed.append(SendResult("permanent", f"could not compose the message: {why}"[:1000]))
+                composed.append(SendResult("permanent", f"{COMPOSE_FAILED}: {why}"[:1000]))
             else:
                 composed.append(mail)
         return composed

@@ -12,10 +12,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection, and_, func, select
 
+from gateway.outbound.outbox import COMPOSE_FAILED
 from gateway.outbound.relay import UNREACHABLE
-
-COMPOSE_FAILED = "could not compose the message"
-from gateway.store.tables import OUTBOUND_JOB
+from gateway.store.tables import INBOUND, OUTBOUND_JOB
 
 WAITING = ("queued", "sending")
 
@@ -30,6 +29,12 @@ def outbox_backlog(conn: Connection) -> OutboxBacklog:
     row = conn.execute(select(func.count(), func.min(OUTBOUND_JOB.c.created_at))
                        .where(OUTBOUND_JOB.c.status.in_(WAITING))).one()
     return OutboxBacklog(int(row[0]), row[1])
+
+
+def quarantined_count(conn: Connection) -> int:
+    """Messages set aside in the quarantine (/readyz and /metrics both show it)."""
+    return int(conn.execute(select(func.count()).select_from(INBOUND)
+                            .where(INBOUND.c.status == "quarantined")).scalar_one())
 
 
 def relay_unreachable_since(conn: Connection) -> datetime | None:
