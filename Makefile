@@ -26,7 +26,9 @@ $(VENV)/.run-installed: $(BIN)/python pyproject.toml $(shell find gateway webhoo
 	touch $@
 
 # Tests import the working tree (editable) and need the test extras.
+# The page tests drive Debian's chromium (tests/browser.py): Playwright's own download is unreachable.
 $(VENV)/.test-installed: $(BIN)/python pyproject.toml
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.run-installed
 	touch $@
