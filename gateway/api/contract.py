@@ -16,8 +16,13 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from zoneinfo import available_timezones
+
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import Method
+
+from gateway.access.studios import EMAIL_PATTERN, OPTIONAL_LINE_PATTERN, SINGLE_LINE_PATTERN
+from gateway.outbound.replies import MAX_TEXT, TEXT_PATTERN
 
 SECURITY_SCHEME = "bearer"
 ERROR = "Error"
@@ -67,12 +72,12 @@ IDEMPOTENCY_KEY: dict[str, Any] = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "Makes a retry safe: the first answer is stored for 24 hours per studio and key and "
                    "returned again; the same key with another body is 422, while the first still runs 409.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "schema": {"type": "string"},
 }
 IF_NONE_MATCH: dict[str, Any] = {
     "name": "If-None-Match", "in": "header", "required": False,
     "description": "The `ETag` of an earlier answer: 304 while nothing changed.",
-    "schema": {"type": "string", "maxLength": 200},
+    "schema": {"type": "string"},
 }
 
 
@@ -84,11 +89,31 @@ class Op:
     tag: str
     secured: bool = True        # a bearer token: 401, 403 (roles, support) and 429 (the brake)
     body: bool = False          # a request body: 400 and 415
+    optional_body: bool = False  # the body may be left out (Litestar marks every body required)
     creates: bool = False       # a creating POST: Idempotency-Key, 409 and 422
     cached: bool = False        # ETag / If-None-Match: 304
     database: bool = True       # 503 with Retry-After when the database is away
     extra: tuple[int, ...] = ()
     links: dict[str, dict[str, Any]] = field(default_factory=dict)   # by status: OpenAPI links
+
+
+# What the bodies' structs cannot say in their generated schemas, though the server checks it
+# (gateway/access/studios.py, outbound/replies.py, access/support.py, outbound/dates.py): a
+# client that sends what the schema allows is then never refused with 400. Merged into the
+# named component schema, per property or (under "") for the object.
+BODY_RULES: dict[str, dict[str, dict[str, Any]]] = {
+    "ProfileIn": {"email": {"pattern": EMAIL_PATTERN}, "name": {"pattern": SINGLE_LINE_PATTERN}},
+    "GrantIn": {"note": {"pattern": OPTIONAL_LINE_PATTERN},
+                # hours or days, not both (grant_duration); unknown fields are refused (forbid_unknown_fields)
+                "": {"additionalProperties": False, "not": {"required": ["hours", "days"], "properties": {
+                    "hours": {"type": "integer"}, "days": {"type": "integer"}}}}},
+    "ReplyUpload": {"text": {"minLength": 1, "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN}},
+    "StudioPatch": {"time_zone": {"oneOf": [{"type": "string", "enum": sorted(available_timezones())},
+                                            {"type": "null"}]}},
+}
+
+# Operations whose success is not JSON: the media type and a binary body.
+DOWNLOADS: dict[str, str] = {"downloadAttachment": "application/octet-stream", "exportStudio": "application/zip"}
 
 
 def _link(operation_id: str, **parameters: str) -> dict[str, Any]:
@@ -153,7 +178,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "disconnectProfile": _link("disconnectProfile", profile_id="$response.body#/profile/id")}}),
     ("DELETE", "/api/v1/profiles/{profile_id}"): Op("disconnectProfile", "profiles", extra=(404, 409)),
     ("GET", "/api/v1/support-grants"): Op("listSupportGrants", "support-grants"),
-    ("POST", "/api/v1/support-grants"): Op("createSupportGrant", "support-grants", body=True, creates=True, links={"201": {
+    ("POST", "/api/v1/support-grants"): Op("createSupportGrant", "support-grants", body=True, optional_body=True, creates=True, links={"201": {
         "revokeSupportGrant": _link("revokeSupportGrant", grant_id="$response.body#/id")}}),
     ("DELETE", "/api/v1/support-grants/{grant_id}"): Op("revokeSupportGrant", "support-grants", extra=(404,)),
     ("GET", "/api/v1/audit"): Op("listAuditEntries", "audit"),
@@ -163,7 +188,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/api/v1/billing"): Op("getBilling", "billing"),
     ("POST", "/api/v1/billing/checkout"): Op("createCheckout", "billing", body=True, creates=True, extra=(502,)),
     ("POST", "/api/v1/billing/cancel"): Op("cancelSubscription", "billing", extra=(409, 502)),
-    ("POST", "/api/v1/account/deletion"): Op("requestAccountDeletion", "account", body=True, extra=(409, 429)),
+    ("POST", "/api/v1/account/deletion"): Op("requestAccountDeletion", "account", body=True, optional_body=True, extra=(409, 429)),
     ("POST", "/api/v1/account/deletion/confirm"): Op("confirmAccountDeletion", "account", secured=False, body=True,
                                                      extra=(404, 409, 410, 429)),
 }
@@ -223,7 +248,13 @@ def finish(generated: dict[str, Any]) -> dict[str, Any]:
     """The served document: Litestar's, with the table applied (a copy; the input is kept)."""
     doc = copy.deepcopy(generated)
     components = doc.setdefault("components", {})
-    components.setdefault("schemas", {}).update(copy.deepcopy(ERROR_SCHEMAS))
+    schemas = components.setdefault("schemas", {})
+    schemas.update(copy.deepcopy(ERROR_SCHEMAS))
+    for name, rules in BODY_RULES.items():
+        if name in schemas:
+            for prop, keywords in rules.items():
+                target = schemas[name] if prop == "" else schemas[name].setdefault("properties", {}).setdefault(prop, {})
+                target.update(copy.deepcopy(keywords))
     components["securitySchemes"] = {SECURITY_SCHEME: {
         "type": "http", "scheme": "bearer", "description": "An API token: `Authorization: Bearer gw_...`."}}
     used_tags: set[str] = set()
@@ -241,6 +272,8 @@ def finish(generated: dict[str, Any]) -> dict[str, Any]:
 def _apply(op: Op, operation: dict[str, Any], path: str) -> None:
     operation["operationId"] = op.operation_id
     operation["tags"] = [op.tag]
+    if op.optional_body and "requestBody" in operation:
+        operation["requestBody"]["required"] = False
     if op.secured:
         operation["security"] = [{SECURITY_SCHEME: []}]
     parameters: list[dict[str, Any]] = operation.setdefault("parameters", [])
@@ -254,7 +287,9 @@ def _apply(op: Op, operation: dict[str, Any], path: str) -> None:
         responses.setdefault(str(code), {"description": MEANINGS.get(code, "")})
     for code, response in responses.items():
         status = int(code)
-        if status == 304:
+        if 200 <= status < 300 and op.operation_id in DOWNLOADS:
+            response["content"] = {DOWNLOADS[op.operation_id]: {"schema": {"type": "string", "format": "binary"}}}
+        elif status == 304:
             response.pop("content", None)
             response["description"] = MEANINGS[304]
         elif status >= 400 and not (path == "/readyz" and status == 503):
