@@ -108,9 +108,15 @@ BODY_RULES: dict[str, dict[str, dict[str, Any]]] = {
                 "": {"additionalProperties": False, "not": {"required": ["hours", "days"], "properties": {
                     "hours": {"type": "integer"}, "days": {"type": "integer"}}}}},
     "ReplyUpload": {"text": {"minLength": 1, "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN}},
-    "StudioPatch": {"time_zone": {"oneOf": [{"type": "string", "enum": sorted(available_timezones())},
-                                            {"type": "null"}]}},
+    "StudioPatch": {"time_zone": {"oneOf": [{"type": "string", "enum": None}, {"type": "null"}]}},
 }
+
+
+def documented_time_zones() -> list[str]:
+    """The zones a client is offered: Area/Location names and UTC. The server takes every name
+    zoneinfo knows, but the legacy aliases ("GMT0", "GMT-0", "Etc/GMT+1") make enum members
+    that generated clients cannot tell apart (openapi-python-client refuses the document)."""
+    return sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/"))) + ["UTC"]
 
 # Operations whose success is not JSON: the media type and a binary body.
 DOWNLOADS: dict[str, str] = {"downloadAttachment": "application/octet-stream", "exportStudio": "application/zip"}
@@ -255,6 +261,9 @@ def finish(generated: dict[str, Any]) -> dict[str, Any]:
             for prop, keywords in rules.items():
                 target = schemas[name] if prop == "" else schemas[name].setdefault("properties", {}).setdefault(prop, {})
                 target.update(copy.deepcopy(keywords))
+    zone = schemas.get("StudioPatch", {}).get("properties", {}).get("time_zone", {}).get("oneOf", [{}])[0]
+    if "enum" in zone:
+        zone["enum"] = documented_time_zones()
     components["securitySchemes"] = {SECURITY_SCHEME: {
         "type": "http", "scheme": "bearer", "description": "An API token: `Authorization: Bearer gw_...`."}}
     used_tags: set[str] = set()
