@@ -156,3 +156,21 @@ def test_request_bodies_say_what_the_server_checks(gw: RunningGateway) -> None:
     text = re.compile(reply["requestBody"]["content"]["application/json"]["schema"]["properties"]["text"]["pattern"])
     assert text.search("Hallo") and not text.search(" \n\t")
     assert doc["paths"]["/api/v1/support-grants"]["post"]["requestBody"]["required"] is False
+
+
+def test_a_reply_files_part_that_is_not_a_file_is_refused_not_dropped(gw: RunningGateway) -> None:
+    """The document says `files` parts are binary: a plain text part named `files` was silently
+    dropped and the reply sent without the attachment the client meant (found by schemathesis)."""
+    from tests.mail import make_mail
+
+    studio = gw.add_studio("inkwell")
+    gw.send(make_mail(), studio.address)
+    gw.process()
+    api = gw.api(studio.token)
+    [conversation] = api.get("/api/v1/conversations").json()["items"]
+    path = f"/api/v1/conversations/{conversation['id']}/replies"
+    refused = api.post(path, files=[("text", (None, "Anbei die Skizze.")), ("files", (None, "skizze.png"))])
+    assert refused.status_code == 400 and "must be files" in refused.json()["detail"]
+    assert api.get(f"/api/v1/conversations/{conversation['id']}").json()["message_count"] == 1
+    sent = api.post(path, files=[("text", (None, "Anbei die Skizze.")), ("files", ("skizze.png", b"\x89PNG", "image/png"))])
+    assert sent.status_code == 202 and [a["filename"] for a in sent.json()["attachments"]] == ["skizze.png"]
