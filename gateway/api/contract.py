@@ -28,7 +28,7 @@ SECURITY_SCHEME = "bearer"
 ERROR = "Error"
 ERROR_REF = {"$ref": f"#/components/schemas/{ERROR}"}
 
-# `{status_code, code, detail, errors?}` (gateway/api/errors.py answers it): one schema for
+# `{status_code, code, detail, errors?}`, what the API's error handlers answer: one schema for
 # every 4xx/5xx, so a generated client has one error type. `errors` only on validation errors.
 ERROR_SCHEMAS: dict[str, Any] = {
     ERROR: {
@@ -97,6 +97,13 @@ class Op:
     links: dict[str, dict[str, Any]] = field(default_factory=dict)   # by status: OpenAPI links
 
 
+def documented_time_zones() -> list[str]:
+    """The zones a client is offered: Area/Location names and UTC. The server takes every name
+    zoneinfo knows, but the legacy aliases ("GMT0", "GMT-0", "Etc/GMT+1") make enum members
+    that generated clients cannot tell apart (openapi-python-client refuses the document)."""
+    return sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/"))) + ["UTC"]
+
+
 # What the bodies' structs cannot say in their generated schemas, though the server checks it
 # (gateway/access/studios.py, outbound/replies.py, access/support.py, outbound/dates.py): a
 # client that sends what the schema allows is then never refused with 400. Merged into the
@@ -108,15 +115,9 @@ BODY_RULES: dict[str, dict[str, dict[str, Any]]] = {
                 "": {"additionalProperties": False, "not": {"required": ["hours", "days"], "properties": {
                     "hours": {"type": "integer"}, "days": {"type": "integer"}}}}},
     "ReplyUpload": {"text": {"minLength": 1, "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN}},
-    "StudioPatch": {"time_zone": {"oneOf": [{"type": "string", "enum": None}, {"type": "null"}]}},
+    "StudioPatch": {"time_zone": {"oneOf": [{"type": "string", "enum": documented_time_zones()}, {"type": "null"}]}},
 }
 
-
-def documented_time_zones() -> list[str]:
-    """The zones a client is offered: Area/Location names and UTC. The server takes every name
-    zoneinfo knows, but the legacy aliases ("GMT0", "GMT-0", "Etc/GMT+1") make enum members
-    that generated clients cannot tell apart (openapi-python-client refuses the document)."""
-    return sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/"))) + ["UTC"]
 
 # Operations whose success is not JSON: the media type and a binary body.
 DOWNLOADS: dict[str, str] = {"downloadAttachment": "application/octet-stream", "exportStudio": "application/zip"}
@@ -136,7 +137,7 @@ def _conversation_links(source: str) -> dict[str, Any]:
         "getConversation", "markConversationRead", "createReply", "closeConversation", "reopenConversation")}
 
 
-C, CID = "/api/v1/conversations", "/api/v1/conversations/{conversation_id}"
+CONVERSATIONS, CONVERSATION = "/api/v1/conversations", "/api/v1/conversations/{conversation_id}"
 
 # (method, path as in the document) -> the operation. Routes left out of the client spec
 # (webhooks, the Stripe webhook, the account-deletion confirmation page) are not here:
@@ -144,24 +145,24 @@ C, CID = "/api/v1/conversations", "/api/v1/conversations/{conversation_id}"
 OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/healthz"): Op("getHealth", "health", secured=False, database=False),
     ("GET", "/readyz"): Op("getReadiness", "health", secured=False),
-    ("GET", C): Op("listConversations", "conversations", cached=True,
+    ("GET", CONVERSATIONS): Op("listConversations", "conversations", cached=True,
                    links={"200": {**_conversation_links(_FIRST_CONVERSATION),
                                   "deleteConversation": _link("deleteConversation", conversation_id=_FIRST_CONVERSATION)}}),
-    ("GET", CID): Op("getConversation", "conversations", cached=True, extra=(404,),
+    ("GET", CONVERSATION): Op("getConversation", "conversations", cached=True, extra=(404,),
                      links={"200": {"deleteMessage": _link("deleteMessage", message_id="$response.body#/messages/0/id"),
                                     "getGuest": _link("getGuest", guest_id="$response.body#/guest/id")}}),
-    ("DELETE", CID): Op("deleteConversation", "conversations", extra=(404,),
+    ("DELETE", CONVERSATION): Op("deleteConversation", "conversations", extra=(404,),
                         links={"200": {"restoreConversation": _link("restoreConversation", conversation_id="$response.body#/id")}}),
-    ("POST", f"{CID}/read"): Op("markConversationRead", "conversations", extra=(404,)),
-    ("POST", f"{CID}/close"): Op("closeConversation", "conversations", extra=(404,),
+    ("POST", f"{CONVERSATION}/read"): Op("markConversationRead", "conversations", extra=(404,)),
+    ("POST", f"{CONVERSATION}/close"): Op("closeConversation", "conversations", extra=(404,),
                                  links={"200": {"reopenConversation": _link("reopenConversation", conversation_id="$response.body#/id")}}),
-    ("POST", f"{CID}/reopen"): Op("reopenConversation", "conversations", extra=(404,)),
-    ("POST", f"{CID}/replies"): Op("createReply", "messages", body=True, creates=True, extra=(404, 413, 429),
+    ("POST", f"{CONVERSATION}/reopen"): Op("reopenConversation", "conversations", extra=(404,)),
+    ("POST", f"{CONVERSATION}/replies"): Op("createReply", "messages", body=True, creates=True, extra=(404, 413, 429),
                                    links={"202": {"getConversation": _link("getConversation", conversation_id=_SAME_CONVERSATION),
                                                   "deleteMessage": _link("deleteMessage", message_id="$response.body#/id")}}),
-    ("POST", f"{CID}/replies/upload"): Op("createReplyWithAttachments", "messages", body=True, creates=True,
+    ("POST", f"{CONVERSATION}/replies/upload"): Op("createReplyWithAttachments", "messages", body=True, creates=True,
                                           extra=(404, 413, 429)),
-    ("POST", f"{CID}/restore"): Op("restoreConversation", "trash", extra=(402, 404, 409, 410)),
+    ("POST", f"{CONVERSATION}/restore"): Op("restoreConversation", "trash", extra=(402, 404, 409, 410)),
     ("DELETE", "/api/v1/messages/{message_id}"): Op(
         "deleteMessage", "messages", extra=(404,),
         links={"200": {"restoreMessage": _link("restoreMessage", message_id="$response.body#/id")}}),
@@ -261,9 +262,6 @@ def finish(generated: dict[str, Any]) -> dict[str, Any]:
             for prop, keywords in rules.items():
                 target = schemas[name] if prop == "" else schemas[name].setdefault("properties", {}).setdefault(prop, {})
                 target.update(copy.deepcopy(keywords))
-    zone = schemas.get("StudioPatch", {}).get("properties", {}).get("time_zone", {}).get("oneOf", [{}])[0]
-    if "enum" in zone:
-        zone["enum"] = documented_time_zones()
     components["securitySchemes"] = {SECURITY_SCHEME: {
         "type": "http", "scheme": "bearer", "description": "An API token: `Authorization: Bearer gw_...`."}}
     used_tags: set[str] = set()
