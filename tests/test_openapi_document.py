@@ -174,3 +174,20 @@ def test_a_reply_files_part_that_is_not_a_file_is_refused_not_dropped(gw: Runnin
     assert api.get(f"/api/v1/conversations/{conversation['id']}").json()["message_count"] == 1
     sent = api.post(path, files=[("text", (None, "Anbei die Skizze.")), ("files", ("skizze.png", b"\x89PNG", "image/png"))])
     assert sent.status_code == 202 and [a["filename"] for a in sent.json()["attachments"]] == ["skizze.png"]
+
+
+def test_the_support_headers_are_on_exactly_the_routes_open_to_support(gw: RunningGateway) -> None:
+    assert gw.gateway.app is not None
+    opened = {(method, re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path))
+              for route in gw.gateway.app.routes for handler in getattr(route, "route_handlers", [])
+              if "support_read" in handler.opt for method in handler.http_methods}
+    assert opened and opened == {key for key, op in OPERATIONS.items() if op.support}
+    for method, path, op in _operations(_document(gw)):
+        headers = {p["name"] for p in op["parameters"] if p["in"] == "header"}
+        assert ({"X-Support-Studio", "X-Support-Reason"} <= headers) == ((method.upper(), path) in opened), path
+
+
+def test_the_yaml_document_and_the_docs_page_are_the_finished_document(gw: RunningGateway) -> None:
+    client = gw.api(None)
+    assert "operationId: listConversations" in client.get("/schema/openapi.yaml").text
+    assert "listConversations" in client.get("/schema").text

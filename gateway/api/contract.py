@@ -74,6 +74,12 @@ IDEMPOTENCY_KEY: dict[str, Any] = {
                    "returned again; the same key with another body is 422, while the first still runs 409.",
     "schema": {"type": "string"},
 }
+SUPPORT_HEADERS: list[dict[str, Any]] = [
+    {"name": "X-Support-Studio", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Support tokens (`gws_`) only: the slug of the studio read under its owner's grant."},
+    {"name": "X-Support-Reason", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Support tokens only: why, written to the studio's audit log."},
+]
 IF_NONE_MATCH: dict[str, Any] = {
     "name": "If-None-Match", "in": "header", "required": False,
     "description": "The `ETag` of an earlier answer: 304 while nothing changed.",
@@ -93,6 +99,7 @@ class Op:
     creates: bool = False       # a creating POST: Idempotency-Key, 409 and 422
     cached: bool = False        # ETag / If-None-Match: 304
     database: bool = True       # 503 with Retry-After when the database is away
+    support: bool = False       # open to support tokens (gateway/api/auth.py support_read): its two headers
     extra: tuple[int, ...] = ()
     links: dict[str, dict[str, Any]] = field(default_factory=dict)   # by status: OpenAPI links
 
@@ -145,10 +152,10 @@ CONVERSATIONS, CONVERSATION = "/api/v1/conversations", "/api/v1/conversations/{c
 OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/healthz"): Op("getHealth", "health", secured=False, database=False),
     ("GET", "/readyz"): Op("getReadiness", "health", secured=False),
-    ("GET", CONVERSATIONS): Op("listConversations", "conversations", cached=True,
+    ("GET", CONVERSATIONS): Op("listConversations", "conversations", support=True, cached=True,
                    links={"200": {**_conversation_links(_FIRST_CONVERSATION),
                                   "deleteConversation": _link("deleteConversation", conversation_id=_FIRST_CONVERSATION)}}),
-    ("GET", CONVERSATION): Op("getConversation", "conversations", cached=True, extra=(404,),
+    ("GET", CONVERSATION): Op("getConversation", "conversations", support=True, cached=True, extra=(404,),
                      links={"200": {"deleteMessage": _link("deleteMessage", message_id="$response.body#/messages/0/id"),
                                     "getGuest": _link("getGuest", guest_id="$response.body#/guest/id")}}),
     ("DELETE", CONVERSATION): Op("deleteConversation", "conversations", extra=(404,),
@@ -167,14 +174,14 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "deleteMessage", "messages", extra=(404,),
         links={"200": {"restoreMessage": _link("restoreMessage", message_id="$response.body#/id")}}),
     ("POST", "/api/v1/messages/{message_id}/restore"): Op("restoreMessage", "trash", extra=(402, 404, 409, 410)),
-    ("GET", "/api/v1/attachments/{attachment_id}"): Op("downloadAttachment", "attachments", extra=(404,)),
-    ("GET", "/api/v1/held"): Op("listHeldMessages", "held", links={"200": {
+    ("GET", "/api/v1/attachments/{attachment_id}"): Op("downloadAttachment", "attachments", support=True, extra=(404,)),
+    ("GET", "/api/v1/held"): Op("listHeldMessages", "held", support=True, links={"200": {
         "acceptHeldMessage": _link("acceptHeldMessage", message_id="$response.body#/items/0/id"),
         "rejectHeldMessage": _link("rejectHeldMessage", message_id="$response.body#/items/0/id")}}),
     ("POST", "/api/v1/held/{message_id}/accept"): Op("acceptHeldMessage", "held", extra=(404, 409)),
     ("POST", "/api/v1/held/{message_id}/reject"): Op("rejectHeldMessage", "held", extra=(404, 409)),
     ("GET", "/api/v1/trash"): Op("listTrash", "trash"),
-    ("GET", "/api/v1/automatic"): Op("listAutomaticMail", "automatic"),
+    ("GET", "/api/v1/automatic"): Op("listAutomaticMail", "automatic", support=True),
     ("GET", "/api/v1/studio"): Op("getStudio", "studio", extra=(404,)),
     ("PATCH", "/api/v1/studio"): Op("updateStudio", "studio", body=True, extra=(404,)),
     ("GET", "/api/v1/tokens"): Op("listTokens", "tokens"),
@@ -289,6 +296,8 @@ def _apply(op: Op, operation: dict[str, Any], path: str) -> None:
         parameters.append(dict(IDEMPOTENCY_KEY))
     if op.cached and "if-none-match" not in names:
         parameters.append(dict(IF_NONE_MATCH))
+    if op.support:
+        parameters.extend(copy.deepcopy(h) for h in SUPPORT_HEADERS if h["name"].lower() not in names)
     responses: dict[str, Any] = operation.setdefault("responses", {})
     for code in statuses(op, bool(parameters)):
         responses.setdefault(str(code), {"description": MEANINGS.get(code, "")})
