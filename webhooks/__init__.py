@@ -36,11 +36,12 @@ def count_post(provider: str, response: Response[dict[str, Any]]) -> None:
 
 
 def webhook_handlers(settings: Settings) -> tuple[dict[str, Receiver], list[HTTPRouteHandler]]:
-    """The receivers and their routes, with a body limit that fits the largest mail we take."""
+    """The receivers and their routes, with a body limit that fits the largest mail we take.
+    Providers call them, not API clients: they stay out of the OpenAPI document (docs/api.md)."""
     receivers = {cls.name: cls(settings) for cls in RECEIVERS}
     handlers = [
         post(path, name=f"webhook-{receiver.name}-{index}", opt={"provider": receiver.name},
-             request_max_body_size=settings.webhook_max_body, status_code=200, tags=["webhooks"],
+             request_max_body_size=settings.webhook_max_body, status_code=200, include_in_schema=False,
              summary=f"Inbound mail from {receiver.name}")(_endpoint)
         for receiver in receivers.values() for index, path in enumerate(receiver.paths)
     ]

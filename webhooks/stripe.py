@@ -49,7 +49,7 @@ def verify(body: bytes, header: str | None, secrets: list[str]) -> dict[str, Any
 
 
 @post("/webhooks/stripe", sync_to_thread=True, request_max_body_size=MAX_BODY, status_code=200,
-      tags=["webhooks"], summary="Subscription events from Stripe")
+      include_in_schema=False)  # Stripe calls it, not API clients: docs/api.md describes it
 def stripe_webhook(request: Request[Any, Any, Any], body: RawBody) -> Response[dict[str, Any]]:
     response = _receive(request, body)
     WEBHOOKS.labels("stripe", str(response.status_code)).inc()  # billing events, not mail: no gateway_mail

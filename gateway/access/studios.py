@@ -75,6 +75,18 @@ def mint_token(kind: str) -> tuple[str, str]:
     return token, token[:len(kind) + 6]
 
 
+# The rules below as JSON-schema patterns, for the API's bodies (gateway/api/profiles.py,
+# support_grants.py): what a client or a generated client can check before sending, and what
+# schemathesis generates as valid. Leading and trailing white space is allowed since it is
+# stripped; control characters (Cc) and line or paragraph separators are not.
+_NO_CONTROL = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
+_VISIBLE = r"[^\s\x00-\x1f\x7f-\x9f\u2028\u2029]"
+SINGLE_LINE_PATTERN = rf"^\s*{_NO_CONTROL}*{_VISIBLE}{_NO_CONTROL}*\s*$"
+OPTIONAL_LINE_PATTERN = rf"^\s*{_NO_CONTROL}*\s*$"
+_ADDRESS_PART = r'[^\s\x00-\x1f\x7f-\x9f@<>,;"()\[\]\\]'
+EMAIL_PATTERN = rf"^\s*{_ADDRESS_PART}{{1,64}}@{_ADDRESS_PART}+\s*$"
+
+
 def single_line(value: str, what: str, max_length: int, *, required: bool = True) -> str:
     """`value` stripped, or StudioError naming `what`. Names and notes end up in mail headers,
     logs and terminals, where a line break or control character would forge a new line."""

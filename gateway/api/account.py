@@ -113,7 +113,9 @@ class AccountDeletionController(Controller):
         return DeletionConfirmedOut(status="deleted")
 
 
-@get(CONFIRMATION_PATH, sync_to_thread=False, media_type="text/html")
+# The page and its form are for a person's browser, not for API clients: out of the OpenAPI
+# document (a generated client has no use for HTML), described in docs/api.md instead.
+@get(CONFIRMATION_PATH, sync_to_thread=False, media_type="text/html", include_in_schema=False)
 def confirmation_page(code: FromQuery[str] = "") -> Response[str]:
     """The page the mail links to: the code in a form, and a button that posts it."""
     return _page(200, "Konto löschen · Delete account", f"""
@@ -129,7 +131,7 @@ class ConfirmForm(msgspec.Struct):
     code: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
-@post(CONFIRMATION_PATH, sync_to_thread=True, media_type="text/html", status_code=200)
+@post(CONFIRMATION_PATH, sync_to_thread=True, media_type="text/html", status_code=200, include_in_schema=False)
 def confirmation_form(request: Request, state: State, data: URLEncodedBody[ConfirmForm]) -> Response[str]:
     """The page's button: the outcome as a page."""
     try:

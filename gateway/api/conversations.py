@@ -31,7 +31,7 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import CONVERSATION
 from gateway.store.models import utcnow
 from gateway.inbox.reading import (BadCursor, ConversationDetailOut, ConversationList, MessageOut, attachment_out, message_out)
-from gateway.outbound.replies import (MAX_TEXT, ReplyError, ReplyTooLarge, Upload, check_text, check_uploads, create_reply)
+from gateway.outbound.replies import (MAX_TEXT, TEXT_PATTERN, ReplyError, ReplyTooLarge, Upload, check_text, check_uploads, create_reply)
 from gateway.outbound.reply_brake import RepliesBraked, check_reply_brake
 from gateway.access.studios import Caller
 from gateway.store.tables import ATTACHMENT
@@ -92,7 +92,7 @@ async def _read_at_most(request: Request[Any, Any, Any], limit: int) -> bytes:
     return b"".join(chunks)
 
 
-_TEXT = Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_TEXT)
+_TEXT = Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_TEXT, pattern=TEXT_PATTERN)
 
 
 @dataclass
@@ -199,7 +199,10 @@ class ConversationController(Controller):
             text = form.get("text")
             if not isinstance(text, str):
                 raise ClientException("a multipart reply needs a text part")
-            files = [f for f in form.getall("files", []) if isinstance(f, UploadFile)]
+            parts = form.getall("files", [])
+            files = [f for f in parts if isinstance(f, UploadFile)]
+            if len(files) != len(parts):  # a text part where the client meant a file: not dropped silently
+                raise ClientException("a multipart reply's files parts must be files (with a filename)")
             return await self._queue_reply(state, caller, conversation_id, text, await _uploads(files, state))
         body = await _read_at_most(request, REPLY_MAX_BODY)  # JSON, whatever the client declared (as before)
         try:

@@ -20,6 +20,8 @@ from litestar.openapi.plugins import (
 )
 from litestar.static_files import create_static_files_router
 
+from gateway.api.contract import finish, operation_id
+
 SCHEMA_PATH = "/schema"
 STATIC_PATH = f"{SCHEMA_PATH}/static"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -32,14 +34,36 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline
                            "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:")
 
 
-class OfflineRedoc(RedocRenderPlugin):
+class Finished:
+    """Render the finished document (gateway/api/contract.py), not Litestar's raw one; the
+    raw one is the same object on every request, so it is finished once."""
+
+    _finished: tuple[int, dict[str, Any]] | None = None
+
+    def finished(self, generated: dict[str, Any]) -> dict[str, Any]:
+        if self._finished is None or self._finished[0] != id(generated):
+            self._finished = (id(generated), finish(generated))
+        return self._finished[1]
+
+
+class FinishedJson(Finished, JsonRenderPlugin):
+    def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
+        return super().render(request, self.finished(openapi_schema))
+
+
+class FinishedYaml(Finished, YamlRenderPlugin):
+    def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
+        return super().render(request, self.finished(openapi_schema))
+
+
+class OfflineRedoc(Finished, RedocRenderPlugin):
     """Litestar's Redoc page with our bundle, no Google Fonts, no CDN favicon, and a CSP."""
 
     def __init__(self) -> None:
         super().__init__(js_url=REDOC_JS, google_fonts=False, favicon="", path=["/", "/redoc"])
 
     def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
-        page = super().render(request, openapi_schema)
+        page = super().render(request, self.finished(openapi_schema))
         meta = f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
         return page.replace(b"<head>", b"<head>" + meta.encode(), 1)
 
@@ -47,8 +71,8 @@ class OfflineRedoc(RedocRenderPlugin):
 def openapi_config() -> OpenAPIConfig:
     """/schema (the docs page), /schema/redoc, /schema/openapi.json and .yaml: no other viewer,
     since every other one Litestar offers loads itself from a CDN."""
-    return OpenAPIConfig(title="Studio mail gateway", version="1", path=SCHEMA_PATH,
-                         render_plugins=[OfflineRedoc(), JsonRenderPlugin(), YamlRenderPlugin()])
+    return OpenAPIConfig(title="Studio mail gateway", version="1", path=SCHEMA_PATH, operation_id_creator=operation_id,
+                         render_plugins=[OfflineRedoc(), FinishedJson(), FinishedYaml()])
 
 
 def static_files() -> Router:

@@ -27,6 +27,9 @@ from gateway.store.tables import ATTACHMENT, OUTBOUND_JOB
 
 MAX_REFERENCES = 20
 MAX_TEXT = 100_000
+# check_text's rule as a JSON-schema pattern, for the API document: something besides white
+# space, and no NUL.
+TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 
 class ReplyError(ValueError):
