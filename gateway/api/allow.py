@@ -15,7 +15,6 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.routes import HTTPRoute
 from litestar.types import BeforeMessageSendHookHandler, Message, Scope
 
-
 _TYPED = re.compile(r"\{(\w+):\w+\}")  # a route's "/{id:str}" is "/{id}" in scope["path_template"]
 
 

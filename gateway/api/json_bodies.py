@@ -29,8 +29,6 @@ from gateway.api.errors import api_error, validation_failed
 MALFORMED_JSON = "malformed_json"
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
-_NO_BODY_TYPE = object()
-_body_types: dict[int, Any] = {}   # handler id -> the type of its JSON `data`, or _NO_BODY_TYPE
 
 
 def is_json(content_type: str | None) -> bool:
@@ -70,18 +68,14 @@ def _field_error(text: str) -> tuple[str, str]:
 
 
 def json_body_type(handler: HTTPRouteHandler) -> Any:
-    """The type of the handler's JSON `data`, or None (no body, a form, or a body it reads itself)."""
-    known = _body_types.get(id(handler))
-    if known is None:
-        known = _NO_BODY_TYPE
-        data = handler.parsed_fn_signature.parameters.get("data")
-        if data is not None:
-            kwarg = data.kwarg_definition
-            media = kwarg.media_type if isinstance(kwarg, BodyKwarg) else RequestEncodingType.JSON
-            if media == RequestEncodingType.JSON:
-                known = data.annotation
-        _body_types[id(handler)] = known
-    return None if known is _NO_BODY_TYPE else known
+    """The type of the handler's JSON `data`, or None (no body, a form, or a body it reads
+    itself). Read from the handler's parsed signature, which Litestar keeps: nothing to cache."""
+    data = handler.parsed_fn_signature.parameters.get("data")
+    if data is None:
+        return None
+    kwarg = data.kwarg_definition
+    media = kwarg.media_type if isinstance(kwarg, BodyKwarg) else RequestEncodingType.JSON
+    return data.annotation if media == RequestEncodingType.JSON else None
 
 
 class StrictJsonBodies(ASGIMiddleware):
