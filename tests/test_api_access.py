@@ -73,7 +73,7 @@ def test_member_reads_and_answers_but_manages_nothing(gw: RunningGateway) -> Non
     }
     for doing, response in refused.items():
         assert response.status_code == 403
-        assert response.json() == {"status_code": 403, "detail": f"only the studio's owner can {doing}"}
+        assert response.json() == {"status_code": 403, "code": "forbidden", "detail": f"only the studio's owner can {doing}"}
     assert gw.api(studio.token).get(GRANTS).json()["items"] == []  # nothing was granted on the way
 
 
@@ -116,7 +116,7 @@ def test_the_owner_cannot_disconnect_themselves(gw: RunningGateway) -> None:
     [me] = owner.get(PROFILES).json()["items"]
     response = owner.delete(f"{PROFILES}/{me['id']}")
     assert response.status_code == 409
-    assert response.json() == {"status_code": 409, "detail": "the owner's profile cannot be disconnected"}
+    assert response.json() == {"status_code": 409, "code": "conflict", "detail": "the owner's profile cannot be disconnected"}
     assert owner.get(CONVERSATIONS).status_code == 200
     with read_tx(gw.engine) as conn:
         assert conn.execute(select(PROFILE.c.disconnected_at).where(PROFILE.c.id == me["id"])).scalar_one() is None
@@ -163,7 +163,7 @@ def test_another_studios_profile_is_404(gw: RunningGateway) -> None:
     mine, theirs = gw.add_studio("inkwell"), gw.add_studio("blackrose")
     their_member, their_token = connect_member(gw, theirs, "ink@blackrose.example")
     response = gw.api(mine.token).delete(f"{PROFILES}/{their_member}")
-    assert response.status_code == 404 and response.json() == {"status_code": 404, "detail": "profile not found"}
+    assert response.status_code == 404 and response.json() == {"status_code": 404, "code": "not_found", "detail": "profile not found"}
     assert gw.api(their_token).get(CONVERSATIONS).status_code == 200
     assert "ink@blackrose.example" not in gw.api(mine.token).get(PROFILES).text
 

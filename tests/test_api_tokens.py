@@ -108,7 +108,7 @@ def test_member_sees_only_own_tokens_and_cannot_revoke_the_owners(gw: RunningGat
 
     owner_token_id = token_id(gw, studio.token)
     refused = member.delete(f"{TOKENS}/{owner_token_id}")
-    assert refused.status_code == 404 and refused.json() == {"status_code": 404, "detail": "token not found"}
+    assert refused.status_code == 404 and refused.json() == {"status_code": 404, "code": "not_found", "detail": "token not found"}
     assert gw.api(studio.token).get(CONVERSATIONS).status_code == 200
 
 
@@ -123,7 +123,7 @@ def test_another_studios_token_is_404_and_never_listed(gw: RunningGateway) -> No
     mine, theirs = gw.add_studio("inkwell"), gw.add_studio("blackrose")
     their_id = token_id(gw, theirs.token)
     response = gw.api(mine.token).delete(f"{TOKENS}/{their_id}")
-    assert response.status_code == 404 and response.json() == {"status_code": 404, "detail": "token not found"}
+    assert response.status_code == 404 and response.json() == {"status_code": 404, "code": "not_found", "detail": "token not found"}
     assert gw.api(theirs.token).get(CONVERSATIONS).status_code == 200
     assert their_id not in [i["id"] for i in gw.api(mine.token).get(TOKENS).json()["items"]]
 

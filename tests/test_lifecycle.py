@@ -183,7 +183,7 @@ def test_restoring_on_the_free_plan_is_402_with_an_explanation(gw: RunningGatewa
     answer = refused.json()
     assert "restoring deleted data is a paid feature" in answer["detail"]
     assert "monthly or yearly plan" in answer["detail"]
-    assert answer["extra"] == {"feature": "restore", "plans": ["monthly", "yearly"]}
+    assert answer["code"] == "paid_plan_required" and "extra" not in answer
     assert api.get(f"/api/v1/conversations/{conversation_id}").status_code == 404   # still deleted
 
     paid(gw, studio)   # upgrading within the 30 days makes it restorable after all

@@ -25,6 +25,11 @@ from gateway.api.support_grants import SupportGrantController
 from gateway.api.tokens import TokenController
 from gateway.api.trash import ConversationTrashController, MessageController, TrashController
 from gateway.api.unavailable import UNAVAILABLE, database_unavailable
+from gateway.api.allow import allow_header
+from gateway.api.errors import EXCEPTION_HANDLERS
+from gateway.api.ids import ROW_ID_DECODERS
+from gateway.api.json_bodies import StrictJsonBodies
+from gateway.api.request_ids import add_request_id
 from gateway.billing.stripe_api import stripe_api
 from gateway.billing.subscriptions import cancel_for_deletion
 from gateway.inbound.directory import StudioDirectory
@@ -52,12 +57,16 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
         dependencies={"caller": Provide(provide_caller)},
         openapi_config=openapi_config(),  # the docs page and its scripts served by us (api/docs.py)
         debug=False,
-        exception_handlers={error: database_unavailable for error in UNAVAILABLE},
+        # One error body for every answer that is not a success (api/errors.py); 503 for a database away.
+        exception_handlers={**EXCEPTION_HANDLERS, **{error: database_unavailable for error in UNAVAILABLE}},
+        type_decoders=ROW_ID_DECODERS,  # path ids: out of range is 404, malformed 400 (api/ids.py)
+        before_send=[add_request_id],
         on_shutdown=[close_reader],
         logging_config=None,  # logging is configured once by the gateway, not reset by Litestar
         # Per-route latency histograms only while /metrics is on: a request pays for them otherwise.
-        middleware=[http_timing()] if settings.metrics_port is not None else [],
+        middleware=[*([http_timing()] if settings.metrics_port is not None else []), StrictJsonBodies()],
     )
+    app.before_send.append(allow_header(app))
     app.state.engine = engine
     app.state.loop_reader = reader
     app.state.settings = settings

@@ -206,4 +206,9 @@ def _support_caller(request: Request, engine: Engine, token: str, limiter: Failu
         raise ClientException(f"{SUPPORT_REASON}: {exc}") from None
     return (Caller(studio_id=studio_id, profile_id=0, role=SUPPORT_ROLE),
             _PendingRead(actor=f"support:{operator.name}", action=action,
-                         target=target.format(**request.path_params), reason=reason))
+                         target=_target(target, request.path_params), reason=reason))
+
+
+def _target(template: str, path_params: dict[str, Any]) -> str:
+    """"conversation 12": path ids arrive as text (api/ids.py), so a refused one may be long."""
+    return template.format(**{name: str(value)[:24] for name, value in path_params.items()})

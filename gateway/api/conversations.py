@@ -17,13 +17,17 @@ from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException, TooManyRequestsException
+from litestar.exceptions import ClientException, NotFoundException, TooManyRequestsException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
-from litestar.params import Body, FromPath, QueryParameter
+from litestar.params import Body, QueryParameter
 from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import OperationalError
 
 from gateway.inbox import reading
+from gateway.api.errors import api_error, validation_failed
+from gateway.api.ids import RowId
+from gateway.api.json_bodies import decode_strict, require_json
+from gateway.api.unavailable import DATABASE_UNAVAILABLE, RETRY_AFTER
 from gateway.api.auth import support_read
 from gateway.api.trash import DeletedOut, deleted_answer
 from gateway.store.batching import WriteUnavailable
@@ -61,7 +65,8 @@ class ReplyUpload:
 
 
 class ReplyIn(msgspec.Struct):
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+    # An empty text is check_text's `reply_text_empty`, like a blank one, not a generic length error.
+    text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 
 
 async def _uploads(files: list[UploadFile], state: State) -> list[Upload]:
@@ -70,9 +75,9 @@ async def _uploads(files: list[UploadFile], state: State) -> list[Upload]:
     try:
         return check_uploads(uploads, state.settings)
     except ReplyTooLarge as exc:
-        raise ClientException(str(exc), status_code=413) from None
+        raise api_error(413, exc.code, str(exc)) from None
     except ReplyError as exc:
-        raise ClientException(str(exc)) from None
+        raise validation_failed([("files", str(exc))], code=exc.code) from None
 
 
 async def _read_at_most(request: Request[Any, Any, Any], limit: int) -> bytes:
@@ -131,8 +136,8 @@ class ConversationController(Controller):
         except BadCursor as exc:
             raise ClientException(str(exc)) from None
 
-    @post("/{conversation_id:int}/read", sync_to_thread=True, status_code=200)
-    def mark_read(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> ReadOut:
+    @post("/{conversation_id:str}/read", sync_to_thread=True, status_code=200)
+    def mark_read(self, state: State, caller: NamedDependency[Caller], conversation_id: RowId) -> ReadOut:
         """Mark the conversation read now (it turns unread again when new mail arrives)."""
         now = utcnow()
         with write_tx(state.engine) as conn:
@@ -143,10 +148,10 @@ class ConversationController(Controller):
             raise NotFoundException("conversation not found")
         return ReadOut(id=conversation_id, unread=False, read_at=now)
 
-    @get("/{conversation_id:int}", sync_to_thread=True,
+    @get("/{conversation_id:str}", sync_to_thread=True,
          opt=support_read("conversation.read", "conversation {conversation_id}"))
     def get_conversation(
-        self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
+        self, state: State, caller: NamedDependency[Caller], conversation_id: RowId,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
         images: Annotated[str, QueryParameter(pattern="^(blocked|remote)$")] = "blocked",
@@ -164,8 +169,8 @@ class ConversationController(Controller):
             raise NotFoundException("conversation not found")
         return detail
 
-    @delete("/{conversation_id:int}", sync_to_thread=True, status_code=200, raises=[NotFoundException])
-    def remove(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> DeletedOut:
+    @delete("/{conversation_id:str}", sync_to_thread=True, status_code=200, raises=[NotFoundException])
+    def remove(self, state: State, caller: NamedDependency[Caller], conversation_id: RowId) -> DeletedOut:
         """Hide the conversation with all its messages at once (404 from then on, as if gone);
         restorable from the trash for 30 days on a paid plan, then erased for good. A guest's
         new mail opens a new conversation; replies still queued are not sent while deleted.
@@ -175,9 +180,9 @@ class ConversationController(Controller):
                                           log=deletion_log(state.settings))
         return deleted_answer(deleted, "conversation")
 
-    @post("/{conversation_id:int}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY)
+    @post("/{conversation_id:str}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY)
     async def reply_with_attachments(
-        self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
+        self, state: State, caller: NamedDependency[Caller], conversation_id: RowId,
         data: Annotated[ReplyUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> MessageOut:
         """The same reply with attachments: multipart/form-data with `text` and `files` parts.
@@ -185,10 +190,10 @@ class ConversationController(Controller):
         /replies takes this form as well; this path stays for the clients that use it."""
         return await self._queue_reply(state, caller, conversation_id, data.text, await _uploads(data.files, state))
 
-    @post("/{conversation_id:int}/replies", status_code=202, request_max_body_size=UPLOAD_MAX_BODY,
+    @post("/{conversation_id:str}/replies", status_code=202, request_max_body_size=UPLOAD_MAX_BODY,
           operation_class=ReplyOperation)
     async def reply(self, request: Request[Any, Any, Any], state: State, caller: NamedDependency[Caller],
-                    conversation_id: FromPath[int]) -> MessageOut:
+                    conversation_id: RowId) -> MessageOut:
         """Queue a reply to the guest: 202 with the outbound message (delivery `queued`).
 
         JSON `{"text": ...}`, or multipart/form-data with a `text` part and `files` parts for
@@ -198,17 +203,14 @@ class ConversationController(Controller):
             form = await request.form()
             text = form.get("text")
             if not isinstance(text, str):
-                raise ClientException("a multipart reply needs a text part")
+                raise validation_failed([("text", "a multipart reply needs a text part")])
             parts = form.getall("files", [])
             files = [f for f in parts if isinstance(f, UploadFile)]
             if len(files) != len(parts):  # a text part where the client meant a file: not dropped silently
-                raise ClientException("a multipart reply's files parts must be files (with a filename)")
+                raise validation_failed([("files", "a multipart reply's files parts must be files (with a filename)")])
             return await self._queue_reply(state, caller, conversation_id, text, await _uploads(files, state))
-        body = await _read_at_most(request, REPLY_MAX_BODY)  # JSON, whatever the client declared (as before)
-        try:
-            data = msgspec.json.decode(body, type=ReplyIn)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise ClientException(f"invalid reply: {exc}") from None
+        require_json(request.headers.get("content-type"))  # 415 for text/plain; none at all is JSON
+        data = decode_strict(await _read_at_most(request, REPLY_MAX_BODY), ReplyIn)
         return await self._queue_reply(state, caller, conversation_id, data.text, [])
 
     async def _queue_reply(self, state: State, caller: Caller, conversation_id: int, text: str,
@@ -235,9 +237,10 @@ class ConversationController(Controller):
         except RepliesBraked as exc:
             raise TooManyRequestsException(str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
         except ReplyError as exc:
-            raise ClientException(str(exc)) from None
+            raise validation_failed([("text", str(exc))], code=exc.code) from None
         except (WriteUnavailable, OperationalError):
-            raise ServiceUnavailableException("temporary problem storing the reply, please retry") from None
+            raise api_error(503, DATABASE_UNAVAILABLE, "temporary problem storing the reply, please retry",
+                            headers={"Retry-After": RETRY_AFTER}) from None
         if written is None:
             raise NotFoundException("conversation not found")
         wake = getattr(state, "wake_outbox", None)

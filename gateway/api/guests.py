@@ -11,8 +11,8 @@ from litestar import Controller, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, PermissionDeniedException
-from litestar.params import FromPath
 
+from gateway.api.ids import RowId
 from gateway.store.db import read_tx, write_tx
 from gateway.lifecycle.deletion_log import deletion_log
 from gateway.lifecycle.guests import erase_guest_data, get_guest
@@ -39,8 +39,8 @@ class GuestErasedOut(msgspec.Struct):
 class GuestController(Controller):
     path = "/api/v1/guests"
 
-    @get("/{guest_id:int}", sync_to_thread=True, raises=[NotFoundException])
-    def show(self, state: State, caller: NamedDependency[Caller], guest_id: FromPath[int]) -> GuestDetailOut:
+    @get("/{guest_id:str}", sync_to_thread=True, raises=[NotFoundException])
+    def show(self, state: State, caller: NamedDependency[Caller], guest_id: RowId) -> GuestDetailOut:
         with read_tx(state.engine) as conn:
             guest = get_guest(conn, caller.studio_id, guest_id)
         if guest is None:
@@ -48,9 +48,9 @@ class GuestController(Controller):
         return GuestDetailOut(id=guest.id, email=guest.email, name=guest.name, created_at=guest.created_at,
                               conversation_count=guest.conversation_count)
 
-    @post("/{guest_id:int}/erase", sync_to_thread=True, status_code=200,
+    @post("/{guest_id:str}/erase", sync_to_thread=True, status_code=200,
           raises=[PermissionDeniedException, NotFoundException])
-    def erase(self, state: State, caller: NamedDependency[Caller], guest_id: FromPath[int]) -> GuestErasedOut:
+    def erase(self, state: State, caller: NamedDependency[Caller], guest_id: RowId) -> GuestErasedOut:
         """Owner only: erase the guest's conversations (deleted ones too), the mail they wrote
         into other conversations, their attachments and their contact, at once and for good.
         Mail they send afterwards starts afresh as from a new guest."""

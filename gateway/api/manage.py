@@ -16,9 +16,10 @@ from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 from litestar.status_codes import HTTP_409_CONFLICT
 
+from gateway.api.ids import RowId
 from gateway.api.auth import support_read
 from gateway.inbox.actions import CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status
 from gateway.store.db import read_tx, write_tx
@@ -70,16 +71,16 @@ class HeldController(Controller):
             HeldOut(id=m.id, conversation_id=m.conversation_id, from_=PersonOut(email=m.from_email, name=m.from_name),
                     subject=m.subject, text=m.text, received_at=m.received_at) for m in held])
 
-    @post("/{message_id:int}/accept", sync_to_thread=True, status_code=200,
+    @post("/{message_id:str}/accept", sync_to_thread=True, status_code=200,
           raises=[ConflictException, NotFoundException])
-    def accept(self, state: State, caller: NamedDependency[Caller], message_id: FromPath[int]) -> DecisionOut:
+    def accept(self, state: State, caller: NamedDependency[Caller], message_id: RowId) -> DecisionOut:
         """Show the message in its conversation; its sender counts as a participant from now on.
         409 if it is not held (any more)."""
         return _decide(state, caller, message_id, accept=True)
 
-    @post("/{message_id:int}/reject", sync_to_thread=True, status_code=200,
+    @post("/{message_id:str}/reject", sync_to_thread=True, status_code=200,
           raises=[ConflictException, NotFoundException])
-    def reject(self, state: State, caller: NamedDependency[Caller], message_id: FromPath[int]) -> DecisionOut:
+    def reject(self, state: State, caller: NamedDependency[Caller], message_id: RowId) -> DecisionOut:
         """Keep the message out of sight for good (it is kept, as `rejected`). 409 if not held."""
         return _decide(state, caller, message_id, accept=False)
 
@@ -100,13 +101,13 @@ class ConversationStatusController(Controller):
 
     path = "/api/v1/conversations"
 
-    @post("/{conversation_id:int}/close", sync_to_thread=True, status_code=200)
-    def close(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> StatusOut:
+    @post("/{conversation_id:str}/close", sync_to_thread=True, status_code=200)
+    def close(self, state: State, caller: NamedDependency[Caller], conversation_id: RowId) -> StatusOut:
         """Closed until the studio reopens it or the guest writes again; closing twice is fine."""
         return _set_status(state, caller, conversation_id, CLOSED)
 
-    @post("/{conversation_id:int}/reopen", sync_to_thread=True, status_code=200)
-    def reopen(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> StatusOut:
+    @post("/{conversation_id:str}/reopen", sync_to_thread=True, status_code=200)
+    def reopen(self, state: State, caller: NamedDependency[Caller], conversation_id: RowId) -> StatusOut:
         """Open again; reopening an open conversation is fine."""
         return _set_status(state, caller, conversation_id, OPEN)
 
@@ -141,9 +142,9 @@ def content_disposition(filename: str) -> str:
 class AttachmentController(Controller):
     path = "/api/v1/attachments"
 
-    @get("/{attachment_id:int}", sync_to_thread=True, media_type="application/octet-stream",
+    @get("/{attachment_id:str}", sync_to_thread=True, media_type="application/octet-stream",
          opt=support_read("attachment.read", "attachment {attachment_id}"))
-    def download(self, state: State, caller: NamedDependency[Caller], attachment_id: FromPath[int]) -> Response[bytes]:
+    def download(self, state: State, caller: NamedDependency[Caller], attachment_id: RowId) -> Response[bytes]:
         """The attachment's bytes as a download, with its stored type.
 
         404 for another studio's attachment, and for one of a held or rejected message: it

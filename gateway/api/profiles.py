@@ -10,8 +10,9 @@ from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
+from gateway.api.ids import RowId
 from gateway.api.auth import require_owner
 from gateway.api.manage import ConflictException
 from gateway.api.tokens import NO_STORE, NewTokenOut
@@ -75,9 +76,9 @@ class ProfileController(Controller):
         return NewProfileOut(profile=_out(profile), token=NewTokenOut(
             id=token.id, prefix=token.prefix, token=token.token, created_at=token.created_at))
 
-    @delete("/{profile_id:int}", sync_to_thread=True, status_code=204,
+    @delete("/{profile_id:str}", sync_to_thread=True, status_code=204,
             raises=[ConflictException, NotFoundException])
-    def disconnect(self, state: State, caller: NamedDependency[Caller], profile_id: FromPath[int]) -> None:
+    def disconnect(self, state: State, caller: NamedDependency[Caller], profile_id: RowId) -> None:
         """Owner only: disconnect a member; their tokens stop working at once. 409 for the
         owner's own profile; disconnecting again is fine."""
         require_owner(caller, "disconnect profiles")

@@ -5,11 +5,12 @@ import msgspec
 from litestar import Controller, get, patch
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody
 from sqlalchemy import select, update
 
 from gateway.api.auth import require_owner
+from gateway.api.errors import validation_failed
 from gateway.outbound.dates import valid_time_zone
 from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import STUDIO
@@ -43,8 +44,8 @@ class StudioController(Controller):
         """Owner only: whether new inquiries get an automatic acknowledgement; the time zone."""
         require_owner(caller, "change its settings")
         if data.time_zone is not None and not valid_time_zone(data.time_zone):
-            raise ValidationException(f"time_zone must be an IANA time zone such as Europe/Berlin, "
-                                      f"not {data.time_zone[:80]!r}")
+            raise validation_failed([("time_zone", f"time_zone must be an IANA time zone such as Europe/Berlin, "
+                                                   f"not {data.time_zone[:80]!r}")])
         values = {name: value for name, value in (("acknowledge_inquiries", data.acknowledge_inquiries),
                                                   ("time_zone", data.time_zone)) if value is not None}
         if values:

@@ -10,9 +10,10 @@ from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from gateway.access import audit
+from gateway.api.ids import RowId
 from gateway.api.auth import require_owner
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
@@ -72,8 +73,8 @@ class SupportGrantController(Controller):
             raise ClientException(str(exc)) from None
         return _out(granted)
 
-    @delete("/{grant_id:int}", sync_to_thread=True, status_code=204, raises=[NotFoundException])
-    def revoke(self, state: State, caller: NamedDependency[Caller], grant_id: FromPath[int]) -> None:
+    @delete("/{grant_id:str}", sync_to_thread=True, status_code=204, raises=[NotFoundException])
+    def revoke(self, state: State, caller: NamedDependency[Caller], grant_id: RowId) -> None:
         """Owner only: end the grant now; support's next read is refused. Revoking again is fine."""
         require_owner(caller, "revoke support access")
         with write_tx(state.engine) as conn:

@@ -13,8 +13,8 @@ from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath
 
+from gateway.api.ids import RowId
 from gateway.store.db import read_tx, write_tx
 from gateway.access.studios import Caller, create_own_token, list_tokens, revoke_token
 
@@ -62,8 +62,8 @@ class TokenController(Controller):
             new = create_own_token(conn, caller)
         return NewTokenOut(id=new.id, prefix=new.prefix, token=new.token, created_at=new.created_at)
 
-    @delete("/{token_id:int}", sync_to_thread=True, status_code=204)
-    def revoke(self, state: State, caller: NamedDependency[Caller], token_id: FromPath[int]) -> None:
+    @delete("/{token_id:str}", sync_to_thread=True, status_code=204)
+    def revoke(self, state: State, caller: NamedDependency[Caller], token_id: RowId) -> None:
         """Revoke at once (the next request with it is 401); revoking again is fine."""
         with write_tx(state.engine) as conn:
             found = revoke_token(conn, caller, token_id)

@@ -16,9 +16,10 @@ from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 from litestar.status_codes import HTTP_402_PAYMENT_REQUIRED, HTTP_410_GONE
 
+from gateway.api.ids import RowId
 from gateway.api.people import GuestOut, PersonOut
 from gateway.api.manage import ConflictException
 from gateway.billing.entitlements import has_paid_features
@@ -103,7 +104,7 @@ def _restore(state: State, caller: Caller, object_id: int, what: str) -> Restore
     except Expired as exc:
         raise GoneException(str(exc)) from None
     except PaidFeature as exc:
-        raise PaymentRequiredException(str(exc), extra={"feature": "restore", "plans": ["monthly", "yearly"]}) from None
+        raise PaymentRequiredException(str(exc), extra={"code": "paid_plan_required"}) from None
     if restored is None:
         raise NotFoundException(f"{what} not found (deleted items are erased for good "
                                 f"{RETENTION.days} days after their deletion)")
@@ -123,8 +124,8 @@ class ConversationTrashController(Controller):
 
     path = "/api/v1/conversations"
 
-    @post("/{conversation_id:int}/restore", sync_to_thread=True, status_code=200, raises=_RESTORE_ANSWERS)
-    def restore(self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int]) -> RestoredOut:
+    @post("/{conversation_id:str}/restore", sync_to_thread=True, status_code=200, raises=_RESTORE_ANSWERS)
+    def restore(self, state: State, caller: NamedDependency[Caller], conversation_id: RowId) -> RestoredOut:
         """Bring a deleted conversation back exactly as it was (paid plans, within 30 days)."""
         return _restore(state, caller, conversation_id, "conversation")
 
@@ -134,8 +135,8 @@ class MessageController(Controller):
 
     path = "/api/v1/messages"
 
-    @delete("/{message_id:int}", sync_to_thread=True, status_code=200, raises=[NotFoundException])
-    def remove(self, state: State, caller: NamedDependency[Caller], message_id: FromPath[int]) -> DeletedOut:
+    @delete("/{message_id:str}", sync_to_thread=True, status_code=200, raises=[NotFoundException])
+    def remove(self, state: State, caller: NamedDependency[Caller], message_id: RowId) -> DeletedOut:
         """Hide the message and its attachments at once; the conversation's count and latest
         activity no longer include it. Restorable for 30 days on a paid plan."""
         with write_tx(state.engine) as conn:
@@ -143,8 +144,8 @@ class MessageController(Controller):
                                      log=deletion_log(state.settings))
         return deleted_answer(deleted, "message")
 
-    @post("/{message_id:int}/restore", sync_to_thread=True, status_code=200, raises=_RESTORE_ANSWERS)
-    def restore(self, state: State, caller: NamedDependency[Caller], message_id: FromPath[int]) -> RestoredOut:
+    @post("/{message_id:str}/restore", sync_to_thread=True, status_code=200, raises=_RESTORE_ANSWERS)
+    def restore(self, state: State, caller: NamedDependency[Caller], message_id: RowId) -> RestoredOut:
         """Bring a deleted message back into its conversation (409 while the conversation
         itself is deleted: restore that first)."""
         return _restore(state, caller, message_id, "message")

@@ -10,9 +10,12 @@ the promotion finds the new primary by itself (gateway/store/db.py).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import Request, Response
 from sqlalchemy import exc
+
+from gateway.api.errors import Error, error_response
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +25,11 @@ ERR_DATABASE_UNAVAILABLE = "database temporarily unavailable, please retry"
 UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError)
 
 
-def database_unavailable(request: Request, error: Exception) -> Response[dict[str, str]]:
+DATABASE_UNAVAILABLE = "database_unavailable"
+
+
+def database_unavailable(request: Request[Any, Any, Any], error: Exception) -> Response[Error]:
     log.warning("%s %s: database unavailable, answering 503: %s", request.method, request.url.path,
                 type(error).__name__)
-    return Response({"detail": ERR_DATABASE_UNAVAILABLE}, status_code=503,
-                    headers={"Retry-After": RETRY_AFTER})
+    return error_response(request, 503, DATABASE_UNAVAILABLE, ERR_DATABASE_UNAVAILABLE,
+                          headers={"Retry-After": RETRY_AFTER})

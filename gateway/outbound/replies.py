@@ -33,7 +33,14 @@ TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 
 class ReplyError(ValueError):
-    """The reply cannot be made as asked; the message is safe to show (answered 400)."""
+    """The reply cannot be made as asked; the message is safe to show (answered 400).
+
+    `code` is the stable name the API answers with (`reply_text_empty`): apps switch on it,
+    so it never changes once released, whatever the wording of the message."""
+
+    def __init__(self, message: str, code: str = "reply_invalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ReplyTooLarge(ReplyError):
@@ -104,11 +111,11 @@ def bounded_references(chain: list[str]) -> list[str]:
 
 def check_text(text: str) -> str:
     if "\x00" in text:
-        raise ReplyError("text must not contain NUL characters")
+        raise ReplyError("text must not contain NUL characters", "reply_text_nul")
     if not text.strip():
-        raise ReplyError("text must not be empty")
+        raise ReplyError("text must not be empty", "reply_text_empty")
     if len(text) > MAX_TEXT:
-        raise ReplyError(f"text is longer than {MAX_TEXT} characters")
+        raise ReplyError(f"text is longer than {MAX_TEXT} characters", "reply_text_too_long")
     return text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
 
 
@@ -117,11 +124,12 @@ def check_uploads(uploads: list[Upload], settings: Settings) -> list[Upload]:
     checked = []
     for index, upload in enumerate(uploads):
         if len(upload.data) > settings.max_attachment_size:
-            raise ReplyTooLarge(f"attachment {upload.filename!r} is larger than {settings.max_attachment_size} bytes")
+            raise ReplyTooLarge(f"attachment {upload.filename!r} is larger than {settings.max_attachment_size} bytes",
+                               "attachment_too_large")
         media = plain_media_type(upload.content_type)
         checked.append(Upload(sanitise_filename(upload.filename, media, index + 1), media, upload.data))
     if sum(len(u.data) for u in checked) * 4 // 3 > settings.smtp_max_message_size:
-        raise ReplyTooLarge("attachments together are larger than a message may be")
+        raise ReplyTooLarge("attachments together are larger than a message may be", "attachments_too_large")
     return checked
 
 
