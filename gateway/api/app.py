@@ -13,6 +13,7 @@ from gateway.api.account import AccountDeletionController, confirmation_form, co
 from gateway.api.auth import loop_reader, provide_caller
 from gateway.api.billing import BillingController
 from gateway.api.conversations import ConversationController
+from gateway.api.cors import cors_hook
 from gateway.api.docs import openapi_config, static_files
 from gateway.api.export import ExportController
 from gateway.api.guests import GuestController
@@ -57,6 +58,7 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
         logging_config=None,  # logging is configured once by the gateway, not reset by Litestar
         # Per-route latency histograms only while /metrics is on: a request pays for them otherwise.
         middleware=[http_timing()] if settings.metrics_port is not None else [],
+        before_send=[cors_hook(settings.cors_origin_set)] if settings.cors_origin_set else [],
     )
     app.state.engine = engine
     app.state.loop_reader = reader
