@@ -31,7 +31,7 @@ from markupsafe import escape
 
 from gateway.lifecycle.account_deletion import (CONFIRMATION_PATH, CancelSubscription, CodeExpired, CodeUsed, NotAllowed, TooManyRequests, UnknownCode, confirm_deletion, no_subscription_to_cancel, request_by_owner)
 from gateway.api.auth import auth_limiter
-from gateway.api.created import accepted
+from gateway.api.created import LOCATION, accepted
 from gateway.api.manage import ConflictException
 from gateway.store.models import utcnow
 from gateway.access.studios import Caller
@@ -79,7 +79,7 @@ LIMITER = "deletion_code_limiter"
 class AccountDeletionController(Controller):
     path = "/api/v1/account/deletion"
 
-    @post("/", sync_to_thread=True, status_code=202,
+    @post("/", sync_to_thread=True, status_code=202, response_headers=[LOCATION],
           raises=[ConflictException, PermissionDeniedException, TooManyRequestsException])
     def ask(self, state: State, caller: NamedDependency[Caller],
             data: JSONBody[DeletionRequestIn | None] = None) -> Response[DeletionRequestedOut]:

@@ -17,7 +17,7 @@ from litestar.exceptions import HTTPException, PermissionDeniedException, Servic
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_502_BAD_GATEWAY
 
-from gateway.api.created import created
+from gateway.api.created import LOCATION, created
 from gateway.billing.stripe_api import BillingNotConfigured, BillingUnavailable
 from gateway.billing.subscriptions import BillingConflict, cancel, start_checkout, summary
 from gateway.store.db import read_tx
@@ -100,7 +100,7 @@ class BillingController(Controller):
                           pauses=[PauseOut(lockdown=p.lockdown, started_at=p.started_at, ended_at=p.ended_at,
                                            state=p.state) for p in s.pauses])
 
-    @post("/checkout", sync_to_thread=True, status_code=201)
+    @post("/checkout", sync_to_thread=True, status_code=201, response_headers=[LOCATION])
     def checkout(self, state: State, caller: NamedDependency[Caller],
                  data: JSONBody[CheckoutIn]) -> Response[CheckoutOut]:
         """Owner only: a Stripe Checkout session for the monthly or yearly plan; its page is

@@ -12,9 +12,18 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
+from litestar.datastructures import ResponseHeader
+from litestar.openapi.datastructures import ResponseSpec
 
 # Litestar's JSON encoder knows the same structs and datetimes msgspec does.
 _ENCODER = msgspec.json.Encoder()
+
+
+# For the OpenAPI document of a tagged route (the headers themselves are set by `tagged`).
+ETAG_HEADERS = [ResponseHeader(name="ETag", documentation_only=True,
+                               description="Send it back as If-None-Match: 304 while the answer is unchanged."),
+                ResponseHeader(name="Cache-Control", documentation_only=True, description="private, no-cache")]
+NOT_MODIFIED = {304: ResponseSpec(data_container=None, description="Not modified: the If-None-Match ETag is current.")}
 
 
 def etag_of(body: bytes) -> str:

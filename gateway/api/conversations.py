@@ -31,8 +31,8 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import CONVERSATION
 from gateway.store.models import utcnow
 from gateway.inbox.reading import (ConversationDetailOut, ConversationList, MessageList, MessageOut, attachment_out, message_out)
-from gateway.api.conditional import tagged
-from gateway.api.created import accepted
+from gateway.api.conditional import ETAG_HEADERS, NOT_MODIFIED, tagged
+from gateway.api.created import LOCATION, accepted
 from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.outbound.replies import (MAX_TEXT, ReplyError, ReplyTooLarge, Upload, check_text, check_uploads, create_reply)
 from gateway.outbound.reply_brake import RepliesBraked, check_reply_brake
@@ -117,7 +117,8 @@ class ReplyOperation(Operation):
 class ConversationController(Controller):
     path = "/api/v1/conversations"
 
-    @get("/", sync_to_thread=True, opt=support_read("conversation.list", "conversations"))
+    @get("/", sync_to_thread=True, opt=support_read("conversation.list", "conversations"),
+         responses=NOT_MODIFIED, response_headers=ETAG_HEADERS)
     def list_conversations(
         self, request: Request[Any, Any, Any], state: State, caller: NamedDependency[Caller],
         limit: Limit = DEFAULT_LIMIT,
@@ -152,7 +153,8 @@ class ConversationController(Controller):
         return ReadOut(id=conversation_id, unread=False, read_at=now)
 
     @get("/{conversation_id:int}", sync_to_thread=True,
-         opt=support_read("conversation.read", "conversation {conversation_id}"))
+         opt=support_read("conversation.read", "conversation {conversation_id}"),
+         responses=NOT_MODIFIED, response_headers=ETAG_HEADERS)
     def get_conversation(
         self, request: Request[Any, Any, Any], state: State, caller: NamedDependency[Caller],
         conversation_id: FromPath[int], limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
@@ -195,7 +197,8 @@ class ConversationController(Controller):
                                           log=deletion_log(state.settings))
         return deleted_answer(deleted, "conversation")
 
-    @post("/{conversation_id:int}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY)
+    @post("/{conversation_id:int}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY,
+          response_headers=[LOCATION])
     async def reply_with_attachments(
         self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
         data: Annotated[ReplyUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
@@ -206,7 +209,7 @@ class ConversationController(Controller):
         return await self._queue_reply(state, caller, conversation_id, data.text, await _uploads(data.files, state))
 
     @post("/{conversation_id:int}/replies", status_code=202, request_max_body_size=UPLOAD_MAX_BODY,
-          operation_class=ReplyOperation)
+          operation_class=ReplyOperation, response_headers=[LOCATION])
     async def reply(self, request: Request[Any, Any, Any], state: State, caller: NamedDependency[Caller],
                     conversation_id: FromPath[int]) -> Response[MessageOut]:
         """Queue a reply to the guest: 202 with the outbound message (delivery `queued`) and its

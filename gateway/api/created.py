@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import TypeVar
 
 from litestar import Response
+from litestar.datastructures import ResponseHeader
 
 T = TypeVar("T")
+
+# For the OpenAPI document of a route answering `created` or `accepted`.
+LOCATION = ResponseHeader(name="Location", documentation_only=True, description="The URL of what was created.")
 
 
 def created(data: T, location: str, status_code: int = 201) -> Response[T]:

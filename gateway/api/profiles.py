@@ -13,7 +13,7 @@ from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath, JSONBody
 
 from gateway.api.auth import require_owner
-from gateway.api.created import created
+from gateway.api.created import LOCATION, created
 from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.api.manage import ConflictException
 from gateway.api.tokens import NO_STORE, NewTokenOut
@@ -64,7 +64,7 @@ class ProfileController(Controller):
             page = list_profiles(conn, caller, limit=limit, cursor=cursor)
         return ProfileList(items=[_out(p) for p in page.items], next_cursor=page.next_cursor)
 
-    @post("/", sync_to_thread=True, status_code=201, response_headers=NO_STORE,
+    @post("/", sync_to_thread=True, status_code=201, response_headers=[*NO_STORE, LOCATION],
           raises=[ClientException, ConflictException])
     def connect(self, state: State, caller: NamedDependency[Caller],
                 data: JSONBody[ProfileIn]) -> Response[NewProfileOut]:

@@ -14,7 +14,7 @@ from litestar.params import FromPath, JSONBody
 
 from gateway.access import audit
 from gateway.api.auth import require_owner
-from gateway.api.created import created
+from gateway.api.created import LOCATION, created
 from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
@@ -62,7 +62,7 @@ class SupportGrantController(Controller):
             page = list_grants(conn, caller.studio_id, utcnow(), limit=limit, cursor=cursor)
         return GrantList(items=[_out(g) for g in page.items], next_cursor=page.next_cursor)
 
-    @post("/", sync_to_thread=True, status_code=201, raises=[ClientException])
+    @post("/", sync_to_thread=True, status_code=201, raises=[ClientException], response_headers=[LOCATION])
     def grant(self, state: State, caller: NamedDependency[Caller],
               data: JSONBody[GrantIn | None] = None) -> Response[GrantOut]:
         """Owner only: let support read the studio's conversations from now on for `hours` or

@@ -11,11 +11,12 @@ from datetime import datetime
 import msgspec
 from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
-from gateway.api.created import created
+from gateway.api.created import LOCATION, created
 from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.store.db import read_tx, write_tx
 from gateway.access.studios import Caller, create_own_token, list_tokens, revoke_token
@@ -43,7 +44,7 @@ class NewTokenOut(msgspec.Struct):
 
 
 # The new token's only appearance must not stay in a cache on the way.
-NO_STORE = {"Cache-Control": "no-store"}
+NO_STORE = [ResponseHeader(name="Cache-Control", value="no-store")]
 
 
 class TokenController(Controller):
@@ -61,7 +62,7 @@ class TokenController(Controller):
                      revoked_at=t.revoked_at, current=t.id == caller.token_id) for t in tokens.items],
             next_cursor=tokens.next_cursor)
 
-    @post("/", sync_to_thread=True, status_code=201, response_headers=NO_STORE)
+    @post("/", sync_to_thread=True, status_code=201, response_headers=[*NO_STORE, LOCATION])
     def create(self, state: State, caller: NamedDependency[Caller]) -> Response[NewTokenOut]:
         """A new token for the caller's own profile; `token` is shown this once."""
         with write_tx(state.engine) as conn:
