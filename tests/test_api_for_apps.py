@@ -119,7 +119,10 @@ def test_updated_since_lists_what_changed_at_or_after_it_deletions_included(gw: 
 
     assert _since(api, mark, status="closed") == []  # the other filters still apply
     assert _since(api, datetime(2000, 1, 1, tzinfo=timezone.utc)) == [(a, False), (b, False)]
-    assert api.get(LIST, params={"updated_since": "gestern"}).status_code == 400
+    for rfc3339 in ("2000-01-01t00:00:00z", "2000-12-31T23:59:60Z", "2000-01-01T00:00:00.123456789+01:00"):
+        assert _since(api, rfc3339) == [(a, False), (b, False)], rfc3339
+    for bad in ("gestern", "1", "2026-13-01T00:00:00Z", "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
+        assert api.get(LIST, params={"updated_since": bad}).status_code == 400, bad
     # Another studio's changes are never listed.
     assert _since(gw.api(gw.add_studio("blackrose").token), datetime(2000, 1, 1, tzinfo=timezone.utc)) == []
 

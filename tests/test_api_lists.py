@@ -186,7 +186,8 @@ def test_a_cursor_we_did_not_hand_out_is_400_bad_cursor_never_500(gw: RunningGat
     at = "2026-12-06T10:00:00+00:00"
     for bad in ("not-a-cursor", "bm9wZQ", "", "x" * 5000, _cursor(f"1|{2**63}|{at}"), _cursor(f"1|{2**63}"),
                 _cursor(f"1|99999999999999999999999|{at}"), _cursor("1|-5"), _cursor(f"2|5|{at}"),
-                _cursor("1|5|yesterday"), _cursor("1|٣"), "é"):
+                _cursor("1|5|yesterday"), _cursor("1|5|0001-01-01T00:00:00+05:00"),
+                _cursor("1|5|9999-12-31T23:59:59-05:00"), _cursor("1|٣"), "é"):
         answer = api.get(path, params={"cursor": bad})
         assert answer.status_code == 400, (bad, answer.status_code, answer.text)
         assert _code(answer.json()) == "bad_cursor", answer.text

@@ -95,6 +95,22 @@ async def _read_at_most(request: Request[Any, Any, Any], limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _timestamp(value: str, name: str) -> datetime:
+    """An ISO-8601 time in UTC (UTC when it has no offset), or 400 naming the parameter.
+
+    Parsed here rather than by the framework, which also takes plain numbers as Unix times and
+    answered 500 for times that leave the calendar once moved to UTC (year 1 at +05:00)."""
+    text = value.upper()  # RFC 3339 allows "t" and "z"
+    if text[17:19] == "60":  # a leap second (RFC 3339 5.6): the second before is as good here
+        text = f"{text[:17]}59{text[19:]}"
+    try:
+        parsed = datetime.fromisoformat(text)
+        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise ClientException(f"{name} must be an ISO-8601 time such as 2026-12-06T10:00:00Z",
+                              extra={"code": f"bad_{name}"}) from None
+
+
 _TEXT = Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_TEXT)
 
 
@@ -126,18 +142,17 @@ class ConversationController(Controller):
         unread: Annotated[bool | None, QueryParameter()] = None,
         q: Annotated[str | None, QueryParameter(min_length=1, max_length=200)] = None,
         cursor: Cursor = None,
-        updated_since: Annotated[datetime | None, QueryParameter(description=(
+        updated_since: Annotated[str | None, QueryParameter(format=OpenAPIFormat.DATE_TIME, max_length=64, description=(
             "ISO-8601 time: only conversations changed at or after it (a message, read or unread, "
             "closed or reopened, deleted or restored), deleted ones included with `deleted: true`. "
-            "Pass the newest `updated_at` seen."))] = None,
+            "Pass the newest `updated_at` seen; without an offset it is UTC."))] = None,
     ) -> Response[ConversationList]:
         """Newest activity first; `next_cursor` fetches the page after this one. Answers carry
         an ETag: with `If-None-Match` the unchanged list is `304` with no body."""
-        if updated_since is not None and updated_since.tzinfo is None:
-            updated_since = updated_since.replace(tzinfo=timezone.utc)  # a time without zone is UTC
+        since = None if updated_since is None else _timestamp(updated_since, "updated_since")
         with cursor_checked(), read_tx(state.engine) as conn:
             page = reading.list_conversations(conn, caller.studio_id, limit=limit, status=status, unread=unread,
-                                              q=q, cursor=cursor, updated_since=updated_since)
+                                              q=q, cursor=cursor, updated_since=since)
         return tagged(request, page)
 
     @post("/{conversation_id:int}/read", sync_to_thread=True, status_code=200)

@@ -81,9 +81,9 @@ def decode_cursor(order: Order, cursor: str) -> tuple[int, datetime | None]:
     if order.sort is not None:
         try:
             at = datetime.fromisoformat(parts[2])
-        except ValueError:
+            at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+        except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved past the calendar
             raise BadCursor() from None
-        at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
     return int(parts[1]), at
 
 
