@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # (uvicorn's ProxyHeadersMiddleware), so rate limits count the client, not the proxy.
     # Comma-separated IPs or CIDRs, "*" for any; empty: believe no one. Default: a proxy on this host.
     forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Browser apps on other origins that may call /api/ (CORS, gateway/api/cors.py): comma-separated
+    # exact origins such as https://app.example.com; empty (the default): no CORS headers at all.
+    cors_origins: str = ""
     # Several `gateway smtp` (or `gateway web`) processes on one port: SO_REUSEPORT on both
     # listeners, and the kernel spreads new connections over them (docs/operations.md). Off by
     # default, so a second gateway started by mistake fails with "address in use" rather than
@@ -230,6 +233,21 @@ class Settings(BaseSettings):
         if value and not value.startswith(("https://", "http://")):
             raise ValueError("GATEWAY_PUBLIC_URL must be an http(s) URL such as https://gateway.example.com")
         return value.rstrip("/")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",") if o.strip()):
+            scheme, sep, host = origin.partition("://")
+            if scheme not in ("https", "http") or not sep or not host or any(c in host for c in "/*?# "):
+                raise ValueError(f"GATEWAY_CORS_ORIGINS takes exact origins such as https://app.example.com "
+                                 f"(scheme, host and port if any; no path, no wildcard), not {origin!r}")
+        return value
+
+    @property
+    def cors_origin_set(self) -> frozenset[str]:
+        """The origins of GATEWAY_CORS_ORIGINS, as a browser sends them (lower case, no trailing /)."""
+        return frozenset(o.strip().lower() for o in self.cors_origins.split(",") if o.strip())
 
     @field_validator("helpdesk_address")
     @classmethod

@@ -276,6 +276,7 @@ def test_the_owner_asks_in_the_api_and_members_may_not(hd: RunningGateway, sink:
 
     answer = hd.api(ink.token).post(REQUEST, json={"reason": "Moving abroad, call me at 0049 170 7654321"})
     assert answer.status_code == 202, answer.text
+    assert answer.headers["location"] == CONFIRM  # where the mailed code goes next
     assert answer.json()["status"] == "confirmation_sent" and answer.json()["sent_to"] == OWNER
     [mail] = sent(hd, sink)
     assert mail.rcpt_tos == [OWNER] and mail.message["Subject"] == "Please confirm: deletion of Inkwell Tattoo"

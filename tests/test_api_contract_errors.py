@@ -24,6 +24,7 @@ ERROR_KEYS = {"status_code", "code", "detail"}
 # Every route with an id in its path: (method, path, what it takes).
 ID_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/v1/conversations/{id}", {}),
+    ("GET", "/api/v1/conversations/{id}/messages", {}),
     ("DELETE", "/api/v1/conversations/{id}", {}),
     ("POST", "/api/v1/conversations/{id}/read", {}),
     ("POST", "/api/v1/conversations/{id}/replies", {"json": {"text": "Gern!"}}),
@@ -35,6 +36,7 @@ ID_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/v1/held/{id}/accept", {}),
     ("POST", "/api/v1/held/{id}/reject", {}),
     ("GET", "/api/v1/attachments/{id}", {}),
+    ("GET", "/api/v1/messages/{id}", {}),
     ("DELETE", "/api/v1/messages/{id}", {}),
     ("POST", "/api/v1/messages/{id}/restore", {}),
     ("DELETE", "/api/v1/tokens/{id}", {}),

@@ -35,6 +35,7 @@ def test_checkout_asks_stripe_for_a_subscription_session_for_the_owner_only(bill
     assert answer.status_code == 201, answer.text
     [call] = billing.stripe.calls("POST", "/v1/checkout/sessions")
     assert answer.json()["url"] == billing.stripe.sessions[next(iter(billing.stripe.sessions))]["url"]
+    assert answer.headers["location"] == answer.json()["url"]  # the created session's page
     assert call.params["mode"] == "subscription"
     assert call.params["line_items"] == [{"price": MONTHLY_PRICE, "quantity": "1"}]
     assert call.params["client_reference_id"] == str(studio.id)

@@ -82,7 +82,7 @@ def test_erasing_a_guest_leaves_nothing_of_them_and_spares_the_other_guest(gw: R
     assert api.post(f"/api/v1/guests/{lena['id']}/erase").status_code == 404   # nothing left to erase
     [item] = api.get("/api/v1/conversations").json()["items"]
     assert item["id"] == lion and item["guest"]["email"] == "tom@example.net"
-    assert api.get("/api/v1/trash").json()["conversations"] == []
+    assert api.get("/api/v1/trash/conversations").json()["items"] == []
     assert api.get(f"/api/v1/conversations/{rose}").status_code == 404
     tom_after = api.get(f"/api/v1/conversations/{lion}").json()
     assert tom_after["messages"] == tom_before["messages"][:1] and tom_after["message_count"] == 1

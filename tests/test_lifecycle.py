@@ -158,24 +158,28 @@ def test_restoring_on_a_paid_plan_brings_back_exactly_what_was_there(gw: Running
     # The message deleted on its own before stays deleted: the conversation is as it was then.
     partial = api.get(f"/api/v1/conversations/{conversation_id}").json()
     assert message not in ids(partial["messages"]) and partial["message_count"] == 1
-    assert ids(api.get("/api/v1/trash").json()["messages"]) == [message]
+    assert ids(api.get("/api/v1/trash/messages").json()["items"]) == [message]
     assert api.post(f"/api/v1/messages/{message}/restore").json()["conversation_id"] == conversation_id
 
-    assert api.get(f"/api/v1/conversations/{conversation_id}").json() == before
-    assert api.get("/api/v1/conversations").json() == before_list
+    # Exactly as it was, but for the time of the change (what `updated_since` finds it by).
+    after = api.get(f"/api/v1/conversations/{conversation_id}").json()
+    assert after.pop("updated_at") > before.pop("updated_at") and after == before
+    after_list = api.get("/api/v1/conversations").json()
+    assert after_list["items"][0].pop("updated_at") > before_list["items"][0].pop("updated_at")
+    assert after_list == before_list
     assert api.get("/api/v1/held").json() == held_before
     for m in before["messages"]:
         for a in m["attachments"]:
             assert api.get(f"/api/v1/attachments/{a['id']}").status_code == 200
-    assert api.get("/api/v1/trash").json()["conversations"] == []
+    assert api.get("/api/v1/trash/conversations").json()["items"] == []
 
 
 def test_restoring_on_the_free_plan_is_402_with_an_explanation(gw: RunningGateway) -> None:
     studio, api, conversation_id, message = thread_of_two(gw, paid_plan=False)
     assert api.delete(f"/api/v1/messages/{message}").status_code == 200
     assert api.delete(f"/api/v1/conversations/{conversation_id}").status_code == 200
-    trash = api.get("/api/v1/trash").json()
-    assert trash["restorable"] is False and ids(trash["conversations"]) == [conversation_id]
+    assert api.get("/api/v1/trash").json()["restorable"] is False
+    assert ids(api.get("/api/v1/trash/conversations").json()["items"]) == [conversation_id]
 
     refused = api.post(f"/api/v1/conversations/{conversation_id}/restore")
     assert refused.status_code == 402
@@ -204,7 +208,7 @@ def test_after_30_days_restoring_is_410_and_after_the_purge_404(gw: RunningGatew
     gone = api.post(f"/api/v1/conversations/{conversation_id}/restore")
     assert gone.status_code == 410
     assert "more than 30 days ago" in gone.json()["detail"] and "cannot be restored" in gone.json()["detail"]
-    assert api.get("/api/v1/trash").json()["conversations"] == []   # not offered any more
+    assert api.get("/api/v1/trash/conversations").json()["items"] == []   # not offered any more
 
     report = purge(gw.engine, gw.settings)
     assert report.conversations == [conversation_id] and report.messages == []
@@ -243,15 +247,16 @@ def test_the_trash_lists_what_can_still_be_restored_newest_deletion_first(gw: Ru
 
     trash = api.get("/api/v1/trash").json()
     assert trash["retention_days"] == 30 and trash["restorable"] is False
-    assert ids(trash["conversations"]) == [newer, older]
-    first = trash["conversations"][0]
+    conversations = api.get("/api/v1/trash/conversations").json()
+    assert ids(conversations["items"]) == [newer, older] and conversations["next_cursor"] is None
+    first = conversations["items"][0]
     assert (first["subject"], first["guest"]["email"], first["message_count"]) == ("Zweite", "guest@example.org", 1)
     assert first["purge_at"] == _iso_plus(first["deleted_at"], RETENTION)
-    [deleted_message] = trash["messages"]
+    [deleted_message] = api.get("/api/v1/trash/messages").json()["items"]
     assert (deleted_message["id"], deleted_message["conversation_id"], deleted_message["deleted_by"]) == (
         message, kept, member_profile)
     assert deleted_message["excerpt"] == "Bitte löschen: falsches Foto" and deleted_message["state"] == "visible"
-    assert gw.api(gw.add_studio("blackrose").token).get("/api/v1/trash").json()["conversations"] == []
+    assert gw.api(gw.add_studio("blackrose").token).get("/api/v1/trash/conversations").json()["items"] == []
 
 
 def test_guest_mail_to_a_deleted_conversation_opens_a_new_one_and_leaves_the_old_deleted(
@@ -282,7 +287,7 @@ def test_guest_mail_to_a_deleted_conversation_opens_a_new_one_and_leaves_the_old
     assert [m["text"] for m in detail["messages"]] == ["Neue Frage: geht Freitag?"]
     assert "Drache" not in json.dumps(detail)
     assert api.get(f"/api/v1/conversations/{old}").status_code == 404
-    assert ids(api.get("/api/v1/trash").json()["conversations"]) == [old]
+    assert ids(api.get("/api/v1/trash/conversations").json()["items"]) == [old]
 
     assert api.post(f"/api/v1/conversations/{old}/restore").status_code == 200   # restored unchanged, beside it
     restored = api.get(f"/api/v1/conversations/{old}").json()

@@ -35,12 +35,14 @@ from tests.stripe_emulator import StripeEmulator
 PRINCIPALS = ("owner", "member", "disconnected", "other_owner", "anonymous", "support", "support_no_grant")
 
 # What each principal gets. "2xx" is any success; refusals are exact. Members read, answer and
-# decide like the owner but manage nothing; support reads four routes under a grant; another
+# decide like the owner but manage nothing; support reads the read routes under a grant; another
 # studio's ids are 404; a disconnected member's token is dead (401).
 MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     #                                                          owner  member  gone   other  anon   support no-grant
     ("GET", "/api/v1/conversations"):                         ("2xx", "2xx", "401", "2xx", "401", "2xx", "403"),
     ("GET", "/api/v1/conversations/{conversation_id:str}"):   ("2xx", "2xx", "401", "404", "401", "2xx", "403"),
+    ("GET", "/api/v1/conversations/{conversation_id:str}/messages"):
+                                                              ("2xx", "2xx", "401", "404", "401", "2xx", "403"),
     ("POST", "/api/v1/conversations/{conversation_id:str}/read"):
                                                               ("2xx", "2xx", "401", "404", "401", "403", "403"),
     ("POST", "/api/v1/conversations/{conversation_id:str}/replies"):
@@ -75,6 +77,9 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("DELETE", "/api/v1/messages/{message_id:str}"):          ("2xx", "2xx", "401", "404", "401", "403", "403"),
     ("POST", "/api/v1/messages/{message_id:str}/restore"):    ("2xx", "2xx", "401", "404", "401", "403", "403"),
     ("GET", "/api/v1/trash"):                                 ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("GET", "/api/v1/trash/conversations"):                   ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("GET", "/api/v1/trash/messages"):                        ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("GET", "/api/v1/messages/{message_id:str}"):             ("2xx", "2xx", "401", "404", "401", "2xx", "403"),
     ("GET", "/api/v1/guests/{guest_id:str}"):                 ("2xx", "2xx", "401", "404", "401", "403", "403"),
     ("POST", "/api/v1/guests/{guest_id:str}/erase"):          ("2xx", "403", "401", "404", "401", "403", "403"),
     ("GET", "/api/v1/export"):                                ("2xx", "403", "401", "2xx", "401", "403", "403"),

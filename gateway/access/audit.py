@@ -15,6 +15,7 @@ from sqlalchemy import Connection, insert, select
 from gateway.store.tables import PROFILE
 from gateway.access.studios import Caller
 from gateway.store.tables import AUDIT_ENTRY
+from gateway.store.paging import Order, Page, keyset_page, with_items
 
 
 
@@ -27,11 +28,6 @@ class AuditRecord:
     target: str
     reason: str
 
-
-@dataclass(frozen=True)
-class AuditPage:
-    items: list[AuditRecord]
-    next_before: int | None  # pass as `before` for the next (older) page; None on the last
 
 
 def record(conn: Connection, studio_id: int, *, actor: str, action: str, target: str = "", reason: str = "",
@@ -49,14 +45,14 @@ def profile_actor(conn: Connection, caller: Caller) -> str:
     return f"{caller.role}:{email}"
 
 
-def list_entries(conn: Connection, studio_id: int, *, limit: int, before: int | None = None) -> AuditPage:
-    """The studio's entries newest first, `limit` at a time, older than entry `before`.
+ENTRIES = Order(id=AUDIT_ENTRY.c.id)
+
+
+def list_entries(conn: Connection, studio_id: int, *, limit: int, cursor: str | None = None) -> Page[AuditRecord]:
+    """The studio's entries newest first, `limit` at a time after `cursor` (BadCursor if forged).
 
     Ordered by id, which only grows: a page boundary stays put while new entries arrive."""
-    query = select(AUDIT_ENTRY).where(AUDIT_ENTRY.c.studio_id == studio_id)
-    if before is not None:
-        query = query.where(AUDIT_ENTRY.c.id < before)
-    rows = conn.execute(query.order_by(AUDIT_ENTRY.c.id.desc()).limit(limit + 1)).all()
-    items = [AuditRecord(id=r.id, created_at=r.created_at, actor=r.actor, action=r.action, target=r.target,
-                         reason=r.reason) for r in rows[:limit]]
-    return AuditPage(items=items, next_before=items[-1].id if len(rows) > limit else None)
+    page = keyset_page(conn, select(AUDIT_ENTRY).where(AUDIT_ENTRY.c.studio_id == studio_id), ENTRIES,
+                       limit=limit, cursor=cursor)
+    return with_items(page, [AuditRecord(id=r.id, created_at=r.created_at, actor=r.actor, action=r.action,
+                                         target=r.target, reason=r.reason) for r in page.items])

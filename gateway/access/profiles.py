@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.access import audit
 from gateway.store.tables import PROFILE, API_TOKEN
+from gateway.store.paging import Order, Page, keyset_page, with_items
 from gateway.access.studios import Caller, NewToken, StudioError, check_email, issue_token, single_line
 
 OWNER, MEMBER = "owner", "member"
@@ -41,14 +42,18 @@ _COLUMNS = (PROFILE.c.id, PROFILE.c.email, PROFILE.c.name, PROFILE.c.role, PROFI
             PROFILE.c.disconnected_at)
 
 
-def list_profiles(conn: Connection, caller: Caller) -> list[ProfileInfo]:
+PROFILES = Order(id=PROFILE.c.id, descending=False)
+
+
+def list_profiles(conn: Connection, caller: Caller, *, limit: int, cursor: str | None = None) -> Page[ProfileInfo]:
     """The studio's profiles, oldest first: all of them for the owner, who connects and
     disconnects them; the connected ones for a member, who needs to know who else answers
-    guests but not who used to."""
+    guests but not who used to. A page of `limit` after `cursor` (BadCursor if forged)."""
     query = select(*_COLUMNS).where(PROFILE.c.studio_id == caller.studio_id)
     if caller.role != OWNER:
         query = query.where(PROFILE.c.disconnected_at.is_(None))
-    return [ProfileInfo(**row._mapping) for row in conn.execute(query.order_by(PROFILE.c.id))]
+    page = keyset_page(conn, query, PROFILES, limit=limit, cursor=cursor)
+    return with_items(page, [ProfileInfo(**row._mapping) for row in page.items])
 
 
 def connect_member(conn: Connection, caller: Caller, email: str, name: str, now: datetime) -> tuple[ProfileInfo, NewToken]:

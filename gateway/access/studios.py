@@ -24,6 +24,7 @@ from gateway.mail.addresses import valid_slug
 from gateway.store.models import utcnow
 from gateway.store.prepared import Prepared
 from gateway.store.tables import STUDIO, PROFILE, API_TOKEN
+from gateway.store.paging import Order, Page, keyset_page, with_items
 
 TOKEN_PREFIX = "gw_"
 
@@ -134,14 +135,17 @@ def _visible_to(caller: Caller) -> ColumnElement[bool]:
     return scope
 
 
-def list_tokens(conn: Connection, caller: Caller) -> list[TokenInfo]:
-    """The caller's visible tokens, revoked ones included, oldest first."""
-    rows = conn.execute(
-        select(API_TOKEN.c.id, API_TOKEN.c.prefix, API_TOKEN.c.profile_id, API_TOKEN.c.created_at, API_TOKEN.c.revoked_at)
-        .where(_visible_to(caller)).order_by(API_TOKEN.c.created_at, API_TOKEN.c.id)
-    ).all()
-    return [TokenInfo(id=r.id, prefix=r.prefix, profile_id=r.profile_id, created_at=r.created_at,
-                      revoked_at=r.revoked_at) for r in rows]
+TOKENS = Order(id=API_TOKEN.c.id, descending=False)
+
+
+def list_tokens(conn: Connection, caller: Caller, *, limit: int, cursor: str | None = None) -> Page[TokenInfo]:
+    """The caller's visible tokens, revoked ones included, oldest (lowest id) first, a page of
+    `limit` after `cursor` (BadCursor if forged)."""
+    page = keyset_page(conn, select(API_TOKEN.c.id, API_TOKEN.c.prefix, API_TOKEN.c.profile_id,
+                                    API_TOKEN.c.created_at, API_TOKEN.c.revoked_at).where(_visible_to(caller)),
+                       TOKENS, limit=limit, cursor=cursor)
+    return with_items(page, [TokenInfo(id=r.id, prefix=r.prefix, profile_id=r.profile_id, created_at=r.created_at,
+                                       revoked_at=r.revoked_at) for r in page.items])
 
 
 def create_own_token(conn: Connection, caller: Caller) -> NewToken:

@@ -29,6 +29,7 @@ from gateway.access import audit
 from gateway.store.tables import STUDIO
 from gateway.access.studios import StudioError, hash_token, mint_token, single_line
 from gateway.store.tables import SUPPORT_GRANT, SUPPORT_TOKEN
+from gateway.store.paging import Order, Page, keyset_page, with_items
 
 SUPPORT_TOKEN_PREFIX = "gws_"   # not gw_: a support token is never mistaken for a studio's
 DEFAULT_GRANT = timedelta(hours=24)
@@ -129,11 +130,15 @@ def grant_access(conn: Connection, studio_id: int, profile_id: int, actor: str, 
                      revoked_at=None, active=True)
 
 
-def list_grants(conn: Connection, studio_id: int, now: datetime, limit: int = 100) -> list[GrantInfo]:
-    """The studio's grants, newest first, active and past."""
-    rows = conn.execute(select(SUPPORT_GRANT).where(SUPPORT_GRANT.c.studio_id == studio_id)
-                        .order_by(SUPPORT_GRANT.c.id.desc()).limit(limit))
-    return [_grant(row, now) for row in rows]
+GRANTS = Order(id=SUPPORT_GRANT.c.id)
+
+
+def list_grants(conn: Connection, studio_id: int, now: datetime, *, limit: int,
+                cursor: str | None = None) -> Page[GrantInfo]:
+    """The studio's grants, newest first, active and past, a page of `limit` after `cursor`."""
+    page = keyset_page(conn, select(SUPPORT_GRANT).where(SUPPORT_GRANT.c.studio_id == studio_id), GRANTS,
+                       limit=limit, cursor=cursor)
+    return with_items(page, [_grant(row, now) for row in page.items])
 
 
 def revoke_grant(conn: Connection, studio_id: int, grant_id: int, actor: str, now: datetime) -> GrantInfo | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import ColumnElement, Connection, exists, func, select, update
 
+from gateway.store.models import utcnow
 from gateway.store.tables import CONVERSATION, MESSAGE
 
 
@@ -31,4 +32,5 @@ def recount(conn: Connection, conversation_id: int) -> None:
     count, newest = conn.execute(select(func.count(), func.max(MESSAGE.c.received_at)).where(
         MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.state == "visible", LIVE_MESSAGE)).one()
     conn.execute(update(CONVERSATION).where(CONVERSATION.c.id == conversation_id).values(
-        message_count=count, last_message_at=newest if newest is not None else CONVERSATION.c.created_at))
+        message_count=count, last_message_at=newest if newest is not None else CONVERSATION.c.created_at,
+        updated_at=utcnow()))

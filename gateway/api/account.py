@@ -31,6 +31,7 @@ from markupsafe import escape
 
 from gateway.lifecycle.account_deletion import (CONFIRMATION_PATH, CancelSubscription, CodeExpired, CodeUsed, NotAllowed, TooManyRequests, UnknownCode, confirm_deletion, no_subscription_to_cancel, request_by_owner)
 from gateway.api.auth import auth_limiter
+from gateway.api.created import LOCATION, accepted
 from gateway.api.manage import ConflictException
 from gateway.store.models import utcnow
 from gateway.access.studios import Caller
@@ -78,12 +79,13 @@ LIMITER = "deletion_code_limiter"
 class AccountDeletionController(Controller):
     path = "/api/v1/account/deletion"
 
-    @post("/", sync_to_thread=True, status_code=202,
+    @post("/", sync_to_thread=True, status_code=202, response_headers=[LOCATION],
           raises=[ConflictException, PermissionDeniedException, TooManyRequestsException])
     def ask(self, state: State, caller: NamedDependency[Caller],
-            data: JSONBody[DeletionRequestIn | None] = None) -> DeletionRequestedOut:
+            data: JSONBody[DeletionRequestIn | None] = None) -> Response[DeletionRequestedOut]:
         """Owner only: mail a confirmation code (valid 48 hours, once) to the owner's registered
-        address. Nothing is deleted before the code is confirmed. 429 after three requests a day."""
+        address. Nothing is deleted before the code is confirmed. 429 after three requests a day.
+        `Location` is where the code is confirmed (POST .../confirm)."""
         if caller.role != "owner":
             raise PermissionDeniedException("only the studio's owner can delete its account")
         try:
@@ -96,8 +98,8 @@ class AccountDeletionController(Controller):
         wake = getattr(state, "wake_outbox", None)
         if wake is not None:
             wake()  # same process (gateway serve): send now rather than at the next poll
-        return DeletionRequestedOut(status="confirmation_sent", sent_to=requested.sent_to,
-                                    expires_at=requested.expires_at)
+        return accepted(DeletionRequestedOut(status="confirmation_sent", sent_to=requested.sent_to,
+                                             expires_at=requested.expires_at), f"{self.path}/confirm")
 
     @post("/confirm", sync_to_thread=True, status_code=200, response_headers=NO_STORE,
           raises=[NotFoundException, ConflictException, GoneException, TooManyRequestsException,

@@ -13,6 +13,7 @@ from gateway.api.account import AccountDeletionController, confirmation_form, co
 from gateway.api.auth import loop_reader, provide_caller
 from gateway.api.billing import BillingController
 from gateway.api.conversations import ConversationController
+from gateway.api.cors import cors_hook
 from gateway.api.docs import openapi_config, static_files
 from gateway.api.export import ExportController
 from gateway.api.guests import GuestController
@@ -60,7 +61,7 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
         # One error body for every answer that is not a success (api/errors.py); 503 for a database away.
         exception_handlers={**EXCEPTION_HANDLERS, **{error: database_unavailable for error in UNAVAILABLE}},
         type_decoders=ROW_ID_DECODERS,  # path ids: out of range is 404, malformed 400 (api/ids.py)
-        before_send=[add_request_id],
+        before_send=[add_request_id, *([cors_hook(settings.cors_origin_set)] if settings.cors_origin_set else [])],
         on_shutdown=[close_reader],
         logging_config=None,  # logging is configured once by the gateway, not reset by Litestar
         # Per-route latency histograms only while /metrics is on: a request pays for them otherwise.

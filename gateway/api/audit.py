@@ -3,16 +3,14 @@ Read-only: the log has no route that changes it (gateway/access/audit.py)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
 import msgspec
 from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import ClientException
-from litestar.params import QueryParameter
 
 from gateway.api.auth import require_owner
+from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.access.audit import list_entries
 from gateway.store.db import read_tx
 from gateway.access.studios import Caller
@@ -37,15 +35,12 @@ class AuditController(Controller):
 
     @get("/", sync_to_thread=True)
     def index(self, state: State, caller: NamedDependency[Caller],
-              limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-              cursor: Annotated[str | None, QueryParameter(max_length=20)] = None) -> AuditList:
+              limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> AuditList:
         """Owner only: newest first; `next_cursor` fetches the older page after this one."""
         require_owner(caller, "read the audit log")
-        if cursor is not None and not (cursor.isascii() and cursor.isdigit()):
-            raise ClientException("cursor is not one this API handed out")
-        with read_tx(state.engine) as conn:
-            page = list_entries(conn, caller.studio_id, limit=limit, before=int(cursor) if cursor else None)
+        with cursor_checked(), read_tx(state.engine) as conn:
+            page = list_entries(conn, caller.studio_id, limit=limit, cursor=cursor)
         return AuditList(
             items=[AuditOut(id=e.id, at=e.created_at, actor=e.actor, action=e.action, target=e.target,
                             reason=e.reason) for e in page.items],
-            next_cursor=str(page.next_before) if page.next_before is not None else None)
+            next_cursor=page.next_cursor)

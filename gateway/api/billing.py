@@ -10,13 +10,14 @@ from typing import Literal
 
 import msgspec
 import stripe
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, PermissionDeniedException, ServiceUnavailableException
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_502_BAD_GATEWAY
 
+from gateway.api.created import LOCATION, created
 from gateway.billing.stripe_api import BillingNotConfigured, BillingUnavailable
 from gateway.billing.subscriptions import BillingConflict, cancel, start_checkout, summary
 from gateway.store.db import read_tx
@@ -99,15 +100,17 @@ class BillingController(Controller):
                           pauses=[PauseOut(lockdown=p.lockdown, started_at=p.started_at, ended_at=p.ended_at,
                                            state=p.state) for p in s.pauses])
 
-    @post("/checkout", sync_to_thread=True, status_code=201)
-    def checkout(self, state: State, caller: NamedDependency[Caller], data: JSONBody[CheckoutIn]) -> CheckoutOut:
-        """Owner only: a Stripe Checkout session for the monthly or yearly plan."""
+    @post("/checkout", sync_to_thread=True, status_code=201, response_headers=[LOCATION])
+    def checkout(self, state: State, caller: NamedDependency[Caller],
+                 data: JSONBody[CheckoutIn]) -> Response[CheckoutOut]:
+        """Owner only: a Stripe Checkout session for the monthly or yearly plan; its page is
+        the `url` and the `Location`."""
         _owner(caller)
         try:
             url = start_checkout(state.engine, state.stripe_api, state.settings, caller.studio_id, data.plan)
         except (BillingConflict, BillingNotConfigured, BillingUnavailable, stripe.StripeError) as exc:
             raise _stripe_errors(exc) from None
-        return CheckoutOut(url=url)
+        return created(CheckoutOut(url=url), url)
 
     @post("/cancel", sync_to_thread=True, status_code=200)
     def cancel(self, state: State, caller: NamedDependency[Caller]) -> CancelOut:

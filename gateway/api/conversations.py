@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
@@ -34,7 +34,10 @@ from gateway.store.batching import WriteUnavailable
 from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import CONVERSATION
 from gateway.store.models import utcnow
-from gateway.inbox.reading import (BadCursor, ConversationDetailOut, ConversationList, MessageOut, attachment_out, message_out)
+from gateway.inbox.reading import (ConversationDetailOut, ConversationList, MessageList, MessageOut, attachment_out, message_out)
+from gateway.api.conditional import ETAG_HEADERS, NOT_MODIFIED, tagged
+from gateway.api.created import LOCATION, accepted
+from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.outbound.replies import (MAX_TEXT, TEXT_PATTERN, ReplyError, ReplyTooLarge, Upload, check_text, check_uploads, create_reply)
 from gateway.outbound.reply_brake import RepliesBraked, check_reply_brake
 from gateway.access.studios import Caller
@@ -97,6 +100,22 @@ async def _read_at_most(request: Request[Any, Any, Any], limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _timestamp(value: str, name: str) -> datetime:
+    """An ISO-8601 time in UTC (UTC when it has no offset), or 400 naming the parameter.
+
+    Parsed here rather than by the framework, which also takes plain numbers as Unix times and
+    answered 500 for times that leave the calendar once moved to UTC (year 1 at +05:00)."""
+    text = value.upper()  # RFC 3339 allows "t" and "z"
+    if text[17:19] == "60":  # a leap second (RFC 3339 5.6): the second before is as good here
+        text = f"{text[:17]}59{text[19:]}"
+    try:
+        parsed = datetime.fromisoformat(text)
+        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise ClientException(f"{name} must be an ISO-8601 time such as 2026-12-06T10:00:00Z",
+                              extra={"code": f"bad_{name}"}) from None
+
+
 _TEXT = Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_TEXT, pattern=TEXT_PATTERN)
 
 
@@ -119,22 +138,27 @@ class ReplyOperation(Operation):
 class ConversationController(Controller):
     path = "/api/v1/conversations"
 
-    @get("/", sync_to_thread=True, opt=support_read("conversation.list", "conversations"))
+    @get("/", sync_to_thread=True, opt=support_read("conversation.list", "conversations"),
+         responses=NOT_MODIFIED, response_headers=ETAG_HEADERS)
     def list_conversations(
-        self, state: State, caller: NamedDependency[Caller],
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        self, request: Request[Any, Any, Any], state: State, caller: NamedDependency[Caller],
+        limit: Limit = DEFAULT_LIMIT,
         status: Annotated[str | None, QueryParameter(pattern="^(open|closed)$")] = None,
         unread: Annotated[bool | None, QueryParameter()] = None,
         q: Annotated[str | None, QueryParameter(min_length=1, max_length=200)] = None,
-        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
-    ) -> ConversationList:
-        """Newest activity first; `next_cursor` fetches the page after this one."""
-        try:
-            with read_tx(state.engine) as conn:
-                return reading.list_conversations(conn, caller.studio_id, limit=limit, status=status, unread=unread,
-                                                  q=q, cursor=cursor)
-        except BadCursor as exc:
-            raise ClientException(str(exc)) from None
+        cursor: Cursor = None,
+        updated_since: Annotated[str | None, QueryParameter(format=OpenAPIFormat.DATE_TIME, max_length=64, description=(
+            "ISO-8601 time: only conversations changed at or after it (a message, read or unread, "
+            "closed or reopened, deleted or restored), deleted ones included with `deleted: true`. "
+            "Pass the newest `updated_at` seen; without an offset it is UTC."))] = None,
+    ) -> Response[ConversationList]:
+        """Newest activity first; `next_cursor` fetches the page after this one. Answers carry
+        an ETag: with `If-None-Match` the unchanged list is `304` with no body."""
+        since = None if updated_since is None else _timestamp(updated_since, "updated_since")
+        with cursor_checked(), read_tx(state.engine) as conn:
+            page = reading.list_conversations(conn, caller.studio_id, limit=limit, status=status, unread=unread,
+                                              q=q, cursor=cursor, updated_since=since)
+        return tagged(request, page)
 
     @post("/{conversation_id:str}/read", sync_to_thread=True, status_code=200)
     def mark_read(self, state: State, caller: NamedDependency[Caller], conversation_id: RowId) -> ReadOut:
@@ -143,31 +167,44 @@ class ConversationController(Controller):
         with write_tx(state.engine) as conn:
             found = conn.execute(update(CONVERSATION).where(
                 CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id,
-                LIVE_CONVERSATION).values(read_at=now)).rowcount
+                LIVE_CONVERSATION).values(read_at=now, updated_at=now)).rowcount
         if not found:
             raise NotFoundException("conversation not found")
         return ReadOut(id=conversation_id, unread=False, read_at=now)
 
     @get("/{conversation_id:str}", sync_to_thread=True,
-         opt=support_read("conversation.read", "conversation {conversation_id}"))
+         opt=support_read("conversation.read", "conversation {conversation_id}"),
+         responses=NOT_MODIFIED, response_headers=ETAG_HEADERS)
     def get_conversation(
-        self, state: State, caller: NamedDependency[Caller], conversation_id: RowId,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        self, request: Request[Any, Any, Any], state: State, caller: NamedDependency[Caller],
+        conversation_id: RowId, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
         images: Annotated[str, QueryParameter(pattern="^(blocked|remote)$")] = "blocked",
-    ) -> ConversationDetailOut:
+    ) -> Response[ConversationDetailOut]:
         """The conversation and a page of its messages: the newest `limit` first time, oldest
-        first within the page; `next_cursor` fetches the older page. Remote images in the
-        guests' HTML are left out (`remote_images_blocked` says where) unless `images=remote`."""
-        try:
-            with read_tx(state.engine) as conn:
-                detail = reading.conversation_detail(conn, caller.studio_id, conversation_id, limit=limit,
-                                                     cursor=cursor, remote_images=images == "remote")
-        except BadCursor as exc:
-            raise ClientException(str(exc)) from None
+        first within the page; `next_cursor` fetches the older page (here or on .../messages).
+        Remote images in the guests' HTML are left out (`remote_images_blocked` says where)
+        unless `images=remote`. With `If-None-Match` an unchanged answer is `304`."""
+        with cursor_checked(), read_tx(state.engine) as conn:
+            detail = reading.conversation_detail(conn, caller.studio_id, conversation_id, limit=limit,
+                                                 cursor=cursor, remote_images=images == "remote")
         if detail is None:
             raise NotFoundException("conversation not found")
-        return detail
+        return tagged(request, detail)
+
+    @get("/{conversation_id:str}/messages", sync_to_thread=True,
+         opt=support_read("conversation.read", "conversation {conversation_id}"))
+    def list_messages(
+        self, state: State, caller: NamedDependency[Caller], conversation_id: RowId,
+        limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
+        images: Annotated[str, QueryParameter(pattern="^(blocked|remote)$")] = "blocked",
+    ) -> MessageList:
+        """The conversation's visible messages a page at a time: the newest page first, oldest
+        first within a page, `next_cursor` for the older page (as in the conversation's detail)."""
+        with cursor_checked(), read_tx(state.engine) as conn:
+            if reading.find_conversation(conn, caller.studio_id, conversation_id) is None:
+                raise NotFoundException("conversation not found")
+            return reading.message_page(conn, caller.studio_id, conversation_id, limit=limit, cursor=cursor,
+                                        remote_images=images == "remote")
 
     @delete("/{conversation_id:str}", sync_to_thread=True, status_code=200, raises=[NotFoundException])
     def remove(self, state: State, caller: NamedDependency[Caller], conversation_id: RowId) -> DeletedOut:
@@ -180,21 +217,23 @@ class ConversationController(Controller):
                                           log=deletion_log(state.settings))
         return deleted_answer(deleted, "conversation")
 
-    @post("/{conversation_id:str}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY)
+    @post("/{conversation_id:str}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY,
+          response_headers=[LOCATION])
     async def reply_with_attachments(
         self, state: State, caller: NamedDependency[Caller], conversation_id: RowId,
         data: Annotated[ReplyUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
-    ) -> MessageOut:
+    ) -> Response[MessageOut]:
         """The same reply with attachments: multipart/form-data with `text` and `files` parts.
 
         /replies takes this form as well; this path stays for the clients that use it."""
         return await self._queue_reply(state, caller, conversation_id, data.text, await _uploads(data.files, state))
 
     @post("/{conversation_id:str}/replies", status_code=202, request_max_body_size=UPLOAD_MAX_BODY,
-          operation_class=ReplyOperation)
+          operation_class=ReplyOperation, response_headers=[LOCATION])
     async def reply(self, request: Request[Any, Any, Any], state: State, caller: NamedDependency[Caller],
-                    conversation_id: RowId) -> MessageOut:
-        """Queue a reply to the guest: 202 with the outbound message (delivery `queued`).
+                    conversation_id: RowId) -> Response[MessageOut]:
+        """Queue a reply to the guest: 202 with the outbound message (delivery `queued`) and its
+        URL as `Location` (GET it to follow the delivery).
 
         JSON `{"text": ...}`, or multipart/form-data with a `text` part and `files` parts for
         attachments (as /replies/upload takes it). The row and its outbox job are written in a
@@ -214,7 +253,7 @@ class ConversationController(Controller):
         return await self._queue_reply(state, caller, conversation_id, data.text, [])
 
     async def _queue_reply(self, state: State, caller: Caller, conversation_id: int, text: str,
-                           uploads: list[Upload]) -> MessageOut:
+                           uploads: list[Upload]) -> Response[MessageOut]:
         settings = state.settings
 
         def write(conn: Connection) -> Any:
@@ -246,4 +285,5 @@ class ConversationController(Controller):
         wake = getattr(state, "wake_outbox", None)
         if wake is not None:
             wake()  # same process (gateway serve): send now rather than at the next poll
-        return message_out(written[0], written[1], None)
+        message = message_out(written[0], written[1], None)
+        return accepted(message, f"/api/v1/messages/{message.id}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
-from typing import Annotated
 from urllib.parse import quote
 
 import msgspec
@@ -16,11 +15,11 @@ from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import QueryParameter
 from litestar.status_codes import HTTP_409_CONFLICT
 
 from gateway.api.ids import RowId
 from gateway.api.auth import support_read
+from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.inbox.actions import CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status
 from gateway.store.db import read_tx, write_tx
 from gateway.mail.files import plain_media_type
@@ -39,6 +38,7 @@ class HeldOut(msgspec.Struct):
 
 class HeldList(msgspec.Struct):
     items: list[HeldOut]
+    next_cursor: str | None = None
 
 
 class DecisionOut(msgspec.Struct):
@@ -62,14 +62,15 @@ class HeldController(Controller):
     path = "/api/v1/held"
 
     @get("/", sync_to_thread=True, opt=support_read("held.list", "held messages"))
-    def index(self, state: State, caller: NamedDependency[Caller],
-              limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100) -> HeldList:
-        """The studio's held messages, newest first."""
-        with read_tx(state.engine) as conn:
-            held = list_held(conn, caller.studio_id, limit)
+    def index(self, state: State, caller: NamedDependency[Caller], limit: Limit = DEFAULT_LIMIT,
+              cursor: Cursor = None) -> HeldList:
+        """The studio's held messages, newest first; `next_cursor` fetches the older page."""
+        with cursor_checked(), read_tx(state.engine) as conn:
+            held = list_held(conn, caller.studio_id, limit=limit, cursor=cursor)
         return HeldList(items=[
             HeldOut(id=m.id, conversation_id=m.conversation_id, from_=PersonOut(email=m.from_email, name=m.from_name),
-                    subject=m.subject, text=m.text, received_at=m.received_at) for m in held])
+                    subject=m.subject, text=m.text, received_at=m.received_at) for m in held.items],
+            next_cursor=held.next_cursor)
 
     @post("/{message_id:str}/accept", sync_to_thread=True, status_code=200,
           raises=[ConflictException, NotFoundException])

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
@@ -14,6 +14,8 @@ from litestar.params import JSONBody
 
 from gateway.api.ids import RowId
 from gateway.api.auth import require_owner
+from gateway.api.created import LOCATION, created
+from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.api.manage import ConflictException
 from gateway.api.tokens import NO_STORE, NewTokenOut
 from gateway.store.db import read_tx, write_tx
@@ -33,6 +35,7 @@ class ProfileOut(msgspec.Struct):
 
 class ProfileList(msgspec.Struct):
     items: list[ProfileOut]
+    next_cursor: str | None = None
 
 
 class ProfileIn(msgspec.Struct):
@@ -54,15 +57,18 @@ class ProfileController(Controller):
     path = "/api/v1/profiles"
 
     @get("/", sync_to_thread=True)
-    def index(self, state: State, caller: NamedDependency[Caller]) -> ProfileList:
+    def index(self, state: State, caller: NamedDependency[Caller], limit: Limit = DEFAULT_LIMIT,
+              cursor: Cursor = None) -> ProfileList:
         """Oldest first. The owner sees every profile, disconnected ones with `disconnected_at`;
         a member sees the connected ones (who else answers the studio's guests)."""
-        with read_tx(state.engine) as conn:
-            return ProfileList(items=[_out(p) for p in list_profiles(conn, caller)])
+        with cursor_checked(), read_tx(state.engine) as conn:
+            page = list_profiles(conn, caller, limit=limit, cursor=cursor)
+        return ProfileList(items=[_out(p) for p in page.items], next_cursor=page.next_cursor)
 
-    @post("/", sync_to_thread=True, status_code=201, response_headers=NO_STORE,
+    @post("/", sync_to_thread=True, status_code=201, response_headers=[*NO_STORE, LOCATION],
           raises=[ClientException, ConflictException])
-    def connect(self, state: State, caller: NamedDependency[Caller], data: JSONBody[ProfileIn]) -> NewProfileOut:
+    def connect(self, state: State, caller: NamedDependency[Caller],
+                data: JSONBody[ProfileIn]) -> Response[NewProfileOut]:
         """Owner only: connect a member and hand out their first token (shown once).
         409 when the address is connected to the studio already."""
         require_owner(caller, "connect profiles")
@@ -73,8 +79,9 @@ class ProfileController(Controller):
             raise ConflictException(str(exc)) from None
         except StudioError as exc:
             raise ClientException(str(exc)) from None
-        return NewProfileOut(profile=_out(profile), token=NewTokenOut(
-            id=token.id, prefix=token.prefix, token=token.token, created_at=token.created_at))
+        return created(NewProfileOut(profile=_out(profile), token=NewTokenOut(
+            id=token.id, prefix=token.prefix, token=token.token, created_at=token.created_at)),
+            f"/api/v1/profiles/{profile.id}")
 
     @delete("/{profile_id:str}", sync_to_thread=True, status_code=204,
             raises=[ConflictException, NotFoundException])

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
@@ -15,6 +15,8 @@ from litestar.params import JSONBody
 from gateway.access import audit
 from gateway.api.ids import RowId
 from gateway.api.auth import require_owner
+from gateway.api.created import LOCATION, created
+from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.access.studios import Caller, StudioError
@@ -41,6 +43,7 @@ class GrantOut(msgspec.Struct):
 
 class GrantList(msgspec.Struct):
     items: list[GrantOut]
+    next_cursor: str | None = None
 
 
 def _out(g: GrantInfo) -> GrantOut:
@@ -52,14 +55,17 @@ class SupportGrantController(Controller):
     path = "/api/v1/support-grants"
 
     @get("/", sync_to_thread=True)
-    def index(self, state: State, caller: NamedDependency[Caller]) -> GrantList:
-        """Owner only: the studio's latest 100 grants, newest first, active and past."""
+    def index(self, state: State, caller: NamedDependency[Caller], limit: Limit = DEFAULT_LIMIT,
+              cursor: Cursor = None) -> GrantList:
+        """Owner only: the studio's grants, newest first, active and past."""
         require_owner(caller, "see support access")
-        with read_tx(state.engine) as conn:
-            return GrantList(items=[_out(g) for g in list_grants(conn, caller.studio_id, utcnow())])
+        with cursor_checked(), read_tx(state.engine) as conn:
+            page = list_grants(conn, caller.studio_id, utcnow(), limit=limit, cursor=cursor)
+        return GrantList(items=[_out(g) for g in page.items], next_cursor=page.next_cursor)
 
-    @post("/", sync_to_thread=True, status_code=201, raises=[ClientException])
-    def grant(self, state: State, caller: NamedDependency[Caller], data: JSONBody[GrantIn | None] = None) -> GrantOut:
+    @post("/", sync_to_thread=True, status_code=201, raises=[ClientException], response_headers=[LOCATION])
+    def grant(self, state: State, caller: NamedDependency[Caller],
+              data: JSONBody[GrantIn | None] = None) -> Response[GrantOut]:
         """Owner only: let support read the studio's conversations from now on for `hours` or
         `days` (24 hours without either, or without a body; at most 7 days). Replaces the
         active grant, if any."""
@@ -71,7 +77,7 @@ class SupportGrantController(Controller):
                                        grant_duration(data.hours, data.days), data.note, now)
         except StudioError as exc:
             raise ClientException(str(exc)) from None
-        return _out(granted)
+        return created(_out(granted), f"/api/v1/support-grants/{granted.id}")
 
     @delete("/{grant_id:str}", sync_to_thread=True, status_code=204, raises=[NotFoundException])
     def revoke(self, state: State, caller: NamedDependency[Caller], grant_id: RowId) -> None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 
 from gateway.api.ids import RowId
+from gateway.api.created import LOCATION, created
+from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.store.db import read_tx, write_tx
 from gateway.access.studios import Caller, create_own_token, list_tokens, revoke_token
 
@@ -30,6 +33,7 @@ class TokenOut(msgspec.Struct):
 
 class TokenList(msgspec.Struct):
     items: list[TokenOut]
+    next_cursor: str | None = None
 
 
 class NewTokenOut(msgspec.Struct):
@@ -40,27 +44,31 @@ class NewTokenOut(msgspec.Struct):
 
 
 # The new token's only appearance must not stay in a cache on the way.
-NO_STORE = {"Cache-Control": "no-store"}
+NO_STORE = [ResponseHeader(name="Cache-Control", value="no-store")]
 
 
 class TokenController(Controller):
     path = "/api/v1/tokens"
 
     @get("/", sync_to_thread=True)
-    def index(self, state: State, caller: NamedDependency[Caller]) -> TokenList:
-        """The studio's tokens for the owner, one's own for a member; revoked ones included."""
-        with read_tx(state.engine) as conn:
-            tokens = list_tokens(conn, caller)
+    def index(self, state: State, caller: NamedDependency[Caller], limit: Limit = DEFAULT_LIMIT,
+              cursor: Cursor = None) -> TokenList:
+        """The studio's tokens for the owner, one's own for a member; revoked ones included;
+        oldest first."""
+        with cursor_checked(), read_tx(state.engine) as conn:
+            tokens = list_tokens(conn, caller, limit=limit, cursor=cursor)
         return TokenList(items=[
             TokenOut(id=t.id, prefix=t.prefix, profile_id=t.profile_id, created_at=t.created_at,
-                     revoked_at=t.revoked_at, current=t.id == caller.token_id) for t in tokens])
+                     revoked_at=t.revoked_at, current=t.id == caller.token_id) for t in tokens.items],
+            next_cursor=tokens.next_cursor)
 
-    @post("/", sync_to_thread=True, status_code=201, response_headers=NO_STORE)
-    def create(self, state: State, caller: NamedDependency[Caller]) -> NewTokenOut:
+    @post("/", sync_to_thread=True, status_code=201, response_headers=[*NO_STORE, LOCATION])
+    def create(self, state: State, caller: NamedDependency[Caller]) -> Response[NewTokenOut]:
         """A new token for the caller's own profile; `token` is shown this once."""
         with write_tx(state.engine) as conn:
             new = create_own_token(conn, caller)
-        return NewTokenOut(id=new.id, prefix=new.prefix, token=new.token, created_at=new.created_at)
+        return created(NewTokenOut(id=new.id, prefix=new.prefix, token=new.token, created_at=new.created_at),
+                       f"/api/v1/tokens/{new.id}")
 
     @delete("/{token_id:str}", sync_to_thread=True, status_code=204)
     def revoke(self, state: State, caller: NamedDependency[Caller], token_id: RowId) -> None:

@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Annotated
 
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import QueryParameter
 from litestar.status_codes import HTTP_402_PAYMENT_REQUIRED, HTTP_410_GONE
 
+from gateway.api.auth import support_read
 from gateway.api.ids import RowId
 from gateway.api.people import GuestOut, PersonOut
+from gateway.inbox.reading import MessageOut, find_message
 from gateway.api.manage import ConflictException
 from gateway.billing.entitlements import has_paid_features
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.access.studios import Caller
-from gateway.lifecycle.trash import (RETENTION, ConversationDeleted, Deleted, Expired, NotDeleted, PaidFeature, Restored, delete_message, list_trash, record_restored, restore_conversation, restore_message)
+from gateway.lifecycle.trash import (RETENTION, ConversationDeleted, Deleted, Expired, NotDeleted, PaidFeature, Restored, delete_message, record_restored, restore_conversation, restore_message, trashed_conversations, trashed_messages)
+from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.lifecycle.deletion_log import deletion_log
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,21 @@ class TrashedMessageOut(msgspec.Struct):
 
 
 class TrashOut(msgspec.Struct):
+    """What the trash is, not what is in it: that is paged at /trash/conversations and
+    /trash/messages (two lists because the two kinds of item differ in shape)."""
+
     restorable: bool         # the studio's plan includes restoring (monthly or yearly)
     retention_days: int
-    conversations: list[TrashedConversationOut]
-    messages: list[TrashedMessageOut]
+
+
+class TrashedConversationList(msgspec.Struct):
+    items: list[TrashedConversationOut]
+    next_cursor: str | None = None
+
+
+class TrashedMessageList(msgspec.Struct):
+    items: list[TrashedMessageOut]
+    next_cursor: str | None = None
 
 
 def deleted_answer(deleted: Deleted | None, what: str) -> DeletedOut:
@@ -135,6 +147,16 @@ class MessageController(Controller):
 
     path = "/api/v1/messages"
 
+    @get("/{message_id:str}", sync_to_thread=True, raises=[NotFoundException],
+         opt=support_read("message.read", "message {message_id}"))
+    def show(self, state: State, caller: NamedDependency[Caller], message_id: RowId) -> MessageOut:
+        """One visible message (a reply's `Location`: poll it to follow `delivery`)."""
+        with read_tx(state.engine) as conn:
+            message = find_message(conn, caller.studio_id, message_id)
+        if message is None:
+            raise NotFoundException("message not found")
+        return message
+
     @delete("/{message_id:str}", sync_to_thread=True, status_code=200, raises=[NotFoundException])
     def remove(self, state: State, caller: NamedDependency[Caller], message_id: RowId) -> DeletedOut:
         """Hide the message and its attachments at once; the conversation's count and latest
@@ -155,22 +177,34 @@ class TrashController(Controller):
     path = "/api/v1/trash"
 
     @get("/", sync_to_thread=True)
-    def index(self, state: State, caller: NamedDependency[Caller],
-              limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100) -> TrashOut:
-        """What was deleted in the last 30 days, most recently deleted first (up to `limit` of
-        each kind); `restorable` says whether the studio's plan lets it restore them."""
-        now = utcnow()
+    def index(self, state: State, caller: NamedDependency[Caller]) -> TrashOut:
+        """Whether the studio's plan lets it restore (`restorable`) and for how long deleted
+        items stay restorable; the items are listed at /trash/conversations and /trash/messages."""
         with read_tx(state.engine) as conn:
-            trash = list_trash(conn, caller.studio_id, now, limit)
-            paid = has_paid_features(conn, caller.studio_id, state.settings, now)
-        return TrashOut(
-            restorable=paid, retention_days=RETENTION.days,
-            conversations=[TrashedConversationOut(
-                id=c.id, subject=c.subject, guest=GuestOut(id=c.guest_id, email=c.guest_email, name=c.guest_name),
-                message_count=c.message_count, last_message_at=c.last_message_at, deleted_at=c.deleted_at,
-                deleted_by=c.deleted_by, purge_at=c.purge_at) for c in trash.conversations],
-            messages=[TrashedMessageOut(
-                id=m.id, conversation_id=m.conversation_id, direction=m.direction, state=m.state,
-                from_=PersonOut(email=m.from_email, name=m.from_name), subject=m.subject, excerpt=m.excerpt,
-                received_at=m.received_at, deleted_at=m.deleted_at, deleted_by=m.deleted_by, purge_at=m.purge_at)
-                for m in trash.messages])
+            paid = has_paid_features(conn, caller.studio_id, state.settings, utcnow())
+        return TrashOut(restorable=paid, retention_days=RETENTION.days)
+
+    @get("/conversations", sync_to_thread=True)
+    def conversations(self, state: State, caller: NamedDependency[Caller], limit: Limit = DEFAULT_LIMIT,
+                      cursor: Cursor = None) -> TrashedConversationList:
+        """Conversations deleted in the last 30 days, most recently deleted first; restore one
+        with POST /api/v1/conversations/{id}/restore."""
+        with cursor_checked(), read_tx(state.engine) as conn:
+            page = trashed_conversations(conn, caller.studio_id, utcnow(), limit=limit, cursor=cursor)
+        return TrashedConversationList(items=[TrashedConversationOut(
+            id=c.id, subject=c.subject, guest=GuestOut(id=c.guest_id, email=c.guest_email, name=c.guest_name),
+            message_count=c.message_count, last_message_at=c.last_message_at, deleted_at=c.deleted_at,
+            deleted_by=c.deleted_by, purge_at=c.purge_at) for c in page.items], next_cursor=page.next_cursor)
+
+    @get("/messages", sync_to_thread=True)
+    def messages(self, state: State, caller: NamedDependency[Caller], limit: Limit = DEFAULT_LIMIT,
+                 cursor: Cursor = None) -> TrashedMessageList:
+        """Messages deleted in the last 30 days from conversations still shown, most recently
+        deleted first; restore one with POST /api/v1/messages/{id}/restore."""
+        with cursor_checked(), read_tx(state.engine) as conn:
+            page = trashed_messages(conn, caller.studio_id, utcnow(), limit=limit, cursor=cursor)
+        return TrashedMessageList(items=[TrashedMessageOut(
+            id=m.id, conversation_id=m.conversation_id, direction=m.direction, state=m.state,
+            from_=PersonOut(email=m.from_email, name=m.from_name), subject=m.subject, excerpt=m.excerpt,
+            received_at=m.received_at, deleted_at=m.deleted_at, deleted_by=m.deleted_by, purge_at=m.purge_at)
+            for m in page.items], next_cursor=page.next_cursor)

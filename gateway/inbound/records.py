@@ -32,7 +32,7 @@ _NEW_GUEST = DriverSQL("INSERT INTO guest (studio_id, email, name, created_at) V
 # A guest of a moment ago (another processor, PostgreSQL) makes _NEW_GUEST return no row.
 _NEW_CONVERSATION = DriverSQL(
     "INSERT INTO conversation (studio_id, guest_id, subject, subject_key, status, created_at, last_message_at, "
-    "message_count) VALUES (?, ?, ?, ?, 'open', ?, ?, ?) RETURNING id")
+    "updated_at, message_count) VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?) RETURNING id")
 _GUEST_NAME = update(GUEST).where(GUEST.c.id == bindparam("guest_id")).values(name=bindparam("name"))
 
 
@@ -118,7 +118,7 @@ def open_conversation(conn: Connection, studio_id: int, guest_id: int, subject: 
     """A new open conversation of the studio with the guest; its id."""
     when = bind_processor(conn, CONVERSATION.c.created_at)(now)
     return int(_NEW_CONVERSATION(conn, (studio_id, guest_id, subject, normalize_subject(subject), when, when,
-                                        message_count)).fetchone()[0])
+                                        when, message_count)).fetchone()[0])
 
 
 def ensure_guest(conn: Connection, studio_id: int, email: str, name: str = "") -> int:

@@ -268,10 +268,13 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         lookups.seen[(studio_id, dedupe_key)] = "duplicate"
     _store_attachments(conn, studio_id, inserted, parsed, settings)
     if state == "visible" and not opened:
-        values: dict[str, Any] = {"message_count": CONVERSATION.c.message_count + 1, "last_message_at": now}
+        values: dict[str, Any] = {"message_count": CONVERSATION.c.message_count + 1, "last_message_at": now,
+                                  "updated_at": now}
         if not auto.automatic:
             values["status"] = "open"  # a reply to a closed conversation reopens it
         conn.execute(_CONVERSATION_ACTIVITY.values(**values), {"conversation_id": conversation_id})
+    elif not opened:  # held: the conversation's held count changed (its detail shows it)
+        conn.execute(_CONVERSATION_ACTIVITY.values(updated_at=now), {"conversation_id": conversation_id})
     if bounced:
         conn.execute(update(MESSAGE).where(
             MESSAGE.c.id.in_([b.id for b in bounced]), MESSAGE.c.direction == "outbound"

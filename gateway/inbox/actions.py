@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, case, literal, select, update
 
 from gateway.store.blobs import blob_store
+from gateway.store.models import utcnow
+from gateway.store.paging import Order, Page, keyset_page, with_items
 from gateway.store.tables import CONVERSATION, MESSAGE
 from gateway.store.tables import ATTACHMENT
 from gateway.access.visibility import LIVE_CONVERSATION, SHOWN_MESSAGE
@@ -63,14 +66,16 @@ class Download:
     data: bytes
 
 
-def list_held(conn: Connection, studio_id: int, limit: int) -> list[HeldMessage]:
-    """The studio's held messages, newest first."""
-    rows = conn.execute(
-        select(MESSAGE.c.id, MESSAGE.c.conversation_id, MESSAGE.c.from_email, MESSAGE.c.from_name,
-               MESSAGE.c.subject, MESSAGE.c.text, MESSAGE.c.received_at)
-        .where(MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == HELD, SHOWN_MESSAGE)
-        .order_by(MESSAGE.c.received_at.desc(), MESSAGE.c.id.desc()).limit(limit))
-    return [HeldMessage(**row._mapping) for row in rows]
+HELD_ORDER = Order(id=MESSAGE.c.id, sort=MESSAGE.c.received_at)
+
+
+def list_held(conn: Connection, studio_id: int, *, limit: int, cursor: str | None = None) -> Page[HeldMessage]:
+    """The studio's held messages, newest first, a page of `limit` after `cursor` (BadCursor if forged)."""
+    page = keyset_page(conn, select(MESSAGE.c.id, MESSAGE.c.conversation_id, MESSAGE.c.from_email,
+                                    MESSAGE.c.from_name, MESSAGE.c.subject, MESSAGE.c.text, MESSAGE.c.received_at)
+                       .where(MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == HELD, SHOWN_MESSAGE),
+                       HELD_ORDER, limit=limit, cursor=cursor)
+    return with_items(page, [HeldMessage(**row._mapping) for row in page.items])
 
 
 def decide_held(conn: Connection, studio_id: int, message_id: int, *, accept: bool) -> Decision | None:
@@ -92,16 +97,17 @@ def decide_held(conn: Connection, studio_id: int, message_id: int, *, accept: bo
         if state is None:
             return None
         raise NotHeld(message_id, state)
+    changes: dict[str, Any] = {"updated_at": utcnow()}  # its held count changed either way
     if accept:
         # Counted as if it had been visible on arrival; the conversation's activity moves only
         # forward (a held message older than the latest mail does not make it look older).
         # The status is left alone: reopening is the studio's own decision here.
         arrived = literal(changed.received_at, CONVERSATION.c.last_message_at.type)
-        conn.execute(update(CONVERSATION).where(
-            CONVERSATION.c.id == changed.conversation_id, CONVERSATION.c.studio_id == studio_id
-        ).values(message_count=CONVERSATION.c.message_count + 1,
-                 last_message_at=case((CONVERSATION.c.last_message_at < arrived, arrived),
-                                      else_=CONVERSATION.c.last_message_at)))
+        changes.update(message_count=CONVERSATION.c.message_count + 1,
+                       last_message_at=case((CONVERSATION.c.last_message_at < arrived, arrived),
+                                            else_=CONVERSATION.c.last_message_at))
+    conn.execute(update(CONVERSATION).where(
+        CONVERSATION.c.id == changed.conversation_id, CONVERSATION.c.studio_id == studio_id).values(**changes))
     return Decision(id=message_id, state=new_state, conversation_id=changed.conversation_id)
 
 
@@ -113,7 +119,8 @@ def set_status(conn: Connection, studio_id: int, conversation_id: int, status: s
         raise ValueError(f"unknown conversation status {status!r}")
     found = conn.execute(update(CONVERSATION).where(
         CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION
-    ).values(status=status)).rowcount
+    ).values(status=status, updated_at=case((CONVERSATION.c.status == status, CONVERSATION.c.updated_at),
+                                            else_=literal(utcnow(), CONVERSATION.c.updated_at.type)))).rowcount
     return bool(found)
 
 

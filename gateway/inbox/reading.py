@@ -8,23 +8,24 @@ messages are left out everywhere (gateway/access/visibility.py).
 """
 from __future__ import annotations
 
-import base64
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import msgspec
 from sqlalchemy import Connection, func, select
 
+from gateway.store.paging import BadCursor, Order, keyset_page  # noqa: F401 (BadCursor: callers' import)
 from gateway.store.tables import CONVERSATION, GUEST, MESSAGE
 from gateway.store.tables import OUTBOUND_JOB
 from gateway.store.tables import ATTACHMENT
-from gateway.access.visibility import LIVE_CONVERSATION, LIVE_MESSAGE
+from gateway.access.visibility import LIVE_CONVERSATION, LIVE_MESSAGE, SHOWN_MESSAGE
 from gateway.inbox.html_view import html_view
 
 
-class BadCursor(ValueError):
-    """A pagination cursor this API did not hand out."""
+CONVERSATIONS = Order(id=CONVERSATION.c.id, sort=CONVERSATION.c.last_message_at)
+MESSAGES = Order(id=MESSAGE.c.id, sort=MESSAGE.c.received_at)
+_ALL = 2**31  # "no limit" for one page of messages
 
 
 class PersonOut(msgspec.Struct):
@@ -91,6 +92,10 @@ class ConversationOut(msgspec.Struct):
     last_message_at: datetime
     created_at: datetime
     unread: bool
+    # Anything in this answer changed then (new message, read, status, deleted or restored):
+    # the newest `updated_at` a client holds is the `updated_since` of its next catch-up.
+    updated_at: datetime
+    deleted: bool                   # true only with updated_since: it went into the trash since
 
 
 class ConversationDetailOut(ConversationOut):
@@ -104,17 +109,9 @@ class ConversationList(msgspec.Struct):
     next_cursor: str | None = None
 
 
-def _encode_cursor(last_message_at: datetime, conversation_id: int) -> str:
-    return base64.urlsafe_b64encode(f"{last_message_at.isoformat()}|{conversation_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        at, _, conversation_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        parsed = datetime.fromisoformat(at)
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)), int(conversation_id)
-    except (ValueError, UnicodeDecodeError):
-        raise BadCursor("cursor is not one this API handed out") from None
+class MessageList(msgspec.Struct):
+    items: list[MessageOut]         # one page, oldest first; the newest page comes first
+    next_cursor: str | None = None  # the page of older messages, when there is one
 
 
 def message_out(m: Any, attachments: list[AttachmentOut], error: str | None, *,
@@ -158,22 +155,32 @@ def _conversation(row: Any) -> ConversationOut:
                            guest=GuestOut(id=row.guest_id, email=row.guest_email, name=row.guest_name),
                            message_count=row.message_count, last_message_at=row.last_message_at,
                            created_at=row.created_at,
-                           unread=row.read_at is None or row.last_message_at > row.read_at)
+                           unread=row.read_at is None or row.last_message_at > row.read_at,
+                           updated_at=row.updated_at, deleted=row.deleted_at is not None)
 
 
 _CONVERSATION_COLUMNS = (CONVERSATION.c.id, CONVERSATION.c.subject, CONVERSATION.c.status,
                          CONVERSATION.c.message_count, CONVERSATION.c.last_message_at,
                          CONVERSATION.c.created_at, CONVERSATION.c.read_at, CONVERSATION.c.guest_id,
+                         CONVERSATION.c.updated_at, CONVERSATION.c.deleted_at,
                          GUEST.c.email.label("guest_email"),
                          GUEST.c.name.label("guest_name"))
 
 
 def list_conversations(conn: Connection, studio_id: int, *, limit: int = 50, status: str | None = None,
-                       unread: bool | None = None, q: str | None = None,
-                       cursor: str | None = None) -> ConversationList:
-    """Newest activity first; `next_cursor` fetches the page after this one (BadCursor if forged)."""
+                       unread: bool | None = None, q: str | None = None, cursor: str | None = None,
+                       updated_since: datetime | None = None) -> ConversationList:
+    """Newest activity first; `next_cursor` fetches the page after this one (BadCursor if forged).
+
+    With `updated_since`, only conversations changed at or after it (a client catching up
+    after being offline), and deleted ones among them too, marked `deleted`: otherwise the
+    client could never learn that a conversation it holds went into the trash."""
     query = (select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-             .where(CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION))
+             .where(CONVERSATION.c.studio_id == studio_id))
+    if updated_since is None:
+        query = query.where(LIVE_CONVERSATION)
+    else:
+        query = query.where(CONVERSATION.c.updated_at >= updated_since)
     if status is not None:
         query = query.where(CONVERSATION.c.status == status)
     if unread is not None:
@@ -184,48 +191,31 @@ def list_conversations(conn: Connection, studio_id: int, *, limit: int = 50, sta
         query = query.where(func.lower(CONVERSATION.c.subject).contains(needle, autoescape=True)
                             | func.lower(GUEST.c.email).contains(needle, autoescape=True)
                             | func.lower(GUEST.c.name).contains(needle, autoescape=True))
-    if cursor is not None:
-        after_at, after_id = _decode_cursor(cursor)
-        query = query.where((CONVERSATION.c.last_message_at < after_at)
-                            | ((CONVERSATION.c.last_message_at == after_at) & (CONVERSATION.c.id < after_id)))
-    rows = conn.execute(query.order_by(CONVERSATION.c.last_message_at.desc(), CONVERSATION.c.id.desc())
-                        .limit(limit + 1)).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = _encode_cursor(rows[-1].last_message_at, rows[-1].id) if more else None
-    return ConversationList(items=[_conversation(r) for r in rows], next_cursor=next_cursor)
+    page = keyset_page(conn, query, CONVERSATIONS, limit=limit, cursor=cursor)
+    return ConversationList(items=[_conversation(r) for r in page.items], next_cursor=page.next_cursor)
 
 
-def conversation_detail(conn: Connection, studio_id: int, conversation_id: int, *, limit: int | None = None,
-                        cursor: str | None = None, remote_images: bool = False) -> ConversationDetailOut | None:
-    """The conversation with its visible messages, or None when it is not the studio's.
-
-    A conversation can grow to thousands of messages, so they come in pages of `limit`
-    (all of them when None): the newest page first, each page oldest first as a messenger
-    shows it, and `next_cursor` for the page of older messages, in the conversation list's
-    cursor style (BadCursor if forged)."""
-    row = conn.execute(
-        select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-        .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION)
-    ).first()
-    if row is None:
-        return None
+def message_page(conn: Connection, studio_id: int, conversation_id: int, *, limit: int,
+                 cursor: str | None = None, remote_images: bool = False) -> MessageList:
+    """One page of the conversation's visible messages: the newest page first, each page
+    oldest first as a messenger shows it; `next_cursor` for the page of older messages
+    (BadCursor if forged). The caller has checked that the conversation is the studio's."""
     query = select(MESSAGE).where(MESSAGE.c.conversation_id == conversation_id,
                                   MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == "visible", LIVE_MESSAGE)
-    if cursor is not None:
-        before_at, before_id = _decode_cursor(cursor)
-        query = query.where((MESSAGE.c.received_at < before_at)
-                            | ((MESSAGE.c.received_at == before_at) & (MESSAGE.c.id < before_id)))
-    query = query.order_by(MESSAGE.c.received_at.desc(), MESSAGE.c.id.desc())
-    if limit is not None:
-        query = query.limit(limit + 1)
-    messages = conn.execute(query).all()
-    more = limit is not None and len(messages) > limit
-    messages = messages[:limit][::-1] if limit is not None else messages[::-1]
-    next_cursor = _encode_cursor(messages[0].received_at, messages[0].id) if more else None
-    held = conn.execute(select(func.count()).select_from(MESSAGE).where(
-        MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.studio_id == studio_id,
-        MESSAGE.c.state == "held", LIVE_MESSAGE)).scalar_one()
+    page = keyset_page(conn, query, MESSAGES, limit=limit, cursor=cursor)
+    return MessageList(items=_messages_out(conn, studio_id, page.items[::-1], remote_images),
+                       next_cursor=page.next_cursor)
+
+
+def find_message(conn: Connection, studio_id: int, message_id: int) -> MessageOut | None:
+    """One visible message of a shown conversation of the studio (a reply's `Location`), or None."""
+    row = conn.execute(select(MESSAGE).where(MESSAGE.c.id == message_id, MESSAGE.c.studio_id == studio_id,
+                                             MESSAGE.c.state == "visible", SHOWN_MESSAGE)).first()
+    return None if row is None else _messages_out(conn, studio_id, [row], False)[0]
+
+
+def _messages_out(conn: Connection, studio_id: int, messages: list[Any], remote_images: bool) -> list[MessageOut]:
+    """Message rows as the API shows them, with their attachments and delivery errors."""
     errors: dict[int, str | None] = {}
     outbound = [m.id for m in messages if m.direction == "outbound"]
     if outbound:
@@ -237,10 +227,32 @@ def conversation_detail(conn: Connection, studio_id: int, conversation_id: int, 
                 ATTACHMENT.c.studio_id == studio_id,
                 ATTACHMENT.c.message_id.in_([m.id for m in messages])).order_by(ATTACHMENT.c.id)):
             attachments.setdefault(a.message_id, []).append(attachment_out(a))
-    base = _conversation(row)
+    return [message_out(m, attachments.get(m.id, []), errors.get(m.id), remote_images=remote_images)
+            for m in messages]
+
+
+def find_conversation(conn: Connection, studio_id: int, conversation_id: int) -> ConversationOut | None:
+    """The studio's shown conversation, or None (another studio's, deleted, or no such id)."""
+    row = conn.execute(
+        select(*_CONVERSATION_COLUMNS).join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
+        .where(CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION)
+    ).first()
+    return None if row is None else _conversation(row)
+
+
+def conversation_detail(conn: Connection, studio_id: int, conversation_id: int, *, limit: int | None = None,
+                        cursor: str | None = None, remote_images: bool = False) -> ConversationDetailOut | None:
+    """The conversation with the newest page of its visible messages (message_page), or None
+    when it is not the studio's. A conversation can grow to thousands of messages, so they
+    come in pages; `next_cursor` continues on GET .../messages as well. `limit` None: all of
+    them (an operator's `gateway support read`)."""
+    base = find_conversation(conn, studio_id, conversation_id)
+    if base is None:
+        return None
+    page = message_page(conn, studio_id, conversation_id, limit=_ALL if limit is None else limit, cursor=cursor,
+                        remote_images=remote_images)
+    held = conn.execute(select(func.count()).select_from(MESSAGE).where(
+        MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.studio_id == studio_id,
+        MESSAGE.c.state == "held", LIVE_MESSAGE)).scalar_one()
     return ConversationDetailOut(
-        **msgspec.structs.asdict(base), held_count=held,
-        messages=[message_out(m, attachments.get(m.id, []), errors.get(m.id), remote_images=remote_images)
-                  for m in messages],
-        next_cursor=next_cursor,
-    )
+        **msgspec.structs.asdict(base), held_count=held, messages=page.items, next_cursor=page.next_cursor)

@@ -31,6 +31,8 @@ from sqlalchemy import ColumnElement, Connection, Table, select, update
 
 from gateway.billing.entitlements import has_paid_features
 from gateway.settings import Settings
+from gateway.store.models import utcnow
+from gateway.store.paging import Order, Page, keyset_page, with_items
 from gateway.store.tables import CONVERSATION, MESSAGE
 from gateway.access.visibility import IN_LIVE_CONVERSATION, LIVE_CONVERSATION, LIVE_MESSAGE, recount
 from gateway.store.tables import GUEST, OUTBOUND_JOB
@@ -109,12 +111,6 @@ class TrashedMessage:
     purge_at: datetime
 
 
-@dataclass(frozen=True)
-class Trash:
-    conversations: list[TrashedConversation]
-    messages: list[TrashedMessage]
-
-
 def delete_conversation(conn: Connection, studio_id: int, conversation_id: int, profile_id: int,
                         now: datetime, *, log: DeletionLog) -> Deleted | None:
     """Hide a shown conversation at once; None if the studio has no such conversation shown.
@@ -127,7 +123,7 @@ def delete_conversation(conn: Connection, studio_id: int, conversation_id: int, 
     log.append("conversation.trashed", studio_id, conversation_id, at=now, by=profile_id)  # before the change
     found = conn.execute(update(CONVERSATION).where(
         CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION
-    ).values(deleted_at=now, deleted_by=profile_id).returning(CONVERSATION.c.id)).first()
+    ).values(deleted_at=now, deleted_by=profile_id, updated_at=now).returning(CONVERSATION.c.id)).first()
     if found is None:
         return None
     return Deleted("conversation", conversation_id, conversation_id, now, now + RETENTION)
@@ -195,36 +191,43 @@ def restore_message(conn: Connection, studio_id: int, message_id: int, settings:
     return Restored("message", message_id, row.conversation_id, given_up)
 
 
-def list_trash(conn: Connection, studio_id: int, now: datetime, limit: int) -> Trash:
-    """What the studio deleted and may still restore, most recently deleted first.
+TRASHED_CONVERSATIONS = Order(id=CONVERSATION.c.id, sort=CONVERSATION.c.deleted_at)
+TRASHED_MESSAGES = Order(id=MESSAGE.c.id, sort=MESSAGE.c.deleted_at)
+
+
+def trashed_conversations(conn: Connection, studio_id: int, now: datetime, *, limit: int,
+                          cursor: str | None = None) -> Page[TrashedConversation]:
+    """Conversations the studio deleted and may still restore, most recently deleted first,
+    a page of `limit` after `cursor` (BadCursor if forged)."""
+    query = (select(CONVERSATION.c.id, CONVERSATION.c.subject, CONVERSATION.c.guest_id, GUEST.c.email,
+                    GUEST.c.name, CONVERSATION.c.message_count, CONVERSATION.c.last_message_at,
+                    CONVERSATION.c.deleted_at, CONVERSATION.c.deleted_by)
+             .join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
+             .where(CONVERSATION.c.studio_id == studio_id, CONVERSATION.c.deleted_at > now - RETENTION))
+    page = keyset_page(conn, query, TRASHED_CONVERSATIONS, limit=limit, cursor=cursor)
+    return with_items(page, [TrashedConversation(
+        id=c.id, subject=c.subject, guest_id=c.guest_id, guest_email=c.email, guest_name=c.name,
+        message_count=c.message_count, last_message_at=c.last_message_at, deleted_at=c.deleted_at,
+        deleted_by=c.deleted_by, purge_at=c.deleted_at + RETENTION) for c in page.items])
+
+
+def trashed_messages(conn: Connection, studio_id: int, now: datetime, *, limit: int,
+                     cursor: str | None = None) -> Page[TrashedMessage]:
+    """Messages the studio deleted and may still restore, most recently deleted first.
 
     Messages are listed while their conversation is shown; one deleted inside a conversation
     that was deleted afterwards appears again once the conversation is restored."""
-    since = now - RETENTION
-    conversations = conn.execute(
-        select(CONVERSATION.c.id, CONVERSATION.c.subject, CONVERSATION.c.guest_id, GUEST.c.email, GUEST.c.name,
-               CONVERSATION.c.message_count, CONVERSATION.c.last_message_at, CONVERSATION.c.deleted_at,
-               CONVERSATION.c.deleted_by)
-        .join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-        .where(CONVERSATION.c.studio_id == studio_id, CONVERSATION.c.deleted_at > since)
-        .order_by(CONVERSATION.c.deleted_at.desc(), CONVERSATION.c.id.desc()).limit(limit)).all()
-    messages = conn.execute(
-        select(MESSAGE.c.id, MESSAGE.c.conversation_id, MESSAGE.c.direction, MESSAGE.c.state, MESSAGE.c.from_email,
-               MESSAGE.c.from_name, MESSAGE.c.subject, MESSAGE.c.text, MESSAGE.c.received_at, MESSAGE.c.deleted_at,
-               MESSAGE.c.deleted_by)
-        .where(MESSAGE.c.studio_id == studio_id, MESSAGE.c.deleted_at > since,
-               MESSAGE.c.state.in_(SHOWN_STATES), IN_LIVE_CONVERSATION)
-        .order_by(MESSAGE.c.deleted_at.desc(), MESSAGE.c.id.desc()).limit(limit)).all()
-    return Trash(
-        conversations=[TrashedConversation(
-            id=c.id, subject=c.subject, guest_id=c.guest_id, guest_email=c.email, guest_name=c.name,
-            message_count=c.message_count, last_message_at=c.last_message_at, deleted_at=c.deleted_at,
-            deleted_by=c.deleted_by, purge_at=c.deleted_at + RETENTION) for c in conversations],
-        messages=[TrashedMessage(
-            id=m.id, conversation_id=m.conversation_id, direction=m.direction, state=m.state,
-            from_email=m.from_email, from_name=m.from_name, subject=m.subject, excerpt=m.text[:200],
-            received_at=m.received_at, deleted_at=m.deleted_at, deleted_by=m.deleted_by,
-            purge_at=m.deleted_at + RETENTION) for m in messages])
+    query = (select(MESSAGE.c.id, MESSAGE.c.conversation_id, MESSAGE.c.direction, MESSAGE.c.state,
+                    MESSAGE.c.from_email, MESSAGE.c.from_name, MESSAGE.c.subject, MESSAGE.c.text,
+                    MESSAGE.c.received_at, MESSAGE.c.deleted_at, MESSAGE.c.deleted_by)
+             .where(MESSAGE.c.studio_id == studio_id, MESSAGE.c.deleted_at > now - RETENTION,
+                    MESSAGE.c.state.in_(SHOWN_STATES), IN_LIVE_CONVERSATION))
+    page = keyset_page(conn, query, TRASHED_MESSAGES, limit=limit, cursor=cursor)
+    return with_items(page, [TrashedMessage(
+        id=m.id, conversation_id=m.conversation_id, direction=m.direction, state=m.state,
+        from_email=m.from_email, from_name=m.from_name, subject=m.subject, excerpt=m.text[:200],
+        received_at=m.received_at, deleted_at=m.deleted_at, deleted_by=m.deleted_by,
+        purge_at=m.deleted_at + RETENTION) for m in page.items])
 
 
 def record_restored(log: DeletionLog, studio_id: int, restored: Restored, now: datetime | None = None) -> None:
@@ -236,6 +239,11 @@ def record_restored(log: DeletionLog, studio_id: int, restored: Restored, now: d
     log.append(kind, studio_id, restored.id, at=now)
 
 
+def _touched(table: Table) -> dict[str, datetime]:
+    """A conversation's `updated_at` for a change made now (messages have none)."""
+    return {"updated_at": utcnow()} if table is CONVERSATION else {}
+
+
 def replay_trash_event(conn: Connection, event: Erasure) -> bool:
     """Re-apply a logged move into or out of the trash to a restored database; True if it
     changed something. A deletion keeps its original time (and so its 30 days) and author."""
@@ -243,11 +251,11 @@ def replay_trash_event(conn: Connection, event: Erasure) -> bool:
     if event.kind.endswith(".trashed"):
         changed = conn.execute(update(table).where(
             table.c.id == event.object_id, table.c.studio_id == event.studio_id, table.c.deleted_at.is_(None)
-        ).values(deleted_at=event.at, deleted_by=event.by)).rowcount
+        ).values(deleted_at=event.at, deleted_by=event.by, **_touched(table))).rowcount
     else:
         changed = conn.execute(update(table).where(
             table.c.id == event.object_id, table.c.studio_id == event.studio_id, table.c.deleted_at.is_not(None)
-        ).values(deleted_at=None, deleted_by=None)).rowcount
+        ).values(deleted_at=None, deleted_by=None, **_touched(table))).rowcount
     if changed and table is MESSAGE:
         conversation_id = conn.execute(select(MESSAGE.c.conversation_id).where(
             MESSAGE.c.id == event.object_id)).scalar()
@@ -264,8 +272,9 @@ def _undelete(conn: Connection, table: Table, object_id: int, what: str, deleted
     if deleted_at is None:
         raise NotDeleted(f"{what} is not deleted; there is nothing to restore")
     _check_restorable(conn, studio_id, what, deleted_at, settings, now)
+    changes = {"updated_at": now} if table is CONVERSATION else {}
     return bool(conn.execute(update(table).where(table.c.id == object_id, table.c.deleted_at == deleted_at)
-                             .values(deleted_at=None, deleted_by=None)).rowcount)
+                             .values(deleted_at=None, deleted_by=None, **changes)).rowcount)
 
 
 def _check_restorable(conn: Connection, studio_id: int, what: str, deleted_at: datetime, settings: Settings,

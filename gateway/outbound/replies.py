@@ -86,7 +86,8 @@ _INSERT_JOB = Prepared(insert(OUTBOUND_JOB).values(
     next_attempt_at=bindparam("next_attempt_at", type_=OUTBOUND_JOB.c.next_attempt_at.type)))
 def _activity(read: bool) -> Prepared:
     """The conversation's activity after a reply; `read` also marks it read (answering is reading)."""
-    values = {"last_message_at": bindparam("now", type_=CONVERSATION.c.last_message_at.type)}
+    values = {"last_message_at": bindparam("now", type_=CONVERSATION.c.last_message_at.type),
+              "updated_at": bindparam("now", type_=CONVERSATION.c.updated_at.type)}
     if read:
         values["read_at"] = bindparam("now", type_=CONVERSATION.c.read_at.type)
     return Prepared(update(CONVERSATION).where(CONVERSATION.c.id == bindparam("conversation_id"))

@@ -142,6 +142,7 @@ class Conversation(SQLModel, table=True):
         Index("ix_conversation_studio_live_activity", "studio_id", "deleted_at", "last_message_at"),
         Index("ix_conversation_guest_subject", "studio_id", "guest_id", "subject_key"),
         Index("ix_conversation_guest_created", "studio_id", "guest_id", "created_at"),
+        Index("ix_conversation_studio_updated", "studio_id", "updated_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
     studio_id: int = Field(foreign_key="studio.id")
@@ -155,6 +156,10 @@ class Conversation(SQLModel, table=True):
     read_at: datetime | None = None   # when the studio last read it: unread while last_message_at is later
     deleted_at: datetime | None = None
     deleted_by: int | None = None     # profile id
+    # When anything a client shows of it last changed: a message, read state, status, deletion
+    # or restore. Set by every statement that changes those (not an onupdate: the prepared
+    # statements bind every value themselves); GET /api/v1/conversations?updated_since= reads it.
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class Message(SQLModel, table=True):
