@@ -44,12 +44,11 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from sqlalchemy import Connection, Engine, case, delete, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.store.db import read_tx, write_tx
+from gateway.store.db import dialect_insert, read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import RATE_LIMIT
 
@@ -169,7 +168,7 @@ class SharedFailureLimiter:
         stale = RATE_LIMIT.c.window_start <= literal(now - self.window, RATE_LIMIT.c.window_start.type)
         with write_tx(self.engine) as conn:
             conn.execute(delete(RATE_LIMIT).where(RATE_LIMIT.c.expires_at <= literal(now, RATE_LIMIT.c.expires_at.type)))
-            insert = _insert(conn).values(scope=self.scope, key=key, window_start=now, failures=1,
+            insert = dialect_insert(conn, RATE_LIMIT).values(scope=self.scope, key=key, window_start=now, failures=1,
                                           blocked_until=None, expires_at=lasts)
             # Every SET expression sees the row as it was (SQL's UPDATE semantics, both back ends).
             conn.execute(insert.on_conflict_do_update(index_elements=[RATE_LIMIT.c.scope, RATE_LIMIT.c.key], set_={
@@ -190,6 +189,3 @@ class SharedFailureLimiter:
 def _key(address: str) -> str:
     return address[:200]
 
-
-def _insert(conn: Connection) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(RATE_LIMIT)

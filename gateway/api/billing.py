@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException, PermissionDeniedException, Servic
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_502_BAD_GATEWAY
 
+from gateway.api.idempotency import Idempotent
 from gateway.billing.stripe_api import BillingNotConfigured, BillingUnavailable
 from gateway.billing.subscriptions import BillingConflict, cancel, start_checkout, summary
 from gateway.store.db import read_tx
@@ -100,7 +101,8 @@ class BillingController(Controller):
                                            state=p.state) for p in s.pauses])
 
     @post("/checkout", sync_to_thread=True, status_code=201)
-    def checkout(self, state: State, caller: NamedDependency[Caller], data: JSONBody[CheckoutIn]) -> CheckoutOut:
+    def checkout(self, state: State, caller: NamedDependency[Caller], data: JSONBody[CheckoutIn],
+                 idempotent: Idempotent) -> CheckoutOut:
         """Owner only: a Stripe Checkout session for the monthly or yearly plan."""
         _owner(caller)
         try:

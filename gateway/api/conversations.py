@@ -25,6 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.inbox import reading
 from gateway.api.auth import support_read
+from gateway.api.idempotency import Idempotent
 from gateway.api.trash import DeletedOut, deleted_answer
 from gateway.store.batching import WriteUnavailable
 from gateway.store.db import read_tx, write_tx
@@ -178,7 +179,7 @@ class ConversationController(Controller):
     @post("/{conversation_id:int}/replies/upload", status_code=202, request_max_body_size=UPLOAD_MAX_BODY)
     async def reply_with_attachments(
         self, state: State, caller: NamedDependency[Caller], conversation_id: FromPath[int],
-        data: Annotated[ReplyUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+        data: Annotated[ReplyUpload, Body(media_type=RequestEncodingType.MULTI_PART)], idempotent: Idempotent,
     ) -> MessageOut:
         """The same reply with attachments: multipart/form-data with `text` and `files` parts.
 
@@ -188,7 +189,7 @@ class ConversationController(Controller):
     @post("/{conversation_id:int}/replies", status_code=202, request_max_body_size=UPLOAD_MAX_BODY,
           operation_class=ReplyOperation)
     async def reply(self, request: Request[Any, Any, Any], state: State, caller: NamedDependency[Caller],
-                    conversation_id: FromPath[int]) -> MessageOut:
+                    conversation_id: FromPath[int], idempotent: Idempotent) -> MessageOut:
         """Queue a reply to the guest: 202 with the outbound message (delivery `queued`).
 
         JSON `{"text": ...}`, or multipart/form-data with a `text` part and `files` parts for

@@ -13,6 +13,7 @@ from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath, JSONBody
 
 from gateway.api.auth import require_owner
+from gateway.api.idempotency import Idempotent, shown_once
 from gateway.api.manage import ConflictException
 from gateway.api.tokens import NO_STORE, NewTokenOut
 from gateway.store.db import read_tx, write_tx
@@ -60,8 +61,9 @@ class ProfileController(Controller):
             return ProfileList(items=[_out(p) for p in list_profiles(conn, caller)])
 
     @post("/", sync_to_thread=True, status_code=201, response_headers=NO_STORE,
-          raises=[ClientException, ConflictException])
-    def connect(self, state: State, caller: NamedDependency[Caller], data: JSONBody[ProfileIn]) -> NewProfileOut:
+          raises=[ClientException, ConflictException], opt=shown_once("token.token"))
+    def connect(self, state: State, caller: NamedDependency[Caller], data: JSONBody[ProfileIn],
+                idempotent: Idempotent) -> NewProfileOut:
         """Owner only: connect a member and hand out their first token (shown once).
         409 when the address is connected to the studio already."""
         require_owner(caller, "connect profiles")

@@ -14,6 +14,7 @@ from litestar.params import FromPath, JSONBody
 
 from gateway.access import audit
 from gateway.api.auth import require_owner
+from gateway.api.idempotency import Idempotent
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.access.studios import Caller, StudioError
@@ -58,7 +59,8 @@ class SupportGrantController(Controller):
             return GrantList(items=[_out(g) for g in list_grants(conn, caller.studio_id, utcnow())])
 
     @post("/", sync_to_thread=True, status_code=201, raises=[ClientException])
-    def grant(self, state: State, caller: NamedDependency[Caller], data: JSONBody[GrantIn | None] = None) -> GrantOut:
+    def grant(self, state: State, caller: NamedDependency[Caller], idempotent: Idempotent,
+              data: JSONBody[GrantIn | None] = None) -> GrantOut:
         """Owner only: let support read the studio's conversations from now on for `hours` or
         `days` (24 hours without either, or without a body; at most 7 days). Replaces the
         active grant, if any."""

@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
+from gateway.api.idempotency import Idempotent, shown_once
 from gateway.store.db import read_tx, write_tx
 from gateway.access.studios import Caller, create_own_token, list_tokens, revoke_token
 
@@ -35,7 +36,7 @@ class TokenList(msgspec.Struct):
 class NewTokenOut(msgspec.Struct):
     id: int
     prefix: str
-    token: str
+    token: str | None  # null only in an Idempotency-Key replay: the token was shown once already
     created_at: datetime
 
 
@@ -55,9 +56,10 @@ class TokenController(Controller):
             TokenOut(id=t.id, prefix=t.prefix, profile_id=t.profile_id, created_at=t.created_at,
                      revoked_at=t.revoked_at, current=t.id == caller.token_id) for t in tokens])
 
-    @post("/", sync_to_thread=True, status_code=201, response_headers=NO_STORE)
-    def create(self, state: State, caller: NamedDependency[Caller]) -> NewTokenOut:
-        """A new token for the caller's own profile; `token` is shown this once."""
+    @post("/", sync_to_thread=True, status_code=201, response_headers=NO_STORE, opt=shown_once("token"))
+    def create(self, state: State, caller: NamedDependency[Caller], idempotent: Idempotent) -> NewTokenOut:
+        """A new token for the caller's own profile; `token` is shown this once (a replay of the
+        same Idempotency-Key answers the same token with `token: null`)."""
         with write_tx(state.engine) as conn:
             new = create_own_token(conn, caller)
         return NewTokenOut(id=new.id, prefix=new.prefix, token=new.token, created_at=new.created_at)
