@@ -4,7 +4,6 @@ secret, failures are not kept, and expired answers are purged."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -14,14 +13,15 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from gateway.access.idempotency import TAKEOVER_AFTER, TTL, purge_expired
+from gateway.access.idempotency import TAKEOVER_AFTER, TTL
+from gateway.lifecycle.erasure import erase_conversation
+from gateway.lifecycle.purge import purge
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import IDEMPOTENCY_KEY, OUTBOUND_JOB
 from tests.billing_support import Billing, billing  # noqa: F401 - the fixture
 from tests.conftest import RunningGateway
 from tests.relay_sink import RelaySink
-from tests.test_api_tokens import add_member
 from tests.test_outbound import inquiry, outbound_gateway, send_due
 
 KEY = "Idempotency-Key"
@@ -131,7 +131,8 @@ def test_a_key_still_in_progress_is_409_and_an_abandoned_one_is_taken_over(maili
     assert api.post(url, json=body, headers={KEY: "slow-1"}).headers["idempotent-replayed"] == "true"
 
 
-def test_concurrent_requests_with_one_key_create_one_reply_and_answer_202_or_409(mailing: RunningGateway) -> None:
+def test_concurrent_requests_with_one_key_send_one_mail_and_answer_202_or_409(
+        mailing: RunningGateway, sink: RelaySink) -> None:
     studio, _, conversation = inquiry(mailing)
     url = f"{mailing.base_url}/api/v1/conversations/{conversation['id']}/replies"
     rounds, statuses = 8, Counter[int]()
@@ -152,7 +153,7 @@ def test_concurrent_requests_with_one_key_create_one_reply_and_answer_202_or_409
         created = [a for a in answers if a.status_code == 202]
         assert created and len({a.content for a in created}) == 1
     assert set(statuses) <= {202, 409}, statuses
-    assert _jobs(mailing) == rounds
+    assert _jobs(mailing) == rounds and send_due(mailing) == rounds and len(sink.received) == rounds
 
 
 def test_a_failed_first_request_is_not_kept_and_a_retry_runs(mailing: RunningGateway) -> None:
@@ -217,24 +218,45 @@ def test_a_checkout_is_started_once(billing: Billing) -> None:  # noqa: F811 - t
     assert len(billing.stripe.calls("POST", "/v1/checkout/sessions")) == 1
 
 
-def test_answers_are_kept_for_a_day_then_purged_and_forgotten(mailing: RunningGateway) -> None:
+def test_answers_are_kept_for_a_day_then_purged(mailing: RunningGateway) -> None:
     studio = mailing.add_studio("inkwell")
-    member_profile, member_token = add_member(mailing, studio)
     api = mailing.api(studio.token)
     assert api.post("/api/v1/tokens", headers={KEY: "old"}).status_code == 201
-    with write_tx(mailing.engine) as conn:
-        assert purge_expired(conn, utcnow()) == 0
-        assert purge_expired(conn, utcnow() + TTL + timedelta(seconds=1)) == 1
+    assert purge(mailing.engine, mailing.settings, utcnow()).idempotency_keys == 0
+    assert purge(mailing.engine, mailing.settings, utcnow() + TTL + timedelta(seconds=1)).idempotency_keys == 1
     fresh = api.post("/api/v1/tokens", headers={KEY: "old"})  # forgotten: a new token
     assert fresh.status_code == 201 and fresh.json()["token"] and "idempotent-replayed" not in fresh.headers
-    # An expired answer not yet purged counts as absent too.
+    # An expired answer that the purge has not reached yet counts as absent too.
     with write_tx(mailing.engine) as conn:
         conn.execute(update(IDEMPOTENCY_KEY).values(expires_at=utcnow() - timedelta(seconds=1)))
     again = api.post("/api/v1/tokens", headers={KEY: "old"})
     assert again.status_code == 201 and again.json()["token"] and "idempotent-replayed" not in again.headers
-    assert uuid.uuid4()  # keys are client strings; any printable one works
-    assert mailing.api(member_token).post("/api/v1/tokens", headers={KEY: str(uuid.uuid4())}).status_code == 201
-    assert member_profile
+    assert len(api.get("/api/v1/tokens").json()["items"]) == 4
+
+
+def test_erasing_a_conversation_forgets_the_answers_holding_its_replies(mailing: RunningGateway) -> None:
+    studio, _, conversation = inquiry(mailing)
+    api = mailing.api(studio.token)
+    text = "Geheimer Termin: Freitag 14 Uhr"
+    url = f"/api/v1/conversations/{conversation['id']}/replies"
+    assert api.post(url, json={"text": text}, headers={KEY: "erase-1"}).status_code == 202
+    assert api.post("/api/v1/tokens", headers={KEY: "erase-2"}).status_code == 201
+    with write_tx(mailing.engine) as conn:
+        assert erase_conversation(conn, studio.id, conversation["id"])
+    with read_tx(mailing.engine) as conn:
+        kept = conn.execute(select(IDEMPOTENCY_KEY.c.key, IDEMPOTENCY_KEY.c.body)).all()
+    assert [k for k, _ in kept] == ["erase-2"] and all(text.encode() not in body for _, body in kept)
+    assert api.post(url, json={"text": text}, headers={KEY: "erase-1"}).status_code == 404
+
+
+def test_a_first_request_refused_by_validation_leaves_no_claim(mailing: RunningGateway) -> None:
+    studio = mailing.add_studio("inkwell")
+    api = mailing.api(studio.token)
+    refused = api.post("/api/v1/support-grants", json={"hours": 0}, headers={KEY: "grant-bad"})
+    assert refused.status_code == 400
+    with read_tx(mailing.engine) as conn:
+        assert conn.execute(select(IDEMPOTENCY_KEY)).all() == []
+    assert api.post("/api/v1/support-grants", json={"hours": 0}, headers={KEY: "grant-bad"}).status_code == 400
 
 
 def test_the_openapi_document_offers_the_header_on_each_creating_post(mailing: RunningGateway) -> None:

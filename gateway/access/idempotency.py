@@ -149,12 +149,14 @@ def purge_expired(conn: Connection, now: datetime) -> int:
     return conn.execute(delete(IDEMPOTENCY_KEY).where(IDEMPOTENCY_KEY.c.expires_at <= now)).rowcount
 
 
-def forget_under(conn: Connection, studio_id: int, path_prefix: str) -> None:
-    """Drop the stored answers of requests under `path_prefix` (a conversation being erased:
-    a reply's answer holds its text)."""
+def forget_conversation(conn: Connection, studio_id: int, conversation_id: int) -> None:
+    """Drop the stored answers to replies in a conversation being erased (gateway/lifecycle/
+    erasure.py): a reply's answer holds its text, which must not outlive the erasure by a day.
+    The path is the API's (`/api/v1/conversations/{id}/replies...`); a retry after this runs
+    again and finds the conversation gone."""
     conn.execute(delete(IDEMPOTENCY_KEY).where(
         IDEMPOTENCY_KEY.c.studio_id == studio_id,
-        IDEMPOTENCY_KEY.c.path.startswith(path_prefix, autoescape=True)))
+        IDEMPOTENCY_KEY.c.path.startswith(f"/api/v1/conversations/{conversation_id}/", autoescape=True)))
 
 
 def _same(claim: Claim) -> tuple[Any, ...]:
