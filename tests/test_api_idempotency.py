@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -22,15 +23,9 @@ from gateway.store.tables import IDEMPOTENCY_KEY, OUTBOUND_JOB
 from tests.billing_support import Billing, billing  # noqa: F401 - the fixture
 from tests.conftest import RunningGateway
 from tests.relay_sink import RelaySink
-from tests.test_outbound import inquiry, outbound_gateway, send_due
+from tests.test_outbound import inquiry, outbound_gateway, send_due, sink  # noqa: F401 - the fixture
 
 KEY = "Idempotency-Key"
-
-
-@pytest.fixture
-def sink() -> Iterator[RelaySink]:
-    with RelaySink() as relay:
-        yield relay
 
 
 @pytest.fixture
@@ -83,6 +78,10 @@ def test_a_multipart_reply_retried_with_a_new_boundary_is_recognised(mailing: Ru
     assert first.status_code == 202 and second.status_code == 202, second.text
     assert second.headers["idempotent-replayed"] == "true" and second.content == first.content
     assert _jobs(mailing) == 1
+    uploads = [api.post(f"{url}/upload", data={"text": "Anbei die Skizze."}, files=files, headers={KEY: "upload-2"})
+               for _ in range(2)]
+    assert [u.status_code for u in uploads] == [202, 202] and uploads[1].content == uploads[0].content
+    assert uploads[1].headers["idempotent-replayed"] == "true" and _jobs(mailing) == 2
 
 
 def test_the_same_key_with_another_body_or_route_is_422(mailing: RunningGateway) -> None:
@@ -136,15 +135,15 @@ def test_concurrent_requests_with_one_key_send_one_mail_and_answer_202_or_409(
     studio, _, conversation = inquiry(mailing)
     url = f"{mailing.base_url}/api/v1/conversations/{conversation['id']}/replies"
     rounds, statuses = 8, Counter[int]()
+
+    def post(key: str, barrier: threading.Barrier, answers: list[httpx.Response]) -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {studio.token}"}, timeout=30) as client:
+            barrier.wait()  # the three leave together
+            answers.append(client.post(url, json={"text": "Freitag passt."}, headers={KEY: key}))
+
     for number in range(rounds):
-        key, barrier, answers = f"race-{number}", threading.Barrier(3), []
-
-        def post() -> None:
-            with httpx.Client(headers={"Authorization": f"Bearer {studio.token}"}, timeout=30) as client:
-                barrier.wait()
-                answers.append(client.post(url, json={"text": "Freitag passt."}, headers={KEY: key}))
-
-        threads = [threading.Thread(target=post) for _ in range(3)]
+        barrier, answers = threading.Barrier(3), list[httpx.Response]()
+        threads = [threading.Thread(target=post, args=(f"race-{number}", barrier, answers)) for _ in range(3)]
         for thread in threads:
             thread.start()
         for thread in threads:

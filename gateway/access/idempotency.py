@@ -75,19 +75,13 @@ def valid_key(key: str) -> bool:
     return bool(_KEY.match(key))
 
 
-def fingerprint(method: str, path: str, content_type: str, body: bytes) -> str:
-    """What makes two requests "the same": method, path and body, the body in a form that
-    survives a client library's re-encoding. JSON is compared parsed (key order and spacing
-    do not matter); multipart without its boundary, which libraries draw at random for every
-    attempt, so a retried upload is recognised."""
-    kind, _, options = content_type.partition(";")
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    """What makes two requests "the same": method, path and body. A JSON body is compared
+    parsed (key order and spacing do not matter, as a client library re-encoding it may change
+    them); anything else as given. (Multipart forms arrive here already in a canonical form:
+    gateway/api/idempotency.py, since libraries draw a new boundary for every attempt.)"""
     canonical = body
-    if kind.strip().lower() == "multipart/form-data":
-        boundary = next((v.strip().strip('"') for k, _, v in (o.partition("=") for o in options.split(";"))
-                         if k.strip().lower() == "boundary"), "")
-        if boundary:
-            canonical = body.replace(boundary.encode("latin-1", "replace"), b"")
-    elif body.strip():
+    if body.strip():
         try:
             canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
         except ValueError:

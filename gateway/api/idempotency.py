@@ -21,6 +21,7 @@ Who does what, in request order:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -28,10 +29,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Request, Response
+from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
-from litestar.exceptions import ClientException, HTTPException
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
 from litestar.params import HeaderParameter
-from litestar.status_codes import HTTP_409_CONFLICT
+from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import Engine
 
@@ -66,8 +69,16 @@ class Replay(Exception):
         self.stored = stored
 
 
-class IdempotencyConflict(HTTPException):
+class IdempotencyInProgress(HTTPException):
+    """409: the first request with this key has not answered yet (for `raises=` in the document too)."""
+
     status_code = HTTP_409_CONFLICT
+
+
+class IdempotencyKeyReused(HTTPException):
+    """422: the key was used for another request within 24 hours."""
+
+    status_code = HTTP_422_UNPROCESSABLE_ENTITY
 
 
 @dataclass(frozen=True)
@@ -90,16 +101,15 @@ async def provide_idempotency(
         yield None
         return
     engine: Engine = request.app.state.engine
-    body = await request.body()  # cached: the handler reads the same bytes
     path = request.url.path
-    print_ = idempotency.fingerprint(request.method, path, request.headers.get("content-type", ""), body)
+    fingerprint = idempotency.fingerprint(request.method, path, await _comparable_body(request))
     try:
-        got = await asyncio.to_thread(_claim, engine, caller.studio_id, idempotency_key, print_, path)
+        got = await asyncio.to_thread(_claim, engine, caller.studio_id, idempotency_key, fingerprint, path)
     except KeyReused as exc:
-        raise ClientException(str(exc), status_code=422, extra={"code": "idempotency_key_reused"}) from None
+        raise IdempotencyKeyReused(str(exc), extra={"code": "idempotency_key_reused"}) from None
     except InProgress as exc:
-        raise IdempotencyConflict(str(exc), headers={"Retry-After": "1"},
-                                  extra={"code": "idempotency_in_progress"}) from None
+        raise IdempotencyInProgress(str(exc), headers={"Retry-After": "1"},
+                                    extra={"code": "idempotency_in_progress"}) from None
     if isinstance(got, Stored):
         raise Replay(got)
     request.scope[_PENDING] = _Pending(got, tuple(request.route_handler.opt.get(_SHOWN_ONCE, ())))  # type: ignore[literal-required]
@@ -109,6 +119,24 @@ async def provide_idempotency(
         if request.scope.pop(_PENDING, None) is not None:  # type: ignore[misc]
             await _release(engine, got)
         raise
+
+
+async def _comparable_body(request: Request[Any, Any, Any]) -> bytes:
+    """The body as two attempts of one request share it. Multipart as its parsed parts (files by
+    their SHA-256): client libraries draw a new boundary for every attempt, and Litestar may
+    have parsed the form already for a `data` parameter, consuming the stream. Anything else as
+    its bytes, which Litestar keeps for the handler to read again."""
+    if request.content_type[0] != RequestEncodingType.MULTI_PART:
+        return await request.body()
+    parts: list[list[str | None]] = []
+    for name, value in (await request.form()).multi_items():
+        if isinstance(value, UploadFile):
+            content = await value.read()
+            await value.seek(0)  # the handler reads it again
+            parts.append([name, value.filename, value.content_type, hashlib.sha256(content).hexdigest()])
+        else:
+            parts.append([name, str(value)])
+    return json.dumps(parts).encode()
 
 
 # What a route names to opt in: `idempotent: Idempotent`.
