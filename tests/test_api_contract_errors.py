@@ -211,5 +211,5 @@ def test_options_allows_every_method_the_path_has(gw: RunningGateway) -> None:
         assert documented | {"OPTIONS"} <= allowed, (path, documented, allowed)
     conversation = {m.strip() for m in api.options("/api/v1/conversations/1").headers["Allow"].split(",")}
     assert conversation == {"GET", "DELETE", "OPTIONS"}
-    message = {m.strip() for m in api.options("/api/v1/messages/1").headers["Allow"].split(",")}
-    assert message == {"DELETE", "OPTIONS"}
+    message = {m.strip() for m in api.options("/api/v1/messages/1/restore").headers["Allow"].split(",")}
+    assert message == {"POST", "OPTIONS"}

@@ -147,13 +147,12 @@ def test_repeated_failures_get_429_until_the_window_passes(gw: RunningGateway) -
     assert blocked.status_code == 429
     assert blocked.headers["retry-after"] == "59"  # blocked for 60 s from the 10th failure, 1 s ago
     assert blocked.json()["status_code"] == 429 and "too many failed" in blocked.json()["detail"]
-    # Once blocked, a valid token is refused too, so a guesser cannot tell a hit.
-    assert gw.api(studio.token).get(CONVERSATIONS).status_code == 429
+    # A valid token from the same address is never refused by the brake.
+    assert gw.api(studio.token).get(CONVERSATIONS).status_code == 200
 
     clock.now += 58.5
-    assert gw.api(studio.token).get(CONVERSATIONS).status_code == 429
+    assert guesser.get(CONVERSATIONS).status_code == 429
     clock.now += 0.5
-    assert gw.api(studio.token).get(CONVERSATIONS).status_code == 200
     assert guesser.get(CONVERSATIONS).status_code == 401
 
 
@@ -176,10 +175,41 @@ def test_a_blocked_address_does_not_block_others(gw: RunningGateway) -> None:
     # uvicorn takes the client address from X-Forwarded-For when the peer is a local proxy.
     for _ in range(3):
         gw.api("gw_guessing-000000").get(CONVERSATIONS, headers={"X-Forwarded-For": "203.0.113.7"})
+    other_guess = gw.api("gw_another-guess-1")  # another prefix: only the address is blocked
+    assert other_guess.get(CONVERSATIONS, headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 429
+    assert other_guess.get(CONVERSATIONS, headers={"X-Forwarded-For": "198.51.100.9"}).status_code == 401
     owner = gw.api(studio.token)
-    assert owner.get(CONVERSATIONS, headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 429
-    assert owner.get(CONVERSATIONS, headers={"X-Forwarded-For": "198.51.100.9"}).status_code == 200
+    assert owner.get(CONVERSATIONS, headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 200
     assert owner.get(CONVERSATIONS).status_code == 200
+
+
+def test_a_valid_token_still_works_after_ten_bad_ones_from_its_address(gw: RunningGateway) -> None:
+    """Issue 14: ten bad tokens from one address locked the owner's valid token out for a minute."""
+    studio = gw.add_studio("inkwell")
+    _, member_token = add_member(gw, studio)
+    office = {"X-Forwarded-For": "203.0.113.7"}  # the owner and a guesser behind one NAT
+    for number in range(10):  # each guess another prefix: the address alone is braked
+        assert gw.api(f"gw_{number:02d}guess-0000").get(CONVERSATIONS, headers=office).status_code == 401
+    eleventh = gw.api("gw_10guess-0000").get(CONVERSATIONS, headers=office)
+    assert eleventh.status_code == 429 and 1 <= int(eleventh.headers["retry-after"]) <= 60
+    for token in (studio.token, member_token):
+        assert gw.api(token).get(CONVERSATIONS, headers=office).status_code == 200
+    assert gw.api(studio.token).post(TOKENS, headers=office).status_code == 201
+
+
+def test_guesses_at_one_prefix_are_braked_from_any_address(gw: RunningGateway) -> None:
+    """The prefix (`gw_` and six characters) is public: many addresses aiming at one token's
+    prefix share one budget, and the token itself keeps working."""
+    studio = gw.add_studio("inkwell")
+    install_limiter(gw, max_failures=10, clock=FakeClock())
+    prefix = studio.token[:9]
+    for number in range(10):
+        guess = gw.api(f"{prefix}guess{number}").get(CONVERSATIONS, headers={"X-Forwarded-For": f"198.51.100.{number}"})
+        assert guess.status_code == 401
+    braked = gw.api(f"{prefix}guess-x").get(CONVERSATIONS, headers={"X-Forwarded-For": "192.0.2.200"})
+    assert braked.status_code == 429 and braked.headers["retry-after"] == "60"
+    assert gw.api(studio.token).get(CONVERSATIONS, headers={"X-Forwarded-For": "192.0.2.200"}).status_code == 200
+    assert gw.api("gw_elsewhere-1").get(CONVERSATIONS, headers={"X-Forwarded-For": "192.0.2.200"}).status_code == 401
 
 
 def test_requests_without_a_token_are_not_counted(gw: RunningGateway) -> None:

@@ -12,7 +12,8 @@ CONVERSATIONS = "/api/v1/conversations"
 
 
 def _guess(running: RunningGateway, forwarded_for: str, times: int) -> list[int]:
-    client = running.api("gw_guessing-000000")
+    # Each client its own guess: guesses at one prefix share a budget too (gateway/access/ratelimit.py).
+    client = running.api(f"gw_{forwarded_for.replace('.', '')}")
     return [client.get(CONVERSATIONS, headers={"X-Forwarded-For": forwarded_for}).status_code for _ in range(times)]
 
 
@@ -31,7 +32,7 @@ def test_without_a_trusted_proxy_the_header_is_ignored(tmp_path: Path, database_
     said (its own FORWARDED_ALLOW_IPS, undocumented); a guesser could rotate the header forever."""
     running = start_gateway(make_settings(tmp_path, database_url, forwarded_allow_ips=""), roles=("web",))
     try:
-        statuses = [running.api("gw_guessing-000000").get(
+        statuses = [running.api(f"gw_{i:02d}guess").get(  # another prefix each time: the address is braked
             CONVERSATIONS, headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code for i in range(11)]
         assert statuses == [401] * 10 + [429]   # one address, one budget, whatever the header says
     finally:

@@ -36,12 +36,12 @@ def test_two_web_processes_share_one_budget_of_failed_tokens(two_webs: tuple[Run
     """Before: each process counted its own 5 failures of the 10 and nobody was blocked."""
     first, second = two_webs
     studio = first.add_studio("inkwell")
-    guessers = [first.api("gw_guessing-000000"), second.api("gw_guessing-000000")]
-    for attempt in range(10):
-        assert guessers[attempt % 2].get(CONVERSATIONS).status_code == 401
+    for attempt in range(10):  # another prefix each time: the address alone is counted
+        assert (first, second)[attempt % 2].api(f"gw_{attempt:02d}guess").get(CONVERSATIONS).status_code == 401
     for web in (first, second):
-        blocked = web.api(studio.token).get(CONVERSATIONS)   # a valid token too: a guess tells nothing
+        blocked = web.api("gw_10guess").get(CONVERSATIONS)
         assert blocked.status_code == 429 and 1 <= int(blocked.headers["Retry-After"]) <= 60
+        assert web.api(studio.token).get(CONVERSATIONS).status_code == 200   # never the valid token
 
 
 class Clock:

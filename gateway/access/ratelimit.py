@@ -1,18 +1,26 @@
-"""A brake on guessing API tokens: failed bearer-token attempts are counted per client address.
+"""A brake on guessing API tokens: failed bearer-token attempts are counted per client address
+and per token prefix.
 
 Policy (gateway/api/auth.py applies it):
 
+- A valid token is never refused by the brake. Its lookup comes first, so an office NAT or a
+  proxy shared with a guesser (or a guesser aiming at the owner on purpose) cannot lock the
+  owner out: ten bad tokens from the owner's address once refused the owner's own token for a
+  minute. Telling a guesser that a token is valid while braked costs nothing: tokens are
+  256-bit random strings, so the brake only has to stop floods, not make guessing slow.
 - A *failure* is a bearer token that was presented and did not authenticate (unknown, revoked,
-  malformed). A request without an Authorization header, or with another scheme, is answered
-  401 but not counted: it guesses nothing, costs no database query, and counting it would let
-  one misconfigured client behind a shared address (an office NAT, a reverse proxy without
-  `X-Forwarded-For`) lock out everyone there.
-- `max_failures` failures within a sliding `window` block the address for `cooldown` seconds
-  (the window's length unless told otherwise). While blocked, every request that needs a
-  caller gets 429 with `Retry-After`, *before* its token is looked at, so a valid token gets
-  429 too: a brute-forcer learns nothing from a hit, and a blocked address costs no database
-  query. Requests answered 429 are not counted (their tokens were never checked), so the block
-  ends when `Retry-After` says and a client that honours it is not locked out for good.
+  malformed). It is counted twice: against the client address, and against the token's
+  public prefix (`gw_` or `gws_` and six characters, shown in token lists; `guess_keys`). The
+  address brakes one guesser; the prefix brakes many addresses working at one known prefix
+  (a botnet given a token's prefix from a screenshot). A request without an Authorization
+  header, or with another scheme, is answered 401 but not counted: it guesses nothing, costs
+  no database query, and counting it would let one misconfigured client behind a shared
+  address lock out everyone there.
+- `max_failures` failures within a `window` block the address (or prefix) for `cooldown`
+  seconds (the window's length unless told otherwise). While blocked, a wrong token gets 429
+  with `Retry-After`. Requests answered 429 are not counted (they told the guesser nothing),
+  so the block ends when `Retry-After` says and a client that honours it is not locked out
+  for good.
 - A success does not clear the count: otherwise anyone holding one valid token could
   interleave it with guesses at other studios' tokens.
 
@@ -27,14 +35,12 @@ Two implementations of the one policy:
   concurrency on both back ends): at worst 2 x max_failures - 1 failures fit into one window's
   length across a window's edge, which is still a brake. Rows are dropped once their window
   and block have passed (an index range on expires_at), so the table holds only addresses
-  that failed recently. A blocked address costs one primary-key read per request and no write.
+  that failed recently. A wrong token from a blocked address costs its token lookup and two
+  primary-key reads (address, prefix), and no write.
 - AuthFailureLimiter, in-process, sliding window: for tests that need a fake clock, and the
   reference for the policy. Memory is bounded: at most `max_clients` addresses are tracked,
   entries are dropped once their window and block have passed, and when the table is full the
   address that failed least recently is forgotten first.
-
-Tokens are 256-bit random strings, so the limit only has to stop floods, not make guessing
-feasible-but-slow.
 """
 from __future__ import annotations
 
@@ -44,12 +50,11 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from sqlalchemy import Connection, Engine, case, delete, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.store.db import read_tx, write_tx
+from gateway.store.db import dialect_insert, read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import RATE_LIMIT
 
@@ -169,7 +174,7 @@ class SharedFailureLimiter:
         stale = RATE_LIMIT.c.window_start <= literal(now - self.window, RATE_LIMIT.c.window_start.type)
         with write_tx(self.engine) as conn:
             conn.execute(delete(RATE_LIMIT).where(RATE_LIMIT.c.expires_at <= literal(now, RATE_LIMIT.c.expires_at.type)))
-            insert = _insert(conn).values(scope=self.scope, key=key, window_start=now, failures=1,
+            insert = dialect_insert(conn, RATE_LIMIT).values(scope=self.scope, key=key, window_start=now, failures=1,
                                           blocked_until=None, expires_at=lasts)
             # Every SET expression sees the row as it was (SQL's UPDATE semantics, both back ends).
             conn.execute(insert.on_conflict_do_update(index_elements=[RATE_LIMIT.c.scope, RATE_LIMIT.c.key], set_={
@@ -187,9 +192,16 @@ class SharedFailureLimiter:
                 expires_at=max(lasts, blocked_until)))
 
 
+PREFIX_KEY = "prefix:"  # client addresses never start so: one table, two kinds of budget
+
+
+def guess_keys(address: str, token: str) -> tuple[str, str]:
+    """The budgets a wrong token spends: its client address, and its public prefix as
+    gateway/access/studios.py stores it (the kind, such as `gw_`, and six characters)."""
+    kind = token[:token.index("_", 0, 5) + 1] if "_" in token[:5] else ""
+    return address, PREFIX_KEY + token[:len(kind) + 6]
+
+
 def _key(address: str) -> str:
     return address[:200]
 
-
-def _insert(conn: Connection) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(RATE_LIMIT)

@@ -17,6 +17,7 @@ from gateway.api.cors import cors_hook
 from gateway.api.docs import openapi_config, static_files
 from gateway.api.export import ExportController
 from gateway.api.guests import GuestController
+from gateway.api.idempotency import IdempotencyMiddleware, Replay, provide_idempotency, replay_answer
 from gateway.api.health import healthz, readyz
 from gateway.api.metrics import http_timing
 from gateway.api.manage import AttachmentController, ConversationStatusController, HeldController
@@ -55,17 +56,20 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
                         MessageController, TrashController, GuestController, ExportController,
                         AccountDeletionController, AutomaticController, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
                         static_files()],
-        dependencies={"caller": Provide(provide_caller)},
+        dependencies={"caller": Provide(provide_caller), "idempotent": Provide(provide_idempotency)},
         openapi_config=openapi_config(),  # the docs page and its scripts served by us (api/docs.py)
         debug=False,
         # One error body for every answer that is not a success (api/errors.py); 503 for a database away.
-        exception_handlers={**EXCEPTION_HANDLERS, **{error: database_unavailable for error in UNAVAILABLE}},
+        exception_handlers={**EXCEPTION_HANDLERS, **{error: database_unavailable for error in UNAVAILABLE},
+                            Replay: replay_answer},
         type_decoders=ROW_ID_DECODERS,  # path ids: out of range is 404, malformed 400 (api/ids.py)
         before_send=[add_request_id, *([cors_hook(settings.cors_origin_set)] if settings.cors_origin_set else [])],
         on_shutdown=[close_reader],
         logging_config=None,  # logging is configured once by the gateway, not reset by Litestar
         # Per-route latency histograms only while /metrics is on: a request pays for them otherwise.
-        middleware=[*([http_timing()] if settings.metrics_port is not None else []), StrictJsonBodies()],
+        # Idempotency-Key answers are held back until stored (api/idempotency.py).
+        middleware=[*([http_timing()] if settings.metrics_port is not None else []), StrictJsonBodies(),
+                    IdempotencyMiddleware],
     )
     app.before_send.append(allow_header(app))
     app.state.engine = engine

@@ -1,10 +1,11 @@
 """Bearer-token authentication: every API query is scoped to the caller's studio.
 
-Failed attempts are rate-limited per client address (policy in gateway/access/ratelimit.py): a
-blocked address gets 429 with `Retry-After` for every request that needs a caller, before
-its token is checked. The client address is uvicorn's, which honours `X-Forwarded-For` only
-from the proxies in `FORWARDED_ALLOW_IPS` (default: localhost); behind any other proxy all
-clients share its address and so its budget.
+Failed attempts are braked per client address and per token prefix (policy in
+gateway/access/ratelimit.py): once either is blocked, a wrong token gets 429 with
+`Retry-After`. A valid token is never refused by the brake: it is checked first, so a guesser
+behind the owner's office NAT no longer locks the owner out. The client address is uvicorn's,
+which honours `X-Forwarded-For` only from the proxies in `FORWARDED_ALLOW_IPS` (default:
+localhost); behind any other proxy all clients share its address and so its budget.
 
 Support tokens (gws_) act for the studio named in `X-Support-Studio`, with a reason in
 `X-Support-Reason`, only on the read routes marked `opt=support_read(...)` and only while
@@ -19,7 +20,7 @@ import logging
 import threading
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from litestar import Litestar, Request
 from litestar.exceptions import (
@@ -29,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.store.db import is_sqlite, make_engine, read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.access.ratelimit import FailureLimiter, SharedFailureLimiter
+from gateway.access.ratelimit import FailureLimiter, SharedFailureLimiter, guess_keys
 from gateway.access.studios import SUPPORT_ROLE, Caller, StudioError, authenticate
 from gateway.access.support import SUPPORT_TOKEN_PREFIX, SupportDenied, authenticate_support, check_read, record_read
 
@@ -117,13 +118,6 @@ async def provide_caller(request: Request) -> AsyncGenerator[Caller, None]:
 
 
 async def _caller(request: Request) -> tuple[Caller, _PendingRead | None]:
-    limiter = auth_limiter(request.app)
-    address = request.client.host if request.client else "unknown"
-    retry_after = await blocked_for(request.app, limiter, address)
-    if retry_after is not None:
-        raise TooManyRequestsException(
-            f"too many failed authentication attempts from this address; retry in {retry_after} s",
-            headers={"Retry-After": str(retry_after)})
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -131,12 +125,29 @@ async def _caller(request: Request) -> tuple[Caller, _PendingRead | None]:
     engine: Engine = request.app.state.engine
     token = token.strip()
     if token.startswith(SUPPORT_TOKEN_PREFIX):
-        return await asyncio.to_thread(_support_caller, request, engine, token, limiter, address)
-    caller = await _token_caller(request.app, engine, token)
-    if caller is None:
-        await count_failure(limiter, address)
-        raise NotAuthorizedException("invalid or revoked token", headers=CHALLENGE)
-    return caller, None
+        found = await asyncio.to_thread(_support_caller, request, engine, token)
+    else:
+        caller = await _token_caller(request.app, engine, token)
+        found = None if caller is None else (caller, None)
+    if found is None:
+        await _refuse_guess(request, token)
+    return found
+
+
+async def _refuse_guess(request: Request, token: str) -> NoReturn:
+    """A wrong token: 429 while its address or its prefix is blocked (not counted: nothing was
+    learnt from it), else counted against both and 401."""
+    limiter = auth_limiter(request.app)
+    keys = guess_keys(request.client.host if request.client else "unknown", token)
+    waits = [wait for key in keys if (wait := await blocked_for(request.app, limiter, key)) is not None]
+    if waits:
+        retry_after = max(waits)
+        raise TooManyRequestsException(
+            f"too many failed authentication attempts; retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)})
+    for key in keys:
+        await count_failure(limiter, key)
+    raise NotAuthorizedException("invalid or revoked token", headers=CHALLENGE)
 
 
 @dataclass(frozen=True)
@@ -182,13 +193,12 @@ def _authenticate(engine: Engine, token: str) -> Caller | None:
         return authenticate(conn, token)
 
 
-def _support_caller(request: Request, engine: Engine, token: str, limiter: FailureLimiter,
-                    address: str) -> tuple[Caller, _PendingRead]:
+def _support_caller(request: Request, engine: Engine, token: str) -> tuple[Caller, _PendingRead] | None:
+    """The support operator's caller, or None for a token that is not one (a failed guess)."""
     with read_tx(engine) as conn:
         operator = authenticate_support(conn, token)
     if operator is None:
-        limiter.failure(address)
-        raise NotAuthorizedException("invalid or revoked token", headers=CHALLENGE)
+        return None
     read = request.route_handler.opt.get(_SUPPORT_READ)
     if read is None:
         raise PermissionDeniedException("support access is read-only: conversations, held messages and "

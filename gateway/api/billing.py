@@ -18,6 +18,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_502_BAD_GATEWAY
 
 from gateway.api.created import LOCATION, created
+from gateway.api.idempotency import Idempotent
 from gateway.billing.stripe_api import BillingNotConfigured, BillingUnavailable
 from gateway.billing.subscriptions import BillingConflict, cancel, start_checkout, summary
 from gateway.store.db import read_tx
@@ -101,8 +102,8 @@ class BillingController(Controller):
                                            state=p.state) for p in s.pauses])
 
     @post("/checkout", sync_to_thread=True, status_code=201, response_headers=[LOCATION])
-    def checkout(self, state: State, caller: NamedDependency[Caller],
-                 data: JSONBody[CheckoutIn]) -> Response[CheckoutOut]:
+    def checkout(self, state: State, caller: NamedDependency[Caller], data: JSONBody[CheckoutIn],
+                 idempotent: Idempotent) -> Response[CheckoutOut]:
         """Owner only: a Stripe Checkout session for the monthly or yearly plan; its page is
         the `url` and the `Location`."""
         _owner(caller)

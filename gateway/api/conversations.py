@@ -29,6 +29,7 @@ from gateway.api.ids import RowId
 from gateway.api.json_bodies import decode_strict, require_json
 from gateway.api.unavailable import DATABASE_UNAVAILABLE, RETRY_AFTER
 from gateway.api.auth import support_read
+from gateway.api.idempotency import Idempotent
 from gateway.api.trash import DeletedOut, deleted_answer
 from gateway.store.batching import WriteUnavailable
 from gateway.store.db import read_tx, write_tx
@@ -221,7 +222,7 @@ class ConversationController(Controller):
           response_headers=[LOCATION])
     async def reply_with_attachments(
         self, state: State, caller: NamedDependency[Caller], conversation_id: RowId,
-        data: Annotated[ReplyUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+        data: Annotated[ReplyUpload, Body(media_type=RequestEncodingType.MULTI_PART)], idempotent: Idempotent,
     ) -> Response[MessageOut]:
         """The same reply with attachments: multipart/form-data with `text` and `files` parts.
 
@@ -231,7 +232,7 @@ class ConversationController(Controller):
     @post("/{conversation_id:str}/replies", status_code=202, request_max_body_size=UPLOAD_MAX_BODY,
           operation_class=ReplyOperation, response_headers=[LOCATION])
     async def reply(self, request: Request[Any, Any, Any], state: State, caller: NamedDependency[Caller],
-                    conversation_id: RowId) -> Response[MessageOut]:
+                    conversation_id: RowId, idempotent: Idempotent) -> Response[MessageOut]:
         """Queue a reply to the guest: 202 with the outbound message (delivery `queued`) and its
         URL as `Location` (GET it to follow the delivery).
 

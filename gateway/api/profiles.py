@@ -16,6 +16,7 @@ from gateway.api.ids import RowId
 from gateway.api.auth import require_owner
 from gateway.api.created import LOCATION, created
 from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
+from gateway.api.idempotency import Idempotent, shown_once
 from gateway.api.manage import ConflictException
 from gateway.api.tokens import NO_STORE, NewTokenOut
 from gateway.store.db import read_tx, write_tx
@@ -66,9 +67,9 @@ class ProfileController(Controller):
         return ProfileList(items=[_out(p) for p in page.items], next_cursor=page.next_cursor)
 
     @post("/", sync_to_thread=True, status_code=201, response_headers=[*NO_STORE, LOCATION],
-          raises=[ClientException, ConflictException])
-    def connect(self, state: State, caller: NamedDependency[Caller],
-                data: JSONBody[ProfileIn]) -> Response[NewProfileOut]:
+          raises=[ClientException, ConflictException], opt=shown_once("token.token"))
+    def connect(self, state: State, caller: NamedDependency[Caller], data: JSONBody[ProfileIn],
+                idempotent: Idempotent) -> Response[NewProfileOut]:
         """Owner only: connect a member and hand out their first token (shown once).
         409 when the address is connected to the studio already."""
         require_owner(caller, "connect profiles")

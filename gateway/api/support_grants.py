@@ -17,6 +17,7 @@ from gateway.api.ids import RowId
 from gateway.api.auth import require_owner
 from gateway.api.created import LOCATION, created
 from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
+from gateway.api.idempotency import Idempotent
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.access.studios import Caller, StudioError
@@ -64,7 +65,7 @@ class SupportGrantController(Controller):
         return GrantList(items=[_out(g) for g in page.items], next_cursor=page.next_cursor)
 
     @post("/", sync_to_thread=True, status_code=201, raises=[ClientException], response_headers=[LOCATION])
-    def grant(self, state: State, caller: NamedDependency[Caller],
+    def grant(self, state: State, caller: NamedDependency[Caller], idempotent: Idempotent,
               data: JSONBody[GrantIn | None] = None) -> Response[GrantOut]:
         """Owner only: let support read the studio's conversations from now on for `hours` or
         `days` (24 hours without either, or without a body; at most 7 days). Replaces the

@@ -18,6 +18,7 @@ from litestar.exceptions import NotFoundException
 from gateway.api.ids import RowId
 from gateway.api.created import LOCATION, created
 from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
+from gateway.api.idempotency import Idempotent, shown_once
 from gateway.store.db import read_tx, write_tx
 from gateway.access.studios import Caller, create_own_token, list_tokens, revoke_token
 
@@ -39,7 +40,7 @@ class TokenList(msgspec.Struct):
 class NewTokenOut(msgspec.Struct):
     id: int
     prefix: str
-    token: str
+    token: str | None  # null only in an Idempotency-Key replay: the token was shown once already
     created_at: datetime
 
 
@@ -62,9 +63,10 @@ class TokenController(Controller):
                      revoked_at=t.revoked_at, current=t.id == caller.token_id) for t in tokens.items],
             next_cursor=tokens.next_cursor)
 
-    @post("/", sync_to_thread=True, status_code=201, response_headers=[*NO_STORE, LOCATION])
-    def create(self, state: State, caller: NamedDependency[Caller]) -> Response[NewTokenOut]:
-        """A new token for the caller's own profile; `token` is shown this once."""
+    @post("/", sync_to_thread=True, status_code=201, response_headers=[*NO_STORE, LOCATION], opt=shown_once("token"))
+    def create(self, state: State, caller: NamedDependency[Caller], idempotent: Idempotent) -> Response[NewTokenOut]:
+        """A new token for the caller's own profile; `token` is shown this once (a replay of the
+        same Idempotency-Key answers the same token with `token: null`)."""
         with write_tx(state.engine) as conn:
             new = create_own_token(conn, caller)
         return created(NewTokenOut(id=new.id, prefix=new.prefix, token=new.token, created_at=new.created_at),

@@ -25,6 +25,7 @@ from sqlalchemy import ColumnElement, Connection, Table, delete, func, insert, s
 
 from gateway.mail.addresses import parse_studio_address
 from gateway.store.models import (SQLModel, utcnow)
+from gateway.access.idempotency import forget_conversation
 from gateway.access.visibility import recount
 from gateway.store.blobs import blob_store
 from gateway.store.tables import STUDIO, INBOUND, GUEST, CONVERSATION, MESSAGE, ATTACHMENT, OUTBOUND_JOB, TOMBSTONE
@@ -42,6 +43,7 @@ def erase_message(conn: Connection, studio_id: int, message_id: int) -> bool:
     conversation_id = ids[0].conversation_id
     if conversation_id is not None:  # keep the conversation's count and activity honest
         recount(conn, conversation_id)
+        forget_conversation(conn, studio_id, conversation_id)  # a kept reply answer holds the text
     return True
 
 
@@ -54,6 +56,7 @@ def erase_conversation(conn: Connection, studio_id: int, conversation_id: int) -
     message_ids = list(conn.execute(select(MESSAGE.c.id).where(
         MESSAGE.c.studio_id == studio_id, MESSAGE.c.conversation_id == conversation_id)).scalars())
     _erase_messages(conn, studio_id, message_ids)
+    forget_conversation(conn, studio_id, conversation_id)  # a kept reply answer holds the text
     conn.execute(delete(CONVERSATION).where(CONVERSATION.c.id == conversation_id))
     return True
 

@@ -1,6 +1,7 @@
 """The purge: what the studio deleted 30 days ago or more is erased for good.
 
 Runs hourly in the worker (GATEWAY_PURGE_INTERVAL_HOURS) and as `gateway purge [--dry-run]`.
+It also drops the Idempotency-Key answers older than a day (gateway/access/idempotency.py).
 gateway/lifecycle/erasure.py removes the rows, raw mail and attachment bytes; each erasure is appended
 to the deletion log first (fsync'd before the erasure commits), so a backup restored later
 replays it and the purged data stays gone. If the log cannot be written, nothing is erased.
@@ -19,6 +20,7 @@ from typing import Callable
 
 from sqlalchemy import Connection, Engine, Table, select
 
+from gateway.access import idempotency
 from gateway.store.db import read_tx, write_tx
 from gateway.lifecycle.deletion_log import DeletionLog, Kind, deletion_log
 from gateway.lifecycle.erasure import erase_conversation, erase_message
@@ -43,6 +45,7 @@ class PurgeReport:
     conversations: list[int] = field(default_factory=list)
     messages: list[int] = field(default_factory=list)
     dry_run: bool = False
+    idempotency_keys: int = 0                                          # expired stored answers deleted
 
     def ids(self, kind: Kind) -> list[int]:
         return self.conversations if kind == "conversation" else self.messages
@@ -78,6 +81,9 @@ def purge(engine: Engine, settings: Settings, now: datetime | None = None, *, dr
                 report.ids(kind).extend(ids)
                 if len(ids) < BATCH:
                     break
+    if not dry_run:
+        with write_tx(engine) as conn:  # Idempotency-Key answers past their 24 hours (one index range)
+            report.idempotency_keys = idempotency.purge_expired(conn, now)
     if report.conversations or report.messages:
         log.info("purge: %d conversation(s) and %d message(s) deleted before %s %s",
                  len(report.conversations), len(report.messages), report.cutoff.isoformat(),

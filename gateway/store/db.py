@@ -527,3 +527,8 @@ def known_revisions() -> set[str]:
 
     scripts = ScriptDirectory(str(migrations_dir()))
     return {script.revision for script in scripts.walk_revisions()}
+
+
+def dialect_insert(conn: Connection, table: Table) -> Any:
+    """INSERT with the back end's `on_conflict_do_*` (SQLite and PostgreSQL spell it alike)."""
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)

@@ -452,6 +452,31 @@ class RateLimit(SQLModel, table=True):
     expires_at: datetime
 
 
+class IdempotencyKey(SQLModel, table=True):
+    """A client's `Idempotency-Key` on a POST that creates something, per studio and key
+    (gateway/access/idempotency.py): the first request claims the row (the primary key makes
+    the claim exact across every web process), and its 2xx answer is kept for 24 hours so a
+    retry gets the same answer instead of a second reply mail.
+
+    `fingerprint` is the SHA-256 of the route and the request body: the same key with another
+    body is refused. While the first request runs, `status_code` is NULL; `started_at` lets a
+    claim left by a dead process be taken over. Secrets shown once (a new token) are never
+    kept: `body` holds the answer with them set to null.
+    """
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (Index("ix_idempotency_key_expires", "expires_at"),)
+    studio_id: int = Field(primary_key=True, foreign_key="studio.id")
+    key: str = Field(primary_key=True, max_length=255)
+    fingerprint: str = Field(max_length=64)
+    path: str = Field(max_length=500)                     # the request's path, to forget it with its data
+    started_at: datetime
+    expires_at: datetime
+    status_code: int | None = None                        # NULL: the first request is still running
+    headers: str | None = Field(default=None, sa_column=Column(Text))   # JSON [[name, value], ...]
+    body: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+
+
 # --- account deletion --------------------------------------------------------------------------
 
 class AccountDeletion(SQLModel, table=True):
