@@ -14,6 +14,7 @@ from gateway.api.auth import loop_reader, provide_caller
 from gateway.api.billing import BillingController
 from gateway.api.conversations import ConversationController
 from gateway.api.docs import openapi_config, static_files
+from gateway.api.events import events_stream
 from gateway.api.export import ExportController
 from gateway.api.guests import GuestController
 from gateway.api.health import healthz, readyz
@@ -39,6 +40,9 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
     reader = loop_reader(engine)
 
     def close_reader() -> None:
+        hub = app.state.get("event_hub")
+        if hub is not None:
+            hub.stop()
         if reader is not None:
             reader.dispose()
 
@@ -47,7 +51,7 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
                         HeldController, ConversationStatusController, AttachmentController, BillingController,
                         ProfileController, SupportGrantController, AuditController, ConversationTrashController,
                         MessageController, TrashController, GuestController, ExportController,
-                        AccountDeletionController, AutomaticController, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
+                        AccountDeletionController, AutomaticController, events_stream, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
                         static_files()],
         dependencies={"caller": Provide(provide_caller)},
         openapi_config=openapi_config(),  # the docs page and its scripts served by us (api/docs.py)

@@ -21,6 +21,8 @@ from datetime import datetime
 from sqlalchemy import Connection, case, literal, select, update
 
 from gateway.store.blobs import blob_store
+from gateway.eventlog import CONVERSATION_UPDATED, record as record_event
+from gateway.store.models import utcnow
 from gateway.store.tables import CONVERSATION, MESSAGE
 from gateway.store.tables import ATTACHMENT
 from gateway.access.visibility import LIVE_CONVERSATION, SHOWN_MESSAGE
@@ -102,6 +104,8 @@ def decide_held(conn: Connection, studio_id: int, message_id: int, *, accept: bo
         ).values(message_count=CONVERSATION.c.message_count + 1,
                  last_message_at=case((CONVERSATION.c.last_message_at < arrived, arrived),
                                       else_=CONVERSATION.c.last_message_at)))
+    record_event(conn, studio_id, CONVERSATION_UPDATED, utcnow(), conversation_id=changed.conversation_id,
+                 change="held_accepted" if accept else "held_rejected", message_id=message_id)
     return Decision(id=message_id, state=new_state, conversation_id=changed.conversation_id)
 
 
@@ -114,6 +118,9 @@ def set_status(conn: Connection, studio_id: int, conversation_id: int, status: s
     found = conn.execute(update(CONVERSATION).where(
         CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION
     ).values(status=status)).rowcount
+    if found:
+        record_event(conn, studio_id, CONVERSATION_UPDATED, utcnow(), conversation_id=conversation_id,
+                     change="closed" if status == CLOSED else "reopened")
     return bool(found)
 
 
