@@ -14,7 +14,8 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import select, update
 
-from gateway.eventlog import events_after, purge_events, record
+from gateway.eventlog import events_after, record
+from gateway.lifecycle.purge import purge
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import CONVERSATION, STUDIO_EVENT
@@ -139,10 +140,12 @@ def test_an_id_older_than_the_retention_or_unknown_gets_a_reset(live: RunningGat
     studio = live.add_studio("inkwell")
     for _ in range(3):
         inquiry(live, studio)
-    with write_tx(live.engine) as conn:  # a day and more later, the first two are gone
+    with write_tx(live.engine) as conn:  # the first two were written a day and more ago
         conn.execute(update(STUDIO_EVENT).where(STUDIO_EVENT.c.seq <= 2).values(
             created_at=utcnow() - timedelta(hours=25)))
-        assert purge_events(conn, utcnow()) == 2
+    purge(live.engine, live.settings)  # the worker's periodic purge drops them
+    with read_tx(live.engine) as conn:
+        assert [e.seq for e in events_after(conn, studio.id, 0, 10)] == [3]
     for last in ("99", "banana", "1"):  # from the future, not a number, too old
         reader = stream(live, studio, last_event_id=last)
         reset = reader.next()
