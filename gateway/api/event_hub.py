@@ -2,7 +2,7 @@
 
 Short polling, not LISTEN/NOTIFY: one task per web process looks at the counters of the
 studios that have a stream open here (one indexed query for all of them, every
-GATEWAY_EVENTS_POLL_INTERVAL, 50 ms by default, nothing while no stream is open), reads the new
+GATEWAY_EVENTS_POLL_INTERVAL, 25 ms by default, nothing while no stream is open), reads the new
 events of the studios whose counter moved (one query per such studio, however many streams it
 has) and hands each stream the same prepared bytes. The same on SQLite and PostgreSQL, in one
 process or several, whoever wrote the event (a worker child, another host): the log is the only
