@@ -25,7 +25,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import random
-import socket
 import sys
 import time
 from pathlib import Path
@@ -35,66 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmark the working tree, not an installed copy
     sys.path.insert(0, str(ROOT))
 
+from bench.lib.baselines import sse_baseline_main  # noqa: E402
 from bench.lib.gateway_process import GatewayOptions, gateway_main  # noqa: E402
 from bench.lib.procs import BenchAborted, Child, Deadline, pin, throwaway_database  # noqa: E402
 from bench.lib.report import met, percentile  # noqa: E402
 
 TARGET_P99_MS = 100.0
 TEXT = "Hallo Lena,\n\nFreitag um 14 Uhr passt.\n"
-
-
-def baseline_sse_main(pipe: Any) -> None:
-    """A do-nothing Litestar app: GET /events streams a frame each time POST /fire is called."""
-    import uvicorn
-    import uvloop
-    from litestar import Litestar, get, post
-    from litestar.response import Stream
-
-    pin("server")
-    waiting: set[asyncio.Future[bytes]] = set()
-
-    async def frames() -> Any:
-        yield b"retry: 3000\n\n"
-        while True:
-            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            waiting.add(future)
-            try:
-                yield await future
-            finally:
-                waiting.discard(future)
-
-    @get("/events")
-    async def events() -> Stream:
-        return Stream(frames(), media_type="text/event-stream")
-
-    seq = 0
-
-    @post("/fire", status_code=202)
-    async def fire() -> dict[str, int]:
-        nonlocal seq
-        seq += 1
-        data = f'id: {seq}\nevent: message.created\ndata: {{"id":{seq}}}\n\n'.encode()
-        for future in list(waiting):
-            if not future.done():
-                future.set_result(data)
-        return {"id": seq}
-
-    app = Litestar([events, fire], logging_config=None, openapi_config=None, signature_namespace={"Stream": Stream})
-
-    async def main() -> None:
-        sock = socket.create_server(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, http="httptools", loop="none", lifespan="on",
-                                               access_log=False, log_level="warning", timeout_graceful_shutdown=1))
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            await asyncio.sleep(0.01)
-        pipe.send(("ready", {"http_port": sock.getsockname()[1]}))
-        await asyncio.to_thread(pipe.recv)  # "stop"
-        server.should_exit = True
-        await task
-        pipe.send(("stopped", None))
-
-    uvloop.run(main())
 
 
 async def _open_stream(port: int, path: str, token: str | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -149,12 +95,14 @@ def client_main(pipe: Any, port: int, stream_path: str, post_path: str, token: s
         post_reader, post_writer = await asyncio.open_connection("127.0.0.1", port)
         body = json.dumps({"text": TEXT}).encode()
         latencies: list[float] = []
+        posts: list[float] = []
         rng = random.Random(7)
         for n in range(1, rounds + 1):
             waiting[n] = asyncio.Event()
             await asyncio.sleep(rng.uniform(0, 0.1))
             started = time.perf_counter()
             await _post(post_reader, post_writer, port, post_path, token, body)
+            posts.append((time.perf_counter() - started) * 1000)
             await asyncio.wait_for(waiting[n].wait(), timeout=10)
             latencies.append((last_arrival[n] - started) * 1000)
         rss_before = _rss_kb(server_pid)
@@ -165,7 +113,7 @@ def client_main(pipe: Any, port: int, stream_path: str, post_path: str, token: s
             task.cancel()
         for _, writer in [*streams, *idle_streams, (post_reader, post_writer)]:
             writer.close()
-        return {"latencies": latencies, "rss_before_kb": rss_before, "rss_after_kb": rss_after}
+        return {"latencies": latencies, "posts": posts, "rss_before_kb": rss_before, "rss_after_kb": rss_after}
 
     pipe.send(("result", uvloop.run(main())))
 
@@ -191,7 +139,8 @@ def _line(name: str, result: dict[str, Any], connections: int, idle: int) -> str
     values = sorted(result["latencies"])
     grown = result["rss_after_kb"] - result["rss_before_kb"]
     return (f"{name:<10} fan-out to {connections}: p50 {percentile(values, 0.5):6.1f} ms  "
-            f"p99 {percentile(values, 0.99):6.1f} ms  max {values[-1]:6.1f} ms   "
+            f"p99 {percentile(values, 0.99):6.1f} ms  max {values[-1]:6.1f} ms  "
+            f"(POST answered: p50 {percentile(sorted(result['posts']), 0.5):5.1f} ms)   "
             f"{idle} idle streams: +{grown / 1024:6.1f} MB RSS ({grown / max(idle, 1):5.1f} KB each)")
 
 
@@ -207,7 +156,7 @@ def main() -> int:
     ctx = mp.get_context("spawn")
     results: dict[str, dict[str, Any]] = {}
     try:
-        baseline = Child(ctx, baseline_sse_main, name="baseline", deadline=deadline)
+        baseline = Child(ctx, sse_baseline_main, name="baseline", deadline=deadline)
         try:
             info = baseline.expect("ready", "starting the baseline")
             results["baseline"] = _measure(ctx, baseline, info, "/events", "/fire", args, deadline)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
 from gateway.eventlog import events_after, record
@@ -24,15 +26,9 @@ from tests.conftest import RunningGateway, StudioInfo, make_settings, start_gate
 from tests.mail import make_mail, new_id
 from tests.relay_sink import RelaySink
 from tests.sse import EventReader
-from tests.test_outbound import send_due
+from tests.test_outbound import send_due, sink  # noqa: F401  (the relay sink fixture)
 
 BEAT = 0.3
-
-
-@pytest.fixture
-def sink() -> Iterator[RelaySink]:
-    with RelaySink() as relay:
-        yield relay
 
 
 @pytest.fixture
@@ -177,8 +173,10 @@ def test_revoking_the_token_or_disconnecting_the_member_closes_the_stream(live: 
 
 def test_another_studios_events_never_appear(live: RunningGateway) -> None:
     inkwell, blackrose = live.add_studio("inkwell"), live.add_studio("blackrose")
+    before = open_streams()
     ours = stream(live, inkwell)
     theirs = stream(live, blackrose, last_event_id="0")
+    assert open_streams() == before + 2  # the /metrics gauge of this process
     inquiry(live, blackrose)
     inquiry(live, inkwell)
     mine = ours.next()["data"]
@@ -187,6 +185,15 @@ def test_another_studios_events_never_appear(live: RunningGateway) -> None:
     assert other["studio"] == "blackrose" and other["id"] == 1
     assert ours.nothing_more() and theirs.nothing_more()
     assert EventReader(live.base_url, "gw_not_a_token").status == 401
+    ours.close()
+    deadline = time.monotonic() + 10
+    while open_streams() != before + 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert open_streams() == before + 1
+
+
+def open_streams() -> float:
+    return REGISTRY.get_sample_value("gateway_sse_connections", {"stream": "events"}) or 0.0
 
 
 def test_concurrent_writers_leave_no_gap_and_readers_see_commit_order(

@@ -125,7 +125,7 @@ class EventHub:
                 continue
             try:
                 await self.poll()
-            except Exception:  # noqa: BLE001 - the database away for a moment: the next poll tries again
+            except Exception:  # the database away for a moment: the next poll tries again
                 log.warning("event hub: reading the event log failed", exc_info=True)
 
     async def poll(self) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated
 
 from litestar import Request, get
@@ -34,7 +35,7 @@ from sqlalchemy import Connection, select
 from gateway.access.studios import Caller
 from gateway.api.auth import recheck_caller
 from gateway.api.event_hub import EventHub, Subscriber, frame, read
-from gateway.eventlog import events_after, resume_point
+from gateway.eventlog import Event, events_after, resume_point
 from gateway.metrics import SSE_CONNECTIONS
 from gateway.store.tables import STUDIO
 
@@ -90,7 +91,7 @@ async def _stream(request: Request, state: State, caller: Caller, hub: EventHub,
         while True:
             try:
                 await asyncio.wait_for(sub.wake.wait(), timeout=max(0.0, next_beat - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if not await recheck_caller(request, caller):
                     return
                 next_beat = time.monotonic() + beat
@@ -101,9 +102,8 @@ async def _stream(request: Request, state: State, caller: Caller, hub: EventHub,
             sub.wake.clear()
             chunk = b"".join(sub.take())
             while sub.last < sub.target:  # joined between two polls, or fell behind: read the rest
-                after = sub.last
-                missing = await read(state.engine, state.get("loop_reader"),
-                                     lambda conn: events_after(conn, caller.studio_id, after, sub.target))
+                missing = await read(state.engine, state.get("loop_reader"), partial(
+                    _missing, studio_id=caller.studio_id, after=sub.last, upto=sub.target))
                 if not missing:
                     break
                 chunk += b"".join(frame(event) for event in missing)
@@ -113,3 +113,7 @@ async def _stream(request: Request, state: State, caller: Caller, hub: EventHub,
     finally:
         gauge.dec()
         hub.unsubscribe(sub)
+
+
+def _missing(conn: Connection, *, studio_id: int, after: int, upto: int) -> list[Event]:
+    return events_after(conn, studio_id, after, upto)
