@@ -176,7 +176,7 @@ def test_another_studios_events_never_appear(live: RunningGateway) -> None:
     before = open_streams()
     ours = stream(live, inkwell)
     theirs = stream(live, blackrose, last_event_id="0")
-    assert open_streams() == before + 2  # the /metrics gauge of this process
+    assert streams_become(before + 2)  # the /metrics gauge of this process
     inquiry(live, blackrose)
     inquiry(live, inkwell)
     mine = ours.next()["data"]
@@ -186,14 +186,19 @@ def test_another_studios_events_never_appear(live: RunningGateway) -> None:
     assert ours.nothing_more() and theirs.nothing_more()
     assert EventReader(live.base_url, "gw_not_a_token").status == 401
     ours.close()
-    deadline = time.monotonic() + 10
-    while open_streams() != before + 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert open_streams() == before + 1
+    assert streams_become(before + 1)
 
 
 def open_streams() -> float:
     return REGISTRY.get_sample_value("gateway_sse_connections", {"stream": "events"}) or 0.0
+
+
+def streams_become(count: float, timeout: float = 10) -> bool:
+    """Whether the gauge reaches `count` in time: a stream counts from its first bytes on."""
+    deadline = time.monotonic() + timeout
+    while open_streams() != count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return open_streams() == count
 
 
 def test_concurrent_writers_leave_no_gap_and_readers_see_commit_order(
