@@ -74,8 +74,39 @@ def record(conn: Connection, studio_id: int, type_: str, now: datetime, **ids: i
     return seq
 
 
+def _lock_row(dialect: Any) -> Prepared:
+    counter = STUDIO_EVENT_COUNTER
+    insert = dialect.insert(counter).values(studio_id=bindparam("studio_id"), seq=0)
+    return Prepared(insert.on_conflict_do_update(index_elements=[counter.c.studio_id], set_={"seq": counter.c.seq}))
+
+
+_LOCK = _lock_row(postgresql)
+
+
+def lock_counters(conn: Connection, studio_ids: list[int]) -> None:
+    """Take these studios' counter rows now, lowest id first (PostgreSQL; SQLite has one writer).
+
+    A transaction that writes events of several studios takes their rows in the order its
+    changes come; two such transactions taking two studios in opposite orders deadlock, and
+    PostgreSQL aborts one of them after `deadlock_timeout`. Taken in one order up front, they
+    queue instead."""
+    if conn.dialect.name != "postgresql":
+        return
+    for studio_id in sorted(set(studio_ids)):
+        _LOCK.execute(conn, studio_id=studio_id)
+
+
 def record_threaded(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) -> None:
-    """The reaction (gateway/events.py) that logs each filed guest message: shown, or held."""
+    """The reaction (gateway/events.py) that logs each filed guest message: shown, or held.
+
+    A processor chunk holds mail for several studios, in the order it arrived: at its first
+    message the chunk takes the counters of all the studios it knows of, in id order
+    (`lock_counters`), so two processors never wait on each other crosswise."""
+    locked: set[int] = chunk.memo.setdefault("eventlog.locked", set())
+    known = {studio_id for studio_id in chunk.studio_ids.values() if studio_id is not None} | {event.studio_id}
+    if not known <= locked:
+        lock_counters(conn, sorted(known - locked))
+        locked |= known
     if event.visible:
         record(conn, event.studio_id, MESSAGE_CREATED, utcnow(), conversation_id=event.conversation_id,
                message_id=event.message_id, direction="inbound")

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
-from gateway.eventlog import events_after, record
+from gateway.eventlog import events_after, lock_counters, record
 from gateway.lifecycle.purge import purge
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
@@ -222,9 +222,12 @@ def test_concurrent_writers_leave_no_gap_and_readers_see_commit_order(
                     try:
                         with write_tx(running.engine) as conn:
                             conn.execute(select(CONVERSATION.c.id).limit(1)).all()
-                            if rng.random() < 0.5:  # another studio's counter in the same transaction
-                                record(conn, other.id, "conversation.updated", utcnow(), conversation_id=n)
-                            record(conn, studio.id, "conversation.updated", utcnow(), conversation_id=n)
+                            both = rng.random() < 0.5  # another studio's event too, before or after
+                            ids = [studio.id, other.id] if rng.random() < 0.5 else [other.id, studio.id]
+                            if both:
+                                lock_counters(conn, ids)  # as a processor chunk does: no deadlock
+                            for studio_id in ids if both else [studio.id]:
+                                record(conn, studio_id, "conversation.updated", utcnow(), conversation_id=n)
                             conn.execute(select(CONVERSATION.c.id).limit(1)).all()
                             if rng.random() < 0.2:
                                 raise _Undo()  # a rolled-back change leaves no event and no hole
