@@ -274,3 +274,23 @@ def _catch(work: Any, failures: list[BaseException]) -> None:
         work()
     except BaseException as exc:  # noqa: BLE001 - reported by the test
         failures.append(exc)
+
+
+def test_a_change_made_through_one_web_process_reaches_the_streams_of_another(
+        tmp_path: Path, database_url: str) -> None:
+    """Two web servers on one database, each with its own app and hub, as two `gateway web`
+    processes are: the log is their only channel."""
+    first = start_gateway(make_settings(tmp_path / "a", database_url, events_heartbeat=BEAT))
+    second = start_gateway(make_settings(tmp_path / "b", database_url, events_heartbeat=BEAT), roles=("web",))
+    try:
+        studio = first.add_studio("inkwell")
+        inquiry(first, studio)
+        reader = stream(second, studio, last_event_id="1")
+        [conversation] = first.api(studio.token).get("/api/v1/conversations").json()["items"]
+        assert first.api(studio.token).post(f"/api/v1/conversations/{conversation['id']}/close").status_code == 200
+        event = reader.next()["data"]
+        assert event == event | {"id": 2, "type": "conversation.updated", "change": "closed",
+                                 "conversation_id": conversation["id"]}
+    finally:
+        second.stop()
+        first.stop()
