@@ -13,7 +13,7 @@ parser child) writes no files.
 """
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 # Mail offered to us and our answer to it: the SMTP reply code to DATA (or the one aiosmtpd
 # gave by itself, 552 for an oversized message), or a provider webhook's HTTP status.
@@ -41,6 +41,11 @@ HELD = Counter("gateway_inbound_held", "Messages filed into a conversation but h
 # Delivery attempts of the outbox (gateway/outbound/outbox.py), by what the relay's answer
 # made of the job: sent, retried (temporary, queued again) or failed (permanent, or out of time).
 OUTBOX = Counter("gateway_outbox_attempts", "Outbound delivery attempts, by their outcome", ["kind"])
+
+# Open event streams (GET /api/v1/events) of this web process; "livesum" adds the live
+# processes' values in multiprocess mode. The label keeps it unbound at import (see above).
+SSE_CONNECTIONS = Gauge("gateway_sse_connections", "Open Server-Sent Events streams, by stream",
+                        ["stream"], multiprocess_mode="livesum")
 
 
 def mail_answered(source: str, reply: str | bytes | int) -> None:

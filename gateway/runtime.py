@@ -39,6 +39,7 @@ from gateway.outbound.outbox import Outbox
 from gateway.inbound.processor import ProcessorThread, claimer, release_claims_of
 from gateway.lifecycle.purge import purge
 from gateway.events import Reaction
+from gateway.eventlog import record_threaded
 from gateway.lifecycle.account_deletion import CONFIRMATION, render_confirmations
 from gateway.lifecycle.helpdesk_mail import helpdesk_commands
 from gateway.outbound.compose import LateBodies
@@ -52,8 +53,9 @@ log = logging.getLogger(__name__)
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # where prometheus-client's multiprocess mode keeps its files
 ROLES = ("smtp", "web", "worker")
 LOCKDOWN_RECONCILE_INTERVAL = 600.0  # seconds between the worker's lockdown reconciliations
-# What happens when a guest's message has been threaded (gateway/events.py), in this order.
-REACTIONS: tuple[Reaction, ...] = (acknowledge, helpdesk_commands)
+# What happens when a guest's message has been threaded (gateway/events.py), in this order: the
+# studio's event log first, so the guest's message.created comes before its acknowledgement's.
+REACTIONS: tuple[Reaction, ...] = (record_threaded, acknowledge, helpdesk_commands)
 # Automatic mail whose body is rendered only when it is sent (gateway/outbound/compose.LateBodies).
 LATE_BODIES: dict[str, LateBodies] = {CONFIRMATION: render_confirmations}
 
@@ -207,6 +209,9 @@ class Gateway:
             self._smtp.close()
             await self._smtp.wait_closed()
         if self._uvicorn is not None and self._uvicorn_task is not None:
+            hub = self.app.state.get("event_hub") if self.app is not None else None
+            if hub is not None:
+                hub.close()  # end the event streams now: uvicorn would wait out its grace for them
             self._uvicorn.should_exit = True
             await self._uvicorn_task
         if self.writes is not None:

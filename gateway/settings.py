@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     process_max_attempts: int = Field(3, ge=1)       # crashes before a message is quarantined
     process_time_budget: float = Field(30.0, ge=0)   # seconds one message may take to parse; 0: no budget
     poll_interval: float = Field(0.5, gt=0)          # how often role processes look for work
+    # The live event stream, GET /api/v1/events (gateway/api/events.py, docs/api.md#live-events).
+    events_poll_interval: float = Field(0.025, gt=0, le=5)   # seconds between a web process's looks at the log
+    events_heartbeat: float = Field(15.0, gt=0, le=300)     # seconds between heartbeats and credential checks
     process_max_defer: float = Field(15.0, ge=0)     # seconds threading may wait while mail streams in
 
     # Who sent it (gateway/inbound/authentication.py): SPF, DKIM and DMARC of mail received over

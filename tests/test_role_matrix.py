@@ -88,6 +88,8 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/account/deletion/confirm"):             ("404", "404", "404", "404", "404", "404", "404"),
     ("GET", "/account/deletion/confirm"):                     ("2xx", "2xx", "2xx", "2xx", "2xx", "2xx", "2xx"),
     ("POST", "/account/deletion/confirm"):                    ("404", "404", "404", "404", "404", "404", "404"),
+    # The live stream: a 2xx is its first bytes (the stream stays open; the test reads no further).
+    ("GET", "/api/v1/events"):                                ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     ("GET", "/api/v1/billing"):                               ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     # Allowed for owners: inkwell already has a plan (409 to a second checkout), blackrose has none
     # (a checkout, but nothing to cancel: 409). The 409s are the plan's answer, not a refusal of the caller.
@@ -288,7 +290,12 @@ def test_each_principal_gets_what_the_matrix_says_and_refusals_carry_no_data(
         world: World, method: str, template: str, principal: str) -> None:
     world.set_grant(active=principal != "support_no_grant")
     path = world.path(method, template)
-    response = world.clients[principal].request(method, path, **world.body(method, template))
+    if template == "/api/v1/events":  # a stream: its status and its refusal's body, never its end
+        with world.clients[principal].stream(method, path) as response:
+            if not response.is_success:
+                response.read()
+    else:
+        response = world.clients[principal].request(method, path, **world.body(method, template))
     got = "2xx" if response.is_success else str(response.status_code)
     expected = MATRIX[method, template][PRINCIPALS.index(principal)]
     assert got == expected, f"{method} {path} as {principal}: {response.status_code} {response.text[:300]}"

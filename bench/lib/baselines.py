@@ -5,6 +5,7 @@
 - `litestar_baseline_main`: a Litestar app with one POST route that reads the body (the
   Mailgun route of webhook_ingest) or decodes the reply JSON (outbound's reply API) and
   answers like the gateway, storing nothing; on uvicorn with uvloop and httptools.
+- `sse_baseline_main`: a Litestar Server-Sent Events route fed from memory (sse_fanout).
 - `plain_smtp_loop_main`: aiosmtplib sending one pre-built message again and again (outbound).
 - `flanker_cpu`: flanker parsing mails and nothing else (processor_cpu).
 
@@ -86,17 +87,65 @@ def _route(name: str) -> Any:
 
 def litestar_baseline_main(pipe: Any, route: str) -> None:
     """A do-nothing Litestar app with the one route "mailgun" or "reply", pinned to the server core."""
-    import uvicorn
-    import uvloop
     from litestar import Litestar
 
     pin("server")
-    app = Litestar([_route(route)], logging_config=None, openapi_config=None)
+    _serve(pipe, Litestar([_route(route)], logging_config=None, openapi_config=None))
+
+
+def _sse_routes() -> list[Any]:
+    from litestar import get, post
+    from litestar.response import Stream
+
+    waiting: set[asyncio.Future] = set()
+    fired = [0]
+
+    async def frames() -> Any:
+        yield b"retry: 3000\n\n"
+        while True:
+            future = asyncio.get_running_loop().create_future()
+            waiting.add(future)
+            try:
+                yield await future
+            finally:
+                waiting.discard(future)
+
+    @get("/events")
+    async def events() -> Stream:
+        """Stream a frame each time /fire is called; nothing else."""
+        return Stream(frames(), media_type="text/event-stream")
+
+    @post("/fire", status_code=202)
+    async def fire() -> dict:
+        fired[0] += 1
+        data = f'id: {fired[0]}\nevent: message.created\ndata: {{"id":{fired[0]}}}\n\n'.encode()
+        for future in list(waiting):
+            if not future.done():
+                future.set_result(data)
+        return {"id": fired[0]}
+
+    return [events, fire]
+
+
+def sse_baseline_main(pipe: Any) -> None:
+    """A do-nothing Litestar SSE app (sse_fanout): GET /events gets a frame whenever POST /fire
+    is called, from an in-memory broadcast: no database, no polling."""
+    from litestar import Litestar
+
+    pin("server")
+    _serve(pipe, Litestar(_sse_routes(), logging_config=None, openapi_config=None), graceful=1)
+
+
+def _serve(pipe: Any, app: Any, graceful: float | None = None) -> None:
+    """`app` on uvicorn (uvloop, httptools) on a port of its own until the pipe says "stop"."""
+    import uvicorn
+    import uvloop
 
     async def main() -> None:
         sock = socket.create_server(("127.0.0.1", 0))
         server = uvicorn.Server(uvicorn.Config(app, http="httptools", loop="none", lifespan="on",
-                                               access_log=False, log_level="warning"))
+                                               access_log=False, log_level="warning",
+                                               timeout_graceful_shutdown=graceful))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             await asyncio.sleep(0.01)

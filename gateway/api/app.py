@@ -15,6 +15,7 @@ from gateway.api.billing import BillingController
 from gateway.api.conversations import ConversationController
 from gateway.api.cors import cors_hook
 from gateway.api.docs import openapi_config, static_files
+from gateway.api.events import events_stream
 from gateway.api.export import ExportController
 from gateway.api.guests import GuestController
 from gateway.api.idempotency import IdempotencyMiddleware, Replay, provide_idempotency, replay_answer
@@ -46,6 +47,9 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
     reader = loop_reader(engine)
 
     def close_reader() -> None:
+        hub = app.state.get("event_hub")
+        if hub is not None:
+            hub.stop()
         if reader is not None:
             reader.dispose()
 
@@ -54,7 +58,7 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
                         HeldController, ConversationStatusController, AttachmentController, BillingController,
                         ProfileController, SupportGrantController, AuditController, ConversationTrashController,
                         MessageController, TrashController, GuestController, ExportController,
-                        AccountDeletionController, AutomaticController, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
+                        AccountDeletionController, AutomaticController, events_stream, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
                         static_files()],
         dependencies={"caller": Provide(provide_caller), "idempotent": Provide(provide_idempotency)},
         openapi_config=openapi_config(),  # the docs page and its scripts served by us (api/docs.py)

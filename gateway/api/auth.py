@@ -150,6 +150,20 @@ async def _refuse_guess(request: Request, token: str) -> NoReturn:
     raise NotAuthorizedException("invalid or revoked token", headers=CHALLENGE)
 
 
+async def recheck_caller(request: Request, caller: Caller) -> bool:
+    """Whether the credential that made `caller` still makes the same caller: for responses that
+    outlive their request (the event stream, api/events.py), which close once their token is
+    revoked, their member disconnected or their studio deleted. Only a studio profile's
+    credential is rechecked here (support never reaches a stream); a web session, when the
+    pages get one, is looked up here as well as in `_caller`. Not rate-limited: nothing is guessed."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or token.strip().startswith(SUPPORT_TOKEN_PREFIX):
+        return False
+    found = await _token_caller(request.app, request.app.state.engine, token.strip())
+    return found is not None and (found.studio_id, found.profile_id) == (caller.studio_id, caller.profile_id)
+
+
 @dataclass(frozen=True)
 class _PendingRead:
     actor: str

@@ -23,6 +23,7 @@ from litestar.params import Body, QueryParameter
 from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import OperationalError
 
+from gateway.eventlog import CONVERSATION_UPDATED, record as record_event
 from gateway.inbox import reading
 from gateway.api.errors import api_error, validation_failed
 from gateway.api.ids import RowId
@@ -169,6 +170,9 @@ class ConversationController(Controller):
             found = conn.execute(update(CONVERSATION).where(
                 CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id,
                 LIVE_CONVERSATION).values(read_at=now, updated_at=now)).rowcount
+            if found:
+                record_event(conn, caller.studio_id, CONVERSATION_UPDATED, now, conversation_id=conversation_id,
+                             change="read")
         if not found:
             raise NotFoundException("conversation not found")
         return ReadOut(id=conversation_id, unread=False, read_at=now)

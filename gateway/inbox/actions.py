@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, case, literal, select, update
 
 from gateway.store.blobs import blob_store
+from gateway.eventlog import CONVERSATION_UPDATED, record as record_event
 from gateway.store.models import utcnow
 from gateway.store.paging import Order, Page, keyset_page, with_items
 from gateway.store.tables import CONVERSATION, MESSAGE
@@ -108,6 +109,8 @@ def decide_held(conn: Connection, studio_id: int, message_id: int, *, accept: bo
                                             else_=CONVERSATION.c.last_message_at))
     conn.execute(update(CONVERSATION).where(
         CONVERSATION.c.id == changed.conversation_id, CONVERSATION.c.studio_id == studio_id).values(**changes))
+    record_event(conn, studio_id, CONVERSATION_UPDATED, utcnow(), conversation_id=changed.conversation_id,
+                 change="held_accepted" if accept else "held_rejected", message_id=message_id)
     return Decision(id=message_id, state=new_state, conversation_id=changed.conversation_id)
 
 
@@ -121,6 +124,9 @@ def set_status(conn: Connection, studio_id: int, conversation_id: int, status: s
         CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == studio_id, LIVE_CONVERSATION
     ).values(status=status, updated_at=case((CONVERSATION.c.status == status, CONVERSATION.c.updated_at),
                                             else_=literal(utcnow(), CONVERSATION.c.updated_at.type)))).rowcount
+    if found:
+        record_event(conn, studio_id, CONVERSATION_UPDATED, utcnow(), conversation_id=conversation_id,
+                     change="closed" if status == CLOSED else "reopened")
     return bool(found)
 
 

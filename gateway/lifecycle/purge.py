@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, Table, select
 from gateway.access import idempotency
 from gateway.store.db import read_tx, write_tx
 from gateway.lifecycle.deletion_log import DeletionLog, Kind, deletion_log
+from gateway.eventlog import purge_events
 from gateway.lifecycle.erasure import erase_conversation, erase_message
 from gateway.store.models import utcnow
 from gateway.settings import Settings
@@ -59,6 +60,9 @@ def purge(engine: Engine, settings: Settings, now: datetime | None = None, *, dr
     now = now or utcnow()
     erasures = erasures or deletion_log(settings)
     report = PurgeReport(cutoff=now - RETENTION, dry_run=dry_run)
+    if not dry_run:  # the event log keeps 24 hours (gateway/eventlog.py); streams older than that reset
+        with write_tx(engine) as conn:
+            purge_events(conn, now)
     with read_tx(engine) as conn:
         studio_ids = list(conn.execute(select(STUDIO.c.id).order_by(STUDIO.c.id)).scalars())
     for number, studio_id in enumerate(studio_ids, 1):

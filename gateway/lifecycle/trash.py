@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Connection, Table, select, update
 
 from gateway.billing.entitlements import has_paid_features
+from gateway.eventlog import CONVERSATION_UPDATED, record as record_event
 from gateway.settings import Settings
 from gateway.store.models import utcnow
 from gateway.store.paging import Order, Page, keyset_page, with_items
@@ -126,6 +127,7 @@ def delete_conversation(conn: Connection, studio_id: int, conversation_id: int, 
     ).values(deleted_at=now, deleted_by=profile_id, updated_at=now).returning(CONVERSATION.c.id)).first()
     if found is None:
         return None
+    record_event(conn, studio_id, CONVERSATION_UPDATED, now, conversation_id=conversation_id, change="deleted")
     return Deleted("conversation", conversation_id, conversation_id, now, now + RETENTION)
 
 
@@ -148,6 +150,8 @@ def delete_message(conn: Connection, studio_id: int, message_id: int, profile_id
         return None
     if found.state == "visible":
         recount(conn, found.conversation_id)
+    record_event(conn, studio_id, CONVERSATION_UPDATED, now, conversation_id=found.conversation_id,
+                 change="message_deleted", message_id=message_id)
     return Deleted("message", message_id, found.conversation_id, now, now + RETENTION)
 
 
@@ -166,6 +170,7 @@ def restore_conversation(conn: Connection, studio_id: int, conversation_id: int,
         return restore_conversation(conn, studio_id, conversation_id, settings, now)
     given_up = _give_up_stale_replies(conn, (MESSAGE.c.conversation_id == conversation_id) & LIVE_MESSAGE,
                                       settings, now)
+    record_event(conn, studio_id, CONVERSATION_UPDATED, now, conversation_id=conversation_id, change="restored")
     return Restored("conversation", conversation_id, conversation_id, given_up)
 
 
@@ -188,6 +193,8 @@ def restore_message(conn: Connection, studio_id: int, message_id: int, settings:
     if row.state == "visible":
         recount(conn, row.conversation_id)
     given_up = _give_up_stale_replies(conn, MESSAGE.c.id == message_id, settings, now)
+    record_event(conn, studio_id, CONVERSATION_UPDATED, now, conversation_id=row.conversation_id,
+                 change="message_restored", message_id=message_id)
     return Restored("message", message_id, row.conversation_id, given_up)
 
 

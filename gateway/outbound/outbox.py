@@ -33,6 +33,7 @@ from typing import Callable, Mapping
 import tenacity
 from sqlalchemy import Connection, Engine, bindparam, exists, or_, select, update
 
+from gateway.eventlog import DELIVERY_UPDATED, record as record_event
 from gateway.metrics import OUTBOX
 from gateway.store.db import read_tx, result_processor, write_tx
 from gateway.store.tables import MESSAGE
@@ -136,6 +137,24 @@ def log_attempts(results: list[tuple[Job, SendResult]]) -> None:
                 result.kind, result.detail, extra={"event": "delivery_attempt", "job_id": job.id,
                                                    "message_id": job.message_row_id, "attempt": job.attempts,
                                                    "result": result.kind, "answer": result.detail})
+
+
+_JOB_PLACES = (select(MESSAGE.c.id, MESSAGE.c.studio_id, MESSAGE.c.conversation_id)
+               .where(MESSAGE.c.id.in_(bindparam("ids", expanding=True))))
+
+
+def delivery_events(conn: Connection, outcomes: list[tuple[Job, str]], now: datetime) -> None:
+    """A `delivery.updated` event for each recorded attempt (sent, failed, retrying), in the
+    transaction that records it (gateway/eventlog.py). By studio, then job: two workers
+    recording for the same studios take the studios' counter rows in one order."""
+    if not outcomes:
+        return
+    places = {row.id: row for row in conn.execute(_JOB_PLACES, {"ids": [job.message_row_id for job, _ in outcomes]})}
+    kept = [o for o in outcomes if o[0].message_row_id in places]  # a message erased meanwhile has no studio to tell
+    for job, delivery in sorted(kept, key=lambda o: (places[o[0].message_row_id].studio_id, o[0].id)):
+        place = places[job.message_row_id]
+        record_event(conn, place.studio_id, DELIVERY_UPDATED, now, conversation_id=place.conversation_id,
+                     message_id=job.message_row_id, job_id=job.id, delivery=delivery)
 
 
 class _Flag:
@@ -249,6 +268,7 @@ class Outbox:
         if sent:  # the common case, in two statements however many
             _JOB_SENT.execute_many(conn, [{"job_id": j.id, "now": now} for j in sent])
             _MESSAGE_SENT.execute_many(conn, [{"message_row_id": j.message_row_id, "now": now} for j in sent])
+        outcomes: list[tuple[Job, str]] = [(job, "sent") for job in sent]
         for job, result in results:
             if result.kind == "sent":
                 continue
@@ -260,6 +280,7 @@ class Outbox:
                 else:
                     status = "queued"
             delivery = status
+            outcomes.append((job, "retrying" if status == "queued" else "failed"))
             OUTBOX.labels("retried" if status == "queued" else "failed").inc()
             # claimed_at keeps when this attempt was made: /readyz tells from it whether the relay
             # was reachable at the last attempt (outbound/readiness.py). Only `sending` is a lease.
@@ -270,6 +291,7 @@ class Outbox:
             if status == "failed":
                 log.warning("outbound job %d failed for good: %s", job.id, detail,
                             extra={"event": "delivery_failed", "job_id": job.id, "message_id": job.message_row_id})
+        delivery_events(conn, outcomes, now)
 
     def _step(self, results: list[tuple[Job, SendResult]], want: int,
               ) -> tuple[list[Job], list[OutgoingMail | SendResult]]:

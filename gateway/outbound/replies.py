@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
+from gateway.eventlog import MESSAGE_CREATED, record as record_event
 from gateway.store.blobs import blob_store
 from gateway.mail.subjects import reply_subject
 from gateway.store.tables import CONVERSATION, GUEST, MESSAGE, STUDIO
@@ -180,4 +181,6 @@ def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text
     _INSERT_JOB.execute(conn, studio_id=studio_id, message_id=row_id, created_at=now, next_attempt_at=now)
     # Answering is reading; an automatic message is not the studio having read anything.
     (_ACTIVITY if auto_kind is not None else _ACTIVITY_READ).execute(conn, conversation_id=conversation_id, now=now)
+    record_event(conn, studio_id, MESSAGE_CREATED, now, conversation_id=conversation_id, message_id=row_id,
+                 direction="outbound")
     return Reply(row_id, message_id, row | {"id": row_id, "sent_at": None})

@@ -508,6 +508,33 @@ class AccountDeletion(SQLModel, table=True):
     reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
 
 
+# --- the studio's event log (gateway/eventlog.py) ----------------------------------------------
+
+class StudioEventCounter(SQLModel, table=True):
+    """Each studio's last event number. Taking the next one updates this row, so its row lock
+    orders the transactions that write a studio's events: number n+1 can only be taken once the
+    transaction holding n has committed (or rolled back, giving n back). A reader that sees n
+    therefore sees every number below it, with no gap, which `id > last` over an autoincrement
+    column cannot promise on PostgreSQL."""
+
+    __tablename__ = "studio_event_counter"
+    studio_id: int = Field(primary_key=True, foreign_key="studio.id", sa_column_kwargs={"autoincrement": False})
+    seq: int = 0
+
+
+class StudioEvent(SQLModel, table=True):
+    """One thing that happened in a studio, as the live stream (GET /api/v1/events) and the
+    studio's outgoing webhooks send it; kept 24 hours. `seq` is the event's id, per studio."""
+
+    __tablename__ = "studio_event"
+    __table_args__ = (Index("ix_studio_event_created_at", "created_at"),)
+    studio_id: int = Field(primary_key=True, foreign_key="studio.id", sa_column_kwargs={"autoincrement": False})
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    type: str = Field(max_length=32)                    # message.created, conversation.updated, ...
+    created_at: datetime = Field(default_factory=utcnow)
+    data: str = Field(sa_column=Column(Text, nullable=False))   # JSON: the ids of what changed
+
+
 def _ids_never_reused() -> None:
     """AUTOINCREMENT on SQLite for every table keyed by an integer `id` (migration 0016).
 

@@ -1,0 +1,179 @@
+"""The studio's event log: what changed, numbered per studio without gaps, kept 24 hours.
+
+The live stream (`GET /api/v1/events`, gateway/api/events.py) and, next, the studio's outgoing
+webhooks send the same objects from this one log:
+
+    {"id": 42, "type": "message.created", "studio": "atelier-rot", "created_at": "...Z",
+     "conversation_id": 7, "message_id": 131}
+
+Types and what they carry besides the envelope (`id`, `type`, `studio`, `created_at`):
+- `message.created`: `conversation_id`, `message_id`, `direction` (`inbound` a guest's mail,
+  `outbound` a studio reply or an acknowledgement);
+- `held.created`: `conversation_id`, `message_id` (mail held for the studio to accept);
+- `conversation.updated`: `conversation_id`, `change` (read, unread, closed, reopened, deleted,
+  restored, held_accepted, held_rejected, message_deleted, message_restored), `message_id` for the
+  message changes;
+- `delivery.updated`: `conversation_id`, `message_id`, `job_id`, `delivery` (sent, failed,
+  retrying).
+
+Written by `record` in the transaction that makes the change, so an event exists exactly when
+its change committed. Numbers come from the studio's row in `studio_event_counter`, taken with
+one upsert: its row lock orders the writers of one studio, so number n+1 is taken only once the
+transaction that took n has ended (a rollback gives n back). A reader that sees n sees all
+below it: `seq > last` misses nothing, which an autoincrement id read by `id > last` cannot
+promise on PostgreSQL, where ids are taken at insert and committed in any order. The price is
+that one studio's writers of events commit one after another; other studios are not touched.
+
+A neutral layer between the domains (which record) and the contracts (events.py, whose
+`Threaded` the reaction here turns into an event): inbound, outbound, inbox and lifecycle all
+write here, and none of them may import another.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, func, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gateway.events import Chunk, Threaded
+from gateway.settings import Settings
+from gateway.store.models import utcnow
+from gateway.store.prepared import Prepared
+from gateway.store.tables import STUDIO, STUDIO_EVENT, STUDIO_EVENT_COUNTER
+
+MESSAGE_CREATED, HELD_CREATED = "message.created", "held.created"
+CONVERSATION_UPDATED, DELIVERY_UPDATED = "conversation.updated", "delivery.updated"
+TYPES = (MESSAGE_CREATED, CONVERSATION_UPDATED, DELIVERY_UPDATED, HELD_CREATED)
+RETENTION = timedelta(hours=24)
+
+
+def _next_seq(dialect: Any) -> Prepared:
+    counter = STUDIO_EVENT_COUNTER
+    insert = dialect.insert(counter).values(studio_id=bindparam("studio_id"), seq=1)
+    return Prepared(insert.on_conflict_do_update(index_elements=[counter.c.studio_id],
+                                                 set_={"seq": counter.c.seq + 1}).returning(counter.c.seq))
+
+
+_NEXT = {"postgresql": _next_seq(postgresql), "sqlite": _next_seq(sqlite)}
+_INSERT = Prepared(STUDIO_EVENT.insert().values(
+    studio_id=bindparam("studio_id"), seq=bindparam("seq"), type=bindparam("type"),
+    created_at=bindparam("created_at"), data=bindparam("data")))
+
+
+def record(conn: Connection, studio_id: int, type_: str, now: datetime, **ids: int | str | None) -> int:
+    """Write one event in the caller's transaction; its number. Holds the studio's counter row
+    until that transaction ends: call it late in short transactions where that is easy."""
+    if type_ not in TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    seq = _NEXT[conn.dialect.name].execute(conn, studio_id=studio_id).fetchone()[0]
+    _INSERT.execute(conn, studio_id=studio_id, seq=seq, type=type_, created_at=now,
+                    data=json.dumps({k: v for k, v in ids.items() if v is not None}, separators=(",", ":")))
+    return seq
+
+
+def _lock_row(dialect: Any) -> Prepared:
+    counter = STUDIO_EVENT_COUNTER
+    insert = dialect.insert(counter).values(studio_id=bindparam("studio_id"), seq=0)
+    return Prepared(insert.on_conflict_do_update(index_elements=[counter.c.studio_id], set_={"seq": counter.c.seq}))
+
+
+_LOCK = _lock_row(postgresql)
+
+
+def lock_counters(conn: Connection, studio_ids: list[int]) -> None:
+    """Take these studios' counter rows now, lowest id first (PostgreSQL; SQLite has one writer).
+
+    A transaction that writes events of several studios takes their rows in the order its
+    changes come; two such transactions taking two studios in opposite orders deadlock, and
+    PostgreSQL aborts one of them after `deadlock_timeout`. Taken in one order up front, they
+    queue instead."""
+    if conn.dialect.name != "postgresql":
+        return
+    for studio_id in sorted(set(studio_ids)):
+        _LOCK.execute(conn, studio_id=studio_id)
+
+
+def record_threaded(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) -> None:
+    """The reaction (gateway/events.py) that logs each filed guest message: shown, or held.
+
+    A processor chunk holds mail for several studios, in the order it arrived: at its first
+    message the chunk takes the counters of all the studios it knows of, in id order
+    (`lock_counters`), so two processors never wait on each other crosswise."""
+    locked: set[int] = chunk.memo.setdefault("eventlog.locked", set())
+    known = {studio_id for studio_id in chunk.studio_ids.values() if studio_id is not None} | {event.studio_id}
+    if not known <= locked:
+        lock_counters(conn, sorted(known - locked))
+        locked |= known
+    if event.visible:
+        record(conn, event.studio_id, MESSAGE_CREATED, utcnow(), conversation_id=event.conversation_id,
+               message_id=event.message_id, direction="inbound")
+    else:
+        record(conn, event.studio_id, HELD_CREATED, utcnow(), conversation_id=event.conversation_id,
+               message_id=event.message_id)
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    type: str
+    studio: str
+    created_at: datetime
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The documented object: the envelope first, then the ids of what changed."""
+        return {"id": self.seq, "type": self.type, "studio": self.studio,
+                "created_at": self.created_at.isoformat().replace("+00:00", "Z"), **self.data}
+
+
+_AFTER = (select(STUDIO_EVENT.c.seq, STUDIO_EVENT.c.type, STUDIO.c.slug, STUDIO_EVENT.c.created_at,
+                 STUDIO_EVENT.c.data)
+          .join(STUDIO, STUDIO.c.id == STUDIO_EVENT.c.studio_id)
+          .where(STUDIO_EVENT.c.studio_id == bindparam("studio_id"), STUDIO_EVENT.c.seq > bindparam("after"),
+                 STUDIO_EVENT.c.seq <= bindparam("upto"))
+          .order_by(STUDIO_EVENT.c.seq).limit(bindparam("limit")))
+
+
+def events_after(conn: Connection, studio_id: int, after: int, upto: int, limit: int = 500) -> list[Event]:
+    """The studio's events numbered after `after` up to `upto`, oldest first, at most `limit`."""
+    rows = conn.execute(_AFTER, {"studio_id": studio_id, "after": after, "upto": upto, "limit": limit})
+    return [Event(r.seq, r.type, r.slug, r.created_at, json.loads(r.data)) for r in rows]
+
+
+def current(conn: Connection, studio_ids: list[int]) -> dict[int, int]:
+    """The last number taken by each of these studios (0 for one that has none yet)."""
+    found = dict(conn.execute(select(STUDIO_EVENT_COUNTER.c.studio_id, STUDIO_EVENT_COUNTER.c.seq).where(
+        STUDIO_EVENT_COUNTER.c.studio_id.in_(studio_ids))).all())
+    return {studio_id: found.get(studio_id, 0) for studio_id in studio_ids}
+
+
+def resume_point(conn: Connection, studio_id: int, last: str | None) -> tuple[int, bool]:
+    """Where a stream that last saw `last` (Last-Event-ID) goes on: (number, reset).
+
+    No `last`: from now on. A `last` whose successors are all still kept: right after it.
+    Otherwise (not a number, from the future, or older than the 24 hours kept) the client
+    missed something it cannot get back: from now on, with reset=True, and it reloads."""
+    now_at = current(conn, [studio_id])[studio_id]
+    if last is None or not last.strip():
+        return now_at, False
+    try:
+        seen = int(last.strip())
+    except ValueError:
+        return now_at, True
+    if seen < 0 or seen > now_at:
+        return now_at, True
+    if seen == now_at:
+        return seen, False
+    first = conn.execute(select(func.min(STUDIO_EVENT.c.seq)).where(
+        STUDIO_EVENT.c.studio_id == studio_id, STUDIO_EVENT.c.seq > seen)).scalar()
+    return (seen, False) if first == seen + 1 else (now_at, True)
+
+
+def purge_events(conn: Connection, now: datetime) -> int:
+    """Drop the events older than the 24 hours kept; how many. The counters stay: numbers are
+    never reused, so an id from before the purge is recognised as too old."""
+    cutoff = literal(now - RETENTION, STUDIO_EVENT.c.created_at.type)
+    return conn.execute(delete(STUDIO_EVENT).where(STUDIO_EVENT.c.created_at < cutoff)).rowcount
