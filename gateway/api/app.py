@@ -1,7 +1,9 @@
 """The Litestar application: one controller per resource, the caller provided to each."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -15,6 +17,7 @@ from gateway.api.billing import BillingController
 from gateway.api.conversations import ConversationController
 from gateway.api.docs import openapi_config, static_files
 from gateway.api.export import ExportController
+from gateway.api.form import FormController
 from gateway.api.guests import GuestController
 from gateway.api.health import healthz, readyz
 from gateway.api.metrics import http_timing
@@ -33,8 +36,10 @@ from webhooks import webhook_handlers
 from webhooks.stripe import stripe_webhook
 
 
-def create_app(engine: Engine, settings: Settings) -> Litestar:
-    """The HTTP side; `app.state.acceptor` must be set before webhooks can store mail."""
+def create_app(engine: Engine, settings: Settings, pages: Sequence[Any] = ()) -> Litestar:
+    """The HTTP side; `app.state.acceptor` must be set before webhooks can store mail. `pages`
+    are the server-rendered routes of gateway/web/, handed in by the runtime (api and web are
+    siblings that do not import each other)."""
     receivers, webhooks = webhook_handlers(settings)
     reader = loop_reader(engine)
 
@@ -47,8 +52,8 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
                         HeldController, ConversationStatusController, AttachmentController, BillingController,
                         ProfileController, SupportGrantController, AuditController, ConversationTrashController,
                         MessageController, TrashController, GuestController, ExportController,
-                        AccountDeletionController, AutomaticController, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
-                        static_files()],
+                        AccountDeletionController, AutomaticController, FormController, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
+                        static_files(), *pages],
         dependencies={"caller": Provide(provide_caller)},
         openapi_config=openapi_config(),  # the docs page and its scripts served by us (api/docs.py)
         debug=False,

@@ -1,0 +1,101 @@
+"""One post of the public form, decided: refused quietly, sent back with errors, held off,
+or stored as an inquiry. The web edge (gateway/web/inquiry_form.py) only translates the
+outcome into a page or JSON; this is the work, callable without a server.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway.forms import versions
+from gateway.forms.answers import Checked, check_answers
+from gateway.forms.issue import HONEYPOT_FIELD, ISSUED_FIELD, verify
+from gateway.forms.limits import FormLimits
+from gateway.forms.submit import Studio, Submission, Submitted, find_submitted, store_submission, submitted_today
+from gateway.settings import Settings
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.store.tables import STUDIO
+
+CONSENT_FIELD = "_consent"
+
+
+@dataclass(frozen=True)
+class PublicStudio(Studio):
+    privacy_url: str | None = None
+
+
+@dataclass
+class Post:
+    fields: dict[str, list[str]]
+    files: dict[str, list[tuple[str, bytes]]]
+    client: str              # the client's address, as uvicorn saw it (behind trusted proxies)
+    guest_language: str
+
+
+@dataclass
+class Outcome:
+    kind: str                                   # stored | quiet | invalid | later
+    submitted: Submitted | None = None
+    version: versions.Version | None = None
+    checked: Checked | None = None
+    errors: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    retry_after: int | None = None
+    bare: bool = False
+
+
+def find_studio(engine: Engine, slug: str) -> PublicStudio | None:
+    """The studio a form URL names; None for an unknown (or erased) one: 404."""
+    with read_tx(engine) as conn:
+        row = conn.execute(select(STUDIO.c.id, STUDIO.c.slug, STUDIO.c.name, STUDIO.c.locale,
+                                  STUDIO.c.privacy_url).where(STUDIO.c.slug == slug)).first()
+    return None if row is None else PublicStudio(row.id, row.slug, row.name, row.locale, row.privacy_url)
+
+
+def take(engine: Engine, settings: Settings, limits: FormLimits, studio: PublicStudio, post: Post) -> Outcome:
+    """Decide one post. Bots learn nothing from a quiet refusal: it looks like success."""
+    if any(v.strip() for v in post.fields.get(HONEYPOT_FIELD, [])):
+        return Outcome("quiet")
+    issued = verify(settings.secret(), studio.id, (post.fields.get(ISSUED_FIELD) or [""])[0])
+    bare = issued is None
+    if issued is not None and issued.age < settings.form_min_fill_seconds:
+        return Outcome("quiet")
+    with read_tx(engine) as conn:
+        if issued is not None:
+            seen = find_submitted(conn, studio.id, issued.token)
+            if seen is not None:  # a double click or a resubmitted page: the first one stands
+                return Outcome("stored", submitted=seen, bare=bare)
+        version = versions.current(conn, studio.id)
+    checked = check_answers(version.definition, post.fields, post.files)
+    errors = dict(checked.errors)
+    if not any(v == "yes" for v in post.fields.get(CONSENT_FIELD, [])):
+        errors[CONSENT_FIELD] = ("consent", {})
+    if errors:
+        return Outcome("invalid", version=version, checked=checked, errors=errors, bare=bare)
+    email = checked.values[version.definition.email_key]
+    wait = limits.retry_after(studio.id, post.client, email, bare)
+    if wait is not None:
+        return Outcome("later", retry_after=wait, bare=bare)
+    token = issued.token if issued is not None else secrets.token_hex(16)
+    submission = Submission(studio=studio, version=version.version, definition=version.definition,
+                            checked=checked, token=token, consent_at=utcnow(),
+                            guest_language=post.guest_language, bare=bare)
+    try:
+        with write_tx(engine) as conn:
+            if submitted_today(conn, studio.id) >= settings.form_daily_cap:
+                return Outcome("later", retry_after=3600, bare=bare)
+            submitted = store_submission(conn, submission, settings)
+    except IntegrityError:
+        # The same token raced in from a second click: the one that committed is the inquiry.
+        with read_tx(engine) as conn:
+            seen = find_submitted(conn, studio.id, token)
+        if seen is None:
+            raise
+        return Outcome("stored", submitted=seen, bare=bare)
+    if not submitted.duplicate:
+        limits.count(studio.id, post.client, email, bare)
+    return Outcome("stored", submitted=submitted, version=version, checked=checked, bare=bare)

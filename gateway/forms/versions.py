@@ -1,0 +1,69 @@
+"""Saved versions of a studio's form: every save is a new version, none is ever changed.
+
+Version 0 is the built-in default (gateway/forms/definition.DEFAULT): a studio that never
+saved has no rows and answers with it. A submission stores the version number it answered,
+so it is always rendered with its own labels after the form changed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, func, insert, select
+
+from gateway.forms.definition import DEFAULT, Definition, parse_definition
+from gateway.store.models import utcnow
+from gateway.store.tables import FORM_VERSION
+
+DEFAULT_VERSION = 0
+
+
+@dataclass(frozen=True)
+class Version:
+    version: int
+    definition: Definition
+    created_at: datetime | None   # None: the built-in default, never saved
+
+
+def current(conn: Connection, studio_id: int) -> Version:
+    """The studio's newest version, or the default."""
+    row = conn.execute(select(FORM_VERSION.c.version, FORM_VERSION.c.definition_json, FORM_VERSION.c.created_at)
+                       .where(FORM_VERSION.c.studio_id == studio_id)
+                       .order_by(FORM_VERSION.c.version.desc()).limit(1)).first()
+    if row is None:
+        return Version(DEFAULT_VERSION, DEFAULT, None)
+    return Version(row.version, parse_definition(json.loads(row.definition_json)), row.created_at)
+
+
+def at(conn: Connection, studio_id: int, version: int) -> Version | None:
+    """One version of the studio's form (0: the default); None if it never existed."""
+    if version == DEFAULT_VERSION:
+        return Version(DEFAULT_VERSION, DEFAULT, None)
+    row = conn.execute(select(FORM_VERSION.c.definition_json, FORM_VERSION.c.created_at).where(
+        FORM_VERSION.c.studio_id == studio_id, FORM_VERSION.c.version == version)).first()
+    if row is None:
+        return None
+    return Version(version, parse_definition(json.loads(row.definition_json)), row.created_at)
+
+
+def every(conn: Connection, studio_id: int) -> list[Version]:
+    """All saved versions, newest first, then the default they started from."""
+    rows = conn.execute(select(FORM_VERSION.c.version, FORM_VERSION.c.definition_json, FORM_VERSION.c.created_at)
+                        .where(FORM_VERSION.c.studio_id == studio_id)
+                        .order_by(FORM_VERSION.c.version.desc())).all()
+    return [Version(r.version, parse_definition(json.loads(r.definition_json)), r.created_at) for r in rows] \
+        + [Version(DEFAULT_VERSION, DEFAULT, None)]
+
+
+def save(conn: Connection, studio_id: int, definition: Definition) -> Version:
+    """A new version in the caller's transaction. Two owners saving at once: one of them hits
+    the unique (studio_id, version) constraint and the caller's transaction fails; retrying it
+    saves the next number."""
+    latest = conn.execute(select(func.max(FORM_VERSION.c.version)).where(
+        FORM_VERSION.c.studio_id == studio_id)).scalar()
+    number = (latest or DEFAULT_VERSION) + 1
+    now = utcnow()
+    conn.execute(insert(FORM_VERSION).values(studio_id=studio_id, version=number, created_at=now,
+                                             definition_json=json.dumps(definition.to_json(), ensure_ascii=False)))
+    return Version(number, definition, now)
