@@ -40,3 +40,19 @@ def issued_from(page: str) -> str:
     match = re.search(r'name="_issued" value="([^"]+)"', page)
     assert match, "the page carries the issued fields"
     return match.group(1)
+
+
+def solved(client: httpx.Client, slug: str) -> str:
+    """A solution of a fresh proof-of-work challenge, as the ALTCHA widget would post it."""
+    import base64
+    import json
+
+    from altcha import solve_challenge_v1
+
+    challenge = client.get(f"/f/{slug}/challenge").json()
+    solution = solve_challenge_v1(challenge["challenge"], challenge["salt"], challenge["algorithm"],
+                                  challenge["maxNumber"])
+    assert solution is not None
+    payload = {"algorithm": challenge["algorithm"], "challenge": challenge["challenge"], "number": solution.number,
+               "salt": challenge["salt"], "signature": challenge["signature"]}
+    return base64.b64encode(json.dumps(payload).encode()).decode()

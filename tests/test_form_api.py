@@ -20,7 +20,7 @@ from gateway.settings import Settings
 from gateway.store.db import read_tx
 from gateway.store.tables import CONVERSATION, FORM_SUBMISSION, MESSAGE, OUTBOUND_JOB
 from tests.conftest import RunningGateway, make_settings, start_gateway
-from tests.form_posts import JPEG, PNG, answers, issued, post
+from tests.form_posts import JPEG, PNG, answers, issued, post, solved
 from tests.test_api_tokens import add_member
 
 TWO_FIELDS = {"fields": [
@@ -81,7 +81,8 @@ def test_an_invalid_definition_is_422_naming_the_problem(gw: RunningGateway, def
 def test_a_submission_is_an_inquiry_with_answers_images_and_a_confirmation(gw: RunningGateway) -> None:
     studio = gw.add_studio("inkwell", name="Inkwell Tattoo")
     web = gw.api(None)
-    answer = post(web, "inkwell", answers(_issued=issued(studio.id)), [("rose.png", PNG), ("../x.exe", JPEG)])
+    answer = post(web, "inkwell", answers(_issued=issued(studio.id), altcha=solved(web, "inkwell")),
+                  [("rose.png", PNG), ("../x.exe", JPEG)])
     assert answer.status_code == 200, answer.text
     assert "Inkwell Tattoo" in answer.text and "content-security-policy" in answer.headers
     assert "frame-ancestors" not in answer.headers["content-security-policy"]
@@ -179,14 +180,15 @@ def strict(tmp_path: Path, database_url: str) -> Iterator[RunningGateway]:
 def test_rate_limits_per_address_per_ip_and_the_daily_cap_hold(strict: RunningGateway) -> None:
     studio = strict.add_studio("inkwell")
     web = strict.api(None)
-    codes = [post(web, "inkwell", answers(_issued=issued(studio.id))).status_code for _ in range(3)]
+    codes = [post(web, "inkwell", answers(_issued=issued(studio.id), altcha=solved(web, "inkwell"))).status_code
+             for _ in range(3)]
     assert codes == [200, 200, 429]
-    limited = post(web, "inkwell", answers(_issued=issued(studio.id)))
+    limited = post(web, "inkwell", answers(_issued=issued(studio.id), altcha=solved(web, "inkwell")))
     assert "try again later" in limited.text.lower() or "später" in limited.text
     assert int(limited.headers["retry-after"]) > 0
     # Another address from the same client: the per-IP budget (4) has two left.
-    codes = [post(web, "inkwell", answers(_issued=issued(studio.id), email=f"g{i}@example.org")).status_code
-             for i in range(3)]
+    codes = [post(web, "inkwell", answers(_issued=issued(studio.id), altcha=solved(web, "inkwell"),
+                                          email=f"g{i}@example.org")).status_code for i in range(3)]
     assert codes == [200, 200, 429]
     assert _count(strict, CONVERSATION) == 4
 
@@ -220,3 +222,27 @@ def test_the_public_form_json_and_unknown_studios(gw: RunningGateway) -> None:
     for path in ("/f/nobody", "/f/nobody/form.json"):
         assert web.get(path).status_code == 404
     assert web.post("/f/nobody", data=answers()).status_code == 404
+
+
+def test_a_proof_of_work_solution_counts_once(strict: RunningGateway) -> None:
+    """The same ALTCHA solution on a second post makes that post bare: the bare budget (3 per
+    IP here) applies, and its confirmation echoes no label."""
+    studio = strict.add_studio("inkwell")
+    web = strict.api(None)
+    solution = solved(web, "inkwell")
+    first = post(web, "inkwell", answers(_issued=issued(studio.id), altcha=solution))
+    second = post(web, "inkwell", answers(_issued=issued(studio.id), altcha=solution, email="other@example.org"))
+    assert first.status_code == second.status_code == 200
+    api = strict.api(studio.token)
+    texts = {}
+    for item in api.get("/api/v1/conversations").json()["items"]:
+        messages = api.get(f"/api/v1/conversations/{item['id']}").json()["messages"]
+        texts[item["guest"]["email"]] = messages[1]["text"]
+    assert "Körperstelle" in texts["lena@example.org"] or "Placement" in texts["lena@example.org"]
+    assert "Körperstelle" not in texts["other@example.org"] and "Placement" not in texts["other@example.org"]
+    forged = post(web, "inkwell", answers(_issued=issued(studio.id), altcha="eyJub3QiOiAib3VycyJ9",
+                                          email="third@example.org"))
+    assert forged.status_code == 200
+    # Bare budget per IP is 3: the reused and the forged solution used two of it.
+    assert post(web, "inkwell", answers(email="fourth@example.org")).status_code == 200
+    assert post(web, "inkwell", answers(email="fifth@example.org")).status_code == 429

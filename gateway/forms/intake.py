@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from gateway.forms import versions
+from gateway.forms import challenge, versions
 from gateway.forms.answers import Checked, check_answers
 from gateway.forms.issue import HONEYPOT_FIELD, ISSUED_FIELD, verify
 from gateway.forms.limits import FormLimits
@@ -60,22 +60,26 @@ def take(engine: Engine, settings: Settings, limits: FormLimits, studio: PublicS
     """Decide one post. Bots learn nothing from a quiet refusal: it looks like success."""
     if any(v.strip() for v in post.fields.get(HONEYPOT_FIELD, [])):
         return Outcome("quiet")
-    issued = verify(settings.secret(), studio.id, (post.fields.get(ISSUED_FIELD) or [""])[0])
-    bare = issued is None
+    secret = settings.secret()
+    issued = verify(secret, studio.id, (post.fields.get(ISSUED_FIELD) or [""])[0])
     if issued is not None and issued.age < settings.form_min_fill_seconds:
         return Outcome("quiet")
+    solution = (post.fields.get(challenge.FIELD) or [""])[0]
     with read_tx(engine) as conn:
         if issued is not None:
             seen = find_submitted(conn, studio.id, issued.token)
             if seen is not None:  # a double click or a resubmitted page: the first one stands
-                return Outcome("stored", submitted=seen, bare=bare)
+                return Outcome("stored", submitted=seen)
         version = versions.current(conn, studio.id)
     checked = check_answers(version.definition, post.fields, post.files)
     errors = dict(checked.errors)
     if not any(v == "yes" for v in post.fields.get(CONSENT_FIELD, [])):
         errors[CONSENT_FIELD] = ("consent", {})
     if errors:
-        return Outcome("invalid", version=version, checked=checked, errors=errors, bare=bare)
+        return Outcome("invalid", version=version, checked=checked, errors=errors)
+    # Our page with its proof of work solved is trusted most; without JavaScript (no solution)
+    # or from the studio's own markup (nothing issued) the post is bare: stricter limits.
+    bare = issued is None or not challenge.spend(engine, secret, studio.id, solution)
     email = checked.values[version.definition.email_key]
     wait = limits.retry_after(studio.id, post.client, email, bare)
     if wait is not None:

@@ -514,3 +514,13 @@ class FormSubmission(SQLModel, table=True):
     token: str = Field(max_length=64)
     consent_at: datetime
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class FormChallengeUsed(SQLModel, table=True):
+    """ALTCHA proof-of-work solutions already spent (gateway/forms/challenge.py): a solution
+    is accepted once, so it is kept until its challenge expires and is dropped after."""
+
+    __tablename__ = "form_challenge_used"
+    __table_args__ = (Index("ix_form_challenge_used_expires", "expires_at"),)
+    challenge: str = Field(primary_key=True, max_length=128)
+    expires_at: datetime

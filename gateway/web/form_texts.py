@@ -75,6 +75,17 @@ TEXTS: dict[str, dict[str, str]] = {
 }
 
 
+# The proof-of-work widget's own words (its `strings` attribute; English is its default).
+ALTCHA_STRINGS: dict[str, dict[str, str]] = {
+    "de": {"label": "Ich bin kein Roboter", "verifying": "Wird geprüft …", "verified": "Geprüft",
+           "error": "Prüfung fehlgeschlagen. Bitte später erneut versuchen.", "expired": "Abgelaufen. Bitte erneut prüfen.",
+           "waitAlert": "Wird geprüft … bitte einen Moment warten.", "ariaLinkLabel": "ALTCHA (neues Fenster)"},
+    "en": {"label": "I'm not a robot", "verifying": "Verifying …", "verified": "Verified",
+           "error": "Verification failed. Try again later.", "expired": "Expired. Please verify again.",
+           "waitAlert": "Verifying … please wait.", "ariaLinkLabel": "ALTCHA (opens in a new window)"},
+}
+
+
 def say(language: str, key: str, **values: Any) -> str:
     return TEXTS[language][key].format(**values)
 

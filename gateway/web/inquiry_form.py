@@ -10,6 +10,7 @@ no frame-ancestors: any site may frame it. Its CSP allows only our own files.
 from __future__ import annotations
 
 import asyncio
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from litestar.exceptions import NotFoundException
 from litestar.static_files import create_static_files_router
 
 from gateway.forms import versions
+from gateway.forms.challenge import FIELD as POW_FIELD, new_challenge
 from gateway.forms.consent import valid_privacy_url
 from gateway.forms.definition import Definition, text_in
 from gateway.forms.intake import CONSENT_FIELD, Outcome, Post, PublicStudio, find_studio, take
@@ -28,7 +30,7 @@ from gateway.forms.issue import ISSUED_FIELD, issue
 from gateway.forms.limits import FormLimits
 from gateway.forms.submit import language
 from gateway.store.db import read_tx
-from gateway.web.form_texts import TEXTS, error_text, guest_language, say
+from gateway.web.form_texts import ALTCHA_STRINGS, TEXTS, error_text, guest_language, say
 from webhooks.forms import FormError, parse_form
 
 STATIC_PATH = "/f/_static/form"   # "_" can begin no slug (gateway/mail/addresses.valid_slug)
@@ -82,7 +84,8 @@ def _page(status: int, studio: PublicStudio, lang: str, *, state: str = "form", 
           consent: bool = False, message: str = "", title: str = "",
           headers: dict[str, str] | None = None) -> Response[str]:
     html = _environment().get_template("page.html.j2").render(
-        lang=lang, t=TEXTS[lang], static=STATIC_PATH, state=state,
+        lang=lang, t=TEXTS[lang], static=STATIC_PATH, state=state, challenge_url=f"/f/{studio.slug}/challenge",
+        altcha_strings=json.dumps(ALTCHA_STRINGS[lang], ensure_ascii=False),
         title=title or say(lang, "title", studio=studio.name), action=f"/f/{studio.slug}",
         fields=_field_views(definition, lang) if definition else [], values=values or {}, errors=errors or {},
         issued=issued, consent=consent, consent_text=say(lang, "consent", studio=studio.name),
@@ -118,6 +121,13 @@ class InquiryFormController(Controller):
     def json(self, request: Request, state: State, slug: str) -> Response[dict[str, Any]]:
         return form_json(request, state, slug)
 
+    @get("/{slug:str}/challenge", sync_to_thread=True)
+    def challenge(self, state: State, slug: str) -> Response[dict[str, Any]]:
+        """A proof-of-work challenge for the ALTCHA widget (and for custom front ends)."""
+        studio = _studio_or_404(state, slug)
+        return Response(new_challenge(state.settings.secret(), studio.id),
+                        headers={**CORS, "Cache-Control": "no-store"})
+
     @post("/{slug:str}", status_code=200, request_max_body_size=MAX_BODY + 1024 * 1024)
     async def submit(self, request: Request, state: State, slug: str) -> Response[Any]:
         return await form_post(request, state, slug)
@@ -143,7 +153,9 @@ def form_json(request: Request, state: State, slug: str) -> Response[dict[str, A
             "language": lang, "definition": version.definition.to_json(), "action": f"/f/{studio.slug}",
             "consent": {"field": CONSENT_FIELD, "value": "yes", "text": say(lang, "consent", studio=studio.name),
                         "privacy_url": studio.privacy_url},
-            "issued": {"field": ISSUED_FIELD, "value": issue(state.settings.secret(), studio.id)}}
+            "issued": {"field": ISSUED_FIELD, "value": issue(state.settings.secret(), studio.id)},
+            "proof_of_work": {"field": POW_FIELD, "challenge_url": f"/f/{studio.slug}/challenge",
+                              "protocol": "altcha-v1"}}
     return Response(body, headers={**CORS, "Cache-Control": "no-store"})
 
 

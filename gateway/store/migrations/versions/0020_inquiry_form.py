@@ -1,4 +1,4 @@
-"""the inquiry form: its versions, its submissions, the studio's privacy page
+"""the inquiry form: its versions, its submissions, spent proof-of-work solutions, the studio's privacy page
 
 Revision ID: 0020
 Revises: 0015
@@ -47,9 +47,17 @@ def upgrade() -> None:
     )
     op.create_index('ix_form_submission_studio_created', 'form_submission', ['studio_id', 'created_at'], unique=False)
     op.create_index(op.f('ix_form_submission_conversation_id'), 'form_submission', ['conversation_id'], unique=False)
+    op.create_table('form_challenge_used',
+    sa.Column('challenge', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('expires_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('challenge')
+    )
+    op.create_index('ix_form_challenge_used_expires', 'form_challenge_used', ['expires_at'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_form_challenge_used_expires', table_name='form_challenge_used')
+    op.drop_table('form_challenge_used')
     op.drop_index(op.f('ix_form_submission_conversation_id'), table_name='form_submission')
     op.drop_index('ix_form_submission_studio_created', table_name='form_submission')
     op.drop_table('form_submission')
