@@ -180,7 +180,8 @@ def _confirm(conn: Connection, submission: Submission, conversation_id: int, gue
         if labels:
             text += words["confirm_fields"].format(labels="\n".join(labels))
     text += words["confirm_end"].format(studio=studio_name)
+    email = conn.execute(select(GUEST.c.email).where(GUEST.c.id == guest_id)).scalar_one()
     created = create_reply(conn, studio_id=studio.id, conversation_id=conversation_id, text=text,
-                           settings=settings, auto_kind=CONFIRMATION,
+                           settings=settings, auto_kind=CONFIRMATION, recipient=(email, ""),
                            subject=words["confirm_subject"].format(studio=studio_name))
     return created.message_row_id if created else None
