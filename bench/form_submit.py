@@ -1,6 +1,6 @@
 """Inquiry form submissions beside a do-nothing Litestar multipart POST, measured in the same run.
 
-    .venv/bin/python bench/form_submit.py [--messages N] [--connections C] [--database sqlite|postgres|both]
+    .venv/bin/python bench/form_submit.py [--messages N] [--connections C] [--database sqlite|postgres|both] [--profile]
 
 Processes (loopback only, all started and stopped here):
 - baseline: a Litestar app whose one route POST /f/{slug} parses the multipart form with
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="sqlite")
+    parser.add_argument("--profile", action="store_true", help="print the gateway's cProfile (slows it)")
     args = parser.parse_args(argv)
     ctx = mp.get_context("spawn")
     backends = ["sqlite", "postgres"] if args.database == "both" else [args.database]
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for backend in backends:
         baseline = measure_http(ctx, litestar_baseline_main, ("form",), form_posts, n, c, "baseline")
-        options = GatewayOptions(roles=("web",), settings={"form_min_fill_seconds": 0, **UNLIMITED}, pin=True)
+        options = GatewayOptions(roles=("web",), settings={"form_min_fill_seconds": 0, **UNLIMITED}, pin=True,
+                                 cprofile=args.profile)
         with throwaway_database(backend) as (url, data_dir):
             ours = measure_http(ctx, gateway_main, (url, data_dir, options), form_posts, n, c, "gateway[web]")
             visible = visible_inquiries(url)

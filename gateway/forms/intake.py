@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.forms import challenge, versions
@@ -56,8 +56,46 @@ def find_studio(engine: Engine, slug: str) -> PublicStudio | None:
     return None if row is None else PublicStudio(row.id, row.slug, row.name, row.locale, row.privacy_url)
 
 
+@dataclass
+class Pending:
+    """A post that passed every check but the limits: `write` decides those and stores it, in
+    whichever transaction the caller runs it (the API's group commit, gateway/store/batching.py,
+    or one of its own)."""
+
+    write: Callable[[Connection], Outcome]
+    studio_id: int
+    token: str
+
+
 def take(engine: Engine, settings: Settings, limits: FormLimits, studio: PublicStudio, post: Post) -> Outcome:
-    """Decide one post. Bots learn nothing from a quiet refusal: it looks like success."""
+    """Decide one post and store it in a transaction of its own."""
+    decided = prepare(engine, settings, limits, studio, post)
+    return decided if isinstance(decided, Outcome) else take_pending(engine, decided)
+
+
+def take_pending(engine: Engine, pending: Pending) -> Outcome:
+    """A prepared post stored in a transaction of its own."""
+    try:
+        with write_tx(engine) as conn:
+            return pending.write(conn)
+    except IntegrityError:
+        return after_race(engine, pending)
+
+
+def after_race(engine: Engine, pending: Pending) -> Outcome:
+    """The same token raced in from a second click and lost at the unique constraint: the one
+    that committed is the inquiry."""
+    with read_tx(engine) as conn:
+        seen = find_submitted(conn, pending.studio_id, pending.token)
+    if seen is None:
+        raise LookupError("a form submission failed at a constraint, and not for its token")
+    return Outcome("stored", submitted=seen)
+
+
+def prepare(engine: Engine, settings: Settings, limits: FormLimits, studio: PublicStudio,
+            post: Post) -> Outcome | Pending:
+    """Everything but the write: an Outcome when the post is decided already (bots learn
+    nothing from a quiet refusal: it looks like success), else the write that stores it."""
     if any(v.strip() for v in post.fields.get(HONEYPOT_FIELD, [])):
         return Outcome("quiet")
     secret = settings.secret()
@@ -81,25 +119,21 @@ def take(engine: Engine, settings: Settings, limits: FormLimits, studio: PublicS
     # or from the studio's own markup (nothing issued) the post is bare: stricter limits.
     bare = issued is None or not challenge.spend(engine, secret, studio.id, solution)
     email = checked.values[version.definition.email_key]
-    wait = limits.retry_after(studio.id, post.client, email, bare)
-    if wait is not None:
-        return Outcome("later", retry_after=wait, bare=bare)
     token = issued.token if issued is not None else secrets.token_hex(16)
     submission = Submission(studio=studio, version=version.version, definition=version.definition,
                             checked=checked, token=token, consent_at=utcnow(),
                             guest_language=post.guest_language, bare=bare)
-    try:
-        with write_tx(engine) as conn:
-            if submitted_today(conn, studio.id) >= settings.form_daily_cap:
-                return Outcome("later", retry_after=3600, bare=bare)
-            submitted = store_submission(conn, submission, settings)
-    except IntegrityError:
-        # The same token raced in from a second click: the one that committed is the inquiry.
-        with read_tx(engine) as conn:
-            seen = find_submitted(conn, studio.id, token)
-        if seen is None:
-            raise
-        return Outcome("stored", submitted=seen, bare=bare)
-    if not submitted.duplicate:
-        limits.count(studio.id, post.client, email, bare)
-    return Outcome("stored", submitted=submitted, version=version, checked=checked, bare=bare)
+
+    def write(conn: Connection) -> Outcome:
+        """The limits read, the inquiry stored, the limits counted: one transaction."""
+        wait = limits.retry_after(conn, studio.id, post.client, email, bare)
+        if wait is None and submitted_today(conn, studio.id) >= settings.form_daily_cap:
+            wait = 3600
+        if wait is not None:
+            return Outcome("later", retry_after=wait, bare=bare)
+        submitted = store_submission(conn, submission, settings)
+        if not submitted.duplicate:
+            limits.count(conn, studio.id, post.client, email, bare)
+        return Outcome("stored", submitted=submitted, version=version, checked=checked, bare=bare)
+
+    return Pending(write, studio.id, token)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, select
 
 from gateway.forms.answers import Checked
 from gateway.forms.definition import Definition, text_in
@@ -25,11 +25,39 @@ from gateway.outbound.replies import create_reply
 from gateway.settings import Settings
 from gateway.store.blobs import blob_store
 from gateway.store.models import utcnow
+from gateway.store.prepared import Prepared
 from gateway.store.tables import ATTACHMENT, CONVERSATION, FORM_SUBMISSION, GUEST, MESSAGE
 
 THREAD_RULE = "form"
 CONFIRMATION = "form_confirmation"
 CONFIRMATION_WINDOW = timedelta(days=1)
+
+# Every submission runs these; compiled once (gateway/store/prepared.py): built per call, the
+# expressions cost more CPU than SQLite took to run them (bench/form_submit.py).
+_SUBMITTED = Prepared(select(FORM_SUBMISSION.c.conversation_id, FORM_SUBMISSION.c.message_id).where(
+    FORM_SUBMISSION.c.studio_id == bindparam("studio_id"), FORM_SUBMISSION.c.token == bindparam("token")))
+_TODAY = Prepared(select(func.count()).select_from(FORM_SUBMISSION).where(
+    FORM_SUBMISSION.c.studio_id == bindparam("studio_id"),
+    FORM_SUBMISSION.c.created_at >= bindparam("since", type_=FORM_SUBMISSION.c.created_at.type)))
+_MESSAGE_COLUMNS = ("studio_id", "conversation_id", "direction", "state", "from_email", "from_name", "to_json",
+                    "cc_json", "subject", "text", "full_text", "html", "message_id", "in_reply_to",
+                    "references_json", "sent_at", "received_at", "thread_rule", "automatic", "auto_kind", "delivery",
+                    "parser", "defects_json")
+_INSERT_MESSAGE = Prepared(insert(MESSAGE).values({name: bindparam(name, type_=MESSAGE.c[name].type)
+                                                   for name in _MESSAGE_COLUMNS}).returning(MESSAGE.c.id))
+_ATTACHMENT_COLUMNS = ("studio_id", "message_id", "filename", "content_type", "size", "sha256", "inline", "content_id")
+_INSERT_ATTACHMENT = Prepared(insert(ATTACHMENT).values({name: bindparam(name, type_=ATTACHMENT.c[name].type)
+                                                         for name in _ATTACHMENT_COLUMNS}))
+_SUBMISSION_COLUMNS = ("studio_id", "conversation_id", "message_id", "form_version", "answers_json", "token",
+                       "consent_at", "created_at")
+_INSERT_SUBMISSION = Prepared(insert(FORM_SUBMISSION).values(
+    {name: bindparam(name, type_=FORM_SUBMISSION.c[name].type) for name in _SUBMISSION_COLUMNS}))
+_CONFIRMED = Prepared(
+    select(MESSAGE.c.id).join(CONVERSATION, CONVERSATION.c.id == MESSAGE.c.conversation_id)
+    .where(MESSAGE.c.studio_id == bindparam("studio_id"), CONVERSATION.c.guest_id == bindparam("guest_id"),
+           MESSAGE.c.auto_kind == CONFIRMATION,
+           MESSAGE.c.received_at >= bindparam("since", type_=MESSAGE.c.received_at.type)).limit(1))
+_GUEST_EMAIL = Prepared(select(GUEST.c.email).where(GUEST.c.id == bindparam("guest_id")))
 
 # The studio's language for the message the studio reads; the guest's for the confirmation.
 _WORDS = {
@@ -79,16 +107,13 @@ def language(locale: str) -> str:
 
 
 def find_submitted(conn: Connection, studio_id: int, token: str) -> Submitted | None:
-    row = conn.execute(select(FORM_SUBMISSION.c.conversation_id, FORM_SUBMISSION.c.message_id).where(
-        FORM_SUBMISSION.c.studio_id == studio_id, FORM_SUBMISSION.c.token == token)).first()
-    return None if row is None else Submitted(row.conversation_id, row.message_id, True, None)
+    row = _SUBMITTED.execute(conn, studio_id=studio_id, token=token).fetchone()
+    return None if row is None else Submitted(row[0], row[1], True, None)
 
 
 def submitted_today(conn: Connection, studio_id: int) -> int:
     """Submissions the studio took in the last 24 hours (the daily cap)."""
-    return int(conn.execute(select(func.count()).select_from(FORM_SUBMISSION).where(
-        FORM_SUBMISSION.c.studio_id == studio_id,
-        FORM_SUBMISSION.c.created_at >= utcnow() - timedelta(days=1))).scalar() or 0)
+    return int(_TODAY.execute(conn, studio_id=studio_id, since=utcnow() - timedelta(days=1)).fetchone()[0] or 0)
 
 
 def store_submission(conn: Connection, submission: Submission, settings: Settings) -> Submitted:
@@ -107,25 +132,25 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
     guest_id = ensure_guest(conn, studio.id, email, name)
     conversation_id = open_conversation(conn, studio.id, guest_id, words["subject"], now, message_count=1)
     text = answers_text(definition, values, submission.checked.upload_names, language(studio.locale))
-    message_id = int(conn.execute(insert(MESSAGE).returning(MESSAGE.c.id).values(
-        studio_id=studio.id, conversation_id=conversation_id, direction="inbound", state="visible",
+    message_id = int(_INSERT_MESSAGE.execute(
+        conn, studio_id=studio.id, conversation_id=conversation_id, direction="inbound", state="visible",
         from_email=email[:320], from_name=name[:200],
         to_json=json.dumps([{"email": f"{studio.slug}@{settings.mail_domain}", "name": studio.name}]),
         cc_json="[]", subject=words["subject"], text=text, full_text=text, html=None,
         message_id=f"form.{submission.token}.{studio.id}@{settings.mail_domain}", in_reply_to=None,
         references_json="[]", sent_at=now, received_at=now, thread_rule=THREAD_RULE, automatic=False,
-        auto_kind=None, delivery=None, parser="form", defects_json="[]")).scalar_one())
+        auto_kind=None, delivery=None, parser="form", defects_json="[]").fetchone()[0])
     uploads = submission.checked.uploads
     if uploads:
         digests = blob_store.put_many(conn, [u.data for u in uploads])
-        conn.execute(insert(ATTACHMENT), [
+        _INSERT_ATTACHMENT.execute_many(conn, [
             {"studio_id": studio.id, "message_id": message_id, "filename": u.filename[:255],
              "content_type": u.content_type, "size": len(u.data), "sha256": digest, "inline": False,
              "content_id": None} for u, digest in zip(uploads, digests)])
-    conn.execute(insert(FORM_SUBMISSION).values(
-        studio_id=studio.id, conversation_id=conversation_id, message_id=message_id, form_version=submission.version,
+    _INSERT_SUBMISSION.execute(
+        conn, studio_id=studio.id, conversation_id=conversation_id, message_id=message_id, form_version=submission.version,
         answers_json=json.dumps({"values": values, "files": submission.checked.upload_names}, ensure_ascii=False),
-        token=submission.token, consent_at=submission.consent_at, created_at=now))
+        token=submission.token, consent_at=submission.consent_at, created_at=now)
     confirmation = _confirm(conn, submission, conversation_id, guest_id, settings)
     return Submitted(conversation_id, message_id, False, confirmation)
 
@@ -162,11 +187,8 @@ def _confirm(conn: Connection, submission: Submission, conversation_id: int, gue
              settings: Settings) -> int | None:
     """The confirmation, unless this address had one from the studio in the last day."""
     studio = submission.studio
-    recent = conn.execute(
-        select(MESSAGE.c.id).join(CONVERSATION, CONVERSATION.c.id == MESSAGE.c.conversation_id)
-        .join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-        .where(MESSAGE.c.studio_id == studio.id, GUEST.c.id == guest_id, MESSAGE.c.auto_kind == CONFIRMATION,
-               MESSAGE.c.received_at >= utcnow() - CONFIRMATION_WINDOW).limit(1)).first()
+    recent = _CONFIRMED.execute(conn, studio_id=studio.id, guest_id=guest_id,
+                                since=utcnow() - CONFIRMATION_WINDOW).fetchone()
     if recent is not None:
         return None
     lang = submission.guest_language if submission.guest_language in _WORDS else language(studio.locale)
@@ -180,7 +202,7 @@ def _confirm(conn: Connection, submission: Submission, conversation_id: int, gue
         if labels:
             text += words["confirm_fields"].format(labels="\n".join(labels))
     text += words["confirm_end"].format(studio=studio_name)
-    email = conn.execute(select(GUEST.c.email).where(GUEST.c.id == guest_id)).scalar_one()
+    email = _GUEST_EMAIL.execute(conn, guest_id=guest_id).fetchone()[0]
     created = create_reply(conn, studio_id=studio.id, conversation_id=conversation_id, text=text,
                            settings=settings, auto_kind=CONFIRMATION, recipient=(email, ""),
                            subject=words["confirm_subject"].format(studio=studio_name))

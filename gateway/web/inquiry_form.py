@@ -20,12 +20,14 @@ from litestar import Controller, Request, Response, Router, get, post
 from litestar.datastructures import CacheControlHeader, State
 from litestar.exceptions import NotFoundException
 from litestar.static_files import create_static_files_router
+from sqlalchemy.exc import IntegrityError
 
 from gateway.forms import versions
 from gateway.forms.challenge import FIELD as POW_FIELD, new_challenge
 from gateway.forms.consent import valid_privacy_url
 from gateway.forms.definition import Definition, text_in
-from gateway.forms.intake import CONSENT_FIELD, Outcome, Post, PublicStudio, find_studio, take
+from gateway.forms.intake import (CONSENT_FIELD, Outcome, Pending, Post, PublicStudio, after_race, find_studio,
+                                  prepare, take_pending)
 from gateway.forms.issue import ISSUED_FIELD, issue
 from gateway.forms.limits import FormLimits
 from gateway.forms.submit import language
@@ -172,9 +174,22 @@ async def form_post(request: Request, state: State, slug: str) -> Response[Any]:
     fields = {k: [v.decode("utf-8", "replace") for v in values] for k, values in parsed.fields.items()}
     files = {k: [(p.filename, p.data) for p in parts] for k, parts in parsed.files.items()}
     client = request.client.host if request.client else "unknown"
-    outcome = await asyncio.to_thread(take, state.engine, state.settings, _limits(request),
+    decided = await asyncio.to_thread(prepare, state.engine, state.settings, _limits(request),
                                       studio, Post(fields, files, client, lang))
+    outcome = decided if isinstance(decided, Outcome) else await _store(state, decided)
     return _say_outcome(outcome, studio, lang, wants_json, fields, state)
+
+
+async def _store(state: State, pending: Pending) -> Outcome:
+    """The submission in the API's group commit (gateway/store/batching.py), shared with other
+    posts and replies arriving meanwhile: one fsync for all of them."""
+    writes = state.get("writes")
+    try:
+        if writes is None:
+            return await asyncio.to_thread(take_pending, state.engine, pending)
+        return await writes.run(pending.write)
+    except IntegrityError:
+        return await asyncio.to_thread(after_race, state.engine, pending)
 
 
 def _limits(request: Request) -> FormLimits:
