@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.forms import challenge, versions
@@ -19,6 +19,7 @@ from gateway.forms.submit import Studio, Submission, Submitted, find_submitted, 
 from gateway.settings import Settings
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
+from gateway.store.prepared import Prepared
 from gateway.store.tables import STUDIO
 
 CONSENT_FIELD = "_consent"
@@ -48,12 +49,15 @@ class Outcome:
     bare: bool = False
 
 
+_STUDIO = Prepared(select(STUDIO.c.id, STUDIO.c.slug, STUDIO.c.name, STUDIO.c.locale, STUDIO.c.privacy_url)
+                   .where(STUDIO.c.slug == bindparam("slug")))
+
+
 def find_studio(engine: Engine, slug: str) -> PublicStudio | None:
     """The studio a form URL names; None for an unknown (or erased) one: 404."""
     with read_tx(engine) as conn:
-        row = conn.execute(select(STUDIO.c.id, STUDIO.c.slug, STUDIO.c.name, STUDIO.c.locale,
-                                  STUDIO.c.privacy_url).where(STUDIO.c.slug == slug)).first()
-    return None if row is None else PublicStudio(row.id, row.slug, row.name, row.locale, row.privacy_url)
+        row = _STUDIO.execute(conn, slug=slug).fetchone()
+    return None if row is None else PublicStudio(*row)
 
 
 @dataclass

@@ -10,7 +10,9 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, insert, select
+from functools import lru_cache
+
+from sqlalchemy import Connection, bindparam, func, insert, select
 
 from gateway.forms.definition import DEFAULT, Definition, parse_definition
 from gateway.store.models import utcnow
@@ -26,14 +28,24 @@ class Version:
     created_at: datetime | None   # None: the built-in default, never saved
 
 
+# Every page view and post reads the current version: each saved definition is parsed once per
+# process (versions never change, so the text is the whole cache key).
+_CURRENT = (select(FORM_VERSION.c.version, FORM_VERSION.c.definition_json, FORM_VERSION.c.created_at)
+            .where(FORM_VERSION.c.studio_id == bindparam("studio_id"))
+            .order_by(FORM_VERSION.c.version.desc()).limit(1))
+
+
+@lru_cache(maxsize=256)
+def _parsed(definition_json: str) -> Definition:
+    return parse_definition(json.loads(definition_json))
+
+
 def current(conn: Connection, studio_id: int) -> Version:
     """The studio's newest version, or the default."""
-    row = conn.execute(select(FORM_VERSION.c.version, FORM_VERSION.c.definition_json, FORM_VERSION.c.created_at)
-                       .where(FORM_VERSION.c.studio_id == studio_id)
-                       .order_by(FORM_VERSION.c.version.desc()).limit(1)).first()
+    row = conn.execute(_CURRENT, {"studio_id": studio_id}).first()
     if row is None:
         return Version(DEFAULT_VERSION, DEFAULT, None)
-    return Version(row.version, parse_definition(json.loads(row.definition_json)), row.created_at)
+    return Version(row.version, _parsed(row.definition_json), row.created_at)
 
 
 def at(conn: Connection, studio_id: int, version: int) -> Version | None:
