@@ -7,7 +7,9 @@ and nothing is stored; double posts make one conversation; limits hold.
 """
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +20,8 @@ from gateway.forms import versions
 from gateway.forms.submit import answers_text
 from gateway.settings import Settings
 from gateway.store.db import read_tx
-from gateway.store.tables import CONVERSATION, FORM_SUBMISSION, MESSAGE, OUTBOUND_JOB
+from gateway.store.blobs import sha256_hex
+from gateway.store.tables import BLOB, CONVERSATION, FORM_SUBMISSION, MESSAGE, OUTBOUND_JOB
 from tests.conftest import RunningGateway, make_settings, start_gateway
 from tests.form_posts import JPEG, PNG, answers, issued, post, solved
 from tests.test_api_tokens import add_member
@@ -246,3 +249,25 @@ def test_a_proof_of_work_solution_counts_once(strict: RunningGateway) -> None:
     # Bare budget per IP is 3: the reused and the forged solution used two of it.
     assert post(web, "inkwell", answers(email="fourth@example.org")).status_code == 200
     assert post(web, "inkwell", answers(email="fifth@example.org")).status_code == 429
+
+
+def test_submissions_and_their_images_are_exported_and_erased_with_the_guest(gw: RunningGateway) -> None:
+    studio = gw.add_studio("inkwell")
+    web = gw.api(None)
+    assert post(web, "inkwell", answers(_issued=issued(studio.id)), [("rose.png", PNG)]).status_code == 200
+    assert post(web, "inkwell", answers(_issued=issued(studio.id), email="tom@example.net", name="Tom"),
+                [("lion.jpg", JPEG)]).status_code == 200
+    api = gw.api(studio.token)
+    archive = zipfile.ZipFile(io.BytesIO(api.get("/api/v1/export").content))
+    doc = json.loads(archive.read("export.json"))
+    submissions = [s for c in doc["conversations"] for s in c["form_submissions"]]
+    assert len(submissions) == 2 and json.loads(submissions[0]["answers_json"])["values"]["name"] == "Lena Rose"
+    assert submissions[0]["consent_at"] and doc["form_versions"] == []
+    assert PNG in [archive.read(n) for n in archive.namelist() if n.startswith("attachments/")]
+    lena = next(c for c in api.get("/api/v1/conversations").json()["items"] if c["guest"]["email"] == "lena@example.org")
+    assert api.post(f"/api/v1/guests/{lena['guest']['id']}/erase").status_code == 200
+    with read_tx(gw.engine) as conn:
+        left = conn.execute(select(FORM_SUBMISSION.c.answers_json)).scalars().all()
+        assert len(left) == 1 and "Lena" not in left[0]
+        assert conn.execute(select(func.count()).select_from(BLOB).where(BLOB.c.sha256 == sha256_hex(PNG))).scalar() == 0
+        assert conn.execute(select(func.count()).select_from(BLOB).where(BLOB.c.sha256 == sha256_hex(JPEG))).scalar() == 1
