@@ -208,8 +208,7 @@ def _say_outcome(outcome: Outcome, studio: PublicStudio, lang: str, wants_json: 
         headers = {"Retry-After": str(outcome.retry_after or 3600)}
         return _answer(429, studio, lang, wants_json, state="later", title=say(lang, "later_title"),
                        message=say(lang, "later"), headers=headers)
-    errors = {key: error_text(lang, code, params) for key, code_params in outcome.errors.items()
-              for code, params in [code_params]}
+    errors = {key: error_text(lang, code, params) for key, (code, params) in outcome.errors.items()}
     if wants_json:
         return Response({"status": "invalid", "errors": errors}, status_code=422, headers=CORS)
     assert outcome.version is not None
