@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:  # benchmark the working tree, not an installed co
 from bench.lib.baselines import litestar_baseline_main  # noqa: E402
 from bench.lib.gateway_calls import form_issued  # noqa: E402
 from bench.lib.gateway_process import GatewayOptions, gateway_main  # noqa: E402
+from bench.lib.loadclient import multipart_request  # noqa: E402
 from bench.lib.mails import STUDIO_SLUG  # noqa: E402
 from bench.lib.measure import measure_http  # noqa: E402
 from bench.lib.procs import connect, throwaway_database  # noqa: E402
@@ -57,15 +58,10 @@ def form_posts(info: dict[str, Any], count: int) -> list[bytes]:
                   "idea": "Eine kleine Rose am Handgelenk, feine Linien, etwa so groß wie eine Münze.",
                   "placement": "Handgelenk", "size": "4", "dates": "Freitags ab 14 Uhr", "_consent": "yes",
                   "_issued": form_issued(STUDIO_ID)}
-        boundary = uuid.uuid4().hex
-        body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-                        for k, v in fields.items())
-        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="ref-{i}.jpg"\r\n'
-                 "Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
-        head = (f"POST /f/{STUDIO_SLUG} HTTP/1.1\r\nHost: 127.0.0.1:{info['http_port']}\r\n"
-                f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n"
-                "Accept-Language: de-DE,de;q=0.9\r\nUser-Agent: Mozilla/5.0 (bench)\r\n\r\n").encode()
-        requests.append(head + body)
+        requests.append(multipart_request(
+            f"/f/{STUDIO_SLUG}", info["http_port"], {k: v.encode() for k, v in fields.items()},
+            {"Accept-Language": "de-DE,de;q=0.9", "User-Agent": "Mozilla/5.0 (bench)"},
+            [("images", f"ref-{i}.jpg", "image/jpeg", image)]))
     return requests
 
 
