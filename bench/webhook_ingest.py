@@ -39,6 +39,7 @@ from bench.lib.baselines import litestar_baseline_main  # noqa: E402
 from bench.lib.gateway_calls import MAILGUN_SIGNING_KEY  # noqa: E402
 from bench.lib.gateway_process import GatewayOptions, gateway_main  # noqa: E402
 from bench.lib.mails import RCPT, guest, short_inquiry  # noqa: E402
+from bench.lib.loadclient import multipart_request  # noqa: E402
 from bench.lib.measure import measure_http  # noqa: E402
 from bench.lib.procs import connect, throwaway_database  # noqa: E402
 from bench.lib.report import met, ratio  # noqa: E402
@@ -55,15 +56,10 @@ def mailgun_posts(info: dict[str, Any], count: int) -> list[bytes]:
     for i in range(count):
         token = secrets.token_hex(25)
         signature = hmac.new(MAILGUN_SIGNING_KEY.encode(), (now + token).encode(), hashlib.sha256).hexdigest()
-        boundary = uuid.uuid4().hex
         fields = {"recipient": RCPT.encode(), "sender": guest(run, i).encode(), "timestamp": now.encode(),
                   "token": token.encode(), "signature": signature.encode(), "body-mime": short_inquiry(run, i)}
-        body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'.encode() + v + b"\r\n"
-                        for k, v in fields.items()) + f"--{boundary}--\r\n".encode()
-        head = (f"POST /webhooks/mailgun/mime HTTP/1.1\r\nHost: 127.0.0.1:{info['http_port']}\r\n"
-                f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n"
-                "User-Agent: mailgun/treq-16.12.0\r\n\r\n").encode()
-        requests.append(head + body)
+        requests.append(multipart_request("/webhooks/mailgun/mime", info["http_port"], fields,
+                                          {"User-Agent": "mailgun/treq-16.12.0"}))
     return requests
 
 

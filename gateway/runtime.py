@@ -27,6 +27,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from sqlalchemy.engine import make_url
 
 from gateway.api.app import create_app
+from gateway.web.inquiry_form import form_routes
 from gateway.api.metrics import MetricsListener, fresh_children_dir
 from gateway.backup.schedule import BackupScheduler
 from gateway.store.batching import WriteBatcher
@@ -177,7 +178,7 @@ class Gateway:
             self._smtp = await start_smtp_server(self.acceptor, self.engine, self.settings, sock=smtp_sock)
             self.smtp_address = self._smtp.sockets[0].getsockname()[:2]
         if "web" in self.roles:
-            app = self.app = create_app(self.engine, self.settings)
+            app = self.app = create_app(self.engine, self.settings, pages=form_routes())
             app.state.acceptor = self.acceptor
             self.writes = WriteBatcher(self.engine)
             await self.writes.start()

@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     dns_timeout: float = Field(5.0, gt=0, le=60)      # seconds all of one message's lookups may take
     acknowledgements_per_hour: int = Field(30, ge=0)  # acknowledgements one studio sends per hour at most
 
+    # The public inquiry form /f/<slug> (gateway/forms/, docs/forms.md says which limits apply).
+    form_min_fill_seconds: float = Field(3.0, ge=0)       # faster posts of our page are refused quietly
+    form_per_ip_per_hour: int = Field(20, ge=1)           # submissions from one client address
+    form_per_address_per_day: int = Field(5, ge=1)        # submissions per guest address and studio
+    form_bare_per_ip_per_hour: int = Field(5, ge=1)       # the same for posts without our issued fields
+    form_bare_per_address_per_day: int = Field(2, ge=1)
+    form_daily_cap: int = Field(200, ge=1)                # submissions one studio takes per day, then "try later"
+
     # Outbound mail (replies): relay, retries, signing.
     smtp_relay_url: SecretStr | None = None           # smtp://[user:pass@]host[:port] | smtps://...; none: Maildir
     smtp_relay_timeout: float = Field(30.0, gt=0)

@@ -15,9 +15,14 @@ from playwright.sync_api import Browser, sync_playwright
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless chromium for the whole run; each test opens its own context (cookies apart)."""
+    """One headless chromium per test module; each test opens its own context (cookies apart).
+
+    Not per session: Playwright's sync API keeps an event loop running on the main thread
+    while it is open, so every later module's `asyncio.run` (an outbox round, the relay sink)
+    would fail with "Cannot run the event loop while another loop is running". Launching
+    chromium once per module costs about a second."""
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:

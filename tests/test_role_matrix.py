@@ -60,6 +60,9 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/attachments/{attachment_id:str}"):       ("2xx", "2xx", "401", "404", "401", "2xx", "403"),
     ("GET", "/api/v1/studio"):                                ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     ("PATCH", "/api/v1/studio"):                              ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("GET", "/api/v1/form"):                                  ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("PUT", "/api/v1/form"):                                  ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("GET", "/api/v1/form/versions"):                         ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     ("GET", "/api/v1/tokens"):                                ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     ("POST", "/api/v1/tokens"):                               ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     ("DELETE", "/api/v1/tokens/{token_id:str}"):              ("2xx", "404", "401", "404", "401", "403", "403"),
@@ -97,8 +100,9 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/billing/cancel"):                       ("409", "403", "401", "409", "401", "403", "403"),
 }
 
-# Routes that are no caller's business: probes, the schema, providers' signed webhooks.
-UNLISTED = ("/healthz", "/readyz", "/schema", "/webhooks/")
+# Routes that are no caller's business: probes, the schema, providers' signed webhooks, and the
+# guests' public inquiry form (tests/test_form_api.py).
+UNLISTED = ("/healthz", "/readyz", "/schema", "/webhooks/", "/f/")
 
 
 @dataclass
@@ -232,6 +236,8 @@ class World:
         if template.endswith("/deletion/confirm") and method == "POST":
             code = {"code": "ABCD-EFGH-JKLM"}   # well-formed, but no request has it
             return {"json": code} if template.startswith("/api/") else {"data": code}
+        if template == "/api/v1/form" and method == "PUT":
+            return {"json": {"fields": [{"key": "email", "type": "email", "required": True, "label": "E-Mail"}]}}
         if template == "/api/v1/billing/checkout":
             return {"json": {"plan": "monthly"}}
         if template == "/api/v1/support-grants" and method == "POST":

@@ -74,6 +74,15 @@ def _route(name: str) -> Any:
 
         return mailgun
 
+    if name == "form":
+        @post("/f/{slug:str}", request_max_body_size=33 * 1024 * 1024, status_code=200)
+        async def form(request: Request[Any, Any, Any], slug: str) -> Response[str]:
+            """Parse the multipart form with Litestar's own parser, answer a small page, store nothing."""
+            await request.form()
+            return Response("<!doctype html><p role=status>Danke!</p>", media_type="text/html", status_code=200)
+
+        return form
+
     class ReplyBody(msgspec.Struct):
         text: str
 
@@ -86,7 +95,7 @@ def _route(name: str) -> Any:
 
 
 def litestar_baseline_main(pipe: Any, route: str) -> None:
-    """A do-nothing Litestar app with the one route "mailgun" or "reply", pinned to the server core."""
+    """A do-nothing Litestar app with the one route "mailgun", "form" or "reply", pinned to the server core."""
     from litestar import Litestar
 
     pin("server")

@@ -35,6 +35,13 @@ def settings(data_dir: str | Path, database_url: str, **extra: Any) -> Any:
     return Settings(**(values | extra))
 
 
+def form_issued(studio_id: int) -> str:
+    """The hidden `_issued` field the inquiry page serves (gateway/forms/issue.py), for the bench's secret."""
+    from gateway.forms.issue import issue
+
+    return issue(SECRET.encode(), studio_id)
+
+
 def smtp_limits() -> tuple[int, float]:
     """(message size limit, idle timeout) of the gateway's SMTP server as deployed."""
     from gateway.settings import Settings

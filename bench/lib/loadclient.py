@@ -22,6 +22,7 @@ import contextlib
 import re
 import socket
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -250,6 +251,23 @@ def smtp_client_main(pipe: Any, port: int, run: str, count: int, size: str, conn
 
 
 # --- HTTP ---------------------------------------------------------------------------------------
+
+def multipart_request(path: str, port: int, fields: dict[str, bytes], headers: dict[str, str],
+                      files: list[tuple[str, str, str, bytes]] = ()) -> bytes:  # type: ignore[assignment]
+    """One HTTP/1.1 POST of multipart/form-data, as bytes on the wire: `fields` by name, then
+    `files` as (name, filename, content type, data)."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'.encode() + v + b"\r\n"
+                    for k, v in fields.items())
+    for name, filename, content_type, data in files:
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                 f"Content-Type: {content_type}\r\n\r\n").encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    return head + body
+
 
 @dataclass
 class HttpResult:

@@ -1,7 +1,9 @@
 """The Litestar application: one controller per resource, the caller provided to each."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -17,6 +19,7 @@ from gateway.api.cors import cors_hook
 from gateway.api.docs import openapi_config, static_files
 from gateway.api.events import events_stream
 from gateway.api.export import ExportController
+from gateway.api.form import FormController
 from gateway.api.guests import GuestController
 from gateway.api.idempotency import IdempotencyMiddleware, Replay, provide_idempotency, replay_answer
 from gateway.api.health import healthz, readyz
@@ -41,8 +44,10 @@ from webhooks import webhook_handlers
 from webhooks.stripe import stripe_webhook
 
 
-def create_app(engine: Engine, settings: Settings) -> Litestar:
-    """The HTTP side; `app.state.acceptor` must be set before webhooks can store mail."""
+def create_app(engine: Engine, settings: Settings, pages: Sequence[Any] = ()) -> Litestar:
+    """The HTTP side; `app.state.acceptor` must be set before webhooks can store mail. `pages`
+    are the server-rendered routes of gateway/web/, handed in by the runtime (api and web are
+    siblings that do not import each other)."""
     receivers, webhooks = webhook_handlers(settings)
     reader = loop_reader(engine)
 
@@ -58,8 +63,8 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
                         HeldController, ConversationStatusController, AttachmentController, BillingController,
                         ProfileController, SupportGrantController, AuditController, ConversationTrashController,
                         MessageController, TrashController, GuestController, ExportController,
-                        AccountDeletionController, AutomaticController, events_stream, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
-                        static_files()],
+                        AccountDeletionController, AutomaticController, FormController, events_stream, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
+                        static_files(), *pages],
         dependencies={"caller": Provide(provide_caller), "idempotent": Provide(provide_idempotency)},
         openapi_config=openapi_config(),  # the docs page and its scripts served by us (api/docs.py)
         debug=False,

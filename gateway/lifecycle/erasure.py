@@ -28,7 +28,8 @@ from gateway.store.models import (SQLModel, utcnow)
 from gateway.access.idempotency import forget_conversation
 from gateway.access.visibility import recount
 from gateway.store.blobs import blob_store
-from gateway.store.tables import STUDIO, INBOUND, GUEST, CONVERSATION, MESSAGE, ATTACHMENT, OUTBOUND_JOB, TOMBSTONE
+from gateway.store.tables import (STUDIO, INBOUND, GUEST, CONVERSATION, MESSAGE, ATTACHMENT, OUTBOUND_JOB, TOMBSTONE,
+                                  FORM_SUBMISSION)
 
 _CHUNK = 500  # ids per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
 
@@ -193,6 +194,8 @@ def _erase_messages(conn: Connection, studio_id: int, message_ids: list[int]) ->
         _tombstone(conn, studio_id, keys)
         conn.execute(delete(OUTBOUND_JOB).where(OUTBOUND_JOB.c.message_id.in_(chunk)))
         conn.execute(delete(ATTACHMENT).where(ATTACHMENT.c.message_id.in_(chunk)))
+        # A form submission's answers (and consent) go with the message they became.
+        conn.execute(delete(FORM_SUBMISSION).where(FORM_SUBMISSION.c.message_id.in_(chunk)))
         conn.execute(update(MESSAGE).where(MESSAGE.c.bounce_of_id.in_(chunk)).values(bounce_of_id=None))
         conn.execute(delete(MESSAGE).where(MESSAGE.c.id.in_(chunk)))
     _drop_unreferenced_inbound(conn, inbound_ids)

@@ -26,7 +26,7 @@ import msgspec
 from sqlalchemy import Connection, select
 
 from gateway.store.blobs import blob_store
-from gateway.store.tables import ATTACHMENT, GUEST, MESSAGE, OUTBOUND_JOB, STUDIO
+from gateway.store.tables import ATTACHMENT, FORM_SUBMISSION, FORM_VERSION, GUEST, MESSAGE, OUTBOUND_JOB, STUDIO
 from gateway.mail.files import sanitise_filename
 from gateway.settings import Settings
 from gateway.store.tables import CONVERSATION
@@ -64,6 +64,9 @@ def write_export(conn: Connection, studio_id: int, settings: Settings, out: IO[b
         "guests": [dict(r._mapping) for r in conn.execute(
             select(GUEST.c.id, GUEST.c.email, GUEST.c.name, GUEST.c.created_at)
             .where(GUEST.c.studio_id == studio_id).order_by(GUEST.c.id))],
+        "form_versions": [dict(r._mapping) for r in conn.execute(
+            select(FORM_VERSION.c.version, FORM_VERSION.c.definition_json, FORM_VERSION.c.created_at)
+            .where(FORM_VERSION.c.studio_id == studio_id).order_by(FORM_VERSION.c.version))],
     }
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         with archive.open(DOCUMENT, "w", force_zip64=True) as doc:
@@ -97,6 +100,11 @@ def _conversations(conn: Connection, studio_id: int, summary: ExportSummary) -> 
             jobs = {j.message_id: j for j in conn.execute(select(
                 OUTBOUND_JOB.c.message_id, OUTBOUND_JOB.c.status, OUTBOUND_JOB.c.attempts, OUTBOUND_JOB.c.sent_at,
                 OUTBOUND_JOB.c.last_error).where(OUTBOUND_JOB.c.message_id.in_(ids)))}
+        submissions = [dict(r._mapping) for r in conn.execute(select(
+            FORM_SUBMISSION.c.message_id, FORM_SUBMISSION.c.form_version, FORM_SUBMISSION.c.answers_json,
+            FORM_SUBMISSION.c.consent_at, FORM_SUBMISSION.c.created_at).where(
+            FORM_SUBMISSION.c.studio_id == studio_id, FORM_SUBMISSION.c.conversation_id == c.id)
+            .order_by(FORM_SUBMISSION.c.id))]
         summary.conversations += 1
         summary.messages += len(messages)
         yield {
@@ -104,6 +112,7 @@ def _conversations(conn: Connection, studio_id: int, summary: ExportSummary) -> 
             "created_at": c.created_at, "last_message_at": c.last_message_at, "message_count": c.message_count,
             "read_at": c.read_at, "deleted_at": c.deleted_at, "deleted_by": c.deleted_by,
             "messages": [_message(m, files.get(m.id, []), jobs.get(m.id), summary) for m in messages],
+            "form_submissions": submissions,   # the inquiry form's answers; uploads are the messages' attachments
         }
 
 

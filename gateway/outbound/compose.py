@@ -292,6 +292,11 @@ def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: by
         rendered = late
     elif m.auto_kind == "acknowledgement":
         rendered = renderer.acknowledgement(locale=m.locale, studio_name=m.name)
+    elif m.automatic:
+        # Other automatic mail (an inquiry form's confirmation, gateway/forms/submit.py) goes to an
+        # address nobody verified: it echoes nothing of the guest's, no quote and no name.
+        rendered = renderer.reply(locale=m.locale, studio_name=m.name, text=m.text, guest_name="", quoted=None,
+                                  time_zone=m.time_zone)
     else:
         rendered = renderer.reply(locale=m.locale, studio_name=m.name, text=m.text,
                                   guest_name=guest_name, quoted=quoted, time_zone=m.time_zone)

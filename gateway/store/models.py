@@ -32,6 +32,7 @@ class Studio(SQLModel, table=True):
     acknowledge_inquiries: bool = False   # send guests an automatic "thanks, we'll answer" for new inquiries
     country: str | None = Field(default=None, max_length=2)   # ISO 3166 code: which lockdowns apply
     time_zone: str = Field(default="Europe/Berlin", max_length=64)  # IANA zone of the dates its mails show
+    privacy_url: str | None = Field(default=None, max_length=2000)  # the privacy page the inquiry form's consent links
 
 
 class Profile(SQLModel, table=True):
@@ -506,6 +507,53 @@ class AccountDeletion(SQLModel, table=True):
     confirmed_at: datetime | None = None
     message_ref: int | None = None    # the helpdesk's outbound message carrying the code (no key: it may be erased)
     reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+
+
+# --- the inquiry form (gateway/forms/) -------------------------------------------------------
+
+class FormVersion(SQLModel, table=True):
+    """Every save of a studio's inquiry form is a new row: a submission names the version it
+    answered, so an old inquiry still reads with the labels the guest saw."""
+
+    __tablename__ = "form_version"
+    __table_args__ = (UniqueConstraint("studio_id", "version", name="uq_form_version_studio_version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    version: int
+    definition_json: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class FormSubmission(SQLModel, table=True):
+    """A guest's answers to the form, beside the conversation and message they became.
+
+    `token` is the double-submit token issued with the page: a second post with it finds this
+    row and makes no second conversation. `form_version_id` is NULL for the built-in default
+    form a studio never edited (its version 0). The consent is stored as when and under which
+    version it was given."""
+
+    __tablename__ = "form_submission"
+    __table_args__ = (UniqueConstraint("studio_id", "token", name="uq_form_submission_studio_token"),
+                      Index("ix_form_submission_studio_created", "studio_id", "created_at"))
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    conversation_id: int = Field(foreign_key="conversation.id", index=True)
+    message_id: int = Field(foreign_key="message.id")
+    form_version: int
+    answers_json: str = Field(sa_column=Column(Text, nullable=False))
+    token: str = Field(max_length=64)
+    consent_at: datetime
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class FormChallengeUsed(SQLModel, table=True):
+    """ALTCHA proof-of-work solutions already spent (gateway/forms/challenge.py): a solution
+    is accepted once, so it is kept until its challenge expires and is dropped after."""
+
+    __tablename__ = "form_challenge_used"
+    __table_args__ = (Index("ix_form_challenge_used_expires", "expires_at"),)
+    challenge: str = Field(primary_key=True, max_length=128)
+    expires_at: datetime
 
 
 # --- the studio's event log (gateway/eventlog.py) ----------------------------------------------

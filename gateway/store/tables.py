@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Table
 
-from gateway.store.models import (Studio, Profile, ApiToken, Blob, InboundMail, Guest, Conversation, Message, Attachment, OutboundJob, Subscription, Lockdown, PaymentPause, StripeEvent, Tombstone, BackupSchedule, SupportGrant, SupportToken, AuditEntry, AccountDeletion, RateLimit, AutomaticMail, IdempotencyKey, StudioEventCounter, StudioEvent)
+from gateway.store.models import (Studio, Profile, ApiToken, Blob, InboundMail, Guest, Conversation, Message, Attachment, OutboundJob, Subscription, Lockdown, PaymentPause, StripeEvent, Tombstone, BackupSchedule, SupportGrant, SupportToken, AuditEntry, AccountDeletion, RateLimit, AutomaticMail, IdempotencyKey, StudioEventCounter, StudioEvent, FormVersion, FormSubmission, FormChallengeUsed)
 
 STUDIO: Table = Studio.__table__  # type: ignore[attr-defined]
 PROFILE: Table = Profile.__table__  # type: ignore[attr-defined]
@@ -35,3 +35,6 @@ AUTOMATIC_MAIL: Table = AutomaticMail.__table__  # type: ignore[attr-defined]
 IDEMPOTENCY_KEY: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 STUDIO_EVENT_COUNTER: Table = StudioEventCounter.__table__  # type: ignore[attr-defined]
 STUDIO_EVENT: Table = StudioEvent.__table__  # type: ignore[attr-defined]
+FORM_VERSION: Table = FormVersion.__table__  # type: ignore[attr-defined]
+FORM_SUBMISSION: Table = FormSubmission.__table__  # type: ignore[attr-defined]
+FORM_CHALLENGE_USED: Table = FormChallengeUsed.__table__  # type: ignore[attr-defined]
