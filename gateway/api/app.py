@@ -1,9 +1,10 @@
 """The Litestar application: one controller per resource, the caller provided to each."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.di import Provide
 from sqlalchemy import Engine
 
@@ -33,8 +34,11 @@ from webhooks import webhook_handlers
 from webhooks.stripe import stripe_webhook
 
 
-def create_app(engine: Engine, settings: Settings) -> Litestar:
-    """The HTTP side; `app.state.acceptor` must be set before webhooks can store mail."""
+def create_app(engine: Engine, settings: Settings, pages: Sequence[Router] = ()) -> Litestar:
+    """The HTTP side; `app.state.acceptor` must be set before webhooks can store mail.
+
+    `pages`: the web messenger's routers (gateway/web/), which gateway/runtime.py mounts: the
+    API and the pages are edges side by side and do not import each other."""
     receivers, webhooks = webhook_handlers(settings)
     reader = loop_reader(engine)
 
@@ -48,7 +52,7 @@ def create_app(engine: Engine, settings: Settings) -> Litestar:
                         ProfileController, SupportGrantController, AuditController, ConversationTrashController,
                         MessageController, TrashController, GuestController, ExportController,
                         AccountDeletionController, AutomaticController, confirmation_page, confirmation_form, *webhooks, stripe_webhook,
-                        static_files()],
+                        static_files(), *pages],
         dependencies={"caller": Provide(provide_caller)},
         openapi_config=openapi_config(),  # the docs page and its scripts served by us (api/docs.py)
         debug=False,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Table
 
-from gateway.store.models import (Studio, Profile, ApiToken, Blob, InboundMail, Guest, Conversation, Message, Attachment, OutboundJob, Subscription, Lockdown, PaymentPause, StripeEvent, Tombstone, BackupSchedule, SupportGrant, SupportToken, AuditEntry, AccountDeletion, RateLimit, AutomaticMail)
+from gateway.store.models import (Studio, Profile, ApiToken, Blob, InboundMail, Guest, Conversation, Message, Attachment, OutboundJob, Subscription, Lockdown, PaymentPause, StripeEvent, Tombstone, BackupSchedule, SupportGrant, SupportToken, AuditEntry, AccountDeletion, RateLimit, AutomaticMail, LoginLink, WebSession)
 
 STUDIO: Table = Studio.__table__  # type: ignore[attr-defined]
 PROFILE: Table = Profile.__table__  # type: ignore[attr-defined]
@@ -32,3 +32,5 @@ AUDIT_ENTRY: Table = AuditEntry.__table__  # type: ignore[attr-defined]
 ACCOUNT_DELETION: Table = AccountDeletion.__table__  # type: ignore[attr-defined]
 RATE_LIMIT: Table = RateLimit.__table__  # type: ignore[attr-defined]
 AUTOMATIC_MAIL: Table = AutomaticMail.__table__  # type: ignore[attr-defined]
+LOGIN_LINK: Table = LoginLink.__table__  # type: ignore[attr-defined]
+WEB_SESSION: Table = WebSession.__table__  # type: ignore[attr-defined]

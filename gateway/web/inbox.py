@@ -1,0 +1,68 @@
+"""/app/: the studio's inbox, newest activity first, behind sign-in.
+
+Reads through the same functions as the API (gateway/inbox/reading.py), scoped to the session's
+studio; a member sees what the API shows a member (the whole inbox). Support access has no
+session, so it never reaches a page. Without a live session: the login page.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.response import Redirect
+from sqlalchemy import Engine, select
+
+from gateway.access.web_sessions import SessionCaller
+from gateway.inbox.reading import ConversationOut, list_conversations
+from gateway.inbox.snippets import snippets
+from gateway.store.db import read_tx
+from gateway.store.tables import PROFILE, STUDIO
+from gateway.web.login import page
+from gateway.web.security import csrf_token
+from gateway.web.session import clear_session, session_token, signed_in
+from gateway.web.templating import negotiate, short_time
+
+PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class Row:
+    conversation: ConversationOut
+    snippet: str
+    when: str           # in the studio's time zone
+    when_iso: str
+
+
+@dataclass(frozen=True)
+class Inbox:
+    studio_name: str
+    profile_email: str
+    rows: list[Row]
+
+
+@get("/app/", name="web-inbox")
+async def inbox(request: Request[Any, Any, Any]) -> Response[Any]:
+    signed = await signed_in(request)
+    if signed is None:  # never signed in, or a session that is over: the login page, cookie gone
+        response: Response[Any] = Redirect("/app/login", status_code=303)
+        if session_token(request, request.app.state.settings):
+            clear_session(response, request, request.app.state.settings)
+        return response
+    language = negotiate(request.headers.get("accept-language", ""), signed.locale)
+    found = await asyncio.to_thread(_read, request.app.state.engine, signed, language)
+    csrf = csrf_token(request.app.state.settings.secret(), session_token(request, request.app.state.settings) or "")
+    return page(request, "inbox.html", language=language, inbox=found, csrf=csrf)
+
+
+def _read(engine: Engine, signed: SessionCaller, language: str) -> Inbox:
+    caller = signed.caller
+    with read_tx(engine) as conn:
+        studio = conn.execute(select(STUDIO.c.name, STUDIO.c.time_zone).where(STUDIO.c.id == caller.studio_id)).one()
+        email = conn.execute(select(PROFILE.c.email).where(PROFILE.c.id == caller.profile_id)).scalar_one()
+        listed = list_conversations(conn, caller.studio_id, limit=PAGE_SIZE)
+        lines = snippets(conn, caller.studio_id, [c.id for c in listed.items])
+    rows = [Row(c, lines.get(c.id, ""), short_time(c.last_message_at, studio.time_zone, language),
+                c.last_message_at.isoformat()) for c in listed.items]
+    return Inbox(studio.name, email, rows)
