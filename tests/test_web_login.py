@@ -104,7 +104,7 @@ def test_cookie_flags_on_plain_http_and_pages_headers(web: Web) -> None:
         headers = client.get(path).headers
         csp = headers["content-security-policy"]
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
-        assert headers["referrer-policy"] == "no-referrer" and headers["cache-control"] == "no-store"
+        assert headers["referrer-policy"] == "same-origin" and headers["cache-control"] == "no-store"
     page = client.get("/app/").text
     assert "<script>" not in page and " style=" not in page and "onclick" not in page  # nothing inline
     assert client.get("/app/static/vendor/htmx-2.0.11.min.js").status_code == 200

@@ -3,9 +3,11 @@ helpdesk that mails sign-in links into a relay sink, and a browser-like HTTP cli
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -17,6 +19,14 @@ from tests.test_outbound import send_due
 HELPDESK = f"helpdesk@{MAIL_DOMAIN}"
 LINK = re.compile(r"https?://\S+/app/login/link\?token=[A-Za-z0-9_-]+")
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+T = TypeVar("T")
+
+
+def off_thread(work: Callable[[], T]) -> T:
+    """Run `work` in a thread of its own: Playwright's sync API keeps an event loop running in
+    the test's thread, so the sink's and the outbox's own loops cannot start there."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(work).result(timeout=120)
 
 
 @dataclass
@@ -37,7 +47,7 @@ class Web:
     def mailed(self) -> list[Received]:
         """What one outbox round sends now."""
         before = len(self.sink.received)
-        send_due(self.gw)
+        off_thread(lambda: send_due(self.gw))
         return self.sink.received[before:]
 
     def link_for(self, client: httpx.Client, email: str) -> str:
@@ -69,7 +79,8 @@ def link_of(mail: Received) -> str:
 @pytest.fixture
 def web(tmp_path: Path, database_url: str) -> Iterator[Web]:
     port = free_port()
-    with RelaySink() as sink:
+    sink = off_thread(RelaySink().__enter__)
+    try:
         running = start_gateway(make_settings(tmp_path, database_url, helpdesk_address=HELPDESK,
                                               smtp_relay_url=sink.url, public_url=f"http://127.0.0.1:{port}"),
                                 http_port=port)
@@ -77,3 +88,5 @@ def web(tmp_path: Path, database_url: str) -> Iterator[Web]:
             yield Web(running, sink)
         finally:
             running.stop()
+    finally:
+        off_thread(lambda: sink.__exit__(None, None, None))

@@ -38,14 +38,16 @@ def content_security_policy(frame_ancestors: str = "'none'") -> str:
 
 
 def page_headers(frame_ancestors: str = "'none'") -> list[ResponseHeader]:
-    """The headers of a page route (Litestar `response_headers=`). `Referrer-Policy: no-referrer`
-    keeps a sign-in link's token out of any Referer; pages are never cached (they show mail)."""
+    """The headers of a page route (Litestar `response_headers=`). `Referrer-Policy: same-origin`
+    keeps a sign-in link's token out of any other site's Referer (`no-referrer` would also make
+    browsers send `Origin: null` with our own forms, which the Origin check must refuse); pages
+    are never cached (they show mail)."""
     return [ResponseHeader(name=name, value=value) for name, value in header_values(frame_ancestors).items()]
 
 
 def header_values(frame_ancestors: str = "'none'") -> dict[str, str]:
     return {"Content-Security-Policy": content_security_policy(frame_ancestors),
-            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
             "Cache-Control": "no-store"}
 
 
