@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 from sqlalchemy import func, select, update
@@ -15,7 +16,7 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import LOGIN_LINK, MESSAGE, WEB_SESSION
 from gateway.web.login import PER_ADDRESS
 from tests.access import PROFILES, connect_member
-from tests.conftest import gateway_subprocess_env
+from tests.conftest import gateway_subprocess_env, make_settings, start_gateway
 from tests.mail import make_mail
 from tests.web import HELPDESK, Web, csrf_of, link_of, web  # noqa: F401
 
@@ -225,3 +226,38 @@ def test_the_cli_prints_a_link_for_the_owner(web: Web) -> None:
     refused = subprocess.run([sys.executable, "-m", "gateway.cli", "studio", "login-link", "inkwell",
                               "--email", "stranger@example.org"], env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "not a connected profile" in refused.stderr
+
+
+def test_over_https_the_cookie_is_secure_with_the_host_prefix(tmp_path: Path, database_url: str) -> None:
+    from gateway.access.web_sessions import create_link, recipients
+    from gateway.store.models import utcnow
+
+    running = start_gateway(make_settings(tmp_path, database_url, public_url="https://messenger.example"))
+    try:
+        running.add_studio("inkwell", "Inkwell")
+        with write_tx(running.engine) as conn:
+            [owner] = recipients(conn, OWNER)
+            link = create_link(conn, running.settings.secret(), owner, utcnow())
+        client = running.api(None)  # sends cookies by hand: httpx keeps Secure ones for https
+        page = client.get(f"/app/login/link?token={link.token}")
+        presession = page.headers["set-cookie"].split(";", 1)[0]
+        assert "secure" in page.headers["set-cookie"].lower()
+        signed = client.post("/app/login/link", data={"token": link.token, "csrf_token": csrf_of(page.text)},
+                             headers={"Cookie": presession, "Origin": "https://messenger.example"})
+        assert signed.status_code == 303
+        cookie = signed.headers["set-cookie"]
+        assert cookie.startswith("__Host-gw_session=gwsess_")
+        flags = cookie.split(", gw_presession", 1)[0].lower()
+        assert "secure" in flags and "httponly" in flags and "samesite=lax" in flags and "path=/" in flags
+        assert "domain=" not in flags
+        session = cookie.split(";", 1)[0]
+        assert client.get("/app/", headers={"Cookie": session}).status_code == 200
+        # The same token under the plain name is not read over https.
+        plain = "gw_session=" + session.split("=", 1)[1]
+        assert client.get("/app/", headers={"Cookie": plain}).status_code == 303
+        wrong_origin = client.post("/app/login", data={"email": OWNER, "csrf_token": csrf_of(page.text)},
+                                   headers={"Cookie": presession, "Origin": client.base_url.scheme + "://"
+                                            + client.base_url.netloc.decode()})
+        assert wrong_origin.status_code == 403  # the origin is the public URL's, not the Host's
+    finally:
+        running.stop()
