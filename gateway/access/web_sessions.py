@@ -38,6 +38,9 @@ IDLE_LIMIT = timedelta(days=14)
 TOUCH_EVERY = timedelta(minutes=10)
 LOGIN_PATH = "/app/login/link"       # the page a link opens: GET shows the button, POST signs in
 SESSION_PREFIX = "gwsess_"
+# The session cookie (gateway/web/session.py sets it): `__Host-` + Secure over https, the plain
+# name on http. Here, below the edges, so the API's caller can read a page's session too.
+SECURE_COOKIE, PLAIN_COOKIE = "__Host-gw_session", "gw_session"
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ async def sign_in(request: Request[Any, Any, Any]) -> Response[Any]:
     settings: Settings = request.app.state.settings
     form = await checked_form(request, request.cookies.get(PRESESSION_COOKIE))
     try:
-        signed, token = await asyncio.to_thread(_consume, request.app.state.engine, str(form.get("token", "")))
+        _, token = await asyncio.to_thread(_consume, request.app.state.engine, str(form.get("token", "")))
     except LinkRefused as refused:
         return page(request, "link_refused.html", status=REFUSALS[refused.reason], reason=refused.reason)
     response: Response[Any] = Redirect("/app/", status_code=303)

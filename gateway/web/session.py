@@ -18,13 +18,12 @@ from litestar import Request, Response
 from litestar.datastructures import Cookie
 from sqlalchemy import Engine
 
-from gateway.access.web_sessions import SessionCaller, session_caller, touch
+from gateway.access.web_sessions import PLAIN_COOKIE, SECURE_COOKIE, SessionCaller, session_caller, touch
 from gateway.settings import Settings
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.web.security import PRESESSION_COOKIE, https
 
-SECURE_COOKIE, PLAIN_COOKIE = "__Host-gw_session", "gw_session"
 COOKIE_DAYS = 400
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import gettext
 import io
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -61,7 +61,7 @@ def negotiate(accept_language: str, choice: str | None = None) -> str:
     return min(ranked)[2] if ranked else DEFAULT_LANGUAGE
 
 
-@lru_cache(maxsize=None)
+@cache
 def translations(language: str) -> gettext.NullTranslations:
     """The compiled catalog of one language (compiled from its .po once per process)."""
     po = _LOCALE_DIR / language / "LC_MESSAGES" / "messages.po"
@@ -80,7 +80,7 @@ def _loader() -> jinja2.BaseLoader:
     return jinja2.FunctionLoader(lambda name: (root / name).read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def environment(language: str) -> jinja2.Environment:
     """One environment per language: the catalog is installed once, not per render, and a
     rendering thread never sees another language's strings."""
