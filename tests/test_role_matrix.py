@@ -90,8 +90,10 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/billing/cancel"):                       ("409", "403", "401", "409", "401", "403", "403"),
 }
 
-# Routes that are no caller's business: probes, the schema, providers' signed webhooks.
-UNLISTED = ("/healthz", "/readyz", "/schema", "/webhooks/")
+# Routes that are no caller's business: probes, the schema, providers' signed webhooks; and the
+# web pages, which take a session, not a bearer token: their matrix is PAGES in
+# tests/test_web_login.py.
+UNLISTED = ("/healthz", "/readyz", "/schema", "/webhooks/", "/app")
 
 
 @dataclass

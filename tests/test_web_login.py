@@ -261,3 +261,38 @@ def test_over_https_the_cookie_is_secure_with_the_host_prefix(tmp_path: Path, da
         assert wrong_origin.status_code == 403  # the origin is the public URL's, not the Host's
     finally:
         running.stop()
+
+
+# Every page route and who reaches it: "public" pages need no session (sign-in), "session" ones
+# a live session of a connected profile; everyone else gets the login page (303).
+PAGES: dict[tuple[str, str], str] = {
+    ("GET", "/app/login"): "public",
+    ("POST", "/app/login"): "public",
+    ("GET", "/app/login/link"): "public",
+    ("POST", "/app/login/link"): "public",
+    ("POST", "/app/logout"): "session",
+    ("GET", "/app"): "session",            # /app/ (Litestar keeps paths without the slash)
+    ("GET", "/app/static/{file_path:path}"): "public",
+    ("HEAD", "/app/static/{file_path:path}"): "public",
+}
+
+
+def test_every_page_route_is_decided_and_sessions_decide_who_reaches_them(web: Web) -> None:
+    app = web.gw.gateway._uvicorn.config.app  # type: ignore[union-attr]
+    routes = {(method, route.path) for route in app.routes for handler in route.route_handlers
+              for method in handler.http_methods if method != "OPTIONS" and route.path.startswith("/app")}
+    assert routes == set(PAGES), "page routes nobody has decided on, or decided routes that are gone"
+
+    studio = web.gw.add_studio("inkwell", "Inkwell")
+    web.gw.add_studio("blackrose", "Black Rose")
+    member_id, _ = connect_member(web.gw, studio, "artist@inkwell.example")
+    owner, member = signed_in_client(web), signed_in_client(web, "artist@inkwell.example")
+    other = signed_in_client(web, "owner@blackrose.example")
+    assert "Inkwell" in owner.get("/app/").text and "Inkwell" in member.get("/app/").text
+    assert "Black Rose" in other.get("/app/").text and "Inkwell" not in other.get("/app/").text
+    assert web.gw.api(studio.token).delete(f"{PROFILES}/{member_id}").status_code in (200, 204)
+    assert member.get("/app/").status_code == 303
+    assert web.client().get("/app/").status_code == 303
+    for (method, path), who in PAGES.items():
+        if who == "session" and method == "POST":
+            assert web.client().post(path, data={}).status_code == 303  # nothing to end, nothing done
