@@ -15,9 +15,13 @@ from playwright.sync_api import Browser, sync_playwright
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless chromium for the whole run; each test opens its own context (cookies apart)."""
+    """One headless chromium per test module; each test opens its own context (cookies apart).
+
+    Not per session: while Playwright's sync API is started it keeps an event loop running in
+    the main thread, so every later test that calls asyncio.run() (the outbox rounds, the
+    relay sink) failed with "cannot be called from a running event loop"."""
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
