@@ -296,3 +296,32 @@ def test_every_page_route_is_decided_and_sessions_decide_who_reaches_them(web: W
     for (method, path), who in PAGES.items():
         if who == "session" and method == "POST":
             assert web.client().post(path, data={}).status_code == 303  # nothing to end, nothing done
+
+
+def test_the_inbox_filters_searches_and_refuses_a_forged_page(web: Web) -> None:
+    studio = web.gw.add_studio("inkwell", "Inkwell")
+    for n, subject in enumerate(("Motiv Rose", "Termin Freitag")):
+        raw = make_mail(subject=subject, from_=f"Gast {n} <guest{n}@example.org>", to=studio.address,
+                        body="Hallo!")
+        assert web.gw.send(raw, studio.address, mail_from=f"guest{n}@example.org").code == 250
+        web.gw.process()
+    api = web.gw.api(studio.token)
+    [rose] = [c for c in api.get("/api/v1/conversations").json()["items"] if c["subject"] == "Motiv Rose"]
+    assert api.post(f"/api/v1/conversations/{rose['id']}/close").is_success
+    assert api.post(f"/api/v1/conversations/{rose['id']}/read").is_success
+    client = signed_in_client(web)
+
+    def subjects(query: str) -> list[str]:
+        page = client.get("/app/?" + query)
+        assert page.status_code == 200
+        return [s for s in ("Motiv Rose", "Termin Freitag") if s in page.text]
+
+    assert subjects("show=all") == ["Motiv Rose", "Termin Freitag"]
+    assert subjects("show=closed") == ["Motiv Rose"]
+    assert subjects("show=open") == ["Termin Freitag"]
+    assert subjects("show=unread") == ["Termin Freitag"]
+    assert subjects("q=rose") == ["Motiv Rose"]
+    assert subjects("q=guest1%40example") == ["Termin Freitag"]
+    assert subjects("show=bogus") == ["Motiv Rose", "Termin Freitag"]
+    forged = client.get("/app/?cursor=bm90LWEtY3Vyc29y")
+    assert forged.status_code == 400 and forged.headers["content-type"].startswith("text/html")

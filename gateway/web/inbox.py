@@ -1,4 +1,6 @@
-"""/app/: the studio's inbox, newest activity first, behind sign-in.
+"""/app/: the studio's inbox, newest activity first, behind sign-in; filters (open, closed,
+unread), search and paging by the API's cursor, all in the query string (plain GET links and a
+GET form: nothing changes state, so no CSRF token is needed).
 
 Reads through the same functions as the API (gateway/inbox/reading.py), scoped to the session's
 studio; a member sees what the API shows a member (the whole inbox). Support access has no
@@ -11,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.exceptions import ClientException
 from litestar.response import Redirect
 from sqlalchemy import Engine, select
 
 from gateway.access.web_sessions import SessionCaller
-from gateway.inbox.reading import ConversationOut, list_conversations
+from gateway.inbox.reading import BadCursor, ConversationOut, list_conversations
 from gateway.inbox.snippets import snippets
 from gateway.store.db import read_tx
 from gateway.store.tables import PROFILE, STUDIO
@@ -25,6 +28,8 @@ from gateway.web.session import clear_session, session_token, signed_in
 from gateway.web.templating import negotiate, short_time
 
 PAGE_SIZE = 50
+FILTERS = ("all", "open", "closed", "unread")
+MAX_QUERY = 200
 
 
 @dataclass(frozen=True)
@@ -36,10 +41,27 @@ class Row:
 
 
 @dataclass(frozen=True)
+class View:
+    """What the query string asks for."""
+
+    show: str = "all"
+    q: str = ""
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
 class Inbox:
     studio_name: str
     profile_email: str
     rows: list[Row]
+    view: View
+    next_cursor: str | None
+
+
+def view_of(request: Request[Any, Any, Any]) -> View:
+    show = request.query_params.get("show", "all")
+    q = " ".join(request.query_params.get("q", "").split())[:MAX_QUERY]
+    return View(show=show if show in FILTERS else "all", q=q, cursor=request.query_params.get("cursor") or None)
 
 
 @get("/app/", name="web-inbox")
@@ -51,18 +73,24 @@ async def inbox(request: Request[Any, Any, Any]) -> Response[Any]:
             clear_session(response, request, request.app.state.settings)
         return response
     language = negotiate(request.headers.get("accept-language", ""), signed.locale)
-    found = await asyncio.to_thread(_read, request.app.state.engine, signed, language)
+    try:
+        found = await asyncio.to_thread(_read, request.app.state.engine, signed, language, view_of(request))
+    except BadCursor:
+        raise ClientException("not a page of this inbox", extra={"code": "bad_cursor"}) from None
     csrf = csrf_token(request.app.state.settings.secret(), session_token(request, request.app.state.settings) or "")
     return page(request, "inbox.html", language=language, inbox=found, csrf=csrf)
 
 
-def _read(engine: Engine, signed: SessionCaller, language: str) -> Inbox:
+def _read(engine: Engine, signed: SessionCaller, language: str, view: View) -> Inbox:
     caller = signed.caller
     with read_tx(engine) as conn:
         studio = conn.execute(select(STUDIO.c.name, STUDIO.c.time_zone).where(STUDIO.c.id == caller.studio_id)).one()
         email = conn.execute(select(PROFILE.c.email).where(PROFILE.c.id == caller.profile_id)).scalar_one()
-        listed = list_conversations(conn, caller.studio_id, limit=PAGE_SIZE)
+        listed = list_conversations(conn, caller.studio_id, limit=PAGE_SIZE,
+                                    status=view.show if view.show in ("open", "closed") else None,
+                                    unread=True if view.show == "unread" else None, q=view.q or None,
+                                    cursor=view.cursor)
         lines = snippets(conn, caller.studio_id, [c.id for c in listed.items])
     rows = [Row(c, lines.get(c.id, ""), short_time(c.last_message_at, studio.time_zone, language),
                 c.last_message_at.isoformat()) for c in listed.items]
-    return Inbox(studio.name, email, rows)
+    return Inbox(studio.name, email, rows, view, listed.next_cursor)
