@@ -1,6 +1,6 @@
 """The web messenger in a real browser (Debian's chromium through Playwright) against a real
 gateway: sign in by the link the gateway mailed, sign out, refused links, a phone's width,
-axe-core on each page, and screenshots a person can look at in build/screenshots/ (README)."""
+axe-core on each page (login, inbox, conversation, refused link), and screenshots a person can look at in build/screenshots/ (README)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -77,6 +77,13 @@ def test_sign_in_by_the_mailed_link_then_sign_out_ends_the_session(web: Web, bro
         assert serious_violations(page) == []
         assert no_horizontal_scroll(page)
         shoot(page, f"inbox-{name}")
+        rows.nth(1).get_by_role("link").click()
+        page.get_by_role("heading", name="Tattoo am Unterarm").wait_for()
+        assert serious_violations(page) == []
+        assert no_horizontal_scroll(page)
+        shoot(page, f"conversation-{name}")
+        page.get_by_role("link", name="To the inbox").click()
+        page.get_by_role("heading", name="Inbox").wait_for()
 
         [cookie] = [c for c in ctx.cookies() if c["name"] == "gw_session"]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"

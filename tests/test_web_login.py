@@ -272,6 +272,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/app/login/link"): "public",
     ("POST", "/app/logout"): "session",
     ("GET", "/app"): "session",            # /app/ (Litestar keeps paths without the slash)
+    ("GET", "/app/c/{conversation_id:int}"): "session",
     ("GET", "/app/static/{file_path:path}"): "public",
     ("HEAD", "/app/static/{file_path:path}"): "public",
 }
@@ -325,3 +326,32 @@ def test_the_inbox_filters_searches_and_refuses_a_forged_page(web: Web) -> None:
     assert subjects("show=bogus") == ["Motiv Rose", "Termin Freitag"]
     forged = client.get("/app/?cursor=bm90LWEtY3Vyc29y")
     assert forged.status_code == 400 and forged.headers["content-type"].startswith("text/html")
+
+
+def test_a_conversation_shows_new_text_quoted_text_on_request_replies_and_why_here(web: Web) -> None:
+    studio = web.gw.add_studio("inkwell", "Inkwell")
+    other = web.gw.add_studio("blackrose", "Black Rose")
+    body = "Geht auch Samstag?\n\nAm 1. Dezember schrieb Inkwell:\n> Freitag um 15 Uhr passt.\n"
+    raw = make_mail(subject="Termin", from_="Lena <lena@example.org>", to=studio.address, body=body)
+    assert web.gw.send(raw, studio.address, mail_from="lena@example.org").code == 250
+    web.gw.process()
+    api = web.gw.api(studio.token)
+    [conversation] = api.get("/api/v1/conversations").json()["items"]
+    assert api.post(f"/api/v1/conversations/{conversation['id']}/replies", json={"text": "Samstag geht."}).status_code == 202
+    web.mailed()  # the outbox sends it: its state turns "sent"
+    client = signed_in_client(web)
+    inbox = client.get("/app/").text
+    assert f'href="/app/c/{conversation["id"]}"' in inbox
+    page = client.get(f"/app/c/{conversation['id']}", headers={"Accept-Language": "en"})
+    assert page.status_code == 200
+    text = page.text
+    assert "Geht auch Samstag?" in text and "Samstag geht." in text and "Sent" in text
+    assert "<details>" in text and "Freitag um 15 Uhr" in text.split("<details>", 1)[1]  # quoted text behind the toggle
+    assert "Why here: a new inquiry." in text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+
+    outsider = signed_in_client(web, "owner@blackrose.example")
+    refused = outsider.get(f"/app/c/{conversation['id']}")
+    assert refused.status_code == 404 and "Geht auch Samstag" not in refused.text
+    assert web.client().get(f"/app/c/{conversation['id']}").status_code == 303
+    assert other.id != studio.id
