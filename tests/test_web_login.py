@@ -273,6 +273,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/app/logout"): "session",
     ("GET", "/app"): "session",            # /app/ (Litestar keeps paths without the slash)
     ("GET", "/app/c/{conversation_id:int}"): "session",
+    ("POST", "/app/c/{conversation_id:int}/status"): "session",
     ("GET", "/app/static/{file_path:path}"): "public",
     ("HEAD", "/app/static/{file_path:path}"): "public",
 }
@@ -295,8 +296,8 @@ def test_every_page_route_is_decided_and_sessions_decide_who_reaches_them(web: W
     assert member.get("/app/").status_code == 303
     assert web.client().get("/app/").status_code == 303
     for (method, path), who in PAGES.items():
-        if who == "session" and method == "POST":
-            assert web.client().post(path, data={}).status_code == 303  # nothing to end, nothing done
+        if who == "session" and method == "POST":  # without a session: the login page, nothing done
+            assert web.client().post(path.replace("{conversation_id:int}", "1"), data={}).status_code == 303
 
 
 def test_the_inbox_filters_searches_and_refuses_a_forged_page(web: Web) -> None:
@@ -355,3 +356,18 @@ def test_a_conversation_shows_new_text_quoted_text_on_request_replies_and_why_he
     assert refused.status_code == 404 and "Geht auch Samstag" not in refused.text
     assert web.client().get(f"/app/c/{conversation['id']}").status_code == 303
     assert other.id != studio.id
+
+    # Close and reopen: a form with the session's CSRF token; without it, or from another
+    # studio, nothing changes.
+    path = f"/app/c/{conversation['id']}"
+    token = csrf_of(text)
+    assert client.post(path + "/status", data={"status": "closed"}).status_code == 403
+    assert outsider.post(path + "/status", data={"status": "closed", "csrf_token": csrf_of(
+        outsider.get("/app/").text)}).status_code == 404
+    assert api.get(f"/api/v1/conversations/{conversation['id']}").json()["status"] == "open"
+    closed = client.post(path + "/status", data={"status": "closed", "csrf_token": token})
+    assert closed.status_code == 303 and closed.headers["location"] == path
+    assert api.get(f"/api/v1/conversations/{conversation['id']}").json()["status"] == "closed"
+    assert "Reopen" in client.get(path, headers={"Accept-Language": "en"}).text
+    assert client.post(path + "/status", data={"status": "open", "csrf_token": token}).status_code == 303
+    assert api.get(f"/api/v1/conversations/{conversation['id']}").json()["status"] == "open"
