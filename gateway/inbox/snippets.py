@@ -18,12 +18,16 @@ def snippets(conn: Connection, studio_id: int, conversation_ids: list[int]) -> d
     """conversation id → its snippet, one line; conversations without a guest message are left out."""
     if not conversation_ids:
         return {}
-    newest = (select(func.max(MESSAGE.c.id))
-              .where(MESSAGE.c.studio_id == studio_id, MESSAGE.c.conversation_id.in_(conversation_ids),
-                     MESSAGE.c.direction == "inbound", MESSAGE.c.state == "visible", LIVE_MESSAGE)
-              .group_by(MESSAGE.c.conversation_id))
+    # The newest ids come from ix_message_conversation_inbound and drive a join on the primary
+    # key. Written as `id IN (...) AND studio_id = ?` both back ends may walk the studio's index
+    # over every message instead (SQLite did: 3 ms at 10,000 conversations, bench/web_inbox.py).
+    newest = (select(func.max(MESSAGE.c.id).label("id"))
+              .where(MESSAGE.c.conversation_id.in_(conversation_ids), MESSAGE.c.direction == "inbound",
+                     MESSAGE.c.state == "visible", LIVE_MESSAGE)
+              .group_by(MESSAGE.c.conversation_id).subquery())
     rows = conn.execute(select(MESSAGE.c.conversation_id, func.substr(MESSAGE.c.text, 1, SNIPPET_CHARS * 2))
-                        .where(MESSAGE.c.id.in_(newest)))
+                        .select_from(newest.join(MESSAGE, MESSAGE.c.id == newest.c.id))
+                        .where(MESSAGE.c.studio_id == studio_id))
     return {conversation_id: _one_line(text or "") for conversation_id, text in rows}
 
 

@@ -24,7 +24,7 @@ from gateway.store.db import read_tx
 from gateway.store.tables import PROFILE, STUDIO
 from gateway.web.login import page
 from gateway.web.security import csrf_token
-from gateway.web.session import clear_session, session_token, signed_in
+from gateway.web.session import clear_session, lookup, session_token
 from gateway.web.templating import negotiate, short_time
 
 PAGE_SIZE = 50
@@ -66,19 +66,29 @@ def view_of(request: Request[Any, Any, Any]) -> View:
 
 @get("/app/", name="web-inbox")
 async def inbox(request: Request[Any, Any, Any]) -> Response[Any]:
-    signed = await signed_in(request)
-    if signed is None:  # never signed in, or a session that is over: the login page, cookie gone
-        response: Response[Any] = Redirect("/app/login", status_code=303)
-        if session_token(request, request.app.state.settings):
-            clear_session(response, request, request.app.state.settings)
-        return response
-    language = negotiate(request.headers.get("accept-language", ""), signed.locale)
-    try:
-        found = await asyncio.to_thread(_read, request.app.state.engine, signed, language, view_of(request))
+    settings = request.app.state.settings
+    token = session_token(request, settings)
+    try:  # the session and the page in one thread hop (bench/web_inbox.py)
+        signed, found = await asyncio.to_thread(_signed_read, request.app.state.engine, token,
+                                                request.headers.get("accept-language", ""), view_of(request))
     except BadCursor:
         raise ClientException("not a page of this inbox", extra={"code": "bad_cursor"}) from None
+    if signed is None or found is None:  # never signed in, or a session that is over: the login page
+        response: Response[Any] = Redirect("/app/login", status_code=303)
+        if token:
+            clear_session(response, request, settings)
+        return response
+    language = negotiate(request.headers.get("accept-language", ""), signed.locale)
     csrf = csrf_token(request.app.state.settings.secret(), session_token(request, request.app.state.settings) or "")
     return page(request, "inbox.html", language=language, inbox=found, csrf=csrf)
+
+
+def _signed_read(engine: Engine, token: str | None, accept_language: str,
+                 view: View) -> tuple[SessionCaller | None, Inbox | None]:
+    signed = lookup(engine, token) if token else None
+    if signed is None:
+        return None, None
+    return signed, _read(engine, signed, negotiate(accept_language, signed.locale), view)
 
 
 def _read(engine: Engine, signed: SessionCaller, language: str, view: View) -> Inbox:

@@ -57,10 +57,11 @@ async def signed_in(request: Request[Any, Any, Any]) -> SessionCaller | None:
     token = session_token(request, settings)
     if not token:
         return None
-    return await asyncio.to_thread(_lookup, request.app.state.engine, token)
+    return await asyncio.to_thread(lookup, request.app.state.engine, token)
 
 
-def _lookup(engine: Engine, token: str) -> SessionCaller | None:
+def lookup(engine: Engine, token: str) -> SessionCaller | None:
+    """`signed_in` for code already off the loop: a page that reads does both in one thread hop."""
     now = utcnow()
     with read_tx(engine) as conn:
         found, due = session_caller(conn, token, now)
