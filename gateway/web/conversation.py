@@ -30,7 +30,7 @@ from gateway.store.db import read_tx
 from gateway.store.tables import STUDIO
 from gateway.web.login import page
 from gateway.web.security import csrf_token
-from gateway.web.session import clear_session, session_token, signed_in
+from gateway.web.session import session_token, signed_in, to_login
 from gateway.web.templating import negotiate, short_time
 
 PAGE_SIZE = 50
@@ -56,10 +56,7 @@ async def conversation(request: Request[Any, Any, Any], conversation_id: FromPat
     signed = await signed_in(request)
     settings = request.app.state.settings
     if signed is None:
-        response: Response[Any] = Redirect("/app/login", status_code=303)
-        if session_token(request, settings):
-            clear_session(response, request, settings)
-        return response
+        return to_login(request)
     language = negotiate(request.headers.get("accept-language", ""), signed.locale)
     found = await asyncio.to_thread(_read, request.app.state.engine, signed, conversation_id, language)
     if found is None:

@@ -14,7 +14,6 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.exceptions import ClientException
-from litestar.response import Redirect
 from sqlalchemy import Engine, select
 
 from gateway.access.web_sessions import SessionCaller
@@ -24,7 +23,7 @@ from gateway.store.db import read_tx
 from gateway.store.tables import PROFILE, STUDIO
 from gateway.web.login import page
 from gateway.web.security import csrf_token
-from gateway.web.session import clear_session, lookup, session_token
+from gateway.web.session import lookup, session_token, to_login
 from gateway.web.templating import negotiate, short_time
 
 PAGE_SIZE = 50
@@ -73,11 +72,8 @@ async def inbox(request: Request[Any, Any, Any]) -> Response[Any]:
                                                 request.headers.get("accept-language", ""), view_of(request))
     except BadCursor:
         raise ClientException("not a page of this inbox", extra={"code": "bad_cursor"}) from None
-    if signed is None or found is None:  # never signed in, or a session that is over: the login page
-        response: Response[Any] = Redirect("/app/login", status_code=303)
-        if token:
-            clear_session(response, request, settings)
-        return response
+    if signed is None or found is None:  # never signed in, or a session that is over
+        return to_login(request)
     language = negotiate(request.headers.get("accept-language", ""), signed.locale)
     csrf = csrf_token(request.app.state.settings.secret(), session_token(request, request.app.state.settings) or "")
     return page(request, "inbox.html", language=language, inbox=found, csrf=csrf)

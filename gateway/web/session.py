@@ -16,6 +16,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.datastructures import Cookie
+from litestar.response import Redirect
 from sqlalchemy import Engine
 
 from gateway.access.web_sessions import PLAIN_COOKIE, SECURE_COOKIE, SessionCaller, session_caller, touch
@@ -45,6 +46,15 @@ def presession_cookie(request: Request[Any, Any, Any], settings: Settings, value
 
 def clear_session(response: Response[Any], request: Request[Any, Any, Any], settings: Settings) -> None:
     response.delete_cookie(cookie_name(request, settings), path="/")
+
+
+def to_login(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Where a page without a live session goes: the login page, a stale cookie dropped."""
+    response: Response[Any] = Redirect("/app/login", status_code=303)
+    settings: Settings = request.app.state.settings
+    if session_token(request, settings):
+        clear_session(response, request, settings)
+    return response
 
 
 def session_token(request: Request[Any, Any, Any], settings: Settings) -> str | None:
