@@ -142,6 +142,11 @@ class Conversation(SQLModel, table=True):
         # The list (deleted_at IS NULL, newest activity first), the trash and the purge
         # (deleted_at set) all start with the studio and its deleted_at.
         Index("ix_conversation_studio_live_activity", "studio_id", "deleted_at", "last_message_at"),
+        # The inbox page, in its exact order (newest activity, then id) over live conversations:
+        # read backwards it yields the first page without sorting the studio's every
+        # conversation, which PostgreSQL did at 10,000 (6 ms → 0.1 ms, bench/web_inbox.py).
+        Index("ix_conversation_inbox", "studio_id", "last_message_at", "id",
+              sqlite_where=text("deleted_at IS NULL"), postgresql_where=text("deleted_at IS NULL")),
         Index("ix_conversation_guest_subject", "studio_id", "guest_id", "subject_key"),
         Index("ix_conversation_guest_created", "studio_id", "guest_id", "created_at"),
     )

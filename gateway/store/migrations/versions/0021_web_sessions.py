@@ -1,4 +1,5 @@
-"""web messenger sign-in: one-time login links, server-side sessions, a profile's page language
+"""web messenger sign-in: one-time login links, server-side sessions, a profile's page language;
+the inbox page's index on live conversations
 
 Revision ID: 0021
 Revises: 0015
@@ -17,7 +18,12 @@ branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 
+LIVE = sa.text('deleted_at IS NULL')
+
+
 def upgrade() -> None:
+    op.create_index('ix_conversation_inbox', 'conversation', ['studio_id', 'last_message_at', 'id'], unique=False,
+                    sqlite_where=LIVE, postgresql_where=LIVE)
     op.add_column('profile', sa.Column('locale', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=True))
     op.create_table('login_link',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -64,3 +70,4 @@ def downgrade() -> None:
     op.drop_table('login_link')
     with op.batch_alter_table('profile') as batch:
         batch.drop_column('locale')
+    op.drop_index('ix_conversation_inbox', table_name='conversation', sqlite_where=LIVE, postgresql_where=LIVE)
