@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.api.app import create_app
 from gateway.web.inquiry_form import form_routes
+from gateway.web.pages import web_routes
 from gateway.api.metrics import MetricsListener, fresh_children_dir
 from gateway.backup.schedule import BackupScheduler
 from gateway.store.batching import WriteBatcher
@@ -43,6 +44,7 @@ from gateway.events import Reaction
 from gateway.eventlog import record_threaded
 from gateway.lifecycle.account_deletion import CONFIRMATION, render_confirmations
 from gateway.lifecycle.helpdesk_mail import helpdesk_commands
+from gateway.lifecycle.login_mail import LOGIN_MAIL, render_links
 from gateway.outbound.compose import LateBodies
 from gateway.outbound.acknowledgements import acknowledge
 from gateway.logs import configure_logging
@@ -58,7 +60,7 @@ LOCKDOWN_RECONCILE_INTERVAL = 600.0  # seconds between the worker's lockdown rec
 # studio's event log first, so the guest's message.created comes before its acknowledgement's.
 REACTIONS: tuple[Reaction, ...] = (record_threaded, acknowledge, helpdesk_commands)
 # Automatic mail whose body is rendered only when it is sent (gateway/outbound/compose.LateBodies).
-LATE_BODIES: dict[str, LateBodies] = {CONFIRMATION: render_confirmations}
+LATE_BODIES: dict[str, LateBodies] = {CONFIRMATION: render_confirmations, LOGIN_MAIL: render_links}
 
 
 class PeriodicRound:
@@ -178,7 +180,7 @@ class Gateway:
             self._smtp = await start_smtp_server(self.acceptor, self.engine, self.settings, sock=smtp_sock)
             self.smtp_address = self._smtp.sockets[0].getsockname()[:2]
         if "web" in self.roles:
-            app = self.app = create_app(self.engine, self.settings, pages=form_routes())
+            app = self.app = create_app(self.engine, self.settings, pages=[*form_routes(), *web_routes()])
             app.state.acceptor = self.acceptor
             self.writes = WriteBatcher(self.engine)
             await self.writes.start()

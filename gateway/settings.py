@@ -153,7 +153,9 @@ class Settings(BaseSettings):
     # answered in the messenger like any studio's; LÖSCHEN to it asks for an account deletion.
     helpdesk_address: str = ""                        # empty: no helpdesk, no deletion by email
     helpdesk_name: str = "Helpdesk"                   # the helpdesk studio's name, the From of its mail
-    public_url: str = ""                              # base URL of the HTTP API for links in mail; empty: no links
+    # Base URL as browsers reach us: links in mail (deletion confirmation, web sign-in links) and
+    # the origin the web pages' forms must come from. Empty: no links mailed.
+    public_url: str = ""
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"      # json: one object a line, fields as keys (gateway/logs.py)

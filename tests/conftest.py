@@ -275,7 +275,8 @@ def send_on(client: smtplib.SMTP, raw: bytes | str, rcpt: str | list[str],
     return SmtpReply(code, msg.decode())
 
 
-def start_gateway(settings: Settings, roles: tuple[str, ...] = ("smtp", "web")) -> RunningGateway:
+def start_gateway(settings: Settings, roles: tuple[str, ...] = ("smtp", "web"), http_port: int = 0) -> RunningGateway:
+    """`http_port`: a port chosen beforehand, for settings that name it (GATEWAY_PUBLIC_URL)."""
     engine = make_engine(settings.resolved_database_url, busy_timeout=2.0)
     gateway = Gateway(settings, roles, engine=engine)
     loop = asyncio.new_event_loop()
@@ -287,7 +288,7 @@ def start_gateway(settings: Settings, roles: tuple[str, ...] = ("smtp", "web")) 
 
         async def boot() -> None:
             smtp_sock = socket.create_server(("127.0.0.1", 0)) if "smtp" in roles else None
-            http_sock = socket.create_server(("127.0.0.1", 0)) if "web" in roles else None
+            http_sock = socket.create_server(("127.0.0.1", http_port)) if "web" in roles else None
             await gateway.start(smtp_sock=smtp_sock, http_sock=http_sock)
 
         try:

@@ -149,10 +149,11 @@ def test_openapi_schema_lists_every_route_with_typed_bodies(gw: RunningGateway) 
 
     paths = gw.api(None).get("/schema/openapi.json").json()["paths"]
     app = gw.gateway._uvicorn.config.app  # type: ignore[union-attr]
-    # Webhooks and the account-deletion page are for providers and browsers, not API clients.
+    # Webhooks, the account-deletion page and the pages (/app, /f) are for providers and browsers,
+    # not API clients.
     routes = {re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path) for route in app.routes
               if any(getattr(handler, "include_in_schema", True) for handler in getattr(route, "route_handlers", []))}
-    missing = {r for r in routes if not r.startswith("/schema") and r not in paths}
+    missing = {r for r in routes if not r.startswith(("/schema", "/app", "/f/")) and r not in paths}
     assert missing == set(), f"routes missing from the OpenAPI schema: {missing}"
     reply = paths["/api/v1/conversations/{conversation_id}/replies"]["post"]
     assert "application/json" in reply["requestBody"]["content"] and "202" in reply["responses"]

@@ -49,3 +49,14 @@ def test_inbound_reaching_into_outbound_breaks_them(tmp_path: Path) -> None:
     done = lint(root)
     assert done.returncode != 0
     assert "gateway.inbound.threader -> gateway.outbound.replies" in done.stdout
+
+
+def test_the_pages_reaching_into_the_api_breaks_them(tmp_path: Path) -> None:
+    """The web pages and the API are edges side by side: gateway/runtime.py mounts both, and
+    what they share (sessions, reads) lives below them."""
+    root = copy_tree(tmp_path)
+    (root / "gateway" / "web" / "shortcut.py").write_text(
+        '"""A page that borrows from the API."""\nfrom gateway.api.auth import provide_caller  # noqa: F401\n')
+    done = lint(root)
+    assert done.returncode != 0
+    assert "gateway.web.shortcut -> gateway.api.auth" in done.stdout

@@ -100,9 +100,10 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/billing/cancel"):                       ("409", "403", "401", "409", "401", "403", "403"),
 }
 
-# Routes that are no caller's business: probes, the schema, providers' signed webhooks, and the
-# guests' public inquiry form (tests/test_form_api.py).
-UNLISTED = ("/healthz", "/readyz", "/schema", "/webhooks/", "/f/")
+# Routes that are no caller's business: probes, the schema, providers' signed webhooks, the
+# guests' public inquiry form (tests/test_form_api.py); and the web pages, which take a session,
+# not a bearer token: their matrix is PAGES in tests/test_web_login.py.
+UNLISTED = ("/healthz", "/readyz", "/schema", "/webhooks/", "/f/", "/app")
 
 
 @dataclass

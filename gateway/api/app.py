@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.di import Provide
 from sqlalchemy import Engine
 
@@ -44,10 +44,11 @@ from webhooks import webhook_handlers
 from webhooks.stripe import stripe_webhook
 
 
-def create_app(engine: Engine, settings: Settings, pages: Sequence[Any] = ()) -> Litestar:
-    """The HTTP side; `app.state.acceptor` must be set before webhooks can store mail. `pages`
-    are the server-rendered routes of gateway/web/, handed in by the runtime (api and web are
-    siblings that do not import each other)."""
+def create_app(engine: Engine, settings: Settings, pages: Sequence[Router | Any] = ()) -> Litestar:
+    """The HTTP side; `app.state.acceptor` must be set before webhooks can store mail.
+
+    `pages`: the server-rendered routes of gateway/web/ (the messenger, the inquiry form), which gateway/runtime.py mounts: the
+    API and the pages are edges side by side and do not import each other."""
     receivers, webhooks = webhook_handlers(settings)
     reader = loop_reader(engine)
 

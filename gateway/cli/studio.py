@@ -1,4 +1,5 @@
-"""`gateway studio add|list|show|remove`: create a studio, look at studios, delete one for good."""
+"""`gateway studio add|list|show|remove|login-link`: create a studio, look at studios, delete one
+for good, print a one-time sign-in link to the web messenger."""
 from __future__ import annotations
 
 import argparse
@@ -141,6 +142,39 @@ def _cancel_subscription(engine: Engine, settings: Any) -> Any:
     return partial(cancel_for_deletion, engine, stripe_api(settings), settings)
 
 
+def cmd_studio_login_link(args: argparse.Namespace) -> int:
+    """A one-time sign-in link (gateway/access/web_sessions.py) for the studio's owner, or for
+    the connected profile with --email: the operator's way to the first login, and for local use
+    without mail. The link's origin is GATEWAY_PUBLIC_URL; unset, the local HTTP address."""
+    from gateway.access.web_sessions import LINK_VALIDITY, create_link, link_url, recipients
+    from gateway.store.models import utcnow
+    from gateway.store.tables import PROFILE, STUDIO
+
+    settings = common.settings()
+    engine = common.migrated(settings)
+    with write_tx(engine) as conn:
+        studio = conn.execute(select(STUDIO.c.id, STUDIO.c.owner_email).where(STUDIO.c.slug == args.slug.lower())).first()
+        if studio is None:
+            print(f"gateway: no studio {args.slug!r}", file=sys.stderr)
+            return 1
+        email = args.email
+        if email is None:  # the owner's profile (its address may differ from the registered owner address)
+            email = conn.execute(select(PROFILE.c.email).where(
+                PROFILE.c.studio_id == studio.id, PROFILE.c.role == "owner", PROFILE.c.disconnected_at.is_(None))
+                .order_by(PROFILE.c.id).limit(1)).scalar() or studio.owner_email
+        found = recipients(conn, email, studio.id)
+        if not found:
+            print(f"gateway: {email} is not a connected profile of {args.slug}", file=sys.stderr)
+            return 1
+        link = create_link(conn, settings.secret(), found[0], utcnow())
+    origin = settings.public_url or f"http://{settings.http_host}:{settings.http_port}"
+    if not settings.public_url:
+        print("gateway: GATEWAY_PUBLIC_URL is not set; the link uses the local HTTP address", file=sys.stderr)
+    print(link_url(origin, link.token))
+    print(f"valid once, for {int(LINK_VALIDITY.total_seconds() // 60)} minutes", file=sys.stderr)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     studio = sub.add_parser("studio", help="manage studios").add_subparsers(dest="studio_command", required=True)
     add = studio.add_parser("add", help="create a studio and print its address and owner token")
@@ -163,3 +197,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     remove.add_argument("--yes", action="store_true", help="do not ask; needed when stdin is not a terminal")
     remove.add_argument("--reason", default="", help="why, kept in `gateway helpdesk deletions` (no personal data)")
     remove.set_defaults(func=cmd_studio_remove)
+    login = studio.add_parser("login-link", help="print a one-time sign-in link to the web messenger (15 minutes)")
+    login.add_argument("slug", help="the studio's slug")
+    login.add_argument("--email", help="the connected profile to sign in (default: the owner)")
+    login.set_defaults(func=cmd_studio_login_link)

@@ -156,6 +156,8 @@ _KINDS: Mapping[str, _Kind] = {
                   "link": ""},
         flags=("link",),
     ),
+    # A one-time sign-in link to the web messenger (gateway/lifecycle/login_mail.py).
+    "login_link": _Kind(defaults={"studio_name": "", "link": "", "expires": "", "sender_name": ""}, flags=()),
 }
 
 # ---------------------------------------------------------------------- value cleaning
@@ -450,6 +452,19 @@ class Renderer:
             "link": _clean_line(link),
         }
         return self._render("account_deletion", language, context)
+
+    def login_link(self, *, locale: str, studio_name: str, link: str, expires_at: datetime, sender_name: str,
+                   time_zone: str = DEFAULT_TIME_ZONE) -> Rendered:
+        """A one-time link that signs a studio's profile in to the web messenger; ``expires_at``
+        shown in the studio's ``time_zone``, named, as a deadline."""
+        language = self.language(locale)
+        context: dict[str, str | bool] = {
+            "studio_name": _clean_line(studio_name),
+            "link": _clean_line(link),
+            "expires": local_date(expires_at, locale=locale, language=language, time_zone=time_zone, with_zone=True),
+            "sender_name": _clean_line(sender_name),
+        }
+        return self._render("login_link", language, context)
 
     # ------------------------------------------------------------------ internals
 

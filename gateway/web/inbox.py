@@ -1,0 +1,102 @@
+"""/app/: the studio's inbox, newest activity first, behind sign-in; filters (open, closed,
+unread), search and paging by the API's cursor, all in the query string (plain GET links and a
+GET form: nothing changes state, so no CSRF token is needed).
+
+Reads through the same functions as the API (gateway/inbox/reading.py), scoped to the session's
+studio; a member sees what the API shows a member (the whole inbox). Support access has no
+session, so it never reaches a page. Without a live session: the login page.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.exceptions import ClientException
+from sqlalchemy import Engine, select
+
+from gateway.access.web_sessions import SessionCaller
+from gateway.inbox.reading import BadCursor, ConversationOut, list_conversations
+from gateway.inbox.snippets import snippets
+from gateway.store.db import read_tx
+from gateway.store.tables import PROFILE, STUDIO
+from gateway.web.login import page
+from gateway.web.security import csrf_token
+from gateway.web.session import lookup, session_token, to_login
+from gateway.web.templating import negotiate, short_time
+
+PAGE_SIZE = 50
+FILTERS = ("all", "open", "closed", "unread")
+MAX_QUERY = 200
+
+
+@dataclass(frozen=True)
+class Row:
+    conversation: ConversationOut
+    snippet: str
+    when: str           # in the studio's time zone
+    when_iso: str
+
+
+@dataclass(frozen=True)
+class View:
+    """What the query string asks for."""
+
+    show: str = "all"
+    q: str = ""
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class Inbox:
+    studio_name: str
+    profile_email: str
+    rows: list[Row]
+    view: View
+    next_cursor: str | None
+
+
+def view_of(request: Request[Any, Any, Any]) -> View:
+    show = request.query_params.get("show", "all")
+    q = " ".join(request.query_params.get("q", "").split())[:MAX_QUERY]
+    return View(show=show if show in FILTERS else "all", q=q, cursor=request.query_params.get("cursor") or None)
+
+
+@get("/app/", name="web-inbox")
+async def inbox(request: Request[Any, Any, Any]) -> Response[Any]:
+    settings = request.app.state.settings
+    token = session_token(request, settings)
+    try:  # the session and the page in one thread hop (bench/web_inbox.py)
+        signed, found = await asyncio.to_thread(_signed_read, request.app.state.engine, token,
+                                                request.headers.get("accept-language", ""), view_of(request))
+    except BadCursor:
+        raise ClientException("not a page of this inbox", extra={"code": "bad_cursor"}) from None
+    if signed is None or found is None:  # never signed in, or a session that is over
+        return to_login(request)
+    language = negotiate(request.headers.get("accept-language", ""), signed.locale)
+    csrf = csrf_token(request.app.state.settings.secret(), session_token(request, request.app.state.settings) or "")
+    return page(request, "inbox.html", language=language, inbox=found, csrf=csrf)
+
+
+def _signed_read(engine: Engine, token: str | None, accept_language: str,
+                 view: View) -> tuple[SessionCaller | None, Inbox | None]:
+    signed = lookup(engine, token) if token else None
+    if signed is None:
+        return None, None
+    return signed, _read(engine, signed, negotiate(accept_language, signed.locale), view)
+
+
+def _read(engine: Engine, signed: SessionCaller, language: str, view: View) -> Inbox:
+    caller = signed.caller
+    with read_tx(engine) as conn:
+        studio = conn.execute(select(STUDIO.c.name, STUDIO.c.time_zone).where(STUDIO.c.id == caller.studio_id)).one()
+        email = conn.execute(select(PROFILE.c.email).where(PROFILE.c.id == caller.profile_id)).scalar_one()
+        listed = list_conversations(conn, caller.studio_id, limit=PAGE_SIZE,
+                                    status=view.show if view.show in ("open", "closed") else None,
+                                    unread=True if view.show == "unread" else None, q=view.q or None,
+                                    cursor=view.cursor)
+        lines = snippets(conn, caller.studio_id, [c.id for c in listed.items])
+    rows = [Row(c, lines.get(c.id, ""), short_time(c.last_message_at, studio.time_zone, language),
+                c.last_message_at.isoformat()) for c in listed.items]
+    return Inbox(studio.name, email, rows, view, listed.next_cursor)
