@@ -119,3 +119,60 @@ def test_a_database_failing_half_way_keeps_the_writes_already_committed_answered
     assert isinstance(stored, int) and isinstance(refused, ValueError) and isinstance(unavailable, WriteUnavailable)
     with read_tx(engine) as conn:
         assert conn.execute(select(STUDIO.c.id).where(STUDIO.c.slug == "kept")).scalar_one() == stored
+
+
+def test_two_processes_batches_taking_two_studios_events_crosswise_are_all_stored(pg_database_url: str) -> None:
+    """Each batch writes an event for studio A then B, the other's for B then A: PostgreSQL
+    aborts one as a deadlock, and its writes are then stored one by one instead of being
+    answered 503 (two web processes' group commits, gateway/eventlog.py's per-studio counters)."""
+    import threading
+
+    from gateway.eventlog import MESSAGE_CREATED, record
+    from gateway.store.db import make_engine
+    from gateway.store.tables import STUDIO_EVENT, STUDIO_EVENT_COUNTER
+    from sqlalchemy import text
+
+    engine = make_engine(pg_database_url)
+    with engine.begin() as conn:
+        a, b = (conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
+            "slug": slug, "name": slug, "owner_email": f"o@{slug}.example", "locale": "de",
+            "created_at": utcnow()}).scalar_one() for slug in ("crosswise-a", "crosswise-b"))
+    both_hold_their_first = threading.Barrier(2, timeout=30)
+    first_writes = {"batch1", "batch2"}
+    calls: list[int] = []
+
+    def write(studio: int, wait_as: str | None = None):  # type: ignore[no-untyped-def]
+        def fn(conn: Connection) -> int:
+            calls.append(studio)
+            conn.execute(text("SET LOCAL deadlock_timeout = '100ms'"))
+            record(conn, studio, MESSAGE_CREATED, utcnow(), conversation_id=1, message_id=len(calls))
+            if wait_as in first_writes:  # only the first time: the retried writes go straight on
+                first_writes.discard(wait_as)
+                both_hold_their_first.wait()
+            return studio
+        return fn
+
+    async def scenario() -> list[object]:
+        one, two = WriteBatcher(engine), WriteBatcher(engine)
+        await one.start()
+        await two.start()
+        try:
+            return await asyncio.gather(one.run(write(a, "batch1")), one.run(write(b)),
+                                        two.run(write(b, "batch2")), two.run(write(a)), return_exceptions=True)
+        finally:
+            await one.stop()
+            await two.stop()
+
+    try:
+        results = asyncio.run(scenario())
+        assert results == [a, b, b, a], results
+        assert len(calls) == 6  # the deadlock happened: one batch's two writes ran again, alone
+        with engine.connect() as conn:
+            for studio in (a, b):
+                seqs = conn.execute(select(STUDIO_EVENT.c.seq).where(STUDIO_EVENT.c.studio_id == studio)
+                                    .order_by(STUDIO_EVENT.c.seq)).scalars().all()
+                assert seqs == [1, 2]  # the aborted batch's numbers were given back: no gap
+                assert conn.execute(select(STUDIO_EVENT_COUNTER.c.seq).where(
+                    STUDIO_EVENT_COUNTER.c.studio_id == studio)).scalar_one() == 2
+    finally:
+        engine.dispose()

@@ -21,6 +21,15 @@ from sqlalchemy.exc import OperationalError
 from gateway.store.db import InlineTx, KeptConnection, begin_inline, is_sqlite, make_engine, sqlite_write_lock, write_tx
 
 log = logging.getLogger(__name__)
+
+# SQLSTATEs of a transaction the server rolled back to let another go on: deadlock_detected and
+# serialization_failure. Retrying the work is the remedy both document.
+_CONFLICTS = frozenset({"40P01", "40001"})
+
+
+def transaction_conflict(exc: OperationalError) -> bool:
+    """True when the database aborted the transaction over a conflict with another (PostgreSQL)."""
+    return getattr(exc.orig, "sqlstate", None) in _CONFLICTS
 T = TypeVar("T")
 
 
@@ -152,8 +161,13 @@ class WriteBatcher:
     def _write(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
         try:
             return self._write_together(batch)
-        except OperationalError:
-            raise  # the database is unreachable or locked: every write of the batch must retry
+        except OperationalError as exc:
+            if not transaction_conflict(exc):
+                raise  # the database is unreachable or locked: every write of the batch must retry
+            # PostgreSQL aborted the batch to break a deadlock: two processes' batches took two
+            # studios' event counters (gateway/eventlog.py) in opposite orders. Each write alone
+            # takes one studio's rows, so written one by one they queue instead of failing.
+            log.info("API write batch of %d met a deadlock; writing it one by one", len(batch))
         except Exception as exc:
             if len(batch) == 1:
                 return [(False, exc)]
