@@ -21,7 +21,7 @@ from gateway.forms.submit import answers_text
 from gateway.settings import Settings
 from gateway.store.db import read_tx
 from gateway.store.blobs import sha256_hex
-from gateway.store.tables import BLOB, CONVERSATION, FORM_SUBMISSION, MESSAGE, OUTBOUND_JOB
+from gateway.store.tables import BLOB, CONVERSATION, FORM_SUBMISSION, MESSAGE, OUTBOUND_JOB, STUDIO_EVENT
 from tests.conftest import RunningGateway, make_settings, start_gateway
 from tests.form_posts import JPEG, PNG, answers, issued, post, solved
 from tests.test_api_tokens import add_member
@@ -117,6 +117,12 @@ def test_a_submission_is_an_inquiry_with_answers_images_and_a_confirmation(gw: R
         stored = conn.execute(select(FORM_SUBMISSION)).one()
         assert stored.form_version == 0 and stored.consent_at is not None
         assert conn.execute(select(func.count()).select_from(OUTBOUND_JOB)).scalar() == 1
+        # The live inbox (and the studio's webhooks) hear of the inquiry, then of the confirmation.
+        events = [(e.type, json.loads(e.data)) for e in conn.execute(
+            select(STUDIO_EVENT).where(STUDIO_EVENT.c.studio_id == studio.id).order_by(STUDIO_EVENT.c.seq))]
+        assert events[:2] == [
+            ("message.created", {"conversation_id": conversation["id"], "message_id": inquiry["id"], "direction": "inbound"}),
+            ("message.created", {"conversation_id": conversation["id"], "message_id": confirmation["id"], "direction": "outbound"})]
     # A second inquiry the same day: a new conversation, but no second confirmation.
     assert post(web, "inkwell", answers(_issued=issued(studio.id), idea="A lion")).status_code == 200
     assert _count(gw, CONVERSATION) == 2 and _count(gw, OUTBOUND_JOB) == 1

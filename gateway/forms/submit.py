@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select
 
+from gateway.eventlog import MESSAGE_CREATED, record as record_event
 from gateway.forms.answers import Checked
 from gateway.forms.definition import Definition, text_in
 from gateway.inbound.records import ensure_guest, open_conversation
@@ -151,6 +152,9 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
         conn, studio_id=studio.id, conversation_id=conversation_id, message_id=message_id, form_version=submission.version,
         answers_json=json.dumps({"values": values, "files": submission.checked.upload_names}, ensure_ascii=False),
         token=submission.token, consent_at=submission.consent_at, created_at=now)
+    # The studio's live inbox and webhooks hear of it like of a guest's mail (gateway/eventlog.py).
+    record_event(conn, studio.id, MESSAGE_CREATED, now, conversation_id=conversation_id, message_id=message_id,
+                 direction="inbound")
     confirmation = _confirm(conn, submission, conversation_id, guest_id, settings)
     return Submitted(conversation_id, message_id, False, confirmation)
 
