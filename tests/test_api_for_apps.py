@@ -179,7 +179,8 @@ def test_cors_headers_only_for_configured_origins(cors_gw: RunningGateway) -> No
     allowed = api.get(LIST, headers={"Origin": APP})
     assert allowed.status_code == 200
     assert _cors(allowed) == {"access-control-allow-origin": APP,
-                              "access-control-expose-headers": "ETag, Location, X-Request-Id, Retry-After"}
+                              "access-control-expose-headers": "ETag, Location, X-Request-Id, Retry-After, "
+                                                               "Idempotent-Replayed, Idempotent-Secret-Withheld"}
     assert "Origin" in allowed.headers["vary"]
     assert _cors(api.get(LIST, headers={"Origin": "http://localhost:5173"}))["access-control-allow-origin"] == \
         "http://localhost:5173"

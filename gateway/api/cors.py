@@ -20,9 +20,10 @@ from typing import Any, Callable
 from litestar.datastructures import MutableScopeHeaders
 
 API_PREFIX = "/api/"
-ALLOW_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
+ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-None-Match"
-EXPOSE_HEADERS = "ETag, Location, X-Request-Id, Retry-After"
+# The idempotency answers (api/idempotency.py) say "replayed" and "secret withheld" in headers of their own.
+EXPOSE_HEADERS = "ETag, Location, X-Request-Id, Retry-After, Idempotent-Replayed, Idempotent-Secret-Withheld"
 MAX_AGE = "600"  # seconds a browser may reuse a preflight (Chromium caps it at 7200)
 
 
