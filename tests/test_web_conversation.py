@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from gateway.store.db import read_tx
 from gateway.store.tables import ATTACHMENT, MESSAGE, OUTBOUND_JOB
-from tests.access import held_message
+from tests.access import connect_member, held_message
 from tests.conftest import RunningGateway, StudioInfo
 from tests.test_web_login import signed_in_client
 from tests.web import Web, csrf_of, web  # noqa: F401
@@ -235,3 +235,16 @@ def test_held_mail_is_listed_and_accepted_or_rejected(web: Web) -> None:
         assert dict(conn.execute(select(MESSAGE.c.id, MESSAGE.c.state).where(MESSAGE.c.id.in_([first, second]))).all()) \
             == {first: "visible", second: "rejected"}
     assert "No mail is held." in client.get("/app/held", headers={"Accept-Language": "en"}).text
+
+
+def test_a_member_replies_and_deletes_as_the_api_lets_a_member(web: Web) -> None:
+    studio = web.gw.add_studio("inkwell", "Inkwell")
+    connect_member(web.gw, studio, "artist@inkwell.example")
+    conversation_id, _ = guest_mail(web.gw, studio)
+    member = signed_in_client(web, "artist@inkwell.example")
+    path = f"/app/c/{conversation_id}"
+    token = csrf_of(member.get(path).text)
+    assert member.post(path + "/reply", data={"text": "Ich übernehme das Motiv.", "csrf_token": token}).status_code == 303
+    assert "Ich übernehme das Motiv." in member.get(path).text
+    assert member.post(path + "/delete", data={"csrf_token": token}).status_code == 303
+    assert web.gw.api(studio.token).get(f"/api/v1/conversations/{conversation_id}").status_code == 404
