@@ -9,6 +9,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import make_msgid
 
+import httpx
 from sqlalchemy import func, select
 
 from gateway.store.db import read_tx
@@ -40,6 +41,16 @@ def guest_mail(gw: RunningGateway, studio: StudioInfo, *, html: str | None = Non
     conversations = gw.api(studio.token).get("/api/v1/conversations").json()["items"]
     [found] = [c for c in conversations if c["subject"] == subject]
     return int(found["id"]), mid
+
+
+def opened(web: Web) -> tuple[StudioInfo, int, str, httpx.Client, str, str]:
+    """A studio with a guest's inquiry, its owner signed in: (studio, conversation id, the
+    guest's Message-ID, the owner's client, the conversation page's path, its CSRF token)."""
+    studio = web.gw.add_studio("inkwell", "Inkwell")
+    conversation_id, mid = guest_mail(web.gw, studio)
+    client = signed_in_client(web)
+    path = f"/app/c/{conversation_id}"
+    return studio, conversation_id, mid, client, path, csrf_of(client.get(path).text)
 
 
 def unread(web: Web, studio: StudioInfo, conversation_id: int) -> bool:
@@ -96,11 +107,7 @@ def test_opening_marks_read_and_mark_unread_makes_it_bold_again(web: Web) -> Non
 
 
 def test_a_reply_with_attachments_is_queued_at_once_and_reaches_the_relay_threaded(web: Web) -> None:
-    studio = web.gw.add_studio("inkwell", "Inkwell")
-    conversation_id, mid = guest_mail(web.gw, studio)
-    client = signed_in_client(web)
-    path = f"/app/c/{conversation_id}"
-    token = csrf_of(client.get(path).text)
+    studio, conversation_id, mid, client, path, token = opened(web)
     sent = client.post(path + "/reply", data={"text": "Klar, im März geht das.", "csrf_token": token},
                        files=[("files", ("entwurf.png", PNG, "image/png")), ("files", ("preise.txt", b"50 EUR", "text/plain"))])
     assert sent.status_code == 303 and sent.headers["location"] == path + "#reply"
@@ -114,11 +121,7 @@ def test_a_reply_with_attachments_is_queued_at_once_and_reaches_the_relay_thread
 
 
 def test_an_oversized_upload_is_a_form_error_and_nothing_is_stored(web: Web) -> None:
-    studio = web.gw.add_studio("inkwell", "Inkwell")
-    conversation_id, _ = guest_mail(web.gw, studio)
-    client = signed_in_client(web)
-    path = f"/app/c/{conversation_id}"
-    token = csrf_of(client.get(path).text)
+    studio, conversation_id, _, client, path, token = opened(web)
     big = b"x" * (web.gw.settings.max_attachment_size + 1)
     refused = client.post(path + "/reply", data={"text": "Anbei die Skizze", "csrf_token": token},
                           files=[("files", ("skizze.png", big, "image/png"))], headers={"Accept-Language": "en"})
@@ -176,11 +179,7 @@ def test_attachments_show_raster_thumbnails_inline_and_everything_else_as_a_down
 
 
 def test_a_failed_reply_shows_the_relays_reason_and_can_be_sent_again(web: Web) -> None:
-    studio = web.gw.add_studio("inkwell", "Inkwell")
-    conversation_id, mid = guest_mail(web.gw, studio)
-    client = signed_in_client(web)
-    path = f"/app/c/{conversation_id}"
-    token = csrf_of(client.get(path).text)
+    studio, conversation_id, mid, client, path, token = opened(web)
     assert client.post(path + "/reply", data={"text": "Bis Freitag!", "csrf_token": token}).status_code == 303
     web.sink.answer = "550 5.1.1 Mailbox unavailable"
     assert web.mailed() == []
@@ -199,11 +198,7 @@ def test_a_failed_reply_shows_the_relays_reason_and_can_be_sent_again(web: Web) 
 
 
 def test_deleting_moves_to_the_trash_which_explains_the_free_plan(web: Web) -> None:
-    studio = web.gw.add_studio("inkwell", "Inkwell")
-    conversation_id, _ = guest_mail(web.gw, studio)
-    client = signed_in_client(web)
-    path = f"/app/c/{conversation_id}"
-    token = csrf_of(client.get(path).text)
+    studio, conversation_id, _, client, path, token = opened(web)
     deleted = client.post(path + "/delete", data={"csrf_token": token})
     assert deleted.status_code == 303 and deleted.headers["location"] == "/app/trash"
     assert client.get(path).status_code == 404
