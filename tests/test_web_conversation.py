@@ -16,6 +16,7 @@ from gateway.store.db import read_tx
 from gateway.store.tables import ATTACHMENT, MESSAGE, OUTBOUND_JOB
 from tests.access import connect_member, held_message
 from tests.conftest import RunningGateway, StudioInfo
+from tests.test_lifecycle import paid
 from tests.test_web_login import signed_in_client
 from tests.web import Web, csrf_of, web  # noqa: F401
 
@@ -243,3 +244,15 @@ def test_a_member_replies_and_deletes_as_the_api_lets_a_member(web: Web) -> None
     assert "Ich übernehme das Motiv." in member.get(path).text
     assert member.post(path + "/delete", data={"csrf_token": token}).status_code == 303
     assert web.gw.api(studio.token).get(f"/api/v1/conversations/{conversation_id}").status_code == 404
+
+
+def test_on_a_paid_plan_the_trash_restores_the_conversation_as_it_was(web: Web) -> None:
+    studio, conversation_id, _, client, path, token = opened(web)
+    paid(web.gw, studio)
+    assert client.post(path + "/delete", data={"csrf_token": token}).status_code == 303
+    trash = client.get("/app/trash", headers={"Accept-Language": "en"}).text
+    assert "Restoring needs a paid plan." not in trash and f"/app/trash/{conversation_id}/restore" in trash
+    restored = client.post(f"/app/trash/{conversation_id}/restore", data={"csrf_token": token})
+    assert restored.status_code == 303 and restored.headers["location"] == path
+    assert "geht das im März?" in client.get(path).text
+    assert "The trash is empty." in client.get("/app/trash", headers={"Accept-Language": "en"}).text
