@@ -5,6 +5,8 @@ guest HTML is served sandboxed, a failed reply can be sent again, the trash expl
 plan, held mail is accepted or rejected. SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import html
+import re
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import make_msgid
@@ -12,7 +14,9 @@ from email.utils import make_msgid
 import httpx
 from sqlalchemy import func, select
 
-from gateway.store.db import read_tx
+from gateway.outbound.replies import create_reply
+from gateway.store.db import read_tx, write_tx
+from gateway.web.conversation import PAGE_SIZE
 from gateway.store.tables import ATTACHMENT, MESSAGE, OUTBOUND_JOB
 from tests.access import connect_member, held_message
 from tests.conftest import RunningGateway, StudioInfo
@@ -256,3 +260,19 @@ def test_on_a_paid_plan_the_trash_restores_the_conversation_as_it_was(web: Web) 
     assert restored.status_code == 303 and restored.headers["location"] == path
     assert "geht das im März?" in client.get(path).text
     assert "The trash is empty." in client.get("/app/trash", headers={"Accept-Language": "en"}).text
+
+
+def test_a_long_conversation_pages_to_its_older_messages(web: Web) -> None:
+    studio, conversation_id, _, client, path, _ = opened(web)
+    with write_tx(web.gw.engine) as conn:  # more replies than a page holds (the brake is the API's, per hour)
+        for n in range(PAGE_SIZE):
+            create_reply(conn, studio_id=studio.id, conversation_id=conversation_id, text=f"Antwort Nummer {n}.",
+                         settings=web.gw.settings)
+    newest = client.get(path, headers={"Accept-Language": "en"}).text
+    assert f"Antwort Nummer {PAGE_SIZE - 1}." in newest and "geht das im März?" not in newest
+    older = re.search(r'href="(/app/c/\d+\?cursor=[^"]+)">Older messages', newest)
+    assert older
+    page = client.get(html.unescape(older.group(1)))
+    assert page.status_code == 200 and "geht das im März?" in page.text
+    forged = client.get(path + "?cursor=bm90LWEtY3Vyc29y")
+    assert forged.status_code == 400 and forged.headers["content-type"].startswith("text/html")

@@ -23,14 +23,14 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import UploadFile
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath
 from litestar.response import Redirect
 from sqlalchemy import Engine, select
 
 from gateway.access.web_sessions import SessionCaller
 from gateway.inbox.actions import CLOSED, OPEN, set_status
-from gateway.inbox.reading import ConversationDetailOut, MessageOut, conversation_detail
+from gateway.inbox.reading import BadCursor, ConversationDetailOut, MessageOut, conversation_detail
 from gateway.inbox.reads import mark_read
 from gateway.lifecycle.deletion_log import deletion_log
 from gateway.lifecycle.trash import delete_conversation
@@ -90,7 +90,11 @@ async def _page(request: Request[Any, Any, Any], signed: SessionCaller, conversa
                 status: int = 200) -> Response[Any]:
     settings: Settings = request.app.state.settings
     language = negotiate(request.headers.get("accept-language", ""), signed.locale)
-    found = await asyncio.to_thread(_read, request.app.state.engine, signed, conversation_id, language)
+    try:
+        found = await asyncio.to_thread(_read, request.app.state.engine, signed, conversation_id, language,
+                                        request.query_params.get("cursor") or None)
+    except BadCursor:
+        raise ClientException("not a page of this conversation", extra={"code": "bad_cursor"}) from None
     if found is None:
         raise NotFoundException("no such conversation", extra={"code": "not_found"})
     return page(request, "conversation.html", status=status, language=language, thread=found, draft=draft,
@@ -98,10 +102,12 @@ async def _page(request: Request[Any, Any, Any], signed: SessionCaller, conversa
                 csrf=csrf_token(settings.secret(), session_token(request, settings) or ""))
 
 
-def _read(engine: Engine, signed: SessionCaller, conversation_id: int, language: str) -> Thread | None:
+def _read(engine: Engine, signed: SessionCaller, conversation_id: int, language: str,
+          cursor: str | None = None) -> Thread | None:
+    """The newest PAGE_SIZE messages, or with `cursor` the older page it names (the API's cursor)."""
     studio_id = signed.caller.studio_id
     with read_tx(engine) as conn:
-        detail = conversation_detail(conn, studio_id, conversation_id, limit=PAGE_SIZE)
+        detail = conversation_detail(conn, studio_id, conversation_id, limit=PAGE_SIZE, cursor=cursor)
         if detail is None:
             return None
         studio = conn.execute(select(STUDIO.c.name, STUDIO.c.time_zone).where(STUDIO.c.id == studio_id)).one()
