@@ -5,7 +5,7 @@ guest HTML is served sandboxed, a failed reply can be sent again, the trash expl
 plan, held mail is accepted or rejected. SQLite and PostgreSQL."""
 from __future__ import annotations
 
-import html
+from html import unescape
 import re
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -272,7 +272,7 @@ def test_a_long_conversation_pages_to_its_older_messages(web: Web) -> None:
     assert f"Antwort Nummer {PAGE_SIZE - 1}." in newest and "geht das im März?" not in newest
     older = re.search(r'href="(/app/c/\d+\?cursor=[^"]+)">Older messages', newest)
     assert older
-    page = client.get(html.unescape(older.group(1)))
+    page = client.get(unescape(older.group(1)))
     assert page.status_code == 200 and "geht das im März?" in page.text
     forged = client.get(path + "?cursor=bm90LWEtY3Vyc29y")
     assert forged.status_code == 400 and forged.headers["content-type"].startswith("text/html")
