@@ -124,6 +124,9 @@ def test_accept_held_mail_close_and_reopen_delete_and_see_the_restore_refusal(we
     page.get_by_role("heading", name="Held mail").wait_for()
     assert serious_violations(page) == [] and no_horizontal_scroll(page)
     shoot(page, "held-phone")
+    page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
+    shoot(page, "held-desktop")
+    page.set_viewport_size(PHONE)  # type: ignore[arg-type]
     page.get_by_role("button", name="Accept").click()
     page.get_by_role("heading", name="Tattoo Anfrage").wait_for()
     assert "Ich schreibe für meine Freundin." in page.locator(".messages").inner_text()
@@ -142,6 +145,9 @@ def test_accept_held_mail_close_and_reopen_delete_and_see_the_restore_refusal(we
     assert page.get_by_role("button", name="Restore").count() == 0
     assert serious_violations(page) == [] and no_horizontal_scroll(page)
     shoot(page, "trash-phone")
+    page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
+    assert serious_violations(page) == []
+    shoot(page, "trash-desktop")
     page.goto(web.gw.base_url + "/app/")
     assert page.get_by_role("link", name="Tattoo Anfrage").count() == 0
     ctx.close()
