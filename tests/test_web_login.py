@@ -274,6 +274,16 @@ PAGES: dict[tuple[str, str], str] = {
     ("GET", "/app"): "session",            # /app/ (Litestar keeps paths without the slash)
     ("GET", "/app/c/{conversation_id:int}"): "session",
     ("POST", "/app/c/{conversation_id:int}/status"): "session",
+    ("POST", "/app/c/{conversation_id:int}/unread"): "session",
+    ("POST", "/app/c/{conversation_id:int}/delete"): "session",
+    ("POST", "/app/c/{conversation_id:int}/reply"): "session",
+    ("GET", "/app/m/{message_id:int}/html"): "session",
+    ("GET", "/app/a/{attachment_id:int}"): "session",
+    ("POST", "/app/m/{message_id:int}/retry"): "session",
+    ("GET", "/app/trash"): "session",
+    ("POST", "/app/trash/{conversation_id:int}/restore"): "session",
+    ("GET", "/app/held"): "session",
+    ("POST", "/app/held/{message_id:int}"): "session",
     ("GET", "/app/static/{file_path:path}"): "public",
     ("HEAD", "/app/static/{file_path:path}"): "public",
 }
@@ -297,7 +307,7 @@ def test_every_page_route_is_decided_and_sessions_decide_who_reaches_them(web: W
     assert web.client().get("/app/").status_code == 303
     for (method, path), who in PAGES.items():
         if who == "session" and method == "POST":  # without a session: the login page, nothing done
-            assert web.client().post(path.replace("{conversation_id:int}", "1"), data={}).status_code == 303
+            assert web.client().post(re.sub(r"\{\w+:int\}", "1", path), data={}).status_code == 303
 
 
 def test_the_inbox_filters_searches_and_refuses_a_forged_page(web: Web) -> None:

@@ -20,11 +20,11 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import ClientException, NotFoundException, TooManyRequestsException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import Body, QueryParameter
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import OperationalError
 
-from gateway.eventlog import CONVERSATION_UPDATED, record as record_event
 from gateway.inbox import reading
+from gateway.inbox.reads import mark_read
 from gateway.api.errors import api_error, validation_failed
 from gateway.api.ids import RowId
 from gateway.api.json_bodies import decode_strict, require_json
@@ -34,7 +34,6 @@ from gateway.api.idempotency import Idempotent
 from gateway.api.trash import DeletedOut, deleted_answer
 from gateway.store.batching import WriteUnavailable
 from gateway.store.db import read_tx, write_tx
-from gateway.store.tables import CONVERSATION
 from gateway.store.models import utcnow
 from gateway.inbox.reading import (ConversationDetailOut, ConversationList, MessageList, MessageOut, attachment_out, message_out)
 from gateway.api.conditional import ETAG_HEADERS, NOT_MODIFIED, tagged
@@ -46,7 +45,6 @@ from gateway.access.studios import Caller
 from gateway.store.tables import ATTACHMENT
 from gateway.lifecycle.trash import delete_conversation
 from gateway.lifecycle.deletion_log import deletion_log
-from gateway.access.visibility import LIVE_CONVERSATION
 
 
 class ReadOut(msgspec.Struct):
@@ -167,12 +165,7 @@ class ConversationController(Controller):
         """Mark the conversation read now (it turns unread again when new mail arrives)."""
         now = utcnow()
         with write_tx(state.engine) as conn:
-            found = conn.execute(update(CONVERSATION).where(
-                CONVERSATION.c.id == conversation_id, CONVERSATION.c.studio_id == caller.studio_id,
-                LIVE_CONVERSATION).values(read_at=now, updated_at=now)).rowcount
-            if found:
-                record_event(conn, caller.studio_id, CONVERSATION_UPDATED, now, conversation_id=conversation_id,
-                             change="read")
+            found = mark_read(conn, caller.studio_id, conversation_id, now)
         if not found:
             raise NotFoundException("conversation not found")
         return ReadOut(id=conversation_id, unread=False, read_at=now)

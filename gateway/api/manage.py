@@ -5,10 +5,7 @@ As everywhere in the API, an id of another studio is 404, never 403.
 """
 from __future__ import annotations
 
-import re
-import unicodedata
 from datetime import datetime
-from urllib.parse import quote
 
 import msgspec
 from litestar import Controller, Response, get, post
@@ -22,7 +19,7 @@ from gateway.api.auth import support_read
 from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.inbox.actions import CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status
 from gateway.store.db import read_tx, write_tx
-from gateway.mail.files import plain_media_type
+from gateway.mail.files import content_disposition, plain_media_type
 from gateway.inbox.reading import PersonOut
 from gateway.access.studios import Caller
 
@@ -126,20 +123,6 @@ def _set_status(state: State, caller: Caller, conversation_id: int, status: str)
 # no type sniffing, and a sandbox (no scripts, opaque origin) should one open it anyway, as
 # for text/html or image/svg+xml, which can carry script.
 DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
-_UNSAFE_ASCII = re.compile(r"[^A-Za-z0-9 ._()+,=@&#!~-]")
-
-
-def content_disposition(filename: str) -> str:
-    """`attachment` with the name twice (RFC 6266): `filename*` in UTF-8, percent-encoded
-    (RFC 8187), which every current browser prefers, and a plain ASCII `filename` for older
-    clients: accents dropped ("Rücken" → "Rucken"), anything that could end or break the
-    quoted string (quotes, backslashes, control characters) replaced by "_"."""
-    decomposed = unicodedata.normalize("NFKD", filename)
-    ascii_name = "".join(c for c in decomposed if not unicodedata.combining(c))
-    ascii_name = _UNSAFE_ASCII.sub("_", ascii_name).strip() or "attachment"
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
 class AttachmentController(Controller):
     path = "/api/v1/attachments"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import unicodedata
+from urllib.parse import quote
 
 MAX_FILENAME_CHARS = 255
 
@@ -56,3 +57,17 @@ def sanitise_filename(name: str, content_type: str, index: int) -> str:
         guessed = mimetypes.guess_extension(content_type, strict=False)
         ext = guessed.lstrip(".") if guessed else "bin"
     return f"attachment-{index}.{ext}"
+
+
+_UNSAFE_ASCII = re.compile(r"[^A-Za-z0-9 ._()+,=@&#!~-]")
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with the name twice (RFC 6266): `filename*` in UTF-8, percent-encoded
+    (RFC 8187), which every current browser prefers, and a plain ASCII `filename` for older
+    clients: accents dropped ("Rücken" → "Rucken"), anything that could end or break the
+    quoted string (quotes, backslashes, control characters) replaced by "_"."""
+    decomposed = unicodedata.normalize("NFKD", filename)
+    ascii_name = "".join(c for c in decomposed if not unicodedata.combining(c))
+    ascii_name = _UNSAFE_ASCII.sub("_", ascii_name).strip() or "attachment"
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"

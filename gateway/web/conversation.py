@@ -1,12 +1,19 @@
-"""/app/c/{id}: one conversation, read-only for now: the guest's new text by default with the
-full text behind a "show quoted text" toggle (<details>, no script), replies with their delivery
-state and the relay's reason, and why each message is here (its threading rule).
+"""/app/c/{id}: one conversation, its actions and the reply box.
+
+The page shows the guest's new text by default with the full text behind a "show quoted text"
+toggle (<details>, no script), the sanitised HTML in a sandboxed frame served by its own route
+(gateway/web/conversation_parts.py), attachments (image thumbnails and downloads), replies with
+their delivery state, the relay's reason and a retry button when one failed, and why each
+message is here (its threading rule). Opening it marks it read, as reading in a mail client does.
 
 Reads through gateway/inbox/reading.conversation_detail, as the API does, scoped to the
-session's studio: another studio's id is 404. Opening it changes nothing (GET). Closing and
-reopening is a form (CSRF token and Origin checked, gateway/web/security.py) over the API's own
-domain function; marking read, replying and the guest's HTML in a sandboxed frame come with
-the next pages.
+session's studio: another studio's id is 404. Every action is a form (CSRF token and Origin
+checked, gateway/web/security.py) over the API's own domain functions, answered 303 back to a
+page so a reload does not post again: close/reopen, mark unread, delete, reply.
+
+The reply box posts multipart (text and files) and goes through the API's checks in the same
+order: the reply brake, the text, the attachments' sizes (gateway/outbound/replies.py), all
+before anything is written, so an oversized upload is a form error with nothing half-stored.
 """
 from __future__ import annotations
 
@@ -15,25 +22,37 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.exceptions import NotFoundException
+from litestar.datastructures import UploadFile
+from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath
 from litestar.response import Redirect
 from sqlalchemy import Engine, select
 
-from gateway.inbox.actions import CLOSED, OPEN, set_status
-from gateway.store.db import write_tx
-from gateway.web.login import checked_form
-
 from gateway.access.web_sessions import SessionCaller
-from gateway.inbox.reading import ConversationDetailOut, MessageOut, conversation_detail
-from gateway.store.db import read_tx
+from gateway.inbox.actions import CLOSED, OPEN, set_status
+from gateway.inbox.reading import BadCursor, ConversationDetailOut, MessageOut, conversation_detail
+from gateway.inbox.reads import mark_read
+from gateway.lifecycle.deletion_log import deletion_log
+from gateway.lifecycle.trash import delete_conversation
+from gateway.outbound.replies import ReplyError, ReplyTooLarge, Upload, check_text, check_uploads, create_reply
+from gateway.outbound.reply_brake import RepliesBraked, check_reply_brake
+from gateway.settings import Settings
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
 from gateway.store.tables import STUDIO
+from gateway.web.conversation_forms import signed_form
 from gateway.web.login import page
 from gateway.web.security import csrf_token
 from gateway.web.session import session_token, signed_in, to_login
-from gateway.web.templating import negotiate, short_time
+from gateway.web.templating import negotiate, short_time, translations
 
 PAGE_SIZE = 50
+# The reply box admits a body as large as the API's (attachments up to the largest message we
+# accept); check_uploads decides exactly, with a form error rather than a bare 413.
+UPLOAD_MAX_BODY = 64 * 1024 * 1024
+# Images a browser shows as a thumbnail: raster formats only. SVG can carry script and is only
+# ever a download (gateway/web/conversation_parts.py serves the bytes sandboxed either way).
+THUMBNAIL_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 
 
 @dataclass(frozen=True)
@@ -51,27 +70,50 @@ class Thread:
     messages: list[Shown]
 
 
+@dataclass(frozen=True)
+class Draft:
+    """What the reply box shows again after a refused reply: the text, and why it was refused."""
+
+    text: str = ""
+    error: str = ""
+
+
 @get("/app/c/{conversation_id:int}", name="web-conversation")
 async def conversation(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
     signed = await signed_in(request)
-    settings = request.app.state.settings
     if signed is None:
         return to_login(request)
+    return await _page(request, signed, conversation_id, Draft())
+
+
+async def _page(request: Request[Any, Any, Any], signed: SessionCaller, conversation_id: int, draft: Draft,
+                status: int = 200) -> Response[Any]:
+    settings: Settings = request.app.state.settings
     language = negotiate(request.headers.get("accept-language", ""), signed.locale)
-    found = await asyncio.to_thread(_read, request.app.state.engine, signed, conversation_id, language)
+    try:
+        found = await asyncio.to_thread(_read, request.app.state.engine, signed, conversation_id, language,
+                                        request.query_params.get("cursor") or None)
+    except BadCursor:
+        raise ClientException("not a page of this conversation", extra={"code": "bad_cursor"}) from None
     if found is None:
         raise NotFoundException("no such conversation", extra={"code": "not_found"})
-    return page(request, "conversation.html", language=language, thread=found,
+    return page(request, "conversation.html", status=status, language=language, thread=found, draft=draft,
+                thumbnails=THUMBNAIL_TYPES,
                 csrf=csrf_token(settings.secret(), session_token(request, settings) or ""))
 
 
-def _read(engine: Engine, signed: SessionCaller, conversation_id: int, language: str) -> Thread | None:
+def _read(engine: Engine, signed: SessionCaller, conversation_id: int, language: str,
+          cursor: str | None = None) -> Thread | None:
+    """The newest PAGE_SIZE messages, or with `cursor` the older page it names (the API's cursor)."""
     studio_id = signed.caller.studio_id
     with read_tx(engine) as conn:
-        detail = conversation_detail(conn, studio_id, conversation_id, limit=PAGE_SIZE)
+        detail = conversation_detail(conn, studio_id, conversation_id, limit=PAGE_SIZE, cursor=cursor)
         if detail is None:
             return None
         studio = conn.execute(select(STUDIO.c.name, STUDIO.c.time_zone).where(STUDIO.c.id == studio_id)).one()
+    if detail.unread:  # opening is reading; the page shows it as it was when opened
+        with write_tx(engine) as conn:
+            mark_read(conn, studio_id, conversation_id, utcnow())
     shown = [Shown(m, short_time(m.received_at, studio.time_zone, language), m.received_at.isoformat(),
                    m.full_text.strip() != m.text.strip()) for m in detail.messages]
     return Thread(studio.name, detail, shown)
@@ -80,20 +122,98 @@ def _read(engine: Engine, signed: SessionCaller, conversation_id: int, language:
 @post("/app/c/{conversation_id:int}/status", name="web-conversation-status", status_code=303)
 async def change_status(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
     """Close or reopen, then back to the conversation (303, so a reload does not post again)."""
-    signed = await signed_in(request)
-    settings = request.app.state.settings
+    signed, form = await signed_form(request)
     if signed is None:
-        return Redirect("/app/login", status_code=303)
-    form = await checked_form(request, session_token(request, settings))
+        return form
     status = form.get("status")
     if status not in (OPEN, CLOSED):
         raise NotFoundException("no such status", extra={"code": "bad_status"})
-    if not await asyncio.to_thread(_set, request.app.state.engine, signed.caller.studio_id, conversation_id,
-                                   str(status)):
+    if not await asyncio.to_thread(_write, request.app.state.engine, set_status, signed.caller.studio_id,
+                                   conversation_id, str(status)):
         raise NotFoundException("no such conversation", extra={"code": "not_found"})
     return Redirect(f"/app/c/{conversation_id}", status_code=303)
 
 
-def _set(engine: Engine, studio_id: int, conversation_id: int, status: str) -> bool:
+@post("/app/c/{conversation_id:int}/unread", name="web-conversation-unread", status_code=303)
+async def mark_unread(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
+    """Mark unread, then to the inbox: staying on the page would be opening it, which reads it."""
+    signed, form = await signed_form(request)
+    if signed is None:
+        return form
+    if not await asyncio.to_thread(_write, request.app.state.engine, mark_read, signed.caller.studio_id,
+                                   conversation_id, utcnow(), read=False):
+        raise NotFoundException("no such conversation", extra={"code": "not_found"})
+    return Redirect("/app/", status_code=303)
+
+
+@post("/app/c/{conversation_id:int}/delete", name="web-conversation-delete", status_code=303)
+async def delete(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
+    """Into the trash (restorable for 30 days on a paid plan), then to the trash page."""
+    signed, form = await signed_form(request)
+    if signed is None:
+        return form
+    settings: Settings = request.app.state.settings
+    caller = signed.caller
+    deleted = await asyncio.to_thread(_write, request.app.state.engine, delete_conversation, caller.studio_id,
+                                      conversation_id, caller.profile_id, utcnow(), log=deletion_log(settings))
+    if deleted is None:
+        raise NotFoundException("no such conversation", extra={"code": "not_found"})
+    return Redirect("/app/trash", status_code=303)
+
+
+@post("/app/c/{conversation_id:int}/reply", name="web-conversation-reply", status_code=303,
+      request_max_body_size=UPLOAD_MAX_BODY)
+async def reply(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
+    """Queue the reply (it shows at once as "queued"), or the page again with a form error."""
+    signed, form = await signed_form(request)
+    if signed is None:
+        return form
+    settings: Settings = request.app.state.settings
+    text = form.get("text")
+    text = text if isinstance(text, str) else ""
+    language = negotiate(request.headers.get("accept-language", ""), signed.locale)
+    files = [f for f in (await request.form()).getall("files", []) if isinstance(f, UploadFile) and f.filename]
+    try:
+        check_text(text)
+        uploads = check_uploads([Upload(f.filename, f.content_type or "application/octet-stream", await f.read())
+                                 for f in files], settings)
+        found = await asyncio.to_thread(_queue, request.app.state.engine, settings, signed.caller.studio_id,
+                                        conversation_id, text, uploads)
+    except ReplyTooLarge:
+        return await _page(request, signed, conversation_id, Draft(text, _refusal("too_large", language)), 413)
+    except ReplyError:
+        return await _page(request, signed, conversation_id, Draft(text, _refusal("empty", language)), 400)
+    except RepliesBraked:
+        return await _page(request, signed, conversation_id, Draft(text, _refusal("braked", language)), 429)
+    if not found:
+        raise NotFoundException("no such conversation", extra={"code": "not_found"})
+    wake = getattr(request.app.state, "wake_outbox", None)
+    if wake is not None:
+        wake()  # same process (gateway serve): send now rather than at the next poll
+    return Redirect(f"/app/c/{conversation_id}#reply", status_code=303)
+
+
+def _refusal(why: str, language: str) -> str:
+    _ = translations(language).gettext
+    return {"too_large": _("The attachments are too large. Nothing was sent; please send smaller files."),
+            "empty": _("Please write a text. Nothing was sent."),
+            "braked": _("Too many replies to this conversation in the last hour. Nothing was sent; "
+                        "please try again later.")}[why]
+
+
+def _queue(engine: Engine, settings: Settings, studio_id: int, conversation_id: int, text: str,
+           uploads: list[Upload]) -> bool:
     with write_tx(engine) as conn:
-        return set_status(conn, studio_id, conversation_id, status)
+        check_reply_brake(conn, studio_id=studio_id, conversation_id=conversation_id, now=utcnow(),
+                          limit=settings.reply_max_per_conversation_per_hour)
+        return create_reply(conn, studio_id=studio_id, conversation_id=conversation_id, text=text,
+                            settings=settings, uploads=uploads) is not None
+
+
+def _write(engine: Engine, action: Any, *args: Any, **kwargs: Any) -> Any:
+    """One domain action in its own write transaction, off the event loop."""
+    with write_tx(engine) as conn:
+        return action(conn, *args, **kwargs)
+
+
+CONVERSATION_ROUTES = [conversation, change_status, mark_unread, delete, reply]

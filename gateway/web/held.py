@@ -1,0 +1,102 @@
+"""/app/held: mail held for the studio's decision, and accepting or rejecting it.
+
+A message is held when its sender is not a participant of the conversation it names (a
+forwarded thread, a partner writing in, a forged In-Reply-To; gateway/inbox/actions.py). The
+page lists them newest first with the start of their text, and each has two buttons: accept
+(it joins its conversation, and its sender counts from then on) or reject (never shown again).
+The same domain function as the API decides, scoped to the session's studio (another studio's
+id is 404); a message decided meanwhile (another person in the studio, a double tap) is simply
+shown as gone from the list.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
+from litestar.response import Redirect
+from sqlalchemy import Engine, select
+
+from gateway.access.web_sessions import SessionCaller
+from gateway.inbox.actions import Decision, HeldMessage, NotHeld, decide_held, list_held
+from gateway.settings import Settings
+from gateway.store.db import read_tx, write_tx
+from gateway.store.tables import STUDIO
+from gateway.web.conversation_forms import signed_form
+from gateway.web.login import page
+from gateway.web.security import csrf_token
+from gateway.web.session import session_token, signed_in, to_login
+from gateway.web.templating import negotiate, short_time
+
+PAGE_SIZE = 50
+EXCERPT = 300
+
+
+@dataclass(frozen=True)
+class HeldRow:
+    message: HeldMessage
+    excerpt: str
+    when: str
+    when_iso: str
+
+
+@dataclass(frozen=True)
+class Held:
+    studio_name: str
+    rows: list[HeldRow]
+    next_cursor: str | None
+
+
+@get("/app/held", name="web-held")
+async def held(request: Request[Any, Any, Any]) -> Response[Any]:
+    signed = await signed_in(request)
+    if signed is None:
+        return to_login(request)
+    settings: Settings = request.app.state.settings
+    language = negotiate(request.headers.get("accept-language", ""), signed.locale)
+    found = await asyncio.to_thread(_read, request.app.state.engine, signed, language,
+                                    request.query_params.get("cursor") or None)
+    return page(request, "held.html", language=language, held=found,
+                csrf=csrf_token(settings.secret(), session_token(request, settings) or ""))
+
+
+def _read(engine: Engine, signed: SessionCaller, language: str, cursor: str | None) -> Held:
+    studio_id = signed.caller.studio_id
+    with read_tx(engine) as conn:
+        studio = conn.execute(select(STUDIO.c.name, STUDIO.c.time_zone).where(STUDIO.c.id == studio_id)).one()
+        listed = list_held(conn, studio_id, limit=PAGE_SIZE, cursor=cursor)
+    rows = [HeldRow(m, m.text[:EXCERPT], short_time(m.received_at, studio.time_zone, language),
+                    m.received_at.isoformat()) for m in listed.items]
+    return Held(studio.name, rows, listed.next_cursor)
+
+
+@post("/app/held/{message_id:int}", name="web-held-decide", status_code=303)
+async def decide(request: Request[Any, Any, Any], message_id: FromPath[int]) -> Response[Any]:
+    """Accept (then to its conversation) or reject (then back to the list)."""
+    signed, form = await signed_form(request)
+    if signed is None:
+        return form
+    decision = form.get("decision")
+    if decision not in ("accept", "reject"):
+        raise NotFoundException("no such decision", extra={"code": "bad_decision"})
+    try:
+        decided = await asyncio.to_thread(_decide, request.app.state.engine, signed.caller.studio_id, message_id,
+                                          decision == "accept")
+    except NotHeld:
+        return Redirect("/app/held", status_code=303)  # decided meanwhile
+    if decided is None:
+        raise NotFoundException("no such message", extra={"code": "not_found"})
+    if decision == "accept":
+        return Redirect(f"/app/c/{decided.conversation_id}", status_code=303)
+    return Redirect("/app/held", status_code=303)
+
+
+def _decide(engine: Engine, studio_id: int, message_id: int, accept: bool) -> Decision | None:
+    with write_tx(engine) as conn:
+        return decide_held(conn, studio_id, message_id, accept=accept)
+
+
+HELD_ROUTES = [held, decide]

@@ -1,0 +1,117 @@
+"""/app/trash: the conversations the studio deleted in the last 30 days, and restoring one.
+
+Restoring is a paid feature (gateway/billing/entitlements.py; the FAQ: "deleted data can be
+restored on a paid plan"). On the free plan the page says so and why instead of offering a
+button; a restore posted anyway gets the same explanation (402), never a silent nothing. The
+listing and the restore are the API's (gateway/lifecycle/trash.py), scoped to the session's
+studio: another studio's id is 404.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
+from litestar.response import Redirect
+from sqlalchemy import Engine, select
+
+from gateway.access.web_sessions import SessionCaller
+from gateway.billing.entitlements import has_paid_features
+from gateway.lifecycle.deletion_log import deletion_log
+from gateway.lifecycle.trash import (RETENTION, ConversationDeleted, Expired, NotDeleted, PaidFeature,
+                                     TrashedConversation, record_restored, restore_conversation,
+                                     trashed_conversations)
+from gateway.settings import Settings
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.store.tables import STUDIO
+from gateway.web.conversation_forms import signed_form
+from gateway.web.login import page
+from gateway.web.security import csrf_token
+from gateway.web.session import session_token, signed_in, to_login
+from gateway.web.templating import negotiate, short_time
+
+log = logging.getLogger(__name__)
+PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class TrashRow:
+    conversation: TrashedConversation
+    deleted: str
+    purge: str
+
+
+@dataclass(frozen=True)
+class Trash:
+    studio_name: str
+    restorable: bool        # the plan allows restoring
+    rows: list[TrashRow]
+    next_cursor: str | None
+    retention_days: int
+
+
+@get("/app/trash", name="web-trash")
+async def trash(request: Request[Any, Any, Any]) -> Response[Any]:
+    signed = await signed_in(request)
+    if signed is None:
+        return to_login(request)
+    return await _page(request, signed)
+
+
+async def _page(request: Request[Any, Any, Any], signed: SessionCaller, refused: str = "",
+                status: int = 200) -> Response[Any]:
+    settings: Settings = request.app.state.settings
+    language = negotiate(request.headers.get("accept-language", ""), signed.locale)
+    cursor = request.query_params.get("cursor") or None
+    found = await asyncio.to_thread(_read, request.app.state.engine, settings, signed, language, cursor)
+    return page(request, "trash.html", status=status, language=language, trash=found, refused=refused,
+                csrf=csrf_token(settings.secret(), session_token(request, settings) or ""))
+
+
+def _read(engine: Engine, settings: Settings, signed: SessionCaller, language: str, cursor: str | None) -> Trash:
+    studio_id, now = signed.caller.studio_id, utcnow()
+    with read_tx(engine) as conn:
+        studio = conn.execute(select(STUDIO.c.name, STUDIO.c.time_zone).where(STUDIO.c.id == studio_id)).one()
+        listed = trashed_conversations(conn, studio_id, now, limit=PAGE_SIZE, cursor=cursor)
+        paid = has_paid_features(conn, studio_id, settings, now)
+    rows = [TrashRow(c, short_time(c.deleted_at, studio.time_zone, language),
+                     short_time(c.purge_at, studio.time_zone, language)) for c in listed.items]
+    return Trash(studio.name, paid, rows, listed.next_cursor, RETENTION.days)
+
+
+@post("/app/trash/{conversation_id:int}/restore", name="web-trash-restore", status_code=303)
+async def restore(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
+    """Back into the inbox as it was, then to the conversation; refused: the trash, explained."""
+    signed, form = await signed_form(request)
+    if signed is None:
+        return form
+    settings: Settings = request.app.state.settings
+    try:
+        restored = await asyncio.to_thread(_restore, request.app.state.engine, settings, signed.caller.studio_id,
+                                           conversation_id)
+    except PaidFeature:
+        return await _page(request, signed, "paid", 402)
+    except Expired:
+        return await _page(request, signed, "expired", 410)
+    except (NotDeleted, ConversationDeleted):
+        return Redirect(f"/app/c/{conversation_id}", status_code=303)  # restored meanwhile (a double click)
+    if restored is None:
+        raise NotFoundException("no such conversation", extra={"code": "not_found"})
+    try:
+        record_restored(deletion_log(settings), signed.caller.studio_id, restored)
+    except OSError:  # restored and committed: a later backup restore would only re-trash it
+        log.exception("could not log the restore of conversation %d in the deletion log", conversation_id)
+    return Redirect(f"/app/c/{conversation_id}", status_code=303)
+
+
+def _restore(engine: Engine, settings: Settings, studio_id: int, conversation_id: int) -> Any:
+    with write_tx(engine) as conn:
+        return restore_conversation(conn, studio_id, conversation_id, settings, utcnow())
+
+
+TRASH_ROUTES = [trash, restore]
