@@ -195,6 +195,14 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/api/v1/tokens"): Op("listTokens", "tokens"),
     ("POST", "/api/v1/tokens"): Op("createToken", "tokens", creates=True),
     ("DELETE", "/api/v1/tokens/{token_id}"): Op("revokeToken", "tokens", extra=(404,)),
+    ("GET", "/api/v1/webhook-endpoints"): Op("listWebhookEndpoints", "webhooks"),
+    ("POST", "/api/v1/webhook-endpoints"): Op("createWebhookEndpoint", "webhooks", body=True, creates=True, links={"201": {
+        "listWebhookDeliveries": _link("listWebhookDeliveries", endpoint_id="$response.body#/endpoint/id"),
+        "rotateWebhookSecret": _link("rotateWebhookSecret", endpoint_id="$response.body#/endpoint/id"),
+        "deleteWebhookEndpoint": _link("deleteWebhookEndpoint", endpoint_id="$response.body#/endpoint/id")}}),
+    ("POST", "/api/v1/webhook-endpoints/{endpoint_id}/rotate-secret"): Op("rotateWebhookSecret", "webhooks", extra=(404,)),
+    ("DELETE", "/api/v1/webhook-endpoints/{endpoint_id}"): Op("deleteWebhookEndpoint", "webhooks", extra=(404,)),
+    ("GET", "/api/v1/webhook-endpoints/{endpoint_id}/deliveries"): Op("listWebhookDeliveries", "webhooks", extra=(404,)),
     ("GET", "/api/v1/profiles"): Op("listProfiles", "profiles"),
     ("POST", "/api/v1/profiles"): Op("connectProfile", "profiles", body=True, creates=True, links={"201": {
         "disconnectProfile": _link("disconnectProfile", profile_id="$response.body#/profile/id")}}),
@@ -225,6 +233,7 @@ TAGS: dict[str, str] = {
     "studio": "The caller's studio and its settings.",
     "form": "The studio's inquiry form: its definition and versions (the public page is /f/{slug}).",
     "tokens": "API tokens.",
+    "webhooks": "The studio's webhook endpoints: its own systems posted the events, signed.",
     "profiles": "The owner and the members who answer for the studio.",
     "support-grants": "Read-only access the owner grants to support.",
     "audit": "Who read or changed access.",
