@@ -72,6 +72,7 @@ class Receiver:
     answers: list[int] = field(default_factory=list)
     posts: list[Post] = field(default_factory=list)
     ca_file: Path | None = None
+    hold_first: threading.Event | None = None   # set: the first post waits for it before its answer
     port: int = 0
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -86,11 +87,17 @@ class Receiver:
                 with receiver._lock:
                     receiver.posts.append(Post(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                     status = receiver.answers.pop(0) if receiver.answers else 200
+                    first = len(receiver.posts) == 1
+                if first and receiver.hold_first is not None:
+                    receiver.hold_first.wait(30)
                 answer = b'{"received": true}' if status < 300 else b"receiver trouble"
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                except OSError:   # the client is gone (a killed worker)
+                    pass
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -128,6 +128,7 @@ class World:
     attachment_id: int
     guest_message_id: str
     owner_profile_id: int = 0
+    endpoint_id: int = 0
     clients: dict[str, httpx.Client] = field(default_factory=dict)
     serial: Iterator[int] = field(default_factory=itertools.count)
 
@@ -175,6 +176,12 @@ class World:
         response = self.clients["owner"].post("/api/v1/webhook-endpoints", json=WEBHOOK_ENDPOINT)
         assert response.status_code == 201, response.text
         return int(response.json()["endpoint"]["id"])
+
+    def endpoint(self) -> int:
+        """One endpoint for the calls that leave it in place (a studio has at most ten)."""
+        if not self.endpoint_id:
+            self.endpoint_id = self.fresh_endpoint()
+        return self.endpoint_id
 
     def fresh_member(self) -> int:
         return connect_member(self.gw, self.studio, f"member{next(self.serial)}@inkwell.example")[0]
@@ -224,7 +231,7 @@ class World:
         values: dict[str, Callable[[], int]] = {
             "conversation_id": lambda: self.conversation_id, "attachment_id": lambda: self.attachment_id,
             "message_id": self.fresh_held, "token_id": self.fresh_owner_token, "profile_id": self.fresh_member,
-            "grant_id": self.fresh_grant, "guest_id": self.guest_id, "endpoint_id": self.fresh_endpoint,
+            "grant_id": self.fresh_grant, "guest_id": self.guest_id, "endpoint_id": self.endpoint,
         }
         # Targets a call uses up: deleting, restoring and erasing get their own each time.
         if template.startswith("/api/v1/conversations/{conversation_id:str}") and \
@@ -234,6 +241,8 @@ class World:
             values["message_id"] = lambda: self.fresh_message(deleted=method == "POST")
         if template.endswith("/erase"):
             values["guest_id"] = self.fresh_guest
+        if template.startswith("/api/v1/webhook-endpoints/") and method == "DELETE":
+            values["endpoint_id"] = self.fresh_endpoint
 
         def fill(match: re.Match[str]) -> str:
             assert match.group(1) in values, f"no target for {{{match.group(1)}}}: add one to World.path"

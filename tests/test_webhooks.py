@@ -10,7 +10,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import multiprocessing
+import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +25,7 @@ from sqlalchemy import select
 from gateway.lifecycle.webhook_notice import owner_notice
 from gateway.outbound.webhooks import WebhookSender
 from gateway.settings import Settings
-from gateway.store.db import read_tx
+from gateway.store.db import make_engine, read_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import MESSAGE, OUTBOUND_JOB, WEBHOOK_ENDPOINT
 from tests.conftest import RunningGateway, StudioInfo, make_settings, start_gateway
@@ -163,26 +167,39 @@ def test_in_order_per_conversation_a_later_event_waits_for_a_failing_one(
     assert types == ["message.created", "message.created", "conversation.updated"]
 
 
-def test_a_killed_worker_s_claim_comes_back_and_is_posted_with_the_same_event_id(
+def _worker_round(settings: Settings) -> None:
+    """A worker process's delivery round (killed by the test while it posts)."""
+    engine = make_engine(settings.resolved_database_url, busy_timeout=2.0)
+    WebhookSender(engine, settings).run_round()
+
+
+def test_a_worker_killed_while_posting_is_taken_over_with_the_same_event_id(
         hooked: RunningGateway, receiver: Receiver) -> None:
     studio = hooked.add_studio("atelier")
     endpoint_id, secret = register(hooked, studio, receiver.url())
     guest_writes(hooked, studio)
-    killed = WebhookSender(hooked.engine, hooked.settings)
-    killed.scan()
-    claimed = killed.claim()
-    assert claimed is not None
-    killed.post(claimed)          # posted, then killed before it could record the answer
+    receiver.hold_first = threading.Event()
+    child = multiprocessing.get_context("spawn").Process(target=_worker_round, args=(hooked.settings,))
+    child.start()
+    try:
+        receiver.wait_for(1, timeout=60)      # its post arrived and waits for an answer
+        child.kill()                          # SIGKILL: no answer recorded, the claim left behind
+        child.join(30)
+    finally:
+        receiver.hold_first.set()
+    assert child.exitcode == -signal.SIGKILL
     clock = Clock()
     other = WebhookSender(hooked.engine, hooked.settings, clock=clock)
-    assert other.run_round() == 0  # the claim is a lease: held while it runs
+    assert other.run_round() == 0         # the claim is a lease: held until it runs out
+    [delivery] = deliveries(hooked, studio, endpoint_id)
+    assert delivery["status"] == "sending" and delivery["attempts"] == []
     clock.offset = timedelta(seconds=hooked.settings.outbound_lease + 1)
     assert other.run_round() == 1
     first, second = receiver.wait_for(2)
     assert first.headers["gateway-event-id"] == second.headers["gateway-event-id"]
     assert first.body == second.body and verify(second.body, second.headers["gateway-signature"], secret)
     [delivery] = deliveries(hooked, studio, endpoint_id)
-    assert delivery["status"] == "delivered"
+    assert delivery["status"] == "delivered" and [a["status_code"] for a in delivery["attempts"]] == [200]
 
 
 @pytest.mark.parametrize("url, reason", [
@@ -306,6 +323,21 @@ def test_endpoints_are_the_owner_s_and_deleting_one_stops_its_posts(
     assert hooked.api(studio.token).delete(f"{ENDPOINTS}/{endpoint_id}").status_code == 204
     guest_writes(hooked, studio)
     assert WebhookSender(hooked.engine, hooked.settings).run_round() == 0
+
+
+def test_two_workers_at_once_post_each_event_once(hooked: RunningGateway, receiver: Receiver) -> None:
+    studio = hooked.add_studio("atelier")
+    register(hooked, studio, receiver.url())
+    for n in range(12):   # twelve guests, twelve conversations: nothing orders them
+        assert hooked.send(make_mail(subject=f"Anfrage {n}", from_=f"Gast {n} <gast{n}@example.org>"),
+                           studio.address, mail_from=f"gast{n}@example.org").code == 250
+    hooked.process()
+    workers = [WebhookSender(hooked.engine, hooked.settings) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        posted = list(pool.map(lambda w: w.run_round(), workers))
+    assert sum(posted) == 12
+    ids = [p.headers["gateway-event-id"] for p in receiver.wait_for(12)]
+    assert len(ids) == len(set(ids)) == 12
 
 
 def test_the_worker_posts_on_its_own(tmp_path: Path, database_url: str, receiver: Receiver) -> None:

@@ -44,7 +44,7 @@ from gateway.outbound.webhook_address import (AddressRefused, parse_url, post_pi
                                               ssl_context)
 from gateway.outbound.webhook_secrets import decrypt, signature_header
 from gateway.settings import Settings
-from gateway.store.db import write_tx
+from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import WEBHOOK_ATTEMPT, WEBHOOK_DELIVERY, WEBHOOK_ENDPOINT
 
@@ -161,7 +161,8 @@ class WebhookSender:
         with write_tx(self.engine) as conn:
             candidates = conn.execute(select(D.id, D.endpoint_id).where(*_claimable(now, self.lease))
                                       .order_by(D.next_attempt_at, D.id).limit(8)).all()
-            for candidate in candidates:
+            # Endpoint rows are locked in id order, so two claimers never wait on each other crosswise.
+            for candidate in sorted(candidates, key=lambda c: c.endpoint_id):
                 # Claimers of one endpoint queue here; the check below then sees the other's claim.
                 conn.execute(select(E.id).where(E.id == candidate.endpoint_id).with_for_update())
                 row = conn.execute(select(D.id).where(D.id == candidate.id, *_claimable(now, self.lease))
@@ -176,7 +177,7 @@ class WebhookSender:
         return None
 
     def _secrets(self, claimed: Claimed, now: datetime) -> tuple[str, list[str]] | None:
-        with write_tx(self.engine) as conn:
+        with read_tx(self.engine) as conn:
             row = conn.execute(select(E.url, E.secret_enc, E.previous_secret_enc, E.previous_until)
                                .where(E.id == claimed.endpoint_id)).first()
         if row is None:
