@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gateway.lifecycle.webhook_notice import owner_notice
 from gateway.outbound.webhooks import WebhookSender
 from gateway.settings import Settings
-from gateway.store.db import make_engine, read_tx
+from gateway.lifecycle.erasure import erase_studio
+from gateway.store.db import make_engine, read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.store.tables import MESSAGE, OUTBOUND_JOB, WEBHOOK_ENDPOINT
+from gateway.store.tables import MESSAGE, OUTBOUND_JOB, WEBHOOK_ATTEMPT, WEBHOOK_DELIVERY, WEBHOOK_ENDPOINT
 from tests.conftest import RunningGateway, StudioInfo, make_settings, start_gateway
 from tests.https_receiver import Receiver
 from tests.mail import make_mail
@@ -338,6 +339,20 @@ def test_two_workers_at_once_post_each_event_once(hooked: RunningGateway, receiv
     assert sum(posted) == 12
     ids = [p.headers["gateway-event-id"] for p in receiver.wait_for(12)]
     assert len(ids) == len(set(ids)) == 12
+
+
+def test_erasing_the_studio_erases_its_endpoints_deliveries_and_attempts(
+        hooked: RunningGateway, receiver: Receiver) -> None:
+    studio = hooked.add_studio("atelier")
+    register(hooked, studio, receiver.url())
+    receiver.answers = [500]
+    guest_writes(hooked, studio)
+    assert WebhookSender(hooked.engine, hooked.settings).run_round() == 1
+    with write_tx(hooked.engine) as conn:
+        assert erase_studio(conn, studio.id, hooked.settings.mail_domain)
+    with read_tx(hooked.engine) as conn:
+        for table in (WEBHOOK_ENDPOINT, WEBHOOK_DELIVERY, WEBHOOK_ATTEMPT):
+            assert conn.execute(select(func.count()).select_from(table)).scalar_one() == 0, table.name
 
 
 def test_the_worker_posts_on_its_own(tmp_path: Path, database_url: str, receiver: Receiver) -> None:

@@ -22,6 +22,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.types import Method
 
 from gateway.access.studios import EMAIL_PATTERN, OPTIONAL_LINE_PATTERN, SINGLE_LINE_PATTERN
+from gateway.eventlog import TYPES as EVENT_TYPES
 from gateway.outbound.replies import MAX_TEXT, TEXT_PATTERN
 
 SECURITY_SCHEME = "bearer"
@@ -122,6 +123,10 @@ BODY_RULES: dict[str, dict[str, dict[str, Any]]] = {
                 "": {"additionalProperties": False, "not": {"required": ["hours", "days"], "properties": {
                     "hours": {"type": "integer"}, "days": {"type": "integer"}}}}},
     "ReplyUpload": {"text": {"minLength": 1, "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN}},
+    # The types must be known (an unknown one is 422 naming it); the URL must be https on a public
+    # address, which only resolving it can tell (gateway/outbound/webhook_address.py).
+    "EndpointIn": {"event_types": {"items": {"type": "string", "enum": list(EVENT_TYPES)}, "uniqueItems": True},
+                   "url": {"pattern": "^https://"}},
     "StudioPatch": {"time_zone": {"oneOf": [{"type": "string", "enum": documented_time_zones()}, {"type": "null"}]}},
 }
 
@@ -196,7 +201,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/api/v1/tokens"): Op("createToken", "tokens", creates=True),
     ("DELETE", "/api/v1/tokens/{token_id}"): Op("revokeToken", "tokens", extra=(404,)),
     ("GET", "/api/v1/webhook-endpoints"): Op("listWebhookEndpoints", "webhooks"),
-    ("POST", "/api/v1/webhook-endpoints"): Op("createWebhookEndpoint", "webhooks", body=True, creates=True, links={"201": {
+    ("POST", "/api/v1/webhook-endpoints"): Op("createWebhookEndpoint", "webhooks", body=True, creates=True, extra=(422,), links={"201": {
         "listWebhookDeliveries": _link("listWebhookDeliveries", endpoint_id="$response.body#/endpoint/id"),
         "rotateWebhookSecret": _link("rotateWebhookSecret", endpoint_id="$response.body#/endpoint/id"),
         "deleteWebhookEndpoint": _link("deleteWebhookEndpoint", endpoint_id="$response.body#/endpoint/id")}}),

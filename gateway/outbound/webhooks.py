@@ -36,7 +36,7 @@ from typing import Callable
 import httpx
 import tenacity
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import Connection, Engine, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, or_, select, update
 
 from gateway.eventlog import events_after
 from gateway.eventlog import current as current_seq
@@ -67,7 +67,8 @@ _WAITS = exists(select(_EARLIER.c.id).where(
 _ENABLED = exists(select(E.id).where(E.id == D.endpoint_id, E.disabled_at.is_(None)))
 
 
-def _claimable(now: datetime, lease: timedelta) -> list:  # type: ignore[type-arg]
+def _claimable(now: datetime, lease: timedelta) -> list[ColumnElement[bool]]:
+    """Due (or its lease ran out), not waiting for an earlier one, its endpoint enabled."""
     return [or_(and_(D.status == "pending", D.next_attempt_at <= now),
                 and_(D.status == "sending", D.claimed_at < now - lease)), ~_WAITS, _ENABLED]
 
@@ -223,7 +224,8 @@ class WebhookSender:
                 extra={"event": "webhook_attempt", "delivery_id": claimed.id, "endpoint_id": claimed.endpoint_id,
                        "attempt": claimed.attempts, "status_code": answer.status_code})
         with write_tx(self.engine) as conn:
-            conn.execute(WEBHOOK_ATTEMPT.insert(), {"delivery_id": claimed.id, "attempted_at": now,
+            conn.execute(WEBHOOK_ATTEMPT.insert(), {"studio_id": claimed.studio_id, "delivery_id": claimed.id,
+                                                    "attempted_at": now,
                                                     "status_code": answer.status_code, "answer": answer.text[:1000]})
             mine = (D.id == claimed.id) & (D.status == "sending") & (D.attempts == claimed.attempts)
             if answer.ok:

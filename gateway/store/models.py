@@ -680,6 +680,7 @@ class WebhookAttempt(SQLModel, table=True):
 
     __tablename__ = "webhook_attempt"
     id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)   # erased with the studio (lifecycle/erasure.py)
     delivery_id: int = Field(foreign_key="webhook_delivery.id", index=True)
     attempted_at: datetime = Field(default_factory=utcnow)
     status_code: int | None = None

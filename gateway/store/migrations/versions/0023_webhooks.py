@@ -59,18 +59,22 @@ def upgrade() -> None:
     op.create_index(op.f('ix_webhook_delivery_studio_id'), 'webhook_delivery', ['studio_id'], unique=False)
     op.create_table('webhook_attempt',
     sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('studio_id', sa.Integer(), nullable=False),
     sa.Column('delivery_id', sa.Integer(), nullable=False),
     sa.Column('attempted_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('status_code', sa.Integer(), nullable=True),
     sa.Column('answer', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
     sa.ForeignKeyConstraint(['delivery_id'], ['webhook_delivery.id'], ),
+    sa.ForeignKeyConstraint(['studio_id'], ['studio.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sqlite_autoincrement=True
     )
     op.create_index(op.f('ix_webhook_attempt_delivery_id'), 'webhook_attempt', ['delivery_id'], unique=False)
+    op.create_index(op.f('ix_webhook_attempt_studio_id'), 'webhook_attempt', ['studio_id'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f('ix_webhook_attempt_studio_id'), table_name='webhook_attempt')
     op.drop_index(op.f('ix_webhook_attempt_delivery_id'), table_name='webhook_attempt')
     op.drop_table('webhook_attempt')
     op.drop_index(op.f('ix_webhook_delivery_studio_id'), table_name='webhook_delivery')
