@@ -149,6 +149,9 @@ def test_a_500_is_retried_later_and_delivered_once(hooked: RunningGateway, recei
     assert first.headers["gateway-event-id"] == second.headers["gateway-event-id"]
     [delivery] = deliveries(hooked, studio, endpoint_id)
     assert delivery["status"] == "delivered" and [a["status_code"] for a in delivery["attempts"]] == [500, 200]
+    clock.offset = timedelta(days=31)     # done deliveries are listed for 30 days, then forgotten
+    assert WebhookSender(hooked.engine, hooked.settings, clock=clock).run_round() == 0
+    assert deliveries(hooked, studio, endpoint_id) == []
 
 
 def test_in_order_per_conversation_a_later_event_waits_for_a_failing_one(

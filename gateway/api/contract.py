@@ -63,7 +63,8 @@ MEANINGS: dict[int, str] = {
     410: "Gone: too late for this (expired).",
     413: "Request body too large.",
     415: "Unsupported content type for the body.",
-    422: "The `Idempotency-Key` was used before with another body.",
+    422: "The `Idempotency-Key` was used before with another body; or a value the route cannot take "
+         "(`errors` names the field: an invalid form definition, a webhook URL on a private address).",
     429: "Too many requests (failed authentications from this client, or a route's own brake).",
     502: "The payment provider refused the request.",
     503: "Temporarily unavailable (database failing over, or a provider down): retry after `Retry-After`.",

@@ -36,7 +36,7 @@ from typing import Callable
 import httpx
 import tenacity
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, delete, exists, or_, select, update
 
 from gateway.eventlog import events_after
 from gateway.eventlog import current as current_seq
@@ -46,12 +46,14 @@ from gateway.outbound.webhook_secrets import decrypt, signature_header
 from gateway.settings import Settings
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.store.tables import WEBHOOK_ATTEMPT, WEBHOOK_DELIVERY, WEBHOOK_ENDPOINT
+from gateway.store.tables import STUDIO_EVENT_COUNTER, WEBHOOK_ATTEMPT, WEBHOOK_DELIVERY, WEBHOOK_ENDPOINT
 
 log = logging.getLogger(__name__)
 
 RETRY_FOR = timedelta(days=3)       # a delivery, and an endpoint failing, are given up after this
 BACKOFF = tenacity.wait_exponential(multiplier=30, max=6 * 3600) + tenacity.wait_random(0, 15)
+KEPT = timedelta(days=30)           # deliveries done are listed this long (GET .../deliveries)
+FORGET_EVERY = timedelta(hours=1)
 SCAN_LIMIT = 500                    # events per studio and scan; the next round takes the rest
 USER_AGENT = "gateway-webhooks/1"
 
@@ -116,9 +118,14 @@ class WebhookSender:
         self.instance_secret = settings.secret()
         ca = settings.webhook_ca_file
         self.ssl = ssl_context(str(ca) if ca else None)
+        self._forgotten_at: datetime | None = None
 
     def run_round(self) -> int:
         """Scan the log, then post every delivery that is due; the number of posts made."""
+        now = self.clock()
+        if self._forgotten_at is None or now - self._forgotten_at >= FORGET_EVERY:
+            self.forget(now)
+            self._forgotten_at = now
         self.scan()
         posted = 0
         while (claimed := self.claim()) is not None:
@@ -126,11 +133,25 @@ class WebhookSender:
             posted += 1
         return posted
 
+    def forget(self, now: datetime) -> int:
+        """Drop deliveries done (delivered or failed) more than KEPT ago, with their attempts."""
+        done = select(D.id).where(D.status.in_(("delivered", "failed")), D.created_at < now - KEPT)
+        with write_tx(self.engine) as conn:
+            conn.execute(delete(WEBHOOK_ATTEMPT).where(WEBHOOK_ATTEMPT.c.delivery_id.in_(done)))
+            return conn.execute(delete(WEBHOOK_DELIVERY).where(D.id.in_(done))).rowcount
+
     # -- scanning the event log --
 
     def scan(self) -> int:
         """Deliveries for the events recorded since each endpoint's last scan; how many."""
         made = 0
+        # Most rounds find nothing new: they only read, and never take SQLite's write lock
+        # from mail intake.
+        with read_tx(self.engine) as conn:
+            if conn.execute(select(E.id).join(STUDIO_EVENT_COUNTER, STUDIO_EVENT_COUNTER.c.studio_id == E.studio_id)
+                            .where(E.disabled_at.is_(None), E.scanned_seq < STUDIO_EVENT_COUNTER.c.seq)
+                            .limit(1)).first() is None:
+                return 0
         with write_tx(self.engine) as conn:
             endpoints = conn.execute(select(E.id, E.studio_id, E.scanned_seq, E.event_types)
                                      .where(E.disabled_at.is_(None)).order_by(E.id)
@@ -159,6 +180,9 @@ class WebhookSender:
     def claim(self) -> Claimed | None:
         """The next due delivery, claimed for this worker (a lease), or None."""
         now = self.clock()
+        with read_tx(self.engine) as conn:  # nothing due: no write transaction at all
+            if conn.execute(select(D.id).where(*_claimable(now, self.lease)).limit(1)).first() is None:
+                return None
         with write_tx(self.engine) as conn:
             candidates = conn.execute(select(D.id, D.endpoint_id).where(*_claimable(now, self.lease))
                                       .order_by(D.next_attempt_at, D.id).limit(8)).all()
