@@ -127,7 +127,7 @@ BODY_RULES: dict[str, dict[str, dict[str, Any]]] = {
     # The types must be known (an unknown one is 422 naming it); the URL must be https on a public
     # address, which only resolving it can tell (gateway/outbound/webhook_address.py).
     "EndpointIn": {"event_types": {"items": {"type": "string", "enum": list(EVENT_TYPES)}, "uniqueItems": True},
-                   "url": {"pattern": "^https://"}},
+                   "url": {"pattern": "^https://"}, "": {"additionalProperties": False}},
     "StudioPatch": {"time_zone": {"oneOf": [{"type": "string", "enum": documented_time_zones()}, {"type": "null"}]}},
 }
 

@@ -107,10 +107,11 @@ class WebhookEndpointController(Controller):
         require_owner(caller, "manage webhooks")
         settings = state.settings
         try:
+            endpoints.check_event_types(data.event_types)
+            endpoints.check_url(data.url, settings.webhook_allow_loopback)  # resolves: outside the transaction
             with write_tx(state.engine) as conn:
                 new = endpoints.register(conn, caller.studio_id, data.url, data.event_types,
-                                         instance_secret=settings.secret(),
-                                         allow_loopback=settings.webhook_allow_loopback, now=utcnow())
+                                         instance_secret=settings.secret(), now=utcnow())
         except endpoints.EndpointRefused as exc:
             raise _refused(exc) from None
         return created(EndpointWithSecret(endpoint=_out(new.endpoint), secret=new.secret),

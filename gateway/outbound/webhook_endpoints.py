@@ -104,10 +104,11 @@ def check_url(url: str, allow_loopback: bool) -> str:
 
 
 def register(conn: Connection, studio_id: int, url: str, event_types: list[str], *, instance_secret: bytes,
-             allow_loopback: bool, now: datetime) -> NewSecret:
-    """A new endpoint, posted the chosen events recorded from now on; its secret, this once."""
+             now: datetime) -> NewSecret:
+    """A new endpoint, posted the chosen events recorded from now on; its secret, this once.
+    `url` must have passed `check_url`, before the transaction: resolving a name can take
+    seconds, which no write transaction should wait for."""
     types = check_event_types(event_types)
-    check_url(url, allow_loopback)
     count = conn.execute(select(func.count()).select_from(WEBHOOK_ENDPOINT)
                          .where(WEBHOOK_ENDPOINT.c.studio_id == studio_id)).scalar_one()
     if count >= MAX_ENDPOINTS:
