@@ -38,6 +38,8 @@ from gateway.store.db import get_engine, migrate
 from gateway.lifecycle.helpdesk import ensure_helpdesk
 from gateway.inbound.acceptor import Acceptor
 from gateway.outbound.outbox import Outbox
+from gateway.outbound.webhooks import WebhookSender
+from gateway.lifecycle.webhook_notice import owner_notice
 from gateway.inbound.processor import ProcessorThread, claimer, release_claims_of
 from gateway.lifecycle.purge import purge
 from gateway.events import Reaction
@@ -133,6 +135,8 @@ class Gateway:
         self.app: Litestar | None = None
         self._outbox_task: asyncio.Task[None] | None = None
         self.lockdowns: PeriodicRound | None = None
+        self.webhooks: PeriodicRound | None = None
+        self._webhooks_task: asyncio.Task[None] | None = None
         self._lockdowns_task: asyncio.Task[None] | None = None
         self._smtp: asyncio.AbstractServer | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -156,6 +160,10 @@ class Gateway:
             self.processor.start()
             self.outbox = Outbox(self.engine, self.settings, late_bodies=LATE_BODIES)
             self._outbox_task = asyncio.create_task(self.outbox.run(), name="outbox")
+            # Posts the studios' events to their webhook endpoints (gateway/outbound/webhooks.py).
+            self.webhooks = PeriodicRound("webhook delivery", self.settings.webhook_interval, WebhookSender(
+                self.engine, self.settings, on_disabled=owner_notice(self.settings)).run_round)
+            self._webhooks_task = asyncio.create_task(self.webhooks.run(), name="webhooks")
             if self.settings.stripe_secret_key is not None:
                 # Finishes lockdown pauses and resumes that a crash, a Stripe outage or a webhook
                 # left half-done (gateway/billing/lockdowns.py records intent before asking Stripe).
@@ -224,6 +232,9 @@ class Gateway:
         if self.outbox is not None and self._outbox_task is not None:
             self.outbox.stop()
             await self._outbox_task
+        if self.webhooks is not None and self._webhooks_task is not None:
+            self.webhooks.stop()
+            await self._webhooks_task
         if self.lockdowns is not None and self._lockdowns_task is not None:
             self.lockdowns.stop()
             await self._lockdowns_task

@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     # /readyz says "degraded" (still 200) beyond these: mail piling up in the outbox (api/health.py).
     ready_outbox_max_waiting: int = Field(1000, ge=1)      # replies queued or being sent
     ready_outbox_max_age: float = Field(3600.0, gt=0)      # seconds the oldest of them has waited
+    # Webhooks to the studios' own systems (gateway/outbound/webhooks.py).
+    webhook_allow_loopback: bool = False   # development and tests only: http(s) to loopback addresses
+    webhook_ca_file: Path | None = None    # an extra CA certificate to trust (a local test server)
+    webhook_interval: float = Field(2.0, gt=0)   # seconds between the worker's delivery rounds
     dkim_selector: str = ""
     dkim_private_key_file: Path | None = None
 

@@ -44,6 +44,9 @@ ID_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("DELETE", "/api/v1/support-grants/{id}", {}),
     ("GET", "/api/v1/guests/{id}", {}),
     ("POST", "/api/v1/guests/{id}/erase", {}),
+    ("DELETE", "/api/v1/webhook-endpoints/{id}", {}),
+    ("POST", "/api/v1/webhook-endpoints/{id}/rotate-secret", {}),
+    ("GET", "/api/v1/webhook-endpoints/{id}/deliveries", {}),
 ]
 UNKNOWN_ID = "999999"
 NO_SUCH_IDS = ["0", "-1", "2147483648", str(2**63), str(2**64), "9" * 60, "007777777"]

@@ -32,6 +32,8 @@ from tests.mail import make_mail
 from tests.conftest import BACKENDS, RunningGateway, StudioInfo, _throwaway_pg_database, start_gateway
 from tests.stripe_emulator import StripeEmulator
 
+# A public address (no name to resolve offline); nothing is posted to it: no worker runs here.
+WEBHOOK_ENDPOINT = {"url": "https://1.1.1.1/hooks/gateway", "event_types": ["message.created"]}
 PRINCIPALS = ("owner", "member", "disconnected", "other_owner", "anonymous", "support", "support_no_grant")
 
 # What each principal gets. "2xx" is any success; refusals are exact. Members read, answer and
@@ -66,6 +68,14 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/tokens"):                                ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     ("POST", "/api/v1/tokens"):                               ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     ("DELETE", "/api/v1/tokens/{token_id:str}"):              ("2xx", "404", "401", "404", "401", "403", "403"),
+    ("GET", "/api/v1/webhook-endpoints"):                     ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("POST", "/api/v1/webhook-endpoints"):                    ("2xx", "403", "401", "2xx", "401", "403", "403"),
+    ("DELETE", "/api/v1/webhook-endpoints/{endpoint_id:str}"):
+                                                              ("2xx", "403", "401", "404", "401", "403", "403"),
+    ("POST", "/api/v1/webhook-endpoints/{endpoint_id:str}/rotate-secret"):
+                                                              ("2xx", "403", "401", "404", "401", "403", "403"),
+    ("GET", "/api/v1/webhook-endpoints/{endpoint_id:str}/deliveries"):
+                                                              ("2xx", "403", "401", "404", "401", "403", "403"),
     ("GET", "/api/v1/profiles"):                              ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     ("POST", "/api/v1/profiles"):                             ("2xx", "403", "401", "2xx", "401", "403", "403"),
     ("DELETE", "/api/v1/profiles/{profile_id:str}"):          ("2xx", "403", "401", "404", "401", "403", "403"),
@@ -118,6 +128,7 @@ class World:
     attachment_id: int
     guest_message_id: str
     owner_profile_id: int = 0
+    endpoint_id: int = 0
     clients: dict[str, httpx.Client] = field(default_factory=dict)
     serial: Iterator[int] = field(default_factory=itertools.count)
 
@@ -160,6 +171,17 @@ class World:
 
     def fresh_owner_token(self) -> int:
         return int(self.clients["owner"].post("/api/v1/tokens").json()["id"])
+
+    def fresh_endpoint(self) -> int:
+        response = self.clients["owner"].post("/api/v1/webhook-endpoints", json=WEBHOOK_ENDPOINT)
+        assert response.status_code == 201, response.text
+        return int(response.json()["endpoint"]["id"])
+
+    def endpoint(self) -> int:
+        """One endpoint for the calls that leave it in place (a studio has at most ten)."""
+        if not self.endpoint_id:
+            self.endpoint_id = self.fresh_endpoint()
+        return self.endpoint_id
 
     def fresh_member(self) -> int:
         return connect_member(self.gw, self.studio, f"member{next(self.serial)}@inkwell.example")[0]
@@ -209,7 +231,7 @@ class World:
         values: dict[str, Callable[[], int]] = {
             "conversation_id": lambda: self.conversation_id, "attachment_id": lambda: self.attachment_id,
             "message_id": self.fresh_held, "token_id": self.fresh_owner_token, "profile_id": self.fresh_member,
-            "grant_id": self.fresh_grant, "guest_id": self.guest_id,
+            "grant_id": self.fresh_grant, "guest_id": self.guest_id, "endpoint_id": self.endpoint,
         }
         # Targets a call uses up: deleting, restoring and erasing get their own each time.
         if template.startswith("/api/v1/conversations/{conversation_id:str}") and \
@@ -219,6 +241,8 @@ class World:
             values["message_id"] = lambda: self.fresh_message(deleted=method == "POST")
         if template.endswith("/erase"):
             values["guest_id"] = self.fresh_guest
+        if template.startswith("/api/v1/webhook-endpoints/") and method == "DELETE":
+            values["endpoint_id"] = self.fresh_endpoint
 
         def fill(match: re.Match[str]) -> str:
             assert match.group(1) in values, f"no target for {{{match.group(1)}}}: add one to World.path"
@@ -241,6 +265,8 @@ class World:
             return {"json": {"fields": [{"key": "email", "type": "email", "required": True, "label": "E-Mail"}]}}
         if template == "/api/v1/billing/checkout":
             return {"json": {"plan": "monthly"}}
+        if template == "/api/v1/webhook-endpoints" and method == "POST":
+            return {"json": WEBHOOK_ENDPOINT}
         if template == "/api/v1/support-grants" and method == "POST":
             return {"json": {"hours": 1}}
         if method == "PATCH":

@@ -29,6 +29,7 @@ from gateway.api.profiles import ProfileController
 from gateway.api.studio import StudioController
 from gateway.api.support_grants import SupportGrantController
 from gateway.api.tokens import TokenController
+from gateway.api.webhook_endpoints import WebhookEndpointController
 from gateway.api.trash import ConversationTrashController, MessageController, TrashController
 from gateway.api.unavailable import UNAVAILABLE, database_unavailable
 from gateway.api.allow import allow_header
@@ -60,7 +61,7 @@ def create_app(engine: Engine, settings: Settings, pages: Sequence[Router | Any]
             reader.dispose()
 
     app = Litestar(
-        route_handlers=[healthz, readyz, ConversationController, StudioController, TokenController,
+        route_handlers=[healthz, readyz, ConversationController, StudioController, TokenController, WebhookEndpointController,
                         HeldController, ConversationStatusController, AttachmentController, BillingController,
                         ProfileController, SupportGrantController, AuditController, ConversationTrashController,
                         MessageController, TrashController, GuestController, ExportController,

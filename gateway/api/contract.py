@@ -22,6 +22,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.types import Method
 
 from gateway.access.studios import EMAIL_PATTERN, OPTIONAL_LINE_PATTERN, SINGLE_LINE_PATTERN
+from gateway.eventlog import TYPES as EVENT_TYPES
 from gateway.outbound.replies import MAX_TEXT, TEXT_PATTERN
 
 SECURITY_SCHEME = "bearer"
@@ -62,7 +63,8 @@ MEANINGS: dict[int, str] = {
     410: "Gone: too late for this (expired).",
     413: "Request body too large.",
     415: "Unsupported content type for the body.",
-    422: "The `Idempotency-Key` was used before with another body.",
+    422: "The `Idempotency-Key` was used before with another body; or a value the route cannot take "
+         "(`errors` names the field: an invalid form definition, a webhook URL on a private address).",
     429: "Too many requests (failed authentications from this client, or a route's own brake).",
     502: "The payment provider refused the request.",
     503: "Temporarily unavailable (database failing over, or a provider down): retry after `Retry-After`.",
@@ -122,6 +124,10 @@ BODY_RULES: dict[str, dict[str, dict[str, Any]]] = {
                 "": {"additionalProperties": False, "not": {"required": ["hours", "days"], "properties": {
                     "hours": {"type": "integer"}, "days": {"type": "integer"}}}}},
     "ReplyUpload": {"text": {"minLength": 1, "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN}},
+    # The types must be known (an unknown one is 422 naming it); the URL must be https on a public
+    # address, which only resolving it can tell (gateway/outbound/webhook_address.py).
+    "EndpointIn": {"event_types": {"items": {"type": "string", "enum": list(EVENT_TYPES)}, "uniqueItems": True},
+                   "url": {"pattern": "^https://"}, "": {"additionalProperties": False}},
     "StudioPatch": {"time_zone": {"oneOf": [{"type": "string", "enum": documented_time_zones()}, {"type": "null"}]}},
 }
 
@@ -195,6 +201,14 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/api/v1/tokens"): Op("listTokens", "tokens"),
     ("POST", "/api/v1/tokens"): Op("createToken", "tokens", creates=True),
     ("DELETE", "/api/v1/tokens/{token_id}"): Op("revokeToken", "tokens", extra=(404,)),
+    ("GET", "/api/v1/webhook-endpoints"): Op("listWebhookEndpoints", "webhooks"),
+    ("POST", "/api/v1/webhook-endpoints"): Op("createWebhookEndpoint", "webhooks", body=True, creates=True, extra=(422,), links={"201": {
+        "listWebhookDeliveries": _link("listWebhookDeliveries", endpoint_id="$response.body#/endpoint/id"),
+        "rotateWebhookSecret": _link("rotateWebhookSecret", endpoint_id="$response.body#/endpoint/id"),
+        "deleteWebhookEndpoint": _link("deleteWebhookEndpoint", endpoint_id="$response.body#/endpoint/id")}}),
+    ("POST", "/api/v1/webhook-endpoints/{endpoint_id}/rotate-secret"): Op("rotateWebhookSecret", "webhooks", extra=(404,)),
+    ("DELETE", "/api/v1/webhook-endpoints/{endpoint_id}"): Op("deleteWebhookEndpoint", "webhooks", extra=(404,)),
+    ("GET", "/api/v1/webhook-endpoints/{endpoint_id}/deliveries"): Op("listWebhookDeliveries", "webhooks", extra=(404,)),
     ("GET", "/api/v1/profiles"): Op("listProfiles", "profiles"),
     ("POST", "/api/v1/profiles"): Op("connectProfile", "profiles", body=True, creates=True, links={"201": {
         "disconnectProfile": _link("disconnectProfile", profile_id="$response.body#/profile/id")}}),
@@ -225,6 +239,7 @@ TAGS: dict[str, str] = {
     "studio": "The caller's studio and its settings.",
     "form": "The studio's inquiry form: its definition and versions (the public page is /f/{slug}).",
     "tokens": "API tokens.",
+    "webhooks": "The studio's webhook endpoints: its own systems posted the events, signed.",
     "profiles": "The owner and the members who answer for the studio.",
     "support-grants": "Read-only access the owner grants to support.",
     "audit": "Who read or changed access.",

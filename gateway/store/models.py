@@ -629,6 +629,64 @@ class StudioEvent(SQLModel, table=True):
     data: str = Field(sa_column=Column(Text, nullable=False))   # JSON: the ids of what changed
 
 
+# --- webhooks to the studio's own systems (gateway/outbound/webhooks.py) ---------------------
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A URL of the studio's own system that is posted the events it chose.
+
+    The secret signs each post, so it cannot be hashed: it is kept encrypted (AES-GCM, a key
+    derived from the instance's secret key; gateway/outbound/webhook_secrets.py). After a
+    rotation the previous secret still signs until `previous_until`. `scanned_seq` is the last
+    event of the studio's log this endpoint has been given deliveries for."""
+
+    __tablename__ = "webhook_endpoint"
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    url: str = Field(max_length=2000)
+    event_types: str = Field(max_length=200)            # comma-separated, of gateway/eventlog.TYPES
+    secret_enc: str = Field(max_length=200)
+    previous_secret_enc: str | None = Field(default=None, max_length=200)
+    previous_until: datetime | None = None
+    scanned_seq: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    failing_since: datetime | None = None               # first failure since the last success
+    disabled_at: datetime | None = None                 # failed for 3 days: no more posts
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one endpoint, with its own copy of the event (the log keeps 24 hours, the
+    retries go on for 3 days). Pending until posted with a 2xx answer, or failed for good."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (UniqueConstraint("endpoint_id", "event_seq", name="uq_webhook_delivery_endpoint_event"),
+                      Index("ix_webhook_delivery_status_due", "status", "next_attempt_at"))
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    endpoint_id: int = Field(foreign_key="webhook_endpoint.id")
+    event_seq: int
+    event_type: str = Field(max_length=32)
+    conversation_id: int | None = None                  # in order per conversation
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="pending", max_length=16)   # pending, sending, delivered, failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    claimed_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One post of a delivery and the endpoint's answer: its status, or why there was none."""
+
+    __tablename__ = "webhook_attempt"
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)   # erased with the studio (lifecycle/erasure.py)
+    delivery_id: int = Field(foreign_key="webhook_delivery.id", index=True)
+    attempted_at: datetime = Field(default_factory=utcnow)
+    status_code: int | None = None
+    answer: str = Field(default="", max_length=1000)
+
+
 def _ids_never_reused() -> None:
     """AUTOINCREMENT on SQLite for every table keyed by an integer `id` (migration 0016).
 
