@@ -216,3 +216,19 @@ def test_options_allows_every_method_the_path_has(gw: RunningGateway) -> None:
     assert conversation == {"GET", "DELETE", "OPTIONS"}
     message = {m.strip() for m in api.options("/api/v1/messages/1/restore").headers["Allow"].split(",")}
     assert message == {"POST", "OPTIONS"}
+
+
+def test_malformed_json_that_starts_like_a_wrong_type_is_400_not_500(gw: RunningGateway) -> None:
+    """`9 t…`: typed decoding stops at the number (a wrong type) before the bad bytes; the
+    second, lenient-number look must still call it malformed JSON (schemathesis found a 500)."""
+    studio = gw.add_studio("inkwell")
+    answer = gw.api(studio.token).post("/api/v1/account/deletion", content=b"9 t\xef",
+                                       headers={"Content-Type": "application/json"})
+    assert_error(answer, 400, "malformed_json")
+
+
+def test_an_upload_without_content_type_and_with_an_idempotency_key_is_refused_not_500(gw: RunningGateway) -> None:
+    studio = gw.add_studio("inkwell")
+    answer = gw.api(studio.token).post("/api/v1/conversations/1/replies/upload",
+                                       headers={"Idempotency-Key": "k-1"})
+    assert 400 <= answer.status_code < 500 and answer.json()["code"], answer.text

@@ -32,7 +32,7 @@ from litestar import Request, Response
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, InternalServerException
 from litestar.params import HeaderParameter
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -127,7 +127,12 @@ async def _comparable_body(request: Request[Any, Any, Any]) -> bytes:
     have parsed the form already for a `data` parameter, consuming the stream. Anything else as
     its bytes, which Litestar keeps for the handler to read again."""
     if request.content_type[0] != RequestEncodingType.MULTI_PART:
-        return await request.body()
+        try:
+            return await request.body()
+        except InternalServerException:
+            # A multipart route's `data` was parsed from this body already (a client that sent
+            # no Content-Type): the stream is spent, and the parsed form below is what it held.
+            pass
     parts: list[list[str | None]] = []
     for name, value in (await request.form()).multi_items():
         if isinstance(value, UploadFile):
