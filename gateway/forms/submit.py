@@ -20,13 +20,15 @@ from sqlalchemy import Connection, bindparam, func, insert, select
 
 from gateway.forms.answers import Checked
 from gateway.forms.definition import Definition, text_in
-from gateway.inbound.records import ensure_guest, open_conversation
-from gateway.outbound.replies import create_reply
+from gateway.inbound.headers import normalize_email
+from gateway.inbound.mime import Address
+from gateway.inbound.records import ensure_known_guest, find_guest, insert_guest, open_conversation
+from gateway.outbound.replies import Thread, create_reply
 from gateway.settings import Settings
 from gateway.store.blobs import blob_store
 from gateway.store.models import utcnow
 from gateway.store.prepared import Prepared
-from gateway.store.tables import ATTACHMENT, CONVERSATION, FORM_SUBMISSION, GUEST, MESSAGE
+from gateway.store.tables import ATTACHMENT, CONVERSATION, FORM_SUBMISSION, MESSAGE
 
 THREAD_RULE = "form"
 CONFIRMATION = "form_confirmation"
@@ -52,12 +54,14 @@ _SUBMISSION_COLUMNS = ("studio_id", "conversation_id", "message_id", "form_versi
                        "consent_at", "created_at")
 _INSERT_SUBMISSION = Prepared(insert(FORM_SUBMISSION).values(
     {name: bindparam(name, type_=FORM_SUBMISSION.c[name].type) for name in _SUBMISSION_COLUMNS}))
+# Driven by the guest's conversations (ix_conversation_guest_created, then ix_message_conversation):
+# from the studio's confirmations of the day instead (ix_message_studio_auto), every submission
+# read all of them, a cost that grew with the day's inquiries (bench/form_submit.py).
 _CONFIRMED = Prepared(
-    select(MESSAGE.c.id).join(CONVERSATION, CONVERSATION.c.id == MESSAGE.c.conversation_id)
-    .where(MESSAGE.c.studio_id == bindparam("studio_id"), CONVERSATION.c.guest_id == bindparam("guest_id"),
+    select(MESSAGE.c.id).select_from(CONVERSATION).join(MESSAGE, MESSAGE.c.conversation_id == CONVERSATION.c.id)
+    .where(CONVERSATION.c.studio_id == bindparam("studio_id"), CONVERSATION.c.guest_id == bindparam("guest_id"),
            MESSAGE.c.auto_kind == CONFIRMATION,
            MESSAGE.c.received_at >= bindparam("since", type_=MESSAGE.c.received_at.type)).limit(1))
-_GUEST_EMAIL = Prepared(select(GUEST.c.email).where(GUEST.c.id == bindparam("guest_id")))
 
 # The studio's language for the message the studio reads; the guest's for the confirmation.
 _WORDS = {
@@ -129,15 +133,19 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
     name = next((values[f.key] for f in definition.fields if f.type == "name" and values.get(f.key)), "")
     words = _WORDS[language(studio.locale)]
     now = utcnow()
-    guest_id = ensure_guest(conn, studio.id, email, name)
+    sender = Address(email=normalize_email(email), name=name)
+    found = find_guest(conn, studio.id, sender.email)
+    created = insert_guest(conn, studio.id, sender) if found is None else None
+    guest_id = created if created is not None else ensure_known_guest(conn, studio.id, sender, found)
     conversation_id = open_conversation(conn, studio.id, guest_id, words["subject"], now, message_count=1)
     text = answers_text(definition, values, submission.checked.upload_names, language(studio.locale))
+    form_message_id = f"form.{submission.token}.{studio.id}@{settings.mail_domain}"
     message_id = int(_INSERT_MESSAGE.execute(
         conn, studio_id=studio.id, conversation_id=conversation_id, direction="inbound", state="visible",
         from_email=email[:320], from_name=name[:200],
         to_json=json.dumps([{"email": f"{studio.slug}@{settings.mail_domain}", "name": studio.name}]),
         cc_json="[]", subject=words["subject"], text=text, full_text=text, html=None,
-        message_id=f"form.{submission.token}.{studio.id}@{settings.mail_domain}", in_reply_to=None,
+        message_id=form_message_id, in_reply_to=None,
         references_json="[]", sent_at=now, received_at=now, thread_rule=THREAD_RULE, automatic=False,
         auto_kind=None, delivery=None, parser="form", defects_json="[]").fetchone()[0])
     uploads = submission.checked.uploads
@@ -151,7 +159,11 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
         conn, studio_id=studio.id, conversation_id=conversation_id, message_id=message_id, form_version=submission.version,
         answers_json=json.dumps({"values": values, "files": submission.checked.upload_names}, ensure_ascii=False),
         token=submission.token, consent_at=submission.consent_at, created_at=now)
-    confirmation = _confirm(conn, submission, conversation_id, guest_id, settings)
+    # The conversation as just written, so the confirmation need not read it back. A guest
+    # created now cannot have had a confirmation today.
+    thread = Thread(words["subject"], (sender.email[:320], ""), (studio.slug, studio.name), (form_message_id, "[]"))
+    confirmation = _confirm(conn, submission, conversation_id, thread,
+                            None if created is not None else guest_id, settings)
     return Submitted(conversation_id, message_id, False, confirmation)
 
 
@@ -183,13 +195,13 @@ def answers_text(definition: Definition, values: dict[str, Any], files: dict[str
     return "\n\n".join(blocks) + "\n"
 
 
-def _confirm(conn: Connection, submission: Submission, conversation_id: int, guest_id: int,
-             settings: Settings) -> int | None:
-    """The confirmation, unless this address had one from the studio in the last day."""
+def _confirm(conn: Connection, submission: Submission, conversation_id: int, thread: Thread,
+             known_guest_id: int | None, settings: Settings) -> int | None:
+    """The confirmation, unless this address had one from the studio in the last day (asked
+    only of a guest known before: `known_guest_id`)."""
     studio = submission.studio
-    recent = _CONFIRMED.execute(conn, studio_id=studio.id, guest_id=guest_id,
-                                since=utcnow() - CONFIRMATION_WINDOW).fetchone()
-    if recent is not None:
+    if known_guest_id is not None and _CONFIRMED.execute(
+            conn, studio_id=studio.id, guest_id=known_guest_id, since=utcnow() - CONFIRMATION_WINDOW).fetchone():
         return None
     lang = submission.guest_language if submission.guest_language in _WORDS else language(studio.locale)
     words = _WORDS[lang]
@@ -202,8 +214,7 @@ def _confirm(conn: Connection, submission: Submission, conversation_id: int, gue
         if labels:
             text += words["confirm_fields"].format(labels="\n".join(labels))
     text += words["confirm_end"].format(studio=studio_name)
-    email = _GUEST_EMAIL.execute(conn, guest_id=guest_id).fetchone()[0]
     created = create_reply(conn, studio_id=studio.id, conversation_id=conversation_id, text=text,
-                           settings=settings, auto_kind=CONFIRMATION, recipient=(email, ""),
-                           subject=words["confirm_subject"].format(studio=studio_name))
+                           settings=settings, auto_kind=CONFIRMATION, recipient=thread.guest,
+                           subject=words["confirm_subject"].format(studio=studio_name), thread=thread)
     return created.message_row_id if created else None
