@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from gateway.forms.answers import Checked
 from gateway.forms.definition import Definition, text_in
@@ -38,9 +38,6 @@ CONFIRMATION_WINDOW = timedelta(days=1)
 # expressions cost more CPU than SQLite took to run them (bench/form_submit.py).
 _SUBMITTED = Prepared(select(FORM_SUBMISSION.c.conversation_id, FORM_SUBMISSION.c.message_id).where(
     FORM_SUBMISSION.c.studio_id == bindparam("studio_id"), FORM_SUBMISSION.c.token == bindparam("token")))
-_TODAY = Prepared(select(func.count()).select_from(FORM_SUBMISSION).where(
-    FORM_SUBMISSION.c.studio_id == bindparam("studio_id"),
-    FORM_SUBMISSION.c.created_at >= bindparam("since", type_=FORM_SUBMISSION.c.created_at.type)))
 _MESSAGE_COLUMNS = ("studio_id", "conversation_id", "direction", "state", "from_email", "from_name", "to_json",
                     "cc_json", "subject", "text", "full_text", "html", "message_id", "in_reply_to",
                     "references_json", "sent_at", "received_at", "thread_rule", "automatic", "auto_kind", "delivery",
@@ -115,19 +112,12 @@ def find_submitted(conn: Connection, studio_id: int, token: str) -> Submitted | 
     return None if row is None else Submitted(row[0], row[1], True, None)
 
 
-def submitted_today(conn: Connection, studio_id: int) -> int:
-    """Submissions the studio took in the last 24 hours (the daily cap)."""
-    return int(_TODAY.execute(conn, studio_id=studio_id, since=utcnow() - timedelta(days=1)).fetchone()[0] or 0)
-
-
 def store_submission(conn: Connection, submission: Submission, settings: Settings) -> Submitted:
-    """The inquiry, in the caller's transaction (see the module docstring). A token used before
-    returns the first submission; two posts racing with one token meet at the unique
-    (studio_id, token) constraint, and the loser's transaction fails."""
+    """The inquiry, in the caller's transaction (see the module docstring), for a token the
+    caller found unused (gateway/forms/limits.FormLimits.read asks with the limits). Two posts
+    racing with one token meet at the unique (studio_id, token) constraint, and the loser's
+    transaction fails."""
     studio = submission.studio
-    seen = find_submitted(conn, studio.id, submission.token)
-    if seen is not None:
-        return seen
     definition, values = submission.definition, submission.checked.values
     email = values[definition.email_key].lower()
     name = next((values[f.key] for f in definition.fields if f.type == "name" and values.get(f.key)), "")
