@@ -17,8 +17,8 @@ from typing import Any
 
 from altcha import create_challenge_v1, extract_params_v1, verify_solution_v1
 from sqlalchemy import Connection, bindparam, delete
+from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.store.db import insert_ignore
 from gateway.store.models import utcnow
 from gateway.store.prepared import Prepared
 from gateway.store.tables import FORM_CHALLENGE_USED
@@ -73,9 +73,19 @@ def spend(conn: Connection, solution: Solution) -> bool:
     waits for the first's commit (PostgreSQL) or for the write lock (SQLite), then finds it
     spent. Spent solutions are dropped once their challenge has expired."""
     _DROP_EXPIRED.execute(conn, now=utcnow())
-    return bool(conn.execute(insert_ignore(conn, FORM_CHALLENGE_USED).values(
-        challenge=solution.challenge, expires_at=solution.expires)).rowcount)
+    # RETURNING, not rowcount: psycopg's rowcount for this INSERT came back -1 through SQLAlchemy.
+    return _SPEND[conn.dialect.name].execute(conn, challenge=solution.challenge,
+                                             expires_at=solution.expires).fetchone() is not None
 
 
-_DROP_EXPIRED = Prepared(delete(FORM_CHALLENGE_USED).where(
-    FORM_CHALLENGE_USED.c.expires_at <= bindparam("now", type_=FORM_CHALLENGE_USED.c.expires_at.type)))
+_STAMP = FORM_CHALLENGE_USED.c.expires_at.type
+_DROP_EXPIRED = Prepared(delete(FORM_CHALLENGE_USED).where(FORM_CHALLENGE_USED.c.expires_at <= bindparam("now", type_=_STAMP)))
+
+
+def _spend(dialect: Any) -> Prepared:
+    return Prepared(dialect.insert(FORM_CHALLENGE_USED).values(
+        challenge=bindparam("challenge"), expires_at=bindparam("expires_at", type_=_STAMP))
+        .on_conflict_do_nothing().returning(FORM_CHALLENGE_USED.c.challenge))
+
+
+_SPEND = {"sqlite": _spend(sqlite), "postgresql": _spend(postgresql)}

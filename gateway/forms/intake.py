@@ -12,7 +12,7 @@ trip (bench/form_submit.py).
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, select
@@ -166,9 +166,7 @@ def prepare(settings: Settings, limits: FormLimits, found: Found, post: Post) ->
                                                               (post.fields.get(challenge.FIELD) or [""])[0])
     email = checked.values[version.definition.email_key]
     token = issued.token if issued is not None else secrets.token_hex(16)
-    submission = Submission(studio=studio, version=version.version, definition=version.definition,
-                            checked=checked, token=token, consent_at=utcnow(),
-                            guest_language=post.guest_language, bare=True)
+    consent_at = utcnow()
 
     def write(conn: Connection) -> Outcome:
         """The solution spent, the limits read, the inquiry stored, the limits counted: one
@@ -179,7 +177,10 @@ def prepare(settings: Settings, limits: FormLimits, found: Found, post: Post) ->
             return Outcome("stored", submitted=find_submitted(conn, studio.id, token))
         if budget.wait is not None:
             return Outcome("later", retry_after=budget.wait, bare=bare)
-        submitted = store_submission(conn, replace(submission, bare=bare), settings)
+        submission = Submission(studio=studio, version=version.version, definition=version.definition,
+                                checked=checked, token=token, consent_at=consent_at,
+                                guest_language=post.guest_language, bare=bare)
+        submitted = store_submission(conn, submission, settings)
         limits.count(conn, studio.id, post.client, email, bare)
         return Outcome("stored", submitted=submitted, version=version, checked=checked, bare=bare)
 

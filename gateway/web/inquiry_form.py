@@ -86,16 +86,34 @@ def _page(status: int, studio: PublicStudio, lang: str, *, state: str = "form", 
           issued: str = "", values: dict[str, Any] | None = None, errors: dict[str, str] | None = None,
           consent: bool = False, message: str = "", title: str = "",
           headers: dict[str, str] | None = None) -> Response[str]:
-    html = _environment().get_template("page.html.j2").render(
+    if definition is None:
+        html = _notice(studio, lang, state, message, title)
+    else:
+        html = _render(studio, lang, state=state, definition=definition, issued=issued, values=values or {},
+                       errors=errors or {}, consent=consent, message=message, title=title)
+    return Response(html, status_code=status, media_type="text/html; charset=utf-8",
+                    headers={**PAGE_HEADERS, **(headers or {})})
+
+
+@lru_cache(maxsize=256)
+def _notice(studio: PublicStudio, lang: str, state: str, message: str, title: str) -> str:
+    """A page without the form (thanks, later, an error): the same for every post to a studio
+    in one language, so rendered once (a render per post was a few per cent of a submission's
+    CPU, bench/form_submit.py). The key holds every studio column the page shows."""
+    return _render(studio, lang, state=state, definition=None, issued="", values={}, errors={}, consent=False,
+                   message=message, title=title)
+
+
+def _render(studio: PublicStudio, lang: str, *, state: str, definition: Definition | None, issued: str,
+            values: dict[str, Any], errors: dict[str, str], consent: bool, message: str, title: str) -> str:
+    return _environment().get_template("page.html.j2").render(
         lang=lang, t=TEXTS[lang], static=STATIC_PATH, state=state, challenge_url=f"/f/{studio.slug}/challenge",
         altcha_strings=json.dumps(ALTCHA_STRINGS[lang], ensure_ascii=False),
         title=title or say(lang, "title", studio=studio.name), action=f"/f/{studio.slug}",
-        fields=_field_views(definition, lang) if definition else [], values=values or {}, errors=errors or {},
+        fields=_field_views(definition, lang) if definition else [], values=values, errors=errors,
         issued=issued, consent=consent, consent_text=say(lang, "consent", studio=studio.name),
         privacy_url=studio.privacy_url if studio.privacy_url and valid_privacy_url(studio.privacy_url) else None,
         message=message)
-    return Response(html, status_code=status, media_type="text/html; charset=utf-8",
-                    headers={**PAGE_HEADERS, **(headers or {})})
 
 
 def _found_or_404(state: State, slug: str) -> Found:
