@@ -124,10 +124,16 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
     words = _WORDS[language(studio.locale)]
     now = utcnow()
     sender = Address(email=normalize_email(email), name=name)
-    found = find_guest(conn, studio.id, sender.email)
-    created = insert_guest(conn, studio.id, sender) if found is None else None
-    guest_id = created if created is not None else ensure_known_guest(conn, studio.id, sender, found)
-    conversation_id = open_conversation(conn, studio.id, guest_id, words["subject"], now, message_count=1)
+    # Inserted first: a form is mostly a guest's first contact, and a guest created now cannot
+    # have had a confirmation today. A known guest is found after (and named, if unnamed).
+    created = insert_guest(conn, studio.id, sender)
+    guest_id = created if created is not None else ensure_known_guest(
+        conn, studio.id, sender, find_guest(conn, studio.id, sender.email))
+    confirm = created is not None or _CONFIRMED.execute(
+        conn, studio_id=studio.id, guest_id=guest_id, since=now - CONFIRMATION_WINDOW).fetchone() is None
+    # Opened counting the confirmation, which is stored at the same moment (Thread.opened_at).
+    conversation_id = open_conversation(conn, studio.id, guest_id, words["subject"], now,
+                                        message_count=2 if confirm else 1)
     text = answers_text(definition, values, submission.checked.upload_names, language(studio.locale))
     form_message_id = f"form.{submission.token}.{studio.id}@{settings.mail_domain}"
     message_id = int(_INSERT_MESSAGE.execute(
@@ -149,11 +155,10 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
         conn, studio_id=studio.id, conversation_id=conversation_id, message_id=message_id, form_version=submission.version,
         answers_json=json.dumps({"values": values, "files": submission.checked.upload_names}, ensure_ascii=False),
         token=submission.token, consent_at=submission.consent_at, created_at=now)
-    # The conversation as just written, so the confirmation need not read it back. A guest
-    # created now cannot have had a confirmation today.
-    thread = Thread(words["subject"], (sender.email[:320], ""), (studio.slug, studio.name), (form_message_id, "[]"))
-    confirmation = _confirm(conn, submission, conversation_id, thread,
-                            None if created is not None else guest_id, settings)
+    # The conversation as just written, so the confirmation need not read it back.
+    thread = Thread(words["subject"], (sender.email[:320], ""), (studio.slug, studio.name), (form_message_id, "[]"),
+                    opened_at=now)
+    confirmation = _confirm(conn, submission, conversation_id, thread, settings) if confirm else None
     return Submitted(conversation_id, message_id, False, confirmation)
 
 
@@ -186,13 +191,10 @@ def answers_text(definition: Definition, values: dict[str, Any], files: dict[str
 
 
 def _confirm(conn: Connection, submission: Submission, conversation_id: int, thread: Thread,
-             known_guest_id: int | None, settings: Settings) -> int | None:
-    """The confirmation, unless this address had one from the studio in the last day (asked
-    only of a guest known before: `known_guest_id`)."""
+             settings: Settings) -> int | None:
+    """The confirmation (the caller checked that this address had none from the studio in the
+    last day)."""
     studio = submission.studio
-    if known_guest_id is not None and _CONFIRMED.execute(
-            conn, studio_id=studio.id, guest_id=known_guest_id, since=utcnow() - CONFIRMATION_WINDOW).fetchone():
-        return None
     lang = submission.guest_language if submission.guest_language in _WORDS else language(studio.locale)
     words = _WORDS[lang]
     studio_name = " ".join(studio.name.split())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 from typing import Any
 
@@ -74,6 +75,10 @@ class Thread:
     guest: tuple[str, str]            # (address, name)
     studio: tuple[str, str]           # (slug, name)
     parent: tuple[str, str] | None    # (Message-ID, references_json) of the message answered
+    # Set when the caller opened the conversation a moment ago already counting this reply
+    # (message_count, last_message_at and updated_at at this time): the reply is stored at
+    # that time and the conversation is left as it is, one UPDATE fewer.
+    opened_at: datetime | None = None
 
 
 # The statements of a reply, compiled once (gateway/store/prepared.py): at twenty studio apps replying
@@ -183,7 +188,7 @@ def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text
         in_reply_to, parent_references = known.parent
         references = bounded_references([*json.loads(parent_references or "[]"), in_reply_to])
     to_email, to_name = recipient or known.guest
-    now = utcnow()
+    now = known.opened_at or utcnow()
     message_id = new_message_id(settings.mail_domain, conversation_id)
     row = {
         "studio_id": studio_id, "conversation_id": conversation_id, "direction": "outbound", "state": "visible",
@@ -205,7 +210,8 @@ def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text
              "content_id": None} for u, digest in zip(uploads, digests)])
     _INSERT_JOB.execute(conn, studio_id=studio_id, message_id=row_id, created_at=now, next_attempt_at=now)
     # Answering is reading; an automatic message is not the studio having read anything.
-    (_ACTIVITY if auto_kind is not None else _ACTIVITY_READ).execute(conn, conversation_id=conversation_id, now=now)
+    if known.opened_at is None:
+        (_ACTIVITY if auto_kind is not None else _ACTIVITY_READ).execute(conn, conversation_id=conversation_id, now=now)
     record_event(conn, studio_id, MESSAGE_CREATED, now, conversation_id=conversation_id, message_id=row_id,
                  direction="outbound")
     return Reply(row_id, message_id, row | {"id": row_id, "sent_at": None})
