@@ -176,3 +176,49 @@ def test_two_processes_batches_taking_two_studios_events_crosswise_are_all_store
                     STUDIO_EVENT_COUNTER.c.studio_id == studio)).scalar_one() == 2
     finally:
         engine.dispose()
+
+
+def test_sqlite_group_commits_leave_the_wal_checkpoint_to_a_thread_of_their_own(sqlite_url: str) -> None:
+    """The commit of a group never copies the WAL into the database itself (that waited for an
+    fsync of its own, every few commits of 200 KB form posts); a thread of the batcher does,
+    after the commit. Read without its WAL (immutable), the database file has the row."""
+    import sqlite3
+
+    from gateway.store.db import make_engine
+
+    path = sqlite_url.split("///", 1)[1]
+    engine = make_engine(sqlite_url, busy_timeout=5.0)
+    # Open throughout: closing the last connection would checkpoint, whoever asked for it.
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("SELECT count(*) FROM studio").fetchall()   # the WAL's shared memory is open
+
+    def add(conn: Connection) -> int:
+        return conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
+            "slug": "copied", "name": "Copied", "owner_email": "o@copied.example", "locale": "de",
+            "created_at": utcnow()}).scalar_one()
+
+    async def scenario() -> int:
+        batcher = WriteBatcher(engine)
+        await batcher.start()
+        try:
+            studio_id = await batcher.run(add)
+            assert batcher._kept is not None  # the inline connection: SQLite's autocheckpoint is off
+            inline = batcher._kept.take()
+            try:
+                assert inline.connection.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+            finally:
+                batcher._kept.give_back(inline)
+            return studio_id
+        finally:
+            await batcher.stop()   # waits for the checkpoint thread
+
+    try:
+        asyncio.run(scenario())
+        plain = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            assert plain.execute("SELECT slug FROM studio WHERE slug = 'copied'").fetchall() == [("copied",)]
+        finally:
+            plain.close()
+    finally:
+        holder.close()
+        engine.dispose()

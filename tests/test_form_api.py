@@ -126,6 +126,14 @@ def test_a_submission_is_an_inquiry_with_answers_images_and_a_confirmation(gw: R
     # A second inquiry the same day: a new conversation, but no second confirmation.
     assert post(web, "inkwell", answers(_issued=issued(studio.id), idea="A lion")).status_code == 200
     assert _count(gw, CONVERSATION) == 2 and _count(gw, OUTBOUND_JOB) == 1
+    # Each conversation counts the messages it has, and was last active when its last one came.
+    with read_tx(gw.engine) as conn:
+        rows = conn.execute(select(CONVERSATION.c.id, CONVERSATION.c.message_count, CONVERSATION.c.last_message_at)
+                            .order_by(CONVERSATION.c.id)).all()
+        for row in rows:
+            received = conn.execute(select(MESSAGE.c.received_at).where(MESSAGE.c.conversation_id == row.id)).scalars().all()
+            assert row.message_count == len(received) and row.last_message_at == max(received)
+    assert [row.message_count for row in rows] == [2, 1]
 
 
 def test_an_old_submission_reads_with_its_own_version(gw: RunningGateway) -> None:

@@ -55,7 +55,7 @@ from typing import Any, Callable, Protocol
 from sqlalchemy import Connection, Engine, bindparam, case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.store.db import read_tx, write_tx
+from gateway.store.db import read_tx, result_processor, write_tx
 from gateway.store.prepared import Prepared
 from gateway.store.models import utcnow
 from gateway.store.tables import RATE_LIMIT
@@ -160,12 +160,20 @@ class SharedFailureLimiter:
         if conn is None:
             with read_tx(self.engine) as own:
                 return self.retry_after(address, own)
-        until = conn.execute(select(RATE_LIMIT.c.blocked_until).where(
-            RATE_LIMIT.c.scope == self.scope, RATE_LIMIT.c.key == _key(address))).scalar()
+        row = _BLOCKED_UNTIL.execute(conn, scope=self.scope, key=self.key(address)).fetchone()
+        return self.wait(None if row is None else result_processor(conn, RATE_LIMIT.c.blocked_until)(row[0]))
+
+    def key(self, address: str) -> str:
+        """The address as its row keys it."""
+        return _key(address)
+
+    def wait(self, blocked_until: datetime | None) -> int | None:
+        """Whole seconds until a row blocked until then may try again; None when it may now.
+        For callers that read `blocked_until` together with other things (the inquiry form)."""
         now = self.clock()
-        if until is None or until <= now:
+        if blocked_until is None or blocked_until <= now:
             return None
-        return max(1, math.ceil((until - now).total_seconds()))
+        return max(1, math.ceil((blocked_until - now).total_seconds()))
 
     def failure(self, address: str, conn: Connection | None = None) -> None:
         """Count one failed attempt; the `max_failures`-th within the window starts a block.
@@ -175,24 +183,37 @@ class SharedFailureLimiter:
             with write_tx(self.engine) as own:
                 self.failure(address, own)
             return
+        prune(conn, self.clock())
+        self.count(address, conn)
+
+    def count(self, address: str, conn: Connection) -> None:
+        """`failure` without dropping expired rows: for a caller counting several budgets in
+        one transaction, which prunes once."""
         now = self.clock()
         key = _key(address)
         lasts = now + max(self.window, self.cooldown)
-        _DELETE_EXPIRED.execute(conn, now=now)
-        _UPSERT[conn.dialect.name].execute(conn, scope=self.scope, key=key, now=now, lasts=lasts,
-                                           stale_before=now - self.window)
-        blocked_until = now + self.cooldown
-        _BLOCK.execute(conn, scope=self.scope, key=key, max_failures=self.max_failures, now=now,
-                       blocked_until=blocked_until, expires_at=max(lasts, blocked_until))
+        failures = _UPSERT[conn.dialect.name].execute(conn, scope=self.scope, key=key, now=now, lasts=lasts,
+                                                      stale_before=now - self.window).fetchone()[0]
+        if failures >= self.max_failures:  # else the block's UPDATE would change nothing: not sent
+            blocked_until = now + self.cooldown
+            _BLOCK.execute(conn, scope=self.scope, key=key, max_failures=self.max_failures, now=now,
+                           blocked_until=blocked_until, expires_at=max(lasts, blocked_until))
 
 
-# The three statements of a counted failure, compiled once (gateway/store/prepared.py): built per
+def prune(conn: Connection, now: datetime) -> None:
+    """Drop the rows that say nothing any more (an index range on expires_at)."""
+    _DELETE_EXPIRED.execute(conn, now=now)
+
+
+# The statements of a counted failure and of a lookup, compiled once (gateway/store/prepared.py): built per
 # call they cost about a millisecond of CPU each time, more than the inquiry form's whole insert.
 def _stamp(name: str) -> Any:
     return bindparam(name, type_=RATE_LIMIT.c.window_start.type)
 
 
 _DELETE_EXPIRED = Prepared(delete(RATE_LIMIT).where(RATE_LIMIT.c.expires_at <= _stamp("now")))
+_BLOCKED_UNTIL = Prepared(select(RATE_LIMIT.c.blocked_until).where(
+    RATE_LIMIT.c.scope == bindparam("scope"), RATE_LIMIT.c.key == bindparam("key")))
 
 
 def _upsert(dialect: Any) -> Prepared:
@@ -205,7 +226,7 @@ def _upsert(dialect: Any) -> Prepared:
         "window_start": case((stale, _stamp("now")), else_=RATE_LIMIT.c.window_start),
         "expires_at": case((RATE_LIMIT.c.blocked_until > _stamp("lasts"), RATE_LIMIT.c.blocked_until),
                            else_=_stamp("lasts")),
-    }))
+    }).returning(RATE_LIMIT.c.failures))
 
 
 _UPSERT = {"sqlite": _upsert(sqlite), "postgresql": _upsert(postgresql)}

@@ -19,17 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
-from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError
 
 from gateway.eventlog import Event, current, events_after
-from gateway.store.db import read_tx
+from gateway.store.db import read_soon as read
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 MAX_PENDING = 1000   # frames a stream may hold unsent; beyond, it reads them again itself
 
 
@@ -37,22 +33,6 @@ def frame(event: Event) -> bytes:
     """One event as Server-Sent Events text: its number, its type as the event name, its object."""
     data = json.dumps(event.as_dict(), separators=(",", ":"))
     return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
-
-
-async def read(engine: Engine, reader: Engine | None, work: Callable[[Connection], T]) -> T:
-    """`work` on a read connection without stalling the loop: on SQLite's loop reader, which
-    never waits for a lock (api/auth.py loop_reader), else, or when it would wait, in a thread."""
-    if reader is not None:
-        try:
-            with reader.connect() as conn:
-                return work(conn)
-        except OperationalError:
-            pass
-
-    def in_thread() -> T:
-        with read_tx(engine) as conn:
-            return work(conn)
-    return await asyncio.to_thread(in_thread)
 
 
 class Subscriber:

@@ -15,13 +15,46 @@ Which apply (docs/forms.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, ScalarSelect, bindparam, func, select
 
-from gateway.access.ratelimit import SharedFailureLimiter
+from gateway.access.ratelimit import SharedFailureLimiter, prune
 from gateway.settings import Settings
+from gateway.store.db import result_processor
+from gateway.store.models import utcnow
+from gateway.store.prepared import Prepared
+from gateway.store.tables import FORM_SUBMISSION, RATE_LIMIT
 
 HOUR, DAY = 3600.0, 86400.0
+CAP_WAIT = 3600   # Retry-After once the studio's daily cap is reached
+
+
+def _blocked_until(budget: str) -> ScalarSelect[Any]:
+    return select(RATE_LIMIT.c.blocked_until).where(
+        RATE_LIMIT.c.scope == bindparam(f"{budget}_scope"), RATE_LIMIT.c.key == bindparam(f"{budget}_key")
+    ).scalar_subquery()
+
+
+# Everything a post's write decides on before it stores anything, in one statement (one round
+# trip on PostgreSQL, where the post's statements run one after another): how long each of its
+# two budgets is blocked, the studio's inquiries of the last day, and whether its double-submit
+# token was stored before.
+_READ = Prepared(select(
+    _blocked_until("ip"), _blocked_until("address"),
+    select(func.count()).select_from(FORM_SUBMISSION).where(
+        FORM_SUBMISSION.c.studio_id == bindparam("studio_id"),
+        FORM_SUBMISSION.c.created_at >= bindparam("since", type_=FORM_SUBMISSION.c.created_at.type)).scalar_subquery(),
+    select(FORM_SUBMISSION.c.id).where(
+        FORM_SUBMISSION.c.studio_id == bindparam("studio_id"), FORM_SUBMISSION.c.token == bindparam("token")
+    ).scalar_subquery()))
+
+
+@dataclass(frozen=True)
+class Budget:
+    wait: int | None        # seconds until the post may be taken; None: now
+    token_used: bool        # the double-submit token was stored before
 
 
 @dataclass
@@ -30,6 +63,7 @@ class FormLimits:
     per_address: SharedFailureLimiter
     bare_per_ip: SharedFailureLimiter
     bare_per_address: SharedFailureLimiter
+    daily_cap: int
 
     @classmethod
     def create(cls, engine: Engine, settings: Settings) -> "FormLimits":
@@ -39,7 +73,8 @@ class FormLimits:
                    SharedFailureLimiter(engine, "form_bare_ip", max_failures=settings.form_bare_per_ip_per_hour,
                                         window=HOUR),
                    SharedFailureLimiter(engine, "form_bare_address",
-                                        max_failures=settings.form_bare_per_address_per_day, window=DAY))
+                                        max_failures=settings.form_bare_per_address_per_day, window=DAY),
+                   settings.form_daily_cap)
 
     def _pairs(self, studio_id: int, ip: str, email: str, bare: bool) -> list[tuple[SharedFailureLimiter, str]]:
         address = f"{studio_id}:{email.lower()}"
@@ -47,15 +82,22 @@ class FormLimits:
             return [(self.bare_per_ip, ip), (self.bare_per_address, address)]
         return [(self.per_ip, ip), (self.per_address, address)]
 
-    def retry_after(self, conn: Connection, studio_id: int, ip: str, email: str, bare: bool) -> int | None:
-        """Seconds until this post may be taken, or None when no limit is reached."""
-        waits = [w for limiter, key in self._pairs(studio_id, ip, email, bare)
-                 if (w := limiter.retry_after(key, conn)) is not None]
-        return max(waits) if waits else None
+    def read(self, conn: Connection, studio_id: int, ip: str, email: str, bare: bool, token: str) -> Budget:
+        """The post's budgets and the studio's daily cap, and whether its token was used."""
+        (ip_limiter, ip_key), (address_limiter, address_key) = self._pairs(studio_id, ip, email, bare)
+        row = _READ.execute(conn, ip_scope=ip_limiter.scope, ip_key=ip_limiter.key(ip_key),
+                            address_scope=address_limiter.scope, address_key=address_limiter.key(address_key),
+                            studio_id=studio_id, since=utcnow() - timedelta(seconds=DAY), token=token).fetchone()
+        stamp = result_processor(conn, RATE_LIMIT.c.blocked_until)
+        waits = [w for w in (ip_limiter.wait(stamp(row[0])), address_limiter.wait(stamp(row[1]))) if w is not None]
+        if not waits and int(row[2] or 0) >= self.daily_cap:
+            waits.append(CAP_WAIT)
+        return Budget(max(waits) if waits else None, row[3] is not None)
 
     def count(self, conn: Connection, studio_id: int, ip: str, email: str, bare: bool) -> None:
         """One submission taken, in the transaction that stores it: it counts against every
         budget that applied to it (one commit for all of them: four of their own cost more
         than storing the inquiry with its image)."""
+        prune(conn, utcnow())
         for limiter, key in self._pairs(studio_id, ip, email, bare):
-            limiter.failure(key, conn)
+            limiter.count(key, conn)

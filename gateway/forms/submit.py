@@ -16,18 +16,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from gateway.eventlog import MESSAGE_CREATED, record as record_event
 from gateway.forms.answers import Checked
 from gateway.forms.definition import Definition, text_in
-from gateway.inbound.records import ensure_guest, open_conversation
-from gateway.outbound.replies import create_reply
+from gateway.inbound.headers import normalize_email
+from gateway.inbound.mime import Address
+from gateway.inbound.records import ensure_known_guest, find_guest, insert_guest, open_conversation
+from gateway.outbound.replies import Thread, create_reply
 from gateway.settings import Settings
 from gateway.store.blobs import blob_store
 from gateway.store.models import utcnow
 from gateway.store.prepared import Prepared
-from gateway.store.tables import ATTACHMENT, CONVERSATION, FORM_SUBMISSION, GUEST, MESSAGE
+from gateway.store.tables import ATTACHMENT, CONVERSATION, FORM_SUBMISSION, MESSAGE
 
 THREAD_RULE = "form"
 CONFIRMATION = "form_confirmation"
@@ -37,9 +39,6 @@ CONFIRMATION_WINDOW = timedelta(days=1)
 # expressions cost more CPU than SQLite took to run them (bench/form_submit.py).
 _SUBMITTED = Prepared(select(FORM_SUBMISSION.c.conversation_id, FORM_SUBMISSION.c.message_id).where(
     FORM_SUBMISSION.c.studio_id == bindparam("studio_id"), FORM_SUBMISSION.c.token == bindparam("token")))
-_TODAY = Prepared(select(func.count()).select_from(FORM_SUBMISSION).where(
-    FORM_SUBMISSION.c.studio_id == bindparam("studio_id"),
-    FORM_SUBMISSION.c.created_at >= bindparam("since", type_=FORM_SUBMISSION.c.created_at.type)))
 _MESSAGE_COLUMNS = ("studio_id", "conversation_id", "direction", "state", "from_email", "from_name", "to_json",
                     "cc_json", "subject", "text", "full_text", "html", "message_id", "in_reply_to",
                     "references_json", "sent_at", "received_at", "thread_rule", "automatic", "auto_kind", "delivery",
@@ -53,12 +52,14 @@ _SUBMISSION_COLUMNS = ("studio_id", "conversation_id", "message_id", "form_versi
                        "consent_at", "created_at")
 _INSERT_SUBMISSION = Prepared(insert(FORM_SUBMISSION).values(
     {name: bindparam(name, type_=FORM_SUBMISSION.c[name].type) for name in _SUBMISSION_COLUMNS}))
+# Driven by the guest's conversations (ix_conversation_guest_created, then ix_message_conversation):
+# from the studio's confirmations of the day instead (ix_message_studio_auto), every submission
+# read all of them, a cost that grew with the day's inquiries (bench/form_submit.py).
 _CONFIRMED = Prepared(
-    select(MESSAGE.c.id).join(CONVERSATION, CONVERSATION.c.id == MESSAGE.c.conversation_id)
-    .where(MESSAGE.c.studio_id == bindparam("studio_id"), CONVERSATION.c.guest_id == bindparam("guest_id"),
+    select(MESSAGE.c.id).select_from(CONVERSATION).join(MESSAGE, MESSAGE.c.conversation_id == CONVERSATION.c.id)
+    .where(CONVERSATION.c.studio_id == bindparam("studio_id"), CONVERSATION.c.guest_id == bindparam("guest_id"),
            MESSAGE.c.auto_kind == CONFIRMATION,
            MESSAGE.c.received_at >= bindparam("since", type_=MESSAGE.c.received_at.type)).limit(1))
-_GUEST_EMAIL = Prepared(select(GUEST.c.email).where(GUEST.c.id == bindparam("guest_id")))
 
 # The studio's language for the message the studio reads; the guest's for the confirmation.
 _WORDS = {
@@ -112,33 +113,36 @@ def find_submitted(conn: Connection, studio_id: int, token: str) -> Submitted | 
     return None if row is None else Submitted(row[0], row[1], True, None)
 
 
-def submitted_today(conn: Connection, studio_id: int) -> int:
-    """Submissions the studio took in the last 24 hours (the daily cap)."""
-    return int(_TODAY.execute(conn, studio_id=studio_id, since=utcnow() - timedelta(days=1)).fetchone()[0] or 0)
-
-
 def store_submission(conn: Connection, submission: Submission, settings: Settings) -> Submitted:
-    """The inquiry, in the caller's transaction (see the module docstring). A token used before
-    returns the first submission; two posts racing with one token meet at the unique
-    (studio_id, token) constraint, and the loser's transaction fails."""
+    """The inquiry, in the caller's transaction (see the module docstring), for a token the
+    caller found unused (gateway/forms/limits.FormLimits.read asks with the limits). Two posts
+    racing with one token meet at the unique (studio_id, token) constraint, and the loser's
+    transaction fails."""
     studio = submission.studio
-    seen = find_submitted(conn, studio.id, submission.token)
-    if seen is not None:
-        return seen
     definition, values = submission.definition, submission.checked.values
     email = values[definition.email_key].lower()
     name = next((values[f.key] for f in definition.fields if f.type == "name" and values.get(f.key)), "")
     words = _WORDS[language(studio.locale)]
     now = utcnow()
-    guest_id = ensure_guest(conn, studio.id, email, name)
-    conversation_id = open_conversation(conn, studio.id, guest_id, words["subject"], now, message_count=1)
+    sender = Address(email=normalize_email(email), name=name)
+    # Inserted first: a form is mostly a guest's first contact, and a guest created now cannot
+    # have had a confirmation today. A known guest is found after (and named, if unnamed).
+    created = insert_guest(conn, studio.id, sender)
+    guest_id = created if created is not None else ensure_known_guest(
+        conn, studio.id, sender, find_guest(conn, studio.id, sender.email))
+    confirm = created is not None or _CONFIRMED.execute(
+        conn, studio_id=studio.id, guest_id=guest_id, since=now - CONFIRMATION_WINDOW).fetchone() is None
+    # Opened counting the confirmation, which is stored at the same moment (Thread.opened_at).
+    conversation_id = open_conversation(conn, studio.id, guest_id, words["subject"], now,
+                                        message_count=2 if confirm else 1)
     text = answers_text(definition, values, submission.checked.upload_names, language(studio.locale))
+    form_message_id = f"form.{submission.token}.{studio.id}@{settings.mail_domain}"
     message_id = int(_INSERT_MESSAGE.execute(
         conn, studio_id=studio.id, conversation_id=conversation_id, direction="inbound", state="visible",
         from_email=email[:320], from_name=name[:200],
         to_json=json.dumps([{"email": f"{studio.slug}@{settings.mail_domain}", "name": studio.name}]),
         cc_json="[]", subject=words["subject"], text=text, full_text=text, html=None,
-        message_id=f"form.{submission.token}.{studio.id}@{settings.mail_domain}", in_reply_to=None,
+        message_id=form_message_id, in_reply_to=None,
         references_json="[]", sent_at=now, received_at=now, thread_rule=THREAD_RULE, automatic=False,
         auto_kind=None, delivery=None, parser="form", defects_json="[]").fetchone()[0])
     uploads = submission.checked.uploads
@@ -155,7 +159,10 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
     # The studio's live inbox and webhooks hear of it like of a guest's mail (gateway/eventlog.py).
     record_event(conn, studio.id, MESSAGE_CREATED, now, conversation_id=conversation_id, message_id=message_id,
                  direction="inbound")
-    confirmation = _confirm(conn, submission, conversation_id, guest_id, settings)
+    # The conversation as just written, so the confirmation need not read it back.
+    thread = Thread(words["subject"], (sender.email[:320], ""), (studio.slug, studio.name), (form_message_id, "[]"),
+                    opened_at=now)
+    confirmation = _confirm(conn, submission, conversation_id, thread, settings) if confirm else None
     return Submitted(conversation_id, message_id, False, confirmation)
 
 
@@ -187,14 +194,11 @@ def answers_text(definition: Definition, values: dict[str, Any], files: dict[str
     return "\n\n".join(blocks) + "\n"
 
 
-def _confirm(conn: Connection, submission: Submission, conversation_id: int, guest_id: int,
+def _confirm(conn: Connection, submission: Submission, conversation_id: int, thread: Thread,
              settings: Settings) -> int | None:
-    """The confirmation, unless this address had one from the studio in the last day."""
+    """The confirmation (the caller checked that this address had none from the studio in the
+    last day)."""
     studio = submission.studio
-    recent = _CONFIRMED.execute(conn, studio_id=studio.id, guest_id=guest_id,
-                                since=utcnow() - CONFIRMATION_WINDOW).fetchone()
-    if recent is not None:
-        return None
     lang = submission.guest_language if submission.guest_language in _WORDS else language(studio.locale)
     words = _WORDS[lang]
     studio_name = " ".join(studio.name.split())
@@ -206,8 +210,7 @@ def _confirm(conn: Connection, submission: Submission, conversation_id: int, gue
         if labels:
             text += words["confirm_fields"].format(labels="\n".join(labels))
     text += words["confirm_end"].format(studio=studio_name)
-    email = _GUEST_EMAIL.execute(conn, guest_id=guest_id).fetchone()[0]
     created = create_reply(conn, studio_id=studio.id, conversation_id=conversation_id, text=text,
-                           settings=settings, auto_kind=CONFIRMATION, recipient=(email, ""),
-                           subject=words["confirm_subject"].format(studio=studio_name))
+                           settings=settings, auto_kind=CONFIRMATION, recipient=thread.guest,
+                           subject=words["confirm_subject"].format(studio=studio_name), thread=thread)
     return created.message_row_id if created else None

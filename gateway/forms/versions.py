@@ -50,6 +50,13 @@ def current(conn: Connection, studio_id: int) -> Version:
     return Version(row.version, _parsed(row.definition_json), row.created_at)
 
 
+def from_row(version: int | None, definition_json: str | None, created_at: datetime | None) -> Version:
+    """The newest version as a statement that reads more than it found it (None: the default)."""
+    if version is None or definition_json is None:
+        return Version(DEFAULT_VERSION, DEFAULT, None)
+    return Version(version, _parsed(definition_json), created_at)
+
+
 def at(conn: Connection, studio_id: int, version: int) -> Version | None:
     """One version of the studio's form (0: the default); None if it never existed."""
     if version == DEFAULT_VERSION:

@@ -128,17 +128,27 @@ def ensure_guest(conn: Connection, studio_id: int, email: str, name: str = "") -
     return ensure_known_guest(conn, studio_id, sender, find_guest(conn, studio_id, sender.email))
 
 
+def insert_guest(conn: Connection, studio_id: int, sender: Address, lookups: ChunkLookups | None = None) -> int | None:
+    """A new guest's id; None when the guest exists already (created a moment ago by another
+    transaction). A caller that inserted the guest knows it has no history yet: the inquiry
+    form then skips asking whether this address was confirmed today."""
+    created = _NEW_GUEST(conn, (studio_id, sender.email[:320], sender.name[:200],
+                                bind_processor(conn, GUEST.c.created_at)(utcnow()))).fetchone()
+    if created is None:
+        return None
+    remember_guest(lookups, studio_id, KnownGuest(int(created[0]), sender.email[:320], sender.name[:200]))
+    return int(created[0])
+
+
 def ensure_known_guest(conn: Connection, studio_id: int, sender: Address, guest: Any,
                   lookups: ChunkLookups | None = None) -> int:
     if guest is not None:
         if not guest.name and sender.name:
             name_guest(conn, lookups, studio_id, guest, sender.name)
         return int(guest.id)
-    created = _NEW_GUEST(conn, (studio_id, sender.email[:320], sender.name[:200],
-                                bind_processor(conn, GUEST.c.created_at)(utcnow()))).fetchone()
+    created = insert_guest(conn, studio_id, sender, lookups)
     if created is not None:
-        remember_guest(lookups, studio_id, KnownGuest(int(created[0]), sender.email[:320], sender.name[:200]))
-        return int(created[0])
+        return created
     # Another processor created this guest a moment ago (PostgreSQL, several workers).
     again = find_guest(conn, studio_id, sender.email)
     if again is None:

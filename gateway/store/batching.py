@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import OperationalError
 
 from gateway.store.db import InlineTx, KeptConnection, begin_inline, is_sqlite, make_engine, sqlite_write_lock, write_tx
@@ -63,6 +63,10 @@ class _Write:
     future: asyncio.Future[Any] = field(repr=False)
 
 
+def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+
+
 class WriteBatcher:
     def __init__(self, engine: Engine, *, max_batch: int = 64) -> None:
         self.engine = engine
@@ -81,8 +85,18 @@ class WriteBatcher:
         self.commits = 0  # group commits and the writes they carried (logged at stop)
         self.written = 0
         self._lock = sqlite_write_lock(engine)
+        # SQLite copies its WAL back into the database (a checkpoint, with an fsync of its own)
+        # in whichever commit finds the WAL past 1000 pages: in the writer thread, so the next
+        # group commit waited for it. Form posts carry a 200 KB image each, so every few group
+        # commits waited for one (bench/form_submit.py: 230/s with it, 330-445/s without). The
+        # inline connection leaves checkpoints to a thread of their own, started after a commit
+        # when none is running; every other connection (and process) keeps checkpointing as
+        # before, so the WAL stays bounded even if this thread falls behind.
+        self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-checkpoint")
+        self._checkpointing: asyncio.Future[None] | None = None
         if is_sqlite(engine):
             self._inline_engine = make_engine(str(engine.url), busy_timeout=0, pool_size=1)
+            event.listen(self._inline_engine, "connect", _no_autocheckpoint)
             self._kept = KeptConnection(self._inline_engine)
 
     async def start(self) -> None:
@@ -94,6 +108,7 @@ class WriteBatcher:
             await self._queue.put(None)  # everything queued before it is written first
             await self._task
         self._executor.shutdown(wait=True)
+        self._checkpoints.shutdown(wait=True)
         if self._kept is not None:
             self._kept.close()
         if self._inline_engine is not None:
@@ -138,7 +153,21 @@ class WriteBatcher:
             return await loop.run_in_executor(self._executor, self._write, batch)
         tx, outcomes = prepared
         await tx.commit(loop, self._executor)
+        if self._checkpointing is None or self._checkpointing.done():
+            self._checkpointing = loop.run_in_executor(self._checkpoints, self._checkpoint)
         return outcomes
+
+    def _checkpoint(self) -> None:
+        """A PASSIVE checkpoint: it copies what no reader still needs and never waits for a lock
+        (SQLite's own autocheckpoint is also passive)."""
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
+            finally:
+                raw.close()
+        except Exception as exc:  # the next commit tries again; other connections still checkpoint
+            log.warning("WAL checkpoint failed: %s", type(exc).__name__)
 
     def _prepare(self, batch: list[_Write]) -> tuple[InlineTx, list[tuple[bool, Any]]] | None:
         """SQLite: the batch's statements run here, on the loop (gateway/store/db.begin_inline); None

@@ -19,7 +19,7 @@ import weakref
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import quote, urlencode
 
 from sqlalchemy import exc as exc_module
@@ -31,6 +31,7 @@ from gateway.settings import PRIVATE_FILE_MODE, private_dir
 from gateway.store import models  # noqa: F401  (registers every table on SQLModel.metadata)
 
 _engines: dict[str, Engine] = {}
+T = TypeVar("T")
 
 
 def is_sqlite(url_or_engine: str | Engine) -> bool:
@@ -482,6 +483,24 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         with conn.begin():
             yield conn
+
+
+async def read_soon(engine: Engine, reader: Engine | None, work: Callable[[Connection], T]) -> T:
+    """`work` on a read connection without stalling the loop: on SQLite's loop reader, which
+    never waits for a lock (gateway/api/auth.loop_reader), else, or when it would wait, in a
+    thread. An indexed read that SQLite answers in microseconds cost more in a thread's GIL
+    hand-offs than it took (bench/outbound.py, bench/form_submit.py)."""
+    if reader is not None:
+        try:
+            with reader.connect() as conn:
+                return work(conn)
+        except exc_module.OperationalError:
+            pass
+
+    def in_thread() -> T:
+        with read_tx(engine) as conn:
+            return work(conn)
+    return await asyncio.to_thread(in_thread)
 
 
 def insert_ignore(conn: Connection, table: Table) -> Any:

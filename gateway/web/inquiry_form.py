@@ -1,8 +1,9 @@
 """The guests' inquiry form: `/f/{slug}` (HTML), its post, and `/f/{slug}/form.json`.
 
-Thin: find the studio, parse the post into a gateway.forms.intake.Post, let `take` decide,
-and say the outcome as a page in the guest's language (or as JSON to a front end that asks
-for it). The page needs no JavaScript; height.js only tells a framing page our height.
+Thin: parse the post into a gateway.forms.intake.Post, look the form up, let `prepare` decide
+and the group commit store it, and say the outcome as a page in the guest's language (or as
+JSON to a front end that asks for it). The page needs no JavaScript; height.js only tells a
+framing page our height.
 
 Public on purpose: no cookies, no CSRF or Origin check (a studio's own site posts here), and
 no frame-ancestors: any site may frame it. Its CSP allows only our own files.
@@ -23,16 +24,15 @@ from litestar.params import FromPath
 from litestar.static_files import create_static_files_router
 from sqlalchemy.exc import IntegrityError
 
-from gateway.forms import versions
 from gateway.forms.challenge import FIELD as POW_FIELD, new_challenge
 from gateway.forms.consent import valid_privacy_url
 from gateway.forms.definition import Definition, text_in
-from gateway.forms.intake import (CONSENT_FIELD, Outcome, Pending, Post, PublicStudio, after_race, find_studio,
+from gateway.forms.intake import (CONSENT_FIELD, Found, Outcome, Pending, Post, PublicStudio, after_race, look_up,
                                   prepare, take_pending)
-from gateway.forms.issue import ISSUED_FIELD, issue
+from gateway.forms.issue import ISSUED_FIELD, issue, token_of
 from gateway.forms.limits import FormLimits
 from gateway.forms.submit import language
-from gateway.store.db import read_tx
+from gateway.store.db import read_soon, read_tx
 from gateway.web.form_texts import ALTCHA_STRINGS, TEXTS, error_text, guest_language, say
 from webhooks.forms import FormError, parse_form
 
@@ -86,23 +86,42 @@ def _page(status: int, studio: PublicStudio, lang: str, *, state: str = "form", 
           issued: str = "", values: dict[str, Any] | None = None, errors: dict[str, str] | None = None,
           consent: bool = False, message: str = "", title: str = "",
           headers: dict[str, str] | None = None) -> Response[str]:
-    html = _environment().get_template("page.html.j2").render(
-        lang=lang, t=TEXTS[lang], static=STATIC_PATH, state=state, challenge_url=f"/f/{studio.slug}/challenge",
-        altcha_strings=json.dumps(ALTCHA_STRINGS[lang], ensure_ascii=False),
-        title=title or say(lang, "title", studio=studio.name), action=f"/f/{studio.slug}",
-        fields=_field_views(definition, lang) if definition else [], values=values or {}, errors=errors or {},
-        issued=issued, consent=consent, consent_text=say(lang, "consent", studio=studio.name),
-        privacy_url=studio.privacy_url if studio.privacy_url and valid_privacy_url(studio.privacy_url) else None,
-        message=message)
+    if definition is None:
+        html = _notice(studio, lang, state, message, title)
+    else:
+        html = _render(studio, lang, state=state, definition=definition, issued=issued, values=values or {},
+                       errors=errors or {}, consent=consent, message=message, title=title)
     return Response(html, status_code=status, media_type="text/html; charset=utf-8",
                     headers={**PAGE_HEADERS, **(headers or {})})
 
 
-def _studio_or_404(state: State, slug: str) -> PublicStudio:
-    studio = find_studio(state.engine, slug) if len(slug) <= 64 else None
-    if studio is None:
+@lru_cache(maxsize=256)
+def _notice(studio: PublicStudio, lang: str, state: str, message: str, title: str) -> str:
+    """A page without the form (thanks, later, an error): the same for every post to a studio
+    in one language, so rendered once (a render per post was a few per cent of a submission's
+    CPU, bench/form_submit.py). The key holds every studio column the page shows."""
+    return _render(studio, lang, state=state, definition=None, issued="", values={}, errors={}, consent=False,
+                   message=message, title=title)
+
+
+def _render(studio: PublicStudio, lang: str, *, state: str, definition: Definition | None, issued: str,
+            values: dict[str, Any], errors: dict[str, str], consent: bool, message: str, title: str) -> str:
+    return _environment().get_template("page.html.j2").render(
+        lang=lang, t=TEXTS[lang], static=STATIC_PATH, state=state, challenge_url=f"/f/{studio.slug}/challenge",
+        altcha_strings=json.dumps(ALTCHA_STRINGS[lang], ensure_ascii=False),
+        title=title or say(lang, "title", studio=studio.name), action=f"/f/{studio.slug}",
+        fields=_field_views(definition, lang) if definition else [], values=values, errors=errors,
+        issued=issued, consent=consent, consent_text=say(lang, "consent", studio=studio.name),
+        privacy_url=studio.privacy_url if studio.privacy_url and valid_privacy_url(studio.privacy_url) else None,
+        message=message)
+
+
+def _found_or_404(state: State, slug: str) -> Found:
+    with read_tx(state.engine) as conn:
+        found = look_up(conn, slug)
+    if found is None:
         raise NotFoundException("there is no such form")
-    return studio
+    return found
 
 
 def _lang(request: Request, studio: PublicStudio) -> str:
@@ -127,7 +146,7 @@ class InquiryFormController(Controller):
     @get("/{slug:str}/challenge", sync_to_thread=True)
     def challenge(self, state: State, slug: FromPath[str]) -> Response[dict[str, Any]]:
         """A proof-of-work challenge for the ALTCHA widget (and for custom front ends)."""
-        studio = _studio_or_404(state, slug)
+        studio = _found_or_404(state, slug).studio
         return Response(new_challenge(state.settings.secret(), studio.id),
                         headers={**CORS, "Cache-Control": "no-store"})
 
@@ -138,20 +157,18 @@ class InquiryFormController(Controller):
 
 def form_page(request: Request, state: State, slug: str) -> Response[str]:
     """The form, complete without JavaScript, in the guest's language."""
-    studio = _studio_or_404(state, slug)
-    with read_tx(state.engine) as conn:
-        version = versions.current(conn, studio.id)
-    return _page(200, studio, _lang(request, studio), definition=version.definition,
+    found = _found_or_404(state, slug)
+    studio = found.studio
+    return _page(200, studio, _lang(request, studio), definition=found.version.definition,
                  issued=issue(state.settings.secret(), studio.id))
 
 
 def form_json(request: Request, state: State, slug: str) -> Response[dict[str, Any]]:
     """The form for a custom front end: definition, version, consent text, where to post, and
     freshly issued fields. CORS for any origin, never with credentials (there are none)."""
-    studio = _studio_or_404(state, slug)
+    found = _found_or_404(state, slug)
+    studio, version = found.studio, found.version
     lang = _lang(request, studio)
-    with read_tx(state.engine) as conn:
-        version = versions.current(conn, studio.id)
     body = {"studio": {"slug": studio.slug, "name": studio.name}, "version": version.version,
             "language": lang, "definition": version.definition.to_json(), "action": f"/f/{studio.slug}",
             "consent": {"field": CONSENT_FIELD, "value": "yes", "text": say(lang, "consent", studio=studio.name),
@@ -163,20 +180,30 @@ def form_json(request: Request, state: State, slug: str) -> Response[dict[str, A
 
 
 async def form_post(request: Request, state: State, slug: str) -> Response[Any]:
-    """A plain HTML form post (multipart or urlencoded) from our page or the studio's markup."""
-    studio = await asyncio.to_thread(_studio_or_404, state, slug)
-    lang = _lang(request, studio)
+    """A plain HTML form post (multipart or urlencoded) from our page or the studio's markup.
+
+    The form is looked up after the body is parsed: one statement then also finds the inquiry
+    the post's token made before. On SQLite that read runs on the loop, and so does `prepare`
+    (CPU only); handing each to a thread cost more than it did (bench/form_submit.py)."""
     wants_json = "application/json" in request.headers.get("accept", "")
     body = await request.body()
     try:
         parsed = parse_form(body, request.headers.get("content-type", ""))
     except FormError:
+        parsed = None
+    fields = {} if parsed is None else {k: [v.decode("utf-8", "replace") for v in values]
+                                        for k, values in parsed.fields.items()}
+    token = token_of((fields.get(ISSUED_FIELD) or [""])[0])
+    found = await read_soon(state.engine, state.get("loop_reader"), lambda conn: look_up(conn, slug, token))
+    if found is None:
+        raise NotFoundException("there is no such form")
+    studio = found.studio
+    lang = _lang(request, studio)
+    if parsed is None:
         return _answer(400, studio, lang, wants_json, message=say(lang, "fix"), state="error")
-    fields = {k: [v.decode("utf-8", "replace") for v in values] for k, values in parsed.fields.items()}
     files = {k: [(p.filename, p.data) for p in parts] for k, parts in parsed.files.items()}
     client = request.client.host if request.client else "unknown"
-    decided = await asyncio.to_thread(prepare, state.engine, state.settings, _limits(request),
-                                      studio, Post(fields, files, client, lang))
+    decided = prepare(state.settings, _limits(request), found, Post(fields, files, client, lang))
     outcome = decided if isinstance(decided, Outcome) else await _store(state, decided)
     return _say_outcome(outcome, studio, lang, wants_json, fields, state)
 
