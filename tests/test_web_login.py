@@ -274,6 +274,13 @@ PAGES: dict[tuple[str, str], str] = {
     ("GET", "/app"): "session",            # /app/ (Litestar keeps paths without the slash)
     ("GET", "/app/c/{conversation_id:int}"): "session",
     ("POST", "/app/c/{conversation_id:int}/status"): "session",
+    # The studio's pages: roles per page and form in tests/test_web_studio.py STUDIO_PAGES.
+    ("GET", "/app/settings"): "session",
+    ("POST", "/app/settings"): "session",
+    ("POST", "/app/settings/language"): "session",
+    ("GET", "/app/people"): "session",
+    ("POST", "/app/people"): "session",
+    ("POST", "/app/people/{profile_id:int}/disconnect"): "session",
     ("GET", "/app/static/{file_path:path}"): "public",
     ("HEAD", "/app/static/{file_path:path}"): "public",
 }
@@ -297,7 +304,7 @@ def test_every_page_route_is_decided_and_sessions_decide_who_reaches_them(web: W
     assert web.client().get("/app/").status_code == 303
     for (method, path), who in PAGES.items():
         if who == "session" and method == "POST":  # without a session: the login page, nothing done
-            assert web.client().post(path.replace("{conversation_id:int}", "1"), data={}).status_code == 303
+            assert web.client().post(path.replace("{conversation_id:int}", "1").replace("{profile_id:int}", "1"), data={}).status_code == 303
 
 
 def test_the_inbox_filters_searches_and_refuses_a_forged_page(web: Web) -> None:

@@ -7,12 +7,11 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from gateway.api.auth import require_owner
 from gateway.api.errors import validation_failed
-from gateway.outbound.dates import valid_time_zone
-from gateway.forms.consent import valid_privacy_url
+from gateway.forms.studio_settings import SettingsChange, SettingsInvalid, change_settings
 from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import STUDIO
 from gateway.access.studios import Caller
@@ -30,6 +29,8 @@ class StudioOut(msgspec.Struct):
 
 
 class StudioPatch(msgspec.Struct, omit_defaults=True):
+    name: str | None = None        # what guests and the messenger see; one line, at most 200 characters
+    locale: str | None = None      # the language of the studio's mails: "de" or "en"
     acknowledge_inquiries: bool | None = None
     time_zone: str | None = None   # an IANA name ("Europe/Vienna"): the dates its mails show
     privacy_url: str | None = None  # https://... ; "" removes it
@@ -44,20 +45,17 @@ class StudioController(Controller):
 
     @patch("/", sync_to_thread=True)
     def change(self, state: State, caller: NamedDependency[Caller], data: JSONBody[StudioPatch]) -> StudioOut:
-        """Owner only: whether new inquiries get an automatic acknowledgement; the time zone."""
+        """Owner only: the name, whether new inquiries get an automatic acknowledgement, the
+        mails' language, the time zone, the form's privacy page (gateway/forms/studio_settings.py,
+        which the settings page uses too)."""
         require_owner(caller, "change its settings")
-        if data.time_zone is not None and not valid_time_zone(data.time_zone):
-            raise validation_failed([("time_zone", f"time_zone must be an IANA time zone such as Europe/Berlin, "
-                                                   f"not {data.time_zone[:80]!r}")])
-        if data.privacy_url and not valid_privacy_url(data.privacy_url):
-            raise validation_failed([("privacy_url", "privacy_url must be an https:// (or http://) address of at most 2000 characters")])
-        values = {name: value for name, value in (("acknowledge_inquiries", data.acknowledge_inquiries),
-                                                  ("time_zone", data.time_zone)) if value is not None}
-        if data.privacy_url is not None:
-            values["privacy_url"] = data.privacy_url or None
-        if values:
+        change = SettingsChange(name=data.name, acknowledge_inquiries=data.acknowledge_inquiries, locale=data.locale,
+                                time_zone=data.time_zone, privacy_url=data.privacy_url)
+        try:
             with write_tx(state.engine) as conn:
-                conn.execute(update(STUDIO).where(STUDIO.c.id == caller.studio_id).values(**values))
+                change_settings(conn, caller.studio_id, change)
+        except SettingsInvalid as exc:
+            raise validation_failed(exc.errors) from None
         return _load(state, caller.studio_id)
 
 
