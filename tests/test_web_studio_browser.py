@@ -1,0 +1,101 @@
+"""The live inbox and the studio's pages in a real browser (Debian's chromium through
+Playwright) against a real gateway: an inquiry sent by SMTP appears in the open inbox without
+reload, the settings persist, a member cannot reach the owner's pages, a phone's width, axe-core,
+and screenshots in build/screenshots/ (README)."""
+from __future__ import annotations
+
+from playwright.sync_api import Browser, Page, expect
+
+from tests.access import connect_member
+from tests.browser import browser  # noqa: F401
+from tests.test_web_browser import (
+    DESKTOP, PHONE, context, inquiry, no_horizontal_scroll, serious_violations, shoot)
+from tests.web import Web, link_of, web  # noqa: F401
+
+OWNER, MEMBER = "owner@inkwell.example", "artist@inkwell.example"
+
+
+def sign_in(web: Web, page: Page, email: str = OWNER) -> None:
+    page.goto(web.gw.base_url + "/app/login")
+    page.get_by_label("Email address").fill(email)
+    page.get_by_role("button", name="Mail me a sign-in link").click()
+    page.get_by_role("heading", name="Check your mail").wait_for()
+    [mail] = web.mailed()
+    page.goto(link_of(mail))
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Inbox").wait_for()
+
+
+def test_an_inquiry_sent_by_smtp_appears_in_the_open_inbox_without_reload(web: Web, browser: Browser) -> None:  # noqa: F811
+    web.gw.add_studio("inkwell", "Inkwell")
+    ctx = context(browser)
+    page = ctx.new_page()
+    try:
+        sign_in(web, page)
+        page.get_by_text("No conversations yet").wait_for()
+        # The stream is open once the browser has a response for it; until then an event could
+        # come before the page listens, and the page would (rightly) only show it after a reload.
+        page.wait_for_function("() => document.getElementById('live')['htmx-internal-data']"
+                               "?.sseEventSource?.readyState === EventSource.OPEN", timeout=10_000)
+        page.evaluate("window.notReloaded = true")
+        inquiry(web, "Live: Termin am Samstag", "Habt ihr Samstag Zeit?")
+        expect(page.locator(".inbox .row")).to_have_count(1, timeout=15_000)
+        assert "Live: Termin am Samstag" in page.locator(".inbox .row").inner_text()
+        assert page.evaluate("window.notReloaded === true"), "the page was reloaded instead of refreshed"
+        inquiry(web, "Live: Zweite Frage", "Und Sonntag?", sender="Max <max@example.org>")
+        expect(page.locator(".inbox .row")).to_have_count(2, timeout=15_000)
+        assert "Live: Zweite Frage" in page.locator(".inbox .row").nth(0).inner_text()
+    finally:
+        ctx.close()
+
+
+def test_the_owner_changes_settings_that_persist_and_a_member_cannot_see_the_owners_pages(
+        web: Web, browser: Browser) -> None:  # noqa: F811
+    studio = web.gw.add_studio("inkwell", "Inkwell")
+    connect_member(web.gw, studio, MEMBER)
+    ctx = context(browser)
+    page = ctx.new_page()
+    try:
+        sign_in(web, page)
+        page.get_by_role("link", name="Settings").first.click()
+        page.get_by_role("heading", name="Settings").wait_for()
+        assert serious_violations(page) == []
+        shoot(page, "settings-desktop")
+        page.get_by_label("Name", exact=True).fill("Inkwell Tattoo")
+        page.get_by_label("Time zone").fill("Europe/Vienna")
+        page.get_by_label("Acknowledge new inquiries automatically").uncheck()
+        page.get_by_role("button", name="Save settings").click()
+        page.get_by_role("status").wait_for()
+        page.reload()
+        assert page.get_by_label("Name", exact=True).input_value() == "Inkwell Tattoo"
+        assert page.get_by_label("Time zone").input_value() == "Europe/Vienna"
+        assert not page.get_by_label("Acknowledge new inquiries automatically").is_checked()
+        page.get_by_role("link", name="People").click()
+        page.get_by_role("heading", name="People").wait_for()
+        assert MEMBER in page.content()
+        assert serious_violations(page) == []
+        shoot(page, "people-desktop")
+        for name in ("settings", "people"):
+            page.set_viewport_size(PHONE)
+            page.goto(web.gw.base_url + f"/app/{name}")
+            assert no_horizontal_scroll(page), f"/app/{name} scrolls sideways at 375 px"
+            shoot(page, f"{name}-phone")
+            page.set_viewport_size(DESKTOP)
+    finally:
+        ctx.close()
+
+    member_ctx = context(browser)
+    member = member_ctx.new_page()
+    try:
+        sign_in(web, member, MEMBER)
+        member.get_by_role("link", name="Settings").first.click()
+        member.get_by_role("heading", name="Settings").wait_for()
+        assert member.get_by_role("link", name="People").count() == 0  # no link to the owner's page
+        assert member.get_by_role("button", name="Save settings").count() == 0
+        assert "Only the studio's owner can change the studio's settings." in member.content()
+        answer = member.goto(web.gw.base_url + "/app/people")
+        assert answer is not None and answer.status == 403
+        assert "Only the studio's owner can open this page." in member.content()
+        assert MEMBER not in member.locator("main").inner_text()
+    finally:
+        member_ctx.close()
