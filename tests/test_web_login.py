@@ -281,6 +281,16 @@ PAGES: dict[tuple[str, str], str] = {
     ("GET", "/app/people"): "session",
     ("POST", "/app/people"): "session",
     ("POST", "/app/people/{profile_id:int}/disconnect"): "session",
+    ("GET", "/app/billing"): "session",
+    ("POST", "/app/billing/checkout"): "session",
+    ("GET", "/app/billing/cancel"): "session",
+    ("POST", "/app/billing/cancel"): "session",
+    ("GET", "/app/support"): "session",
+    ("POST", "/app/support"): "session",
+    ("POST", "/app/support/{grant_id:int}/revoke"): "session",
+    ("GET", "/app/account"): "session",
+    ("GET", "/app/account/export"): "session",
+    ("POST", "/app/account/deletion"): "session",
     ("GET", "/app/static/{file_path:path}"): "public",
     ("HEAD", "/app/static/{file_path:path}"): "public",
 }
@@ -304,7 +314,8 @@ def test_every_page_route_is_decided_and_sessions_decide_who_reaches_them(web: W
     assert web.client().get("/app/").status_code == 303
     for (method, path), who in PAGES.items():
         if who == "session" and method == "POST":  # without a session: the login page, nothing done
-            assert web.client().post(path.replace("{conversation_id:int}", "1").replace("{profile_id:int}", "1"), data={}).status_code == 303
+            assert web.client().post(path.replace("{conversation_id:int}", "1").replace("{profile_id:int}", "1")
+                                    .replace("{grant_id:int}", "1"), data={}).status_code == 303
 
 
 def test_the_inbox_filters_searches_and_refuses_a_forged_page(web: Web) -> None:

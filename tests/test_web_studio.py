@@ -12,11 +12,13 @@ from sqlalchemy import select
 
 from gateway.store.db import read_tx
 from gateway.store.tables import PROFILE, STUDIO
-from tests.access import PROFILES, connect_member, support_token
+from tests.access import GRANTS, PROFILES, connect_member, support_token
+from tests.billing_support import Billing, billing_settings
 from tests.conftest import make_settings, start_gateway
 from tests.mail import make_mail
 from tests.relay_sink import RelaySink, free_port
 from tests.sse import EventReader
+from tests.stripe_emulator import StripeEmulator
 from tests.web import HELPDESK, Web, csrf_of, off_thread
 
 OWNER, MEMBER, OTHER = "owner@inkwell.example", "artist@inkwell.example", "owner@blackrose.example"
@@ -129,6 +131,19 @@ STUDIO_PAGES: list[tuple[str, str, dict[str, str], dict[str, int]]] = [
     ("POST", "/app/people", {"email": "new@inkwell.example", "name": "New"},
      {"owner": 303, "member": 403, "other": 303, "anonymous": 303}),
     ("POST", "/app/people/{member}/disconnect", {}, {"owner": 303, "member": 403, "other": 404, "anonymous": 303}),
+    # Billing: this gateway has no Stripe, so the owner's checkout is 503; there is no plan to cancel (409).
+    ("GET", "/app/billing", {}, {"owner": 200, "member": 403, "other": 200, "anonymous": 303}),
+    ("POST", "/app/billing/checkout", {"plan": "monthly"}, {"owner": 503, "member": 403, "other": 503, "anonymous": 303}),
+    ("GET", "/app/billing/cancel", {}, {"owner": 200, "member": 403, "other": 200, "anonymous": 303}),
+    ("POST", "/app/billing/cancel", {}, {"owner": 409, "member": 403, "other": 409, "anonymous": 303}),
+    ("GET", "/app/support", {}, {"owner": 200, "member": 403, "other": 200, "anonymous": 303}),
+    ("POST", "/app/support", {"duration": "24h", "note": "bitte helfen"},
+     {"owner": 303, "member": 403, "other": 303, "anonymous": 303}),
+    ("POST", "/app/support/{grant}/revoke", {}, {"owner": 303, "member": 403, "other": 404, "anonymous": 303}),
+    ("GET", "/app/account", {}, {"owner": 200, "member": 403, "other": 200, "anonymous": 303}),
+    ("GET", "/app/account/export", {}, {"owner": 200, "member": 403, "other": 200, "anonymous": 303}),
+    ("POST", "/app/account/deletion", {"reason": "zu teuer"},
+     {"owner": 200, "member": 403, "other": 200, "anonymous": 303}),
 ]
 
 
@@ -137,12 +152,13 @@ def test_the_page_role_matrix_of_the_studios_pages(web: Web) -> None:
     web.gw.add_studio("blackrose", "Black Rose")
     member_id, _ = connect_member(web.gw, studio, MEMBER)
     target_id, _ = connect_member(web.gw, studio, "target@inkwell.example")
+    grant_id = web.gw.api(studio.token).post(GRANTS, json={"hours": 2}).json()["id"]
     clients = {"owner": signed_in(web), "member": signed_in(web, MEMBER), "other": signed_in(web, OTHER),
                "anonymous": web.client()}
     for method, path, data, expected in STUDIO_PAGES:
         for who in ("member", "other", "anonymous", "owner"):  # the owner last: it changes things
             client = clients[who]
-            url = path.replace("{member}", str(target_id))
+            url = path.replace("{member}", str(target_id)).replace("{grant}", str(grant_id))
             if method == "GET":
                 answer = client.get(url)
             else:
@@ -153,6 +169,8 @@ def test_the_page_role_matrix_of_the_studios_pages(web: Web) -> None:
                 assert answer.headers["location"] == "/app/login"
             if answer.status_code == 403:
                 assert "Only the studio's owner can open this page." in answer.text
+            if method == "GET" and answer.status_code == 200 and "export" not in path:
+                assert (OTHER in answer.text) == (who == "other") and (OWNER in answer.text) == (who == "owner")
     # What the others did changed nothing of Inkwell's: the other studio changed its own.
     assert studio_row(web).name == "Inkwell Tattoo"  # the owner's own change, last
     assert studio_row(web, "blackrose").name == "Inkwell Tattoo"  # the other owner changed theirs
@@ -161,8 +179,9 @@ def test_the_page_role_matrix_of_the_studios_pages(web: Web) -> None:
         new = conn.execute(select(PROFILE.c.studio_id).where(PROFILE.c.email == "new@inkwell.example")).scalars()
     assert gone is not None and sorted(new) == sorted({studio.id, studio_row(web, "blackrose").id})
     # The owner's pages have no link for a member.
-    assert 'href="/app/people"' in clients["owner"].get("/app/settings").text
-    assert 'href="/app/people"' not in clients["member"].get("/app/settings").text
+    for owners_page in ("/app/people", "/app/billing", "/app/support", "/app/account"):
+        assert f'href="{owners_page}"' in clients["owner"].get("/app/settings").text
+        assert f'href="{owners_page}"' not in clients["member"].get("/app/settings").text
     # Without a CSRF token every form is 403 and nothing changes.
     assert clients["owner"].post("/app/settings", data={**SETTINGS, "name": "Forged"}).status_code == 403
     assert studio_row(web).name == "Inkwell Tattoo"
@@ -209,3 +228,82 @@ def test_disconnecting_a_member_closes_the_members_stream(web: Web) -> None:
     assert reader.status == 200
     assert web.gw.api(studio.token).delete(f"{PROFILES}/{member_id}").status_code in (200, 204)
     assert reader.ended.wait(10), "the stream stayed open after its member was disconnected"
+
+
+def test_support_access_is_granted_and_revoked_from_the_page_and_audited(web: Web) -> None:
+    studio = web.gw.add_studio("inkwell", "Inkwell")
+    owner = signed_in(web)
+    assert "Support cannot read anything now." in owner.get("/app/support").text
+    assert post(owner, "/app/support", {"duration": "3d", "note": "Mails kommen doppelt"}, "/app/support").status_code == 303
+    [grant] = web.gw.api(studio.token).get(GRANTS).json()["items"]
+    assert grant["active"] and grant["note"] == "Mails kommen doppelt"
+    page = owner.get("/app/support").text
+    assert 'id="grant-active"' in page and "support_grant.create" in page and "owner:owner@inkwell.example" in page
+    assert post(owner, "/app/support", {"duration": "30d"}, "/app/support").status_code == 400  # the API's bounds
+    assert post(owner, f"/app/support/{grant['id']}/revoke", {}, "/app/support").status_code == 303
+    assert not web.gw.api(studio.token).get(GRANTS).json()["items"][0]["active"]
+    assert "support_grant.revoke" in owner.get("/app/support").text
+
+
+def test_the_owner_downloads_the_export_and_asks_for_deletion_by_mailed_code(web: Web) -> None:
+    import io
+    import zipfile
+
+    web.gw.add_studio("inkwell", "Inkwell")
+    inquiry(web, "Termin am Freitag")
+    owner = signed_in(web)
+    download = owner.get("/app/account/export")
+    assert download.status_code == 200 and download.headers["content-type"] == "application/zip"
+    assert download.headers["content-disposition"].startswith('attachment; filename="inkwell-export-')
+    archive = zipfile.ZipFile(io.BytesIO(download.content))
+    assert "Termin am Freitag" in archive.read("export.json").decode()
+
+    asked = post(owner, "/app/account/deletion", {"reason": "Wir schließen das Studio"}, "/app/account")
+    assert asked.status_code == 200 and OWNER in asked.text and 'id="deletion-sent"' in asked.text
+    [mail] = [m for m in web.mailed() if m.rcpt_tos == [OWNER]]
+    text = mail.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "/account/deletion/confirm" in text
+    assert studio_row(web).name == "Inkwell"  # nothing deleted before the code is confirmed
+
+
+
+@pytest.fixture
+def billed(tmp_path: Path, database_url: str) -> Iterator[tuple[Web, Billing]]:
+    """The pages' gateway (helpdesk, relay sink) on the Stripe emulator (tests/billing_support.py)."""
+    emulator = StripeEmulator()
+    base = emulator.start()
+    sink = off_thread(RelaySink().__enter__)
+    port = free_port()
+    gw = start_gateway(billing_settings(tmp_path, database_url, base, helpdesk_address=HELPDESK,
+                                        smtp_relay_url=sink.url, public_url=f"http://127.0.0.1:{port}"),
+                       http_port=port)
+    try:
+        yield Web(gw, sink), Billing(gw, emulator)
+    finally:
+        gw.stop()
+        emulator.stop()
+        off_thread(lambda: sink.__exit__(None, None, None))
+
+
+def test_billing_checks_out_through_stripe_and_cancels_with_the_plans_rule_shown_first(
+        billed: tuple[Web, Billing]) -> None:
+    web, billing = billed
+    studio = web.gw.add_studio("inkwell", "Inkwell")
+    owner = signed_in(web)
+    free = owner.get("/app/billing")
+    assert free.status_code == 200 and '<dd id="plan">Free</dd>' in free.text
+    checkout = post(owner, "/app/billing/checkout", {"plan": "yearly"}, "/app/billing")
+    assert len(billing.stripe.calls("POST", "/v1/checkout/sessions")) == 1 and checkout.status_code == 200
+    assert 'http-equiv="refresh" content="0;url=https://checkout.stripe.test/c/pay/' in checkout.text
+
+    billing.subscribe(studio.id, "yearly")
+    paid = owner.get("/app/billing")
+    assert '<dd id="plan">Yearly</dd>' in paid.text and 'href="/app/billing/cancel"' in paid.text
+    rule = owner.get("/app/billing/cancel")
+    assert "not refunded" in rule.text and "runs until the end of the paid period" in rule.text
+    assert billing.stripe.calls("POST", "/v1/subscriptions/") == []  # showing the rule cancels nothing
+    done = post(owner, "/app/billing/cancel", {}, "/app/billing/cancel")
+    assert done.status_code == 303 and done.headers["location"] == "/app/billing?cancelled=1"
+    [cancelled] = billing.stripe.calls("POST", "/v1/subscriptions/")
+    assert cancelled.params["cancel_at_period_end"] == "true"  # yearly: to the period's end, no refund
+    assert "Nothing will be charged again." in owner.get("/app/billing?cancelled=1").text

@@ -56,14 +56,14 @@ def owner_only(signed: SessionCaller) -> None:
         raise PermissionDeniedException("only the studio's owner can open this page", extra={"code": "owner_only"})
 
 
-def _context(request: Request[Any, Any, Any], signed: SessionCaller) -> dict[str, Any]:
+def studio_context(request: Request[Any, Any, Any], signed: SessionCaller) -> dict[str, Any]:
     settings = request.app.state.settings
     return {"language": negotiate(request.headers.get("accept-language", ""), signed.locale),
             "csrf": csrf_token(settings.secret(), session_token(request, settings) or ""),
             "owner": signed.caller.role == "owner"}
 
 
-def _studio(engine: Engine, signed: SessionCaller) -> Studio:
+def read_studio(engine: Engine, signed: SessionCaller) -> Studio:
     with read_tx(engine) as conn:
         row = conn.execute(select(STUDIO).where(STUDIO.c.id == signed.caller.studio_id)).one()
         me = conn.execute(select(PROFILE.c.email, PROFILE.c.locale).where(
@@ -74,10 +74,10 @@ def _studio(engine: Engine, signed: SessionCaller) -> Studio:
 
 async def _settings_page(request: Request[Any, Any, Any], signed: SessionCaller, *, status: int = 200,
                          errors: dict[str, str] | None = None, sent: dict[str, Any] | None = None) -> Response[str]:
-    studio = await asyncio.to_thread(_studio, request.app.state.engine, signed)
+    studio = await asyncio.to_thread(read_studio, request.app.state.engine, signed)
     return page(request, "studio_settings.html", status=status, studio=studio, locales=LOCALES,
                 errors=errors or {}, sent=sent or {}, saved=request.query_params.get("saved") == "1",
-                **_context(request, signed))
+                **studio_context(request, signed))
 
 
 @get("/app/settings", name="web-settings")
@@ -135,13 +135,13 @@ async def _people_page(request: Request[Any, Any, Any], signed: SessionCaller, *
                        error: str = "", sent: dict[str, Any] | None = None) -> Response[str]:
     studio, people = await asyncio.to_thread(_people, request.app.state.engine, signed)
     return page(request, "studio_people.html", status=status, studio=studio, people=people, error=error,
-                sent=sent or {}, **_context(request, signed))
+                sent=sent or {}, **studio_context(request, signed))
 
 
 def _people(engine: Engine, signed: SessionCaller) -> tuple[Studio, list[ProfileInfo]]:
     with read_tx(engine) as conn:
         listed = list_profiles(conn, signed.caller, limit=MAX_PEOPLE)
-    return _studio(engine, signed), listed.items
+    return read_studio(engine, signed), listed.items
 
 
 @get("/app/people", name="web-people")
