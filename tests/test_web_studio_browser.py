@@ -13,6 +13,7 @@ from tests.test_web_browser import (
 from tests.web import Web, link_of, web  # noqa: F401
 
 OWNER, MEMBER = "owner@inkwell.example", "artist@inkwell.example"
+OWNERS_PAGES = {"people": "People", "billing": "Billing", "support": "Support access", "account": "Data and account"}
 
 
 def sign_in(web: Web, page: Page, email: str = OWNER) -> None:
@@ -73,9 +74,12 @@ def test_the_owner_changes_settings_that_persist_and_a_member_cannot_see_the_own
         page.get_by_role("link", name="People").click()
         page.get_by_role("heading", name="People").wait_for()
         assert MEMBER in page.content()
-        assert serious_violations(page) == []
-        shoot(page, "people-desktop")
-        for name in ("settings", "people"):
+        for name, heading in OWNERS_PAGES.items():
+            page.goto(web.gw.base_url + f"/app/{name}")
+            page.get_by_role("heading", name=heading, exact=True).wait_for()
+            assert serious_violations(page) == [], name
+            shoot(page, f"{name}-desktop")
+        for name in ("settings", *OWNERS_PAGES):
             page.set_viewport_size(PHONE)
             page.goto(web.gw.base_url + f"/app/{name}")
             assert no_horizontal_scroll(page), f"/app/{name} scrolls sideways at 375 px"
