@@ -14,12 +14,12 @@ from gateway.store.db import read_tx
 from gateway.store.tables import PROFILE, STUDIO
 from tests.access import GRANTS, PROFILES, connect_member, support_token
 from tests.billing_support import Billing, billing_settings
-from tests.conftest import make_settings, start_gateway
+from tests.conftest import start_gateway
 from tests.mail import make_mail
 from tests.relay_sink import RelaySink, free_port
 from tests.sse import EventReader
 from tests.stripe_emulator import StripeEmulator
-from tests.web import HELPDESK, Web, csrf_of, off_thread
+from tests.web import HELPDESK, Web, csrf_of, off_thread, serving
 
 OWNER, MEMBER, OTHER = "owner@inkwell.example", "artist@inkwell.example", "owner@blackrose.example"
 BEAT = 0.3
@@ -28,18 +28,8 @@ BEAT = 0.3
 @pytest.fixture
 def web(tmp_path: Path, database_url: str) -> Iterator[Web]:
     """tests/web.py's gateway with a short heartbeat, so a stream notices a logout quickly."""
-    port = free_port()
-    sink = off_thread(RelaySink().__enter__)
-    try:
-        running = start_gateway(make_settings(tmp_path, database_url, helpdesk_address=HELPDESK,
-                                              smtp_relay_url=sink.url, public_url=f"http://127.0.0.1:{port}",
-                                              events_heartbeat=BEAT), http_port=port)
-        try:
-            yield Web(running, sink)
-        finally:
-            running.stop()
-    finally:
-        off_thread(lambda: sink.__exit__(None, None, None))
+    with serving(tmp_path, database_url, events_heartbeat=BEAT) as running:
+        yield running
 
 
 def signed_in(web: Web, email: str = OWNER) -> httpx.Client:
@@ -150,7 +140,7 @@ STUDIO_PAGES: list[tuple[str, str, dict[str, str], dict[str, int]]] = [
 def test_the_page_role_matrix_of_the_studios_pages(web: Web) -> None:
     studio = web.gw.add_studio("inkwell", "Inkwell")
     web.gw.add_studio("blackrose", "Black Rose")
-    member_id, _ = connect_member(web.gw, studio, MEMBER)
+    connect_member(web.gw, studio, MEMBER)
     target_id, _ = connect_member(web.gw, studio, "target@inkwell.example")
     grant_id = web.gw.api(studio.token).post(GRANTS, json={"hours": 2}).json()["id"]
     clients = {"owner": signed_in(web), "member": signed_in(web, MEMBER), "other": signed_in(web, OTHER),

@@ -4,27 +4,24 @@ reload, the settings persist, a member cannot reach the owner's pages, a phone's
 and screenshots in build/screenshots/ (README)."""
 from __future__ import annotations
 
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, expect
 
 from tests.access import connect_member
 from tests.browser import browser  # noqa: F401
 from tests.test_web_browser import (
-    DESKTOP, PHONE, context, inquiry, no_horizontal_scroll, serious_violations, shoot)
-from tests.web import Web, link_of, web  # noqa: F401
+    DESKTOP,
+    PHONE,
+    context,
+    inquiry,
+    no_horizontal_scroll,
+    serious_violations,
+    shoot,
+    sign_in,
+)
+from tests.web import Web, web  # noqa: F401
 
 OWNER, MEMBER = "owner@inkwell.example", "artist@inkwell.example"
 OWNERS_PAGES = {"people": "People", "billing": "Billing", "support": "Support access", "account": "Data and account"}
-
-
-def sign_in(web: Web, page: Page, email: str = OWNER) -> None:
-    page.goto(web.gw.base_url + "/app/login")
-    page.get_by_label("Email address").fill(email)
-    page.get_by_role("button", name="Mail me a sign-in link").click()
-    page.get_by_role("heading", name="Check your mail").wait_for()
-    [mail] = web.mailed()
-    page.goto(link_of(mail))
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_role("heading", name="Inbox").wait_for()
 
 
 def test_an_inquiry_sent_by_smtp_appears_in_the_open_inbox_without_reload(web: Web, browser: Browser) -> None:  # noqa: F811

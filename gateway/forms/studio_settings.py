@@ -63,12 +63,12 @@ def change_settings(conn: Connection, studio_id: int, change: SettingsChange) ->
         if valid_time_zone(change.time_zone):
             values["time_zone"] = change.time_zone
         else:
-            errors.append(("time_zone", f"time_zone must be an IANA time zone such as Europe/Berlin, "
-                                        f"not {change.time_zone[:80]!r}"))
+            errors.append(("time_zone", (f"time_zone must be an IANA time zone such as Europe/Berlin, "
+                                         f"not {change.time_zone[:80]!r}")))
     if change.privacy_url is not None:
         if change.privacy_url and not valid_privacy_url(change.privacy_url):
-            errors.append(("privacy_url", "privacy_url must be an https:// (or http://) address of at most "
-                                          "2000 characters"))
+            errors.append(("privacy_url", ("privacy_url must be an https:// (or http://) address of at most "
+                                           "2000 characters")))
         else:
             values["privacy_url"] = change.privacy_url or None
     if errors:

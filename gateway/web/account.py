@@ -16,23 +16,31 @@ from litestar import Request, Response, get, post
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.response import Stream
 
-from gateway.lifecycle.account_deletion import NotAllowed, TooManyRequests, request_by_owner
+from gateway.lifecycle.account_deletion import (
+    NotAllowed,
+    TooManyRequests,
+    request_by_owner,
+)
 from gateway.lifecycle.deletion_reason import MAX_REASON
 from gateway.lifecycle.export import spool_export
 from gateway.store.models import utcnow
-from gateway.web.login import checked_form, page
-from gateway.web.session import session_token, signed_in, to_login
-from gateway.web.studio_pages import owner_only, read_studio, studio_context
+from gateway.web.login import page
+from gateway.web.session import to_login
+from gateway.web.studio_pages import (
+    owner_signed,
+    read_studio,
+    signed_form,
+    studio_context,
+)
 
 REASON_FIELD_MAX = 10_000   # the API's bound; the stored reason is cut to MAX_REASON without personal data
 
 
 @get("/app/account", name="web-account")
 async def account_page(request: Request[Any, Any, Any]) -> Response[Any]:
-    signed = await signed_in(request)
+    signed = await owner_signed(request)
     if signed is None:
         return to_login(request)
-    owner_only(signed)
     studio = await asyncio.to_thread(read_studio, request.app.state.engine, signed)
     return page(request, "studio_account.html", studio=studio, max_reason=MAX_REASON,
                 **studio_context(request, signed))
@@ -40,10 +48,9 @@ async def account_page(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @get("/app/account/export", name="web-export")
 async def export(request: Request[Any, Any, Any]) -> Response[Any]:
-    signed = await signed_in(request)
+    signed = await owner_signed(request)
     if signed is None:
         return to_login(request)
-    owner_only(signed)
     state, now = request.app.state, utcnow()
     spooled = await asyncio.to_thread(spool_export, state.engine, signed.caller.studio_id, state.settings, now)
     if spooled is None:
@@ -56,11 +63,10 @@ async def export(request: Request[Any, Any, Any]) -> Response[Any]:
 @post("/app/account/deletion", name="web-account-deletion", status_code=200)
 async def ask_deletion(request: Request[Any, Any, Any]) -> Response[Any]:
     """Mail the confirmation code; the answer says where it went and until when it is valid."""
-    signed = await signed_in(request)
-    if signed is None:
+    found = await signed_form(request)
+    if found is None:
         return to_login(request)
-    form = await checked_form(request, session_token(request, request.app.state.settings))
-    owner_only(signed)
+    signed, form = found
     state = request.app.state
     try:
         requested = await asyncio.to_thread(request_by_owner, state.engine, state.settings,

@@ -19,11 +19,22 @@ from litestar.response import Redirect
 
 from gateway.access.web_sessions import SessionCaller
 from gateway.billing.stripe_api import BillingNotConfigured, BillingUnavailable
-from gateway.billing.subscriptions import BillingConflict, BillingSummary, cancel, start_checkout, summary
+from gateway.billing.subscriptions import (
+    BillingConflict,
+    BillingSummary,
+    cancel,
+    start_checkout,
+    summary,
+)
 from gateway.store.db import read_tx
-from gateway.web.login import checked_form, page
-from gateway.web.session import session_token, signed_in, to_login
-from gateway.web.studio_pages import owner_only, read_studio, studio_context
+from gateway.web.login import page
+from gateway.web.session import to_login
+from gateway.web.studio_pages import (
+    owner_signed,
+    read_studio,
+    signed_form,
+    studio_context,
+)
 
 REFUSED = (BillingConflict, BillingNotConfigured, BillingUnavailable, stripe.StripeError)
 
@@ -52,20 +63,18 @@ async def _billing_page(request: Request[Any, Any, Any], signed: SessionCaller, 
 
 @get("/app/billing", name="web-billing")
 async def billing_page(request: Request[Any, Any, Any]) -> Response[Any]:
-    signed = await signed_in(request)
+    signed = await owner_signed(request)
     if signed is None:
         return to_login(request)
-    owner_only(signed)
     return await _billing_page(request, signed, "studio_billing.html")
 
 
 @post("/app/billing/checkout", name="web-billing-checkout", status_code=200)
 async def checkout(request: Request[Any, Any, Any]) -> Response[Any]:
-    signed = await signed_in(request)
-    if signed is None:
+    found = await signed_form(request)
+    if found is None:
         return to_login(request)
-    form = await checked_form(request, session_token(request, request.app.state.settings))
-    owner_only(signed)
+    signed, form = found
     state = request.app.state
     try:
         url = await asyncio.to_thread(start_checkout, state.engine, state.stripe_api, state.settings,
@@ -79,20 +88,18 @@ async def checkout(request: Request[Any, Any, Any]) -> Response[Any]:
 @get("/app/billing/cancel", name="web-billing-cancel-rule")
 async def cancel_rule(request: Request[Any, Any, Any]) -> Response[Any]:
     """What cancelling this plan means, before the button that does it."""
-    signed = await signed_in(request)
+    signed = await owner_signed(request)
     if signed is None:
         return to_login(request)
-    owner_only(signed)
     return await _billing_page(request, signed, "studio_cancel.html")
 
 
 @post("/app/billing/cancel", name="web-billing-cancel", status_code=303)
 async def cancel_plan(request: Request[Any, Any, Any]) -> Response[Any]:
-    signed = await signed_in(request)
-    if signed is None:
+    found = await signed_form(request)
+    if found is None:
         return to_login(request)
-    await checked_form(request, session_token(request, request.app.state.settings))
-    owner_only(signed)
+    signed, _ = found
     state = request.app.state
     try:
         await asyncio.to_thread(cancel, state.engine, state.stripe_api, state.settings, signed.caller.studio_id)

@@ -23,10 +23,22 @@ from litestar.params import FromPath
 from litestar.response import Redirect
 from sqlalchemy import Engine, select
 
-from gateway.access.profiles import ProfileConflict, ProfileInfo, connect_member, disconnect_profile, list_profiles
+from gateway.access.profiles import (
+    ProfileConflict,
+    ProfileInfo,
+    connect_member,
+    disconnect_profile,
+    list_profiles,
+)
 from gateway.access.studios import StudioError
 from gateway.access.web_sessions import SessionCaller
-from gateway.forms.studio_settings import LOCALES, SettingsChange, SettingsInvalid, change_settings, set_profile_locale
+from gateway.forms.studio_settings import (
+    LOCALES,
+    SettingsChange,
+    SettingsInvalid,
+    change_settings,
+    set_profile_locale,
+)
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import PROFILE, STUDIO
@@ -54,6 +66,28 @@ def owner_only(signed: SessionCaller) -> None:
     """The 403 page for a member on an owner's page (the API answers 403 too)."""
     if signed.caller.role != "owner":
         raise PermissionDeniedException("only the studio's owner can open this page", extra={"code": "owner_only"})
+
+
+async def owner_signed(request: Request[Any, Any, Any]) -> SessionCaller | None:
+    """The owner's session for an owner's page; None without a session (the caller answers
+    `to_login`); the 403 page for a member."""
+    signed = await signed_in(request)
+    if signed is not None:
+        owner_only(signed)
+    return signed
+
+
+async def signed_form(request: Request[Any, Any, Any], *,
+                      owner: bool = True) -> tuple[SessionCaller, dict[str, Any]] | None:
+    """A form's session and fields, after the Origin and CSRF checks (403 when either fails),
+    and for an owner's form the owner check (403 page); None without a session."""
+    signed = await signed_in(request)
+    if signed is None:
+        return None
+    form = await checked_form(request, session_token(request, request.app.state.settings))
+    if owner:
+        owner_only(signed)
+    return signed, form
 
 
 def studio_context(request: Request[Any, Any, Any], signed: SessionCaller) -> dict[str, Any]:
@@ -91,11 +125,10 @@ async def settings_page(request: Request[Any, Any, Any]) -> Response[Any]:
 @post("/app/settings", name="web-settings-change", status_code=303)
 async def change_studio(request: Request[Any, Any, Any]) -> Response[Any]:
     """The owner changes the studio's settings; a checkbox that is not sent is "off"."""
-    signed = await signed_in(request)
-    if signed is None:
+    found = await signed_form(request)
+    if found is None:
         return to_login(request)
-    form = await checked_form(request, session_token(request, request.app.state.settings))
-    owner_only(signed)
+    signed, form = found
     change = SettingsChange(name=str(form.get("name", "")), acknowledge_inquiries=form.get("acknowledge") == "on",
                             locale=str(form.get("locale", "")), time_zone=str(form.get("time_zone", "")).strip(),
                             privacy_url=str(form.get("privacy_url", "")).strip())
@@ -114,10 +147,10 @@ def _change(engine: Engine, studio_id: int, change: SettingsChange) -> None:
 @post("/app/settings/language", name="web-settings-language", status_code=303)
 async def change_language(request: Request[Any, Any, Any]) -> Response[Any]:
     """Anyone signed in: the language of their own pages ("" follows the browser)."""
-    signed = await signed_in(request)
-    if signed is None:
+    found = await signed_form(request, owner=False)
+    if found is None:
         return to_login(request)
-    form = await checked_form(request, session_token(request, request.app.state.settings))
+    signed, form = found
     locale = str(form.get("profile_locale", "")) or None
     try:
         await asyncio.to_thread(_language, request.app.state.engine, signed, locale)
@@ -146,20 +179,18 @@ def _people(engine: Engine, signed: SessionCaller) -> tuple[Studio, list[Profile
 
 @get("/app/people", name="web-people")
 async def people_page(request: Request[Any, Any, Any]) -> Response[Any]:
-    signed = await signed_in(request)
+    signed = await owner_signed(request)
     if signed is None:
         return to_login(request)
-    owner_only(signed)
     return await _people_page(request, signed)
 
 
 @post("/app/people", name="web-people-connect", status_code=303)
 async def connect(request: Request[Any, Any, Any]) -> Response[Any]:
-    signed = await signed_in(request)
-    if signed is None:
+    found = await signed_form(request)
+    if found is None:
         return to_login(request)
-    form = await checked_form(request, session_token(request, request.app.state.settings))
-    owner_only(signed)
+    signed, form = found
     try:
         await asyncio.to_thread(_connect, request.app.state.engine, signed, str(form.get("email", "")),
                                 str(form.get("name", "")))
@@ -178,11 +209,10 @@ def _connect(engine: Engine, signed: SessionCaller, email: str, name: str) -> No
 @post("/app/people/{profile_id:int}/disconnect", name="web-people-disconnect", status_code=303)
 async def disconnect(request: Request[Any, Any, Any], profile_id: FromPath[int]) -> Response[Any]:
     """The member's sessions and tokens stop working with this commit (gateway/access/profiles.py)."""
-    signed = await signed_in(request)
-    if signed is None:
+    posted = await signed_form(request)
+    if posted is None:
         return to_login(request)
-    await checked_form(request, session_token(request, request.app.state.settings))
-    owner_only(signed)
+    signed, _ = posted
     try:
         found = await asyncio.to_thread(_disconnect, request.app.state.engine, signed, profile_id)
     except ProfileConflict:

@@ -24,9 +24,14 @@ from gateway.access.web_sessions import SessionCaller
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.paging import BadCursor
-from gateway.web.login import checked_form, page
-from gateway.web.session import session_token, signed_in, to_login
-from gateway.web.studio_pages import owner_only, read_studio, studio_context
+from gateway.web.login import page
+from gateway.web.session import to_login
+from gateway.web.studio_pages import (
+    owner_signed,
+    read_studio,
+    signed_form,
+    studio_context,
+)
 
 DURATIONS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "3d": timedelta(days=3), "7d": timedelta(days=7)}
 GRANTS_SHOWN, AUDIT_SHOWN = 20, 50
@@ -44,10 +49,9 @@ def _read(engine: Engine, signed: SessionCaller, cursor: str | None) -> dict[str
 
 @get("/app/support", name="web-support")
 async def support_page(request: Request[Any, Any, Any]) -> Response[Any]:
-    signed = await signed_in(request)
+    signed = await owner_signed(request)
     if signed is None:
         return to_login(request)
-    owner_only(signed)
     try:
         found = await asyncio.to_thread(_read, request.app.state.engine, signed,
                                         request.query_params.get("cursor") or None)
@@ -58,11 +62,10 @@ async def support_page(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post("/app/support", name="web-support-grant", status_code=303)
 async def grant(request: Request[Any, Any, Any]) -> Response[Any]:
-    signed = await signed_in(request)
-    if signed is None:
+    found = await signed_form(request)
+    if found is None:
         return to_login(request)
-    form = await checked_form(request, session_token(request, request.app.state.settings))
-    owner_only(signed)
+    signed, form = found
     duration = DURATIONS.get(str(form.get("duration", "")))
     note = str(form.get("note", ""))
     if duration is None or len(note) > MAX_NOTE:
@@ -83,11 +86,10 @@ def _grant(engine: Engine, signed: SessionCaller, duration: timedelta, note: str
 
 @post("/app/support/{grant_id:int}/revoke", name="web-support-revoke", status_code=303)
 async def revoke(request: Request[Any, Any, Any], grant_id: FromPath[int]) -> Response[Any]:
-    signed = await signed_in(request)
-    if signed is None:
+    found = await signed_form(request)
+    if found is None:
         return to_login(request)
-    await checked_form(request, session_token(request, request.app.state.settings))
-    owner_only(signed)
+    signed, _ = found
     if not await asyncio.to_thread(_revoke, request.app.state.engine, signed, grant_id):
         raise NotFoundException("no such grant", extra={"code": "not_found"})
     return Redirect("/app/support", status_code=303)
