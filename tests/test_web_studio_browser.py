@@ -4,10 +4,15 @@ reload, the settings persist, a member cannot reach the owner's pages, a phone's
 and screenshots in build/screenshots/ (README)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.access import connect_member
 from tests.browser import browser  # noqa: F401
+from tests.test_events import open_streams, streams_become
 from tests.test_web_browser import (
     DESKTOP,
     PHONE,
@@ -18,7 +23,7 @@ from tests.test_web_browser import (
     shoot,
     sign_in,
 )
-from tests.web import Web, web  # noqa: F401
+from tests.web import Web, serving, web  # noqa: F401
 
 OWNER, MEMBER = "owner@inkwell.example", "artist@inkwell.example"
 OWNERS_PAGES = {"people": "People", "billing": "Billing", "support": "Support access", "account": "Data and account"}
@@ -100,3 +105,30 @@ def test_the_owner_changes_settings_that_persist_and_a_member_cannot_see_the_own
         assert MEMBER not in member.locator("main").inner_text()
     finally:
         member_ctx.close()
+
+
+@pytest.fixture
+def beating(tmp_path: Path, database_url: str) -> Iterator[Web]:
+    """The pages' gateway with a short heartbeat: a stream notices a logout within a second."""
+    with serving(tmp_path, database_url, events_heartbeat=0.3) as running:
+        yield running
+
+
+def test_signing_out_closes_the_open_inboxs_live_stream(beating: Web, browser: Browser) -> None:  # noqa: F811
+    beating.gw.add_studio("inkwell", "Inkwell")
+    ctx = context(browser)
+    try:
+        inbox, other_tab = ctx.new_page(), ctx.new_page()
+        before = open_streams()
+        sign_in(beating, inbox)
+        assert streams_become(before + 1), "the open inbox did not listen"
+        other_tab.goto(beating.gw.base_url + "/app/")
+        other_tab.get_by_role("button", name="Sign out").click()
+        other_tab.get_by_role("heading", name="Sign in").wait_for()
+        assert streams_become(before), "the inbox's stream stayed open after signing out"
+        # The browser tries again with the ended session: refused, so nothing opens again.
+        inbox.wait_for_function("() => document.getElementById('live')['htmx-internal-data']"
+                                "?.sseEventSource?.readyState !== EventSource.OPEN", timeout=10_000)
+        assert open_streams() == before
+    finally:
+        ctx.close()
