@@ -206,6 +206,8 @@ def test_the_event_stream_takes_the_pages_session_and_closes_on_logout(web: Web)
     assert out.status_code == 303
     assert reader.ended.wait(10), "the stream stayed open after its session ended"
     assert EventReader(web.gw.base_url, None, headers=cookie).status == 401
+    late = owner.get("/app/?part=rows")  # a refresh asked just before the stream closed
+    assert late.headers["hx-redirect"] == "/app/login" and "Termin" not in late.text
     # The cookie opens only the stream: the rest of the API still wants a bearer token.
     assert httpx.get(web.gw.base_url + "/api/v1/conversations", headers=cookie).status_code == 401
 

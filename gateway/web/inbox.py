@@ -79,6 +79,8 @@ async def inbox(request: Request[Any, Any, Any]) -> Response[Any]:
     except BadCursor:
         raise ClientException("not a page of this inbox", extra={"code": "bad_cursor"}) from None
     if signed is None or found is None:  # never signed in, or a session that is over
+        if request.query_params.get("part"):  # htmx asked for a piece: send the whole tab to sign-in
+            return Response("", headers={"HX-Redirect": "/app/login"})
         return to_login(request)
     language = negotiate(request.headers.get("accept-language", ""), signed.locale)
     part = request.query_params.get("part")
