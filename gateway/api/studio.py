@@ -1,6 +1,8 @@
 """The caller's studio and its settings; changing them is for the owner."""
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import msgspec
 from litestar import Controller, get, patch
 from litestar.datastructures import State
@@ -28,9 +30,16 @@ class StudioOut(msgspec.Struct):
     privacy_url: str | None     # the privacy page the inquiry form's consent checkbox links
 
 
+# One line with something on it (gateway/access/studios.py single_line): the schema says so, so
+# that clients (and the schema fuzzer) know a line break or a blank name is refused.
+_CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+StudioName = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
+                                         pattern=rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$")]
+
+
 class StudioPatch(msgspec.Struct, omit_defaults=True):
-    name: str | None = None        # what guests and the messenger see; one line, at most 200 characters
-    locale: str | None = None      # the language of the studio's mails: "de" or "en"
+    name: StudioName | None = None      # what guests and the messenger see: one line, 1-200 characters
+    locale: Literal["de", "en"] | None = None  # the language of the studio's mails
     acknowledge_inquiries: bool | None = None
     time_zone: str | None = None   # an IANA name ("Europe/Vienna"): the dates its mails show
     privacy_url: str | None = None  # https://... ; "" removes it
