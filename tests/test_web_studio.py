@@ -66,7 +66,7 @@ def test_the_owner_changes_the_studios_settings_through_the_apis_rules(web: Web)
     api = web.gw.api(studio.token)
     assert api.get("/api/v1/studio").json()["name"] == "Inkwell Tattoo"
     assert api.patch("/api/v1/studio", json={"name": "Inkwell", "locale": "de"}).json()["locale"] == "de"
-    for refused in ({"name": "two\nlines"}, {"name": "  "}, {"locale": "fr"}):
+    for refused in ({"name": "two\nlines"}, {"name": "  "}, {"locale": "fr"}, {"privacy_url": "http://[x"}):
         answer = api.patch("/api/v1/studio", json=refused)
         assert answer.status_code == 400 and answer.json()["code"] == "validation_failed", refused
 
@@ -75,6 +75,8 @@ def test_the_owner_changes_the_studios_settings_through_the_apis_rules(web: Web)
                "/app/settings")
     assert bad.status_code == 400 and "Mars/Olympus" in bad.text and 'aria-invalid="true"' in bad.text
     assert studio_row(web).time_zone == "Europe/Vienna" and studio_row(web).name == "Inkwell"
+    broken = post(owner, "/app/settings", {**SETTINGS, "privacy_url": "http://[x"}, "/app/settings")
+    assert broken.status_code == 400 and 'id="privacy_url-error"' in broken.text  # refused, not a 500
 
 
 def test_a_profile_sets_the_language_of_its_own_pages(web: Web) -> None:

@@ -36,13 +36,17 @@ _CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
 StudioName = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
                                          pattern=rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$")]
 
+# "" or an http(s) address with a host and no spaces, quotes or angle brackets (forms/consent.py).
+PrivacyUrl = Annotated[str, msgspec.Meta(max_length=2000,
+                                         pattern=r"^$|^[hH][tT][tT][pP][sS]?://[^\s\"'<>/?#\[\]]+([/?#][^\s\"'<>]*)?$")]
+
 
 class StudioPatch(msgspec.Struct, omit_defaults=True):
     name: StudioName | None = None      # what guests and the messenger see: one line, 1-200 characters
     locale: Literal["de", "en"] | None = None  # the language of the studio's mails
     acknowledge_inquiries: bool | None = None
     time_zone: str | None = None   # an IANA name ("Europe/Vienna"): the dates its mails show
-    privacy_url: str | None = None  # https://... ; "" removes it
+    privacy_url: PrivacyUrl | None = None  # https://... ; "" removes it
 
 
 class StudioController(Controller):

@@ -12,7 +12,7 @@ studio's: `set_profile_locale` changes only the caller's row.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, update
 
@@ -66,7 +66,8 @@ def change_settings(conn: Connection, studio_id: int, change: SettingsChange) ->
             errors.append(("time_zone", (f"time_zone must be an IANA time zone such as Europe/Berlin, "
                                          f"not {change.time_zone[:80]!r}")))
     if change.privacy_url is not None:
-        if change.privacy_url and not valid_privacy_url(change.privacy_url):
+        change = replace(change, privacy_url=change.privacy_url.strip())
+        if change.privacy_url and not _privacy_url_ok(change.privacy_url):
             errors.append(("privacy_url", ("privacy_url must be an https:// (or http://) address of at most "
                                            "2000 characters")))
         else:
@@ -75,6 +76,15 @@ def change_settings(conn: Connection, studio_id: int, change: SettingsChange) ->
         raise SettingsInvalid(errors)
     if values:
         conn.execute(update(STUDIO).where(STUDIO.c.id == studio_id).values(**values))
+
+
+def _privacy_url_ok(url: str) -> bool:
+    """valid_privacy_url, where an unparsable address ("http://[x": urlsplit raises on a broken
+    IPv6 host) is refused like any other bad one instead of failing the request."""
+    try:
+        return valid_privacy_url(url)
+    except ValueError:
+        return False
 
 
 def set_profile_locale(conn: Connection, caller: Caller, locale: str | None) -> None:
