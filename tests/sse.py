@@ -15,7 +15,7 @@ import httpx
 
 
 class EventReader:
-    def __init__(self, base_url: str, token: str, *, last_event_id: str | None = None,
+    def __init__(self, base_url: str, token: str | None, *, last_event_id: str | None = None,
                  query: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.opened, self.ended = threading.Event(), threading.Event()
@@ -23,7 +23,7 @@ class EventReader:
         self.heartbeats = 0
         self._response: httpx.Response | None = None
         self._client = httpx.Client(base_url=base_url, timeout=httpx.Timeout(10, read=60))
-        sent = {"Authorization": f"Bearer {token}", **(headers or {})}
+        sent = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}  # None: a cookie
         if last_event_id is not None:
             sent["Last-Event-ID"] = last_event_id
         self._thread = threading.Thread(target=self._run, args=(sent, query or {}), daemon=True)

@@ -47,9 +47,9 @@ def inquiry(web: Web, subject: str, body: str, sender: str = "Lena Müller <lena
     web.gw.process()
 
 
-def sign_in(web: Web, page: Page) -> None:
+def sign_in(web: Web, page: Page, email: str = OWNER) -> None:
     page.goto(web.gw.base_url + "/app/login")
-    page.get_by_label("Email address").fill(OWNER)
+    page.get_by_label("Email address").fill(email)
     page.get_by_role("button", name="Mail me a sign-in link").click()
     page.get_by_role("heading", name="Check your mail").wait_for()
     [mail] = web.mailed()

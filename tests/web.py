@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -76,17 +77,24 @@ def link_of(mail: Received) -> str:
     return match.group(0)
 
 
-@pytest.fixture
-def web(tmp_path: Path, database_url: str) -> Iterator[Web]:
+@contextmanager
+def serving(tmp_path: Path, database_url: str, **overrides: Any) -> Iterator[Web]:
+    """A gateway for the pages with its relay sink; `overrides` are more settings."""
     port = free_port()
     sink = off_thread(RelaySink().__enter__)
     try:
         running = start_gateway(make_settings(tmp_path, database_url, helpdesk_address=HELPDESK,
-                                              smtp_relay_url=sink.url, public_url=f"http://127.0.0.1:{port}"),
-                                http_port=port)
+                                              smtp_relay_url=sink.url, public_url=f"http://127.0.0.1:{port}",
+                                              **overrides), http_port=port)
         try:
             yield Web(running, sink)
         finally:
             running.stop()
     finally:
         off_thread(lambda: sink.__exit__(None, None, None))
+
+
+@pytest.fixture
+def web(tmp_path: Path, database_url: str) -> Iterator[Web]:
+    with serving(tmp_path, database_url) as running:
+        yield running

@@ -43,6 +43,13 @@ SESSION_PREFIX = "gwsess_"
 SECURE_COOKIE, PLAIN_COOKIE = "__Host-gw_session", "gw_session"
 
 
+def cookie_name_for(public_url: str | None, scheme: str) -> str:
+    """The session cookie's name: browsers reach us over https when GATEWAY_PUBLIC_URL says so,
+    else when the request came over https (uvicorn trusts X-Forwarded-Proto only from its proxies)."""
+    secure = public_url.startswith("https://") if public_url else scheme == "https"
+    return SECURE_COOKIE if secure else PLAIN_COOKIE
+
+
 @dataclass(frozen=True)
 class Recipient:
     """A connected profile an address belongs to: who a login link is mailed to."""

@@ -33,11 +33,20 @@ from gateway.store.models import utcnow
 from gateway.access.ratelimit import FailureLimiter, SharedFailureLimiter, guess_keys
 from gateway.access.studios import SUPPORT_ROLE, Caller, StudioError, authenticate
 from gateway.access.support import SUPPORT_TOKEN_PREFIX, SupportDenied, authenticate_support, check_read, record_read
+from gateway.access.web_sessions import cookie_name_for, session_caller
 
 log = logging.getLogger(__name__)
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 SUPPORT_STUDIO, SUPPORT_REASON = "X-Support-Studio", "X-Support-Reason"
 _SUPPORT_READ = "support_read"
+_SESSION_READ = "session_read"
+
+
+def session_read() -> dict[str, Any]:
+    """Handler `opt` that lets the pages' session cookie stand in for a bearer token, on GET
+    routes only (the event stream): a cookie rides along with cross-site requests, so a route
+    that changes anything would need the pages' CSRF check, which the API does not do."""
+    return {_SESSION_READ: True}
 
 
 def support_read(action: str, target: str) -> dict[str, Any]:
@@ -121,6 +130,12 @@ async def _caller(request: Request) -> tuple[Caller, _PendingRead | None]:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        cookie = _session_cookie(request)
+        if cookie is not None:  # a page's session: valid or 401, never counted (256 random bits)
+            caller = await asyncio.to_thread(_session, request.app.state.engine, cookie)
+            if caller is None:
+                raise NotAuthorizedException("the session is over; sign in again", headers=CHALLENGE)
+            return caller, None
         raise NotAuthorizedException("missing bearer token", headers=CHALLENGE)  # not counted: nothing guessed
     engine: Engine = request.app.state.engine
     token = token.strip()
@@ -155,12 +170,17 @@ async def recheck_caller(request: Request, caller: Caller) -> bool:
     outlive their request (the event stream, api/events.py), which close once their token is
     revoked, their member disconnected or their studio deleted. Only a studio profile's
     credential is rechecked here (support never reaches a stream); a web session, when the
-    pages get one, is looked up here as well as in `_caller`. Not rate-limited: nothing is guessed."""
+    pages' session is looked up again too, so a logout ends its stream at the next heartbeat.
+    Not rate-limited: nothing is guessed."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip() or token.strip().startswith(SUPPORT_TOKEN_PREFIX):
+    if scheme.lower() != "bearer" or not token.strip():
+        cookie = _session_cookie(request)
+        found = None if cookie is None else await asyncio.to_thread(_session, request.app.state.engine, cookie)
+    elif token.strip().startswith(SUPPORT_TOKEN_PREFIX):
         return False
-    found = await _token_caller(request.app, request.app.state.engine, token.strip())
+    else:
+        found = await _token_caller(request.app, request.app.state.engine, token.strip())
     return found is not None and (found.studio_id, found.profile_id) == (caller.studio_id, caller.profile_id)
 
 
@@ -170,6 +190,22 @@ class _PendingRead:
     action: str
     target: str
     reason: str
+
+
+def _session_cookie(request: Request) -> str | None:
+    """The pages' session cookie, on the routes that accept it (`session_read`). The cookie's
+    name follows the scheme (gateway/web/session.py): `__Host-` over https, the plain one on
+    http; over https a plain one is ignored, since a sibling subdomain could have set it."""
+    if not request.route_handler.opt.get(_SESSION_READ) or request.method != "GET":
+        return None
+    name = cookie_name_for(request.app.state.settings.public_url, request.url.scheme)
+    return request.cookies.get(name) or None
+
+
+def _session(engine: Engine, token: str) -> Caller | None:
+    with read_tx(engine) as conn:
+        found, _ = session_caller(conn, token, utcnow())
+    return None if found is None else found.caller
 
 
 def _record(engine: Engine, studio_id: int, read: _PendingRead, action: str) -> None:

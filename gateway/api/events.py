@@ -10,7 +10,8 @@ the client reloads what it shows and goes on from there. Without an id, the stre
 Every GATEWAY_EVENTS_HEARTBEAT seconds a comment line keeps proxies from closing an idle
 stream, and the credential is checked again: a revoked token, a disconnected member or a
 deleted studio ends the stream (api/auth.py recheck_caller). The same `caller` dependency as
-every route authenticates it, so the pages' session plugs in there. Support is refused (403):
+every route authenticates it; this route also takes the pages' session cookie in place of a
+bearer token (api/auth.py session_read), which is how the inbox page listens. Support is refused (403):
 the stream is not one of its read routes.
 
 Left out of the OpenAPI document (`include_in_schema=False`): a stream has no response schema,
@@ -33,7 +34,7 @@ from litestar.response import Stream
 from sqlalchemy import Connection, select
 
 from gateway.access.studios import Caller
-from gateway.api.auth import recheck_caller
+from gateway.api.auth import recheck_caller, session_read
 from gateway.api.event_hub import EventHub, Subscriber, frame, read
 from gateway.eventlog import Event, events_after, resume_point
 from gateway.metrics import SSE_CONNECTIONS
@@ -51,7 +52,7 @@ def event_hub(state: State) -> EventHub:
     return hub
 
 
-@get("/api/v1/events", include_in_schema=False)
+@get("/api/v1/events", include_in_schema=False, opt=session_read())
 async def events_stream(
     request: Request, state: State, caller: NamedDependency[Caller],
     last_event_id: Annotated[str | None, QueryParameter(max_length=40)] = None,

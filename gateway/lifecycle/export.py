@@ -17,15 +17,17 @@ large studio never has to fit in memory; bytes are read one blob at a time.
 from __future__ import annotations
 
 import json
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, Iterator
 
 import msgspec
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, select
 
 from gateway.store.blobs import blob_store
+from gateway.store.db import read_tx
 from gateway.store.tables import ATTACHMENT, FORM_SUBMISSION, FORM_VERSION, GUEST, MESSAGE, OUTBOUND_JOB, STUDIO
 from gateway.mail.files import sanitise_filename
 from gateway.settings import Settings
@@ -146,3 +148,46 @@ def _message(m: Any, attachments: list[Any], job: Any, summary: ExportSummary) -
 
 def _json(value: Any) -> bytes:
     return msgspec.json.encode(value)
+
+
+CHUNK = 256 * 1024
+
+
+@dataclass
+class Spooled:
+    """A finished archive in an unnamed file, for the API and the pages to stream."""
+
+    file: IO[bytes]
+    slug: str
+    size: int
+
+    def filename(self, now: datetime) -> str:
+        """The download's name: the slug (a-z, 0-9, hyphens) and when it was made."""
+        return f"{self.slug}-export-{now:%Y%m%d-%H%M%S}.zip"
+
+    def chunks(self) -> Iterator[bytes]:
+        """The archive in CHUNK pieces; the file is closed (and so gone) afterwards."""
+        try:
+            self.file.seek(0)
+            while chunk := self.file.read(CHUNK):
+                yield chunk
+        finally:
+            self.file.close()
+
+
+def spool_export(engine: Engine, studio_id: int, settings: Settings, now: datetime) -> Spooled | None:
+    """The studio's archive, built in an unnamed file beside the data (it holds personal data:
+    not in a shared /tmp, and gone from the file system even if the process dies mid-way);
+    None if there is no such studio."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    spool = tempfile.TemporaryFile(dir=settings.data_dir)
+    try:
+        with read_tx(engine) as conn:
+            summary = write_export(conn, studio_id, settings, spool, now)
+        if summary is None:
+            spool.close()
+            return None
+        return Spooled(spool, summary.slug, spool.tell())
+    except BaseException:
+        spool.close()
+        raise

@@ -2,6 +2,12 @@
 unread), search and paging by the API's cursor, all in the query string (plain GET links and a
 GET form: nothing changes state, so no CSRF token is needed).
 
+Live (no script of ours, htmx-ext-sse only): the page listens to the studio's event
+stream (`GET /api/v1/events` with the session cookie) and, on any event, re-fetches its list
+as a fragment (`?part=rows`, the same query otherwise); a `reset` event (the stream could not
+continue from the browser's last id) asks `?part=reload`, answered by `HX-Refresh`, and htmx
+reloads the page.
+
 Reads through the same functions as the API (gateway/inbox/reading.py), scoped to the session's
 studio; a member sees what the API shows a member (the whole inbox). Support access has no
 session, so it never reaches a page. Without a live session: the login page.
@@ -73,8 +79,15 @@ async def inbox(request: Request[Any, Any, Any]) -> Response[Any]:
     except BadCursor:
         raise ClientException("not a page of this inbox", extra={"code": "bad_cursor"}) from None
     if signed is None or found is None:  # never signed in, or a session that is over
+        if request.query_params.get("part"):  # htmx asked for a piece: send the whole tab to sign-in
+            return Response("", headers={"HX-Redirect": "/app/login"})
         return to_login(request)
     language = negotiate(request.headers.get("accept-language", ""), signed.locale)
+    part = request.query_params.get("part")
+    if part == "reload":  # htmx reloads the whole page on this header
+        return Response("", headers={"HX-Refresh": "true"})
+    if part == "rows":
+        return page(request, "inbox_rows.html", language=language, inbox=found)
     csrf = csrf_token(request.app.state.settings.secret(), session_token(request, request.app.state.settings) or "")
     return page(request, "inbox.html", language=language, inbox=found, csrf=csrf)
 

@@ -20,6 +20,7 @@ from gateway.web.conversation_routes import CONVERSATION_PAGES
 from gateway.web.inbox import inbox
 from gateway.web.login import LOGIN_ROUTES
 from gateway.web.security import header_values, page_headers
+from gateway.web.studio_routes import STUDIO_PAGES
 from gateway.web.templating import negotiate, render
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -36,7 +37,7 @@ def error_page(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
 
 def web_routes() -> list[Router]:
     """The messenger: its pages, and its static files (vendored htmx, our CSS), served by us."""
-    pages = Router(path="/", route_handlers=[*LOGIN_ROUTES, inbox, *CONVERSATION_PAGES], response_headers=page_headers("'none'"),
+    pages = Router(path="/", route_handlers=[*LOGIN_ROUTES, inbox, *CONVERSATION_PAGES, *STUDIO_PAGES], response_headers=page_headers("'none'"),
                    exception_handlers={HTTPException: error_page}, include_in_schema=False)
     # Vendored file names carry their version; our CSS changes with a release: an hour's caching.
     static = create_static_files_router(path=STATIC_PATH, directories=[STATIC_DIR], name="web-static",

@@ -1,0 +1,230 @@
+"""/app/settings and /app/people: the studio's own pages, through the API's domain functions.
+
+- Settings (gateway/forms/studio_settings.py, as PATCH /api/v1/studio): everyone signed in sees
+  them and sets their own page language; only the owner changes the studio's (name,
+  acknowledgements, the mails' language, time zone, the form's privacy page), as in the API.
+- People (gateway/access/profiles.py, as /api/v1/profiles): the owner's alone; a member gets
+  the 403 page, and no link to it. A member connected here signs in with their address at
+  /app/login; the API token connecting hands out is not shown (the pages need none).
+
+Every form carries the session's CSRF token and passes the Origin check (`checked_form`); each
+POST answers 303 back to its page, so a reload does not post again. A refused field re-renders
+the page with 400 and says why, next to the field.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.params import FromPath
+from litestar.response import Redirect
+from sqlalchemy import Engine, select
+
+from gateway.access.profiles import (
+    ProfileConflict,
+    ProfileInfo,
+    connect_member,
+    disconnect_profile,
+    list_profiles,
+)
+from gateway.access.studios import StudioError
+from gateway.access.web_sessions import SessionCaller
+from gateway.forms.studio_settings import (
+    LOCALES,
+    SettingsChange,
+    SettingsInvalid,
+    change_settings,
+    set_profile_locale,
+)
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
+from gateway.store.tables import PROFILE, STUDIO
+from gateway.web.login import checked_form, page
+from gateway.web.security import csrf_token
+from gateway.web.session import session_token, signed_in, to_login
+from gateway.web.templating import negotiate
+
+MAX_PEOPLE = 500     # a studio's profiles on one page: studios are small
+
+
+@dataclass(frozen=True)
+class Studio:
+    name: str
+    slug: str
+    locale: str
+    acknowledge_inquiries: bool
+    time_zone: str
+    privacy_url: str | None
+    profile_email: str
+    profile_locale: str | None
+
+
+def owner_only(signed: SessionCaller) -> None:
+    """The 403 page for a member on an owner's page (the API answers 403 too)."""
+    if signed.caller.role != "owner":
+        raise PermissionDeniedException("only the studio's owner can open this page", extra={"code": "owner_only"})
+
+
+async def owner_signed(request: Request[Any, Any, Any]) -> SessionCaller | None:
+    """The owner's session for an owner's page; None without a session (the caller answers
+    `to_login`); the 403 page for a member."""
+    signed = await signed_in(request)
+    if signed is not None:
+        owner_only(signed)
+    return signed
+
+
+async def signed_form(request: Request[Any, Any, Any], *,
+                      owner: bool = True) -> tuple[SessionCaller, dict[str, Any]] | None:
+    """A form's session and fields, after the Origin and CSRF checks (403 when either fails),
+    and for an owner's form the owner check (403 page); None without a session."""
+    signed = await signed_in(request)
+    if signed is None:
+        return None
+    form = await checked_form(request, session_token(request, request.app.state.settings))
+    if owner:
+        owner_only(signed)
+    return signed, form
+
+
+def studio_context(request: Request[Any, Any, Any], signed: SessionCaller) -> dict[str, Any]:
+    settings = request.app.state.settings
+    return {"language": negotiate(request.headers.get("accept-language", ""), signed.locale),
+            "csrf": csrf_token(settings.secret(), session_token(request, settings) or ""),
+            "owner": signed.caller.role == "owner"}
+
+
+def read_studio(engine: Engine, signed: SessionCaller) -> Studio:
+    with read_tx(engine) as conn:
+        row = conn.execute(select(STUDIO).where(STUDIO.c.id == signed.caller.studio_id)).one()
+        me = conn.execute(select(PROFILE.c.email, PROFILE.c.locale).where(
+            PROFILE.c.id == signed.caller.profile_id)).one()
+    return Studio(row.name, row.slug, row.locale, row.acknowledge_inquiries, row.time_zone, row.privacy_url,
+                  me.email, me.locale)
+
+
+async def _settings_page(request: Request[Any, Any, Any], signed: SessionCaller, *, status: int = 200,
+                         errors: dict[str, str] | None = None, sent: dict[str, Any] | None = None) -> Response[str]:
+    studio = await asyncio.to_thread(read_studio, request.app.state.engine, signed)
+    return page(request, "studio_settings.html", status=status, studio=studio, locales=LOCALES,
+                errors=errors or {}, sent=sent or {}, saved=request.query_params.get("saved") == "1",
+                **studio_context(request, signed))
+
+
+@get("/app/settings", name="web-settings")
+async def settings_page(request: Request[Any, Any, Any]) -> Response[Any]:
+    signed = await signed_in(request)
+    if signed is None:
+        return to_login(request)
+    return await _settings_page(request, signed)
+
+
+@post("/app/settings", name="web-settings-change", status_code=303)
+async def change_studio(request: Request[Any, Any, Any]) -> Response[Any]:
+    """The owner changes the studio's settings; a checkbox that is not sent is "off"."""
+    found = await signed_form(request)
+    if found is None:
+        return to_login(request)
+    signed, form = found
+    change = SettingsChange(name=str(form.get("name", "")), acknowledge_inquiries=form.get("acknowledge") == "on",
+                            locale=str(form.get("locale", "")), time_zone=str(form.get("time_zone", "")).strip(),
+                            privacy_url=str(form.get("privacy_url", "")).strip())
+    try:
+        await asyncio.to_thread(_change, request.app.state.engine, signed.caller.studio_id, change)
+    except SettingsInvalid as exc:
+        return await _settings_page(request, signed, status=400, errors=dict(exc.errors), sent=form)
+    return Redirect("/app/settings?saved=1", status_code=303)
+
+
+def _change(engine: Engine, studio_id: int, change: SettingsChange) -> None:
+    with write_tx(engine) as conn:
+        change_settings(conn, studio_id, change)
+
+
+@post("/app/settings/language", name="web-settings-language", status_code=303)
+async def change_language(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Anyone signed in: the language of their own pages ("" follows the browser)."""
+    found = await signed_form(request, owner=False)
+    if found is None:
+        return to_login(request)
+    signed, form = found
+    locale = str(form.get("profile_locale", "")) or None
+    try:
+        await asyncio.to_thread(_language, request.app.state.engine, signed, locale)
+    except SettingsInvalid as exc:
+        return await _settings_page(request, signed, status=400, errors=dict(exc.errors))
+    return Redirect("/app/settings?saved=1", status_code=303)
+
+
+def _language(engine: Engine, signed: SessionCaller, locale: str | None) -> None:
+    with write_tx(engine) as conn:
+        set_profile_locale(conn, signed.caller, locale)
+
+
+async def _people_page(request: Request[Any, Any, Any], signed: SessionCaller, *, status: int = 200,
+                       error: str = "", sent: dict[str, Any] | None = None) -> Response[str]:
+    studio, people = await asyncio.to_thread(_people, request.app.state.engine, signed)
+    return page(request, "studio_people.html", status=status, studio=studio, people=people, error=error,
+                sent=sent or {}, **studio_context(request, signed))
+
+
+def _people(engine: Engine, signed: SessionCaller) -> tuple[Studio, list[ProfileInfo]]:
+    with read_tx(engine) as conn:
+        listed = list_profiles(conn, signed.caller, limit=MAX_PEOPLE)
+    return read_studio(engine, signed), listed.items
+
+
+@get("/app/people", name="web-people")
+async def people_page(request: Request[Any, Any, Any]) -> Response[Any]:
+    signed = await owner_signed(request)
+    if signed is None:
+        return to_login(request)
+    return await _people_page(request, signed)
+
+
+@post("/app/people", name="web-people-connect", status_code=303)
+async def connect(request: Request[Any, Any, Any]) -> Response[Any]:
+    found = await signed_form(request)
+    if found is None:
+        return to_login(request)
+    signed, form = found
+    try:
+        await asyncio.to_thread(_connect, request.app.state.engine, signed, str(form.get("email", "")),
+                                str(form.get("name", "")))
+    except ProfileConflict:
+        return await _people_page(request, signed, status=409, error="connected", sent=form)
+    except StudioError:
+        return await _people_page(request, signed, status=400, error="invalid", sent=form)
+    return Redirect("/app/people", status_code=303)
+
+
+def _connect(engine: Engine, signed: SessionCaller, email: str, name: str) -> None:
+    with write_tx(engine) as conn:
+        connect_member(conn, signed.caller, email, name, utcnow())
+
+
+@post("/app/people/{profile_id:int}/disconnect", name="web-people-disconnect", status_code=303)
+async def disconnect(request: Request[Any, Any, Any], profile_id: FromPath[int]) -> Response[Any]:
+    """The member's sessions and tokens stop working with this commit (gateway/access/profiles.py)."""
+    posted = await signed_form(request)
+    if posted is None:
+        return to_login(request)
+    signed, _ = posted
+    try:
+        found = await asyncio.to_thread(_disconnect, request.app.state.engine, signed, profile_id)
+    except ProfileConflict:
+        return await _people_page(request, signed, status=409, error="owner")
+    if not found:
+        raise NotFoundException("no such profile", extra={"code": "not_found"})
+    return Redirect("/app/people", status_code=303)
+
+
+def _disconnect(engine: Engine, signed: SessionCaller, profile_id: int) -> bool:
+    with write_tx(engine) as conn:
+        return disconnect_profile(conn, signed.caller, profile_id, utcnow())
+
+
+STUDIO_ROUTES = [settings_page, change_studio, change_language, people_page, connect, disconnect]
