@@ -59,10 +59,10 @@ def decode_strict(body: bytes, target: Any) -> Any:
     # try with whole floats made integers, which coerces nothing else.
     try:
         return msgspec.convert(_whole_numbers(msgspec.json.decode(body)), target, strict=True)
+    except msgspec.ValidationError:  # first: msgspec's ValidationError is a DecodeError too
+        raise validation_failed([_field_error(str(refused))]) from None
     except msgspec.DecodeError as exc:  # typed decoding stopped at a wrong type before the bad bytes
         raise api_error(400, MALFORMED_JSON, f"the body is not valid JSON: {exc}") from None
-    except msgspec.ValidationError:
-        raise validation_failed([_field_error(str(refused))]) from None
 
 
 def _whole_numbers(value: Any) -> Any:
