@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Table
 
-from gateway.store.models import (Studio, Profile, ApiToken, Blob, InboundMail, Guest, Conversation, Message, Attachment, OutboundJob, Subscription, Lockdown, PaymentPause, StripeEvent, Tombstone, BackupSchedule, SupportGrant, SupportToken, AuditEntry, AccountDeletion, RateLimit, AutomaticMail, IdempotencyKey, StudioEventCounter, StudioEvent, FormVersion, FormSubmission, FormChallengeUsed, LoginLink, WebSession)
+from gateway.store.models import (Studio, Profile, ApiToken, Blob, InboundMail, Guest, Conversation, Message, Attachment, OutboundJob, Subscription, Lockdown, PaymentPause, StripeEvent, Tombstone, BackupSchedule, SupportGrant, SupportToken, AuditEntry, AccountDeletion, RateLimit, AutomaticMail, IdempotencyKey, StudioEventCounter, StudioEvent, FormVersion, FormSubmission, FormChallengeUsed, LoginLink, WebSession, NotificationPreference, Notification)
 
 STUDIO: Table = Studio.__table__  # type: ignore[attr-defined]
 PROFILE: Table = Profile.__table__  # type: ignore[attr-defined]
@@ -40,3 +40,5 @@ FORM_SUBMISSION: Table = FormSubmission.__table__  # type: ignore[attr-defined]
 FORM_CHALLENGE_USED: Table = FormChallengeUsed.__table__  # type: ignore[attr-defined]
 LOGIN_LINK: Table = LoginLink.__table__  # type: ignore[attr-defined]
 WEB_SESSION: Table = WebSession.__table__  # type: ignore[attr-defined]
+NOTIFICATION_PREFERENCE: Table = NotificationPreference.__table__  # type: ignore[attr-defined]
+NOTIFICATION: Table = Notification.__table__  # type: ignore[attr-defined]
