@@ -62,23 +62,28 @@ _AUDIENCE = (
 )
 
 
-def _audience(conn: Connection, studio_id: int) -> list[Any]:
+def _audience(conn: Connection, studio_id: int, mail_domain: str) -> list[Any]:
     """The studio's connected profiles that want to hear anything, with their preferences."""
     rows = conn.execute(_AUDIENCE.where(PROFILE.c.studio_id == studio_id, PROFILE.c.disconnected_at.is_(None)))
-    return [r for r in rows if (r.mode or default_mode(r.role)) != "off"]
+    # Never to an address of our own mail domain: the notification would come back in as mail.
+    own = "@" + mail_domain.lower()
+    return [r for r in rows if (r.mode or default_mode(r.role)) != "off" and not r.email.lower().endswith(own)]
 
 
 def notify(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) -> None:
-    """The "message threaded" reaction: tell the profiles that want it about a guest's message."""
-    if event.automatic or not event.visible:
+    """The "message threaded" reaction: tell the profiles that want it about a guest's message.
+
+    Only with GATEWAY_PUBLIC_URL: a notification links to the conversation in the web messenger,
+    and without the messenger's address there is nowhere to link (as for sign-in links)."""
+    if event.automatic or not event.visible or not settings.public_url:
         return
     memo = chunk.memo.setdefault(_MEMO, {})
     if event.studio_id not in memo:   # one look at the studio's profiles per chunk
         studio = conn.execute(select(STUDIO.c.slug, STUDIO.c.time_zone).where(STUDIO.c.id == event.studio_id)).first()
-        memo[event.studio_id] = (studio, _audience(conn, event.studio_id))
+        memo[event.studio_id] = (studio, _audience(conn, event.studio_id, settings.mail_domain))
     studio, audience = memo[event.studio_id]
-    if studio is None or not audience:
-        return
+    if studio is None or not audience or studio.slug == settings.helpdesk_slug:
+        return   # the helpdesk's mail is commands it answers itself (gateway/lifecycle/helpdesk_mail.py)
     now = utcnow()
     for profile in audience:
         if bounced_since(conn, profile.id, profile.resumed_at) >= PAUSE_AFTER_BOUNCES:

@@ -629,22 +629,6 @@ class StudioEvent(SQLModel, table=True):
     data: str = Field(sa_column=Column(Text, nullable=False))   # JSON: the ids of what changed
 
 
-def _ids_never_reused() -> None:
-    """AUTOINCREMENT on SQLite for every table keyed by an integer `id` (migration 0016).
-
-    Without it SQLite hands out max(id) + 1, so erasing a studio's newest rows gave their ids
-    to another studio's next ones, and an app's cache keyed by id showed someone else's data.
-    PostgreSQL's sequences never reuse a number. A new table gets this by being defined here;
-    its migration must say `sqlite_autoincrement=True` (tests/test_api_ids.py checks both)."""
-    for table in SQLModel.metadata.tables.values():
-        key = list(table.primary_key.columns)
-        if len(key) == 1 and key[0].name == "id" and key[0].type.python_type is int:
-            table.dialect_kwargs["sqlite_autoincrement"] = True
-
-
-_ids_never_reused()
-
-
 # --- notifications to profiles (gateway/outbound/notifications.py) -------------------------------
 
 class NotificationPreference(SQLModel, table=True):
@@ -678,3 +662,20 @@ class Notification(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     mail_ref: int | None = None
     immediate: bool = False   # told at once (counts for the storm limit), not in a digest
+
+
+def _ids_never_reused() -> None:
+    """AUTOINCREMENT on SQLite for every table keyed by an integer `id` (migration 0016).
+
+    Without it SQLite hands out max(id) + 1, so erasing a studio's newest rows gave their ids
+    to another studio's next ones, and an app's cache keyed by id showed someone else's data.
+    PostgreSQL's sequences never reuse a number. A new table gets this by being defined here;
+    its migration must say `sqlite_autoincrement=True` (tests/test_api_ids.py checks both)."""
+    for table in SQLModel.metadata.tables.values():
+        key = list(table.primary_key.columns)
+        if len(key) == 1 and key[0].name == "id" and key[0].type.python_type is int:
+            table.dialect_kwargs["sqlite_autoincrement"] = True
+
+
+_ids_never_reused()
+
