@@ -23,6 +23,7 @@ from gateway.store.tables import CONVERSATION, MESSAGE, NOTIFICATION, STUDIO
 from tests.access import connect_member
 from tests.conftest import MAIL_DOMAIN, RunningGateway, StudioInfo, fixture_bytes, make_settings, start_gateway
 from tests.mail import make_mail, new_id
+from tests.dns_server import Zone, dns_server
 from tests.relay_sink import Received, RelaySink
 from tests.test_outbound import send_due
 
@@ -252,6 +253,32 @@ def test_an_answer_from_a_disconnected_profile_is_held(gw: RunningGateway, sink:
         rule = conn.execute(select(MESSAGE.c.thread_rule).where(
             MESSAGE.c.from_email == "artist@inkwell.example", MESSAGE.c.direction == "inbound")).scalar_one()
     assert rule == "notify_answer_disconnected"
+
+
+def test_an_answer_failing_authentication_for_the_profiles_domain_is_held(tmp_path: Path, database_url: str,
+                                                                         sink: RelaySink) -> None:
+    """example.com lets only 192.0.2.1 send (SPF -all) and asks for DMARC p=reject: an answer in
+    the owner's name from here is an explicit failure, held for the profile to confirm."""
+    zone = Zone()
+    zone.txt("example.com", "v=spf1 ip4:192.0.2.1 -all")
+    zone.txt("_dmarc.example.com", "v=DMARC1; p=reject")
+    with dns_server(zone) as dns:
+        running = start_gateway(make_settings(tmp_path, database_url, dns_servers=dns.servers,
+                                              smtp_relay_url=sink.url, public_url=PUBLIC_URL))
+        try:
+            studio = running.add_studio("inkwell", owner="owner@example.com")
+            inquiry(running, studio)
+            [notification] = sent(running, sink)
+            raw, to = answer(notification, from_="owner@example.com")
+            assert running.send(raw, to, mail_from="owner@example.com").code == 250
+            running.process()
+            assert sent(running, sink) == []
+            with read_tx(running.engine) as conn:
+                held = conn.execute(select(MESSAGE.c.state, MESSAGE.c.thread_rule)
+                                    .where(MESSAGE.c.from_email == "owner@example.com")).one()
+            assert tuple(held) == ("held", "notify_answer_unauthenticated")
+        finally:
+            running.stop()
 
 
 def test_a_forged_notification_address_is_never_sent(gw: RunningGateway, sink: RelaySink) -> None:
