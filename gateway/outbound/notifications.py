@@ -78,24 +78,44 @@ def notify(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) 
     if event.automatic or not event.visible or not settings.public_url:
         return
     memo = chunk.memo.setdefault(_MEMO, {})
-    if event.studio_id not in memo:   # one look at the studio's profiles per chunk
-        studio = conn.execute(select(STUDIO.c.slug, STUDIO.c.time_zone).where(STUDIO.c.id == event.studio_id)).first()
-        memo[event.studio_id] = (studio, _audience(conn, event.studio_id, settings.mail_domain))
+    if event.studio_id not in memo:   # one look at the studio's profiles (and their pauses) per chunk
+        studio = conn.execute(select(STUDIO.c.slug, STUDIO.c.time_zone, STUDIO.c.locale)
+                              .where(STUDIO.c.id == event.studio_id)).first()
+        audience = [] if studio is None or studio.slug == settings.helpdesk_slug else [
+            # the helpdesk's mail is commands it answers itself (gateway/lifecycle/helpdesk_mail.py)
+            p for p in _audience(conn, event.studio_id, settings.mail_domain)
+            if bounced_since(conn, p.id, p.resumed_at) < PAUSE_AFTER_BOUNCES]
+        memo[event.studio_id] = (studio, audience)
     studio, audience = memo[event.studio_id]
-    if studio is None or not audience or studio.slug == settings.helpdesk_slug:
-        return   # the helpdesk's mail is commands it answers itself (gateway/lifecycle/helpdesk_mail.py)
+    if not audience:
+        return
     now = utcnow()
+    subject: str | None = None
+    rows = []
     for profile in audience:
-        if bounced_since(conn, profile.id, profile.resumed_at) >= PAUSE_AFTER_BOUNCES:
-            continue
         mail_ref = None
         if (profile.mode or default_mode(profile.role)) == "immediately" \
                 and not in_quiet_hours(now, studio.time_zone, profile.quiet_from, profile.quiet_to) \
                 and not _told_recently(conn, profile.id, event.conversation_id, now):
-            mail_ref = _queue_notification(conn, settings, event, studio.slug, profile, now)
-        conn.execute(insert(NOTIFICATION).values(
-            studio_id=event.studio_id, profile_id=profile.id, conversation_id=event.conversation_id,
-            message_ref=event.message_id, created_at=now, mail_ref=mail_ref, immediate=mail_ref is not None))
+            if subject is None:
+                subject = _subject(conn, event, studio.locale)
+            reply_to = notification_address(settings.secret(), studio.slug, event.studio_id, event.conversation_id,
+                                            profile.id, settings.mail_domain)
+            mail_ref = _queue_mail(conn, settings, event.studio_id, studio.slug, profile, NOTIFICATION_MAIL, now,
+                                   subject, reply_to)
+        rows.append({"studio_id": event.studio_id, "profile_id": profile.id, "conversation_id": event.conversation_id,
+                     "message_ref": event.message_id, "created_at": now, "mail_ref": mail_ref,
+                     "immediate": mail_ref is not None})
+    conn.execute(insert(NOTIFICATION), rows)
+
+
+def _subject(conn: Connection, event: Threaded, locale: str) -> str:
+    """"New message from <guest>: <the conversation's subject>", in the studio's language."""
+    about = conn.execute(select(CONVERSATION.c.subject, GUEST.c.email)
+                         .join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
+                         .where(CONVERSATION.c.id == event.conversation_id)).one()
+    language = "en" if locale.lower().startswith("en") else "de"
+    return _SUBJECTS[language].format(guest=event.sender_name or about.email, subject=about.subject or "–")
 
 
 def _told_recently(conn: Connection, profile_id: int, conversation_id: int, now: datetime) -> bool:
@@ -103,19 +123,6 @@ def _told_recently(conn: Connection, profile_id: int, conversation_id: int, now:
     return conn.execute(select(NOTIFICATION.c.id).where(
         NOTIFICATION.c.profile_id == profile_id, NOTIFICATION.c.conversation_id == conversation_id,
         NOTIFICATION.c.immediate.is_(True), NOTIFICATION.c.created_at > now - STORM_WINDOW).limit(1)).first() is not None
-
-
-def _queue_notification(conn: Connection, settings: Settings, event: Threaded, slug: str, profile: Any,
-                        now: datetime) -> int:
-    reply_to = notification_address(settings.secret(), slug, event.studio_id, event.conversation_id, profile.id,
-                                    settings.mail_domain)
-    about = conn.execute(select(CONVERSATION.c.subject, GUEST.c.email, STUDIO.c.locale)
-                         .join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-                         .join(STUDIO, STUDIO.c.id == CONVERSATION.c.studio_id)
-                         .where(CONVERSATION.c.id == event.conversation_id)).one()
-    language = "en" if about.locale.lower().startswith("en") else "de"
-    subject = _SUBJECTS[language].format(guest=event.sender_name or about.email, subject=about.subject or "–")
-    return _queue_mail(conn, settings, event.studio_id, slug, profile, NOTIFICATION_MAIL, now, subject, reply_to)
 
 
 def _queue_mail(conn: Connection, settings: Settings, studio_id: int, slug: str, profile: Any, kind: str,
