@@ -58,11 +58,17 @@ class NotificationsOut(msgspec.Struct):
     paused: bool                # notifications bounced repeatedly; a PATCH resumes them
 
 
+# What the document promises; the values are checked by notify_preferences.check_changes, so a
+# bad one is a 422 naming its field rather than the decoder's 400.
+_MODE = msgspec.Meta(extra_json_schema={"extra": {"enum": ["immediately", "hourly", "off"]}})
+_HHMM = msgspec.Meta(extra_json_schema={"extra": {"pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}})
+
+
 class NotificationsPatch(msgspec.Struct):
     """Only the fields given change; a quiet hour set to null removes the quiet hours."""
-    mode: str | msgspec.UnsetType = msgspec.UNSET
-    quiet_from: str | None | msgspec.UnsetType = msgspec.UNSET
-    quiet_to: str | None | msgspec.UnsetType = msgspec.UNSET
+    mode: Annotated[str, _MODE] | msgspec.UnsetType = msgspec.UNSET
+    quiet_from: Annotated[str, _HHMM] | None | msgspec.UnsetType = msgspec.UNSET
+    quiet_to: Annotated[str, _HHMM] | None | msgspec.UnsetType = msgspec.UNSET
 
 
 def _out(p: ProfileInfo) -> ProfileOut:
