@@ -96,7 +96,7 @@ def notify(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) 
         mail_ref = None
         if (profile.mode or default_mode(profile.role)) == "immediately" \
                 and not in_quiet_hours(now, studio.time_zone, profile.quiet_from, profile.quiet_to) \
-                and not _told_recently(conn, profile.id, event.conversation_id, now):
+                and (event.opened or not _told_recently(conn, profile.id, event.conversation_id, now)):
             if subject is None:
                 subject = _subject(conn, event, studio.locale)
             reply_to = notification_address(settings.secret(), studio.slug, event.studio_id, event.conversation_id,
@@ -198,25 +198,26 @@ def _size(size: int) -> str:
 
 def render_notifications(conn: Connection, senders: dict[int, str], settings: Settings, secret: bytes,
                          renderer: Renderer) -> dict[int, Rendered]:
-    """The bodies of the notification mails among `senders` (message id → the studio's name)."""
-    rendered = {}
-    for mail_ref in senders:
-        row = conn.execute(
-            select(MESSAGE.c.id, MESSAGE.c.text, MESSAGE.c.from_name, MESSAGE.c.from_email, MESSAGE.c.conversation_id,
-                   STUDIO.c.name, STUDIO.c.locale)
-            .select_from(NOTIFICATION.join(MESSAGE, and_(MESSAGE.c.id == NOTIFICATION.c.message_ref,
-                                                         MESSAGE.c.deleted_at.is_(None)))
-                         .join(STUDIO, STUDIO.c.id == NOTIFICATION.c.studio_id))
-            .where(NOTIFICATION.c.mail_ref == mail_ref).limit(1)).first()
-        if row is None:
-            continue   # the guest's message was erased meanwhile: nothing to tell
-        files = "\n".join(f"{a.filename} ({_size(a.size)})" for a in conn.execute(
-            select(ATTACHMENT.c.filename, ATTACHMENT.c.size)
-            .where(ATTACHMENT.c.message_id == row.id, ATTACHMENT.c.inline.is_(False)).order_by(ATTACHMENT.c.id)))
-        rendered[mail_ref] = renderer.notification(
-            locale=row.locale, studio_name=row.name, guest_name=row.from_name or row.from_email, text=row.text,
-            files=files, link=conversation_link(settings, row.conversation_id))
-    return rendered
+    """The bodies of the notification mails among `senders` (message id → the studio's name):
+    two statements for the whole batch the outbox composes."""
+    found = {row.mail_ref: row for row in conn.execute(
+        select(NOTIFICATION.c.mail_ref, MESSAGE.c.id, MESSAGE.c.text, MESSAGE.c.from_name, MESSAGE.c.from_email,
+               MESSAGE.c.conversation_id, STUDIO.c.name, STUDIO.c.locale)
+        .select_from(NOTIFICATION.join(MESSAGE, and_(MESSAGE.c.id == NOTIFICATION.c.message_ref,
+                                                     MESSAGE.c.deleted_at.is_(None)))
+                     .join(STUDIO, STUDIO.c.id == NOTIFICATION.c.studio_id))
+        .where(NOTIFICATION.c.mail_ref.in_(list(senders))))}
+    files: dict[int, list[str]] = defaultdict(list)
+    if found:
+        for a in conn.execute(select(ATTACHMENT.c.message_id, ATTACHMENT.c.filename, ATTACHMENT.c.size)
+                              .where(ATTACHMENT.c.message_id.in_({r.id for r in found.values()}),
+                                     ATTACHMENT.c.inline.is_(False)).order_by(ATTACHMENT.c.id)):
+            files[a.message_id].append(f"{a.filename} ({_size(a.size)})")
+    # A guest message erased meanwhile has no row here: nothing to tell, the mail is not sent.
+    return {mail_ref: renderer.notification(
+        locale=row.locale, studio_name=row.name, guest_name=row.from_name or row.from_email, text=row.text,
+        files="\n".join(files[row.id]), link=conversation_link(settings, row.conversation_id))
+        for mail_ref, row in found.items()}
 
 
 def render_digests(conn: Connection, senders: dict[int, str], settings: Settings, secret: bytes,
