@@ -223,18 +223,23 @@ def test_the_owners_answer_reaches_the_guest_threaded_and_without_the_quoted_not
     assert inbound == "rejected"
 
 
-def test_an_answer_from_a_strangers_address_is_held_with_its_reason(gw: RunningGateway, sink: RelaySink) -> None:
-    studio = gw.add_studio("inkwell")
+def held_answer(gw: RunningGateway, sink: RelaySink, studio: StudioInfo, sender: str) -> tuple[str, str]:
+    """Answer the studio's first notification from `sender`: nothing may reach the guest; the
+    answer's (state, thread_rule)."""
     inquiry(gw, studio)
     [notification] = sent(gw, sink)
-    raw, to = answer(notification, from_="mallory@example.org")
-    assert gw.send(raw, to, mail_from="mallory@example.org").code == 250
+    raw, to = answer(notification, from_=sender)
+    assert gw.send(raw, to, mail_from=sender).code == 250
     gw.process()
     assert sent(gw, sink) == []
     with read_tx(gw.engine) as conn:
-        held = conn.execute(select(MESSAGE.c.state, MESSAGE.c.thread_rule)
-                            .where(MESSAGE.c.from_email == "mallory@example.org")).one()
-    assert tuple(held) == ("held", "notify_answer_stranger")
+        return tuple(conn.execute(select(MESSAGE.c.state, MESSAGE.c.thread_rule)  # type: ignore[return-value]
+                                  .where(MESSAGE.c.from_email == sender)).one())
+
+
+def test_an_answer_from_a_strangers_address_is_held_with_its_reason(gw: RunningGateway, sink: RelaySink) -> None:
+    studio = gw.add_studio("inkwell")
+    assert held_answer(gw, sink, studio, "mallory@example.org") == ("held", "notify_answer_stranger")
 
 
 def test_an_answer_from_a_disconnected_profile_is_held(gw: RunningGateway, sink: RelaySink) -> None:
@@ -267,16 +272,7 @@ def test_an_answer_failing_authentication_for_the_profiles_domain_is_held(tmp_pa
                                               smtp_relay_url=sink.url, public_url=PUBLIC_URL))
         try:
             studio = running.add_studio("inkwell", owner="owner@example.com")
-            inquiry(running, studio)
-            [notification] = sent(running, sink)
-            raw, to = answer(notification, from_="owner@example.com")
-            assert running.send(raw, to, mail_from="owner@example.com").code == 250
-            running.process()
-            assert sent(running, sink) == []
-            with read_tx(running.engine) as conn:
-                held = conn.execute(select(MESSAGE.c.state, MESSAGE.c.thread_rule)
-                                    .where(MESSAGE.c.from_email == "owner@example.com")).one()
-            assert tuple(held) == ("held", "notify_answer_unauthenticated")
+            assert held_answer(running, sink, studio, "owner@example.com") == ("held", "notify_answer_unauthenticated")
         finally:
             running.stop()
 
