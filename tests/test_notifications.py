@@ -19,7 +19,7 @@ from gateway.mail.addresses import (notification_address, notification_token, re
 from gateway.outbound.notifications import send_digests
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.store.tables import CONVERSATION, MESSAGE, NOTIFICATION, STUDIO
+from gateway.store.tables import CONVERSATION, MESSAGE, NOTIFICATION, STUDIO, STUDIO_EVENT
 from tests.access import connect_member
 from tests.conftest import MAIL_DOMAIN, RunningGateway, StudioInfo, fixture_bytes, make_settings, start_gateway
 from tests.mail import make_mail, new_id
@@ -107,6 +107,8 @@ def test_an_inquiry_notifies_the_owner_once_and_members_who_chose_off_get_none(g
     assert "skizze.pdf (2.9 KB)" in text
     assert f"{PUBLIC_URL}/app/c/{conversation_id}" in text
     assert sent(gw, sink) == []                                      # once
+    with read_tx(gw.engine) as conn:   # the studio's event stream tells of guest mail, not of notifications
+        assert conn.execute(select(STUDIO_EVENT.c.seq).where(STUDIO_EVENT.c.type == "delivery.updated")).all() == []
 
 
 def test_an_auto_reply_produces_no_notification(gw: RunningGateway, sink: RelaySink) -> None:

@@ -153,7 +153,10 @@ def delivery_events(conn: Connection, outcomes: list[tuple[Job, str]], now: date
     if not outcomes:
         return
     places = {row.id: row for row in conn.execute(_JOB_PLACES, {"ids": [job.message_row_id for job, _ in outcomes]})}
-    kept = [o for o in outcomes if o[0].message_row_id in places]  # a message erased meanwhile has no studio to tell
+    # A message erased meanwhile has no studio to tell; a notification to a profile (no
+    # conversation, gateway/outbound/notifications.py) is nothing a client of the studio can look up.
+    kept = [o for o in outcomes if o[0].message_row_id in places
+            and places[o[0].message_row_id].conversation_id is not None]
     for job, delivery in sorted(kept, key=lambda o: (places[o[0].message_row_id].studio_id, o[0].id)):
         place = places[job.message_row_id]
         record_event(conn, place.studio_id, DELIVERY_UPDATED, now, conversation_id=place.conversation_id,
