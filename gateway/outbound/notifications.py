@@ -37,12 +37,12 @@ from gateway.events import Chunk, Threaded
 from gateway.mail.addresses import notification_address
 from gateway.outbound.notify_preferences import PAUSE_AFTER_BOUNCES, bounced_since, default_mode, in_quiet_hours
 from gateway.outbound.render import Rendered, Renderer
-from gateway.outbound.replies import new_message_id
+from gateway.outbound.replies import INSERT_JOB, INSERT_MESSAGE, new_message_id
 from gateway.settings import Settings
 from gateway.store.db import write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import (ATTACHMENT, CONVERSATION, GUEST, MESSAGE, NOTIFICATION, NOTIFICATION_PREFERENCE,
-                                  OUTBOUND_JOB, PROFILE, STUDIO)
+                                  PROFILE, STUDIO)
 
 log = logging.getLogger(__name__)
 NOTIFICATION_MAIL = "notification"          # Message.auto_kind of a notification
@@ -132,14 +132,13 @@ def _queue_mail(conn: Connection, settings: Settings, studio_id: int, slug: str,
     recipient: dict[str, str] = {"email": profile.email, "name": profile.name or ""}
     if reply_to:
         recipient["reply_to"] = reply_to
-    row_id = conn.execute(insert(MESSAGE).values(
-        studio_id=studio_id, conversation_id=None, direction="outbound", state="visible",
+    row_id = INSERT_MESSAGE.execute(
+        conn, studio_id=studio_id, conversation_id=None, direction="outbound", state="visible",
         from_email=f"{slug}@{settings.mail_domain}", from_name="", to_json=json.dumps([recipient]), cc_json="[]",
-        subject=subject[:900], text="", full_text="", message_id=new_message_id(settings.mail_domain, 0),
-        references_json="[]", received_at=now, thread_rule=kind, automatic=True, auto_kind=kind,
-        delivery="queued", parser="", defects_json="[]").returning(MESSAGE.c.id)).scalar_one()
-    conn.execute(insert(OUTBOUND_JOB).values(studio_id=studio_id, message_id=row_id, status="queued", attempts=0,
-                                             created_at=now, next_attempt_at=now))
+        subject=subject[:900], text="", full_text="", html=None, message_id=new_message_id(settings.mail_domain, 0),
+        in_reply_to=None, references_json="[]", received_at=now, thread_rule=kind, automatic=True, auto_kind=kind,
+        delivery="queued", parser="", defects_json="[]").fetchone()[0]
+    INSERT_JOB.execute(conn, studio_id=studio_id, message_id=row_id, created_at=now, next_attempt_at=now)
     return int(row_id)
 
 
