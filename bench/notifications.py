@@ -4,13 +4,13 @@ Issue 16's "Proof": for a studio of three profiles (the owner and two members), 
 (first send until the processor has threaded every accepted message) with all three notified
 immediately stays within 10 % of the figure with all three "off". Both are measured in the same
 run, rounds alternating off/on, each on a fresh database with the real gateway in a child
-process (bench/lib/gateway_process.py, every role in one process) sending its notifications
+process (bench/lib/gateway_process.py, as `gateway serve` runs it, or every role in one process) sending its notifications
 into its Maildir (no relay: this machine has no smtp-sink); the client is bench/lib/loadclient.py, C connections of one
 message each, every message from a new guest (so each opens a conversation and notifies all
 three profiles: the storm limit never helps).
 
     .venv/bin/python bench/notifications.py [--rounds R] [--messages N] [--connections C]
-        [--database sqlite|postgres]
+        [--database sqlite|postgres] [--topology serve|single]
 
 Bounded: the whole run aborts after --deadline seconds (default 600).
 """
@@ -72,11 +72,13 @@ def _notifications(database_url: str) -> int:
 
 
 def run_once(ctx: Any, deadline: Deadline, backend: str, mode: str, count: int,
-             connections: int) -> tuple[float, int]:
+             connections: int, single: bool) -> tuple[float, int]:
     """(end-to-end messages per second, notification rows) of one run with every profile on `mode`."""
     label = f"{backend} notifications {mode}"
     with throwaway_database(backend) as (url, data_dir):
-        settings = {"serve_worker_processes": 0, "public_url": PUBLIC_URL}
+        settings: dict[str, Any] = {"public_url": PUBLIC_URL}
+        if single:   # every role in one process; else as `gateway serve` runs (workers in child processes)
+            settings["serve_worker_processes"] = 0
         server = Child(ctx, gateway_main, url, data_dir,
                        GatewayOptions(roles=("smtp", "web", "worker"), settings=settings),
                        name=f"gateway[{label}]", deadline=deadline, daemon=False)
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--deadline", type=float, default=600.0)
+    parser.add_argument("--topology", choices=("serve", "single"), default="serve")
     args = parser.parse_args(argv)
     ctx = mp.get_context("spawn")
     deadline = Deadline(args.deadline)
@@ -110,12 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     ratios: list[float] = []
     for round_ in range(args.rounds):
         for mode in ("off", "on"):
-            rate, rows = run_once(ctx, deadline, args.database, mode, args.messages, args.connections)
+            rate, rows = run_once(ctx, deadline, args.database, mode, args.messages, args.connections,
+                                  args.topology == "single")
             rates[mode].append(rate)
             print(f"round {round_ + 1} {mode:>3}: {rate:7.1f} msg/s end to end ({rows} notifications)", flush=True)
         ratios.append(rates["on"][-1] / rates["off"][-1])
     ratio = statistics.median(ratios)
-    print(f"\n{args.database}, {args.messages} messages, {args.connections} connections, three profiles:")
+    print(f"\n{args.database}, {args.topology}, {args.messages} messages, {args.connections} connections, three profiles:")
     print(f"  notifications off (baseline, same run): {statistics.median(rates['off']):7.1f} msg/s "
           f"(min {min(rates['off']):.1f}, max {max(rates['off']):.1f})")
     print(f"  notifications on, all three immediately: {statistics.median(rates['on']):7.1f} msg/s "
