@@ -2,8 +2,9 @@
 
 The processor announces each message the threader stored; reactions listen: an
 acknowledgement for a new inquiry (gateway/outbound/acknowledgements.py), the helpdesk's
-LÖSCHEN command (gateway/lifecycle/helpdesk_mail.py), and next the studio's notifications
-and outgoing webhooks. The processor knows none of them: the edge that runs it
+LÖSCHEN command (gateway/lifecycle/helpdesk_mail.py), the profiles' notifications
+(gateway/outbound/notifications.py) and their answers by mail (gateway/outbound/notify_answers.py),
+and next the outgoing webhooks. The processor knows none of them: the edge that runs it
 (gateway/runtime.py, the CLI) hands it the list, so inbound never imports what reacts.
 
 A reaction runs inside the transaction that stored the message, so what it queues (an

@@ -49,6 +49,8 @@ from gateway.lifecycle.helpdesk_mail import helpdesk_commands
 from gateway.lifecycle.login_mail import LOGIN_MAIL, render_links
 from gateway.outbound.compose import LateBodies
 from gateway.outbound.acknowledgements import acknowledge
+from gateway.outbound.notify_answers import answer_by_mail
+from gateway.outbound.notifications import DIGEST_MAIL, NOTIFICATION_MAIL, notify, render_digests, render_notifications, send_digests
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 from gateway.worker_process import DUMP_THREADS, WorkerGroup, listen
@@ -60,9 +62,11 @@ ROLES = ("smtp", "web", "worker")
 LOCKDOWN_RECONCILE_INTERVAL = 600.0  # seconds between the worker's lockdown reconciliations
 # What happens when a guest's message has been threaded (gateway/events.py), in this order: the
 # studio's event log first, so the guest's message.created comes before its acknowledgement's.
-REACTIONS: tuple[Reaction, ...] = (record_threaded, acknowledge, helpdesk_commands)
+REACTIONS: tuple[Reaction, ...] = (record_threaded, acknowledge, helpdesk_commands, notify, answer_by_mail)
 # Automatic mail whose body is rendered only when it is sent (gateway/outbound/compose.LateBodies).
-LATE_BODIES: dict[str, LateBodies] = {CONFIRMATION: render_confirmations, LOGIN_MAIL: render_links}
+LATE_BODIES: dict[str, LateBodies] = {CONFIRMATION: render_confirmations, LOGIN_MAIL: render_links,
+                                      NOTIFICATION_MAIL: render_notifications, DIGEST_MAIL: render_digests}
+DIGEST_INTERVAL = 3600.0  # seconds between the hourly notification digests
 
 
 class PeriodicRound:
@@ -131,6 +135,8 @@ class Gateway:
         self.backups: BackupScheduler | None = None
         self._backup_task: asyncio.Task[None] | None = None
         self.purger: PeriodicRound | None = None
+        self.digests: PeriodicRound | None = None
+        self._digest_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
         self.app: Litestar | None = None
         self._outbox_task: asyncio.Task[None] | None = None
@@ -173,6 +179,10 @@ class Gateway:
             if self.settings.backup_interval_hours > 0:
                 self.backups = BackupScheduler(self.engine, self.settings)
                 self._backup_task = asyncio.create_task(self.backups.run(), name="backups")
+            # The hourly digest of notifications (gateway/outbound/notifications.py).
+            self.digests = PeriodicRound("notification digest", DIGEST_INTERVAL,
+                                         partial(send_digests, self.engine, self.settings))
+            self._digest_task = asyncio.create_task(self.digests.run(), name="digests")
             if self.settings.purge_interval_hours > 0:
                 # Hourly by default: a round at start, then one every GATEWAY_PURGE_INTERVAL_HOURS.
                 self.purger = PeriodicRound("purge", self.settings.purge_interval_hours * 3600,
@@ -241,6 +251,9 @@ class Gateway:
         if self.backups is not None and self._backup_task is not None:
             self.backups.stop()
             await self._backup_task  # a backup in progress is finished, not torn
+        if self.digests is not None and self._digest_task is not None:
+            self.digests.stop()
+            await self._digest_task
         if self.purger is not None and self._purge_task is not None:
             self.purger.stop()
             await self._purge_task

@@ -126,6 +126,7 @@ def test_loeschen_from_the_owner_mails_a_code_and_only_the_code_deletes_everythi
         known.ttl = 3600.0                         # only the deletion itself can make it answer 550
     ink, other = hd.add_studio("inkwell", name="Inkwell Tattoo"), hd.add_studio("needle")
     inquiries(hd, ink, other)
+    sent(hd, sink)   # the owners' notifications of those inquiries (gateway/outbound/notifications.py)
     before_ink, before_other = _rows_of(hd, ink.id), _rows_of(hd, other.id)
 
     ask_by_mail(hd, body="Wir hören auf, zu teuer. Ruft an: +49 170 1234567 oder anna@inkwell.example\n\n"

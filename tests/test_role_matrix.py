@@ -79,6 +79,8 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/profiles"):                              ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     ("POST", "/api/v1/profiles"):                             ("2xx", "403", "401", "2xx", "401", "403", "403"),
     ("DELETE", "/api/v1/profiles/{profile_id:str}"):          ("2xx", "403", "401", "404", "401", "403", "403"),
+    ("GET", "/api/v1/profiles/me/notifications"):             ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
+    ("PATCH", "/api/v1/profiles/me/notifications"):           ("2xx", "2xx", "401", "2xx", "401", "403", "403"),
     ("GET", "/api/v1/support-grants"):                        ("2xx", "403", "401", "2xx", "401", "403", "403"),
     ("POST", "/api/v1/support-grants"):                       ("2xx", "403", "401", "2xx", "401", "403", "403"),
     ("DELETE", "/api/v1/support-grants/{grant_id:str}"):      ("2xx", "403", "401", "404", "401", "403", "403"),

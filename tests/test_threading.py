@@ -189,7 +189,7 @@ def test_a_chunk_acknowledges_only_for_the_studio_that_asked(gw: RunningGateway)
     assert len(results) == 4 and all(r.status == "done" for r in results)
     with read_tx(gw.engine) as conn:
         answered = sorted(conn.execute(select(MESSAGE.c.studio_id).where(
-            MESSAGE.c.direction == "outbound", MESSAGE.c.automatic.is_(True))).scalars())
+            MESSAGE.c.direction == "outbound", MESSAGE.c.auto_kind == "acknowledgement")).scalars())
     assert answered == [asking.id, asking.id]
 
 

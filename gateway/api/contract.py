@@ -213,6 +213,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/api/v1/profiles"): Op("connectProfile", "profiles", body=True, creates=True, links={"201": {
         "disconnectProfile": _link("disconnectProfile", profile_id="$response.body#/profile/id")}}),
     ("DELETE", "/api/v1/profiles/{profile_id}"): Op("disconnectProfile", "profiles", extra=(404, 409)),
+    ("GET", "/api/v1/profiles/me/notifications"): Op("getMyNotifications", "profiles", extra=(404,)),
+    ("PATCH", "/api/v1/profiles/me/notifications"): Op("updateMyNotifications", "profiles", body=True,
+                                                      extra=(404, 422)),
     ("GET", "/api/v1/support-grants"): Op("listSupportGrants", "support-grants"),
     ("POST", "/api/v1/support-grants"): Op("createSupportGrant", "support-grants", body=True, optional_body=True, creates=True, links={"201": {
         "revokeSupportGrant": _link("revokeSupportGrant", grant_id="$response.body#/id")}}),

@@ -6,12 +6,13 @@ from datetime import datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import JSONBody
 
+from gateway.api.errors import validation_failed
 from gateway.api.ids import RowId
 from gateway.api.auth import require_owner
 from gateway.api.created import LOCATION, created
@@ -23,6 +24,7 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.access.profiles import ProfileConflict, ProfileInfo, connect_member, disconnect_profile, list_profiles
 from gateway.access.studios import Caller, StudioError
+from gateway.outbound.notify_preferences import InvalidPreference, check_changes, preferences, update_preferences
 
 
 class ProfileOut(msgspec.Struct):
@@ -47,6 +49,26 @@ class ProfileIn(msgspec.Struct):
 class NewProfileOut(msgspec.Struct):
     profile: ProfileOut
     token: NewTokenOut                  # the member's first token, shown this once
+
+
+class NotificationsOut(msgspec.Struct):
+    mode: str                   # immediately | hourly | off
+    quiet_from: str | None      # HH:MM in the studio's time zone: mail then waits for the digest
+    quiet_to: str | None
+    paused: bool                # notifications bounced repeatedly; a PATCH resumes them
+
+
+# What the document promises; the values are checked by notify_preferences.check_changes, so a
+# bad one is a 422 naming its field rather than the decoder's 400.
+_MODE = msgspec.Meta(extra_json_schema={"extra": {"enum": ["immediately", "hourly", "off"]}})
+_HHMM = msgspec.Meta(extra_json_schema={"extra": {"pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}})
+
+
+class NotificationsPatch(msgspec.Struct):
+    """Only the fields given change; a quiet hour set to null removes the quiet hours."""
+    mode: Annotated[str, _MODE] | msgspec.UnsetType = msgspec.UNSET
+    quiet_from: Annotated[str, _HHMM] | None | msgspec.UnsetType = msgspec.UNSET
+    quiet_to: Annotated[str, _HHMM] | None | msgspec.UnsetType = msgspec.UNSET
 
 
 def _out(p: ProfileInfo) -> ProfileOut:
@@ -83,6 +105,33 @@ class ProfileController(Controller):
         return created(NewProfileOut(profile=_out(profile), token=NewTokenOut(
             id=token.id, prefix=token.prefix, token=token.token, created_at=token.created_at)),
             f"/api/v1/profiles/{profile.id}")
+
+    @get("/me/notifications", sync_to_thread=True, raises=[NotFoundException])
+    def my_notifications(self, state: State, caller: NamedDependency[Caller]) -> NotificationsOut:
+        """How the calling profile hears about guest mail, and whether bounces paused it."""
+        with read_tx(state.engine) as conn:
+            found = preferences(conn, caller.studio_id, caller.profile_id)
+        if found is None:
+            raise NotFoundException("profile not found")
+        return NotificationsOut(**found.as_json())
+
+    @patch("/me/notifications", sync_to_thread=True, raises=[NotFoundException])
+    def change_my_notifications(self, state: State, caller: NamedDependency[Caller],
+                                data: JSONBody[NotificationsPatch]) -> NotificationsOut:
+        """Change the calling profile's notifications (immediately, hourly or off; quiet hours as
+        HH:MM); 422 naming the field for a value they cannot take. Any change resumes a pause."""
+        changes = {f: getattr(data, f) for f in data.__struct_fields__ if getattr(data, f) is not msgspec.UNSET}
+        try:
+            checked = check_changes(changes)
+        except InvalidPreference as exc:
+            error = validation_failed([(exc.field, str(exc))], code="invalid_notification_preference")
+            error.status_code = 422
+            raise error from None
+        with write_tx(state.engine) as conn:
+            found = update_preferences(conn, caller.studio_id, caller.profile_id, checked, utcnow())
+        if found is None:
+            raise NotFoundException("profile not found")
+        return NotificationsOut(**found.as_json())
 
     @delete("/{profile_id:str}", sync_to_thread=True, status_code=204,
             raises=[ConflictException, NotFoundException])

@@ -30,11 +30,12 @@ from sqlalchemy.exc import IntegrityError
 from gateway.inbound.authentication import NONE, Verdicts
 from gateway.inbound.automatic import HUMAN, AutoInfo, classify, website_form_guest
 from gateway.store.blobs import blob_store
-from gateway.mail.addresses import StudioAddress, parse_studio_address, verify_reply_token
+from gateway.mail.addresses import (StudioAddress, is_notification_token, parse_studio_address,
+                                    verify_notification_token, verify_reply_token)
 from gateway.mail.subjects import normalize_subject
 from gateway.store.db import DriverSQL, bind_processor
 from gateway.inbound.headers import fingerprint, normalize_email
-from gateway.store.tables import AUTOMATIC_MAIL, CONVERSATION, GUEST, MESSAGE, STUDIO
+from gateway.store.tables import AUTOMATIC_MAIL, CONVERSATION, GUEST, MESSAGE, PROFILE, STUDIO
 from gateway.inbound.mime import Address, ParsedMessage
 from gateway.store.models import utcnow
 from gateway.inbound.quotes import split_reply
@@ -212,7 +213,17 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         return Outcome(studio_id, None, None, seen)
 
     guest = guest_of(conn, lookups, studio_id, sender.email)
-    conversation, rule = _find_conversation(conn, studio_id, detail, parsed, guest, auto, settings, secret)
+    verdicts = inbound.authentication or NONE
+    if is_notification_token(detail):
+        # A profile's answer to a notification: never a guest's mail, whatever it says.
+        conversation, rule = _notification_answer(conn, studio_id, detail, sender, auto, verdicts, secret)
+        if conversation is None:
+            _record_automatic(conn, studio_id, inbound, parsed, sender, auto, message_id, dedupe_key,
+                              None if inbound.authentication is None else verdicts.summary(
+                                  settings.smtp_hostname or settings.mail_domain))
+            return Outcome(studio_id, None, None, "unthreaded-automatic")
+    else:
+        conversation, rule = _find_conversation(conn, studio_id, detail, parsed, guest, auto, settings, secret)
     bounced: list[Any] = []
     if auto.kind == "bounce" and auto.bounced_message_ids:
         bounced = list(conn.execute(_BOUNCED, {"studio_id": studio_id,
@@ -221,12 +232,17 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
             conversation = _load_conversation(conn, studio_id, bounced[0].conversation_id)
             rule = "bounce"
 
-    verdicts = inbound.authentication or NONE
     results = None if inbound.authentication is None else verdicts.summary(
         settings.smtp_hostname or settings.mail_domain)
     if conversation is None and auto.automatic:
         # Automatic mail never opens a conversation; its raw bytes stay in inbound_mail, and the
         # studio can list it (GET /api/v1/automatic): nothing accepted is invisible.
+        if bounced:
+            # A bounce of mail in no conversation (a notification to a profile): marked, so that
+            # repeated bounces pause that profile's notifications (gateway/outbound/notify_preferences.py).
+            conn.execute(update(MESSAGE).where(
+                MESSAGE.c.id.in_([b.id for b in bounced]), MESSAGE.c.direction == "outbound",
+                MESSAGE.c.conversation_id.is_(None)).values(delivery="bounced"))
         _record_automatic(conn, studio_id, inbound, parsed, sender, auto, message_id, dedupe_key, results)
         return Outcome(studio_id, None, None, "unthreaded-automatic")
 
@@ -242,7 +258,11 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         conversation_id = conversation.id
         if guest is not None and not guest.name and sender.name:
             name_guest(conn, lookups, studio_id, guest, sender.name)
-        state = _reply_state(conn, conversation, rule, sender, auto, verdicts, bounced_ours=any(b.direction == "outbound" for b in bounced))
+        if rule.startswith(NOTIFY_ANSWER):
+            state = "held"   # sent on by the notify_answers reaction if the check passed, else held
+        else:
+            state = _reply_state(conn, conversation, rule, sender, auto, verdicts,
+                                 bounced_ours=any(b.direction == "outbound" for b in bounced))
 
     when = bind_processor(conn, MESSAGE.c.received_at)
     row = {
@@ -316,6 +336,37 @@ def _find_conversation(conn: Connection, studio_id: int, detail: str, parsed: Pa
         if row is not None:
             return row, "subject"
     return None, "new"
+
+
+NOTIFY_ANSWER = "notify_answer"   # thread_rule of a profile's answer, with its check's outcome after it
+
+
+def _notification_answer(conn: Connection, studio_id: int, detail: str, sender: Address, auto: AutoInfo,
+                         verdicts: Verdicts, secret: bytes) -> tuple[Any, str]:
+    """The conversation a profile's answer to a notification belongs to, and the rule saying how
+    its sender check went: `notify_answer` (send it to the guest), or `notify_answer_<reason>`
+    (held for the studio). No conversation: automatic mail (an auto-reply, a bounce: never to
+    the guest) or a forged address (wrong signature, another studio's): listed, never sent.
+
+    The sender check: From must be the profile's address, the profile still connected, and the
+    message must not explicitly fail authentication for that domain (a DMARC fail, or an SPF
+    fail with no passing DKIM signature): no verdict at all decides nothing, as for guests."""
+    named = verify_notification_token(secret, studio_id, detail)
+    if named is None or auto.automatic:
+        return None, "new"
+    conversation_id, profile_id = named
+    conversation = _load_conversation(conn, studio_id, conversation_id)
+    if conversation is None:
+        return None, "new"
+    profile = conn.execute(select(PROFILE.c.email, PROFILE.c.disconnected_at).where(
+        PROFILE.c.id == profile_id, PROFILE.c.studio_id == studio_id)).first()
+    if profile is None or profile.disconnected_at is not None:
+        return conversation, f"{NOTIFY_ANSWER}_disconnected"
+    if normalize_email(profile.email) != sender.email:
+        return conversation, f"{NOTIFY_ANSWER}_stranger"
+    if verdicts.dmarc_fails or (verdicts.spf == "fail" and verdicts.dkim != "pass"):
+        return conversation, f"{NOTIFY_ANSWER}_unauthenticated"
+    return conversation, NOTIFY_ANSWER
 
 
 def _load_conversation(conn: Connection, studio_id: int, conversation_id: int) -> Any:

@@ -4,6 +4,12 @@ A reply address is `slug+c<conversation id>-<mac>@domain`. The MAC is an HMAC-SH
 studio and conversation ids under GATEWAY_SECRET_KEY, truncated to 80 bits and written in
 lower-case base32 because mail systems may change the case of local parts. Without the key
 nobody can make an address that files mail into someone else's conversation.
+
+A notification address is `slug+n<conversation id>p<profile id>-<mac>@domain`: the Reply-To of
+a notification mail (gateway/outbound/notifications.py), through which a profile answers the
+guest. Its MAC is over a different purpose ("notify:" rather than "reply:") and the profile, and
+its shape differs, so neither kind of token can pass as the other: a guest who learns a reply
+address cannot speak as a profile, nor can a profile's address be replayed as a guest's.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from functools import lru_cache
 
 _SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^c([0-9]{1,18})-([a-z2-7]{16})$")
+_NOTIFY_RE = re.compile(r"^n([0-9]{1,18})p([0-9]{1,18})-([a-z2-7]{16})$")
 
 def valid_slug(slug: str) -> bool:
     return bool(_SLUG_RE.match(slug))
@@ -42,6 +49,38 @@ def verify_reply_token(secret: bytes, studio_id: int, token: str) -> int | None:
     conversation_id = int(match.group(1))
     if hmac.compare_digest(match.group(2), _mac(secret, studio_id, conversation_id)):
         return conversation_id
+    return None
+
+
+def _notify_mac(secret: bytes, studio_id: int, conversation_id: int, profile_id: int) -> str:
+    message = f"notify:{studio_id}:{conversation_id}:{profile_id}".encode()
+    return base64.b32encode(hmac.new(secret, message, hashlib.sha256).digest()[:10]).decode().lower()
+
+
+def notification_token(secret: bytes, studio_id: int, conversation_id: int, profile_id: int) -> str:
+    return f"n{conversation_id}p{profile_id}-{_notify_mac(secret, studio_id, conversation_id, profile_id)}"
+
+
+def notification_address(secret: bytes, slug: str, studio_id: int, conversation_id: int, profile_id: int,
+                         domain: str) -> str:
+    return f"{slug}+{notification_token(secret, studio_id, conversation_id, profile_id)}@{domain}"
+
+
+def is_notification_token(token: str) -> bool:
+    """Shaped like a notification token (signed or not): mail to it is a profile's answer, never
+    a guest's, whatever its signature says."""
+    return bool(_NOTIFY_RE.match(token.lower()))
+
+
+def verify_notification_token(secret: bytes, studio_id: int, token: str) -> tuple[int, int] | None:
+    """(conversation id, profile id) a notification token names, or None if we did not sign it
+    for this studio."""
+    match = _NOTIFY_RE.match(token.lower())
+    if not match:
+        return None
+    conversation_id, profile_id = int(match.group(1)), int(match.group(2))
+    if hmac.compare_digest(match.group(3), _notify_mac(secret, studio_id, conversation_id, profile_id)):
+        return conversation_id, profile_id
     return None
 
 

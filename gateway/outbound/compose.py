@@ -98,6 +98,14 @@ def _reply_to(name: str, secret: bytes, slug: str, studio_id: int, conversation_
 
 
 @lru_cache(maxsize=4096)
+def _own_reply_to(to_json: str) -> str | None:
+    """A Reply-To chosen when the message was queued: a notification's signed per-profile
+    address (gateway/outbound/notifications.py); None for every other message."""
+    [recipient] = json.loads(to_json)
+    return recipient.get("reply_to")
+
+
+@lru_cache(maxsize=4096)
 def _guest(to_json: str) -> tuple[str, str]:
     """(name, email) of an outbound message's one recipient, as the reply API stored it."""
     [guest] = json.loads(to_json)
@@ -301,10 +309,15 @@ def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: by
         rendered = renderer.reply(locale=m.locale, studio_name=m.name, text=m.text,
                                   guest_name=guest_name, quoted=quoted, time_zone=m.time_zone)
 
+    if m.conversation_id is not None:
+        reply_to: str | None = _reply_to(m.name, secret, m.slug, m.studio_id, m.conversation_id, settings.mail_domain)
+    else:  # a notification: its own signed address; a digest (many conversations): none
+        own = _own_reply_to(m.to_json)
+        reply_to = _address(m.name, own) if own else None
     headers = [
         ("From", _address(m.name, m.from_email)),
         ("To", _address(guest_name, guest_email)),
-        ("Reply-To", _reply_to(m.name, secret, m.slug, m.studio_id, m.conversation_id, settings.mail_domain)),
+        *([("Reply-To", reply_to)] if reply_to else []),
         ("Subject", _encoded("Subject", header_safe(m.subject))),
         # The studio's local time and offset, as its own mail client would write it (RFC 5322
         # §3.3 allows any offset; readers' clients convert).
@@ -318,7 +331,8 @@ def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: by
         headers.append(("References", "\r\n ".join(f"<{r}>" for r in references)))
     if m.automatic:
         # RFC 3834: automatic mail says so, and asks Exchange not to answer it automatically.
-        headers.append(("Auto-Submitted", "auto-replied"))
+        # Mail in no conversation (a notification to a profile) answers nobody: auto-generated.
+        headers.append(("Auto-Submitted", "auto-replied" if m.conversation_id is not None else "auto-generated"))
         headers.append(("X-Auto-Response-Suppress", "All"))
     html = rendered.html_qp if rendered.html_qp is not None else rendered.html
     data = _serialize(headers, rendered.text, html, files)

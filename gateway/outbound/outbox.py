@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Mapping
 
 import tenacity
-from sqlalchemy import Connection, Engine, bindparam, exists, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, exists, or_, select, update
 
 from gateway.eventlog import DELIVERY_UPDATED, record as record_event
 from gateway.metrics import OUTBOX
@@ -45,12 +45,15 @@ from gateway.outbound.render import Renderer
 from gateway.store.tables import OUTBOUND_JOB
 from gateway.settings import Settings
 from gateway.outbound.signing import DkimSigner
-from gateway.access.visibility import SHOWN_MESSAGE
+from gateway.access.visibility import LIVE_MESSAGE, SHOWN_MESSAGE
 
 log = logging.getLogger(__name__)
 
-# The job's message is shown: neither it nor its conversation is deleted.
-_NOT_DELETED = exists(select(MESSAGE.c.id).where(MESSAGE.c.id == OUTBOUND_JOB.c.message_id, SHOWN_MESSAGE))
+# The job's message is shown: neither it nor its conversation is deleted. A notification to a
+# profile (gateway/outbound/notifications.py) belongs to no conversation: only its own deletion counts.
+_NOT_DELETED = exists(select(MESSAGE.c.id).where(
+    MESSAGE.c.id == OUTBOUND_JOB.c.message_id,
+    or_(SHOWN_MESSAGE, and_(MESSAGE.c.conversation_id.is_(None), LIVE_MESSAGE))))
 
 # At most PER_CONNECTION claimed, unsent messages wait per relay connection (the next claim is
 # made when a quarter of them are left, so sending rarely waits for a claim). Their lease is
@@ -150,7 +153,10 @@ def delivery_events(conn: Connection, outcomes: list[tuple[Job, str]], now: date
     if not outcomes:
         return
     places = {row.id: row for row in conn.execute(_JOB_PLACES, {"ids": [job.message_row_id for job, _ in outcomes]})}
-    kept = [o for o in outcomes if o[0].message_row_id in places]  # a message erased meanwhile has no studio to tell
+    # A message erased meanwhile has no studio to tell; a notification to a profile (no
+    # conversation, gateway/outbound/notifications.py) is nothing a client of the studio can look up.
+    kept = [o for o in outcomes if o[0].message_row_id in places
+            and places[o[0].message_row_id].conversation_id is not None]
     for job, delivery in sorted(kept, key=lambda o: (places[o[0].message_row_id].studio_id, o[0].id)):
         place = places[job.message_row_id]
         record_event(conn, place.studio_id, DELIVERY_UPDATED, now, conversation_id=place.conversation_id,

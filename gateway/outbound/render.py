@@ -158,6 +158,10 @@ _KINDS: Mapping[str, _Kind] = {
     ),
     # A one-time sign-in link to the web messenger (gateway/lifecycle/login_mail.py).
     "login_link": _Kind(defaults={"studio_name": "", "link": "", "expires": "", "sender_name": ""}, flags=()),
+    # A guest's new message told to a profile, and the hourly digest (gateway/outbound/notifications.py).
+    "notification": _Kind(defaults={"studio_name": "", "guest_name": "", "text": "", "files": "", "link": ""},
+                          flags=("files",)),
+    "notification_digest": _Kind(defaults={"studio_name": "", "items": ""}, flags=()),
 }
 
 # ---------------------------------------------------------------------- value cleaning
@@ -465,6 +469,20 @@ class Renderer:
             "sender_name": _clean_line(sender_name),
         }
         return self._render("login_link", language, context)
+
+    def notification(self, *, locale: str, studio_name: str, guest_name: str, text: str, files: str,
+                     link: str) -> Rendered:
+        """A guest's new message told to a profile: the text, the attachments (one line each, with
+        its size) and the link to the conversation in the web messenger."""
+        context: dict[str, str | bool] = {
+            "studio_name": _clean_line(studio_name), "guest_name": _clean_line(guest_name),
+            "text": _clean_text(text), "files": _clean_text(files), "link": _clean_line(link)}
+        return self._render("notification", self.language(locale), context)
+
+    def notification_digest(self, *, locale: str, studio_name: str, items: str) -> Rendered:
+        """The conversations that changed since the last digest, one line (with its link) each."""
+        context: dict[str, str | bool] = {"studio_name": _clean_line(studio_name), "items": _clean_text(items)}
+        return self._render("notification_digest", self.language(locale), context)
 
     # ------------------------------------------------------------------ internals
 

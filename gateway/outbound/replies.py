@@ -104,6 +104,10 @@ _INSERT_JOB = Prepared(insert(OUTBOUND_JOB).values(
     studio_id=bindparam("studio_id"), message_id=bindparam("message_id"), status="queued", attempts=0,
     created_at=bindparam("created_at", type_=OUTBOUND_JOB.c.created_at.type),
     next_attempt_at=bindparam("next_attempt_at", type_=OUTBOUND_JOB.c.next_attempt_at.type)))
+# Shared with the other mail the outbox sends that is queued in a hot path (notifications).
+INSERT_MESSAGE, INSERT_JOB = _INSERT_MESSAGE, _INSERT_JOB
+
+
 def _activity(read: bool) -> Prepared:
     """The conversation's activity after a reply; `read` also marks it read (answering is reading)."""
     values = {"last_message_at": bindparam("now", type_=CONVERSATION.c.last_message_at.type),

@@ -687,6 +687,41 @@ class WebhookAttempt(SQLModel, table=True):
     answer: str = Field(default="", max_length=1000)
 
 
+# --- notifications to profiles (gateway/outbound/notifications.py) -------------------------------
+
+class NotificationPreference(SQLModel, table=True):
+    """How a profile hears about guest mail; no row: the default of its role (owner immediately,
+    members off). `resumed_at`: notifications bounced before it no longer count towards the
+    pause (a PATCH resumes a paused profile)."""
+
+    __tablename__ = "notification_preference"
+    profile_id: int = Field(foreign_key="profile.id", primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id", index=True)
+    mode: str = Field(default="off", max_length=16)          # immediately | hourly | off
+    quiet_from: str | None = Field(default=None, max_length=5)  # HH:MM in the studio's time zone
+    quiet_to: str | None = Field(default=None, max_length=5)
+    resumed_at: datetime | None = None
+
+
+class Notification(SQLModel, table=True):
+    """One guest message a profile is to hear about. `mail_ref` is the outbound message that told
+    it (an immediate notification or a digest); NULL while it waits for the next digest. The
+    storm limit and the digest both read these rows."""
+
+    __table_args__ = (
+        Index("ix_notification_profile_conversation", "profile_id", "conversation_id", "created_at"),
+        Index("ix_notification_pending", "studio_id", "mail_ref"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    studio_id: int = Field(foreign_key="studio.id")
+    profile_id: int = Field(foreign_key="profile.id")
+    conversation_id: int   # plain references: erasing a conversation never trips over them
+    message_ref: int
+    created_at: datetime = Field(default_factory=utcnow)
+    mail_ref: int | None = None
+    immediate: bool = False   # told at once (counts for the storm limit), not in a digest
+
+
 def _ids_never_reused() -> None:
     """AUTOINCREMENT on SQLite for every table keyed by an integer `id` (migration 0016).
 
@@ -701,3 +736,4 @@ def _ids_never_reused() -> None:
 
 
 _ids_never_reused()
+

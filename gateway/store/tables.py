@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Table
 
-from gateway.store.models import (Studio, Profile, ApiToken, Blob, InboundMail, Guest, Conversation, Message, Attachment, OutboundJob, Subscription, Lockdown, PaymentPause, StripeEvent, Tombstone, BackupSchedule, SupportGrant, SupportToken, AuditEntry, AccountDeletion, RateLimit, AutomaticMail, IdempotencyKey, StudioEventCounter, StudioEvent, FormVersion, FormSubmission, FormChallengeUsed, LoginLink, WebSession, WebhookEndpoint, WebhookDelivery, WebhookAttempt)
+from gateway.store.models import (Studio, Profile, ApiToken, Blob, InboundMail, Guest, Conversation, Message, Attachment, OutboundJob, Subscription, Lockdown, PaymentPause, StripeEvent, Tombstone, BackupSchedule, SupportGrant, SupportToken, AuditEntry, AccountDeletion, RateLimit, AutomaticMail, IdempotencyKey, StudioEventCounter, StudioEvent, FormVersion, FormSubmission, FormChallengeUsed, LoginLink, WebSession, WebhookEndpoint, WebhookDelivery, WebhookAttempt, NotificationPreference, Notification)
 
 STUDIO: Table = Studio.__table__  # type: ignore[attr-defined]
 PROFILE: Table = Profile.__table__  # type: ignore[attr-defined]
@@ -43,3 +43,5 @@ WEB_SESSION: Table = WebSession.__table__  # type: ignore[attr-defined]
 WEBHOOK_ENDPOINT: Table = WebhookEndpoint.__table__  # type: ignore[attr-defined]
 WEBHOOK_DELIVERY: Table = WebhookDelivery.__table__  # type: ignore[attr-defined]
 WEBHOOK_ATTEMPT: Table = WebhookAttempt.__table__  # type: ignore[attr-defined]
+NOTIFICATION_PREFERENCE: Table = NotificationPreference.__table__  # type: ignore[attr-defined]
+NOTIFICATION: Table = Notification.__table__  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """webhooks to the studio's own systems: endpoints, deliveries and their attempts
 
 Revision ID: 0023
-Revises: 0021
+Revises: 0022
 
 """
 from typing import Sequence, Union
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision: str = '0023'
-down_revision: Union[str, Sequence[str], None] = '0021'
+down_revision: Union[str, Sequence[str], None] = '0022'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
