@@ -1,372 +1,469 @@
-"""Webhooks to the studio's own systems (issue 16), against a real local HTTPS server whose
-certificate the gateway is told to trust, on SQLite and PostgreSQL.
+"""Provider webhooks over real HTTP into the real pipeline: every variant of every provider.
 
-Events are made by real mail over SMTP through the pipeline; the worker's delivery rounds are
-run here with a clock the test moves (WebhookSender, as gateway/runtime.py runs it), so the
-retry schedule and the lease are shown without waiting for them. One test runs the real worker.
+Each test posts what the provider posts (its field names, encodings and signature scheme, see
+tests/providers.py) to a running gateway, then runs the worker and reads the result back
+through the messenger API and the database.
 """
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
-import multiprocessing
-import signal
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
-from gateway.lifecycle.webhook_notice import owner_notice
-from gateway.outbound.webhooks import WebhookSender
-from gateway.settings import Settings
-from gateway.lifecycle.erasure import erase_studio
-from gateway.store.db import make_engine, read_tx, write_tx
-from gateway.store.models import utcnow
-from gateway.store.tables import MESSAGE, OUTBOUND_JOB, WEBHOOK_ATTEMPT, WEBHOOK_DELIVERY, WEBHOOK_ENDPOINT
-from tests.conftest import RunningGateway, StudioInfo, make_settings, start_gateway
-from tests.https_receiver import Receiver
-from tests.mail import make_mail
+from gateway.mail.addresses import reply_address
+from gateway.store.db import read_tx
+from gateway.store.tables import INBOUND, MESSAGE
+from gateway.store.models import Attachment
+from tests import providers as p
+from tests.conftest import MAIL_DOMAIN, SECRET, RunningGateway, make_settings, start_gateway
+from tests.mail import make_mail, new_id
+from tests.sns_emulator import SnsEmulator, post_headers, ses_received
+from tests.test_webhook_compose import mailgun_fields, postmark_payload, sendgrid_fields
 
-ENDPOINTS = "/api/v1/webhook-endpoints"
-
-
-def verify(body: bytes, header: str, secret: str, tolerance: int = 300) -> bool:
-    """The README's verification, word for word."""
-    items = [part.split("=", 1) for part in header.split(",")]
-    timestamp = next(value for key, value in items if key == "t")
-    if abs(time.time() - int(timestamp)) > tolerance:
-        return False
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return any(hmac.compare_digest(expected, value) for key, value in items if key == "v1")
+ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
+VARIANTS = ["mailgun-mime", "mailgun-parsed", "sendgrid-raw", "sendgrid-parsed", "postmark-raw",
+            "postmark-parsed", "ses"]
+SECRETS = [p.MAILGUN_KEY, p.SENDGRID_AUTH[1], p.POSTMARK_AUTH[1]]
+MAX_MESSAGE = 3 * 1024 * 1024
 
 
-class Clock:
-    """The sender's clock: now, or later when the test says so."""
+@pytest.fixture(scope="module")
+def sns() -> Iterator[SnsEmulator]:
+    with SnsEmulator() as emulator:
+        yield emulator
 
-    def __init__(self) -> None:
-        self.offset = timedelta()
 
-    def __call__(self) -> datetime:
-        return utcnow() + self.offset
+def webhook_settings(tmp_path: Path, database_url: str, sns: SnsEmulator, **overrides: Any) -> Any:
+    values: dict[str, Any] = dict(
+        mailgun_signing_key=p.MAILGUN_KEY, sendgrid_verification_key=p.sendgrid_public_key(),
+        sendgrid_basic_auth=":".join(p.SENDGRID_AUTH), postmark_basic_auth=":".join(p.POSTMARK_AUTH),
+        ses_topic_arns=p.SES_TOPIC, ses_cert_host_pattern=sns.host_pattern, ses_cert_ca_file=sns.ca_file,
+        smtp_max_message_size=MAX_MESSAGE)
+    values.update(overrides)
+    return make_settings(tmp_path, database_url, **values)
 
 
 @pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[Receiver]:
-    (tmp_path / "tls").mkdir()
-    running = Receiver(tmp_path / "tls").start()
+def hooks(tmp_path: Path, database_url: str, sns: SnsEmulator) -> Iterator[RunningGateway]:
+    running = start_gateway(webhook_settings(tmp_path, database_url, sns))
     yield running
     running.stop()
 
 
-def hook_settings(tmp_path: Path, database_url: str, receiver: Receiver, **more: object) -> Settings:
-    return make_settings(tmp_path, database_url, webhook_allow_loopback=True, webhook_ca_file=receiver.ca_file,
-                         **more)
+def build(variant: str, raw: bytes, recipient: str, sns: SnsEmulator, sender: str = "guest@example.org") -> p.Post:
+    """The request `variant` of a provider sends for the email `raw` to `recipient`."""
+    if variant == "mailgun-mime":
+        return p.mailgun_post(p.mailgun_mime_form(raw, recipient, sender))
+    if variant == "mailgun-parsed":
+        form = mailgun_fields(raw, recipient=recipient, sender=sender)
+        return p.mailgun_post(form, mime=False)
+    if variant == "sendgrid-raw":
+        return p.sendgrid_post(p.sendgrid_raw_form(raw, [recipient], sender))
+    if variant == "sendgrid-parsed":
+        return p.sendgrid_post(sendgrid_fields(raw, recipient=recipient, sender=sender))
+    if variant == "postmark-raw":
+        return p.postmark_post(p.with_raw_email(postmark_payload(raw, recipient=recipient), raw))
+    if variant == "postmark-parsed":
+        return p.postmark_post(postmark_payload(raw, recipient=recipient))
+    if variant == "ses":
+        return ses_post(sns, raw, [recipient], sender)
+    raise AssertionError(variant)
 
 
-@pytest.fixture
-def hooked(tmp_path: Path, database_url: str, receiver: Receiver) -> Iterator[RunningGateway]:
-    running = start_gateway(hook_settings(tmp_path, database_url, receiver))
-    yield running
-    running.stop()
+def ses_post(sns: SnsEmulator, raw: bytes, recipients: list[str], sender: str = "guest@example.org",
+             topic: str = p.SES_TOPIC) -> p.Post:
+    message = sns.sign(sns.notification(ses_received(raw, recipients, topic, source=sender), topic))
+    return p.Post("/webhooks/ses", p.json.dumps(message).encode(), post_headers(message))
 
 
-def register(gw: RunningGateway, studio: StudioInfo, url: str,
-             types: tuple[str, ...] = ("message.created",)) -> tuple[int, str]:
-    answer = gw.api(studio.token).post(ENDPOINTS, json={"url": url, "event_types": list(types)})
-    assert answer.status_code == 201, answer.text
-    return answer.json()["endpoint"]["id"], answer.json()["secret"]
+def send(running: RunningGateway, post: p.Post) -> httpx.Response:
+    return running.api(None).post(post.path, content=post.body, headers=post.headers)
 
 
-def guest_writes(gw: RunningGateway, studio: StudioInfo, subject: str = "Termin?") -> None:
-    assert gw.send(make_mail(subject=subject), studio.address).code == 250
-    gw.process()
+def counts(running: RunningGateway) -> tuple[int, int]:
+    with read_tx(running.engine) as conn:
+        return (conn.execute(select(func.count()).select_from(INBOUND)).scalar_one(),
+                conn.execute(select(func.count()).select_from(MESSAGE)).scalar_one())
 
 
-def deliveries(gw: RunningGateway, studio: StudioInfo, endpoint_id: int) -> list[dict]:  # type: ignore[type-arg]
-    answer = gw.api(studio.token).get(f"{ENDPOINTS}/{endpoint_id}/deliveries")
-    assert answer.status_code == 200, answer.text
-    return answer.json()["items"]
+def only_conversation(running: RunningGateway, token: str) -> dict[str, Any]:
+    api = running.api(token)
+    [item] = api.get("/api/v1/conversations").json()["items"]
+    return api.get(f"/api/v1/conversations/{item['id']}").json()
 
 
-def test_a_post_is_the_event_signed_with_the_endpoint_secret(hooked: RunningGateway, receiver: Receiver) -> None:
-    studio = hooked.add_studio("atelier")
-    endpoint_id, secret = register(hooked, studio, receiver.url())
-    assert secret.startswith("whsec_")
-    guest_writes(hooked, studio)
-    assert WebhookSender(hooked.engine, hooked.settings).run_round() == 1
-    [post] = receiver.wait_for(1)
-    assert post.path == "/hooks/gateway" and post.headers["content-type"] == "application/json"
-    assert verify(post.body, post.headers["gateway-signature"], secret)
-    assert not verify(post.body, post.headers["gateway-signature"], "whsec_someone-else")
-    assert not verify(post.body + b" ", post.headers["gateway-signature"], secret)
-    event = json.loads(post.body)
-    assert event["type"] == "message.created" and event["studio"] == "atelier" and event["direction"] == "inbound"
-    assert post.headers["gateway-event-id"] == f"evt_{studio.id}_{event['id']}"
-    # The same object as on the SSE stream: the envelope and the ids of what changed.
-    assert set(event) == {"id", "type", "studio", "created_at", "conversation_id", "message_id", "direction"}
-    [delivery] = deliveries(hooked, studio, endpoint_id)
-    assert delivery["status"] == "delivered" and delivery["event_id"] == event["id"]
-    assert [(a["status_code"], a["answer"]) for a in delivery["attempts"]] == [(200, '{"received": true}')]
-    # Stored encrypted, never as it was shown.
-    with read_tx(hooked.engine) as conn:
-        stored = conn.execute(select(WEBHOOK_ENDPOINT.c.secret_enc)).scalar_one()
-    assert secret not in stored and secret[6:] not in stored
+def stored_attachment_digests(running: RunningGateway) -> list[str]:
+    with read_tx(running.engine) as conn:
+        return sorted(conn.execute(select(ATTACHMENT.c.sha256)).scalars())
 
 
-def test_only_the_chosen_event_types_are_posted(hooked: RunningGateway, receiver: Receiver) -> None:
-    studio = hooked.add_studio("atelier")
-    register(hooked, studio, receiver.url(), ("held.created",))
-    guest_writes(hooked, studio)   # a new inquiry: message.created, not held
-    assert WebhookSender(hooked.engine, hooked.settings).run_round() == 0
-    assert receiver.posts == []
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_new_inquiry_is_stored_then_threaded(hooks: RunningGateway, sns: SnsEmulator, variant: str) -> None:
+    studio = hooks.add_studio("inkwell")
+    mid = new_id()
+    raw = make_mail(message_id=mid, subject="Anfrage Unterarm", body="Hallo, ich hätte gern einen Termin.")
+    answer = send(hooks, build(variant, raw, studio.address, sns))
+    assert answer.status_code == 200 and answer.json()["status"] == "stored"
+    with read_tx(hooks.engine) as conn:
+        [row] = conn.execute(select(INBOUND.c.id, INBOUND.c.source, INBOUND.c.status)).all()
+    assert row.id == answer.json()["id"] and row.source == variant.split("-")[0] and row.status == "pending"
+    assert [r.status for r in hooks.process()] == ["done"]
+    detail = only_conversation(hooks, studio.token)
+    assert detail["subject"] == "Anfrage Unterarm" and detail["guest"]["email"] == "guest@example.org"
+    [message] = detail["messages"]
+    assert message["text"] == "Hallo, ich hätte gern einen Termin."
+    assert message["message_id"] == mid.strip("<>") and message["thread_rule"] == "new"
 
 
-def test_a_500_is_retried_later_and_delivered_once(hooked: RunningGateway, receiver: Receiver) -> None:
-    studio = hooked.add_studio("atelier")
-    endpoint_id, _ = register(hooked, studio, receiver.url())
-    receiver.answers = [500]
-    guest_writes(hooked, studio)
-    clock = Clock()
-    sender = WebhookSender(hooked.engine, hooked.settings, clock=clock)
-    assert sender.run_round() == 1
-    [delivery] = deliveries(hooked, studio, endpoint_id)
-    assert delivery["status"] == "pending" and [a["status_code"] for a in delivery["attempts"]] == [500]
-    assert delivery["attempts"][0]["answer"] == "receiver trouble"
-    assert sender.run_round() == 0        # not due yet: the backoff is stored, not slept
-    clock.offset = timedelta(minutes=2)   # the first retry comes after 30 s and up to 15 s of jitter
-    assert sender.run_round() == 1
-    clock.offset = timedelta(days=1)
-    assert sender.run_round() == 0        # delivered: never posted again
-    first, second = receiver.wait_for(2)
-    assert len(receiver.posts) == 2
-    assert first.body == second.body
-    assert first.headers["gateway-event-id"] == second.headers["gateway-event-id"]
-    [delivery] = deliveries(hooked, studio, endpoint_id)
-    assert delivery["status"] == "delivered" and [a["status_code"] for a in delivery["attempts"]] == [500, 200]
-    clock.offset = timedelta(days=31)     # done deliveries are listed for 30 days, then forgotten
-    assert WebhookSender(hooked.engine, hooked.settings, clock=clock).run_round() == 0
-    assert deliveries(hooked, studio, endpoint_id) == []
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("how", ["in_reply_to", "reply_address"])
+def test_reply_joins_a_conversation_started_over_smtp(hooks: RunningGateway, sns: SnsEmulator, variant: str,
+                                                     how: str) -> None:
+    studio = hooks.add_studio("inkwell")
+    first = new_id()
+    assert hooks.send(make_mail(message_id=first, subject="Termin"), studio.address).code == 250
+    hooks.process()
+    conversation = only_conversation(hooks, studio.token)
+    if how == "in_reply_to":
+        raw, rcpt = make_mail(subject="Re: Termin", in_reply_to=first, references=[first],
+                              body="Freitag passt."), studio.address
+    else:  # a client that drops the headers: only the signed reply address links it
+        raw = make_mail(subject="Ganz neuer Betreff", body="Freitag passt.")
+        rcpt = reply_address(SECRET.encode(), "inkwell", studio.id, conversation["id"], MAIL_DOMAIN)
+    assert send(hooks, build(variant, raw, rcpt, sns)).status_code == 200
+    hooks.process()
+    detail = only_conversation(hooks, studio.token)
+    assert detail["id"] == conversation["id"]
+    assert [m["thread_rule"] for m in detail["messages"]] == ["new", how]
+    assert detail["messages"][1]["text"] == "Freitag passt."
 
 
-def test_in_order_per_conversation_a_later_event_waits_for_a_failing_one(
-        hooked: RunningGateway, receiver: Receiver) -> None:
-    studio = hooked.add_studio("atelier")
-    register(hooked, studio, receiver.url(), ("message.created", "conversation.updated"))
-    receiver.answers = [503]
-    guest_writes(hooked, studio)
-    conversation_id = hooked.api(studio.token).get("/api/v1/conversations").json()["items"][0]["id"]
-    assert hooked.api(studio.token).post(f"/api/v1/conversations/{conversation_id}/read").status_code == 200
-    clock = Clock()
-    sender = WebhookSender(hooked.engine, hooked.settings, clock=clock)
-    assert sender.run_round() == 1        # the message fails; its conversation's next event waits
-    clock.offset = timedelta(minutes=2)
-    assert sender.run_round() == 2
-    types = [json.loads(p.body)["type"] for p in receiver.wait_for(3)]
-    assert types == ["message.created", "message.created", "conversation.updated"]
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attachment_and_latin1_text_arrive_intact(hooks: RunningGateway, sns: SnsEmulator, variant: str) -> None:
+    studio = hooks.add_studio("inkwell")
+    photo = bytes(range(256)) * 40 + b"\xff\xd8\xff\xe0 jpeg-ish"
+    raw = _latin1_mail_with_photo(photo)
+    assert send(hooks, build(variant, raw, studio.address, sns)).status_code == 200
+    hooks.process()
+    [message] = only_conversation(hooks, studio.token)["messages"]
+    assert message["text"] == "Grüße aus Köln, anbei meine Skizze für das Motiv."
+    assert message["subject"] == "Skizze fürs Tattoo"
+    [attachment] = message["attachments"]
+    assert attachment["filename"] == "Skizze Rücken.jpg" and attachment["content_type"] == "image/jpeg"
+    assert stored_attachment_digests(hooks) == [hashlib.sha256(photo).hexdigest()]
 
 
-def _worker_round(settings: Settings) -> None:
-    """A worker process's delivery round (killed by the test while it posts)."""
-    engine = make_engine(settings.resolved_database_url, busy_timeout=2.0)
-    WebhookSender(engine, settings).run_round()
+def _latin1_mail_with_photo(photo: bytes) -> bytes:
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    msg = EmailMessage()
+    msg["From"] = "Jürgen Groß <guest@example.org>"
+    msg["To"] = "inkwell@mail.test"
+    msg["Subject"] = "Skizze fürs Tattoo"
+    msg["Date"] = "Fri, 20 Nov 2026 10:00:00 +0000"
+    msg["Message-ID"] = new_id()
+    msg.set_content("Grüße aus Köln, anbei meine Skizze für das Motiv.\n", charset="iso-8859-1", cte="8bit")
+    msg.add_attachment(photo, maintype="image", subtype="jpeg", filename="Skizze Rücken.jpg")
+    return msg.as_bytes(policy=SMTP)
 
 
-def test_a_worker_killed_while_posting_is_taken_over_with_the_same_event_id(
-        hooked: RunningGateway, receiver: Receiver) -> None:
-    studio = hooked.add_studio("atelier")
-    endpoint_id, secret = register(hooked, studio, receiver.url())
-    guest_writes(hooked, studio)
-    receiver.hold_first = threading.Event()
-    child = multiprocessing.get_context("spawn").Process(target=_worker_round, args=(hooked.settings,))
-    child.start()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_provider_retry_is_stored_once(hooks: RunningGateway, sns: SnsEmulator, variant: str) -> None:
+    studio = hooks.add_studio("inkwell")
+    raw = make_mail(message_id=new_id())
+    for _ in range(2):  # a retry is a new request (Mailgun signs it with a fresh token)
+        answer = send(hooks, build(variant, raw, studio.address, sns))
+        assert answer.status_code == 200
+    hooks.process()
+    assert counts(hooks) == (2, 1)  # both deliveries kept raw, one message
+    assert len(only_conversation(hooks, studio.token)["messages"]) == 1
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_same_mail_over_smtp_and_webhook_is_stored_once(hooks: RunningGateway, sns: SnsEmulator,
+                                                       variant: str) -> None:
+    studio = hooks.add_studio("inkwell")
+    raw = _latin1_mail_with_photo(b"\x89PNG fake photo bytes" * 100)
+    assert hooks.send(raw, studio.address).code == 250
+    assert send(hooks, build(variant, raw, studio.address, sns)).status_code == 200
+    hooks.process()
+    assert counts(hooks) == (2, 1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_webhook_and_smtp_give_the_same_conversation(hooks: RunningGateway, sns: SnsEmulator, variant: str) -> None:
+    by_smtp, by_hook = hooks.add_studio("inkwell"), hooks.add_studio("nadelwerk")
+    raw = make_mail(subject="Cover-up", body="Hallo!\n\nKönnt ihr ein Cover-up machen?\n\n-- \nLena",
+                    attachments=[("alt.png", "image/png", b"\x89PNG\r\n\x1a\n" + bytes(500)),
+                                 ("Ärmel.pdf", "application/pdf", b"%PDF-1.4 " + bytes(300))])
+    assert hooks.send(raw, by_smtp.address).code == 250
+    assert send(hooks, build(variant, raw, by_hook.address, sns)).status_code == 200
+    hooks.process()
+
+    def shape(token: str) -> tuple[Any, ...]:
+        detail = only_conversation(hooks, token)
+        [m] = detail["messages"]
+        guest = {k: v for k, v in detail["guest"].items() if k != "id"}  # two studios: two guest rows
+        return (detail["subject"], guest, m["from"], m["subject"], m["text"], m["full_text"],
+                m["message_id"], m["automatic"], [(a["filename"], a["content_type"], a["size"]) for a in m["attachments"]])
+
+    assert shape(by_hook.token) == shape(by_smtp.token)
+
+
+BAD_AUTH: dict[str, tuple[Callable[[bytes, str, SnsEmulator], p.Post], int]] = {
+    "mailgun-bad-signature": (lambda raw, rcpt, sns: p.mailgun_post(p.mailgun_mime_form(raw, rcpt),
+                                                                    key="key-some-other-account-000"), 401),
+    "mailgun-unsigned": (lambda raw, rcpt, sns: _unsigned_mailgun(raw, rcpt), 401),
+    "sendgrid-bad-signature": (lambda raw, rcpt, sns: p.sendgrid_post(
+        p.sendgrid_raw_form(raw, [rcpt]), key=p.ec.generate_private_key(p.ec.SECP256R1())), 401),
+    "sendgrid-no-password": (lambda raw, rcpt, sns: p.sendgrid_post(p.sendgrid_raw_form(raw, [rcpt]), auth=None), 401),
+    "sendgrid-unsigned": (lambda raw, rcpt, sns: p.sendgrid_post(p.sendgrid_raw_form(raw, [rcpt]), signed=False), 401),
+    "postmark-wrong-password": (lambda raw, rcpt, sns: p.postmark_post(
+        p.with_raw_email({"OriginalRecipient": rcpt}, raw), auth=("postmark", "guessed-password")), 401),
+    "postmark-no-auth": (lambda raw, rcpt, sns: p.postmark_post(p.with_raw_email({"OriginalRecipient": rcpt}, raw),
+                                                                auth=None), 401),
+    "ses-tampered": (lambda raw, rcpt, sns: _tampered_ses(sns, raw, rcpt), 403),
+    "ses-foreign-topic": (lambda raw, rcpt, sns: ses_post(sns, raw, [rcpt], topic="arn:aws:sns:eu-west-1:999:other"), 403),
+}
+
+
+def _unsigned_mailgun(raw: bytes, rcpt: str) -> p.Post:
+    body, content_type = p.encode_multipart(p.mailgun_mime_form(raw, rcpt))
+    return p.Post("/webhooks/mailgun/mime", body, {"Content-Type": content_type})
+
+
+def _tampered_ses(sns: SnsEmulator, raw: bytes, rcpt: str) -> p.Post:
+    post = ses_post(sns, raw, [rcpt])
+    message = p.json.loads(post.body)
+    message["Message"] = message["Message"].replace("guest@example.org", "mallory@example.org")
+    return p.Post(post.path, p.json.dumps(message).encode(), post.headers)
+
+
+@pytest.mark.parametrize("case", list(BAD_AUTH))
+def test_bad_authentication_stores_nothing_and_leaks_no_secret(hooks: RunningGateway, sns: SnsEmulator, case: str,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    studio = hooks.add_studio("inkwell")
+    make, status = BAD_AUTH[case]
+    caplog.set_level(logging.DEBUG)
+    answer = send(hooks, make(make_mail(), studio.address, sns))
+    assert answer.status_code == status
+    assert counts(hooks) == (0, 0)
+    for secret in SECRETS:
+        assert secret not in answer.text and secret not in caplog.text
+
+
+UNKNOWN_STUDIO = {"mailgun-mime": (406, None), "mailgun-parsed": (406, None), "sendgrid-raw": (200, "refused"),
+                  "sendgrid-parsed": (200, "refused"), "postmark-raw": (403, None), "postmark-parsed": (403, None),
+                  "ses": (404, None)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_unknown_studio_is_refused_the_way_the_provider_stops_retrying(hooks: RunningGateway, sns: SnsEmulator,
+                                                                      variant: str) -> None:
+    hooks.add_studio("inkwell")
+    for rcpt in ("nobody@mail.test", "inkwell@other-domain.example"):
+        answer = send(hooks, build(variant, make_mail(), rcpt, sns))
+        status, body_status = UNKNOWN_STUDIO[variant]
+        assert answer.status_code == status
+        if body_status:
+            assert answer.json()["status"] == body_status
+    assert counts(hooks) == (0, 0)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "ses"])  # SNS caps messages at 256 KB
+def test_oversize_mail_is_413_and_not_stored(hooks: RunningGateway, sns: SnsEmulator, variant: str) -> None:
+    studio = hooks.add_studio("inkwell")
+    raw = make_mail(attachments=[("big.bin", "application/octet-stream", b"\x00\x01" * (MAX_MESSAGE // 2 + 1000))])
+    answer = send(hooks, build(variant, raw, studio.address, sns))
+    assert answer.status_code == 413
+    assert counts(hooks) == (0, 0)
+
+
+def test_body_beyond_the_read_limit_is_413(hooks: RunningGateway) -> None:
+    studio = hooks.add_studio("inkwell")
+    post = p.mailgun_post(p.mailgun_mime_form(b"x" * (hooks.settings.webhook_max_body + 10), studio.address))
+    assert send(hooks, post).status_code == 413
+    assert counts(hooks) == (0, 0)
+
+
+def test_inquiry_with_photos_beyond_litestars_10_mb_default_is_accepted(tmp_path: Path, sqlite_url: str,
+                                                                       sns: SnsEmulator) -> None:
+    running = start_gateway(webhook_settings(tmp_path, sqlite_url, sns, smtp_max_message_size=25 * 1024 * 1024))
     try:
-        receiver.wait_for(1, timeout=60)      # its post arrived and waits for an answer
-        child.kill()                          # SIGKILL: no answer recorded, the claim left behind
-        child.join(30)
+        studio = running.add_studio("inkwell")
+        photo = hashlib.sha256(b"seed").digest() * (9 * 1024 * 1024 // 32)  # 9 MB, 12 MB as base64
+        raw = make_mail(attachments=[("arm.jpg", "image/jpeg", photo)])
+        for post in (p.mailgun_post(p.mailgun_mime_form(raw, studio.address)),
+                     p.postmark_post(postmark_payload(raw, recipient=studio.address))):
+            assert len(post.body) > 10 * 1024 * 1024
+            assert send(running, post).status_code == 200
+        running.process()
+        assert stored_attachment_digests(running) == [hashlib.sha256(photo).hexdigest()]
     finally:
-        receiver.hold_first.set()
-    assert child.exitcode == -signal.SIGKILL
-    clock = Clock()
-    other = WebhookSender(hooked.engine, hooked.settings, clock=clock)
-    assert other.run_round() == 0         # the claim is a lease: held until it runs out
-    [delivery] = deliveries(hooked, studio, endpoint_id)
-    assert delivery["status"] == "sending" and delivery["attempts"] == []
-    clock.offset = timedelta(seconds=hooked.settings.outbound_lease + 1)
-    assert other.run_round() == 1
-    first, second = receiver.wait_for(2)
-    assert first.headers["gateway-event-id"] == second.headers["gateway-event-id"]
-    assert first.body == second.body and verify(second.body, second.headers["gateway-signature"], secret)
-    [delivery] = deliveries(hooked, studio, endpoint_id)
-    assert delivery["status"] == "delivered" and [a["status_code"] for a in delivery["attempts"]] == [200]
+        running.stop()
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("https://10.0.0.7/hook", "10.0.0.7 is a private address"),
-    ("https://192.168.1.1/hook", "192.168.1.1 is a private address"),
-    ("https://169.254.169.254/latest/meta-data", "169.254.169.254 is a link-local address"),
-    ("https://100.64.0.1/hook", "100.64.0.1 is a shared (carrier-grade NAT) address"),
-    ("https://0.0.0.0/hook", "0.0.0.0 is the unspecified address"),
-    ("https://224.0.0.1/hook", "224.0.0.1 is a multicast address"),
-    ("https://[::ffff:10.0.0.7]/hook", "10.0.0.7 is a private address"),
-    ("https://[fd00::1]/hook", "fd00::1 is a private address"),
-    ("https://[fe80::1]/hook", "fe80::1 is a link-local address"),
-    ("http://1.1.1.1/hook", "only https URLs are allowed"),
-    ("https://user:pw@1.1.1.1/hook", "credentials in the URL are not allowed"),
-])
-def test_a_url_on_a_private_address_is_refused_with_the_reason(gw: RunningGateway, url: str, reason: str) -> None:
-    studio = gw.add_studio("atelier")
-    answer = gw.api(studio.token).post(ENDPOINTS, json={"url": url, "event_types": ["message.created"]})
-    assert answer.status_code == 422, answer.text
-    body = answer.json()
-    assert body["code"] == "webhook_endpoint_refused"
-    [error] = body["errors"]
-    assert error["field"] == "url" and error["message"].startswith(reason)
-    assert gw.api(studio.token).get(ENDPOINTS).json()["items"] == []
+MALFORMED = {
+    "mailgun-not-a-form": p.Post("/webhooks/mailgun", b'{"recipient": "x"}', {"Content-Type": "application/json"}),
+    "postmark-not-json": p.postmark_post({}),
+    "ses-not-json": p.Post("/webhooks/ses", b"<xml/>", {"Content-Type": "text/plain"}),
+}
 
 
-def test_loopback_is_refused_without_the_development_setting(gw: RunningGateway) -> None:
-    studio = gw.add_studio("atelier")
-    for url in ("https://127.0.0.1/hook", "https://localhost/hook", "https://[::1]/hook",
-                "https://[::ffff:127.0.0.1]/hook"):
-        answer = gw.api(studio.token).post(ENDPOINTS, json={"url": url, "event_types": ["message.created"]})
-        assert answer.status_code == 422 and "loopback" in answer.json()["errors"][0]["message"], (url, answer.text)
+def test_malformed_payloads_are_400_with_a_clear_message(hooks: RunningGateway) -> None:
+    hooks.add_studio("inkwell")
+    broken_postmark = p.Post("/webhooks/postmark", b"{not json", MALFORMED["postmark-not-json"].headers)
+    for post in (MALFORMED["mailgun-not-a-form"], broken_postmark, MALFORMED["ses-not-json"]):
+        answer = send(hooks, post)
+        assert answer.status_code == 400, post.path
+        assert answer.json()["detail"]
+    # signed correctly but missing the recipient, and a SendGrid post without its envelope
+    form = p.mailgun_mime_form(make_mail(), "")
+    del form.fields["recipient"]
+    assert send(hooks, p.mailgun_post(form)).status_code == 400
+    form = p.sendgrid_raw_form(make_mail(), ["inkwell@mail.test"])
+    del form.fields["envelope"]
+    answer = send(hooks, p.sendgrid_post(form))
+    assert answer.status_code == 400 and "envelope" in answer.json()["detail"]
+    assert counts(hooks) == (0, 0)
 
 
-def test_the_address_is_checked_again_at_every_delivery(
-        tmp_path: Path, hooked: RunningGateway, receiver: Receiver) -> None:
-    studio = hooked.add_studio("atelier")
-    endpoint_id, _ = register(hooked, studio, receiver.url())
-    guest_writes(hooked, studio)
-    strict = make_settings(tmp_path, hooked.settings.resolved_database_url, webhook_ca_file=receiver.ca_file)
-    assert WebhookSender(hooked.engine, strict).run_round() == 1
-    assert receiver.posts == []
-    [delivery] = deliveries(hooked, studio, endpoint_id)
-    [attempt] = delivery["attempts"]
-    assert attempt["status_code"] is None and "loopback" in attempt["answer"]
+def test_mailgun_replayed_token_and_stale_timestamps_are_refused(hooks: RunningGateway) -> None:
+    studio = hooks.add_studio("inkwell")
+    form = p.mailgun_sign(p.mailgun_mime_form(make_mail(message_id=new_id()), studio.address))
+    first = p.mailgun_post(form)
+    assert send(hooks, first).status_code == 200
+    assert send(hooks, first).status_code == 406  # same token again: refused, and Mailgun stops
+    other = p.mailgun_mime_form(make_mail(message_id=new_id()), studio.address)
+    reused = p.mailgun_post(other, token=form.text("token"))  # fresh signature, used token
+    assert send(hooks, reused).status_code == 406
+    import time as clock
+    for skew in (-400, +400):
+        stale = p.mailgun_post(p.mailgun_mime_form(make_mail(), studio.address), timestamp=int(clock.time()) + skew)
+        answer = send(hooks, stale)
+        assert answer.status_code == 401 and "stale" in answer.json()["detail"]
+    assert counts(hooks)[0] == 1
 
 
-def test_unknown_event_types_are_refused_naming_the_type(gw: RunningGateway) -> None:
-    studio = gw.add_studio("atelier")
-    answer = gw.api(studio.token).post(ENDPOINTS, json={"url": "https://1.1.1.1/hook",
-                                                        "event_types": ["message.created", "message.exploded"]})
-    assert answer.status_code == 422
-    [error] = answer.json()["errors"]
-    assert error["field"] == "event_types" and "message.exploded" in error["message"]
+def test_sendgrid_stale_signed_timestamp_is_refused(hooks: RunningGateway) -> None:
+    import time as clock
+    studio = hooks.add_studio("inkwell")
+    post = p.sendgrid_post(p.sendgrid_raw_form(make_mail(), [studio.address]), timestamp=int(clock.time()) - 400)
+    answer = send(hooks, post)
+    assert answer.status_code == 401 and "stale" in answer.json()["detail"]
+    assert counts(hooks) == (0, 0)
 
 
-def test_rotation_signs_with_both_secrets_for_a_day(hooked: RunningGateway, receiver: Receiver) -> None:
-    studio = hooked.add_studio("atelier")
-    endpoint_id, old = register(hooked, studio, receiver.url())
-    rotated = hooked.api(studio.token).post(f"{ENDPOINTS}/{endpoint_id}/rotate-secret")
-    assert rotated.status_code == 200 and rotated.headers["cache-control"] == "no-store"
-    new = rotated.json()["secret"]
-    assert new != old and rotated.json()["endpoint"]["previous_secret_valid_until"] is not None
-    guest_writes(hooked, studio)
-    clock = Clock()
-    sender = WebhookSender(hooked.engine, hooked.settings, clock=clock)
-    assert sender.run_round() == 1
-    [post] = receiver.wait_for(1)
-    header = post.headers["gateway-signature"]
-    assert header.count("v1=") == 2
-    assert verify(post.body, header, old) and verify(post.body, header, new)
-    clock.offset = timedelta(hours=25)    # the old secret signs no more
-    guest_writes(hooked, studio, subject="Noch eine Frage")
-    assert sender.run_round() == 1
-    later = receiver.wait_for(2)[1]
-    assert later.headers["gateway-signature"].count("v1=") == 1
-    assert verify(later.body, later.headers["gateway-signature"], new)
-    assert not verify(later.body, later.headers["gateway-signature"], old)
-
-
-def test_an_endpoint_failing_for_three_days_is_disabled_and_the_owner_told_by_mail(
-        tmp_path: Path, database_url: str, receiver: Receiver) -> None:
-    gw = start_gateway(hook_settings(tmp_path, database_url, receiver, helpdesk_address="help@mail.test"))
+def test_providers_are_off_until_configured(tmp_path: Path, database_url: str, sns: SnsEmulator) -> None:
+    running = start_gateway(make_settings(tmp_path, database_url))
     try:
-        studio = gw.add_studio("atelier", owner="inhaberin@atelier.example")
-        endpoint_id, _ = register(gw, studio, receiver.url())
-        receiver.answers = [500] * 100
-        guest_writes(gw, studio)
-        clock = Clock()
-        # Wired as gateway/runtime.py wires the worker's sender.
-        sender = WebhookSender(gw.engine, gw.settings, clock=clock, on_disabled=owner_notice(gw.settings))
-        posts = 0
-        while clock.offset < timedelta(days=4):
-            posts += sender.run_round()
-            clock.offset += timedelta(hours=2)
-        [endpoint] = gw.api(studio.token).get(ENDPOINTS).json()["items"]
-        assert endpoint["disabled_at"] is not None
-        assert 10 < posts < 60     # backed off over the days, not hammered
-        [delivery] = deliveries(gw, studio, endpoint_id)
-        assert delivery["status"] in ("pending", "failed")
-        with read_tx(gw.engine) as conn:
-            told = conn.execute(select(MESSAGE.c.subject, MESSAGE.c.auto_kind).join(
-                OUTBOUND_JOB, OUTBOUND_JOB.c.message_id == MESSAGE.c.id)
-                .where(MESSAGE.c.auto_kind == "webhook_disabled")).all()
-        assert [(r.subject, r.auto_kind) for r in told] == [(f"Webhook deaktiviert: {receiver.url()}", "webhook_disabled")]
-        guest_writes(gw, studio, subject="Hallo?")
-        assert sender.run_round() == 0    # disabled: nothing more is posted
+        studio = running.add_studio("inkwell")
+        for variant in ("mailgun-mime", "sendgrid-raw", "postmark-raw", "ses"):
+            answer = send(running, build(variant, make_mail(), studio.address, sns))
+            assert answer.status_code == 404 and "not enabled" in answer.json()["detail"]
+        assert counts(running) == (0, 0)
     finally:
-        gw.stop()
+        running.stop()
 
 
-def test_endpoints_are_the_owner_s_and_deleting_one_stops_its_posts(
-        hooked: RunningGateway, receiver: Receiver) -> None:
-    studio, other = hooked.add_studio("atelier"), hooked.add_studio("nachbar")
-    endpoint_id, _ = register(hooked, studio, receiver.url())
-    listed = hooked.api(studio.token).get(ENDPOINTS).json()["items"]
-    assert [(e["id"], e["url"], e["event_types"]) for e in listed] == [(endpoint_id, receiver.url(), ["message.created"])]
-    assert "secret" not in listed[0]
-    assert hooked.api(other.token).get(f"{ENDPOINTS}/{endpoint_id}/deliveries").status_code == 404
-    assert hooked.api(other.token).delete(f"{ENDPOINTS}/{endpoint_id}").status_code == 404
-    assert hooked.api(studio.token).delete(f"{ENDPOINTS}/{endpoint_id}").status_code == 204
-    guest_writes(hooked, studio)
-    assert WebhookSender(hooked.engine, hooked.settings).run_round() == 0
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_database_trouble_answers_503_then_the_retry_is_stored(tmp_path: Path, sqlite_url: str, sns: SnsEmulator,
+                                                              variant: str) -> None:
+    import sqlite3
 
-
-def test_two_workers_at_once_post_each_event_once(hooked: RunningGateway, receiver: Receiver) -> None:
-    studio = hooked.add_studio("atelier")
-    register(hooked, studio, receiver.url())
-    for n in range(12):   # twelve guests, twelve conversations: nothing orders them
-        assert hooked.send(make_mail(subject=f"Anfrage {n}", from_=f"Gast {n} <gast{n}@example.org>"),
-                           studio.address, mail_from=f"gast{n}@example.org").code == 250
-    hooked.process()
-    workers = [WebhookSender(hooked.engine, hooked.settings) for _ in range(2)]
-    with ThreadPoolExecutor(2) as pool:
-        posted = list(pool.map(lambda w: w.run_round(), workers))
-    assert sum(posted) == 12
-    ids = [p.headers["gateway-event-id"] for p in receiver.wait_for(12)]
-    assert len(ids) == len(set(ids)) == 12
-
-
-def test_erasing_the_studio_erases_its_endpoints_deliveries_and_attempts(
-        hooked: RunningGateway, receiver: Receiver) -> None:
-    studio = hooked.add_studio("atelier")
-    register(hooked, studio, receiver.url())
-    receiver.answers = [500]
-    guest_writes(hooked, studio)
-    assert WebhookSender(hooked.engine, hooked.settings).run_round() == 1
-    with write_tx(hooked.engine) as conn:
-        assert erase_studio(conn, studio.id, hooked.settings.mail_domain)
-    with read_tx(hooked.engine) as conn:
-        for table in (WEBHOOK_ENDPOINT, WEBHOOK_DELIVERY, WEBHOOK_ATTEMPT):
-            assert conn.execute(select(func.count()).select_from(table)).scalar_one() == 0, table.name
-
-
-def test_the_worker_posts_on_its_own(tmp_path: Path, database_url: str, receiver: Receiver) -> None:
-    gw = start_gateway(hook_settings(tmp_path, database_url, receiver, webhook_interval=0.1),
-                       roles=("smtp", "web", "worker"))
+    running = start_gateway(webhook_settings(tmp_path, sqlite_url, sns, db_busy_timeout=0.2))
+    blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None, timeout=0)
     try:
-        studio = gw.add_studio("atelier")
-        _, secret = register(gw, studio, receiver.url())
-        assert gw.send(make_mail(subject="Termin?"), studio.address).code == 250
-        [post] = receiver.wait_for(1)
-        assert json.loads(post.body)["type"] == "message.created"
-        assert verify(post.body, post.headers["gateway-signature"], secret)
+        studio = running.add_studio("inkwell")
+        raw = make_mail(message_id=new_id())
+        blocker.execute("BEGIN EXCLUSIVE")  # a stuck writer: nothing can be stored
+        answer = send(running, build(variant, raw, studio.address, sns))
+        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        blocker.execute("ROLLBACK")
+        assert send(running, build(variant, raw, studio.address, sns)).status_code == 200
+        assert [r.status for r in running.process()] == ["done"]
+        assert counts(running) == (1, 1)
     finally:
-        gw.stop()
+        blocker.close()
+        running.stop()
+
+
+def test_ses_subscription_is_logged_and_confirmed_only_when_configured(tmp_path: Path, database_url: str,
+                                                                      sns: SnsEmulator) -> None:
+    for auto_confirm in (False, True):
+        running = start_gateway(webhook_settings(tmp_path / str(auto_confirm), database_url, sns,
+                                                 ses_auto_confirm=auto_confirm))
+        try:
+            before = len(sns.requests)
+            message = sns.sign(sns.subscription_confirmation(p.SES_TOPIC))
+            answer = send(running, p.Post("/webhooks/ses", p.json.dumps(message).encode(), post_headers(message)))
+            assert answer.status_code == 200
+            confirmations = [r for r in sns.requests[before:] if "ConfirmSubscription" in r[1]]
+            assert len(confirmations) == (1 if auto_confirm else 0)
+            foreign = sns.sign(sns.subscription_confirmation("arn:aws:sns:eu-west-1:999:other"))
+            refused = send(running, p.Post("/webhooks/ses", p.json.dumps(foreign).encode(), post_headers(foreign)))
+            assert refused.status_code == 403
+            assert [r for r in sns.requests[before:] if ":999:other" in r[1]] == []  # never confirmed
+        finally:
+            running.stop()
+
+
+def test_ses_mail_over_the_size_limit_is_413(tmp_path: Path, sqlite_url: str, sns: SnsEmulator) -> None:
+    running = start_gateway(webhook_settings(tmp_path, sqlite_url, sns, smtp_max_message_size=50_000))
+    try:
+        studio = running.add_studio("inkwell")
+        raw = make_mail(attachments=[("skizze.png", "image/png", bytes(80_000))])  # SNS carries up to 150 KB
+        answer = send(running, build("ses", raw, studio.address, sns))
+        assert answer.status_code == 413 and "exceeds the limit" in answer.json()["detail"]
+        assert counts(running) == (0, 0)
+    finally:
+        running.stop()
+
+
+def test_postgres_going_away_answers_503_then_the_retry_is_stored(tmp_path: Path, pg_database_url: str,
+                                                                  sns: SnsEmulator) -> None:
+    from urllib.parse import urlparse
+
+    from tests.tcp_proxy import TcpProxy
+
+    url = urlparse(pg_database_url)
+    with TcpProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
+        proxied = pg_database_url.replace(f"{url.hostname}:{url.port}", f"127.0.0.1:{proxy.port}")
+        running = start_gateway(webhook_settings(tmp_path, proxied, sns, db_busy_timeout=0.5))
+        try:
+            studio = running.add_studio("inkwell")
+            raw = make_mail(message_id=new_id())
+            proxy.block()
+            for variant in ("mailgun-mime", "postmark-raw"):
+                answer = send(running, build(variant, raw, studio.address, sns))
+                assert answer.status_code == 503 and answer.headers["Retry-After"], variant
+            proxy.unblock()
+            assert send(running, build("mailgun-mime", raw, studio.address, sns)).status_code == 200
+            assert [r.status for r in running.process()] == ["done"]
+            assert counts(running) == (1, 1)
+        finally:
+            running.stop()
+
+
+@pytest.mark.parametrize("key", ["not base64!", "aGVsbG8=", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"])
+def test_a_malformed_sendgrid_key_stops_the_gateway_at_start_with_a_clear_error(tmp_path: Path, sqlite_url: str,
+                                                                                key: str) -> None:
+    from webhooks import webhook_handlers
+
+    with pytest.raises(ValueError, match="GATEWAY_SENDGRID_VERIFICATION_KEY") as caught:
+        webhook_handlers(make_settings(tmp_path, sqlite_url, sendgrid_verification_key=key))
+    assert key not in str(caught.value)
+
+
+def test_a_broken_ses_host_pattern_stops_the_gateway_at_start(tmp_path: Path, sqlite_url: str) -> None:
+    from webhooks import webhook_handlers
+
+    with pytest.raises(ValueError, match="GATEWAY_SES_CERT_HOST_PATTERN"):
+        webhook_handlers(make_settings(tmp_path, sqlite_url, ses_topic_arns=p.SES_TOPIC,
+                                       ses_cert_host_pattern="^sns\\.(unclosed$"))
