@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, example, given, settings, strategies as st
 
 from webhooks.forms import Form, FormError, _parse_multipart, _split_multipart, parse_form
 
@@ -37,6 +37,7 @@ def test_fast_split_and_streaming_parser_agree(fields: list[tuple[str, bytes]],
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400), st.integers(min_value=0, max_value=400))
+@example(noise=b"\x00", cut=194)  # a NUL in a header name: the fast path took it, the parser refuses it
 def test_damaged_bodies_never_disagree(noise: bytes, cut: int) -> None:
     body, content_type = _encode([("recipient", b"inkwell@mail.test"), ("body-mime", b"From: a@b\r\n\r\nhi")], [])
     boundary = content_type.split("boundary=", 1)[1]

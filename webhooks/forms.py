@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser, parse_options_header
 
 MAX_PARTS = 1000
+_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SIMPLE_DISPOSITION = re.compile(r'form-data; name="([^"\\]*)"(?:; filename="([^"\\]*)")?')
 
 
@@ -102,8 +103,8 @@ def _split_multipart(body: bytes, boundary: str) -> Form | None:
         headers: dict[str, str] = {}
         for line in segment[2:head_end].split(b"\r\n"):
             name, colon, value = line.partition(b":")
-            if not colon or not name or name[:1] in b" \t" or len(line) > 8192:
-                return None
+            if not colon or not _HEADER_NAME.fullmatch(name) or len(line) > 8192:
+                return None  # a name that is no RFC 9110 token (a NUL, a space): the parser decides
             try:
                 headers[name.strip().decode("ascii").lower()] = value.strip().decode("utf-8")
             except UnicodeDecodeError:
