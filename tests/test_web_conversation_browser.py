@@ -7,6 +7,9 @@ axe-core; screenshots into build/screenshots/ (README)."""
 from __future__ import annotations
 
 import threading
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import make_msgid
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -95,7 +98,8 @@ def test_a_reply_with_an_attachment_sent_by_ctrl_enter_reaches_the_relay_threade
     page.locator(".message.outbound .delivery", has_text="Queued").wait_for()
     assert "skizze.png" in page.locator(".message.outbound").inner_text()
     assert no_horizontal_scroll(page)
-    [mail] = web.mailed()
+    # The reply to the guest (the owner's notification of her inquiry goes out in the same round).
+    [mail] = [m for m in web.mailed() if m.rcpt_tos == ["lena@example.org"]]
     assert mail.message["In-Reply-To"] == mid and mid in mail.message["References"]
     assert [a.get_filename() for a in mail.message.iter_attachments()] == ["skizze.png"]
     assert "Anbei eine Skizze." in mail.message.get_body(("plain",)).get_content()
@@ -110,6 +114,43 @@ def test_a_reply_with_an_attachment_sent_by_ctrl_enter_reaches_the_relay_threade
     assert serious_violations(desk) == []
     shoot(desk, "conversation-reply-desktop")
     wide.close()
+
+
+LISTENING = ("() => document.getElementById('live')['htmx-internal-data']"
+             "?.sseEventSource?.readyState === EventSource.OPEN")
+
+
+def test_the_guests_answer_and_the_replys_delivery_appear_without_reload(web: Web, browser: Browser) -> None:  # noqa: F811
+    studio = web.gw.add_studio("inkwell", "Inkwell")
+    ctx = context(browser, DESKTOP)
+    page = ctx.new_page()
+    try:
+        sign_in(web, page)
+        _, mid = guest_mail(web.gw, studio)
+        open_conversation(page, web, "Tattoo Anfrage")
+        # Until the stream is open an event could come before the page listens (it would then
+        # only show after a reload, rightly): wait for it, then mark the page to see no reload.
+        page.wait_for_function(LISTENING, timeout=10_000)
+        page.evaluate("window.notReloaded = true")
+        answer = EmailMessage()
+        answer["From"], answer["To"], answer["Subject"] = "Lena <lena@example.org>", studio.address, "Re: Tattoo Anfrage"
+        answer["Message-ID"], answer["In-Reply-To"], answer["References"] = make_msgid(domain="example.org"), mid, mid
+        answer.set_content("Samstag passt mir auch.")
+        assert web.gw.send(answer.as_bytes(policy=SMTP), studio.address, mail_from="lena@example.org").code == 250
+        web.gw.process()
+        page.locator(".message.inbound", has_text="Samstag passt mir auch.").wait_for(timeout=15_000)
+        assert page.evaluate("window.notReloaded === true"), "the page was reloaded instead of refreshed"
+        # A reply shows "queued" on its own page, then turns "sent" when the relay took it.
+        page.get_by_label("Your reply").fill("Dann bis Samstag!")
+        page.get_by_role("button", name="Send reply").click()
+        page.locator(".message.outbound .delivery", has_text="Queued").wait_for()
+        page.wait_for_function(LISTENING, timeout=10_000)
+        page.evaluate("window.notReloaded = true")
+        assert any("Dann bis Samstag!" in str(m.message) for m in web.mailed())  # one outbox round: the relay takes it
+        page.locator(".message.outbound .delivery", has_text="Sent").wait_for(timeout=15_000)
+        assert page.evaluate("window.notReloaded === true")
+    finally:
+        ctx.close()
 
 
 def test_accept_held_mail_close_and_reopen_delete_and_see_the_restore_refusal(web: Web, browser: Browser) -> None:  # noqa: F811

@@ -37,6 +37,7 @@ from gateway.lifecycle.trash import delete_conversation
 from gateway.outbound.replies import ReplyError, ReplyTooLarge, Upload, check_text, check_uploads, create_reply
 from gateway.outbound.reply_brake import RepliesBraked, check_reply_brake
 from gateway.settings import Settings
+from gateway import eventlog
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import STUDIO
@@ -68,6 +69,7 @@ class Thread:
     studio_name: str
     conversation: ConversationDetailOut
     messages: list[Shown]
+    event_id: int  # the studio's last event when the page was read: its live stream goes on from there
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,10 @@ async def _page(request: Request[Any, Any, Any], signed: SessionCaller, conversa
         raise ClientException("not a page of this conversation", extra={"code": "bad_cursor"}) from None
     if found is None:
         raise NotFoundException("no such conversation", extra={"code": "not_found"})
+    # The newest page follows the conversation live (templates/web/conversation.html); an older
+    # page, opened by its cursor, stays as it was.
     return page(request, "conversation.html", status=status, language=language, thread=found, draft=draft,
-                thumbnails=THUMBNAIL_TYPES,
+                thumbnails=THUMBNAIL_TYPES, live=request.query_params.get("cursor") is None,
                 csrf=csrf_token(settings.secret(), session_token(request, settings) or ""))
 
 
@@ -107,6 +111,9 @@ def _read(engine: Engine, signed: SessionCaller, conversation_id: int, language:
     """The newest PAGE_SIZE messages, or with `cursor` the older page it names (the API's cursor)."""
     studio_id = signed.caller.studio_id
     with read_tx(engine) as conn:
+        # First the event number, then the page: every event up to it is committed (eventlog.py
+        # numbers without gaps), so the page shows it, and the stream brings what comes after.
+        seen = eventlog.current(conn, [studio_id])[studio_id]
         detail = conversation_detail(conn, studio_id, conversation_id, limit=PAGE_SIZE, cursor=cursor)
         if detail is None:
             return None
@@ -116,7 +123,7 @@ def _read(engine: Engine, signed: SessionCaller, conversation_id: int, language:
             mark_read(conn, studio_id, conversation_id, utcnow())
     shown = [Shown(m, short_time(m.received_at, studio.time_zone, language), m.received_at.isoformat(),
                    m.full_text.strip() != m.text.strip()) for m in detail.messages]
-    return Thread(studio.name, detail, shown)
+    return Thread(studio.name, detail, shown, seen)
 
 
 @post("/app/c/{conversation_id:int}/status", name="web-conversation-status", status_code=303)
