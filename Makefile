@@ -8,8 +8,10 @@ BIN := $(VENV)/bin
 run: $(VENV)/.run-installed
 	$(BIN)/gateway serve
 
+# One test process per core; a module's tests stay in one process (--dist loadfile), so the
+# servers and browsers a module shares start once. PYTEST_ARGS="-n 0" runs it in one process.
 test: $(VENV)/.test-installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/smtp_ingest.py
