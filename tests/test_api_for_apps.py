@@ -16,6 +16,7 @@ from gateway.store.tables import SUBSCRIPTION
 from tests.access import held_message, open_conversation
 from tests.conftest import RunningGateway, StudioInfo, make_settings, start_gateway
 from tests.mail import make_mail
+from tests.test_outbound import send_due
 
 LIST = "/api/v1/conversations"
 
@@ -101,6 +102,9 @@ def test_updated_since_lists_what_changed_at_or_after_it_deletions_included(gw: 
     assert _since(api, mark) == [(b, False)]
     mark = after(lambda: api.post(f"{LIST}/{a}/replies", json={"text": "Passt!"}).raise_for_status())
     assert _since(api, mark) == [(a, False)]
+    mark = after(lambda: send_due(gw))  # the reply's delivery: an app sees it went out
+    assert _since(api, mark) == [(a, False)]
+    assert api.get(f"{LIST}/{a}").json()["messages"][-1]["delivery"] == "sent"
     mark = after(lambda: gw.send(make_mail(subject="Re: Zweite", in_reply_to=second.guest_message_id),
                                  studio.address) and gw.process())
     assert _since(api, mark) == [(b, False)]

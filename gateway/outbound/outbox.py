@@ -36,7 +36,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, exists, or_, select,
 from gateway.eventlog import DELIVERY_UPDATED, record as record_event
 from gateway.metrics import OUTBOX
 from gateway.store.db import read_tx, result_processor, write_tx
-from gateway.store.tables import MESSAGE
+from gateway.store.tables import CONVERSATION, MESSAGE
 from gateway.store.models import utcnow
 from gateway.outbound.compose import LateBodies, OutgoingMail, Undeliverable, compose_many
 from gateway.store.prepared import Prepared
@@ -157,6 +157,13 @@ def delivery_events(conn: Connection, outcomes: list[tuple[Job, str]], now: date
     # conversation, gateway/outbound/notifications.py) is nothing a client of the studio can look up.
     kept = [o for o in outcomes if o[0].message_row_id in places
             and places[o[0].message_row_id].conversation_id is not None]
+    # A reply's delivery state is part of its conversation, so an app following `updated_since`
+    # (docs/api.md) learns that a reply went out or failed. The conversations first, in id order,
+    # then the studios' counters: the order the processor and the reply API take them in, so two
+    # transactions never wait on each other in a circle.
+    touched = sorted({places[job.message_row_id].conversation_id for job, _ in kept})
+    if touched:
+        conn.execute(update(CONVERSATION).where(CONVERSATION.c.id.in_(touched)).values(updated_at=now))
     for job, delivery in sorted(kept, key=lambda o: (places[o[0].message_row_id].studio_id, o[0].id)):
         place = places[job.message_row_id]
         record_event(conn, place.studio_id, DELIVERY_UPDATED, now, conversation_id=place.conversation_id,
