@@ -73,7 +73,8 @@ _INSERT_NOTIFICATIONS = Prepared(insert(NOTIFICATION).values(
     {name: bindparam(name, type_=NOTIFICATION.c[name].type)
      for name in ("studio_id", "profile_id", "conversation_id", "message_ref", "created_at", "mail_ref", "immediate")}))
 _TOLD_SINCE = Prepared(select(NOTIFICATION.c.id).where(
-    NOTIFICATION.c.profile_id == bindparam("profile_id"), NOTIFICATION.c.conversation_id == bindparam("conversation_id"),
+    NOTIFICATION.c.profile_id == bindparam("profile_id"),
+    NOTIFICATION.c.conversation_id == bindparam("conversation_id"),
     NOTIFICATION.c.immediate.is_(True),
     NOTIFICATION.c.created_at > bindparam("since", type_=NOTIFICATION.c.created_at.type)).limit(1))
 

@@ -62,7 +62,8 @@ def in_quiet_hours(now: datetime, time_zone: str, quiet_from: str | None, quiet_
 
 _BOUNCED = (select(func.count(func.distinct(MESSAGE.c.id)))
             .select_from(NOTIFICATION.join(MESSAGE, MESSAGE.c.id == NOTIFICATION.c.mail_ref))
-            .where(NOTIFICATION.c.profile_id == bindparam("profile_id"), or_(MESSAGE.c.delivery == "bounced", MESSAGE.c.delivery == "failed")))
+            .where(NOTIFICATION.c.profile_id == bindparam("profile_id"),
+                   or_(MESSAGE.c.delivery == "bounced", MESSAGE.c.delivery == "failed")))
 # Asked for every profile of a studio with each chunk of guest mail the processor threads
 # (gateway/outbound/notifications.py): bound by Prepared, not built and cached by Core each time.
 _BOUNCED_EVER = Prepared(_BOUNCED)
