@@ -198,10 +198,7 @@ def make_transports(settings: Settings) -> list[Transport]:
     if settings.smtp_relay_url is None:
         path = settings.data_dir / "outbox-maildir"
         log.info("no GATEWAY_SMTP_RELAY_URL: outgoing mail is written to the Maildir %s", path.resolve())
-        # As many lanes as a relay gets connections, so the outbox claims, records and commits in
-        # the same windows as deployed (one lane made four times the commits, each holding the
-        # database's write lock beside the processor); the lanes' fsyncs overlap.
-        return [MaildirTransport(path) for _ in range(settings.outbound_connections)]
+        return [MaildirTransport(path)]
     relay = RelayUrl.parse(settings.smtp_relay_url.get_secret_value())
     return [RelayConnection(relay, settings.smtp_relay_timeout, settings.resolved_smtp_hostname)
             for _ in range(settings.outbound_connections)]

@@ -168,17 +168,8 @@ class MaildirTransport:
         self._box = mailbox.Maildir(str(path), create=True)
 
     async def send(self, mail: OutgoingMail) -> SendResult:
-        key = await asyncio.to_thread(self._add, mail.data)
+        key = await asyncio.to_thread(self._box.add, mail.data)
         return SendResult("sent", f"written to Maildir {self.path} as {key}")
-
-    def _add(self, data: bytes) -> str:
-        # Several lanes write into one Maildir: two of them may (very rarely) pick the same unique
-        # name in one microsecond (mailbox's counter is shared and not atomic); the clash is
-        # refused (O_EXCL) and the next try takes a new name.
-        try:
-            return self._box.add(data)
-        except mailbox.ExternalClashError:
-            return self._box.add(data)
 
     async def close(self) -> None:
         return None
