@@ -31,7 +31,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 
 from gateway.events import Chunk, Threaded
 from gateway.mail.addresses import notification_address
@@ -41,6 +41,7 @@ from gateway.outbound.replies import INSERT_JOB, INSERT_MESSAGE, new_message_id
 from gateway.settings import Settings
 from gateway.store.db import write_tx
 from gateway.store.models import utcnow
+from gateway.store.prepared import Prepared
 from gateway.store.tables import (ATTACHMENT, CONVERSATION, GUEST, MESSAGE, NOTIFICATION, NOTIFICATION_PREFERENCE,
                                   PROFILE, STUDIO)
 
@@ -60,6 +61,22 @@ _AUDIENCE = (
            NOTIFICATION_PREFERENCE.c.resumed_at)
     .select_from(PROFILE.outerjoin(NOTIFICATION_PREFERENCE, NOTIFICATION_PREFERENCE.c.profile_id == PROFILE.c.id))
 )
+
+
+# The statements `notify` runs for every guest message, inside the processor's write transaction:
+# bound by gateway/store/prepared.Prepared, as the reply's are (Core's cache keys and parameter
+# processing cost more than SQLite takes to run them).
+_ABOUT = Prepared(select(CONVERSATION.c.subject, GUEST.c.email)
+                  .join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
+                  .where(CONVERSATION.c.id == bindparam("conversation_id")))
+_INSERT_NOTIFICATIONS = Prepared(insert(NOTIFICATION).values(
+    {name: bindparam(name, type_=NOTIFICATION.c[name].type)
+     for name in ("studio_id", "profile_id", "conversation_id", "message_ref", "created_at", "mail_ref", "immediate")}))
+_TOLD_SINCE = Prepared(select(NOTIFICATION.c.id).where(
+    NOTIFICATION.c.profile_id == bindparam("profile_id"),
+    NOTIFICATION.c.conversation_id == bindparam("conversation_id"),
+    NOTIFICATION.c.immediate.is_(True),
+    NOTIFICATION.c.created_at > bindparam("since", type_=NOTIFICATION.c.created_at.type)).limit(1))
 
 
 def _audience(conn: Connection, studio_id: int, mail_domain: str) -> list[Any]:
@@ -106,23 +123,20 @@ def notify(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) 
         rows.append({"studio_id": event.studio_id, "profile_id": profile.id, "conversation_id": event.conversation_id,
                      "message_ref": event.message_id, "created_at": now, "mail_ref": mail_ref,
                      "immediate": mail_ref is not None})
-    conn.execute(insert(NOTIFICATION), rows)
+    _INSERT_NOTIFICATIONS.execute_many(conn, rows)
 
 
 def _subject(conn: Connection, event: Threaded, locale: str) -> str:
     """"New message from <guest>: <the conversation's subject>", in the studio's language."""
-    about = conn.execute(select(CONVERSATION.c.subject, GUEST.c.email)
-                         .join(GUEST, GUEST.c.id == CONVERSATION.c.guest_id)
-                         .where(CONVERSATION.c.id == event.conversation_id)).one()
+    subject, email = _ABOUT.execute(conn, conversation_id=event.conversation_id).fetchone()
     language = "en" if locale.lower().startswith("en") else "de"
-    return _SUBJECTS[language].format(guest=event.sender_name or about.email, subject=about.subject or "–")
+    return _SUBJECTS[language].format(guest=event.sender_name or email, subject=subject or "–")
 
 
 def _told_recently(conn: Connection, profile_id: int, conversation_id: int, now: datetime) -> bool:
     """The storm limit: a notification mail about this conversation went to the profile lately."""
-    return conn.execute(select(NOTIFICATION.c.id).where(
-        NOTIFICATION.c.profile_id == profile_id, NOTIFICATION.c.conversation_id == conversation_id,
-        NOTIFICATION.c.immediate.is_(True), NOTIFICATION.c.created_at > now - STORM_WINDOW).limit(1)).first() is not None
+    return _TOLD_SINCE.execute(conn, profile_id=profile_id, conversation_id=conversation_id,
+                               since=now - STORM_WINDOW).fetchone() is not None
 
 
 def _queue_mail(conn: Connection, settings: Settings, studio_id: int, slug: str, profile: Any, kind: str,
@@ -213,10 +227,14 @@ def render_notifications(conn: Connection, senders: dict[int, str], settings: Se
                                      ATTACHMENT.c.inline.is_(False)).order_by(ATTACHMENT.c.id)):
             files[a.message_id].append(f"{a.filename} ({_size(a.size)})")
     # A guest message erased meanwhile has no row here: nothing to tell, the mail is not sent.
-    return {mail_ref: renderer.notification(
-        locale=row.locale, studio_name=row.name, guest_name=row.from_name or row.from_email, text=row.text,
-        files="\n".join(files[row.id]), link=conversation_link(settings, row.conversation_id))
-        for mail_ref, row in found.items()}
+    # The body names no profile: the profiles told about one message share one rendering.
+    bodies: dict[int, Rendered] = {}
+    for row in found.values():
+        if row.id not in bodies:
+            bodies[row.id] = renderer.notification(
+                locale=row.locale, studio_name=row.name, guest_name=row.from_name or row.from_email, text=row.text,
+                files="\n".join(files[row.id]), link=conversation_link(settings, row.conversation_id))
+    return {mail_ref: bodies[row.id] for mail_ref, row in found.items()}
 
 
 def render_digests(conn: Connection, senders: dict[int, str], settings: Settings, secret: bytes,
