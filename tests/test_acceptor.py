@@ -92,3 +92,23 @@ def test_one_time_tokens_are_refused_on_reuse_within_and_across_group_commits(se
     assert isinstance(later[1], Replayed)
     with read_tx(engine) as conn:
         assert conn.execute(select(func.count()).select_from(INBOUND)).scalar_one() == 5
+
+
+def test_each_id_of_a_group_commit_names_its_own_message(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
+    """store_batch writes a batch in one multi-row insert per table and hands the ids back in
+    the batch's order (each sender's 250 names its own row); the same bytes twice are one blob."""
+    import hashlib
+
+    from gateway.inbound.intake import store_batch
+
+    raws = [make_mail(subject=f"Anfrage {i}", from_=f"g{i}@example.org") for i in range(30)]
+    raws[7] = raws[3]  # a retried delivery in the same batch: the same bytes, another envelope
+    items = [(raw, Envelope(f"sender{i}@example.org", ["inkwell@mail.test"])) for i, raw in enumerate(raws)]
+    with write_tx(engine) as conn:
+        add_studio(conn, "inkwell", "Inkwell", "owner@inkwell.example")
+        ids = store_batch(conn, items, settings, settings.secret())
+    assert all(isinstance(i, int) for i in ids) and len(set(ids)) == len(items)
+    with read_tx(engine) as conn:
+        rows = {r.id: r for r in conn.execute(select(INBOUND.c.id, INBOUND.c.mail_from, INBOUND.c.raw_sha256))}
+    assert [(rows[i].mail_from, rows[i].raw_sha256) for i in ids] == [
+        (f"sender{n}@example.org", hashlib.sha256(raw).hexdigest()) for n, raw in enumerate(raws)]

@@ -40,8 +40,7 @@ from gateway.inbound.mime import Address, ParsedMessage
 from gateway.store.models import utcnow
 from gateway.inbound.quotes import split_reply
 from gateway.events import Threaded
-from gateway.inbound.records import (ChunkLookups, ensure_known_guest, guest_of,
-                                     name_guest, open_conversation, seen_before)
+from gateway.inbound.records import ChunkLookups, guest_of, name_guest, open_guest_conversation, seen_before
 from gateway.settings import Settings
 from gateway.access.visibility import LIVE_CONVERSATION
 from gateway.store.tables import ATTACHMENT
@@ -249,8 +248,8 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
     now = utcnow()
     opened = conversation is None
     if opened:
-        guest_id = ensure_known_guest(conn, studio_id, sender, guest, lookups)
-        conversation_id = open_conversation(conn, studio_id, guest_id, parsed.subject or "", now, message_count=1)
+        conversation_id, guest_id = open_guest_conversation(conn, studio_id, sender, guest, parsed.subject or "",
+                                                            now, lookups, message_count=1)
         state = "visible"
         if form:
             rule = "website_form"

@@ -53,6 +53,16 @@ class DatabaseBlobStore:
             driver_execute(conn, "INSERT INTO blob (sha256, size, data, created_at) VALUES (?, ?, ?, ?) "
                            "ON CONFLICT DO NOTHING",
                            [(row["sha256"], row["size"], row["data"], created) for row in rows], many=True)
+        elif rows and conn.dialect.name == "postgresql":
+            # One multi-row INSERT through the driver: one statement and one round trip per
+            # group commit, without SQLAlchemy's executemany machinery (a third of the acceptor
+            # thread's CPU per batch, measured), which took the GIL from the SMTP loop.
+            created = bind_processor(conn, BLOB.c.created_at)(now)
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start:start + _CHUNK]
+                driver_execute(conn, "INSERT INTO blob (sha256, size, data, created_at) VALUES "
+                               + ", ".join(["(%s, %s, %s, %s)"] * len(chunk)) + " ON CONFLICT DO NOTHING",
+                               [value for row in chunk for value in (row["sha256"], row["size"], row["data"], created)])
         elif rows:
             statement = _INSERT_IGNORE.get(conn.dialect.name)
             if statement is None:
