@@ -53,7 +53,7 @@ from gateway.outbound.notify_answers import answer_by_mail
 from gateway.outbound.notifications import DIGEST_MAIL, NOTIFICATION_MAIL, notify, render_digests, render_notifications, send_digests
 from gateway.logs import configure_logging
 from gateway.settings import Settings
-from gateway.worker_process import DUMP_THREADS, WorkerGroup, listen
+from gateway.worker_process import DUMP_THREADS, WorkerGroup, listen, say_ready
 from gateway.inbound.smtp import start_smtp_server
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,9 @@ class Served:
                 # it long ago and keeps counting in memory (its values are chosen at import).
                 os.environ[MULTIPROC_DIR] = self.metrics_dir
             self.worker.start()  # after start(): the schema is migrated and the helpdesk exists
+            # Ready means all of it: a child spends a second or two of CPU importing the
+            # parsers, which would otherwise be taken from the first mail's senders.
+            await self.worker.wait_ready()
             self._watching = asyncio.create_task(self.worker.watch(), name="worker process")
 
     async def _release_claims(self, pid: int) -> None:
@@ -390,7 +393,9 @@ async def _worker_until_told(settings: Settings, channel: socket.socket) -> None
     settle_heap()
     stop = asyncio.Event()
     assert gateway.processor is not None and gateway.outbox is not None
+    await asyncio.to_thread(gateway.processor.wait_started)
     listen(channel, processor=gateway.processor.wake, outbox=gateway.outbox.wake, closed=stop.set)
+    say_ready(channel)
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await gateway.stop()

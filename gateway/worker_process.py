@@ -8,6 +8,10 @@ role in child processes of its own (GATEWAY_SERVE_WORKER_PROCESSES, two by defau
 on the same database, and stays one command: the children are started, woken, restarted and
 stopped by the parent.
 
+- **Ready.** A child sends one byte, `r`, once its roles run (the processor's parser process
+  started, its lookup tables loaded): `gateway serve` says it is ready after its children are.
+  A child imports the whole gateway and the parsers (a second or two of CPU each, two at once
+  on a two-core machine), which otherwise ran beside the first minutes' mail.
 - **Waking.** The parent holds one end of a socket pair per child and sends one byte per
   reason: `p` when mail was stored (the acceptor's `on_stored`), `o` when a reply was queued.
   A lost byte costs at most the worker's poll interval, never mail: the worker also polls.
@@ -38,10 +42,12 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 WAKE_PROCESSOR = b"p"
 WAKE_OUTBOX = b"o"
+READY = b"r"                  # the child's one message to its parent: its roles run
 DUMP_THREADS = signal.SIGUSR1  # the child writes every thread's stack to stderr (faulthandler)
 WAKE_SPACING = 0.02           # seconds: the shortest gap between two processor wake-ups sent
 STOP_TIMEOUT = 30.0           # seconds the child gets to finish a batch and a send on shutdown
 RESTART_PAUSE = (1.0, 60.0)   # first and longest pause before a died child is started again
+START_TIMEOUT = 120.0         # seconds a child may take to say it is ready (imports on a loaded machine)
 
 ChildMain = Callable[[Settings, socket.socket], None]
 OnDeath = Callable[[int], Awaitable[None]]   # a child died without being asked to: its pid
@@ -89,6 +95,23 @@ class WorkerProcess:
         if not exited.done():
             exited.set_result(process.exitcode)
 
+    async def wait_ready(self, timeout: float = START_TIMEOUT) -> bool:
+        """Until the child has said it is ready (True), or died or took longer than `timeout`."""
+        channel = self._channel
+        if channel is None:
+            return False
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            said = await asyncio.wait_for(loop.sock_recv(channel, 1), timeout)
+        except (asyncio.TimeoutError, OSError):
+            said = b""
+        if said != READY:
+            log.warning("worker process %s did not say it was ready within %.0f s", self.pid, timeout)
+            return False
+        log.info("worker process %s ready after %.1f s", self.pid, loop.time() - started)
+        return True
+
     def wake_processor(self) -> None:
         self._send(WAKE_PROCESSOR)
 
@@ -125,6 +148,7 @@ class WorkerProcess:
             pause = min(pause * 2, RESTART_PAUSE[1])
             self.restarts += 1
             self.start()
+            await self.wait_ready()
 
     async def stop(self) -> None:
         """Close the pair (the child's signal to finish), wait for it, and make sure it is gone."""
@@ -193,6 +217,10 @@ class WorkerGroup:
         for child in self.children:
             child.start()
 
+    async def wait_ready(self, timeout: float = START_TIMEOUT) -> bool:
+        """Until every child has said it is ready; False if one died or took too long."""
+        return all(await asyncio.gather(*(child.wait_ready(timeout) for child in self.children)))
+
     def wake_processor(self) -> None:
         """Wake every child, at most once per WAKE_SPACING; a call within it wakes them at its end.
 
@@ -228,6 +256,12 @@ class WorkerGroup:
             self._trailing.cancel()
             self._trailing = None
         await asyncio.gather(*(child.stop() for child in self.children))
+
+
+def say_ready(channel: socket.socket) -> None:
+    """The child's side of `wait_ready`: its roles run."""
+    with contextlib.suppress(OSError):   # the parent is gone: listen() sees the closed pair
+        channel.sendall(READY)
 
 
 def listen(channel: socket.socket, *, processor: Callable[[], None], outbox: Callable[[], None],

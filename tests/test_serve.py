@@ -217,6 +217,9 @@ def test_serve_runs_its_workers_in_child_processes_that_restart_and_stop_with_it
         assert match, serve.ready
         children = [int(match.group(1)), int(match.group(2))]
         assert [_parent_of(child) for child in children] == [serve.proc.pid] * 2
+        ready_at = next(i for i, line in enumerate(serve.log) if "gateway ready" in line)
+        for child in children:   # serve is ready once its workers are: they imported the parsers
+            assert any(f"worker process {child} ready after" in line for line in serve.log[:ready_at]), serve.log
         serve.send("vor dem Absturz")
         assert serve.wait_listed({"vor dem Absturz"})
 

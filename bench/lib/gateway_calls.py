@@ -139,7 +139,7 @@ def timed_functions() -> list[tuple[Any, str, str, int | None]]:
         (intake.blob_store, "put_many", "acceptor:     blob_store.put_many", None),
         (smtp.StudioDirectory, "_lookup", "smtp: RCPT studio lookup (cache miss)", None),
         (processor, "claim", "processor: claim", None),
-        (processor, "parse", "processor:   mime.parse", None),
+        (processor, "_persist", "processor:   _persist (thread + write, one chunk)", None),
         (processor, "thread_message", "processor:   thread_message", None),
         (processor, "should_defer", "processor: should_defer (arrival check)", None),
         (processor, "process_pending", "processor: process_pending (whole pass)", None),

@@ -29,7 +29,7 @@ from gateway.store.tables import INBOUND
 from gateway.inbound.mime import ParsedMessage
 from gateway.store.models import utcnow
 from gateway.events import Chunk, Reaction
-from gateway.inbound.authentication import authenticate_claimed
+from gateway.inbound.authentication import authenticate_claimed, load_tables
 from gateway.inbound.intake import discard_inbound
 from gateway.inbound.isolation import CHILD_DIED, TOO_LONG, Died, Overran, child_for_thread, parse_within
 from gateway.settings import Settings
@@ -360,6 +360,7 @@ class ProcessorThread:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="processor", daemon=True)
+        self._started = threading.Event()
         self.processed = 0
         self._idle = threading.Condition()
 
@@ -374,13 +375,24 @@ class ProcessorThread:
         self._wake.set()
         self._thread.join(timeout=30)
 
+    def wait_started(self, timeout: float = 120.0) -> bool:
+        """Until the parser child runs and the lookup tables are loaded (`gateway serve`'s worker
+        children say they are ready then)."""
+        return self._started.wait(timeout)
+
     def _run(self) -> None:
-        # The parser child is started now, so the first mail does not wait for its imports.
+        # The parser child is started now, so the first mail does not wait for its imports,
+        # nor for the public suffix list (0.2 s, and once per process).
         if self.settings.process_time_budget > 0:
             try:
                 child_for_thread().start()
             except Exception:
                 log.exception("the parser process did not start; the first batch will try again")
+        try:
+            load_tables()
+        except Exception:
+            log.exception("the public suffix list did not load; the first check will try again")
+        self._started.set()
         try:
             self._loop()
         finally:
