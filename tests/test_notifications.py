@@ -16,7 +16,9 @@ from sqlalchemy import select, update
 
 from gateway.mail.addresses import (notification_address, notification_token, reply_token, verify_notification_token,
                                     verify_reply_token)
-from gateway.outbound.notifications import send_digests
+from gateway.inbound.processor import process_pending
+from gateway.outbound.notifications import HOLD_WHILE_BUSY, send_digests
+from gateway.runtime import REACTIONS
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import CONVERSATION, MESSAGE, NOTIFICATION, STUDIO, STUDIO_EVENT
@@ -47,10 +49,10 @@ def gw(tmp_path: Path, database_url: str, sink: RelaySink) -> Iterator[RunningGa
     running.stop()
 
 
-def sent(gw: RunningGateway, sink: RelaySink) -> list[Received]:
-    """What one outbox round sends now."""
+def sent(gw: RunningGateway, sink: RelaySink, later: timedelta = timedelta(0)) -> list[Received]:
+    """What one outbox round sends now (or with the clock moved `later` ahead)."""
     before = len(sink.received)
-    send_due(gw)
+    send_due(gw, later=later)
     return sink.received[before:]
 
 
@@ -109,6 +111,23 @@ def test_an_inquiry_notifies_the_owner_once_and_members_who_chose_off_get_none(g
     assert sent(gw, sink) == []                                      # once
     with read_tx(gw.engine) as conn:   # the studio's event stream tells of guest mail, not of notifications
         assert conn.execute(select(STUDIO_EVENT.c.seq).where(STUDIO_EVENT.c.type == "delivery.updated")).all() == []
+
+
+def test_notifications_wait_while_guest_mail_waits_and_go_out_once_it_is_threaded(gw: RunningGateway,
+                                                                                  sink: RelaySink) -> None:
+    """Intake first (gateway/outbound/notifications.py): in a burst, the notification of a
+    threaded message is held while more guest mail waits to be threaded, and released (every
+    held one, at once) by the chunk that finds nothing more waiting."""
+    studio = gw.add_studio("inkwell", name="Inkwell")
+    for n in range(3):
+        raw = make_mail(from_=f"Gast {n} <gast{n}@example.org>", subject=f"Anfrage {n}", message_id=new_id())
+        assert gw.send(raw, studio.address, mail_from=f"gast{n}@example.org").code == 250
+    assert len(process_pending(gw.engine, gw.settings, REACTIONS, limit=1, chunk=1)) == 1  # two still wait
+    assert sent(gw, sink) == []                                          # held, not lost:
+    assert [m.rcpt_tos for m in sent(gw, sink, later=HOLD_WHILE_BUSY)] == [[OWNER]]  # due within the bound
+    assert len(process_pending(gw.engine, gw.settings, REACTIONS, limit=1, chunk=1)) == 1  # one still waits
+    assert len(process_pending(gw.engine, gw.settings, REACTIONS, limit=1, chunk=1)) == 1  # none waits now
+    assert [m.rcpt_tos for m in sent(gw, sink)] == [[OWNER], [OWNER]]    # the held one and the last, at once
 
 
 def test_an_auto_reply_produces_no_notification(gw: RunningGateway, sink: RelaySink) -> None:
