@@ -20,6 +20,7 @@ import argparse
 import multiprocessing as mp
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,37 @@ def _notifications(database_url: str) -> int:
         engine.dispose()
 
 
+def _unsent_notifications(database_url: str) -> int:
+    from sqlalchemy import create_engine, func, select
+
+    from bench.lib.gateway_calls import normalise_url
+    from gateway.store.tables import MESSAGE, OUTBOUND_JOB
+
+    engine = create_engine(normalise_url(database_url))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(OUTBOUND_JOB.join(
+                MESSAGE, MESSAGE.c.id == OUTBOUND_JOB.c.message_id)).where(
+                MESSAGE.c.conversation_id.is_(None), OUTBOUND_JOB.c.status != "sent")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _all_sent_after(database_url: str, t_done: float, limit: float) -> float | None:
+    """Seconds from the last message threaded until every notification was sent (polled every
+    20 ms, after the measured part), or None if not within `limit`: notifications wait while
+    mail waits (gateway/outbound/notifications.py), and this shows what that costs them."""
+    while _unsent_notifications(database_url):
+        if time.monotonic() - t_done > limit:
+            return None
+        time.sleep(0.02)
+    return time.monotonic() - t_done
+
+
 def run_once(ctx: Any, deadline: Deadline, backend: str, mode: str, count: int,
-             connections: int, single: bool) -> tuple[float, int]:
-    """(end-to-end messages per second, notification rows) of one run with every profile on `mode`."""
+             connections: int, single: bool) -> tuple[float, int, float | None]:
+    """(end-to-end messages per second, notification rows, seconds until the last notification
+    was sent after the last message was threaded) of one run with every profile on `mode`."""
     label = f"{backend} notifications {mode}"
     with throwaway_database(backend) as (url, data_dir):
         settings: dict[str, Any] = {"public_url": PUBLIC_URL}
@@ -92,10 +121,11 @@ def run_once(ctx: Any, deadline: Deadline, backend: str, mode: str, count: int,
             if not ok:
                 raise BenchAborted(f"{label}: only {processed} of {count} processed in time")
             rate = figure.ok / (t_done - figure.t_first)
+            sent_after = _all_sent_after(url, t_done, 60.0) if mode == "on" else 0.0
             server.stop(f"stopping the gateway ({label})")
         finally:
             server.close()
-        return rate, _notifications(url)
+        return rate, _notifications(url), sent_after
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     ratios: list[float] = []
     for round_ in range(args.rounds):
         for mode in ("off", "on"):
-            rate, rows = run_once(ctx, deadline, args.database, mode, args.messages, args.connections,
-                                  args.topology == "single")
+            rate, rows, sent_after = run_once(ctx, deadline, args.database, mode, args.messages,
+                                              args.connections, args.topology == "single")
             rates[mode].append(rate)
-            print(f"round {round_ + 1} {mode:>3}: {rate:7.1f} msg/s end to end ({rows} notifications)", flush=True)
+            after = "" if mode == "off" else (
+                f", all sent {sent_after:.1f} s after the last was threaded" if sent_after is not None
+                else ", NOT all sent within 60 s")
+            print(f"round {round_ + 1} {mode:>3}: {rate:7.1f} msg/s end to end ({rows} notifications{after})",
+                  flush=True)
         ratios.append(rates["on"][-1] / rates["off"][-1])
     ratio = statistics.median(ratios)
     print(f"\n{args.database}, {args.topology}, {args.messages} messages, {args.connections} connections, three profiles:")
