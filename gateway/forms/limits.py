@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, ScalarSelect, bindparam, func, select
 
-from gateway.access.ratelimit import SharedFailureLimiter, prune
+from gateway.access.ratelimit import SharedFailureLimiter, count_both, prune
 from gateway.settings import Settings
 from gateway.store.db import result_processor
 from gateway.store.models import utcnow
@@ -109,5 +109,4 @@ class FormLimits:
         if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
             prune(conn, now)
             self._pruned_at = now  # a rolled-back transaction only delays the next prune
-        for limiter, key in self._pairs(studio_id, ip, email, bare):
-            limiter.count(key, conn)
+        count_both(conn, *self._pairs(studio_id, ip, email, bare))
