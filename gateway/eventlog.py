@@ -60,9 +60,20 @@ def _next_seq(dialect: Any) -> Prepared:
 
 
 _NEXT = {"postgresql": _next_seq(postgresql), "sqlite": _next_seq(sqlite)}
-_INSERT = Prepared(STUDIO_EVENT.insert().values(
-    studio_id=bindparam("studio_id"), seq=bindparam("seq"), type=bindparam("type"),
-    created_at=bindparam("created_at"), data=bindparam("data")))
+_EVENT_COLUMNS = ("studio_id", "seq", "type", "created_at", "data")
+_INSERT = Prepared(STUDIO_EVENT.insert().values({name: bindparam(name) for name in _EVENT_COLUMNS}))
+# Several events in one INSERT of as many rows (record_many), built once per row count: psycopg's
+# executemany of two rows (its pipeline and Sync) waited several times as long as one statement.
+_INSERT_ROWS: dict[int, Prepared] = {1: _INSERT}
+
+
+def _insert_rows(count: int) -> Prepared:
+    prepared = _INSERT_ROWS.get(count)
+    if prepared is None:
+        rows = [{name: bindparam(f"{name}_{n}", type_=STUDIO_EVENT.c[name].type) for name in _EVENT_COLUMNS}
+                for n in range(count)]
+        prepared = _INSERT_ROWS[count] = Prepared(STUDIO_EVENT.insert().values(rows))
+    return prepared
 
 
 def record(conn: Connection, studio_id: int, type_: str, now: datetime, **ids: int | str | None) -> int:
@@ -82,14 +93,20 @@ def record_many(conn: Connection, studio_id: int,
             raise ValueError(f"unknown event type {type_!r}")
     last = _NEXT[conn.dialect.name].execute(conn, studio_id=studio_id, count=len(events)).fetchone()[0]
     first = last - len(events) + 1
-    rows = [{"studio_id": studio_id, "seq": first + i, "type": type_, "created_at": now,
-             "data": json.dumps({k: v for k, v in ids.items() if v is not None}, separators=(",", ":"))}
-            for i, (type_, now, ids) in enumerate(events)]
-    if len(rows) == 1:
-        _INSERT.execute(conn, **rows[0])
+    if len(events) == 1:
+        type_, now, ids = events[0]
+        _INSERT.execute(conn, studio_id=studio_id, seq=last, type=type_, created_at=now, data=_data(ids))
     else:
-        _INSERT.execute_many(conn, rows)
+        values: dict[str, Any] = {}
+        for n, (type_, now, ids) in enumerate(events):
+            values.update({f"studio_id_{n}": studio_id, f"seq_{n}": first + n, f"type_{n}": type_,
+                           f"created_at_{n}": now, f"data_{n}": _data(ids)})
+        _insert_rows(len(events)).execute(conn, **values)
     return list(range(first, last + 1))
+
+
+def _data(ids: dict[str, int | str | None]) -> str:
+    return json.dumps({k: v for k, v in ids.items() if v is not None}, separators=(",", ":"))
 
 
 def _lock_row(dialect: Any) -> Prepared:
