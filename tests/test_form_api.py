@@ -118,8 +118,11 @@ def test_a_submission_is_an_inquiry_with_answers_images_and_a_confirmation(gw: R
         assert stored.form_version == 0 and stored.consent_at is not None
         assert conn.execute(select(func.count()).select_from(OUTBOUND_JOB)).scalar() == 1
         # The live inbox (and the studio's webhooks) hear of the inquiry, then of the confirmation.
-        events = [(e.type, json.loads(e.data)) for e in conn.execute(
-            select(STUDIO_EVENT).where(STUDIO_EVENT.c.studio_id == studio.id).order_by(STUDIO_EVENT.c.seq))]
+        rows = conn.execute(select(STUDIO_EVENT).where(STUDIO_EVENT.c.studio_id == studio.id)
+                            .order_by(STUDIO_EVENT.c.seq)).all()
+        events = [(e.type, json.loads(e.data)) for e in rows]
+        # Both taken in one statement (eventlog.record_many): numbered one after the other, no gap.
+        assert [e.seq for e in rows] == list(range(rows[0].seq, rows[0].seq + len(rows)))
         assert events[:2] == [
             ("message.created", {"conversation_id": conversation["id"], "message_id": inquiry["id"], "direction": "inbound"}),
             ("message.created", {"conversation_id": conversation["id"], "message_id": confirmation["id"], "direction": "outbound"})]

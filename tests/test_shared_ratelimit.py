@@ -12,9 +12,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import Engine, func, select
 
-from gateway.access.ratelimit import SharedFailureLimiter
+from gateway.access.ratelimit import SharedFailureLimiter, count_both
 from gateway.settings import Settings
-from gateway.store.db import make_engine, read_tx
+from gateway.store.db import make_engine, read_tx, write_tx
 from gateway.store.tables import RATE_LIMIT
 from tests.conftest import RunningGateway, start_gateway
 
@@ -102,3 +102,28 @@ def test_failures_outside_the_window_start_a_new_count_and_old_rows_go(engines: 
     with read_tx(engines[0]) as conn:
         assert list(conn.execute(select(RATE_LIMIT.c.key)).scalars()) == ["198.51.100.9"]
         assert conn.execute(select(func.count()).select_from(RATE_LIMIT)).scalar_one() == 1
+
+
+def test_two_budgets_counted_in_one_statement_keep_their_own_windows_and_blocks(engines: tuple[Engine, Engine]) -> None:
+    """count_both (the inquiry form's client address and guest address in one upsert) counts,
+    restarts a passed window and blocks each row by its own limiter, as two counts would."""
+    clock = Clock()
+    short = SharedFailureLimiter(engines[0], "form_ip", max_failures=3, window=60.0, clock=clock)
+    long = SharedFailureLimiter(engines[0], "form_address", max_failures=2, window=3600.0, clock=clock)
+
+    def count() -> None:
+        with write_tx(engines[0]) as conn:
+            count_both(conn, (short, "192.0.2.1"), (long, "1:guest@example.org"))
+
+    count()
+    clock.now += timedelta(seconds=61)     # the short window has passed, the long one has not
+    count()
+    assert short.retry_after("192.0.2.1") is None                  # 1 in its new window
+    assert long.retry_after("1:guest@example.org") == 3600         # its 2nd in its window: blocked
+    count()
+    count()
+    assert short.retry_after("192.0.2.1") == 60                     # its 3rd in its window
+    with write_tx(engines[0]) as conn:   # one key in both places: counted twice, not refused
+        count_both(conn, (short, "192.0.2.9"), (short, "192.0.2.9"))
+    with read_tx(engines[0]) as conn:
+        assert conn.execute(select(RATE_LIMIT.c.failures).where(RATE_LIMIT.c.key == "192.0.2.9")).scalar_one() == 2

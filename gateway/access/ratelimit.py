@@ -191,13 +191,39 @@ class SharedFailureLimiter:
         one transaction, which prunes once."""
         now = self.clock()
         key = _key(address)
-        lasts = now + max(self.window, self.cooldown)
-        failures = _UPSERT[conn.dialect.name].execute(conn, scope=self.scope, key=key, now=now, lasts=lasts,
+        failures = _UPSERT[conn.dialect.name].execute(conn, scope=self.scope, key=key, now=now,
+                                                      lasts=self._lasts(now),
                                                       stale_before=now - self.window).fetchone()[0]
+        self._block_at(conn, key, failures, now)
+
+    def _lasts(self, now: datetime) -> datetime:
+        return now + max(self.window, self.cooldown)
+
+    def _block_at(self, conn: Connection, key: str, failures: int, now: datetime) -> None:
         if failures >= self.max_failures:  # else the block's UPDATE would change nothing: not sent
             blocked_until = now + self.cooldown
             _BLOCK.execute(conn, scope=self.scope, key=key, max_failures=self.max_failures, now=now,
-                           blocked_until=blocked_until, expires_at=max(lasts, blocked_until))
+                           blocked_until=blocked_until, expires_at=max(self._lasts(now), blocked_until))
+
+
+def count_both(conn: Connection, first: tuple[SharedFailureLimiter, str],
+               second: tuple[SharedFailureLimiter, str]) -> None:
+    """`count` for two budgets (limiter, address) in one upsert of two rows: the inquiry form
+    counts a post against its client address and its guest address, and each statement of its
+    write is a round trip of the group commit on PostgreSQL (bench/form_submit.py)."""
+    (one, one_address), (other, other_address) = first, second
+    one_key, other_key = _key(one_address), _key(other_address)
+    if (one.scope, one_key) == (other.scope, other_key):  # one row may not be upserted twice in a statement
+        one.count(one_address, conn)
+        other.count(other_address, conn)
+        return
+    now = one.clock()
+    rows = _UPSERT_TWO[conn.dialect.name].execute(
+        conn, now=now, scope1=one.scope, key1=one_key, lasts1=one._lasts(now), stale1=now - one.window,
+        scope2=other.scope, key2=other_key, lasts2=other._lasts(now), stale2=now - other.window).fetchall()
+    failures = {(scope, key): count for scope, key, count in rows}  # RETURNING promises no order
+    one._block_at(conn, one_key, failures[one.scope, one_key], now)
+    other._block_at(conn, other_key, failures[other.scope, other_key], now)
 
 
 def prune(conn: Connection, now: datetime) -> None:
@@ -230,6 +256,26 @@ def _upsert(dialect: Any) -> Prepared:
 
 
 _UPSERT = {"sqlite": _upsert(sqlite), "postgresql": _upsert(postgresql)}
+
+
+def _upsert_two(dialect: Any) -> Prepared:
+    """`_upsert` for two rows (count_both): each row's window start and expiry come in as the
+    row's own proposed values (`excluded`), its stale-before by its scope."""
+    table = RATE_LIMIT
+    rows = [{"scope": bindparam(f"scope{n}"), "key": bindparam(f"key{n}"), "window_start": _stamp("now"),
+             "failures": 1, "blocked_until": None, "expires_at": _stamp(f"lasts{n}")} for n in (1, 2)]
+    insert = dialect.insert(table).values(rows)
+    stale = table.c.window_start <= case((table.c.scope == bindparam("scope1"), _stamp("stale1")),
+                                         else_=_stamp("stale2"))
+    return Prepared(insert.on_conflict_do_update(index_elements=[table.c.scope, table.c.key], set_={
+        "failures": case((stale, 1), else_=table.c.failures + 1),
+        "window_start": case((stale, insert.excluded.window_start), else_=table.c.window_start),
+        "expires_at": case((table.c.blocked_until > insert.excluded.expires_at, table.c.blocked_until),
+                           else_=insert.excluded.expires_at),
+    }).returning(table.c.scope, table.c.key, table.c.failures))
+
+
+_UPSERT_TWO = {"sqlite": _upsert_two(sqlite), "postgresql": _upsert_two(postgresql)}
 _BLOCK = Prepared(update(RATE_LIMIT).where(
     RATE_LIMIT.c.scope == bindparam("scope"), RATE_LIMIT.c.key == bindparam("key"),
     RATE_LIMIT.c.failures >= bindparam("max_failures")).values(

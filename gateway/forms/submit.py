@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select
 
-from gateway.eventlog import MESSAGE_CREATED, record as record_event
+from gateway.eventlog import MESSAGE_CREATED, record_many as record_events
 from gateway.forms.answers import Checked
 from gateway.forms.definition import Definition, text_in
 from gateway.inbound.headers import normalize_email
@@ -156,13 +156,15 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
         conn, studio_id=studio.id, conversation_id=conversation_id, message_id=message_id, form_version=submission.version,
         answers_json=json.dumps({"values": values, "files": submission.checked.upload_names}, ensure_ascii=False),
         token=submission.token, consent_at=submission.consent_at, created_at=now)
-    # The studio's live inbox and webhooks hear of it like of a guest's mail (gateway/eventlog.py).
-    record_event(conn, studio.id, MESSAGE_CREATED, now, conversation_id=conversation_id, message_id=message_id,
-                 direction="inbound")
+    # The studio's live inbox and webhooks hear of it like of a guest's mail (gateway/eventlog.py),
+    # and of the confirmation as of a reply: both events in one counter statement and one insert.
+    events: list[tuple[str, datetime, dict[str, Any]]] = [
+        (MESSAGE_CREATED, now, {"conversation_id": conversation_id, "message_id": message_id, "direction": "inbound"})]
     # The conversation as just written, so the confirmation need not read it back.
     thread = Thread(words["subject"], (sender.email[:320], ""), (studio.slug, studio.name), (form_message_id, "[]"),
                     opened_at=now)
-    confirmation = _confirm(conn, submission, conversation_id, thread, settings) if confirm else None
+    confirmation = _confirm(conn, submission, conversation_id, thread, settings, events) if confirm else None
+    record_events(conn, studio.id, events)
     return Submitted(conversation_id, message_id, False, confirmation)
 
 
@@ -195,7 +197,7 @@ def answers_text(definition: Definition, values: dict[str, Any], files: dict[str
 
 
 def _confirm(conn: Connection, submission: Submission, conversation_id: int, thread: Thread,
-             settings: Settings) -> int | None:
+             settings: Settings, events: list[tuple[str, datetime, dict[str, Any]]]) -> int | None:
     """The confirmation (the caller checked that this address had none from the studio in the
     last day)."""
     studio = submission.studio
@@ -212,5 +214,6 @@ def _confirm(conn: Connection, submission: Submission, conversation_id: int, thr
     text += words["confirm_end"].format(studio=studio_name)
     created = create_reply(conn, studio_id=studio.id, conversation_id=conversation_id, text=text,
                            settings=settings, auto_kind=CONFIRMATION, recipient=thread.guest,
-                           subject=words["confirm_subject"].format(studio=studio_name), thread=thread)
+                           subject=words["confirm_subject"].format(studio=studio_name), thread=thread,
+                           events=events)
     return created.message_row_id if created else None

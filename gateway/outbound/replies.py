@@ -172,7 +172,8 @@ def read_thread(conn: Connection, studio_id: int, conversation_id: int) -> Threa
 def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text: str,
                  settings: Settings, auto_kind: str | None = None,
                  uploads: list[Upload] | None = None, subject: str | None = None,
-                 recipient: tuple[str, str] | None = None, thread: Thread | None = None) -> Reply | None:
+                 recipient: tuple[str, str] | None = None, thread: Thread | None = None,
+                 events: list[tuple[str, datetime, dict[str, Any]]] | None = None) -> Reply | None:
     """Queue a reply in the caller's transaction; None if the conversation is not the studio's
     (or is deleted).
 
@@ -180,7 +181,9 @@ def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text
     counted as the studio having read the conversation. `subject` replaces "Re: <the
     conversation's>", and `recipient` (address, name) the conversation's guest: an account
     deletion's code must reach the registered owner address whoever wrote the request.
-    `thread`: the conversation as the caller has just written it (see Thread), else read."""
+    `thread`: the conversation as the caller has just written it (see Thread), else read.
+    `events`: the reply's event is appended there for the caller to record with its own
+    (gateway/eventlog.record_many), else recorded here."""
     text = check_text(text)
     known = thread or read_thread(conn, studio_id, conversation_id)
     if known is None:
@@ -216,6 +219,9 @@ def create_reply(conn: Connection, *, studio_id: int, conversation_id: int, text
     # Answering is reading; an automatic message is not the studio having read anything.
     if known.opened_at is None:
         (_ACTIVITY if auto_kind is not None else _ACTIVITY_READ).execute(conn, conversation_id=conversation_id, now=now)
-    record_event(conn, studio_id, MESSAGE_CREATED, now, conversation_id=conversation_id, message_id=row_id,
-                 direction="outbound")
+    event = {"conversation_id": conversation_id, "message_id": row_id, "direction": "outbound"}
+    if events is None:
+        record_event(conn, studio_id, MESSAGE_CREATED, now, **event)
+    else:
+        events.append((MESSAGE_CREATED, now, event))
     return Reply(row_id, message_id, row | {"id": row_id, "sent_at": None})
