@@ -45,7 +45,7 @@ from gateway.events import Chunk, Threaded
 from gateway.mail.addresses import notification_address
 from gateway.outbound.notify_preferences import PAUSE_AFTER_BOUNCES, bounced_since, default_mode, in_quiet_hours
 from gateway.outbound.render import Rendered, Renderer
-from gateway.outbound.replies import INSERT_JOB, INSERT_MESSAGE, new_message_id
+from gateway.outbound.replies import INSERT_JOB, MESSAGE_COLUMNS, new_message_id
 from gateway.settings import Settings
 from gateway.store.db import write_tx
 from gateway.store.models import utcnow
@@ -140,19 +140,21 @@ def notify(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) 
     if not audience:
         return
     now = utcnow()
-    subject: str | None = None
     rows = []
+    told_now = [profile for profile in audience
+                if (profile.mode or default_mode(profile.role)) == "immediately"
+                and not in_quiet_hours(now, studio.time_zone, profile.quiet_from, profile.quiet_to)
+                and (event.opened or not _told_recently(conn, profile.id, event.conversation_id, now))]
+    mail_refs: dict[int, int] = {}
+    if told_now:
+        subject = _subject(conn, event, studio.locale)
+        refs = _queue_mails(conn, settings, event.studio_id, studio.slug, NOTIFICATION_MAIL, now, subject, [
+            (profile, notification_address(settings.secret(), studio.slug, event.studio_id, event.conversation_id,
+                                           profile.id, settings.mail_domain)) for profile in told_now],
+            send_at=send_at)
+        mail_refs = {profile.id: ref for profile, ref in zip(told_now, refs)}
     for profile in audience:
-        mail_ref = None
-        if (profile.mode or default_mode(profile.role)) == "immediately" \
-                and not in_quiet_hours(now, studio.time_zone, profile.quiet_from, profile.quiet_to) \
-                and (event.opened or not _told_recently(conn, profile.id, event.conversation_id, now)):
-            if subject is None:
-                subject = _subject(conn, event, studio.locale)
-            reply_to = notification_address(settings.secret(), studio.slug, event.studio_id, event.conversation_id,
-                                            profile.id, settings.mail_domain)
-            mail_ref = _queue_mail(conn, settings, event.studio_id, studio.slug, profile, NOTIFICATION_MAIL, now,
-                                   subject, reply_to, send_at=send_at)
+        mail_ref = mail_refs.get(profile.id)
         rows.append({"studio_id": event.studio_id, "profile_id": profile.id, "conversation_id": event.conversation_id,
                      "message_ref": event.message_id, "created_at": now, "mail_ref": mail_ref,
                      "immediate": mail_ref is not None})
@@ -173,20 +175,48 @@ def _told_recently(conn: Connection, profile_id: int, conversation_id: int, now:
 
 
 def _queue_mail(conn: Connection, settings: Settings, studio_id: int, slug: str, profile: Any, kind: str,
-                now: datetime, subject: str, reply_to: str | None, send_at: datetime | None = None) -> int:
-    """An outbound message in no conversation, and its outbox job. The body is rendered at
-    compose time (`render_notifications`); the row keeps who, when and the subject."""
-    recipient: dict[str, str] = {"email": profile.email, "name": profile.name or ""}
-    if reply_to:
-        recipient["reply_to"] = reply_to
-    row_id = INSERT_MESSAGE.execute(
-        conn, studio_id=studio_id, conversation_id=None, direction="outbound", state="visible",
-        from_email=f"{slug}@{settings.mail_domain}", from_name="", to_json=json.dumps([recipient]), cc_json="[]",
-        subject=subject[:900], text="", full_text="", html=None, message_id=new_message_id(settings.mail_domain, 0),
-        in_reply_to=None, references_json="[]", received_at=now, thread_rule=kind, automatic=True, auto_kind=kind,
-        delivery="queued", parser="", defects_json="[]").fetchone()[0]
-    INSERT_JOB.execute(conn, studio_id=studio_id, message_id=row_id, created_at=now, next_attempt_at=send_at or now)
-    return int(row_id)
+                now: datetime, subject: str, reply_to: str | None) -> int:
+    """An outbound message in no conversation, and its outbox job (one digest)."""
+    return _queue_mails(conn, settings, studio_id, slug, kind, now, subject, [(profile, reply_to)])[0]
+
+
+def _queue_mails(conn: Connection, settings: Settings, studio_id: int, slug: str, kind: str, now: datetime,
+                 subject: str, to: list[tuple[Any, str | None]], send_at: datetime | None = None) -> list[int]:
+    """An outbound message in no conversation and its outbox job for each (profile, Reply-To),
+    in one statement each however many (the profiles told about one guest message); the
+    messages' row ids, in `to`'s order. The bodies are rendered at compose time
+    (`render_notifications`); the rows keep who, when and the subject."""
+    rows = []
+    for profile, reply_to in to:
+        recipient: dict[str, str] = {"email": profile.email, "name": profile.name or ""}
+        if reply_to:
+            recipient["reply_to"] = reply_to
+        rows.append(dict(
+            studio_id=studio_id, conversation_id=None, direction="outbound", state="visible",
+            from_email=f"{slug}@{settings.mail_domain}", from_name="", to_json=json.dumps([recipient]), cc_json="[]",
+            subject=subject[:900], text="", full_text="", html=None, message_id=new_message_id(settings.mail_domain, 0),
+            in_reply_to=None, references_json="[]", received_at=now, thread_rule=kind, automatic=True, auto_kind=kind,
+            delivery="queued", parser="", defects_json="[]"))
+    # RETURNING promises no order: the Message-IDs (new, unique) say which row is which.
+    ids = dict((message_id, row_id) for row_id, message_id in _insert_messages(len(rows)).execute(
+        conn, **{f"{name}_{n}": value for n, row in enumerate(rows) for name, value in row.items()}).fetchall())
+    row_ids = [int(ids[row["message_id"]]) for row in rows]
+    INSERT_JOB.execute_many(conn, [{"studio_id": studio_id, "message_id": row_id, "created_at": now,
+                                    "next_attempt_at": send_at or now} for row_id in row_ids])
+    return row_ids
+
+
+_INSERT_MESSAGES: dict[int, Prepared] = {}
+
+
+def _insert_messages(count: int) -> Prepared:
+    """INSERT of `count` message rows returning (id, message_id), built once per count."""
+    prepared = _INSERT_MESSAGES.get(count)
+    if prepared is None:
+        prepared = _INSERT_MESSAGES[count] = Prepared(insert(MESSAGE).values([
+            {name: bindparam(f"{name}_{n}", type_=MESSAGE.c[name].type) for name in MESSAGE_COLUMNS}
+            for n in range(count)]).returning(MESSAGE.c.id, MESSAGE.c.message_id))
+    return prepared
 
 
 # --- the hourly digest (run by the worker: gateway/runtime.py) -------------------------------------
