@@ -26,6 +26,8 @@ from tests.mail import make_mail, new_id
 from tests.dns_server import Zone, dns_server
 from tests.relay_sink import Received, RelaySink
 from tests.test_outbound import send_due
+from tests.test_web_login import signed_in_client
+from tests.web import csrf_of, serving
 
 PUBLIC_URL = "https://gateway.example"
 OWNER = "owner@inkwell.example"      # RunningGateway.add_studio's owner address for "inkwell"
@@ -337,3 +339,71 @@ def test_a_bouncing_profile_is_paused_and_a_change_resumes_it(gw: RunningGateway
     assert owner.patch(MINE, json={"mode": "immediately"}).json()["paused"] is False
     inquiry(gw, studio, guest="g10@example.org", subject="Und noch eine")
     assert len(sent(gw, sink)) == 1
+
+
+# --- confirming a held answer ---------------------------------------------------------------
+
+def test_a_held_answer_is_sent_once_when_its_profile_confirms_it_and_rejecting_sends_nothing(
+        gw: RunningGateway, sink: RelaySink) -> None:
+    studio = gw.add_studio("inkwell", name="Inkwell")
+    _, artist_token = connect_member(gw, studio, "artist@inkwell.example")
+    _, second_token = connect_member(gw, studio, "second@inkwell.example", name="Second")
+    artist, second, owner = gw.api(artist_token), gw.api(second_token), gw.api(studio.token)
+    assert artist.patch(MINE, json={"mode": "immediately"}).status_code == 200
+    guest_message_id = inquiry(gw, studio)
+    mails = sent(gw, sink)
+    [to_artist] = [m for m in mails if m.rcpt_tos == ["artist@inkwell.example"]]
+    [to_owner] = [m for m in mails if m.rcpt_tos == [OWNER]]
+    # The artist answers from a private address: not the profile's, so held for confirming.
+    raw, to = answer(to_artist, from_="artist.private@example.org",
+                     attachments=[("termin.pdf", "application/pdf", SKETCH)])
+    assert gw.send(raw, to, mail_from="artist.private@example.org").code == 250
+    gw.process()
+    assert sent(gw, sink) == []
+    [held] = owner.get("/api/v1/held").json()["items"]
+    refused = second.post(f"/api/v1/held/{held['id']}/accept")        # not the profile it answers for
+    assert refused.status_code == 403 and refused.json()["code"] == "not_your_answer"
+    assert sent(gw, sink) == []
+    confirmed = artist.post(f"/api/v1/held/{held['id']}/accept")
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["state"] == "sent"
+    [reply] = sent(gw, sink)
+    assert reply.rcpt_tos == ["guest@example.org"]
+    assert reply.message["In-Reply-To"] == guest_message_id
+    assert reply.message["From"].addresses[0].addr_spec == studio.address
+    text = body_of(reply)
+    assert "Freitag um 14 Uhr passt." in text and "schrieb Inkwell" not in text and "/app/c/" not in text
+    assert [p.get_filename() for p in reply.message.iter_attachments()] == ["termin.pdf"]
+    assert owner.post(f"/api/v1/held/{held['id']}/accept").status_code == 409   # once
+    assert sent(gw, sink) == []
+    [conversation_id] = conversations(gw)
+    shown = owner.get(f"/api/v1/conversations/{conversation_id}").json()["messages"]
+    assert [m["direction"] for m in shown] == ["inbound", "outbound"]         # the reply, not the mail it came in
+    # A stranger's answer to the owner's notification, rejected by a member: nothing goes out.
+    raw, to = answer(to_owner, from_="mallory@example.org")
+    assert gw.send(raw, to, mail_from="mallory@example.org").code == 250
+    gw.process()
+    [held] = owner.get("/api/v1/held").json()["items"]
+    assert second.post(f"/api/v1/held/{held['id']}/reject").json()["state"] == "rejected"
+    assert sent(gw, sink) == []
+
+
+def test_the_owner_confirms_a_held_answer_in_the_messenger_and_the_guest_gets_it(tmp_path: Path,
+                                                                                  database_url: str) -> None:
+    with serving(tmp_path, database_url) as web:
+        studio = web.gw.add_studio("inkwell", name="Inkwell")
+        inquiry(web.gw, studio)
+        [notification] = web.mailed()
+        raw, to = answer(notification, from_="owner.phone@example.org")
+        assert web.gw.send(raw, to, mail_from="owner.phone@example.org").code == 250
+        web.gw.process()
+        assert web.mailed() == []
+        client = signed_in_client(web)
+        [held] = web.gw.api(studio.token).get("/api/v1/held").json()["items"]
+        page = client.get("/app/held")
+        assert "Freitag um 14 Uhr passt." in page.text
+        accepted = client.post(f"/app/held/{held['id']}", data={"decision": "accept", "csrf_token": csrf_of(page.text)})
+        assert accepted.status_code == 303 and accepted.headers["location"] == f"/app/c/{held['conversation_id']}"
+        [reply] = web.mailed()
+        assert reply.rcpt_tos == ["guest@example.org"] and "Freitag um 14 Uhr passt." in body_of(reply)
+        assert web.gw.api(studio.token).get("/api/v1/held").json()["items"] == []
