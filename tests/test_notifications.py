@@ -5,6 +5,7 @@ PostgreSQL. The digest is driven directly with a clock; nothing sleeps.
 """
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from email.utils import make_msgid
@@ -17,6 +18,7 @@ from sqlalchemy import select, update
 from gateway.mail.addresses import (notification_address, notification_token, reply_token, verify_notification_token,
                                     verify_reply_token)
 from gateway.outbound.notifications import send_digests
+from gateway.outbound.webhooks import WebhookSender
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import CONVERSATION, MESSAGE, NOTIFICATION, STUDIO, STUDIO_EVENT
@@ -24,8 +26,11 @@ from tests.access import connect_member
 from tests.conftest import MAIL_DOMAIN, RunningGateway, StudioInfo, fixture_bytes, make_settings, start_gateway
 from tests.mail import make_mail, new_id
 from tests.dns_server import Zone, dns_server
+from tests.form_posts import PNG, answers, issued, post
+from tests.https_receiver import Receiver
 from tests.relay_sink import Received, RelaySink
 from tests.test_outbound import send_due
+from tests.test_outgoing_webhooks import hook_settings, register
 from tests.test_web_login import signed_in_client
 from tests.web import csrf_of, serving
 
@@ -407,3 +412,35 @@ def test_the_owner_confirms_a_held_answer_in_the_messenger_and_the_guest_gets_it
         [reply] = web.mailed()
         assert reply.rcpt_tos == ["guest@example.org"] and "Freitag um 14 Uhr passt." in body_of(reply)
         assert web.gw.api(studio.token).get("/api/v1/held").json()["items"] == []
+
+
+# --- form inquiries ---------------------------------------------------------------------------
+
+def test_a_form_inquiry_notifies_the_owner_and_reaches_the_webhook_endpoints(tmp_path: Path, database_url: str,
+                                                                             sink: RelaySink) -> None:
+    """The form's submission is announced as threaded mail is (gateway/events.announce): the
+    same reactions, so the owner hears of it and the studio's endpoints get its message.created."""
+    (tmp_path / "tls").mkdir()
+    receiver = Receiver(tmp_path / "tls").start()
+    running = start_gateway(hook_settings(tmp_path, database_url, receiver, smtp_relay_url=sink.url,
+                                          public_url=PUBLIC_URL))
+    try:
+        studio = running.add_studio("inkwell", name="Inkwell")
+        register(running, studio, receiver.url())
+        web = running.api(None)
+        assert post(web, "inkwell", answers(_issued=issued(studio.id)), [("rose.png", PNG)]).status_code == 200
+        [conversation_id] = conversations(running)
+        mails = sent(running, sink)
+        assert sorted(m.rcpt_tos[0] for m in mails) == ["lena@example.org", OWNER]   # confirmation, notification
+        [notification] = [m for m in mails if m.rcpt_tos == [OWNER]]
+        assert notification.message["Subject"] == "Neue Nachricht von Lena Rose: Anfrage über das Formular"
+        text = body_of(notification)
+        assert "A small rose, fine line" in text and "rose.png" in text
+        assert f"{PUBLIC_URL}/app/c/{conversation_id}" in text
+        assert WebhookSender(running.engine, running.settings).run_round() >= 1
+        events = [json.loads(p.body) for p in receiver.wait_for(1)]
+        assert {"type": "message.created", "conversation_id": conversation_id, "direction": "inbound"}.items() \
+            <= events[0].items()
+    finally:
+        running.stop()
+        receiver.stop()
