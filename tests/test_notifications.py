@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from gateway.mail.addresses import (notification_address, notification_token, reply_token, verify_notification_token,
                                     verify_reply_token)
+from gateway.lifecycle.purge import purge
 from gateway.outbound.notifications import send_digests
+from gateway.outbound.notify_preferences import bounced_since
 from gateway.outbound.webhooks import WebhookSender
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.store.tables import CONVERSATION, MESSAGE, NOTIFICATION, STUDIO, STUDIO_EVENT
+from gateway.store.tables import CONVERSATION, MESSAGE, NOTIFICATION, OUTBOUND_JOB, PROFILE, STUDIO, STUDIO_EVENT
 from tests.access import connect_member
 from tests.conftest import MAIL_DOMAIN, RunningGateway, StudioInfo, fixture_bytes, make_settings, start_gateway
 from tests.mail import make_mail, new_id
@@ -52,6 +54,11 @@ def gw(tmp_path: Path, database_url: str, sink: RelaySink) -> Iterator[RunningGa
     running = start_gateway(make_settings(tmp_path, database_url, smtp_relay_url=sink.url, public_url=PUBLIC_URL))
     yield running
     running.stop()
+
+
+def studio_owner(conn: Any, studio_id: int) -> int:
+    return int(conn.execute(select(PROFILE.c.id).where(PROFILE.c.studio_id == studio_id,
+                                                       PROFILE.c.role == "owner")).scalar_one())
 
 
 def sent(gw: RunningGateway, sink: RelaySink) -> list[Received]:
@@ -444,3 +451,31 @@ def test_a_form_inquiry_notifies_the_owner_and_reaches_the_webhook_endpoints(tmp
     finally:
         running.stop()
         receiver.stop()
+
+
+# --- retention ------------------------------------------------------------------------------
+
+def test_the_purge_drops_notifications_after_30_days_but_keeps_what_the_pause_counts(gw: RunningGateway,
+                                                                                      sink: RelaySink) -> None:
+    studio = gw.add_studio("inkwell")
+    inquiry(gw, studio, guest="a@example.org", subject="Told")
+    [told] = sent(gw, sink)
+    inquiry(gw, studio, guest="b@example.org", subject="Bounced")
+    [bounced] = sent(gw, sink)
+    _bounce(gw, studio, str(bounced.message["Message-ID"]))
+    month_ago = utcnow() - timedelta(days=31)
+    with write_tx(gw.engine) as conn:
+        conn.execute(update(NOTIFICATION).values(created_at=month_ago))
+        conn.execute(update(MESSAGE).where(MESSAGE.c.conversation_id.is_(None)).values(received_at=month_ago))
+    inquiry(gw, studio, guest="c@example.org", subject="Fresh")
+    [fresh] = sent(gw, sink)
+    assert purge(gw.engine, gw.settings).notifications == 2               # the told one's row and mail
+    with read_tx(gw.engine) as conn:
+        kept = set(conn.execute(select(MESSAGE.c.message_id).where(MESSAGE.c.auto_kind == "notification")).scalars())
+        assert kept == {str(bounced.message["Message-ID"]).strip("<>"), str(fresh.message["Message-ID"]).strip("<>")}
+        assert conn.execute(select(func.count()).select_from(NOTIFICATION)).scalar() == 2
+        assert conn.execute(select(func.count()).select_from(OUTBOUND_JOB).join(
+            MESSAGE, MESSAGE.c.id == OUTBOUND_JOB.c.message_id).where(
+            MESSAGE.c.message_id == str(told.message["Message-ID"]).strip("<>"))).scalar() == 0
+        assert bounced_since(conn, studio_owner(conn, studio.id), None) == 1   # still counts for the pause
+    assert purge(gw.engine, gw.settings).notifications == 0               # repeatable
