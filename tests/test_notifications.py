@@ -17,13 +17,14 @@ from sqlalchemy import func, select, update
 
 from gateway.mail.addresses import (notification_address, notification_token, reply_token, verify_notification_token,
                                     verify_reply_token)
+from gateway.inbound.intake import Envelope, store_batch
 from gateway.lifecycle.purge import purge
 from gateway.outbound.notifications import send_digests
 from gateway.outbound.notify_preferences import bounced_since
 from gateway.outbound.webhooks import WebhookSender
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.store.tables import CONVERSATION, MESSAGE, NOTIFICATION, OUTBOUND_JOB, PROFILE, STUDIO, STUDIO_EVENT
+from gateway.store.tables import AUTOMATIC_MAIL, CONVERSATION, MESSAGE, NOTIFICATION, OUTBOUND_JOB, PROFILE, STUDIO, STUDIO_EVENT
 from tests.access import connect_member
 from tests.conftest import MAIL_DOMAIN, RunningGateway, StudioInfo, fixture_bytes, make_settings, start_gateway
 from tests.mail import make_mail, new_id
@@ -144,7 +145,8 @@ def test_the_storm_limit_holds_and_the_rest_waits_for_the_digest(gw: RunningGate
     assert [m.rcpt_tos for m in sent(gw, sink)] == [[OWNER]]         # one in five minutes
     assert send_digests(gw.engine, gw.settings, utcnow()) == 1       # the rest: one digest
     [digest] = sent(gw, sink)
-    assert digest.message["Auto-Submitted"] == "auto-generated" and digest.message["Reply-To"] is None
+    assert digest.message["Auto-Submitted"] == "auto-generated"
+    assert digest.message["Reply-To"].addresses[0].addr_spec == f"inkwell+digest@{MAIL_DOMAIN}"
     assert send_digests(gw.engine, gw.settings, utcnow()) == 0
     with write_tx(gw.engine) as conn:   # five minutes later the next message is told at once again
         conn.execute(update(NOTIFICATION).values(created_at=utcnow() - timedelta(minutes=6)))
@@ -165,6 +167,21 @@ def test_the_hourly_digest_gathers_three_conversations(gw: RunningGateway, sink:
     links = re.findall(rf"{re.escape(PUBLIC_URL)}/app/c/(\d+)", text)
     assert sorted(int(x) for x in links) == conversations(gw)
     assert digest.message["Subject"] == "Inkwell: 3 Unterhaltungen mit neuer Post"
+    # Answering the digest: it names no one guest. The SMTP edge refuses it with a bounce that
+    # says where to answer; nothing is stored, sent or opened.
+    raw, to = answer(digest)
+    refused = gw.send(raw, to, mail_from=OWNER)
+    assert (refused.code, to) == (550, f"inkwell+digest@{MAIL_DOMAIN}")
+    assert "answer the conversation's own notification, or in the messenger" in refused.text
+    gw.process()
+    assert sent(gw, sink) == [] and len(conversations(gw)) == 3
+    # Through a provider's webhook nothing refuses it at RCPT: it is listed, never threaded.
+    with write_tx(gw.engine) as conn:
+        store_batch(conn, [(raw, Envelope(OWNER, [to]))], gw.settings, gw.settings.secret())
+    gw.process()
+    assert sent(gw, sink) == [] and len(conversations(gw)) == 3
+    with read_tx(gw.engine) as conn:
+        assert conn.execute(select(AUTOMATIC_MAIL.c.from_email)).scalars().all() == [OWNER]
 
 
 def test_quiet_hours_hold_mail_for_the_next_digest_outside_them(gw: RunningGateway, sink: RelaySink) -> None:
