@@ -4,7 +4,8 @@ The processor announces each message the threader stored; reactions listen: an
 acknowledgement for a new inquiry (gateway/outbound/acknowledgements.py), the helpdesk's
 LÖSCHEN command (gateway/lifecycle/helpdesk_mail.py), the profiles' notifications
 (gateway/outbound/notifications.py) and their answers by mail (gateway/outbound/notify_answers.py),
-and next the outgoing webhooks. The processor knows none of them: the edge that runs it
+and next the outgoing webhooks. An inquiry form's submission is announced the same way
+(gateway/forms/submit.py), so a form inquiry is told like a mail one. The processor knows none of them: the edge that runs it
 (gateway/runtime.py, the CLI) hands it the list, so inbound never imports what reacts.
 
 A reaction runs inside the transaction that stored the message, so what it queues (an
@@ -17,7 +18,7 @@ failure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from sqlalchemy import Connection
 
@@ -51,3 +52,11 @@ class Chunk:
 
 class Reaction(Protocol):
     def __call__(self, conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) -> None: ...
+
+
+def announce(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk,
+             reactions: Sequence[Reaction]) -> None:
+    """Tell every reaction, in order, in the caller's transaction: the processor for threaded
+    mail, the inquiry form for a submission (gateway/forms/submit.py), one path for both."""
+    for react in reactions:
+        react(conn, event, settings, chunk)

@@ -200,6 +200,7 @@ class Gateway:
         if "web" in self.roles:
             app = self.app = create_app(self.engine, self.settings, pages=[*form_routes(), *web_routes()])
             app.state.acceptor = self.acceptor
+            app.state.reactions = REACTIONS   # a form submission is announced as guest mail is
             self.writes = WriteBatcher(self.engine)
             await self.writes.start()
             app.state.writes = self.writes

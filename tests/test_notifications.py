@@ -5,6 +5,7 @@ PostgreSQL. The digest is driven directly with a clock; nothing sleeps.
 """
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from email.utils import make_msgid
@@ -12,22 +13,31 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from gateway.mail.addresses import (notification_address, notification_token, reply_token, verify_notification_token,
                                     verify_reply_token)
+from gateway.inbound.intake import Envelope, store_batch
 from gateway.inbound.processor import process_pending
+from gateway.lifecycle.purge import purge
 from gateway.outbound.notifications import HOLD_WHILE_BUSY, send_digests
+from gateway.outbound.notify_preferences import bounced_since
+from gateway.outbound.webhooks import WebhookSender
 from gateway.runtime import REACTIONS
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.store.tables import CONVERSATION, MESSAGE, NOTIFICATION, STUDIO, STUDIO_EVENT
+from gateway.store.tables import AUTOMATIC_MAIL, CONVERSATION, MESSAGE, NOTIFICATION, OUTBOUND_JOB, PROFILE, STUDIO, STUDIO_EVENT
 from tests.access import connect_member
 from tests.conftest import MAIL_DOMAIN, RunningGateway, StudioInfo, fixture_bytes, make_settings, start_gateway
 from tests.mail import make_mail, new_id
 from tests.dns_server import Zone, dns_server
+from tests.form_posts import PNG, answers, issued, post
+from tests.https_receiver import Receiver
 from tests.relay_sink import Received, RelaySink
 from tests.test_outbound import send_due
+from tests.test_outgoing_webhooks import hook_settings, register
+from tests.test_web_login import signed_in_client
+from tests.web import csrf_of, serving
 
 PUBLIC_URL = "https://gateway.example"
 OWNER = "owner@inkwell.example"      # RunningGateway.add_studio's owner address for "inkwell"
@@ -47,6 +57,11 @@ def gw(tmp_path: Path, database_url: str, sink: RelaySink) -> Iterator[RunningGa
     running = start_gateway(make_settings(tmp_path, database_url, smtp_relay_url=sink.url, public_url=PUBLIC_URL))
     yield running
     running.stop()
+
+
+def studio_owner(conn: Any, studio_id: int) -> int:
+    return int(conn.execute(select(PROFILE.c.id).where(PROFILE.c.studio_id == studio_id,
+                                                       PROFILE.c.role == "owner")).scalar_one())
 
 
 def sent(gw: RunningGateway, sink: RelaySink, later: timedelta = timedelta(0)) -> list[Received]:
@@ -149,7 +164,8 @@ def test_the_storm_limit_holds_and_the_rest_waits_for_the_digest(gw: RunningGate
     assert [m.rcpt_tos for m in sent(gw, sink)] == [[OWNER]]         # one in five minutes
     assert send_digests(gw.engine, gw.settings, utcnow()) == 1       # the rest: one digest
     [digest] = sent(gw, sink)
-    assert digest.message["Auto-Submitted"] == "auto-generated" and digest.message["Reply-To"] is None
+    assert digest.message["Auto-Submitted"] == "auto-generated"
+    assert digest.message["Reply-To"].addresses[0].addr_spec == f"inkwell+digest@{MAIL_DOMAIN}"
     assert send_digests(gw.engine, gw.settings, utcnow()) == 0
     with write_tx(gw.engine) as conn:   # five minutes later the next message is told at once again
         conn.execute(update(NOTIFICATION).values(created_at=utcnow() - timedelta(minutes=6)))
@@ -170,6 +186,21 @@ def test_the_hourly_digest_gathers_three_conversations(gw: RunningGateway, sink:
     links = re.findall(rf"{re.escape(PUBLIC_URL)}/app/c/(\d+)", text)
     assert sorted(int(x) for x in links) == conversations(gw)
     assert digest.message["Subject"] == "Inkwell: 3 Unterhaltungen mit neuer Post"
+    # Answering the digest: it names no one guest. The SMTP edge refuses it with a bounce that
+    # says where to answer; nothing is stored, sent or opened.
+    raw, to = answer(digest)
+    refused = gw.send(raw, to, mail_from=OWNER)
+    assert (refused.code, to) == (550, f"inkwell+digest@{MAIL_DOMAIN}")
+    assert "answer the conversation's own notification, or in the messenger" in refused.text
+    gw.process()
+    assert sent(gw, sink) == [] and len(conversations(gw)) == 3
+    # Through a provider's webhook nothing refuses it at RCPT: it is listed, never threaded.
+    with write_tx(gw.engine) as conn:
+        store_batch(conn, [(raw, Envelope(OWNER, [to]))], gw.settings, gw.settings.secret())
+    gw.process()
+    assert sent(gw, sink) == [] and len(conversations(gw)) == 3
+    with read_tx(gw.engine) as conn:
+        assert conn.execute(select(AUTOMATIC_MAIL.c.from_email)).scalars().all() == [OWNER]
 
 
 def test_quiet_hours_hold_mail_for_the_next_digest_outside_them(gw: RunningGateway, sink: RelaySink) -> None:
@@ -356,3 +387,131 @@ def test_a_bouncing_profile_is_paused_and_a_change_resumes_it(gw: RunningGateway
     assert owner.patch(MINE, json={"mode": "immediately"}).json()["paused"] is False
     inquiry(gw, studio, guest="g10@example.org", subject="Und noch eine")
     assert len(sent(gw, sink)) == 1
+
+
+# --- confirming a held answer ---------------------------------------------------------------
+
+def test_a_held_answer_is_sent_once_when_its_profile_confirms_it_and_rejecting_sends_nothing(
+        gw: RunningGateway, sink: RelaySink) -> None:
+    studio = gw.add_studio("inkwell", name="Inkwell")
+    _, artist_token = connect_member(gw, studio, "artist@inkwell.example")
+    _, second_token = connect_member(gw, studio, "second@inkwell.example", name="Second")
+    artist, second, owner = gw.api(artist_token), gw.api(second_token), gw.api(studio.token)
+    assert artist.patch(MINE, json={"mode": "immediately"}).status_code == 200
+    guest_message_id = inquiry(gw, studio)
+    mails = sent(gw, sink)
+    [to_artist] = [m for m in mails if m.rcpt_tos == ["artist@inkwell.example"]]
+    [to_owner] = [m for m in mails if m.rcpt_tos == [OWNER]]
+    # The artist answers from a private address: not the profile's, so held for confirming.
+    raw, to = answer(to_artist, from_="artist.private@example.org",
+                     attachments=[("termin.pdf", "application/pdf", SKETCH)])
+    assert gw.send(raw, to, mail_from="artist.private@example.org").code == 250
+    gw.process()
+    assert sent(gw, sink) == []
+    [held] = owner.get("/api/v1/held").json()["items"]
+    refused = second.post(f"/api/v1/held/{held['id']}/accept")        # not the profile it answers for
+    assert refused.status_code == 403 and refused.json()["code"] == "not_your_answer"
+    assert sent(gw, sink) == []
+    confirmed = artist.post(f"/api/v1/held/{held['id']}/accept")
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["state"] == "sent"
+    [reply] = sent(gw, sink)
+    assert reply.rcpt_tos == ["guest@example.org"]
+    assert reply.message["In-Reply-To"] == guest_message_id
+    assert reply.message["From"].addresses[0].addr_spec == studio.address
+    text = body_of(reply)
+    assert "Freitag um 14 Uhr passt." in text and "schrieb Inkwell" not in text and "/app/c/" not in text
+    assert [p.get_filename() for p in reply.message.iter_attachments()] == ["termin.pdf"]
+    assert owner.post(f"/api/v1/held/{held['id']}/accept").status_code == 409   # once
+    assert sent(gw, sink) == []
+    [conversation_id] = conversations(gw)
+    shown = owner.get(f"/api/v1/conversations/{conversation_id}").json()["messages"]
+    assert [m["direction"] for m in shown] == ["inbound", "outbound"]         # the reply, not the mail it came in
+    # A stranger's answer to the owner's notification, rejected by a member: nothing goes out.
+    raw, to = answer(to_owner, from_="mallory@example.org")
+    assert gw.send(raw, to, mail_from="mallory@example.org").code == 250
+    gw.process()
+    [held] = owner.get("/api/v1/held").json()["items"]
+    assert second.post(f"/api/v1/held/{held['id']}/reject").json()["state"] == "rejected"
+    assert sent(gw, sink) == []
+
+
+def test_the_owner_confirms_a_held_answer_in_the_messenger_and_the_guest_gets_it(tmp_path: Path,
+                                                                                  database_url: str) -> None:
+    with serving(tmp_path, database_url) as web:
+        studio = web.gw.add_studio("inkwell", name="Inkwell")
+        inquiry(web.gw, studio)
+        [notification] = web.mailed()
+        raw, to = answer(notification, from_="owner.phone@example.org")
+        assert web.gw.send(raw, to, mail_from="owner.phone@example.org").code == 250
+        web.gw.process()
+        assert web.mailed() == []
+        client = signed_in_client(web)
+        [held] = web.gw.api(studio.token).get("/api/v1/held").json()["items"]
+        page = client.get("/app/held")
+        assert "Freitag um 14 Uhr passt." in page.text
+        accepted = client.post(f"/app/held/{held['id']}", data={"decision": "accept", "csrf_token": csrf_of(page.text)})
+        assert accepted.status_code == 303 and accepted.headers["location"] == f"/app/c/{held['conversation_id']}"
+        [reply] = web.mailed()
+        assert reply.rcpt_tos == ["guest@example.org"] and "Freitag um 14 Uhr passt." in body_of(reply)
+        assert web.gw.api(studio.token).get("/api/v1/held").json()["items"] == []
+
+
+# --- form inquiries ---------------------------------------------------------------------------
+
+def test_a_form_inquiry_notifies_the_owner_and_reaches_the_webhook_endpoints(tmp_path: Path, database_url: str,
+                                                                             sink: RelaySink) -> None:
+    """The form's submission is announced as threaded mail is (gateway/events.announce): the
+    same reactions, so the owner hears of it and the studio's endpoints get its message.created."""
+    (tmp_path / "tls").mkdir()
+    receiver = Receiver(tmp_path / "tls").start()
+    running = start_gateway(hook_settings(tmp_path, database_url, receiver, smtp_relay_url=sink.url,
+                                          public_url=PUBLIC_URL))
+    try:
+        studio = running.add_studio("inkwell", name="Inkwell")
+        register(running, studio, receiver.url())
+        web = running.api(None)
+        assert post(web, "inkwell", answers(_issued=issued(studio.id)), [("rose.png", PNG)]).status_code == 200
+        [conversation_id] = conversations(running)
+        mails = sent(running, sink)
+        assert sorted(m.rcpt_tos[0] for m in mails) == ["lena@example.org", OWNER]   # confirmation, notification
+        [notification] = [m for m in mails if m.rcpt_tos == [OWNER]]
+        assert notification.message["Subject"] == "Neue Nachricht von Lena Rose: Anfrage über das Formular"
+        text = body_of(notification)
+        assert "A small rose, fine line" in text and "rose.png" in text
+        assert f"{PUBLIC_URL}/app/c/{conversation_id}" in text
+        assert WebhookSender(running.engine, running.settings).run_round() >= 1
+        events = [json.loads(p.body) for p in receiver.wait_for(1)]
+        assert {"type": "message.created", "conversation_id": conversation_id, "direction": "inbound"}.items() \
+            <= events[0].items()
+    finally:
+        running.stop()
+        receiver.stop()
+
+
+# --- retention ------------------------------------------------------------------------------
+
+def test_the_purge_drops_notifications_after_30_days_but_keeps_what_the_pause_counts(gw: RunningGateway,
+                                                                                      sink: RelaySink) -> None:
+    studio = gw.add_studio("inkwell")
+    inquiry(gw, studio, guest="a@example.org", subject="Told")
+    [told] = sent(gw, sink)
+    inquiry(gw, studio, guest="b@example.org", subject="Bounced")
+    [bounced] = sent(gw, sink)
+    _bounce(gw, studio, str(bounced.message["Message-ID"]))
+    month_ago = utcnow() - timedelta(days=31)
+    with write_tx(gw.engine) as conn:
+        conn.execute(update(NOTIFICATION).values(created_at=month_ago))
+        conn.execute(update(MESSAGE).where(MESSAGE.c.conversation_id.is_(None)).values(received_at=month_ago))
+    inquiry(gw, studio, guest="c@example.org", subject="Fresh")
+    [fresh] = sent(gw, sink)
+    assert purge(gw.engine, gw.settings).notifications == 2               # the told one's row and mail
+    with read_tx(gw.engine) as conn:
+        kept = set(conn.execute(select(MESSAGE.c.message_id).where(MESSAGE.c.auto_kind == "notification")).scalars())
+        assert kept == {str(bounced.message["Message-ID"]).strip("<>"), str(fresh.message["Message-ID"]).strip("<>")}
+        assert conn.execute(select(func.count()).select_from(NOTIFICATION)).scalar() == 2
+        assert conn.execute(select(func.count()).select_from(OUTBOUND_JOB).join(
+            MESSAGE, MESSAGE.c.id == OUTBOUND_JOB.c.message_id).where(
+            MESSAGE.c.message_id == str(told.message["Message-ID"]).strip("<>"))).scalar() == 0
+        assert bounced_since(conn, studio_owner(conn, studio.id), None) == 1   # still counts for the pause
+    assert purge(gw.engine, gw.settings).notifications == 0               # repeatable

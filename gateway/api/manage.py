@@ -11,16 +11,19 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException, NotFoundException, PermissionDeniedException
 from litestar.status_codes import HTTP_409_CONFLICT
 
 from gateway.api.ids import RowId
 from gateway.api.auth import support_read
+from gateway.api.errors import api_error, validation_failed
 from gateway.api.paging import DEFAULT_LIMIT, Cursor, Limit, cursor_checked
 from gateway.inbox.actions import CLOSED, OPEN, NotHeld, attachment_download, decide_held, list_held, set_status
 from gateway.store.db import read_tx, write_tx
 from gateway.mail.files import content_disposition, plain_media_type
 from gateway.inbox.reading import PersonOut
+from gateway.outbound.notify_answers import NotYours, confirm_held_answer
+from gateway.outbound.replies import ReplyError
 from gateway.access.studios import Caller
 
 
@@ -40,7 +43,7 @@ class HeldList(msgspec.Struct):
 
 class DecisionOut(msgspec.Struct):
     id: int
-    state: str              # visible (accepted) | rejected
+    state: str              # visible (accepted) | rejected | sent (a profile's answer, sent to the guest)
     conversation_id: int
 
 
@@ -70,10 +73,13 @@ class HeldController(Controller):
             next_cursor=held.next_cursor)
 
     @post("/{message_id:str}/accept", sync_to_thread=True, status_code=200,
-          raises=[ConflictException, NotFoundException])
+          raises=[ConflictException, NotFoundException, PermissionDeniedException])
     def accept(self, state: State, caller: NamedDependency[Caller], message_id: RowId) -> DecisionOut:
         """Show the message in its conversation; its sender counts as a participant from now on.
-        409 if it is not held (any more)."""
+        A profile's held answer to a notification is sent to the guest instead, as the studio's
+        reply (`sent`); only that profile or the owner may confirm it (403 otherwise), and 400
+        `reply_text_empty` when there is nothing but the quote to send. 409 if it is not held
+        (any more)."""
         return _decide(state, caller, message_id, accept=True)
 
     @post("/{message_id:str}/reject", sync_to_thread=True, status_code=200,
@@ -86,11 +92,18 @@ class HeldController(Controller):
 def _decide(state: State, caller: Caller, message_id: int, *, accept: bool) -> DecisionOut:
     try:
         with write_tx(state.engine) as conn:
-            decision = decide_held(conn, caller.studio_id, message_id, accept=accept)
+            sent = confirm_held_answer(conn, state.settings, caller, message_id) if accept else None
+            decision = sent or decide_held(conn, caller.studio_id, message_id, accept=accept)
     except NotHeld as exc:
         raise ConflictException(str(exc)) from None
+    except NotYours as exc:
+        raise api_error(403, "not_your_answer", str(exc)) from None
+    except ReplyError as exc:
+        raise validation_failed([("text", str(exc))], code=exc.code) from None
     if decision is None:
         raise NotFoundException("held message not found")
+    if decision.state == "sent" and (wake := getattr(state, "wake_outbox", None)) is not None:
+        wake()  # same process (gateway serve): send now rather than at the next poll
     return DecisionOut(id=decision.id, state=decision.state, conversation_id=decision.conversation_id)
 
 

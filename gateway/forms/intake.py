@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
+from gateway.events import Reaction
 from gateway.forms import challenge, versions
 from gateway.forms.answers import Checked, check_answers
 from gateway.forms.issue import HONEYPOT_FIELD, ISSUED_FIELD, token_of, verify
@@ -111,14 +112,15 @@ class Pending:
     token: str
 
 
-def take(engine: Engine, settings: Settings, limits: FormLimits, slug: str, post: Post) -> Outcome | None:
+def take(engine: Engine, settings: Settings, limits: FormLimits, slug: str, post: Post,
+         reactions: Sequence[Reaction]) -> Outcome | None:
     """Decide one post and store it in a transaction of its own; None for an unknown studio."""
     token = token_of((post.fields.get(ISSUED_FIELD) or [""])[0])
     with read_tx(engine) as conn:
         found = look_up(conn, slug, token)
     if found is None:
         return None
-    decided = prepare(settings, limits, found, post)
+    decided = prepare(settings, limits, found, post, reactions)
     return decided if isinstance(decided, Outcome) else take_pending(engine, decided)
 
 
@@ -141,10 +143,11 @@ def after_race(engine: Engine, pending: Pending) -> Outcome:
     return Outcome("stored", submitted=seen)
 
 
-def prepare(settings: Settings, limits: FormLimits, found: Found, post: Post) -> Outcome | Pending:
+def prepare(settings: Settings, limits: FormLimits, found: Found, post: Post,
+            reactions: Sequence[Reaction]) -> Outcome | Pending:
     """Everything but the write, without the database: an Outcome when the post is decided
     already (bots learn nothing from a quiet refusal: it looks like success), else the write
-    that stores it."""
+    that stores it, announcing the inquiry to `reactions` as threaded mail is (gateway/events.py)."""
     if any(v.strip() for v in post.fields.get(HONEYPOT_FIELD, [])):
         return Outcome("quiet")
     studio, version = found.studio, found.version
@@ -180,7 +183,7 @@ def prepare(settings: Settings, limits: FormLimits, found: Found, post: Post) ->
         submission = Submission(studio=studio, version=version.version, definition=version.definition,
                                 checked=checked, token=token, consent_at=consent_at,
                                 guest_language=post.guest_language, bare=bare)
-        submitted = store_submission(conn, submission, settings)
+        submitted = store_submission(conn, submission, settings, reactions)
         limits.count(conn, studio.id, post.client, email, bare)
         return Outcome("stored", submitted=submitted, version=version, checked=checked, bare=bare)
 

@@ -3,7 +3,9 @@
 In the caller's transaction: the guest (found or created by address), a new conversation with
 `thread_rule` `form`, one inbound message whose text lists the answers under their labels in
 the studio's language, the uploads as its attachments, the submission row (answers, version,
-consent time, double-submit token) and, at most once per address per studio per day, the
+consent time, double-submit token), the "message threaded" announcement a guest's mail gets
+(gateway/events.py: the studio's event log and so its webhooks, the profiles' notifications)
+and, at most once per address per studio per day, the
 confirmation mail through the outbox with the signed Reply-To every reply carries
 (gateway/outbound/replies.create_reply), so the guest's answer by email joins the
 conversation. The confirmation carries the studio's words and the form's labels, never what
@@ -14,11 +16,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import Connection, bindparam, insert, select
 
-from gateway.eventlog import MESSAGE_CREATED, record_many as record_events
+from gateway.eventlog import record_many as record_events
+from gateway.events import Chunk, Reaction, Threaded, announce
 from gateway.forms.answers import Checked
 from gateway.forms.definition import Definition, text_in
 from gateway.inbound.headers import normalize_email
@@ -113,11 +116,12 @@ def find_submitted(conn: Connection, studio_id: int, token: str) -> Submitted | 
     return None if row is None else Submitted(row[0], row[1], True, None)
 
 
-def store_submission(conn: Connection, submission: Submission, settings: Settings) -> Submitted:
+def store_submission(conn: Connection, submission: Submission, settings: Settings,
+                     reactions: Sequence[Reaction]) -> Submitted:
     """The inquiry, in the caller's transaction (see the module docstring), for a token the
     caller found unused (gateway/forms/limits.FormLimits.read asks with the limits). Two posts
     racing with one token meet at the unique (studio_id, token) constraint, and the loser's
-    transaction fails."""
+    transaction fails. `reactions`: what reacts to a guest's new message (gateway/runtime.REACTIONS)."""
     studio = submission.studio
     definition, values = submission.definition, submission.checked.values
     email = values[definition.email_key].lower()
@@ -156,15 +160,20 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
         conn, studio_id=studio.id, conversation_id=conversation_id, message_id=message_id, form_version=submission.version,
         answers_json=json.dumps({"values": values, "files": submission.checked.upload_names}, ensure_ascii=False),
         token=submission.token, consent_at=submission.consent_at, created_at=now)
-    # The studio's live inbox and webhooks hear of it like of a guest's mail (gateway/eventlog.py),
-    # and of the confirmation as of a reply: both events in one counter statement and one insert.
-    events: list[tuple[str, datetime, dict[str, Any]]] = [
-        (MESSAGE_CREATED, now, {"conversation_id": conversation_id, "message_id": message_id, "direction": "inbound"})]
+    # Announced like a guest's mail, before the confirmation so the inquiry's events come first:
+    # the studio's log (live inbox, webhooks) and the profiles' notifications. Not acknowledged
+    # (the address is unverified, `sender_aligned` False): the confirmation below is the form's own.
+    announce(conn, Threaded(studio_id=studio.id, message_id=message_id, conversation_id=conversation_id,
+                            rule=THREAD_RULE, opened=True, visible=True, automatic=False, guest_id=guest_id,
+                            sender_name=name), settings, Chunk(studio_ids={studio.slug: studio.id}), reactions)
+    # The confirmation's event (as of a reply), written with the confirmation (create_reply).
+    events: list[tuple[str, datetime, dict[str, Any]]] = []
     # The conversation as just written, so the confirmation need not read it back.
     thread = Thread(words["subject"], (sender.email[:320], ""), (studio.slug, studio.name), (form_message_id, "[]"),
                     opened_at=now)
     confirmation = _confirm(conn, submission, conversation_id, thread, settings, events) if confirm else None
-    record_events(conn, studio.id, events)
+    if events:
+        record_events(conn, studio.id, events)
     return Submitted(conversation_id, message_id, False, confirmation)
 
 

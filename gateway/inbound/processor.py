@@ -28,7 +28,7 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import INBOUND
 from gateway.inbound.mime import ParsedMessage
 from gateway.store.models import utcnow
-from gateway.events import Chunk, Reaction
+from gateway.events import Chunk, Reaction, announce
 from gateway.inbound.authentication import authenticate_claimed, load_tables
 from gateway.inbound.intake import discard_inbound
 from gateway.inbound.isolation import CHILD_DIED, TOO_LONG, Died, Overran, child_for_thread, parse_within
@@ -232,8 +232,7 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes, reactions:
                 outcomes = thread_message(conn, item, message, settings, secret, studios, lookups)
                 for outcome in outcomes:
                     if outcome.threaded is not None:
-                        for react in reactions:
-                            react(conn, outcome.threaded, settings, chunk)
+                        announce(conn, outcome.threaded, settings, chunk, reactions)
                 if savepoint is not None:
                     savepoint.commit()
             except StudiosGone as exc:  # raised before anything of the message was written

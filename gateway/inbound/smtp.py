@@ -22,7 +22,7 @@ from gateway.inbound.acceptor import Acceptor, StorageFull, TemporaryFailure, lo
 from gateway.inbound.directory import StudioDirectory
 from gateway.inbound.intake import Envelope, FloodLimited
 from gateway.inbound.smtp_edge import DataRefused, FastSMTP, protocol_names
-from gateway.mail.addresses import parse_studio_address
+from gateway.mail.addresses import DIGEST_DETAIL, parse_studio_address
 from gateway.metrics import mail_answered, recipient_refused
 from gateway.settings import Settings
 
@@ -32,6 +32,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 OK_RCPT = "250 2.1.5 Recipient OK"
 OK_QUEUED = "250 2.0.0 Message accepted for delivery ({id})"
 ERR_NO_SUCH_USER = "550 5.1.1 No such mailbox here"
+# An answer to a notification digest (gateway/mail/addresses.DIGEST_DETAIL): refused here, so the
+# profile's own server bounces it to them with these words, and nothing we send can loop.
+ERR_DIGEST_ANSWER = ("550 5.7.1 This digest covers several conversations and cannot be answered: "
+                     "answer the conversation's own notification, or in the messenger")
 ERR_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 ERR_TEMPORARY = "451 4.3.0 Temporary local problem, please try again later"
 # RFC 3463 X.3.1 "mail system full", RFC 5321 4.2.3 (452 "insufficient system storage"): our
@@ -135,6 +139,8 @@ class GatewayHandler:
             return ERR_TEMPORARY
         if not known:
             return self._unknown(server)
+        if studio.detail == DIGEST_DETAIL:
+            return ERR_DIGEST_ANSWER
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return OK_RCPT

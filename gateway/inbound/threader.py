@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.inbound.authentication import NONE, Verdicts
 from gateway.inbound.automatic import HUMAN, AutoInfo, classify, website_form_guest
 from gateway.store.blobs import blob_store
-from gateway.mail.addresses import (StudioAddress, is_notification_token, parse_studio_address,
+from gateway.mail.addresses import (DIGEST_DETAIL, StudioAddress, is_notification_token, parse_studio_address,
                                     verify_notification_token, verify_reply_token)
 from gateway.mail.subjects import normalize_subject
 from gateway.store.db import DriverSQL, bind_processor
@@ -213,6 +213,13 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
 
     guest = guest_of(conn, lookups, studio_id, sender.email)
     verdicts = inbound.authentication or NONE
+    if detail == DIGEST_DETAIL:
+        # An answer to a digest through a provider (SMTP refuses it at RCPT): it belongs to no
+        # one conversation and must never reach a guest; listed, like automatic mail.
+        _record_automatic(conn, studio_id, inbound, parsed, sender, auto, message_id, dedupe_key,
+                          None if inbound.authentication is None else verdicts.summary(
+                              settings.smtp_hostname or settings.mail_domain))
+        return Outcome(studio_id, None, None, "unthreaded-automatic")
     if is_notification_token(detail):
         # A profile's answer to a notification: never a guest's mail, whatever it says.
         conversation, rule = _notification_answer(conn, studio_id, detail, sender, auto, verdicts, secret)

@@ -1,7 +1,8 @@
 """The purge: what the studio deleted 30 days ago or more is erased for good.
 
 Runs hourly in the worker (GATEWAY_PURGE_INTERVAL_HOURS) and as `gateway purge [--dry-run]`.
-It also drops the Idempotency-Key answers older than a day (gateway/access/idempotency.py).
+It also drops the Idempotency-Key answers older than a day (gateway/access/idempotency.py), and
+notification rows and mails older than 30 days (gateway/outbound/notify_retention.py).
 gateway/lifecycle/erasure.py removes the rows, raw mail and attachment bytes; each erasure is appended
 to the deletion log first (fsync'd before the erasure commits), so a backup restored later
 replays it and the purged data stays gone. If the log cannot be written, nothing is erased.
@@ -28,6 +29,7 @@ from gateway.lifecycle.erasure import erase_conversation, erase_message
 from gateway.store.models import utcnow
 from gateway.settings import Settings
 from gateway.lifecycle.trash import RETENTION
+from gateway.outbound.notify_retention import purge_notifications
 from gateway.store.tables import CONVERSATION, MESSAGE
 from gateway.store.tables import STUDIO
 
@@ -47,6 +49,7 @@ class PurgeReport:
     messages: list[int] = field(default_factory=list)
     dry_run: bool = False
     idempotency_keys: int = 0                                          # expired stored answers deleted
+    notifications: int = 0                                             # notification rows and mails dropped
 
     def ids(self, kind: Kind) -> list[int]:
         return self.conversations if kind == "conversation" else self.messages
@@ -88,6 +91,7 @@ def purge(engine: Engine, settings: Settings, now: datetime | None = None, *, dr
     if not dry_run:
         with write_tx(engine) as conn:  # Idempotency-Key answers past their 24 hours (one index range)
             report.idempotency_keys = idempotency.purge_expired(conn, now)
+        report.notifications = purge_notifications(engine, now)
     if report.conversations or report.messages:
         log.info("purge: %d conversation(s) and %d message(s) deleted before %s %s",
                  len(report.conversations), len(report.messages), report.cutoff.isoformat(),

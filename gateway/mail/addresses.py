@@ -41,6 +41,18 @@ def reply_address(secret: bytes, slug: str, studio_id: int, conversation_id: int
     return f"{slug}+{reply_token(secret, studio_id, conversation_id)}@{domain}"
 
 
+# The Reply-To of an hourly digest (gateway/outbound/notifications.send_digests). A digest covers
+# several conversations, so an answer to it has no one guest to go to: the SMTP edge refuses
+# it at RCPT with a bounce that says where to answer instead (gateway/inbound/smtp.py), and
+# mail that reaches it through a provider is never threaded (gateway/inbound/threader.py). Not
+# signed: it names nothing, and refusing a stranger's mail to it costs nothing.
+DIGEST_DETAIL = "digest"
+
+
+def digest_address(slug: str, domain: str) -> str:
+    return f"{slug}+{DIGEST_DETAIL}@{domain}"
+
+
 def verify_reply_token(secret: bytes, studio_id: int, token: str) -> int | None:
     """The conversation id a token names, or None if it was not signed by us for this studio."""
     match = _TOKEN_RE.match(token.lower())

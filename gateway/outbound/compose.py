@@ -357,7 +357,7 @@ def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: by
 
     if m.conversation_id is not None:
         reply_to: str | None = _reply_to(m.name, secret, m.slug, m.studio_id, m.conversation_id, settings.mail_domain)
-    else:  # a notification: its own signed address; a digest (many conversations): none
+    else:  # a notification: its own signed address; a digest: the address that refuses answers
         own = _own_reply_to(m.to_json)
         reply_to = _address(m.name, own) if own else None
     headers = [

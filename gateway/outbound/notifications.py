@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 
 from gateway.events import Chunk, Threaded
-from gateway.mail.addresses import notification_address
+from gateway.mail.addresses import digest_address, notification_address
 from gateway.outbound.notify_preferences import PAUSE_AFTER_BOUNCES, bounced_since, default_mode, in_quiet_hours
 from gateway.outbound.render import Rendered, Renderer
 from gateway.outbound.replies import INSERT_JOB, MESSAGE_COLUMNS, new_message_id
@@ -252,7 +252,7 @@ def send_digests(engine: Engine, settings: Settings, now: datetime | None = None
             language = "en" if studio.locale.lower().startswith("en") else "de"
             subject = _DIGEST_SUBJECTS[language].format(studio=studio.name, count=count)
             mail = _queue_mail(conn, settings, studios[profile_id], studio.slug, profile, DIGEST_MAIL, now, subject,
-                               None)
+                               digest_address(studio.slug, settings.mail_domain))  # answers bounce: see there
             conn.execute(update(NOTIFICATION).where(NOTIFICATION.c.id.in_(ids)).values(mail_ref=mail))
             sent += 1
     return sent

@@ -6,7 +6,9 @@ page lists them newest first with the start of their text, and each has two butt
 (it joins its conversation, and its sender counts from then on) or reject (never shown again).
 The same domain function as the API decides, scoped to the session's studio (another studio's
 id is 404); a message decided meanwhile (another person in the studio, a double tap) is simply
-shown as gone from the list.
+shown as gone from the list. A profile's answer to a notification held by its sender check is
+sent to the guest on accepting it, by that profile or the owner only
+(gateway/outbound/notify_answers.py).
 """
 from __future__ import annotations
 
@@ -15,13 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, PermissionDeniedException
 from litestar.params import FromPath
 from litestar.response import Redirect
 from sqlalchemy import Engine, select
 
 from gateway.access.web_sessions import SessionCaller
+from gateway.access.studios import Caller
 from gateway.inbox.actions import Decision, HeldMessage, NotHeld, decide_held, list_held
+from gateway.outbound.notify_answers import Confirmed, NotYours, confirm_held_answer
+from gateway.outbound.replies import ReplyError
 from gateway.settings import Settings
 from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import STUDIO
@@ -83,20 +88,28 @@ async def decide(request: Request[Any, Any, Any], message_id: FromPath[int]) -> 
     if decision not in ("accept", "reject"):
         raise NotFoundException("no such decision", extra={"code": "bad_decision"})
     try:
-        decided = await asyncio.to_thread(_decide, request.app.state.engine, signed.caller.studio_id, message_id,
-                                          decision == "accept")
-    except NotHeld:
-        return Redirect("/app/held", status_code=303)  # decided meanwhile
+        decided = await asyncio.to_thread(_decide, request.app.state.engine, request.app.state.settings,
+                                          signed.caller, message_id, decision == "accept")
+    except (NotHeld, ReplyError):
+        return Redirect("/app/held", status_code=303)  # decided meanwhile; or an answer with nothing to send
+    except NotYours as exc:
+        raise PermissionDeniedException(str(exc), extra={"code": "not_your_answer"}) from None
     if decided is None:
         raise NotFoundException("no such message", extra={"code": "not_found"})
+    if decided.state == "sent" and (wake := getattr(request.app.state, "wake_outbox", None)) is not None:
+        wake()  # same process (gateway serve): send now rather than at the next poll
     if decision == "accept":
         return Redirect(f"/app/c/{decided.conversation_id}", status_code=303)
     return Redirect("/app/held", status_code=303)
 
 
-def _decide(engine: Engine, studio_id: int, message_id: int, accept: bool) -> Decision | None:
+def _decide(engine: Engine, settings: Settings, caller: Caller, message_id: int,
+            accept: bool) -> Decision | Confirmed | None:
+    """A profile's held answer to a notification is sent on accepting it
+    (gateway/outbound/notify_answers.py); any other held mail joins its conversation."""
     with write_tx(engine) as conn:
-        return decide_held(conn, studio_id, message_id, accept=accept)
+        sent = confirm_held_answer(conn, settings, caller, message_id) if accept else None
+        return sent or decide_held(conn, caller.studio_id, message_id, accept=accept)
 
 
 HELD_ROUTES = [held, decide]

@@ -203,7 +203,7 @@ async def form_post(request: Request, state: State, slug: str) -> Response[Any]:
         return _answer(400, studio, lang, wants_json, message=say(lang, "fix"), state="error")
     files = {k: [(p.filename, p.data) for p in parts] for k, parts in parsed.files.items()}
     client = request.client.host if request.client else "unknown"
-    decided = prepare(state.settings, _limits(request), found, Post(fields, files, client, lang))
+    decided = prepare(state.settings, _limits(request), found, Post(fields, files, client, lang), state.reactions)
     outcome = decided if isinstance(decided, Outcome) else await _store(state, decided)
     return _say_outcome(outcome, studio, lang, wants_json, fields, state)
 
