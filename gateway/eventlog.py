@@ -33,13 +33,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import Connection, bindparam, delete, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.events import Chunk, Threaded
 from gateway.settings import Settings
+from gateway.store.db import after_commit
 from gateway.store.models import utcnow
 from gateway.store.prepared import Prepared
 from gateway.store.tables import STUDIO, STUDIO_EVENT, STUDIO_EVENT_COUNTER
@@ -71,7 +72,29 @@ def record(conn: Connection, studio_id: int, type_: str, now: datetime, **ids: i
     seq = _NEXT[conn.dialect.name].execute(conn, studio_id=studio_id).fetchone()[0]
     _INSERT.execute(conn, studio_id=studio_id, seq=seq, type=type_, created_at=now,
                     data=json.dumps({k: v for k, v in ids.items() if v is not None}, separators=(",", ":")))
+    if _listeners:
+        after_commit(conn, "eventlog", _committed)
     return seq
+
+
+# This process's event hubs (gateway/api/event_hub.py), told as soon as a transaction that
+# recorded events commits here: they read the log at once instead of at their next poll.
+# Events written by other processes are still found by the poll alone.
+_listeners: list[Callable[[], None]] = []
+
+
+def listen(callback: Callable[[], None]) -> None:
+    _listeners.append(callback)
+
+
+def unlisten(callback: Callable[[], None]) -> None:
+    if callback in _listeners:
+        _listeners.remove(callback)
+
+
+def _committed() -> None:
+    for callback in list(_listeners):
+        callback()
 
 
 def _lock_row(dialect: Any) -> Prepared:
