@@ -33,15 +33,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import Connection, bindparam, delete, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.events import Chunk, Threaded
 from gateway.settings import Settings
+from gateway.store.db import DriverSQL, after_commit, bind_processor
 from gateway.store.models import utcnow
-from gateway.store.db import DriverSQL, bind_processor
 from gateway.store.prepared import Prepared
 from gateway.store.tables import STUDIO, STUDIO_EVENT, STUDIO_EVENT_COUNTER
 
@@ -94,7 +94,9 @@ def record(conn: Connection, studio_id: int, type_: str, now: datetime, **ids: i
         if type_ not in TYPES:
             raise ValueError(f"unknown event type {type_!r}")
         when = bind_processor(conn, STUDIO_EVENT.c.created_at)(now)
-        return int(_RECORD_PG(conn, (studio_id, studio_id, type_, when, _data(ids))).fetchone()[0])
+        seq = int(_RECORD_PG(conn, (studio_id, studio_id, type_, when, _data(ids))).fetchone()[0])
+        _tell_at_commit(conn)
+        return seq
     return record_many(conn, studio_id, [(type_, now, ids)])[0]
 
 
@@ -118,11 +120,37 @@ def record_many(conn: Connection, studio_id: int,
             values.update({f"studio_id_{n}": studio_id, f"seq_{n}": first + n, f"type_{n}": type_,
                            f"created_at_{n}": now, f"data_{n}": _data(ids)})
         _insert_rows(len(events)).execute(conn, **values)
+    _tell_at_commit(conn)
     return list(range(first, last + 1))
 
 
 def _data(ids: dict[str, int | str | None]) -> str:
     return json.dumps({k: v for k, v in ids.items() if v is not None}, separators=(",", ":"))
+
+
+def _tell_at_commit(conn: Connection) -> None:
+    if _listeners:
+        after_commit(conn, "eventlog", _committed)
+
+
+# This process's event hubs (gateway/api/event_hub.py), told as soon as a transaction that
+# recorded events commits here: they read the log at once instead of at their next poll.
+# Events written by other processes are still found by the poll alone.
+_listeners: list[Callable[[], None]] = []
+
+
+def listen(callback: Callable[[], None]) -> None:
+    _listeners.append(callback)
+
+
+def unlisten(callback: Callable[[], None]) -> None:
+    if callback in _listeners:
+        _listeners.remove(callback)
+
+
+def _committed() -> None:
+    for callback in list(_listeners):
+        callback()
 
 
 def _lock_row(dialect: Any) -> Prepared:

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from gateway.outbound.replies import create_reply
 from gateway.store.db import read_tx, write_tx
 from gateway.web.conversation import PAGE_SIZE
+from gateway.web.reply_upload import MAX_PARTS
 from gateway.store.tables import ATTACHMENT, MESSAGE, OUTBOUND_JOB
 from tests.access import connect_member, held_message
 from tests.conftest import RunningGateway, StudioInfo
@@ -77,6 +78,7 @@ def test_every_form_refuses_a_missing_token_and_another_studios_ids_are_404(web:
     forms = {f"/app/c/{conversation_id}/status": {"status": "closed"}, f"/app/c/{conversation_id}/unread": {},
              f"/app/c/{conversation_id}/delete": {}, f"/app/c/{conversation_id}/reply": {"text": "Hallo"},
              f"/app/m/{reply['id']}/retry": {}, f"/app/trash/{conversation_id}/restore": {},
+             f"/app/m/{message['id']}/delete": {}, f"/app/trash/m/{message['id']}/restore": {},
              f"/app/held/{held_id}": {"decision": "accept"}}
     own_token, other_token = csrf_of(owner.get("/app/").text), csrf_of(outsider.get("/app/").text)
     for path, data in forms.items():
@@ -90,7 +92,8 @@ def test_every_form_refuses_a_missing_token_and_another_studios_ids_are_404(web:
                  f"/app/a/{attachment['id']}?view=thumbnail"):
         assert outsider.get(path).status_code == 404, path
         assert owner.get(path).status_code == 200, path
-    assert held_id not in [m["id"] for m in api.get(f"/api/v1/conversations/{conversation_id}").json()["messages"]]
+    shown = [m["id"] for m in api.get(f"/api/v1/conversations/{conversation_id}").json()["messages"]]
+    assert held_id not in shown and message["id"] in shown
     assert api.get(f"/api/v1/conversations/{conversation_id}").json()["status"] == "open"
     with read_tx(web.gw.engine) as conn:  # nothing the refused forms named was touched
         assert conn.execute(select(func.count()).select_from(MESSAGE).where(
@@ -142,6 +145,30 @@ def test_an_oversized_upload_is_a_form_error_and_nothing_is_stored(web: Web) -> 
         assert conn.execute(select(func.count()).select_from(
             OUTBOUND_JOB.join(MESSAGE, MESSAGE.c.id == OUTBOUND_JOB.c.message_id)).where(
             OUTBOUND_JOB.c.studio_id == studio.id, MESSAGE.c.conversation_id.is_not(None))).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(ATTACHMENT).where(
+            ATTACHMENT.c.studio_id == studio.id)).scalar_one() == 0
+
+
+def test_an_upload_beyond_any_body_limit_or_with_too_many_files_is_a_form_error_too(web: Web) -> None:
+    """Past the 64 MiB the API reads, and past the parts a form may have: the page again with
+    the typed text, not Litestar's bare 413 or 400, and nothing stored."""
+    studio, conversation_id, _, client, path, token = opened(web)
+    huge = client.post(path + "/reply", data={"text": "Die große Mappe", "csrf_token": token},
+                       files=[("files", ("mappe.zip", b"\0" * (64 * 1024 * 1024 + 1), "application/zip"))],
+                       headers={"Accept-Language": "en"})
+    assert huge.status_code == 413 and "too large" in huge.text and "Die große Mappe" in huge.text
+    assert 'id="reply-error"' in huge.text and "<html" in huge.text
+    many = client.post(path + "/reply", data={"text": "Alle Entwürfe", "csrf_token": token},
+                       files=[("files", (f"e{n}.txt", b"x", "text/plain")) for n in range(MAX_PARTS)],
+                       headers={"Accept-Language": "en"})
+    assert many.status_code == 413 and "Too many files" in many.text and "Alle Entwürfe" in many.text
+    forged = client.post(path + "/reply", data={"text": "Hallo", "csrf_token": "0" * 64},
+                         files=[("files", ("a.txt", b"x" * 1024, "text/plain"))])
+    assert forged.status_code == 403
+    with read_tx(web.gw.engine) as conn:
+        assert conn.execute(select(func.count()).select_from(MESSAGE).where(
+            MESSAGE.c.studio_id == studio.id, MESSAGE.c.direction == "outbound",
+            MESSAGE.c.conversation_id.is_not(None))).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(ATTACHMENT).where(
             ATTACHMENT.c.studio_id == studio.id)).scalar_one() == 0
 
@@ -279,3 +306,35 @@ def test_a_long_conversation_pages_to_its_older_messages(web: Web) -> None:
     assert page.status_code == 200 and "geht das im März?" in page.text
     forged = client.get(path + "?cursor=bm90LWEtY3Vyc29y")
     assert forged.status_code == 400 and forged.headers["content-type"].startswith("text/html")
+
+
+def test_a_single_message_is_deleted_from_its_page_and_restored_from_the_trash(web: Web) -> None:
+    studio, conversation_id, _, client, path, token = opened(web)
+    api = web.gw.api(studio.token)
+    assert api.post(f"/api/v1/conversations/{conversation_id}/replies", json={"text": "Gern, im März."}).status_code == 202
+    [guest, _reply] = api.get(f"/api/v1/conversations/{conversation_id}").json()["messages"]
+    page = client.get(path, headers={"Accept-Language": "en"}).text
+    assert f'action="/app/m/{guest["id"]}/delete"' in page and "Delete this message" in page
+    deleted = client.post(f"/app/m/{guest['id']}/delete", data={"csrf_token": token})
+    assert deleted.status_code == 303 and deleted.headers["location"] == path
+    after = client.get(path).text
+    assert "geht das im März?" not in after and "Gern, im März." in after
+    # The free plan: the trash lists the message and explains; a restore posted anyway is refused.
+    trash = client.get("/app/trash", headers={"Accept-Language": "en"}).text
+    assert "Single messages" in trash and "geht das im März?" in trash and "Restoring needs a paid plan." in trash
+    assert f"/app/trash/m/{guest['id']}/restore" not in trash
+    refused = client.post(f"/app/trash/m/{guest['id']}/restore", data={"csrf_token": token},
+                          headers={"Accept-Language": "en"})
+    assert refused.status_code == 402 and "Restoring needs a paid plan." in refused.text
+    assert "geht das im März?" not in client.get(path).text
+    # A paid plan: restored into its conversation, and the trash is empty again.
+    paid(web.gw, studio)
+    trash = client.get("/app/trash", headers={"Accept-Language": "en"}).text
+    assert f'action="/app/trash/m/{guest["id"]}/restore"' in trash
+    restored = client.post(f"/app/trash/m/{guest['id']}/restore", data={"csrf_token": token})
+    assert restored.status_code == 303 and restored.headers["location"] == f"{path}#m{guest['id']}"
+    assert "geht das im März?" in client.get(path).text
+    assert [m["id"] for m in api.get(f"/api/v1/conversations/{conversation_id}").json()["messages"]][0] == guest["id"]
+    assert "The trash is empty." in client.get("/app/trash", headers={"Accept-Language": "en"}).text
+    again = client.post(f"/app/trash/m/{guest['id']}/restore", data={"csrf_token": token})  # a double click
+    assert again.status_code == 303 and again.headers["location"] == "/app/trash"

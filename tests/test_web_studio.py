@@ -3,15 +3,21 @@ over real HTTP against a real gateway that mails sign-in links into a relay sink
 SSE stream signed in by the pages' session cookie; SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import datetime
+from html import unescape
+from zoneinfo import ZoneInfo
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
-from gateway.store.db import read_tx
+from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
 from gateway.store.tables import PROFILE, STUDIO
+from gateway.web.studio_pages import PEOPLE_PAGE
 from tests.access import GRANTS, PROFILES, connect_member, support_token
 from tests.billing_support import Billing, billing_settings
 from tests.conftest import start_gateway
@@ -112,6 +118,25 @@ def test_the_owner_connects_and_disconnects_members_and_the_members_session_ends
     assert post(owner, f"/app/people/{owner_id}/disconnect", {}, "/app/people").status_code == 409
 
 
+def test_the_people_page_pages_through_a_large_studio(web: Web) -> None:
+    studio = web.gw.add_studio("inkwell", "Inkwell")
+    owner = signed_in(web)
+    with write_tx(web.gw.engine) as conn:  # more members than a page shows
+        conn.execute(insert(PROFILE), [{"studio_id": studio.id, "email": f"artist{n:03}@inkwell.example",
+                                        "name": f"Artist {n:03}", "role": "member", "created_at": utcnow()}
+                                       for n in range(PEOPLE_PAGE + 5)])
+    first = owner.get("/app/people")
+    assert first.status_code == 200 and OWNER in first.text and "artist000@" in first.text
+    assert f"artist{PEOPLE_PAGE - 1:03}@" not in first.text  # the owner is the first of the page
+    more = re.search(r'href="(/app/people\?cursor=[^"]+)">More people', first.text)
+    assert more
+    second = owner.get(unescape(more.group(1)))
+    assert second.status_code == 200 and f"artist{PEOPLE_PAGE - 1:03}@" in second.text
+    assert f"artist{PEOPLE_PAGE + 4:03}@" in second.text and "artist000@" not in second.text
+    assert "More people" not in second.text
+    assert owner.get("/app/people?cursor=bm90LWEtY3Vyc29y").status_code == 400
+
+
 # The page role matrix: every page and form of the studio's pages, for the owner, a member, a
 # signed-out browser and another studio's owner. Status codes: 200/303 reached, 403 refused
 # (the 403 page), 303 to the login page for no session, 404 for another studio's rows.
@@ -202,7 +227,15 @@ def test_the_event_stream_takes_the_pages_session_and_closes_on_logout(web: Web)
     rows = owner.get("/app/?show=all&q=&part=rows")
     assert rows.status_code == 200 and "Termin am Freitag" in rows.text and "<html" not in rows.text
     assert owner.get("/app/?part=reload").headers["hx-refresh"] == "true"
-    assert 'sse-connect="/api/v1/events"' in owner.get("/app/").text
+    # The page's stream goes on from the last event the page was read at: mail that arrives
+    # between rendering and connecting is not lost.
+    connect_to = re.search(r'sse-connect="/api/v1/events\?last_event_id=(\d+)"', owner.get("/app/").text)
+    assert connect_to
+    inquiry(web, "Zwischen Seite und Stream")
+    late_reader = EventReader(web.gw.base_url, None, headers=cookie, query={"last_event_id": connect_to.group(1)})
+    caught = late_reader.next()
+    assert caught["event"] == "message.created" and int(caught["id"]) == int(connect_to.group(1)) + 1
+    late_reader.close()
     # A forged or ended session is 401, as a wrong token is; logout closes an open stream.
     assert EventReader(web.gw.base_url, None, headers={"Cookie": "gw_session=gwsess_forged"}).status == 401
     out = owner.post("/app/logout", data={"csrf_token": csrf_of(owner.get("/app/").text)})
@@ -228,12 +261,22 @@ def test_disconnecting_a_member_closes_the_members_stream(web: Web) -> None:
 def test_support_access_is_granted_and_revoked_from_the_page_and_audited(web: Web) -> None:
     studio = web.gw.add_studio("inkwell", "Inkwell")
     owner = signed_in(web)
+    # Kathmandu is UTC+5:45: a time shown in UTC would have other minutes than the studio's.
+    assert post(owner, "/app/settings", {**SETTINGS, "time_zone": "Asia/Kathmandu"}, "/app/settings").status_code == 303
     assert "Support cannot read anything now." in owner.get("/app/support").text
     assert post(owner, "/app/support", {"duration": "3d", "note": "Mails kommen doppelt"}, "/app/support").status_code == 303
     [grant] = web.gw.api(studio.token).get(GRANTS).json()["items"]
     assert grant["active"] and grant["note"] == "Mails kommen doppelt"
     page = owner.get("/app/support").text
     assert 'id="grant-active"' in page and "support_grant.create" in page and "owner:owner@inkwell.example" in page
+    ends = datetime.fromisoformat(grant["expires_at"].replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Kathmandu"))
+    until = re.search(r"Support can read until ([^<]+?)\.", page)
+    assert until and "UTC" not in until.group(1)
+    assert ends.strftime("%b %-d, %Y") in until.group(1) and ends.strftime("%-I:%M") in until.group(1)
+    [entry] = [e for e in web.gw.api(studio.token).get("/api/v1/audit").json()["items"]
+               if e["action"] == "support_grant.create"]
+    logged = datetime.fromisoformat(entry["at"].replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Kathmandu"))
+    assert "<time datetime=" in page and logged.strftime("%-I:%M") in page
     assert post(owner, "/app/support", {"duration": "30d"}, "/app/support").status_code == 400  # the API's bounds
     assert post(owner, f"/app/support/{grant['id']}/revoke", {}, "/app/support").status_code == 303
     assert not web.gw.api(studio.token).get(GRANTS).json()["items"][0]["active"]

@@ -9,6 +9,7 @@ waiting out `busy_timeout`. PostgreSQL runs with `synchronous_commit` at least `
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -100,13 +101,60 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
             mode = "IMMEDIATE" if conn.get_execution_options().get("write") else "DEFERRED"
             conn.exec_driver_sql(f"BEGIN {mode}")
 
+        run_after_commit(engine)
         return engine
 
     engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, hide_parameters=True,
                            connect_args={"connect_timeout": 5})
     keep_commits_durable(engine)
     guard_commits(engine)
+    run_after_commit(engine)
     return engine
+
+
+_AFTER_COMMIT = "gateway.after_commit"
+
+
+def after_commit(conn: Connection, key: str, callback: Callable[[], None]) -> None:
+    """Call `callback` once the transaction `conn` is in has committed (not if it rolls back);
+    one callback per `key` and transaction. For telling this process at once what others
+    learn by polling (gateway/api/event_hub.py): it runs on the committing thread, must be
+    quick and must not raise."""
+    conn.info.setdefault(_AFTER_COMMIT, {})[key] = callback
+
+
+def run_after_commit(engine: Engine) -> None:
+    """Run the `after_commit` callbacks of the engine's connections (after the dialect's
+    commit, so after guard_commits' check); a rollback drops them."""
+    dialect = engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def do_commit(dbapi_conn: Any) -> None:
+        commit(dbapi_conn)
+        callbacks = _callbacks(dbapi_conn)
+        for callback in callbacks.values() if callbacks else ():
+            try:
+                callback()
+            except Exception:  # a listener's fault must not turn a committed write into an error
+                logging.getLogger(__name__).exception("an after-commit callback failed")
+
+    def do_rollback(dbapi_conn: Any) -> None:
+        _callbacks(dbapi_conn)
+        rollback(dbapi_conn)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+
+def _callbacks(dbapi_conn: Any) -> dict[str, Callable[[], None]] | None:
+    # SQLAlchemy passes the pool's proxy, whose `info` is the Connection's; the ad-hoc proxy
+    # of an engine's first connect has none (NotImplementedError), a raw driver connection has
+    # another kind of `info`
+    try:
+        info = dbapi_conn.info
+    except (AttributeError, NotImplementedError):
+        return None
+    return info.pop(_AFTER_COMMIT, None) if isinstance(info, dict) else None
 
 
 # synchronous_commit levels (PostgreSQL docs 19.5.2) that answer before the WAL is flushed on
@@ -483,6 +531,24 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         with conn.begin():
             yield conn
+
+
+@contextmanager
+def read_now(engine: Engine) -> Iterator[Connection]:
+    """Reads that need no snapshot shared between their statements, for a page read often.
+
+    On PostgreSQL without a transaction (psycopg's autocommit, set on the client: no round
+    trip): under READ COMMITTED each statement takes its own snapshot inside a transaction
+    too, so BEGIN and COMMIT bought nothing but two round trips of the inbox page's nine
+    (bench/web_inbox.py). Each statement still sees everything committed before it started,
+    so reading a counter first and rows second keeps "the rows include every event up to the
+    counter". On SQLite, where a transaction costs no round trip, a read transaction."""
+    if engine.dialect.name != "postgresql":
+        with read_tx(engine) as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def read_soon(engine: Engine, reader: Engine | None, work: Callable[[Connection], T]) -> T:

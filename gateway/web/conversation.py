@@ -9,11 +9,13 @@ message is here (its threading rule). Opening it marks it read, as reading in a 
 Reads through gateway/inbox/reading.conversation_detail, as the API does, scoped to the
 session's studio: another studio's id is 404. Every action is a form (CSRF token and Origin
 checked, gateway/web/security.py) over the API's own domain functions, answered 303 back to a
-page so a reload does not post again: close/reopen, mark unread, delete, reply.
+page so a reload does not post again: close/reopen, mark unread, delete the conversation or one
+message (restored from the trash page, gateway/web/trash.py), reply.
 
-The reply box posts multipart (text and files) and goes through the API's checks in the same
-order: the reply brake, the text, the attachments' sizes (gateway/outbound/replies.py), all
-before anything is written, so an oversized upload is a form error with nothing half-stored.
+The reply box posts multipart (text and files), read as it streams in (gateway/web/reply_upload.py),
+and goes through the API's checks: the attachments' sizes and count, the text, the reply brake
+(gateway/outbound/replies.py), all before anything is written, so an oversized upload, however
+large, is a form error with the typed text kept and nothing half-stored.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath
 from litestar.response import Redirect
@@ -33,7 +34,7 @@ from gateway.inbox.actions import CLOSED, OPEN, set_status
 from gateway.inbox.reading import BadCursor, ConversationDetailOut, MessageOut, conversation_detail
 from gateway.inbox.reads import mark_read
 from gateway.lifecycle.deletion_log import deletion_log
-from gateway.lifecycle.trash import delete_conversation
+from gateway.lifecycle.trash import delete_conversation, delete_message
 from gateway.outbound.replies import ReplyError, ReplyTooLarge, Upload, check_text, check_uploads, create_reply
 from gateway.outbound.reply_brake import RepliesBraked, check_reply_brake
 from gateway.settings import Settings
@@ -42,15 +43,13 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import STUDIO
 from gateway.web.conversation_forms import signed_form
-from gateway.web.login import page
+from gateway.web.login import check_csrf, check_origin, page
+from gateway.web.reply_upload import DRAIN_MAX, read_reply_post
 from gateway.web.security import csrf_token
 from gateway.web.session import session_token, signed_in, to_login
 from gateway.web.templating import negotiate, short_time, translations
 
 PAGE_SIZE = 50
-# The reply box admits a body as large as the API's (attachments up to the largest message we
-# accept); check_uploads decides exactly, with a form error rather than a bare 413.
-UPLOAD_MAX_BODY = 64 * 1024 * 1024
 # Images a browser shows as a thumbnail: raster formats only. SVG can carry script and is only
 # ever a download (gateway/web/conversation_parts.py serves the bytes sandboxed either way).
 THUMBNAIL_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
@@ -168,26 +167,48 @@ async def delete(request: Request[Any, Any, Any], conversation_id: FromPath[int]
     return Redirect("/app/trash", status_code=303)
 
 
-@post("/app/c/{conversation_id:int}/reply", name="web-conversation-reply", status_code=303,
-      request_max_body_size=UPLOAD_MAX_BODY)
-async def reply(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
-    """Queue the reply (it shows at once as "queued"), or the page again with a form error."""
+@post("/app/m/{message_id:int}/delete", name="web-message-delete", status_code=303)
+async def delete_one_message(request: Request[Any, Any, Any], message_id: FromPath[int]) -> Response[Any]:
+    """One message into the trash (as DELETE /api/v1/messages/{id}), then back to its
+    conversation; restorable from the trash page for 30 days on a paid plan."""
     signed, form = await signed_form(request)
     if signed is None:
         return form
     settings: Settings = request.app.state.settings
-    text = form.get("text")
-    text = text if isinstance(text, str) else ""
+    caller = signed.caller
+    deleted = await asyncio.to_thread(_write, request.app.state.engine, delete_message, caller.studio_id,
+                                      message_id, caller.profile_id, utcnow(), log=deletion_log(settings))
+    if deleted is None:
+        raise NotFoundException("no such message", extra={"code": "not_found"})
+    return Redirect(f"/app/c/{deleted.conversation_id}", status_code=303)
+
+
+@post("/app/c/{conversation_id:int}/reply", name="web-conversation-reply", status_code=303,
+      request_max_body_size=DRAIN_MAX)
+async def reply(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
+    """Queue the reply (it shows at once as "queued"), or the page again with a form error and
+    the typed text: too large or too many files (gateway/web/reply_upload.py), no text, the brake."""
+    signed = await signed_in(request)
+    if signed is None:
+        return Redirect("/app/login", status_code=303)
+    check_origin(request)
+    settings: Settings = request.app.state.settings
+    posted = await read_reply_post(request, settings)
+    if posted is None:
+        raise ClientException("the reply box sends a multipart form", extra={"code": "bad_form"})
+    check_csrf(request, session_token(request, settings), posted.fields)
+    text = posted.fields.get("text", "")
     language = negotiate(request.headers.get("accept-language", ""), signed.locale)
-    files = [f for f in (await request.form()).getall("files", []) if isinstance(f, UploadFile) and f.filename]
     try:
+        if posted.refused:
+            raise ReplyTooLarge(posted.refused)
         check_text(text)
-        uploads = check_uploads([Upload(f.filename, f.content_type or "application/octet-stream", await f.read())
-                                 for f in files], settings)
+        uploads = check_uploads(posted.uploads, settings)
         found = await asyncio.to_thread(_queue, request.app.state.engine, settings, signed.caller.studio_id,
                                         conversation_id, text, uploads)
     except ReplyTooLarge:
-        return await _page(request, signed, conversation_id, Draft(text, _refusal("too_large", language)), 413)
+        why = "too_many" if posted.refused == "too_many" else "too_large"
+        return await _page(request, signed, conversation_id, Draft(text, _refusal(why, language)), 413)
     except ReplyError:
         return await _page(request, signed, conversation_id, Draft(text, _refusal("empty", language)), 400)
     except RepliesBraked:
@@ -203,6 +224,7 @@ async def reply(request: Request[Any, Any, Any], conversation_id: FromPath[int])
 def _refusal(why: str, language: str) -> str:
     _ = translations(language).gettext
     return {"too_large": _("The attachments are too large. Nothing was sent; please send smaller files."),
+            "too_many": _("Too many files at once. Nothing was sent; please send fewer files."),
             "empty": _("Please write a text. Nothing was sent."),
             "braked": _("Too many replies to this conversation in the last hour. Nothing was sent; "
                         "please try again later.")}[why]
@@ -223,4 +245,4 @@ def _write(engine: Engine, action: Any, *args: Any, **kwargs: Any) -> Any:
         return action(conn, *args, **kwargs)
 
 
-CONVERSATION_ROUTES = [conversation, change_status, mark_unread, delete, reply]
+CONVERSATION_ROUTES = [conversation, change_status, mark_unread, delete, delete_one_message, reply]

@@ -3,7 +3,8 @@ unread), search and paging by the API's cursor, all in the query string (plain G
 GET form: nothing changes state, so no CSRF token is needed).
 
 Live (no script of ours, htmx-ext-sse only): the page listens to the studio's event
-stream (`GET /api/v1/events` with the session cookie) and, on any event, re-fetches its list
+stream (`GET /api/v1/events` with the session cookie) from the last event it was read at, so
+nothing between rendering and connecting is missed, and, on any event, re-fetches its list
 as a fragment (`?part=rows`, the same query otherwise); a `reset` event (the stream could not
 continue from the browser's last id) asks `?part=reload`, answered by `HX-Refresh`, and htmx
 reloads the page.
@@ -20,16 +21,17 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.exceptions import ClientException
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, bindparam, func, select
 
-from gateway.access.web_sessions import SessionCaller
+from gateway.access.web_sessions import SessionCaller, session_caller, touch
 from gateway.inbox.reading import BadCursor, ConversationOut, list_conversations
 from gateway.inbox.snippets import snippets
-from gateway.store.db import read_tx
-from gateway.store.tables import PROFILE, STUDIO
+from gateway.store.db import read_now, write_tx
+from gateway.store.models import utcnow
+from gateway.store.tables import PROFILE, STUDIO, STUDIO_EVENT_COUNTER
 from gateway.web.login import page
 from gateway.web.security import csrf_token
-from gateway.web.session import lookup, session_token, to_login
+from gateway.web.session import session_token, to_login
 from gateway.web.templating import negotiate, short_time
 
 PAGE_SIZE = 50
@@ -61,6 +63,7 @@ class Inbox:
     rows: list[Row]
     view: View
     next_cursor: str | None
+    event_id: int  # the studio's last event when the page was read: its live stream goes on from there
 
 
 def view_of(request: Request[Any, Any, Any]) -> View:
@@ -94,22 +97,41 @@ async def inbox(request: Request[Any, Any, Any]) -> Response[Any]:
 
 def _signed_read(engine: Engine, token: str | None, accept_language: str,
                  view: View) -> tuple[SessionCaller | None, Inbox | None]:
-    signed = lookup(engine, token) if token else None
-    if signed is None:
+    """The session and the page on one connection, outside a transaction on PostgreSQL
+    (store/db.read_now): each round trip to the database was a good part of the page's time."""
+    if not token:
         return None, None
-    return signed, _read(engine, signed, negotiate(accept_language, signed.locale), view)
+    now = utcnow()
+    with read_now(engine) as conn:
+        signed, due = session_caller(conn, token, now)
+        if signed is None:
+            return None, None
+        found = _read(conn, signed, negotiate(accept_language, signed.locale), view)
+    if due:
+        with write_tx(engine) as conn:
+            touch(conn, signed.session_id, now)
+    return signed, found
 
 
-def _read(engine: Engine, signed: SessionCaller, language: str, view: View) -> Inbox:
+def _read(conn: Connection, signed: SessionCaller, language: str, view: View) -> Inbox:
     caller = signed.caller
-    with read_tx(engine) as conn:
-        studio = conn.execute(select(STUDIO.c.name, STUDIO.c.time_zone).where(STUDIO.c.id == caller.studio_id)).one()
-        email = conn.execute(select(PROFILE.c.email).where(PROFILE.c.id == caller.profile_id)).scalar_one()
-        listed = list_conversations(conn, caller.studio_id, limit=PAGE_SIZE,
-                                    status=view.show if view.show in ("open", "closed") else None,
-                                    unread=True if view.show == "unread" else None, q=view.q or None,
-                                    cursor=view.cursor)
-        lines = snippets(conn, caller.studio_id, [c.id for c in listed.items])
-    rows = [Row(c, lines.get(c.id, ""), short_time(c.last_message_at, studio.time_zone, language),
+    # First the event number, then the list (as the conversation page does): every event up to
+    # it is committed (eventlog.py numbers without gaps), so the list shows it, and the stream,
+    # opened from it, brings what came between rendering and connecting. One statement with the
+    # studio's name and zone and the profile's address.
+    head = conn.execute(_HEAD, {"studio_id": caller.studio_id, "profile_id": caller.profile_id}).one()
+    listed = list_conversations(conn, caller.studio_id, limit=PAGE_SIZE,
+                                status=view.show if view.show in ("open", "closed") else None,
+                                unread=True if view.show == "unread" else None, q=view.q or None,
+                                cursor=view.cursor)
+    lines = snippets(conn, caller.studio_id, [c.id for c in listed.items])
+    rows = [Row(c, lines.get(c.id, ""), short_time(c.last_message_at, head.time_zone, language),
                 c.last_message_at.isoformat()) for c in listed.items]
-    return Inbox(studio.name, email, rows, view, listed.next_cursor)
+    return Inbox(head.name, head.email, rows, view, listed.next_cursor, head.seen)
+
+
+_HEAD = (select(STUDIO.c.name, STUDIO.c.time_zone, PROFILE.c.email,
+                func.coalesce(STUDIO_EVENT_COUNTER.c.seq, 0).label("seen"))
+         .select_from(STUDIO.join(PROFILE, PROFILE.c.studio_id == STUDIO.c.id)
+                      .outerjoin(STUDIO_EVENT_COUNTER, STUDIO_EVENT_COUNTER.c.studio_id == STUDIO.c.id))
+         .where(STUDIO.c.id == bindparam("studio_id"), PROFILE.c.id == bindparam("profile_id")))

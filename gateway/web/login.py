@@ -57,15 +57,24 @@ def _binding(request: Request[Any, Any, Any]) -> tuple[str, list[Cookie]]:
 
 async def checked_form(request: Request[Any, Any, Any], binding: str | None) -> dict[str, Any]:
     """The posted form, after the Origin and CSRF checks (403 when either fails)."""
-    settings: Settings = request.app.state.settings
-    if not origin_ok(request, settings):
-        raise PermissionDeniedException("this form was sent from another site", extra={"code": "bad_origin"})
+    check_origin(request)
     form = dict(await request.form())
+    check_csrf(request, binding, form)
+    return form
+
+
+def check_origin(request: Request[Any, Any, Any]) -> None:
+    """403 for a form sent from another site (before its body is read)."""
+    if not origin_ok(request, request.app.state.settings):
+        raise PermissionDeniedException("this form was sent from another site", extra={"code": "bad_origin"})
+
+
+def check_csrf(request: Request[Any, Any, Any], binding: str | None, form: dict[str, Any]) -> None:
+    """403 unless the form carries the token of `binding` (the session, or the pre-session)."""
     sent = form.get(CSRF_FIELD)
-    if not csrf_ok(settings.secret(), binding, sent if isinstance(sent, str) else None):
+    if not csrf_ok(request.app.state.settings.secret(), binding, sent if isinstance(sent, str) else None):
         raise PermissionDeniedException("the form's security token is missing or wrong; please reload the page",
                                         extra={"code": "csrf_failed"})
-    return form
 
 
 @get("/app/login", name="web-login")

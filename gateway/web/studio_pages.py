@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.exceptions import NotFoundException, PermissionDeniedException
+from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
 from litestar.params import FromPath
 from litestar.response import Redirect
 from sqlalchemy import Engine, select
@@ -41,13 +41,14 @@ from gateway.forms.studio_settings import (
 )
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
+from gateway.store.paging import BadCursor, Page
 from gateway.store.tables import PROFILE, STUDIO
 from gateway.web.login import checked_form, page
 from gateway.web.security import csrf_token
 from gateway.web.session import session_token, signed_in, to_login
 from gateway.web.templating import negotiate
 
-MAX_PEOPLE = 500     # a studio's profiles on one page: studios are small
+PEOPLE_PAGE = 50     # profiles on one page, as the inbox's rows; more by the API's cursor
 
 
 @dataclass(frozen=True)
@@ -166,15 +167,20 @@ def _language(engine: Engine, signed: SessionCaller, locale: str | None) -> None
 
 async def _people_page(request: Request[Any, Any, Any], signed: SessionCaller, *, status: int = 200,
                        error: str = "", sent: dict[str, Any] | None = None) -> Response[str]:
-    studio, people = await asyncio.to_thread(_people, request.app.state.engine, signed)
-    return page(request, "studio_people.html", status=status, studio=studio, people=people, error=error,
-                sent=sent or {}, **studio_context(request, signed))
+    try:
+        studio, people = await asyncio.to_thread(_people, request.app.state.engine, signed,
+                                                 request.query_params.get("cursor") or None)
+    except BadCursor:
+        raise ClientException("not a page of this list", extra={"code": "bad_cursor"}) from None
+    return page(request, "studio_people.html", status=status, studio=studio, people=people.items,
+                next_cursor=people.next_cursor, error=error, sent=sent or {}, **studio_context(request, signed))
 
 
-def _people(engine: Engine, signed: SessionCaller) -> tuple[Studio, list[ProfileInfo]]:
+def _people(engine: Engine, signed: SessionCaller, cursor: str | None) -> tuple[Studio, Page[ProfileInfo]]:
+    """A page of PEOPLE_PAGE profiles, oldest first, after `cursor` (the API's, as the inbox pages)."""
     with read_tx(engine) as conn:
-        listed = list_profiles(conn, signed.caller, limit=MAX_PEOPLE)
-    return read_studio(engine, signed), listed.items
+        listed = list_profiles(conn, signed.caller, limit=PEOPLE_PAGE, cursor=cursor)
+    return read_studio(engine, signed), listed
 
 
 @get("/app/people", name="web-people")

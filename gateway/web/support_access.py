@@ -3,12 +3,14 @@
 The same domain functions as /api/v1/support-grants and /api/v1/audit (gateway/access/support.py,
 gateway/access/audit.py), so granting from the page is audited as the API's is. Durations are
 a fixed choice (1 hour to 7 days, the API's bounds). The log shows its newest AUDIT_SHOWN
-entries; older ones page by the API's cursor.
+entries; older ones page by the API's cursor. Times are in the studio's time zone, as everywhere
+on the pages.
 """
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -26,6 +28,7 @@ from gateway.store.models import utcnow
 from gateway.store.paging import BadCursor
 from gateway.web.login import page
 from gateway.web.session import to_login
+from gateway.web.templating import long_time
 from gateway.web.studio_pages import (
     owner_signed,
     read_studio,
@@ -38,13 +41,15 @@ GRANTS_SHOWN, AUDIT_SHOWN = 20, 50
 MAX_NOTE = 500
 
 
-def _read(engine: Engine, signed: SessionCaller, cursor: str | None) -> dict[str, Any]:
+def _read(engine: Engine, signed: SessionCaller, cursor: str | None, language: str) -> dict[str, Any]:
     studio_id, now = signed.caller.studio_id, utcnow()
     with read_tx(engine) as conn:
         grants = list_grants(conn, studio_id, now, limit=GRANTS_SHOWN)
         entries = audit.list_entries(conn, studio_id, limit=AUDIT_SHOWN, cursor=cursor)
-    return {"studio": read_studio(engine, signed), "grants": grants.items, "entries": entries.items,
-            "next_cursor": entries.next_cursor}
+    studio = read_studio(engine, signed)
+    # Every time on the pages is the studio's (its settings' time zone), these too.
+    return {"studio": studio, "grants": grants.items, "entries": entries.items, "next_cursor": entries.next_cursor,
+            "local": partial(long_time, time_zone=studio.time_zone, language=language)}
 
 
 @get("/app/support", name="web-support")
@@ -52,12 +57,13 @@ async def support_page(request: Request[Any, Any, Any]) -> Response[Any]:
     signed = await owner_signed(request)
     if signed is None:
         return to_login(request)
+    context = studio_context(request, signed)
     try:
         found = await asyncio.to_thread(_read, request.app.state.engine, signed,
-                                        request.query_params.get("cursor") or None)
+                                        request.query_params.get("cursor") or None, context["language"])
     except BadCursor:
         raise ClientException("not a page of this log", extra={"code": "bad_cursor"}) from None
-    return page(request, "studio_support.html", **found, **studio_context(request, signed))
+    return page(request, "studio_support.html", **found, **context)
 
 
 @post("/app/support", name="web-support-grant", status_code=303)

@@ -22,7 +22,7 @@ from typing import Any
 
 import jinja2
 from babel import Locale
-from babel.dates import DateTimePattern, get_date_format, get_time_format
+from babel.dates import DateTimePattern, get_date_format, get_datetime_format, get_time_format
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
@@ -110,3 +110,14 @@ def short_time(moment: datetime, time_zone: str, language: str, now: datetime | 
     today = (now or datetime.now(timezone.utc)).astimezone(zone(time_zone)).date()
     locale, time_format, date_format = _formats(language)
     return (time_format if local.date() == today else date_format).apply(local, locale)
+
+
+def long_time(moment: datetime, time_zone: str, language: str) -> str:
+    """A moment that may lie days away (a grant's end, a log entry): its date and time in the
+    studio's zone, CLDR's medium date and short time joined by the locale's own pattern."""
+    if moment.tzinfo is None:  # stored as UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    local = moment.astimezone(zone(time_zone))
+    locale, time_format, date_format = _formats(language)
+    joined = str(get_datetime_format("medium", locale=locale))
+    return joined.replace("{1}", date_format.apply(local, locale)).replace("{0}", time_format.apply(local, locale))
