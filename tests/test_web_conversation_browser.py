@@ -179,7 +179,7 @@ def test_accept_held_mail_close_and_reopen_delete_and_see_the_restore_refusal(we
     page.get_by_role("button", name="Close").wait_for()
     assert "Closed" not in page.locator(".meta").inner_text()
 
-    page.get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Delete", exact=True).click()
     page.get_by_role("heading", name="Trash").wait_for()
     assert "Restoring needs a paid plan." in page.inner_text("main")
     assert "Tattoo Anfrage" in page.locator(".trash").inner_text()
