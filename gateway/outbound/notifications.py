@@ -92,12 +92,17 @@ _TOLD_SINCE = Prepared(select(NOTIFICATION.c.id).where(
 # Guest mail stored and not yet claimed by a processor (ix_inbound_mail_status_id).
 _MAIL_WAITING = Prepared(select(INBOUND.c.id).where(INBOUND.c.status == "pending").limit(1))
 # The held notifications: never tried (a retry has attempts >= 1), due later, in no conversation.
-_RELEASE_HELD = Prepared(update(OUTBOUND_JOB).where(
+# SKIP LOCKED (PostgreSQL): rows another processor's chunk is releasing are its to release; this
+# chunk neither waits for them (it may hold conversation rows that one wants: a deadlock) nor
+# needs them.
+_HELD = (select(OUTBOUND_JOB.c.id).where(
     OUTBOUND_JOB.c.status == "queued", OUTBOUND_JOB.c.attempts == 0,
     OUTBOUND_JOB.c.next_attempt_at > bindparam("now", type_=OUTBOUND_JOB.c.next_attempt_at.type),
     OUTBOUND_JOB.c.message_id.in_(select(MESSAGE.c.id).where(MESSAGE.c.conversation_id.is_(None),
-                                                             MESSAGE.c.auto_kind == NOTIFICATION_MAIL)),
-).values(next_attempt_at=bindparam("now")))
+                                                             MESSAGE.c.auto_kind == NOTIFICATION_MAIL)))
+         .with_for_update(skip_locked=True))
+_RELEASE_HELD = Prepared(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id.in_(_HELD.scalar_subquery()))
+                         .values(next_attempt_at=bindparam("now")))
 
 
 def _send_at(conn: Connection, chunk: Chunk, now: datetime) -> datetime:
