@@ -72,31 +72,28 @@ def _notifications(database_url: str) -> int:
         engine.dispose()
 
 
-def _unsent_notifications(database_url: str) -> int:
+def _all_sent_after(database_url: str, t_done: float, limit: float) -> float | None:
+    """Seconds from the last message threaded until every notification was sent (polled every
+    20 ms, after the measured part), or None if not within `limit`: notifications wait while
+    mail waits (gateway/outbound/notifications.py), and this shows what that costs them."""
     from sqlalchemy import create_engine, func, select
 
     from bench.lib.gateway_calls import normalise_url
     from gateway.store.tables import MESSAGE, OUTBOUND_JOB
 
+    unsent = (select(func.count()).select_from(OUTBOUND_JOB.join(MESSAGE, MESSAGE.c.id == OUTBOUND_JOB.c.message_id))
+              .where(MESSAGE.c.conversation_id.is_(None), OUTBOUND_JOB.c.status != "sent"))
     engine = create_engine(normalise_url(database_url))
     try:
         with engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(OUTBOUND_JOB.join(
-                MESSAGE, MESSAGE.c.id == OUTBOUND_JOB.c.message_id)).where(
-                MESSAGE.c.conversation_id.is_(None), OUTBOUND_JOB.c.status != "sent")).scalar_one())
+            while conn.execute(unsent).scalar_one():
+                conn.rollback()  # a fresh snapshot for the next look
+                if time.monotonic() - t_done > limit:
+                    return None
+                time.sleep(0.02)
+        return time.monotonic() - t_done
     finally:
         engine.dispose()
-
-
-def _all_sent_after(database_url: str, t_done: float, limit: float) -> float | None:
-    """Seconds from the last message threaded until every notification was sent (polled every
-    20 ms, after the measured part), or None if not within `limit`: notifications wait while
-    mail waits (gateway/outbound/notifications.py), and this shows what that costs them."""
-    while _unsent_notifications(database_url):
-        if time.monotonic() - t_done > limit:
-            return None
-        time.sleep(0.02)
-    return time.monotonic() - t_done
 
 
 def run_once(ctx: Any, deadline: Deadline, backend: str, mode: str, count: int,

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 
 from gateway.store.db import dispose_engines, make_engine, migrate, normalise_url, write_tx
 from gateway.inbound.processor import Processed, drain
@@ -114,26 +114,24 @@ _PG_FINGERPRINT = text("""
         (SELECT string_agg(array_to_string(setconfig, ','), ';') FROM pg_db_role_setting
            WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database()))))
 """)
-_PG_TEMPLATE_FINGERPRINTS: dict[str, str] = {}
+_PG_TEMPLATE_FINGERPRINTS: dict[str, str | None] = {}
 
 
-def _pg_fingerprint(url: str) -> str | None:
+def _pg_fingerprint(conn: Connection) -> str | None:
     """What a clone's schema is made of, or None when it has no alembic_version table."""
-    engine = create_engine(normalise_url(url))
-    try:
-        with engine.connect() as conn:
-            if conn.execute(text("SELECT to_regclass('public.alembic_version')")).scalar() is None:
-                return None
-            return conn.execute(_PG_FINGERPRINT).scalar()
-    finally:
-        engine.dispose()
+    if conn.execute(text("SELECT to_regclass('public.alembic_version')")).scalar() is None:
+        return None
+    return conn.execute(_PG_FINGERPRINT).scalar()
 
 
-def _pg_empty(url: str) -> None:
-    """Delete every row and restart every sequence: the clone then holds what the template holds."""
+def _pg_empty_if_unchanged(url: str, expected: str | None) -> bool:
+    """Delete every row and restart every sequence, so the clone holds what the template holds;
+    only if its schema still has the template's fingerprint (else False, and nothing done)."""
     engine = create_engine(normalise_url(url))
     try:
         with engine.begin() as conn:
+            if expected is None or _pg_fingerprint(conn) != expected:
+                return False
             tables = conn.execute(text(
                 "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public'"
                 " AND tablename <> 'alembic_version'")).scalars().all()
@@ -144,6 +142,7 @@ def _pg_empty(url: str) -> None:
             statements += [f"DELETE FROM {table}" for table in tables]
             statements += [f"SELECT setval('{sequence}', 1, false)" for sequence in sequences]
             conn.exec_driver_sql(";".join(statements))
+            return True
     finally:
         engine.dispose()
 
@@ -170,7 +169,10 @@ def _throwaway_pg_database(template: str | None) -> Iterator[str]:
             if template:
                 _PG_MADE.add(name)
                 if template not in _PG_TEMPLATE_FINGERPRINTS:  # a fresh clone is the template
-                    _PG_TEMPLATE_FINGERPRINTS[template] = _pg_fingerprint(url) or ""
+                    engine = create_engine(normalise_url(url))
+                    with engine.connect() as conn:
+                        _PG_TEMPLATE_FINGERPRINTS[template] = _pg_fingerprint(conn)
+                    engine.dispose()
         yield url
     finally:
         dispose_engines()
@@ -180,9 +182,7 @@ def _throwaway_pg_database(template: str | None) -> Iterator[str]:
                 conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                                   " WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
             try:
-                reusable = _pg_fingerprint(url) == _PG_TEMPLATE_FINGERPRINTS[template]
-                if reusable:
-                    _pg_empty(url)
+                reusable = _pg_empty_if_unchanged(url, _PG_TEMPLATE_FINGERPRINTS[template])
             except Exception:  # a clone a test broke is simply not reused
                 reusable = False
         if reusable:

@@ -131,7 +131,8 @@ def notify(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) 
     and without the messenger's address there is nowhere to link (as for sign-in links)."""
     if event.automatic or not event.visible or not settings.public_url:
         return
-    send_at = _send_at(conn, chunk, utcnow())  # asked of every chunk with guest mail: it also releases
+    now = utcnow()
+    send_at = _send_at(conn, chunk, now)  # asked of every chunk with guest mail: it also releases
     memo = chunk.memo.setdefault(_MEMO, {})
     if event.studio_id not in memo:   # one look at the studio's profiles (and their pauses) per chunk
         studio = conn.execute(select(STUDIO.c.slug, STUDIO.c.time_zone, STUDIO.c.locale)
@@ -144,7 +145,6 @@ def notify(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) 
     studio, audience = memo[event.studio_id]
     if not audience:
         return
-    now = utcnow()
     rows = []
     told_now = [profile for profile in audience
                 if (profile.mode or default_mode(profile.role)) == "immediately"

@@ -105,7 +105,7 @@ _INSERT_JOB = Prepared(insert(OUTBOUND_JOB).values(
     created_at=bindparam("created_at", type_=OUTBOUND_JOB.c.created_at.type),
     next_attempt_at=bindparam("next_attempt_at", type_=OUTBOUND_JOB.c.next_attempt_at.type)))
 # Shared with the other mail the outbox sends that is queued in a hot path (notifications).
-INSERT_MESSAGE, INSERT_JOB, MESSAGE_COLUMNS = _INSERT_MESSAGE, _INSERT_JOB, _MESSAGE_COLUMNS
+INSERT_JOB, MESSAGE_COLUMNS = _INSERT_JOB, _MESSAGE_COLUMNS
 
 
 def _activity(read: bool) -> Prepared:
