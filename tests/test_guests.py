@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from gateway.store.blobs import sha256_hex
 from gateway.store.db import read_tx
 from gateway.lifecycle.deletion_log import deletion_log
-from gateway.store.tables import BLOB, CONVERSATION, GUEST, INBOUND, MESSAGE
+from gateway.store.tables import AUTOMATIC_MAIL, BLOB, CONVERSATION, GUEST, INBOUND, MESSAGE
 from tests.conftest import RunningGateway
 from tests.mail import make_mail, new_id
 from tests.test_api_tokens import add_member
@@ -110,3 +110,26 @@ def test_only_the_owner_erases_a_guest_and_only_their_own_studios(gw: RunningGat
     with read_tx(gw.engine) as conn:
         assert conn.execute(select(func.count()).select_from(MESSAGE)).scalar_one() == 1
     assert deletion_log(gw.settings).entries() == []
+
+
+def test_erasing_a_guest_takes_their_automatic_mail_and_leaves_the_others(gw: RunningGateway) -> None:
+    """An auto-reply from the guest opened no conversation; it is listed under automatic mail with
+    their address and subject, so it is theirs and goes with them. Tom's stays."""
+    studio = gw.add_studio("inkwell")
+    api = gw.api(studio.token)
+    rose = _send(gw, studio.address, subject="Rose", body="Lena hier")
+    for sender, subject in ((LENA, "Abwesend: Lena ist im Urlaub"), ("tom@example.net", "Abwesend: Tom")):
+        auto = make_mail(subject=subject, from_=sender, headers={"Auto-Submitted": "auto-replied"})
+        assert gw.send(auto, studio.address, mail_from=sender).code == 250
+        gw.process()
+    listed = api.get("/api/v1/automatic").json()["items"]
+    assert sorted(item["subject"] for item in listed) == ["Abwesend: Lena ist im Urlaub", "Abwesend: Tom"]
+
+    lena = api.get(f"/api/v1/conversations/{rose}").json()["guest"]
+    assert api.post(f"/api/v1/guests/{lena['id']}/erase").status_code == 200
+
+    [left] = api.get("/api/v1/automatic").json()["items"]
+    assert left["subject"] == "Abwesend: Tom"
+    with read_tx(gw.engine) as conn:
+        rows = json.dumps([dict(r._mapping) for r in conn.execute(select(AUTOMATIC_MAIL))], default=str)
+    assert LENA not in rows and "Urlaub" not in rows

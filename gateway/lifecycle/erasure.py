@@ -28,7 +28,7 @@ from gateway.store.models import (SQLModel, utcnow)
 from gateway.access.idempotency import forget_conversation
 from gateway.access.visibility import recount
 from gateway.store.blobs import blob_store
-from gateway.store.tables import (STUDIO, INBOUND, GUEST, CONVERSATION, MESSAGE, ATTACHMENT, OUTBOUND_JOB, TOMBSTONE,
+from gateway.store.tables import (AUTOMATIC_MAIL, STUDIO, INBOUND, GUEST, CONVERSATION, MESSAGE, ATTACHMENT, OUTBOUND_JOB, TOMBSTONE,
                                   FORM_SUBMISSION)
 
 _CHUNK = 500  # ids per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
@@ -104,6 +104,13 @@ def _erase_unthreaded_inbound(conn: Connection, studio_id: int, email: str, mail
                 INBOUND.c.id.in_(chunk))):
             if row.mail_from.lower() == address or address in _header_senders(blob_store.get(conn, row.raw_sha256)):
                 theirs.add(row.id)
+    # Their automatic mail's listing (sender, subject) is theirs too, whether or not its raw
+    # bytes are still here: the listing names them as much as the bytes do.
+    conn.execute(delete(AUTOMATIC_MAIL).where(AUTOMATIC_MAIL.c.studio_id == studio_id,
+                                              func.lower(AUTOMATIC_MAIL.c.from_email) == address))
+    for chunk in _chunks(sorted(theirs)):
+        conn.execute(delete(AUTOMATIC_MAIL).where(AUTOMATIC_MAIL.c.studio_id == studio_id,
+                                                  AUTOMATIC_MAIL.c.inbound_mail_id.in_(chunk)))
     if theirs:
         shas = _inbound_shas(conn, theirs)
         for chunk in _chunks(sorted(theirs)):
