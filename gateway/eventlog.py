@@ -11,8 +11,9 @@ Types and what they carry besides the envelope (`id`, `type`, `studio`, `created
   `outbound` a studio reply or an acknowledgement);
 - `held.created`: `conversation_id`, `message_id` (mail held for the studio to accept);
 - `conversation.updated`: `conversation_id`, `change` (read, unread, closed, reopened, deleted,
-  restored, held_accepted, held_rejected, message_deleted, message_restored), `message_id` for the
-  message changes;
+  restored, held_accepted, held_rejected, message_deleted, message_restored, and for a guest's
+  erasure erased (their conversation) and message_erased (their mail in another's)), `message_id`
+  for the message changes;
 - `delivery.updated`: `conversation_id`, `message_id`, `job_id`, `delivery` (sent, failed,
   retrying).
 

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from gateway.store.blobs import sha256_hex
+from gateway.eventlog import events_after
 from gateway.store.db import read_tx
 from gateway.lifecycle.deletion_log import deletion_log
 from gateway.store.tables import AUTOMATIC_MAIL, BLOB, CONVERSATION, GUEST, INBOUND, MESSAGE
@@ -94,6 +95,15 @@ def test_erasing_a_guest_leaves_nothing_of_them_and_spares_the_other_guest(gw: R
     assert api.get(f"/api/v1/attachments/{attachment}").content == LION_SKETCH
     [entry] = deletion_log(gw.settings).entries()
     assert (entry.kind, entry.studio_id, entry.object_id) == ("guest", studio.id, lena["id"])
+    # Open pages and the studio's webhooks hear of it: ids and the change, nothing of Lena.
+    with read_tx(gw.engine) as conn:
+        events = [e.as_dict() for e in events_after(conn, studio.id, 0, 1000)]
+    erased = [(e["conversation_id"], e["change"], e.get("message_id")) for e in events
+              if e.get("change") in ("erased", "message_erased")]
+    lena_in_lion = {m["id"] for m in tom_before["messages"]} - {m["id"] for m in tom_after["messages"]}
+    assert sorted(erased, key=str) == sorted([(rose, "erased", None), (cover, "erased", None),
+                                              (lion, "message_erased", *lena_in_lion)], key=str)
+    assert LENA not in json.dumps(events, default=str)
 
 
 def test_only_the_owner_erases_a_guest_and_only_their_own_studios(gw: RunningGateway) -> None:

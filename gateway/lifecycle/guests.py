@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, func, select
 
+from gateway.eventlog import CONVERSATION_UPDATED, record_many
 from gateway.lifecycle.deletion_log import DeletionLog
 from gateway.store.tables import ATTACHMENT, GUEST, MESSAGE
 from gateway.lifecycle.erasure import erase_guest, guest_messages
@@ -60,7 +61,19 @@ def erase_guest_data(conn: Connection, studio_id: int, guest_id: int, erasures: 
     messages = conn.execute(select(func.count()).select_from(MESSAGE).where(theirs)).scalar_one()
     attachments = conn.execute(select(func.count()).select_from(ATTACHMENT).where(
         ATTACHMENT.c.message_id.in_(select(MESSAGE.c.id).where(theirs)))).scalar_one()
+    own = list(conn.execute(select(CONVERSATION.c.id).where(
+        CONVERSATION.c.studio_id == studio_id, CONVERSATION.c.guest_id == guest_id)).scalars())
+    elsewhere = conn.execute(select(MESSAGE.c.id, MESSAGE.c.conversation_id).where(
+        theirs, MESSAGE.c.conversation_id.not_in(own) if own else MESSAGE.c.conversation_id.is_not(None))).all()
     erasures.append("guest", studio_id, guest_id, at=now)   # before the erasure, always
     erase_guest(conn, studio_id, guest_id, mail_domain)
+    # Open inboxes, conversation pages and the studio's webhooks learn at once that these are
+    # gone (a booking tool that copied them must drop its copy too): the ids only, nothing of them.
+    events: list[tuple[str, datetime, dict[str, int | str | None]]] = [
+        (CONVERSATION_UPDATED, now, {"conversation_id": c, "change": "erased"}) for c in own]
+    events += [(CONVERSATION_UPDATED, now, {"conversation_id": m.conversation_id, "change": "message_erased",
+                                            "message_id": m.id}) for m in elsewhere]
+    for start in range(0, len(events), 100):   # a statement's parameters stay well within limits
+        record_many(conn, studio_id, events[start:start + 100])
     return GuestErased(id=guest_id, conversations=conversations, messages=messages, attachments=attachments,
                        erased_at=now)
