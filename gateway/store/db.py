@@ -526,6 +526,12 @@ def _busy_timeout(engine: Engine) -> float:
     return _busy_timeouts.get(engine, 5.0)
 
 
+def busy_timeout_of(engine: Engine) -> float:
+    """Seconds `engine`'s SQLite connections wait for a lock held by another connection (its
+    `busy_timeout`): the budget of writers that ask again themselves instead of letting SQLite wait."""
+    return _busy_timeout(engine)
+
+
 @contextmanager
 def read_tx(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
