@@ -289,8 +289,20 @@ def private_database_file(path: Path) -> None:
     folder = path.parent
     if not folder.exists():
         private_dir(folder)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
-    os.close(fd)
+    # Only a file that is not there yet is opened (and closed). Closing any descriptor of the
+    # database file drops every POSIX lock this process holds on it, its SQLite connections'
+    # included (fcntl locks belong to the process, not the descriptor; sqlite.org/howtocorrupt.html
+    # 2.2). With a connection's SHARED lock gone, another process's closing connection took
+    # itself for the last one, checkpointed and removed the WAL under the others: `gateway
+    # serve`'s processes, whose engines are made while other connections are open, met
+    # "database disk image is malformed" under load (bench/outbound.py --roles serve).
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        except FileExistsError:
+            pass  # another process made it a moment ago; its mode is checked below
+        else:
+            os.close(fd)  # a new file: no connection of this process has it open
     for file in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS)):
         try:
             stat = file.stat()
