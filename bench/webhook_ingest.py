@@ -46,6 +46,9 @@ from bench.lib.report import met, ratio  # noqa: E402
 
 TARGET_SHARE = 30  # per cent of the baseline's requests/s
 ROLE_SETS = {"web": ("web",), "serve": ("smtp", "web", "worker")}
+# `gateway serve` on a two-core machine runs its worker role in two processes of its own; pinned
+# to the server core it would count one core and run the worker in its own process instead.
+SERVE_WORKERS = {"serve_worker_processes": 2}
 
 
 def mailgun_posts(info: dict[str, Any], count: int) -> list[bytes]:
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         for role in roles:
             baseline = measure_http(ctx, litestar_baseline_main, ("mailgun",), mailgun_posts, n, c, "baseline",
                                     show_threads=True)
-            options = GatewayOptions(roles=ROLE_SETS[role], settings={"mailgun_signing_key": MAILGUN_SIGNING_KEY},
+            options = GatewayOptions(roles=ROLE_SETS[role], settings={"mailgun_signing_key": MAILGUN_SIGNING_KEY,
+                                                                      **(SERVE_WORKERS if role == "serve" else {})},
                                      pin=True, acceptor_log=True, cprofile=args.profile)
             with throwaway_database(backend) as (url, data_dir):
                 ours = measure_http(ctx, gateway_main, (url, data_dir, options), mailgun_posts, n, c,

@@ -222,3 +222,57 @@ def test_sqlite_group_commits_leave_the_wal_checkpoint_to_a_thread_of_their_own(
     finally:
         holder.close()
         engine.dispose()
+
+
+def test_a_batch_waiting_for_another_process_asks_again_itself_rather_than_in_sqlites_busy_handler(  # type: ignore[no-untyped-def]
+        sqlite_url: str, monkeypatch) -> None:
+    """When a worker process of `gateway serve` holds the write lock, the writer thread asks
+    again every BUSY_RETRY (at most 4 ms apart) on a connection that never waits in SQLite's
+    busy handler, which sleeps up to 100 ms between tries and decided the reply API's p99."""
+    import sqlite3
+    import threading
+
+    from gateway.store import batching
+    from gateway.store.db import make_engine, migrate
+
+    migrate(sqlite_url)
+    engine = make_engine(sqlite_url, busy_timeout=5.0)
+    other = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+    waits: list[float] = []
+    asked_twice = threading.Event()
+    real_sleep = batching.time.sleep
+
+    def sleep(seconds: float) -> None:  # the writer thread's pauses between its tries
+        waits.append(seconds)
+        if len(waits) >= 2:
+            asked_twice.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(batching.time, "sleep", sleep)
+
+    def add(conn: Connection) -> int:
+        return conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
+            "slug": "asked", "name": "Asked", "owner_email": "o@asked.example", "locale": "de",
+            "created_at": utcnow()}).scalar_one()
+
+    async def scenario() -> int:
+        batcher = WriteBatcher(engine)
+        await batcher.start()
+        try:
+            other.execute("BEGIN IMMEDIATE")  # "another process" writes
+            task = asyncio.create_task(batcher.run(add))
+            assert await asyncio.to_thread(asked_twice.wait, 30)
+            assert not task.done()
+            other.execute("COMMIT")
+            return await task
+        finally:
+            await batcher.stop()
+
+    try:
+        studio_id = asyncio.run(scenario())
+        assert waits and max(waits) <= batching.BUSY_RETRY[1]
+        with read_tx(engine) as conn:
+            assert conn.execute(select(STUDIO.c.slug).where(STUDIO.c.id == studio_id)).scalar_one() == "asked"
+    finally:
+        other.close()
+        engine.dispose()

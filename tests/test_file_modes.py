@@ -80,3 +80,29 @@ def test_a_shared_parent_directory_is_left_alone(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert (mode(shared), mode(shared / "mail.db")) == (0o755, 0o600)
+
+
+def test_making_an_engine_keeps_the_locks_this_processs_connections_hold(tmp_path: Path) -> None:
+    """Closing any descriptor of the database file drops every POSIX lock the process holds on
+    it, SQLite's too: making a second engine (as the acceptor and the API's group commits do,
+    with the first engine's connections open) must not open and close the existing file, or
+    another process takes a write lock that a transaction here still holds, and a closing
+    connection elsewhere removes the WAL under this one (sqlite.org/howtocorrupt.html 2.2)."""
+    path = tmp_path / "data" / "gateway.db"
+    url = f"sqlite:///{path}"
+    make_engine(url).dispose()   # the file, made as the gateway makes it
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        conn.execute("INSERT INTO t VALUES (1)")   # in the WAL; this connection stays open
+        make_engine(url, busy_timeout=0).dispose()
+        # Another process opens, reads and closes: it must see that it is not the last one.
+        subprocess.run([sys.executable, "-c", "import sqlite3, sys\n"
+                        "c = sqlite3.connect(sys.argv[1]); c.execute('SELECT count(*) FROM t').fetchall(); c.close()",
+                        str(path)], check=True, timeout=60)
+        assert path.with_name(path.name + "-wal").exists(), "the WAL was removed under an open connection"
+        conn.execute("INSERT INTO t VALUES (2)")
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()

@@ -49,3 +49,18 @@ def test_an_address_cannot_smuggle_a_command_onto_the_envelope() -> None:
                                             MESSAGE))
     assert result.kind == "sent"
     assert [r.rcpt_tos for r in sink.received] == [["guest@example.org"]]
+
+
+def test_the_maildir_is_taken_as_another_worker_process_left_it_half_made(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`gateway serve`'s two worker processes make the Maildir at once: the one that finds the
+    folder already made (its tmp/new/cur not yet) still starts, and its mail lands."""
+    from gateway.outbound.relay import MaildirTransport
+
+    box = tmp_path / "outbox-maildir"
+    box.mkdir()   # the other process got this far
+    first = MaildirTransport(box)
+    second = MaildirTransport(box)   # and a second start over a complete one
+    result = asyncio.run(first.send(OutgoingMail("inkwell@mail.test", ["guest@example.org"], MESSAGE)))
+    assert result.kind == "sent", result
+    assert len(list((box / "new").iterdir())) == 1
+    assert asyncio.run(second.send(OutgoingMail("inkwell@mail.test", ["guest@example.org"], MESSAGE))).kind == "sent"

@@ -94,11 +94,13 @@ def _route(name: str) -> Any:
     return reply
 
 
-def litestar_baseline_main(pipe: Any, route: str) -> None:
-    """A do-nothing Litestar app with the one route "mailgun", "form" or "reply", pinned to the server core."""
+def litestar_baseline_main(pipe: Any, route: str, pinned: bool = True) -> None:
+    """A do-nothing Litestar app with the one route "mailgun", "form" or "reply", pinned to the
+    server core unless `pinned` is false."""
     from litestar import Litestar
 
-    pin("server")
+    if pinned:
+        pin("server")
     _serve(pipe, Litestar([_route(route)], logging_config=None, openapi_config=None))
 
 

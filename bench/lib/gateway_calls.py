@@ -92,14 +92,18 @@ def drain(engine: Any, settings: Any) -> list[Any]:
     return drain(engine, settings, REACTIONS)
 
 
-def seed_conversation(settings: Any) -> tuple[Any, int, str]:
-    """The studio and one guest inquiry threaded into a conversation: (engine, its id, owner token)."""
+def seed_conversation(settings: Any, count: int = 1) -> tuple[Any, list[int], str]:
+    """The studio and `count` guests' inquiries, each threaded into a conversation of its own:
+    (engine, their ids, owner token)."""
+    from bench.lib.mails import seed_sender
+
     engine = migrated_engine(settings)
     token = add_studio(engine)
-    store(engine, settings, [(SEED_SENDER, seed_inquiry())])
+    store(engine, settings, [(seed_sender(i), seed_inquiry(i)) for i in range(count)])
     drain(engine, settings)
     with engine.connect() as conn:
-        return engine, conn.exec_driver_sql("SELECT id FROM conversation").scalar_one(), token
+        ids = [row[0] for row in conn.exec_driver_sql("SELECT id FROM conversation ORDER BY id")]
+    return engine, ids, token
 
 
 async def start_gateway(settings: Any, roles: tuple[str, ...], smtp_sock: Any, http_sock: Any) -> Any:

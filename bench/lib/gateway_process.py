@@ -31,7 +31,8 @@ class GatewayOptions:
     roles: tuple[str, ...] = ("smtp", "web", "worker")
     settings: dict[str, Any] = field(default_factory=dict)  # Settings fields besides gateway_calls.settings'
     pin: bool = False              # to the server core (the HTTP benchmarks pin server and client apart)
-    seed: bool = False             # one threaded conversation before the start (the reply API's)
+    seed: bool = False             # threaded conversations before the start (the reply API's)
+    seed_conversations: int = 1    # how many, each a guest of its own
     acceptor_log: bool = False     # the acceptor's INFO line when it stops (its group commits)
     timings: bool = False          # the profile window of smtp_ingest --profile
     cprofile: bool = False         # cProfile of the whole process, printed when it stops
@@ -93,7 +94,8 @@ def _poll_processed(engine: Any, count: int, timeout: float) -> tuple[bool, int]
 async def _serve(pipe: Any, settings: Any, options: GatewayOptions, serving: bool, window: Any) -> None:
     info: dict[str, Any] = {}
     if options.seed:
-        _, info["conversation_id"], info["token"] = await asyncio.to_thread(gw.seed_conversation, settings)
+        _, ids, info["token"] = await asyncio.to_thread(gw.seed_conversation, settings, options.seed_conversations)
+        info["conversation_id"], info["conversation_ids"] = ids[0], ids
     listen = ("127.0.0.1", 0)
     smtp_listen = ("127.0.0.1", options.smtp_port)
     served = await gw.start_gateway(settings, options.roles,

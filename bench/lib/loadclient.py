@@ -320,12 +320,14 @@ async def http_load(port: int, requests: list[bytes], connections: int, timeout:
 
 
 def http_client_main(pipe: Any, info: dict[str, Any], build: Callable[[dict[str, Any], int], list[bytes]],
-                     count: int, connections: int, warmup: int) -> None:
-    """Client process on the client core: `build(info, n)` makes the requests for the server that
-    answered `info`; the first `warmup` are sent before "ready" and not measured."""
+                     count: int, connections: int, warmup: int, pinned: bool = True) -> None:
+    """Client process on the client core (any core unless `pinned`): `build(info, n)` makes the
+    requests for the server that answered `info`; the first `warmup` are sent before "ready"
+    and not measured."""
     import uvloop
 
-    pin("client")
+    if pinned:
+        pin("client")
     port = info["http_port"]
     requests = build(info, warmup + count)
     if warmup:

@@ -185,7 +185,14 @@ def guest(run: str, index: int) -> str:
 SEED_SENDER = "lena@example.org"
 
 
-def seed_inquiry() -> bytes:
-    """Lena's inquiry: the conversation the outbound benchmark's replies answer."""
-    return (f"From: Lena <{SEED_SENDER}>\r\nTo: {RCPT}\r\nSubject: Tattoo Anfrage\r\n"
-            "Message-ID: <seed@example.org>\r\nDate: Fri, 20 Nov 2026 10:00:00 +0000\r\n\r\nHallo!\r\n").encode()
+def seed_inquiry(index: int = 0) -> bytes:
+    """Lena's inquiry (index 0), or guest `index`'s: the conversations the outbound benchmark's
+    replies answer."""
+    sender = SEED_SENDER if index == 0 else f"guest{index}@example.org"
+    return (f"From: Lena <{sender}>\r\nTo: {RCPT}\r\nSubject: Tattoo Anfrage\r\n"
+            f"Message-ID: <seed{index or ''}@example.org>\r\nDate: Fri, 20 Nov 2026 10:00:00 +0000\r\n\r\n"
+            "Hallo!\r\n").encode()
+
+
+def seed_sender(index: int) -> str:
+    return SEED_SENDER if index == 0 else f"guest{index}@example.org"

@@ -101,15 +101,17 @@ class HttpFigure:
 
 def measure_http(ctx: Any, server: Callable[..., None], server_args: tuple[Any, ...],
               build: Callable[[dict[str, Any], int], list[bytes]], count: int, connections: int, name: str,
-              warmup: int = 0, spy: str | None = None, show_threads: bool = False) -> HttpFigure:
+              warmup: int = 0, spy: str | None = None, show_threads: bool = False, pin: bool = True) -> HttpFigure:
     """Start the server (pinned to the server core by its target), send it `count` requests from
     `build` over keep-alive connections from the client core, stop it. `spy`: record the server
     with py-spy (not a dependency: pip install py-spy) as raw folded stacks into that file;
-    `show_threads`: print the server's CPU per request by thread before it stops."""
+    `show_threads`: print the server's CPU per request by thread before it stops; `pin=False`:
+    the client runs on any core (the server's pinning is its target's own choice)."""
     process = Child(ctx, server, *server_args, name=name, daemon=False)  # `gateway serve` starts a worker child
     try:
         info = process.expect("ready", f"starting {name}", limit=120)
-        client = Child(ctx, http_client_main, info, build, count, connections, warmup, name=f"client[{name}]")
+        client = Child(ctx, http_client_main, info, build, count, connections, warmup, pin,
+                       name=f"client[{name}]")
         try:
             client.expect("ready", f"building requests for {name}", limit=300)
             sampler = None

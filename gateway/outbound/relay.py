@@ -164,8 +164,12 @@ class MaildirTransport:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._box = mailbox.Maildir(str(path), create=True)
+        # Made here, each part allowed to exist: `gateway serve`'s two worker processes start at
+        # once, and mailbox.Maildir(create=True) checks, then mkdirs, so the slower of the two
+        # died on FileExistsError (and was restarted a second later, its start taken twice).
+        for part in (path, path / "tmp", path / "new", path / "cur"):
+            part.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._box = mailbox.Maildir(str(path), create=False)
 
     async def send(self, mail: OutgoingMail) -> SendResult:
         key = await asyncio.to_thread(self._box.add, mail.data)

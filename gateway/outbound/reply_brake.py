@@ -37,17 +37,18 @@ def check_reply_brake(conn: Connection, *, studio_id: int, conversation_id: int,
                       limit: int) -> None:
     """Raise RepliesBraked when the conversation had `limit` replies within the last hour.
 
-    Reads at most `limit` rows through the (conversation_id, direction, received_at) index,
-    however long the conversation is."""
-    recent = conn.execute(
-        select(MESSAGE.c.received_at).where(
-            MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.direction == "outbound",
-            MESSAGE.c.received_at > now - WINDOW, MESSAGE.c.studio_id == studio_id,
-            MESSAGE.c.automatic.is_(False))
-        .order_by(MESSAGE.c.received_at).limit(limit)).scalars().all()
-    if len(recent) < limit:
+    Asks for the `limit`-th reply of the window, oldest first, through the (conversation_id,
+    direction, received_at) index: it exists only when the brake is on, and the rows before it
+    are stepped over inside the database. Fetching all `limit` of them into Python instead cost
+    every reply a few microseconds per earlier reply of the hour once the limit was raised (a
+    load test's 4,000 replies to one conversation: p99 from 15 to 98 ms, bench/outbound.py)."""
+    window = select(MESSAGE.c.received_at).where(
+        MESSAGE.c.conversation_id == conversation_id, MESSAGE.c.direction == "outbound",
+        MESSAGE.c.received_at > now - WINDOW, MESSAGE.c.studio_id == studio_id,
+        MESSAGE.c.automatic.is_(False)).order_by(MESSAGE.c.received_at)
+    if conn.execute(window.offset(limit - 1).limit(1)).first() is None:
         return
-    oldest = recent[0]
+    oldest = conn.execute(window.limit(1)).scalar_one()
     if oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=now.tzinfo)
     # One more reply is possible once the oldest of these leaves the window.

@@ -289,8 +289,20 @@ def private_database_file(path: Path) -> None:
     folder = path.parent
     if not folder.exists():
         private_dir(folder)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
-    os.close(fd)
+    # Only a file that is not there yet is opened (and closed). Closing any descriptor of the
+    # database file drops every POSIX lock this process holds on it, its SQLite connections'
+    # included (fcntl locks belong to the process, not the descriptor; sqlite.org/howtocorrupt.html
+    # 2.2). With a connection's SHARED lock gone, another process's closing connection took
+    # itself for the last one, checkpointed and removed the WAL under the others: `gateway
+    # serve`'s processes, whose engines are made while other connections are open, met
+    # "database disk image is malformed" under load (bench/outbound.py --roles serve).
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        except FileExistsError:
+            pass  # another process made it a moment ago; its mode is checked below
+        else:
+            os.close(fd)  # a new file: no connection of this process has it open
     for file in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS)):
         try:
             stat = file.stat()
@@ -524,6 +536,12 @@ def begin_inline(engine: Engine, lock: threading.RLock, kept: KeptConnection | N
 
 def _busy_timeout(engine: Engine) -> float:
     return _busy_timeouts.get(engine, 5.0)
+
+
+def busy_timeout_of(engine: Engine) -> float:
+    """Seconds `engine`'s SQLite connections wait for a lock held by another connection (its
+    `busy_timeout`): the budget of writers that ask again themselves instead of letting SQLite wait."""
+    return _busy_timeout(engine)
 
 
 @contextmanager
