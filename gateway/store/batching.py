@@ -192,7 +192,9 @@ class WriteBatcher:
             finally:
                 raw.close()
         except Exception as exc:  # the next commit tries again; other connections still checkpoint
-            log.warning("WAL checkpoint failed: %s", type(exc).__name__)
+            # SQLite's message says which trouble it was ("database is locked", "disk I/O
+            # error"); it never carries data of the rows.
+            log.warning("WAL checkpoint failed: %s: %s", type(exc).__name__, str(exc)[:200])
 
     def _prepare(self, batch: list[_Write]) -> tuple[InlineTx, list[tuple[bool, Any]]] | None:
         """SQLite: the batch's statements run here, on the loop (gateway/store/db.begin_inline); None
