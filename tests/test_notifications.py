@@ -21,12 +21,12 @@ from gateway.inbound.intake import Envelope, store_batch
 from gateway.inbound.processor import process_pending
 from gateway.lifecycle.purge import purge
 from gateway.outbound.notifications import HOLD_WHILE_BUSY, send_digests
-from gateway.outbound.notify_preferences import bounced_since
+from gateway.outbound.notify_preferences import PAUSE_AFTER_BOUNCES, bounced_since
 from gateway.outbound.webhooks import WebhookSender
 from gateway.runtime import REACTIONS
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.store.tables import AUTOMATIC_MAIL, CONVERSATION, MESSAGE, NOTIFICATION, OUTBOUND_JOB, PROFILE, STUDIO, STUDIO_EVENT
+from gateway.store.tables import AUTOMATIC_MAIL, CONVERSATION, GUEST, MESSAGE, NOTIFICATION, OUTBOUND_JOB, PROFILE, STUDIO, STUDIO_EVENT
 from tests.access import connect_member
 from tests.conftest import MAIL_DOMAIN, RunningGateway, StudioInfo, fixture_bytes, make_settings, start_gateway
 from tests.mail import make_mail, new_id
@@ -515,3 +515,30 @@ def test_the_purge_drops_notifications_after_30_days_but_keeps_what_the_pause_co
             MESSAGE.c.message_id == str(told.message["Message-ID"]).strip("<>"))).scalar() == 0
         assert bounced_since(conn, studio_owner(conn, studio.id), None) == 1   # still counts for the pause
     assert purge(gw.engine, gw.settings).notifications == 0               # repeatable
+
+
+# --- erased before it was told ----------------------------------------------------------------
+
+def _erase_guest(gw: RunningGateway, studio: StudioInfo, guest: str) -> None:
+    with read_tx(gw.engine) as conn:
+        guest_id = conn.execute(select(GUEST.c.id).where(GUEST.c.studio_id == studio.id,
+                                                         GUEST.c.email == guest)).scalar_one()
+    assert gw.api(studio.token).post(f"/api/v1/guests/{guest_id}/erase").status_code == 200
+
+
+def test_a_guest_erased_before_the_notification_went_out_is_not_told_and_is_no_bounce(
+        gw: RunningGateway, sink: RelaySink) -> None:
+    """Erasing a guest (or purging a message) before its notification is sent leaves nothing to
+    tell: the mail is not sent, and it is not a failure that counts towards the profile's pause
+    (PAUSE_AFTER_BOUNCES erasures once paused a healthy mailbox)."""
+    studio = gw.add_studio("inkwell")
+    for n in range(PAUSE_AFTER_BOUNCES):
+        inquiry(gw, studio, guest=f"g{n}@example.org", subject=f"Anfrage {n}")
+        _erase_guest(gw, studio, f"g{n}@example.org")
+        assert sent(gw, sink) == []
+    with read_tx(gw.engine) as conn:
+        assert bounced_since(conn, studio_owner(conn, studio.id), None) == 0
+        assert conn.execute(select(MESSAGE.c.id).where(MESSAGE.c.delivery == "failed")).all() == []
+    assert gw.api(studio.token).get(MINE).json()["paused"] is False
+    inquiry(gw, studio, guest="later@example.org")
+    assert [m.rcpt_tos for m in sent(gw, sink)] == [[OWNER]]

@@ -278,7 +278,7 @@ def _size(size: int) -> str:
 
 
 def render_notifications(conn: Connection, senders: dict[int, str], settings: Settings, secret: bytes,
-                         renderer: Renderer) -> dict[int, Rendered]:
+                         renderer: Renderer) -> dict[int, Rendered | None]:
     """The bodies of the notification mails among `senders` (message id → the studio's name):
     two statements for the whole batch the outbox composes."""
     found = {row.mail_ref: row for row in conn.execute(
@@ -294,7 +294,6 @@ def render_notifications(conn: Connection, senders: dict[int, str], settings: Se
                               .where(ATTACHMENT.c.message_id.in_({r.id for r in found.values()}),
                                      ATTACHMENT.c.inline.is_(False)).order_by(ATTACHMENT.c.id)):
             files[a.message_id].append(f"{a.filename} ({_size(a.size)})")
-    # A guest message erased meanwhile has no row here: nothing to tell, the mail is not sent.
     # The body names no profile: the profiles told about one message share one rendering.
     bodies: dict[int, Rendered] = {}
     for row in found.values():
@@ -302,13 +301,16 @@ def render_notifications(conn: Connection, senders: dict[int, str], settings: Se
             bodies[row.id] = renderer.notification(
                 locale=row.locale, studio_name=row.name, guest_name=row.from_name or row.from_email, text=row.text,
                 files="\n".join(files[row.id]), link=conversation_link(settings, row.conversation_id))
-    return {mail_ref: bodies[row.id] for mail_ref, row in found.items()}
+    # A guest message erased (or deleted) meanwhile has no row here: nothing to tell, so the mail
+    # is withdrawn (None): not sent, and no failure that would count towards the profile's pause.
+    return {mail_ref: bodies[found[mail_ref].id] if mail_ref in found else None for mail_ref in senders}
 
 
 def render_digests(conn: Connection, senders: dict[int, str], settings: Settings, secret: bytes,
-                   renderer: Renderer) -> dict[int, Rendered]:
-    """The digests among `senders`: one line per conversation that changed, with its link."""
-    rendered = {}
+                   renderer: Renderer) -> dict[int, Rendered | None]:
+    """The digests among `senders`: one line per conversation that changed, with its link; one
+    whose every conversation was erased meanwhile is withdrawn (None), as a notification is."""
+    rendered: dict[int, Rendered | None] = {}
     for mail_ref in senders:
         rows = conn.execute(
             select(CONVERSATION.c.id, CONVERSATION.c.subject, GUEST.c.name, GUEST.c.email, STUDIO.c.name.label("studio"),
@@ -319,6 +321,7 @@ def render_digests(conn: Connection, senders: dict[int, str], settings: Settings
             .where(NOTIFICATION.c.mail_ref == mail_ref, CONVERSATION.c.deleted_at.is_(None))
             .distinct().order_by(CONVERSATION.c.id)).all()
         if not rows:
+            rendered[mail_ref] = None
             continue
         items = "\n".join(f"{r.subject or '–'} ({r.name or r.email}): {conversation_link(settings, r.id)}"
                           for r in rows)

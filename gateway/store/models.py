@@ -213,7 +213,7 @@ class Message(SQLModel, table=True):
     thread_rule: str = Field(default="new", max_length=32)
     automatic: bool = False
     auto_kind: str | None = Field(default=None, max_length=32)
-    delivery: str | None = Field(default=None, max_length=16)   # outbound: queued|sending|sent|failed|bounced
+    delivery: str | None = Field(default=None, max_length=16)   # outbound: queued|sending|sent|failed|bounced|cancelled
     bounce_of_id: int | None = Field(default=None, foreign_key="message.id")
     raw_sha256: str | None = Field(default=None, foreign_key="blob.sha256", max_length=64)
     dedupe_key: str | None = Field(default=None, max_length=64)
@@ -269,7 +269,8 @@ class Attachment(SQLModel, table=True):
 class OutboundJob(SQLModel, table=True):
     """One email to send, committed with its outbound message (the transactional outbox).
 
-    status: queued → sending → sent | failed; a temporary failure goes back to queued with a
+    status: queued → sending → sent | failed | cancelled (an automatic mail withdrawn because
+    what it told of was erased: gateway/outbound/compose.Withdrawn); a temporary failure goes back to queued with a
     later next_attempt_at. `sending` carries a lease (claimed_at): a worker that died mid-way
     leaves the job to be claimed again after it. Marked `sent` right after the relay's 250, so
     a restarted worker does not send again what the relay already accepted.
