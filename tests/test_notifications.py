@@ -20,7 +20,7 @@ from gateway.mail.addresses import (notification_address, notification_token, re
 from gateway.inbound.intake import Envelope, store_batch
 from gateway.inbound.processor import process_pending
 from gateway.lifecycle.purge import purge
-from gateway.outbound.notifications import HOLD_WHILE_BUSY, send_digests
+from gateway.outbound.notifications import HOLD_WHILE_BUSY, queue_told, send_digests
 from gateway.outbound.notify_preferences import PAUSE_AFTER_BOUNCES, bounced_since
 from gateway.outbound.webhooks import WebhookSender
 from gateway.runtime import REACTIONS
@@ -529,8 +529,8 @@ def _erase_guest(gw: RunningGateway, studio: StudioInfo, guest: str) -> None:
 def test_a_guest_erased_before_the_notification_went_out_is_not_told_and_is_no_bounce(
         gw: RunningGateway, sink: RelaySink) -> None:
     """Erasing a guest (or purging a message) before its notification is sent leaves nothing to
-    tell: the mail is not sent, and it is not a failure that counts towards the profile's pause
-    (PAUSE_AFTER_BOUNCES erasures once paused a healthy mailbox)."""
+    tell: no mail is sent, and nothing counts towards the profile's pause (PAUSE_AFTER_BOUNCES
+    erasures once paused a healthy mailbox: each mail failed when it found no body)."""
     studio = gw.add_studio("inkwell")
     for n in range(PAUSE_AFTER_BOUNCES):
         inquiry(gw, studio, guest=f"g{n}@example.org", subject=f"Anfrage {n}")
@@ -542,3 +542,19 @@ def test_a_guest_erased_before_the_notification_went_out_is_not_told_and_is_no_b
     assert gw.api(studio.token).get(MINE).json()["paused"] is False
     inquiry(gw, studio, guest="later@example.org")
     assert [m.rcpt_tos for m in sent(gw, sink)] == [[OWNER]]
+
+
+def test_a_notification_queued_before_its_guest_was_erased_is_withdrawn_not_failed(
+        gw: RunningGateway, sink: RelaySink) -> None:
+    """The mail was queued already when the guest was erased: the outbox finds no body to
+    render and withdraws it (`cancelled`), which is no failure of the profile's mailbox."""
+    studio = gw.add_studio("inkwell")
+    inquiry(gw, studio, guest="g@example.org")
+    assert queue_told(gw.engine, gw.settings, utcnow()) == 1
+    _erase_guest(gw, studio, "g@example.org")
+    assert sent(gw, sink) == []
+    with read_tx(gw.engine) as conn:
+        assert conn.execute(select(MESSAGE.c.delivery, OUTBOUND_JOB.c.status).join(
+            OUTBOUND_JOB, OUTBOUND_JOB.c.message_id == MESSAGE.c.id)).all() == [("cancelled", "cancelled")]
+        assert bounced_since(conn, studio_owner(conn, studio.id), None) == 0
+    assert sent(gw, sink) == []                                          # and never tried again

@@ -28,7 +28,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol, Sequence
 
 import tenacity
 from sqlalchemy import Connection, Engine, and_, bindparam, exists, or_, select, update
@@ -217,13 +217,23 @@ def make_transports(settings: Settings) -> list[Transport]:
             for _ in range(settings.outbound_connections)]
 
 
+class Feed(Protocol):
+    """Mail the outbox queues for itself at the start of each round, in its own transactions,
+    so that it goes out in that round: the profiles' notifications, which the processor only
+    notes while it threads (gateway/outbound/notifications.queue_told). Returns how many it
+    queued; it must be repeatable and safe to run in several workers at once."""
+    def __call__(self, engine: Engine, settings: Settings, now: datetime) -> int: ...
+
+
 class Outbox:
     def __init__(self, engine: Engine, settings: Settings, *, late_bodies: Mapping[str, LateBodies],
-                 transports: list[Transport] | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+                 feeds: Sequence[Feed] = (), transports: list[Transport] | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         """`late_bodies`: the bodies rendered only at send time, by auto_kind (required, so that no
-        outbox forgets them: gateway/runtime.LATE_BODIES)."""
+        outbox forgets them: gateway/runtime.LATE_BODIES); `feeds`: see Feed (gateway/runtime.OUTBOX_FEEDS)."""
         self.engine = engine
         self.late_bodies = dict(late_bodies)
+        self.feeds = tuple(feeds)
         self.settings = settings
         self.secret = settings.secret()
         self.clock = clock
@@ -252,6 +262,17 @@ class Outbox:
         created = result_processor(conn, OUTBOUND_JOB.c.created_at)
         return [Job(job_id, message_row_id, attempts, created(created_at))
                 for job_id, message_row_id, attempts, created_at in rows]
+
+    def feed(self) -> int:
+        """Run the feeds; how many mails they queued. A feed that fails is logged and tried
+        again next round: what it feeds waits, what is queued already goes out."""
+        queued = 0
+        for feed in self.feeds:
+            try:
+                queued += feed(self.engine, self.settings, self.clock())
+            except Exception:
+                log.exception("outbox feed %s failed; trying again next round", getattr(feed, "__name__", feed))
+        return queued
 
     def renew(self, held: list[tuple[int, int]]) -> None:
         """Extend the lease of the jobs this worker holds, as (job id, attempts of its claim)."""
@@ -348,7 +369,8 @@ class Outbox:
         Claiming and composing overlap sending: one task keeps the database up to date
         (claims the next jobs when a quarter of the window is left, recording the results
         that arrived meanwhile in the same commit) while a lane per relay connection sends.
-        A stop claims nothing more; the lanes finish, and record, what was claimed."""
+        A stop claims nothing more; the lanes finish, and record, what was claimed. The feeds
+        run first (see Feed)."""
         window = PER_CONNECTION * len(self.transports)
         refill, enough = window // 4, window  # claim at, record without waiting at
         work: deque[tuple[Job, OutgoingMail | SendResult]] = deque()
@@ -427,6 +449,8 @@ class Outbox:
                 state["handled"] += len(jobs)
                 lanes_wake.set()
 
+        if self.feeds and not self._stopping:
+            await asyncio.to_thread(self.feed)
         record_now = _Flag(keeper_wake)
         beating = asyncio.create_task(heartbeat())
         try:

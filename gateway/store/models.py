@@ -706,12 +706,15 @@ class NotificationPreference(SQLModel, table=True):
 
 class Notification(SQLModel, table=True):
     """One guest message a profile is to hear about. `mail_ref` is the outbound message that told
-    it (an immediate notification or a digest); NULL while it waits for the next digest. The
-    storm limit and the digest both read these rows."""
+    it (an immediate notification or a digest), 0 when nobody will be; NULL while it waits: for
+    the next digest, or (`immediate`) for the outbox to queue its mail after the burst
+    (gateway/outbound/notifications.py). The storm limit and the digest both read these rows."""
 
     __table_args__ = (
         Index("ix_notification_profile_conversation", "profile_id", "conversation_id", "created_at"),
         Index("ix_notification_pending", "studio_id", "mail_ref"),
+        # The immediate rows whose mail is not queued yet (mail_ref NULL), and the rows of a mail.
+        Index("ix_notification_mail", "mail_ref", "immediate"),
     )
     id: int | None = Field(default=None, primary_key=True)
     studio_id: int = Field(foreign_key="studio.id")
