@@ -166,7 +166,11 @@ class Gateway:
                                            self._metrics_children_dir)
             self.metrics.start()
         if "worker" in self.roles:
-            self.processor = ProcessorThread(self.engine, self.settings, REACTIONS)
+            # At the end of a burst the outbox looks at once (not after its poll interval) for
+            # the notifications the burst noted (gateway/outbound/notifications.queue_told).
+            loop = asyncio.get_running_loop()
+            self.processor = ProcessorThread(self.engine, self.settings, REACTIONS,
+                                             on_idle=lambda: loop.call_soon_threadsafe(self._wake_outbox))
             self.processor.start()
             self.outbox = Outbox(self.engine, self.settings, late_bodies=LATE_BODIES, feeds=OUTBOX_FEEDS)
             self._outbox_task = asyncio.create_task(self.outbox.run(), name="outbox")
@@ -229,6 +233,11 @@ class Gateway:
                 await asyncio.sleep(0.01)  # uvicorn offers no start event; bounded by the check above
             self.http_address = http_sock.getsockname()[:2]
             log.info("HTTP listening on %s", self.http_address)
+
+    def _wake_outbox(self) -> None:
+        """On the loop's thread (the processor's on_idle calls it there)."""
+        if self.outbox is not None:
+            self.outbox.wake()
 
     async def stop(self) -> None:
         if self._smtp is not None:
