@@ -159,8 +159,8 @@ _TAKEN = (select(NOTIFICATION.c.id, NOTIFICATION.c.studio_id, NOTIFICATION.c.pro
                  NOTIFICATION.c.conversation_id, NOTIFICATION.c.message_ref, PROFILE.c.email, PROFILE.c.name,
                  PROFILE.c.disconnected_at, STUDIO.c.slug, STUDIO.c.locale, MESSAGE.c.id.label("message"),
                  MESSAGE.c.from_name, CONVERSATION.c.subject, GUEST.c.email.label("guest_email"))
-          .select_from(NOTIFICATION.join(PROFILE, PROFILE.c.id == NOTIFICATION.c.profile_id)
-                       .join(STUDIO, STUDIO.c.id == NOTIFICATION.c.studio_id)
+          .select_from(NOTIFICATION.outerjoin(PROFILE, PROFILE.c.id == NOTIFICATION.c.profile_id)
+                       .outerjoin(STUDIO, STUDIO.c.id == NOTIFICATION.c.studio_id)
                        .outerjoin(MESSAGE, and_(MESSAGE.c.id == NOTIFICATION.c.message_ref,
                                                 MESSAGE.c.deleted_at.is_(None)))
                        .outerjoin(CONVERSATION, CONVERSATION.c.id == NOTIFICATION.c.conversation_id)
@@ -189,18 +189,20 @@ def queue_told(engine: Engine, settings: Settings, now: datetime) -> int:
         with write_tx(engine) as conn:
             ids = list(conn.execute(_TAKE, {"due": due}).scalars())
             if ids:
-                queued += _queue_rows(conn, settings, secret, conn.execute(_TAKEN, {"ids": ids}).all(), now)
+                queued += _queue_rows(conn, settings, secret, ids, conn.execute(_TAKEN, {"ids": ids}).all(), now)
         if len(ids) < QUEUE_BATCH:
             break
     return queued
 
 
-def _queue_rows(conn: Connection, settings: Settings, secret: bytes, rows: list[Any], now: datetime) -> int:
-    """A mail and its job for each row (one statement for each kind, however many rows), or
-    DROPPED for a row nobody is to be told of any more; the number of mails."""
+def _queue_rows(conn: Connection, settings: Settings, secret: bytes, ids: list[int], rows: list[Any],
+                now: datetime) -> int:
+    """A mail and its job for each of the rows `ids` (one statement for each kind, however many
+    rows), or DROPPED for a row nobody is to be told of any more; the number of mails."""
     mails, told = [], []
     for row in rows:
-        if row.message is None or row.subject is None or row.disconnected_at is not None:
+        if row.message is None or row.email is None or row.slug is None \
+                or row.disconnected_at is not None:
             continue   # erased meanwhile, or the profile left: marked DROPPED below
         language = "en" if row.locale.lower().startswith("en") else "de"
         subject = _SUBJECTS[language].format(guest=row.from_name or row.guest_email or "", subject=row.subject or "–")
@@ -214,7 +216,7 @@ def _queue_rows(conn: Connection, settings: Settings, secret: bytes, rows: list[
         INSERT_JOB.execute_many(conn, [{"studio_id": row.studio_id, "message_id": mail_id, "created_at": now,
                                         "next_attempt_at": now} for row, mail_id in zip(told, mail_ids)])
     refs = {row.id: mail_id for row, mail_id in zip(told, mail_ids)}
-    _SET_MAIL.execute_many(conn, [{"row_id": row.id, "mail_ref": refs.get(row.id, DROPPED)} for row in rows])
+    _SET_MAIL.execute_many(conn, [{"row_id": row_id, "mail_ref": refs.get(row_id, DROPPED)} for row_id in ids])
     return len(mail_ids)
 
 

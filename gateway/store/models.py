@@ -712,8 +712,9 @@ class Notification(SQLModel, table=True):
 
     __table_args__ = (
         Index("ix_notification_profile_conversation", "profile_id", "conversation_id", "created_at"),
-        Index("ix_notification_pending", "studio_id", "mail_ref"),
         # The immediate rows whose mail is not queued yet (mail_ref NULL), and the rows of a mail.
+        # No index leads with studio_id: only a studio's erasure asks by it (rare, and the table
+        # holds 30 days), while every index costs the processor's insert of each row.
         Index("ix_notification_mail", "mail_ref", "immediate"),
     )
     id: int | None = Field(default=None, primary_key=True)
