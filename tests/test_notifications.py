@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from datetime import timedelta
 from email.utils import make_msgid
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlalchemy import func, select, update
 from gateway.mail.addresses import (notification_address, notification_token, reply_token, verify_notification_token,
                                     verify_reply_token)
 from gateway.inbound.intake import Envelope, store_batch
-from gateway.inbound.processor import process_pending
+from gateway.inbound.processor import ProcessorThread, process_pending
 from gateway.lifecycle.purge import purge
 from gateway.outbound.notifications import HOLD_WHILE_BUSY, queue_told, send_digests
 from gateway.outbound.notify_preferences import PAUSE_AFTER_BOUNCES, bounced_since
@@ -143,6 +144,27 @@ def test_notifications_wait_while_guest_mail_waits_and_go_out_once_it_is_threade
     assert len(process_pending(gw.engine, gw.settings, REACTIONS, limit=1, chunk=1)) == 1  # one still waits
     assert len(process_pending(gw.engine, gw.settings, REACTIONS, limit=1, chunk=1)) == 1  # none waits now
     assert [m.rcpt_tos for m in sent(gw, sink)] == [[OWNER], [OWNER]]    # the held one and the last, at once
+
+
+def test_the_processor_says_when_a_burst_is_threaded_and_then_every_noted_mail_is_queued(
+        gw: RunningGateway, sink: RelaySink) -> None:
+    """The worker's processor calls on_idle once nothing more waits (gateway/runtime.py wakes
+    its outbox with it): by then each message of the burst is threaded, and the outbox's feed
+    queues the mail of every one at once."""
+    studio = gw.add_studio("inkwell")
+    for n in range(3):
+        raw = make_mail(from_=f"Gast {n} <gast{n}@example.org>", subject=f"Anfrage {n}", message_id=new_id())
+        assert gw.send(raw, studio.address, mail_from=f"gast{n}@example.org").code == 250
+    idle = threading.Event()
+    processor = ProcessorThread(gw.engine, gw.settings, REACTIONS, on_idle=idle.set)
+    processor.start()
+    try:
+        assert idle.wait(60)
+        assert processor.processed == 3
+    finally:
+        processor.stop()
+    assert queue_told(gw.engine, gw.settings, utcnow()) == 3
+    assert [m.rcpt_tos for m in sent(gw, sink)] == [[OWNER]] * 3
 
 
 def test_an_auto_reply_produces_no_notification(gw: RunningGateway, sink: RelaySink) -> None:
