@@ -47,7 +47,7 @@ import json
 import logging
 from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 
@@ -57,7 +57,7 @@ from gateway.outbound.notify_preferences import PAUSE_AFTER_BOUNCES, bounced_sin
 from gateway.outbound.render import Rendered, Renderer
 from gateway.outbound.replies import INSERT_JOB, MESSAGE_COLUMNS, new_message_id
 from gateway.settings import Settings
-from gateway.store.db import read_tx, write_tx
+from gateway.store.db import read_tx, result_processor, write_tx
 from gateway.store.models import utcnow
 from gateway.store.prepared import Prepared
 from gateway.store.tables import (ATTACHMENT, CONVERSATION, GUEST, INBOUND, MESSAGE, NOTIFICATION,
@@ -96,12 +96,31 @@ _TOLD_SINCE = Prepared(select(NOTIFICATION.c.id).where(
     NOTIFICATION.c.created_at > bindparam("since", type_=NOTIFICATION.c.created_at.type)).limit(1))
 
 
-def _audience(conn: Connection, studio_id: int, mail_domain: str) -> list[Any]:
-    """The studio's connected profiles that want to hear anything, with their preferences."""
-    rows = conn.execute(_AUDIENCE.where(PROFILE.c.studio_id == studio_id, PROFILE.c.disconnected_at.is_(None)))
+# ... and once per chunk and studio: the studio, and its connected profiles with their preferences.
+_STUDIO = Prepared(select(STUDIO.c.slug, STUDIO.c.time_zone).where(STUDIO.c.id == bindparam("studio_id")))
+_LISTENERS = Prepared(_AUDIENCE.where(PROFILE.c.studio_id == bindparam("studio_id"), PROFILE.c.disconnected_at.is_(None)))
+
+
+class _Listener(NamedTuple):
+    id: int
+    email: str
+    name: str | None
+    role: str
+    mode: str | None
+    quiet_from: str | None
+    quiet_to: str | None
+    resumed_at: datetime | None
+
+
+def _audience(conn: Connection, studio_id: int, mail_domain: str) -> list[_Listener]:
+    """The studio's connected profiles that want to hear anything, with their preferences, and
+    not paused (their notifications keep bouncing: gateway/outbound/notify_preferences.py)."""
+    resumed = result_processor(conn, NOTIFICATION_PREFERENCE.c.resumed_at)
     # Never to an address of our own mail domain: the notification would come back in as mail.
     own = "@" + mail_domain.lower()
-    return [r for r in rows if (r.mode or default_mode(r.role)) != "off" and not r.email.lower().endswith(own)]
+    listeners = [_Listener(*row[:7], resumed(row[7])) for row in _LISTENERS.execute(conn, studio_id=studio_id)]
+    return [p for p in listeners if (p.mode or default_mode(p.role)) != "off" and not p.email.lower().endswith(own)
+            and bounced_since(conn, p.id, p.resumed_at) < PAUSE_AFTER_BOUNCES]
 
 
 def notify(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) -> None:
@@ -114,12 +133,10 @@ def notify(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) 
         return
     memo = chunk.memo.setdefault(_MEMO, {})
     if event.studio_id not in memo:   # one look at the studio's profiles (and their pauses) per chunk
-        studio = conn.execute(select(STUDIO.c.slug, STUDIO.c.time_zone)
-                              .where(STUDIO.c.id == event.studio_id)).first()
-        audience = [] if studio is None or studio.slug == settings.helpdesk_slug else [
-            # the helpdesk's mail is commands it answers itself (gateway/lifecycle/helpdesk_mail.py)
-            p for p in _audience(conn, event.studio_id, settings.mail_domain)
-            if bounced_since(conn, p.id, p.resumed_at) < PAUSE_AFTER_BOUNCES]
+        studio = _STUDIO.execute(conn, studio_id=event.studio_id).fetchone()
+        # The helpdesk's mail is commands it answers itself (gateway/lifecycle/helpdesk_mail.py).
+        audience = [] if studio is None or studio[0] == settings.helpdesk_slug else \
+            _audience(conn, event.studio_id, settings.mail_domain)
         memo[event.studio_id] = (studio, audience)
     studio, audience = memo[event.studio_id]
     if not audience:
@@ -129,7 +146,7 @@ def notify(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) 
         {"studio_id": event.studio_id, "profile_id": profile.id, "conversation_id": event.conversation_id,
          "message_ref": event.message_id, "created_at": now,
          "immediate": (profile.mode or default_mode(profile.role)) == "immediately"
-         and not in_quiet_hours(now, studio.time_zone, profile.quiet_from, profile.quiet_to)
+         and not in_quiet_hours(now, studio[1], profile.quiet_from, profile.quiet_to)
          and (event.opened or not _told_recently(conn, profile.id, event.conversation_id, now))}
         for profile in audience])
 
