@@ -170,6 +170,11 @@ class Conversation(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+# Mail in no conversation (a notification or digest to a profile) that bounced or failed. Literal
+# values: SQLite uses a partial index only for a query that repeats its WHERE term as written.
+TOLD_BOUNCED = "conversation_id IS NULL AND delivery IN ('bounced', 'failed')"
+
+
 class Message(SQLModel, table=True):
     """A message in a conversation, inbound or outbound.
 
@@ -189,6 +194,9 @@ class Message(SQLModel, table=True):
         Index("ix_message_studio_deleted", "studio_id", "deleted_at"),   # the trash and the purge
         # A studio's acknowledgements of the last hour, counted before each one (their hourly cap).
         Index("ix_message_studio_auto", "studio_id", "auto_kind", "received_at"),
+        # The notification mails that bounced or failed (few): a profile's pause is counted from
+        # them, not from every notification it got (gateway/outbound/notify_preferences.py).
+        Index("ix_message_told_bounced", "id", sqlite_where=text(TOLD_BOUNCED), postgresql_where=text(TOLD_BOUNCED)),
         UniqueConstraint("studio_id", "dedupe_key", name="uq_message_studio_dedupe"),
     )
     id: int | None = Field(default=None, primary_key=True)
