@@ -164,8 +164,11 @@ class MaildirTransport:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._box = mailbox.Maildir(str(path), create=True)
+        # Made here, each part only if missing: `gateway serve`'s worker children start together,
+        # and mailbox.Maildir(create=True) raised FileExistsError in the one that came second.
+        for part in ("tmp", "new", "cur"):
+            (path / part).mkdir(parents=True, exist_ok=True)
+        self._box = mailbox.Maildir(str(path), create=False)
 
     async def send(self, mail: OutgoingMail) -> SendResult:
         key = await asyncio.to_thread(self._box.add, mail.data)
