@@ -79,14 +79,17 @@ def _all_sent_after(database_url: str, t_done: float, limit: float) -> float | N
     from sqlalchemy import create_engine, func, select
 
     from bench.lib.gateway_calls import normalise_url
-    from gateway.store.tables import MESSAGE, OUTBOUND_JOB
+    from gateway.store.tables import MESSAGE, NOTIFICATION, OUTBOUND_JOB
 
     unsent = (select(func.count()).select_from(OUTBOUND_JOB.join(MESSAGE, MESSAGE.c.id == OUTBOUND_JOB.c.message_id))
               .where(MESSAGE.c.conversation_id.is_(None), OUTBOUND_JOB.c.status != "sent"))
+    # Told at once, and the mail not queued yet (the outbox queues them after the burst).
+    unqueued = (select(func.count()).select_from(NOTIFICATION)
+                .where(NOTIFICATION.c.immediate.is_(True), NOTIFICATION.c.mail_ref.is_(None)))
     engine = create_engine(normalise_url(database_url))
     try:
         with engine.connect() as conn:
-            while conn.execute(unsent).scalar_one():
+            while conn.execute(unsent).scalar_one() or conn.execute(unqueued).scalar_one():
                 conn.rollback()  # a fresh snapshot for the next look
                 if time.monotonic() - t_done > limit:
                     return None

@@ -37,7 +37,7 @@ from gateway.billing.stripe_api import StripeApi
 from gateway.store.db import get_engine, migrate
 from gateway.lifecycle.helpdesk import ensure_helpdesk
 from gateway.inbound.acceptor import Acceptor
-from gateway.outbound.outbox import Outbox
+from gateway.outbound.outbox import Feed, Outbox
 from gateway.outbound.webhooks import WebhookSender
 from gateway.lifecycle.webhook_notice import owner_notice
 from gateway.inbound.processor import ProcessorThread, claimer, release_claims_of
@@ -50,7 +50,8 @@ from gateway.lifecycle.login_mail import LOGIN_MAIL, render_links
 from gateway.outbound.compose import LateBodies
 from gateway.outbound.acknowledgements import acknowledge
 from gateway.outbound.notify_answers import answer_by_mail
-from gateway.outbound.notifications import DIGEST_MAIL, NOTIFICATION_MAIL, notify, render_digests, render_notifications, send_digests
+from gateway.outbound.notifications import (DIGEST_MAIL, NOTIFICATION_MAIL, notify, queue_told, render_digests,
+                                            render_notifications, send_digests)
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 from gateway.worker_process import DUMP_THREADS, WorkerGroup, listen, say_ready
@@ -66,6 +67,9 @@ REACTIONS: tuple[Reaction, ...] = (record_threaded, acknowledge, helpdesk_comman
 # Automatic mail whose body is rendered only when it is sent (gateway/outbound/compose.LateBodies).
 LATE_BODIES: dict[str, LateBodies] = {CONFIRMATION: render_confirmations, LOGIN_MAIL: render_links,
                                       NOTIFICATION_MAIL: render_notifications, DIGEST_MAIL: render_digests}
+# What the outbox queues for itself before each round (gateway/outbound/outbox.Feed): the mails
+# of the notifications the processor noted while it threaded.
+OUTBOX_FEEDS: tuple[Feed, ...] = (queue_told,)
 DIGEST_INTERVAL = 3600.0  # seconds between the hourly notification digests
 
 
@@ -162,9 +166,13 @@ class Gateway:
                                            self._metrics_children_dir)
             self.metrics.start()
         if "worker" in self.roles:
-            self.processor = ProcessorThread(self.engine, self.settings, REACTIONS)
+            # At the end of a burst the outbox looks at once (not after its poll interval) for
+            # the notifications the burst noted (gateway/outbound/notifications.queue_told).
+            loop = asyncio.get_running_loop()
+            self.processor = ProcessorThread(self.engine, self.settings, REACTIONS,
+                                             on_idle=lambda: loop.call_soon_threadsafe(self._wake_outbox))
             self.processor.start()
-            self.outbox = Outbox(self.engine, self.settings, late_bodies=LATE_BODIES)
+            self.outbox = Outbox(self.engine, self.settings, late_bodies=LATE_BODIES, feeds=OUTBOX_FEEDS)
             self._outbox_task = asyncio.create_task(self.outbox.run(), name="outbox")
             # Posts the studios' events to their webhook endpoints (gateway/outbound/webhooks.py).
             self.webhooks = PeriodicRound("webhook delivery", self.settings.webhook_interval, WebhookSender(
@@ -225,6 +233,11 @@ class Gateway:
                 await asyncio.sleep(0.01)  # uvicorn offers no start event; bounded by the check above
             self.http_address = http_sock.getsockname()[:2]
             log.info("HTTP listening on %s", self.http_address)
+
+    def _wake_outbox(self) -> None:
+        """On the loop's thread (the processor's on_idle calls it there)."""
+        if self.outbox is not None:
+            self.outbox.wake()
 
     async def stop(self) -> None:
         if self._smtp is not None:

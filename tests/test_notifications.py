@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from datetime import timedelta
 from email.utils import make_msgid
 from pathlib import Path
@@ -18,15 +19,15 @@ from sqlalchemy import func, select, update
 from gateway.mail.addresses import (notification_address, notification_token, reply_token, verify_notification_token,
                                     verify_reply_token)
 from gateway.inbound.intake import Envelope, store_batch
-from gateway.inbound.processor import process_pending
+from gateway.inbound.processor import ProcessorThread, process_pending
 from gateway.lifecycle.purge import purge
-from gateway.outbound.notifications import HOLD_WHILE_BUSY, send_digests
-from gateway.outbound.notify_preferences import bounced_since
+from gateway.outbound.notifications import HOLD_WHILE_BUSY, queue_told, send_digests
+from gateway.outbound.notify_preferences import PAUSE_AFTER_BOUNCES, bounced_since
 from gateway.outbound.webhooks import WebhookSender
 from gateway.runtime import REACTIONS
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
-from gateway.store.tables import AUTOMATIC_MAIL, CONVERSATION, MESSAGE, NOTIFICATION, OUTBOUND_JOB, PROFILE, STUDIO, STUDIO_EVENT
+from gateway.store.tables import AUTOMATIC_MAIL, CONVERSATION, GUEST, MESSAGE, NOTIFICATION, OUTBOUND_JOB, PROFILE, STUDIO, STUDIO_EVENT
 from tests.access import connect_member
 from tests.conftest import MAIL_DOMAIN, RunningGateway, StudioInfo, fixture_bytes, make_settings, start_gateway
 from tests.mail import make_mail, new_id
@@ -143,6 +144,27 @@ def test_notifications_wait_while_guest_mail_waits_and_go_out_once_it_is_threade
     assert len(process_pending(gw.engine, gw.settings, REACTIONS, limit=1, chunk=1)) == 1  # one still waits
     assert len(process_pending(gw.engine, gw.settings, REACTIONS, limit=1, chunk=1)) == 1  # none waits now
     assert [m.rcpt_tos for m in sent(gw, sink)] == [[OWNER], [OWNER]]    # the held one and the last, at once
+
+
+def test_the_processor_says_when_a_burst_is_threaded_and_then_every_noted_mail_is_queued(
+        gw: RunningGateway, sink: RelaySink) -> None:
+    """The worker's processor calls on_idle once nothing more waits (gateway/runtime.py wakes
+    its outbox with it): by then each message of the burst is threaded, and the outbox's feed
+    queues the mail of every one at once."""
+    studio = gw.add_studio("inkwell")
+    for n in range(3):
+        raw = make_mail(from_=f"Gast {n} <gast{n}@example.org>", subject=f"Anfrage {n}", message_id=new_id())
+        assert gw.send(raw, studio.address, mail_from=f"gast{n}@example.org").code == 250
+    idle = threading.Event()
+    processor = ProcessorThread(gw.engine, gw.settings, REACTIONS, on_idle=idle.set)
+    processor.start()
+    try:
+        assert idle.wait(60)
+        assert processor.processed == 3
+    finally:
+        processor.stop()
+    assert queue_told(gw.engine, gw.settings, utcnow()) == 3
+    assert [m.rcpt_tos for m in sent(gw, sink)] == [[OWNER]] * 3
 
 
 def test_an_auto_reply_produces_no_notification(gw: RunningGateway, sink: RelaySink) -> None:
@@ -515,3 +537,46 @@ def test_the_purge_drops_notifications_after_30_days_but_keeps_what_the_pause_co
             MESSAGE.c.message_id == str(told.message["Message-ID"]).strip("<>"))).scalar() == 0
         assert bounced_since(conn, studio_owner(conn, studio.id), None) == 1   # still counts for the pause
     assert purge(gw.engine, gw.settings).notifications == 0               # repeatable
+
+
+# --- erased before it was told ----------------------------------------------------------------
+
+def _erase_guest(gw: RunningGateway, studio: StudioInfo, guest: str) -> None:
+    with read_tx(gw.engine) as conn:
+        guest_id = conn.execute(select(GUEST.c.id).where(GUEST.c.studio_id == studio.id,
+                                                         GUEST.c.email == guest)).scalar_one()
+    assert gw.api(studio.token).post(f"/api/v1/guests/{guest_id}/erase").status_code == 200
+
+
+def test_a_guest_erased_before_the_notification_went_out_is_not_told_and_is_no_bounce(
+        gw: RunningGateway, sink: RelaySink) -> None:
+    """Erasing a guest (or purging a message) before its notification is sent leaves nothing to
+    tell: no mail is sent, and nothing counts towards the profile's pause (PAUSE_AFTER_BOUNCES
+    erasures once paused a healthy mailbox: each mail failed when it found no body)."""
+    studio = gw.add_studio("inkwell")
+    for n in range(PAUSE_AFTER_BOUNCES):
+        inquiry(gw, studio, guest=f"g{n}@example.org", subject=f"Anfrage {n}")
+        _erase_guest(gw, studio, f"g{n}@example.org")
+        assert sent(gw, sink) == []
+    with read_tx(gw.engine) as conn:
+        assert bounced_since(conn, studio_owner(conn, studio.id), None) == 0
+        assert conn.execute(select(MESSAGE.c.id).where(MESSAGE.c.delivery == "failed")).all() == []
+    assert gw.api(studio.token).get(MINE).json()["paused"] is False
+    inquiry(gw, studio, guest="later@example.org")
+    assert [m.rcpt_tos for m in sent(gw, sink)] == [[OWNER]]
+
+
+def test_a_notification_queued_before_its_guest_was_erased_is_withdrawn_not_failed(
+        gw: RunningGateway, sink: RelaySink) -> None:
+    """The mail was queued already when the guest was erased: the outbox finds no body to
+    render and withdraws it (`cancelled`), which is no failure of the profile's mailbox."""
+    studio = gw.add_studio("inkwell")
+    inquiry(gw, studio, guest="g@example.org")
+    assert queue_told(gw.engine, gw.settings, utcnow()) == 1
+    _erase_guest(gw, studio, "g@example.org")
+    assert sent(gw, sink) == []
+    with read_tx(gw.engine) as conn:
+        assert conn.execute(select(MESSAGE.c.delivery, OUTBOUND_JOB.c.status).join(
+            OUTBOUND_JOB, OUTBOUND_JOB.c.message_id == MESSAGE.c.id)).all() == [("cancelled", "cancelled")]
+        assert bounced_since(conn, studio_owner(conn, studio.id), None) == 0
+    assert sent(gw, sink) == []                                          # and never tried again

@@ -21,7 +21,7 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import CONVERSATION, STUDIO
 from gateway.store.models import utcnow
 from gateway.outbound.outbox import Outbox
-from gateway.runtime import LATE_BODIES
+from gateway.runtime import LATE_BODIES, OUTBOX_FEEDS
 from gateway.store.tables import OUTBOUND_JOB
 from gateway.outbound.replies import create_reply
 from gateway.outbound.signing import generate_keypair
@@ -34,7 +34,8 @@ SELECTOR = "gw2026"
 
 def send_due(running: RunningGateway, *, later: timedelta = timedelta(0)) -> int:
     """One outbox round, as the worker runs it, with the clock moved `later` ahead."""
-    outbox = Outbox(running.engine, running.settings, late_bodies=LATE_BODIES, clock=lambda: utcnow() + later)
+    outbox = Outbox(running.engine, running.settings, late_bodies=LATE_BODIES, feeds=OUTBOX_FEEDS,
+                    clock=lambda: utcnow() + later)
 
     async def round_() -> int:
         try:

@@ -4,7 +4,8 @@ Two `gateway smtp` on one port and two `gateway web` on another (GATEWAY_REUSE_P
 kernel spreads the connections), two `gateway worker`, a real relay sink. A few hundred mails
 over many SMTP connections, replies posted over many HTTP connections; then every 250 is one
 stored row, processed once (one claim, one message row), and every outbound mail (the replies
-and any automatic mail the workers send) reached the relay once, under its own Message-ID.
+and any automatic mail the workers send: each inquiry notifies its studio's owner, the two
+workers queueing those mails side by side) reached the relay once, under its own Message-ID.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from sqlalchemy import Engine, func, select
 
 from gateway.access.studios import add_studio
 from gateway.store.db import make_engine, write_tx
-from gateway.store.tables import INBOUND, MESSAGE, OUTBOUND_JOB
+from gateway.store.tables import INBOUND, MESSAGE, NOTIFICATION, OUTBOUND_JOB
 from tests.conftest import MAIL_DOMAIN, SECRET, gateway_subprocess_env, send_on
 from tests.mail import make_mail
 from tests.relay_sink import RelaySink, free_port
@@ -115,6 +116,8 @@ def _counts(engine: Engine) -> tuple[int, int]:
         done = conn.execute(select(func.count()).select_from(INBOUND).where(INBOUND.c.status == "done")).scalar_one()
         unsent = conn.execute(select(func.count()).select_from(OUTBOUND_JOB)
                               .where(OUTBOUND_JOB.c.status != "sent")).scalar_one()
+        unsent += conn.execute(select(func.count()).select_from(NOTIFICATION)   # their mails not queued yet
+                               .where(NOTIFICATION.c.mail_ref.is_(None))).scalar_one()
     return done, unsent
 
 
@@ -143,7 +146,8 @@ def test_two_of_each_role_on_one_postgres_take_process_and_send_each_mail_once(
                    GATEWAY_DATA_DIR=str(tmp_path / "data"), GATEWAY_MAIL_DOMAIN=MAIL_DOMAIN,
                    GATEWAY_SMTP_PORT=str(smtp_port), GATEWAY_HTTP_PORT=str(http_port),
                    GATEWAY_REUSE_PORT="true", GATEWAY_SMTP_RELAY_URL=sink.url,
-                   GATEWAY_POLL_INTERVAL="0.1", GATEWAY_PURGE_INTERVAL_HOURS="0")
+                   GATEWAY_POLL_INTERVAL="0.1", GATEWAY_PURGE_INTERVAL_HOURS="0",
+                   GATEWAY_PUBLIC_URL="https://gateway.example")   # so the owners are notified
         try:
             for role in ("smtp", "smtp", "web", "web", "worker", "worker"):
                 roles.append(Role(role, env, tmp_path))
@@ -209,6 +213,7 @@ def test_two_of_each_role_on_one_postgres_take_process_and_send_each_mail_once(
                     OUTBOUND_JOB, OUTBOUND_JOB.c.message_id == MESSAGE.c.id)).scalars().all()
                 reply_count = conn.execute(select(func.count()).select_from(MESSAGE).where(
                     MESSAGE.c.direction == "outbound", MESSAGE.c.automatic.is_(False))).scalar_one()
+                told = conn.execute(select(NOTIFICATION.c.mail_ref)).scalars().all()
             # Stored once: every 250 named its own row, and there is no other.
             assert sorted(accepted) == sorted(row.id for row in rows)
             # Processed once: one claim each (a second worker's claim would count an attempt),
@@ -218,9 +223,11 @@ def test_two_of_each_role_on_one_postgres_take_process_and_send_each_mail_once(
             assert {n for _, n in per_inbound} == {1}
             # Sent once: what the relay got is exactly the outbox, each Message-ID once.
             assert reply_count == REPLIES
+            # Told once: one notification per inquiry, each with a mail of its own.
+            assert len(told) == len(set(told)) == len(accepted) and all(told)
             with sink.lock:
                 relayed = [r.message["Message-ID"].strip("<>") for r in sink.received]
-            assert len(relayed) == len(set(relayed)) == len(outbound) == REPLIES
+            assert len(relayed) == len(set(relayed)) == len(outbound) == REPLIES + len(accepted)
             assert set(relayed) == set(outbound)
 
             for role in roles:

@@ -187,9 +187,9 @@ def composed_reply(engine: Any, settings: Any, conversation_id: int, text: str) 
 
 def outbox(engine: Any, settings: Any) -> Any:
     from gateway.outbound.outbox import Outbox
-    from gateway.runtime import LATE_BODIES
+    from gateway.runtime import LATE_BODIES, OUTBOX_FEEDS
 
-    return Outbox(engine, settings, late_bodies=LATE_BODIES)
+    return Outbox(engine, settings, late_bodies=LATE_BODIES, feeds=OUTBOX_FEEDS)
 
 
 def dkim_private_key(kind: str) -> bytes:

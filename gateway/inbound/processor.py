@@ -18,7 +18,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
@@ -350,12 +350,18 @@ def should_defer(engine: Engine, settings: Settings, now: datetime | None = None
 
 
 class ProcessorThread:
-    """Runs the processor beside the servers; woken at once when the acceptor stores mail."""
+    """Runs the processor beside the servers; woken at once when the acceptor stores mail.
 
-    def __init__(self, engine: Engine, settings: Settings, reactions: Sequence[Reaction]) -> None:
+    `on_idle` is called (in this thread) when a pass finds nothing left after passes that
+    threaded mail: the end of a burst, when what waited for intake may go (the worker wakes its
+    outbox, which queues the notifications noted meanwhile: gateway/outbound/notifications.py)."""
+
+    def __init__(self, engine: Engine, settings: Settings, reactions: Sequence[Reaction],
+                 on_idle: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.reactions = tuple(reactions)
+        self.on_idle = on_idle
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="processor", daemon=True)
@@ -398,6 +404,7 @@ class ProcessorThread:
             child_for_thread().stop()
 
     def _loop(self) -> None:
+        worked = False
         while not self._stop.is_set():
             try:
                 if should_defer(self.engine, self.settings):
@@ -411,7 +418,14 @@ class ProcessorThread:
                 with self._idle:
                     self.processed += len(batch)
                     self._idle.notify_all()
+                worked = True
                 continue
+            if worked and self.on_idle is not None:
+                worked = False
+                try:
+                    self.on_idle()
+                except Exception:
+                    log.exception("the processor's idle hook failed")
             self._wake.wait(self.settings.poll_interval)
             self._wake.clear()
 

@@ -55,6 +55,13 @@ class Undeliverable(ValueError):
     """An address that no relay can carry; its text is the reason the studio sees."""
 
 
+class Withdrawn(LookupError):
+    """An automatic mail with nothing left to say: what it was to tell of was erased meanwhile
+    (a notification whose guest message is gone). Not sent, and no failure: a failed
+    notification counts towards its profile's pause (gateway/outbound/notify_preferences.py),
+    and a guest's erasure says nothing about the profile's mailbox."""
+
+
 def header_safe(value: str) -> str:
     """A value that cannot break out of its header: line breaks and controls become spaces."""
     return " ".join(_UNSAFE.sub(" ", value or "").split())
@@ -280,11 +287,12 @@ class LateBodies(Protocol):
     never be stored (the account-deletion confirmation's code: its row holds a masked text).
 
     Called once per batch with the ids of that kind's messages (→ the name of the studio that
-    sends each); a message left out has no body any more and is not sent. The edge that runs
+    sends each); a message left out has no body any more and is not sent (it fails); one mapped
+    to None is withdrawn: not sent, and no failure (`Withdrawn`). The edge that runs
     the outbox registers one per `auto_kind` (gateway/runtime.py), so outbound never imports
     the domains that write such mail."""
     def __call__(self, conn: Connection, senders: dict[int, str], settings: Settings, secret: bytes,
-                 renderer: Renderer) -> dict[int, Rendered]: ...
+                 renderer: Renderer) -> Mapping[int, Rendered | None]: ...
 
 
 def compose(conn: Connection, message_row_id: int, settings: Settings, secret: bytes, renderer: Renderer,
@@ -315,7 +323,7 @@ def compose_many(conn: Connection, message_row_ids: list[int], settings: Setting
     for a in conn.execute(_FILES, {"ids": [r.id for r in rows]}):
         files.setdefault(a.message_id, []).append(a)
     late_bodies = late_bodies or {}
-    late: dict[int, Rendered] = {}
+    late: dict[int, Rendered | None] = {}
     for kind, render_late in late_bodies.items():
         senders = {r.id: r.name for r in rows if r.auto_kind == kind}
         if senders:
@@ -324,7 +332,8 @@ def compose_many(conn: Connection, message_row_ids: list[int], settings: Setting
     for row in rows:
         try:
             out[row.id] = _build(row, parents.get((row.studio_id, row.in_reply_to)), files.get(row.id, []),
-                                 settings, secret, renderer, signer, row.auto_kind in late_bodies, late.get(row.id))
+                                 settings, secret, renderer, signer, row.auto_kind in late_bodies,
+                                 late.get(row.id, _LEFT_OUT))
         except Exception as exc:  # reported per message by the caller
             out[row.id] = exc
     for missing in set(message_row_ids) - set(out):
@@ -332,8 +341,11 @@ def compose_many(conn: Connection, message_row_ids: list[int], settings: Setting
     return out
 
 
+_LEFT_OUT = Rendered("", "")   # a late body the renderer left out (see LateBodies): compared by identity
+
+
 def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: bytes, renderer: Renderer,
-           signer: DkimSigner | None, rendered_late: bool = False, late: Rendered | None = None) -> OutgoingMail:
+           signer: DkimSigner | None, rendered_late: bool = False, late: Rendered | None = _LEFT_OUT) -> OutgoingMail:
     guest_name, stored_email = _guest(m.to_json)
     guest_email = deliverable(stored_email)
     quoted = None
@@ -342,6 +354,8 @@ def _build(m: Any, parent: Any, files: list[Any], settings: Settings, secret: by
     if rendered_late:
         # Rendered with what exists only here (a confirmation's code: the stored text is masked).
         if late is None:
+            raise Withdrawn("what it was to tell of was erased meanwhile")
+        if late is _LEFT_OUT:
             raise LookupError("its deletion request was used, or its studio deleted, meanwhile")
         rendered = late
     elif m.auto_kind == "acknowledgement":

@@ -29,6 +29,7 @@ from gateway.store.tables import MESSAGE, NOTIFICATION, OUTBOUND_JOB
 NOTIFICATION_RETENTION = timedelta(days=30)
 BATCH = 1000   # rows per transaction: SQLite's one write lock is never held for long
 _COUNTED = ("bounced", "failed")   # what the pause counts (notify_preferences.bounced_since)
+_DONE = ("sent", "cancelled")      # what nothing needs once old (cancelled: gateway/outbound/outbox.WITHDRAWN)
 
 
 def purge_notifications(engine: Engine, now: datetime) -> int:
@@ -38,11 +39,12 @@ def purge_notifications(engine: Engine, now: datetime) -> int:
     counted = exists(select(MESSAGE.c.id).where(MESSAGE.c.id == NOTIFICATION.c.mail_ref,
                                                 MESSAGE.c.delivery.in_(_COUNTED)))
     old_rows = select(NOTIFICATION.c.id).where(NOTIFICATION.c.created_at < cutoff, ~counted).limit(BATCH)
-    # Sent, and no kept row refers to it (a bounce that came later made it `bounced`: kept).
+    # Sent (or withdrawn), and no kept row refers to it (a bounce that came later made it
+    # `bounced`: kept).
     old_mails = select(MESSAGE.c.id).where(
         MESSAGE.c.conversation_id.is_(None), MESSAGE.c.direction == "outbound",
         MESSAGE.c.auto_kind.in_((NOTIFICATION_MAIL, DIGEST_MAIL)), MESSAGE.c.received_at < cutoff,
-        MESSAGE.c.delivery == "sent",
+        MESSAGE.c.delivery.in_(_DONE),
         ~exists(select(NOTIFICATION.c.id).where(NOTIFICATION.c.mail_ref == MESSAGE.c.id))).limit(BATCH)
     dropped = 0
     for _ in range(10_000):   # bounded: a round never runs away

@@ -28,7 +28,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol, Sequence
 
 import tenacity
 from sqlalchemy import Connection, Engine, and_, bindparam, exists, or_, select, update
@@ -38,7 +38,7 @@ from gateway.metrics import OUTBOX
 from gateway.store.db import read_tx, result_processor, write_tx
 from gateway.store.tables import CONVERSATION, MESSAGE
 from gateway.store.models import utcnow
-from gateway.outbound.compose import LateBodies, OutgoingMail, Undeliverable, compose_many
+from gateway.outbound.compose import LateBodies, OutgoingMail, Undeliverable, Withdrawn, compose_many
 from gateway.store.prepared import Prepared
 from gateway.outbound.relay import NO_STARTTLS, MaildirTransport, RelayConnection, RelayUrl, SendResult, Transport
 from gateway.outbound.render import Renderer
@@ -60,6 +60,11 @@ _NOT_DELETED = exists(select(MESSAGE.c.id).where(
 # renewed while they wait and while they are sent (run_once's heartbeat), however slow the relay.
 PER_CONNECTION = 8
 COMPOSE_FAILED = "could not compose the message"  # a reply that never reached the relay (readiness.py)
+# A result no relay gives: the mail was withdrawn before it was sent (compose.Withdrawn). Its job
+# and message become `cancelled`, which neither the pause of a profile's notifications (bounced
+# or failed: notify_preferences.py) nor a retry (failed only: retry.py) counts.
+WITHDRAWN = "withdrawn"
+CANCELLED = "cancelled"
 RENEWALS_PER_LEASE = 3   # a renewal may fail or come late twice before another worker takes over
 # On SQLite a commit costs an fsync and ~300 us of CPU (BEGIN IMMEDIATE, the pool, the WAL
 # write), most of a step's cost. So a result waits up to this long (or until a window's worth
@@ -132,10 +137,11 @@ class Job:
 
 
 def log_attempts(results: list[tuple[Job, SendResult]]) -> None:
-    """One line for each delivery attempt with the relay's answer: INFO when it took the mail,
-    WARNING when not. The answer may name a recipient; gateway/logs.py masks it below DEBUG."""
+    """One line for each delivery attempt with the relay's answer: INFO when it took the mail (or
+    the mail was withdrawn), WARNING when not. The answer may name a recipient; gateway/logs.py
+    masks it below DEBUG."""
     for job, result in results:
-        log.log(logging.INFO if result.kind == "sent" else logging.WARNING,
+        log.log(logging.INFO if result.kind in ("sent", WITHDRAWN) else logging.WARNING,
                 "outbound job %d (message %d), attempt %d: %s: %s", job.id, job.message_row_id, job.attempts,
                 result.kind, result.detail, extra={"event": "delivery_attempt", "job_id": job.id,
                                                    "message_id": job.message_row_id, "attempt": job.attempts,
@@ -211,13 +217,23 @@ def make_transports(settings: Settings) -> list[Transport]:
             for _ in range(settings.outbound_connections)]
 
 
+class Feed(Protocol):
+    """Mail the outbox queues for itself at the start of each round, in its own transactions,
+    so that it goes out in that round: the profiles' notifications, which the processor only
+    notes while it threads (gateway/outbound/notifications.queue_told). Returns how many it
+    queued; it must be repeatable and safe to run in several workers at once."""
+    def __call__(self, engine: Engine, settings: Settings, now: datetime) -> int: ...
+
+
 class Outbox:
     def __init__(self, engine: Engine, settings: Settings, *, late_bodies: Mapping[str, LateBodies],
-                 transports: list[Transport] | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+                 feeds: Sequence[Feed] = (), transports: list[Transport] | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         """`late_bodies`: the bodies rendered only at send time, by auto_kind (required, so that no
-        outbox forgets them: gateway/runtime.LATE_BODIES)."""
+        outbox forgets them: gateway/runtime.LATE_BODIES); `feeds`: see Feed (gateway/runtime.OUTBOX_FEEDS)."""
         self.engine = engine
         self.late_bodies = dict(late_bodies)
+        self.feeds = tuple(feeds)
         self.settings = settings
         self.secret = settings.secret()
         self.clock = clock
@@ -247,6 +263,17 @@ class Outbox:
         return [Job(job_id, message_row_id, attempts, created(created_at))
                 for job_id, message_row_id, attempts, created_at in rows]
 
+    def feed(self) -> int:
+        """Run the feeds; how many mails they queued. A feed that fails is logged and tried
+        again next round: what it feeds waits, what is queued already goes out."""
+        queued = 0
+        for feed in self.feeds:
+            try:
+                queued += feed(self.engine, self.settings, self.clock())
+            except Exception:
+                log.exception("outbox feed %s failed; trying again next round", getattr(feed, "__name__", feed))
+        return queued
+
     def renew(self, held: list[tuple[int, int]]) -> None:
         """Extend the lease of the jobs this worker holds, as (job id, attempts of its claim)."""
         with write_tx(self.engine) as conn:
@@ -260,7 +287,9 @@ class Outbox:
         composed: list[OutgoingMail | SendResult] = []
         for job in jobs:
             mail = built[job.message_row_id]
-            if isinstance(mail, Exception):  # a reply that cannot be built will not build next time either
+            if isinstance(mail, Withdrawn):  # nothing left to tell: not sent, and no failure
+                composed.append(SendResult(WITHDRAWN, str(mail)))
+            elif isinstance(mail, Exception):  # a reply that cannot be built will not build next time either
                 log.error("composing outbound message %s failed: %r", job.message_row_id, mail)
                 # An address no relay can carry says why (the studio reads it); anything else is
                 # ours to fix and shows only its kind, never internals.
@@ -286,15 +315,17 @@ class Outbox:
             if result.kind == "sent":
                 continue
             status, next_at, detail = "failed", None, result.detail
-            if result.kind == "temporary":
+            if result.kind == WITHDRAWN:
+                status = CANCELLED
+            elif result.kind == "temporary":
                 next_at = now + backoff(job.attempts)
                 if next_at - job.created_at > timedelta(seconds=self.settings.outbound_retry_for):
                     detail = f"gave up after {job.attempts} attempts; last: {result.detail}"
                 else:
                     status = "queued"
             delivery = status
-            outcomes.append((job, "retrying" if status == "queued" else "failed"))
-            OUTBOX.labels("retried" if status == "queued" else "failed").inc()
+            outcomes.append((job, {"queued": "retrying", CANCELLED: CANCELLED}.get(status, "failed")))
+            OUTBOX.labels({"queued": "retried", CANCELLED: CANCELLED}.get(status, "failed")).inc()
             # claimed_at keeps when this attempt was made: /readyz tells from it whether the relay
             # was reachable at the last attempt (outbound/readiness.py). Only `sending` is a lease.
             conn.execute(update(OUTBOUND_JOB).where(OUTBOUND_JOB.c.id == job.id).values(
@@ -338,7 +369,8 @@ class Outbox:
         Claiming and composing overlap sending: one task keeps the database up to date
         (claims the next jobs when a quarter of the window is left, recording the results
         that arrived meanwhile in the same commit) while a lane per relay connection sends.
-        A stop claims nothing more; the lanes finish, and record, what was claimed."""
+        A stop claims nothing more; the lanes finish, and record, what was claimed. The feeds
+        run first (see Feed)."""
         window = PER_CONNECTION * len(self.transports)
         refill, enough = window // 4, window  # claim at, record without waiting at
         work: deque[tuple[Job, OutgoingMail | SendResult]] = deque()
@@ -417,6 +449,8 @@ class Outbox:
                 state["handled"] += len(jobs)
                 lanes_wake.set()
 
+        if self.feeds and not self._stopping:
+            await asyncio.to_thread(self.feed)
         record_now = _Flag(keeper_wake)
         beating = asyncio.create_task(heartbeat())
         try:

@@ -104,7 +104,7 @@ _INSERT_JOB = Prepared(insert(OUTBOUND_JOB).values(
     studio_id=bindparam("studio_id"), message_id=bindparam("message_id"), status="queued", attempts=0,
     created_at=bindparam("created_at", type_=OUTBOUND_JOB.c.created_at.type),
     next_attempt_at=bindparam("next_attempt_at", type_=OUTBOUND_JOB.c.next_attempt_at.type)))
-# Shared with the other mail the outbox sends that is queued in a hot path (notifications).
+# Shared with the other automatic mail queued in bulk (the notifications: gateway/outbound/notifications.py).
 INSERT_JOB, MESSAGE_COLUMNS = _INSERT_JOB, _MESSAGE_COLUMNS
 
 

@@ -170,6 +170,11 @@ class Conversation(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+# Mail in no conversation (a notification or digest to a profile) that bounced or failed. Literal
+# values: SQLite uses a partial index only for a query that repeats its WHERE term as written.
+TOLD_BOUNCED = "conversation_id IS NULL AND delivery IN ('bounced', 'failed')"
+
+
 class Message(SQLModel, table=True):
     """A message in a conversation, inbound or outbound.
 
@@ -189,6 +194,9 @@ class Message(SQLModel, table=True):
         Index("ix_message_studio_deleted", "studio_id", "deleted_at"),   # the trash and the purge
         # A studio's acknowledgements of the last hour, counted before each one (their hourly cap).
         Index("ix_message_studio_auto", "studio_id", "auto_kind", "received_at"),
+        # The notification mails that bounced or failed (few): a profile's pause is counted from
+        # them, not from every notification it got (gateway/outbound/notify_preferences.py).
+        Index("ix_message_told_bounced", "id", sqlite_where=text(TOLD_BOUNCED), postgresql_where=text(TOLD_BOUNCED)),
         UniqueConstraint("studio_id", "dedupe_key", name="uq_message_studio_dedupe"),
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -213,7 +221,7 @@ class Message(SQLModel, table=True):
     thread_rule: str = Field(default="new", max_length=32)
     automatic: bool = False
     auto_kind: str | None = Field(default=None, max_length=32)
-    delivery: str | None = Field(default=None, max_length=16)   # outbound: queued|sending|sent|failed|bounced
+    delivery: str | None = Field(default=None, max_length=16)   # outbound: queued|sending|sent|failed|bounced|cancelled
     bounce_of_id: int | None = Field(default=None, foreign_key="message.id")
     raw_sha256: str | None = Field(default=None, foreign_key="blob.sha256", max_length=64)
     dedupe_key: str | None = Field(default=None, max_length=64)
@@ -269,7 +277,8 @@ class Attachment(SQLModel, table=True):
 class OutboundJob(SQLModel, table=True):
     """One email to send, committed with its outbound message (the transactional outbox).
 
-    status: queued → sending → sent | failed; a temporary failure goes back to queued with a
+    status: queued → sending → sent | failed | cancelled (an automatic mail withdrawn because
+    what it told of was erased: gateway/outbound/compose.Withdrawn); a temporary failure goes back to queued with a
     later next_attempt_at. `sending` carries a lease (claimed_at): a worker that died mid-way
     leaves the job to be claimed again after it. Marked `sent` right after the relay's 250, so
     a restarted worker does not send again what the relay already accepted.
@@ -705,12 +714,16 @@ class NotificationPreference(SQLModel, table=True):
 
 class Notification(SQLModel, table=True):
     """One guest message a profile is to hear about. `mail_ref` is the outbound message that told
-    it (an immediate notification or a digest); NULL while it waits for the next digest. The
-    storm limit and the digest both read these rows."""
+    it (an immediate notification or a digest), 0 when nobody will be; NULL while it waits: for
+    the next digest, or (`immediate`) for the outbox to queue its mail after the burst
+    (gateway/outbound/notifications.py). The storm limit and the digest both read these rows."""
 
     __table_args__ = (
         Index("ix_notification_profile_conversation", "profile_id", "conversation_id", "created_at"),
-        Index("ix_notification_pending", "studio_id", "mail_ref"),
+        # The immediate rows whose mail is not queued yet (mail_ref NULL), and the rows of a mail.
+        # No index leads with studio_id: only a studio's erasure asks by it (rare, and the table
+        # holds 30 days), while every index costs the processor's insert of each row.
+        Index("ix_notification_mail", "mail_ref", "immediate"),
     )
     id: int | None = Field(default=None, primary_key=True)
     studio_id: int = Field(foreign_key="studio.id")
