@@ -20,13 +20,13 @@ from typing import Any, Sequence
 
 from sqlalchemy import Connection, bindparam, insert, select
 
-from gateway.eventlog import record_many as record_events
+from gateway.eventlog import DEFERRED as DEFERRED_EVENTS, record_many as record_events
 from gateway.events import Chunk, Reaction, Threaded, announce
 from gateway.forms.answers import Checked
 from gateway.forms.definition import Definition, text_in
 from gateway.inbound.headers import normalize_email
 from gateway.inbound.mime import Address
-from gateway.inbound.records import ensure_known_guest, find_guest, insert_guest, open_conversation
+from gateway.inbound.records import ensure_known_guest, find_guest, open_conversation, open_new_guest_conversation
 from gateway.outbound.replies import Thread, create_reply
 from gateway.settings import Settings
 from gateway.store.blobs import blob_store
@@ -129,16 +129,20 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
     words = _WORDS[language(studio.locale)]
     now = utcnow()
     sender = Address(email=normalize_email(email), name=name)
-    # Inserted first: a form is mostly a guest's first contact, and a guest created now cannot
-    # have had a confirmation today. A known guest is found after (and named, if unnamed).
-    created = insert_guest(conn, studio.id, sender)
-    guest_id = created if created is not None else ensure_known_guest(
-        conn, studio.id, sender, find_guest(conn, studio.id, sender.email))
-    confirm = created is not None or _CONFIRMED.execute(
-        conn, studio_id=studio.id, guest_id=guest_id, since=now - CONFIRMATION_WINDOW).fetchone() is None
-    # Opened counting the confirmation, which is stored at the same moment (Thread.opened_at).
-    conversation_id = open_conversation(conn, studio.id, guest_id, words["subject"], now,
-                                        message_count=2 if confirm else 1)
+    # A new guest first, with the conversation (one statement on PostgreSQL): a form is mostly a
+    # guest's first contact, and a guest created now cannot have had a confirmation today, so
+    # the conversation is opened counting the confirmation, stored at the same moment
+    # (Thread.opened_at). A known guest is found after (and named, if unnamed).
+    opened = open_new_guest_conversation(conn, studio.id, sender, words["subject"], now, message_count=2)
+    if opened is not None:
+        conversation_id, guest_id = opened
+        confirm = True
+    else:
+        guest_id = ensure_known_guest(conn, studio.id, sender, find_guest(conn, studio.id, sender.email))
+        confirm = _CONFIRMED.execute(
+            conn, studio_id=studio.id, guest_id=guest_id, since=now - CONFIRMATION_WINDOW).fetchone() is None
+        conversation_id = open_conversation(conn, studio.id, guest_id, words["subject"], now,
+                                            message_count=2 if confirm else 1)
     text = answers_text(definition, values, submission.checked.upload_names, language(studio.locale))
     form_message_id = f"form.{submission.token}.{studio.id}@{settings.mail_domain}"
     message_id = int(_INSERT_MESSAGE.execute(
@@ -163,11 +167,13 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
     # Announced like a guest's mail, before the confirmation so the inquiry's events come first:
     # the studio's log (live inbox, webhooks) and the profiles' notifications. Not acknowledged
     # (the address is unverified, `sender_aligned` False): the confirmation below is the form's own.
+    # The inquiry's event and the confirmation's (as of a reply, create_reply) are recorded
+    # together at the end: one counter statement and one insert (one statement on PostgreSQL).
+    events: list[tuple[str, datetime, dict[str, Any]]] = []
     announce(conn, Threaded(studio_id=studio.id, message_id=message_id, conversation_id=conversation_id,
                             rule=THREAD_RULE, opened=True, visible=True, automatic=False, guest_id=guest_id,
-                            sender_name=name), settings, Chunk(studio_ids={studio.slug: studio.id}), reactions)
-    # The confirmation's event (as of a reply), written with the confirmation (create_reply).
-    events: list[tuple[str, datetime, dict[str, Any]]] = []
+                            sender_name=name), settings,
+             Chunk(studio_ids={studio.slug: studio.id}, memo={DEFERRED_EVENTS: events}), reactions)
     # The conversation as just written, so the confirmation need not read it back.
     thread = Thread(words["subject"], (sender.email[:320], ""), (studio.slug, studio.name), (form_message_id, "[]"),
                     opened_at=now)
