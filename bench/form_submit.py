@@ -1,6 +1,7 @@
 """Inquiry form submissions beside a do-nothing Litestar multipart POST, measured in the same run.
 
     .venv/bin/python bench/form_submit.py [--messages N] [--connections C] [--database sqlite|postgres|both] [--profile]
+        [--spy PREFIX] [--threads]
 
 Processes (loopback only, all started and stopped here):
 - baseline: a Litestar app whose one route POST /f/{slug} parses the multipart form with
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="sqlite")
     parser.add_argument("--profile", action="store_true", help="print the gateway's cProfile (slows it)")
+    parser.add_argument("--spy", metavar="PREFIX", help="record the gateway with py-spy into PREFIX-<database>.txt "
+                        "(raw folded stacks; pip install py-spy)")
+    parser.add_argument("--threads", action="store_true", help="print the gateway's CPU per request by thread")
     args = parser.parse_args(argv)
     ctx = mp.get_context("spawn")
     backends = ["sqlite", "postgres"] if args.database == "both" else [args.database]
@@ -92,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         options = GatewayOptions(roles=("web",), settings={"form_min_fill_seconds": 0, **UNLIMITED}, pin=True,
                                  cprofile=args.profile)
         with throwaway_database(backend) as (url, data_dir):
-            ours = measure_http(ctx, gateway_main, (url, data_dir, options), form_posts, n, c, "gateway[web]")
+            ours = measure_http(ctx, gateway_main, (url, data_dir, options), form_posts, n, c, "gateway[web]",
+                                spy=f"{args.spy}-{backend}.txt" if args.spy else None,
+                                show_threads=args.threads)
             visible = visible_inquiries(url)
         share = ratio(ours.rate, baseline.rate) * 100
         complete = visible == ours.ok == n

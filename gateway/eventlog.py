@@ -50,6 +50,7 @@ MESSAGE_CREATED, HELD_CREATED = "message.created", "held.created"
 CONVERSATION_UPDATED, DELIVERY_UPDATED = "conversation.updated", "delivery.updated"
 TYPES = (MESSAGE_CREATED, CONVERSATION_UPDATED, DELIVERY_UPDATED, HELD_CREATED)
 RETENTION = timedelta(hours=24)
+DEFERRED = "eventlog.deferred"  # a Chunk memo key: see record_threaded
 
 
 def _next_seq(dialect: Any) -> Prepared:
@@ -101,15 +102,42 @@ def record(conn: Connection, studio_id: int, type_: str, now: datetime, **ids: i
     return record_many(conn, studio_id, [(type_, now, ids)])[0]
 
 
+def _record_rows_pg(count: int) -> DriverSQL:
+    """PostgreSQL: the counter moved on by `count` and that many events inserted, one statement."""
+    found = _RECORD_ROWS_PG.get(count)
+    if found is None:
+        rows = ", ".join(["(?::integer, ?::varchar, ?::timestamptz, ?::text)"] * count)
+        found = _RECORD_ROWS_PG[count] = DriverSQL(
+            "WITH next AS (INSERT INTO studio_event_counter (studio_id, seq) VALUES (?, ?) "
+            "ON CONFLICT (studio_id) DO UPDATE SET seq = studio_event_counter.seq + EXCLUDED.seq RETURNING seq) "
+            "INSERT INTO studio_event (studio_id, seq, type, created_at, data) "
+            f"SELECT ?, next.seq - ? + v.n, v.type, v.created_at, v.data FROM next, (VALUES {rows}) "
+            "AS v(n, type, created_at, data) RETURNING seq")
+    return found
+
+
+_RECORD_ROWS_PG: dict[int, DriverSQL] = {}
+
+
 def record_many(conn: Connection, studio_id: int,
                 events: list[tuple[str, datetime, dict[str, int | str | None]]]) -> list[int]:
     """Several events of one studio in the caller's transaction, numbered in the order given;
-    their numbers. One counter statement and one insert for all of them: an inquiry form post
-    writes two (its message and the confirmation), and on PostgreSQL each statement is a round
-    trip of the group commit (bench/form_submit.py)."""
+    their numbers. One counter statement and one insert for all of them (on PostgreSQL one
+    statement): an inquiry form post writes two (its message and the confirmation), and on
+    PostgreSQL each statement is a round trip of the group commit (bench/form_submit.py)."""
     for type_, _, _ in events:
         if type_ not in TYPES:
             raise ValueError(f"unknown event type {type_!r}")
+    if not events:
+        return []
+    if conn.dialect.name == "postgresql":
+        when = bind_processor(conn, STUDIO_EVENT.c.created_at)
+        params: list[Any] = [studio_id, len(events), studio_id, len(events)]
+        for n, (type_, now, ids) in enumerate(events, 1):
+            params += [n, type_, when(now), _data(ids)]
+        seqs = sorted(int(row[0]) for row in _record_rows_pg(len(events))(conn, params).fetchall())
+        _tell_at_commit(conn)
+        return seqs
     last = _NEXT[conn.dialect.name].execute(conn, studio_id=studio_id, count=len(events)).fetchone()[0]
     first = last - len(events) + 1
     if len(events) == 1:
@@ -181,7 +209,21 @@ def record_threaded(conn: Connection, event: Threaded, settings: Settings, chunk
 
     A processor chunk holds mail for several studios, in the order it arrived: at its first
     message the chunk takes the counters of all the studios it knows of, in id order
-    (`lock_counters`), so two processors never wait on each other crosswise."""
+    (`lock_counters`), so two processors never wait on each other crosswise.
+
+    A caller that writes one studio's events at its end puts a list under DEFERRED in the
+    chunk's memo: the event is appended there, for it to record with its own in one
+    `record_many` (the inquiry form: its message's event and its confirmation's, one statement
+    on PostgreSQL instead of four, bench/form_submit.py). Its number then comes after those of
+    events other reactions record at once (none do for a form post)."""
+    deferred = chunk.memo.get(DEFERRED)
+    if deferred is not None:
+        ids: dict[str, int | str | None] = {"conversation_id": event.conversation_id, "message_id": event.message_id}
+        if event.visible:
+            deferred.append((MESSAGE_CREATED, utcnow(), {**ids, "direction": "inbound"}))
+        else:
+            deferred.append((HELD_CREATED, utcnow(), ids))
+        return
     locked: set[int] = chunk.memo.setdefault("eventlog.locked", set())
     known = {studio_id for studio_id in chunk.studio_ids.values() if studio_id is not None} | {event.studio_id}
     if not known <= locked:

@@ -20,16 +20,17 @@ from typing import Any, Sequence
 
 from sqlalchemy import Connection, bindparam, insert, select
 
-from gateway.eventlog import record_many as record_events
+from gateway.eventlog import DEFERRED as DEFERRED_EVENTS, record_many as record_events
 from gateway.events import Chunk, Reaction, Threaded, announce
 from gateway.forms.answers import Checked
 from gateway.forms.definition import Definition, text_in
 from gateway.inbound.headers import normalize_email
 from gateway.inbound.mime import Address
-from gateway.inbound.records import ensure_known_guest, find_guest, insert_guest, open_conversation
+from gateway.inbound.records import ensure_known_guest, find_guest, open_conversation, open_new_guest_conversation
 from gateway.outbound.replies import Thread, create_reply
 from gateway.settings import Settings
 from gateway.store.blobs import blob_store
+from gateway.store.db import DriverSQL, bind_processor
 from gateway.store.models import utcnow
 from gateway.store.prepared import Prepared
 from gateway.store.tables import ATTACHMENT, CONVERSATION, FORM_SUBMISSION, MESSAGE
@@ -129,45 +130,57 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
     words = _WORDS[language(studio.locale)]
     now = utcnow()
     sender = Address(email=normalize_email(email), name=name)
-    # Inserted first: a form is mostly a guest's first contact, and a guest created now cannot
-    # have had a confirmation today. A known guest is found after (and named, if unnamed).
-    created = insert_guest(conn, studio.id, sender)
-    guest_id = created if created is not None else ensure_known_guest(
-        conn, studio.id, sender, find_guest(conn, studio.id, sender.email))
-    confirm = created is not None or _CONFIRMED.execute(
-        conn, studio_id=studio.id, guest_id=guest_id, since=now - CONFIRMATION_WINDOW).fetchone() is None
-    # Opened counting the confirmation, which is stored at the same moment (Thread.opened_at).
-    conversation_id = open_conversation(conn, studio.id, guest_id, words["subject"], now,
-                                        message_count=2 if confirm else 1)
+    # A new guest first, with the conversation (one statement on PostgreSQL): a form is mostly a
+    # guest's first contact, and a guest created now cannot have had a confirmation today, so
+    # the conversation is opened counting the confirmation, stored at the same moment
+    # (Thread.opened_at). A known guest is found after (and named, if unnamed).
+    opened = open_new_guest_conversation(conn, studio.id, sender, words["subject"], now, message_count=2)
+    if opened is not None:
+        conversation_id, guest_id = opened
+        confirm = True
+    else:
+        guest_id = ensure_known_guest(conn, studio.id, sender, find_guest(conn, studio.id, sender.email))
+        confirm = _CONFIRMED.execute(
+            conn, studio_id=studio.id, guest_id=guest_id, since=now - CONFIRMATION_WINDOW).fetchone() is None
+        conversation_id = open_conversation(conn, studio.id, guest_id, words["subject"], now,
+                                            message_count=2 if confirm else 1)
     text = answers_text(definition, values, submission.checked.upload_names, language(studio.locale))
     form_message_id = f"form.{submission.token}.{studio.id}@{settings.mail_domain}"
-    message_id = int(_INSERT_MESSAGE.execute(
-        conn, studio_id=studio.id, conversation_id=conversation_id, direction="inbound", state="visible",
-        from_email=email[:320], from_name=name[:200],
-        to_json=json.dumps([{"email": f"{studio.slug}@{settings.mail_domain}", "name": studio.name}]),
-        cc_json="[]", subject=words["subject"], text=text, full_text=text, html=None,
-        message_id=form_message_id, in_reply_to=None,
-        references_json="[]", sent_at=now, received_at=now, thread_rule=THREAD_RULE, automatic=False,
-        auto_kind=None, delivery=None, parser="form", defects_json="[]").fetchone()[0])
+    message = {
+        "studio_id": studio.id, "conversation_id": conversation_id, "direction": "inbound", "state": "visible",
+        "from_email": email[:320], "from_name": name[:200],
+        "to_json": json.dumps([{"email": f"{studio.slug}@{settings.mail_domain}", "name": studio.name}]),
+        "cc_json": "[]", "subject": words["subject"], "text": text, "full_text": text, "html": None,
+        "message_id": form_message_id, "in_reply_to": None, "references_json": "[]", "sent_at": now,
+        "received_at": now, "thread_rule": THREAD_RULE, "automatic": False, "auto_kind": None, "delivery": None,
+        "parser": "form", "defects_json": "[]"}
     uploads = submission.checked.uploads
-    if uploads:
-        digests = blob_store.put_many(conn, [u.data for u in uploads])
-        _INSERT_ATTACHMENT.execute_many(conn, [
-            {"studio_id": studio.id, "message_id": message_id, "filename": u.filename[:255],
-             "content_type": u.content_type, "size": len(u.data), "sha256": digest, "inline": False,
-             "content_id": None} for u, digest in zip(uploads, digests)])
-    _INSERT_SUBMISSION.execute(
-        conn, studio_id=studio.id, conversation_id=conversation_id, message_id=message_id, form_version=submission.version,
-        answers_json=json.dumps({"values": values, "files": submission.checked.upload_names}, ensure_ascii=False),
-        token=submission.token, consent_at=submission.consent_at, created_at=now)
+    digests = blob_store.put_many(conn, [u.data for u in uploads]) if uploads else []
+    attachments = [(u.filename[:255], u.content_type, len(u.data), digest) for u, digest in zip(uploads, digests)]
+    answers_json = json.dumps({"values": values, "files": submission.checked.upload_names}, ensure_ascii=False)
+    if conn.dialect.name == "postgresql":
+        message_id = _insert_inquiry_pg(conn, message, attachments, submission, answers_json)
+    else:
+        message_id = int(_INSERT_MESSAGE.execute(conn, **message).fetchone()[0])
+        if attachments:
+            _INSERT_ATTACHMENT.execute_many(conn, [
+                {"studio_id": studio.id, "message_id": message_id, "filename": filename, "content_type": content_type,
+                 "size": size, "sha256": digest, "inline": False, "content_id": None}
+                for filename, content_type, size, digest in attachments])
+        _INSERT_SUBMISSION.execute(
+            conn, studio_id=studio.id, conversation_id=conversation_id, message_id=message_id,
+            form_version=submission.version, answers_json=answers_json, token=submission.token,
+            consent_at=submission.consent_at, created_at=now)
     # Announced like a guest's mail, before the confirmation so the inquiry's events come first:
     # the studio's log (live inbox, webhooks) and the profiles' notifications. Not acknowledged
     # (the address is unverified, `sender_aligned` False): the confirmation below is the form's own.
+    # The inquiry's event and the confirmation's (as of a reply, create_reply) are recorded
+    # together at the end: one counter statement and one insert (one statement on PostgreSQL).
+    events: list[tuple[str, datetime, dict[str, Any]]] = []
     announce(conn, Threaded(studio_id=studio.id, message_id=message_id, conversation_id=conversation_id,
                             rule=THREAD_RULE, opened=True, visible=True, automatic=False, guest_id=guest_id,
-                            sender_name=name), settings, Chunk(studio_ids={studio.slug: studio.id}), reactions)
-    # The confirmation's event (as of a reply), written with the confirmation (create_reply).
-    events: list[tuple[str, datetime, dict[str, Any]]] = []
+                            sender_name=name), settings,
+             Chunk(studio_ids={studio.slug: studio.id}, memo={DEFERRED_EVENTS: events}), reactions)
     # The conversation as just written, so the confirmation need not read it back.
     thread = Thread(words["subject"], (sender.email[:320], ""), (studio.slug, studio.name), (form_message_id, "[]"),
                     opened_at=now)
@@ -175,6 +188,44 @@ def store_submission(conn: Connection, submission: Submission, settings: Setting
     if events:
         record_events(conn, studio.id, events)
     return Submitted(conversation_id, message_id, False, confirmation)
+
+
+def _inquiry_pg(count: int) -> DriverSQL:
+    """PostgreSQL: the inquiry's message, its `count` attachments and its submission row in one
+    statement (three round trips of the group commit's one connection before). Each attachment
+    row's blob was written before it, in the same transaction."""
+    found = _INQUIRY_PG.get(count)
+    if found is None:
+        attachments = ""
+        if count:
+            rows = ", ".join(["(?::integer, ?::varchar, ?::varchar, ?::integer, ?::varchar)"] * count)
+            attachments = (
+                "a AS (INSERT INTO attachment (studio_id, message_id, filename, content_type, size, sha256, inline, "
+                "content_id) SELECT ?, m.id, v.filename, v.content_type, v.size, v.sha256, false, NULL "
+                f"FROM m, (VALUES {rows}) AS v(n, filename, content_type, size, sha256) ORDER BY v.n), ")
+        found = _INQUIRY_PG[count] = DriverSQL(
+            f"WITH m AS (INSERT INTO message ({', '.join(_MESSAGE_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_MESSAGE_COLUMNS))}) RETURNING id), {attachments}"
+            f"s AS (INSERT INTO form_submission ({', '.join(_SUBMISSION_COLUMNS)}) "
+            "SELECT ?, ?, m.id, ?, ?, ?, ?, ? FROM m) SELECT id FROM m")
+    return found
+
+
+_INQUIRY_PG: dict[int, DriverSQL] = {}
+
+
+def _insert_inquiry_pg(conn: Connection, message: dict[str, Any], attachments: list[tuple[str, str, int, str]],
+                       submission: Submission, answers_json: str) -> int:
+    """The inquiry's message id, its attachments and submission row written with it (_inquiry_pg)."""
+    params: list[Any] = [bind_processor(conn, MESSAGE.c[name])(message[name]) for name in _MESSAGE_COLUMNS]
+    if attachments:
+        params.append(message["studio_id"])
+        for n, row in enumerate(attachments):
+            params += [n, *row]
+    stamp = bind_processor(conn, FORM_SUBMISSION.c.created_at)
+    params += [message["studio_id"], message["conversation_id"], submission.version, answers_json, submission.token,
+               bind_processor(conn, FORM_SUBMISSION.c.consent_at)(submission.consent_at), stamp(message["received_at"])]
+    return int(_inquiry_pg(len(attachments))(conn, params).fetchone()[0])
 
 
 def answers_text(definition: Definition, values: dict[str, Any], files: dict[str, list[str]], lang: str) -> str:
