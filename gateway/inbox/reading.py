@@ -250,8 +250,8 @@ class _Row:
     """A driver row of the list statement with the attributes `_conversation` reads, its times
     read as SQLAlchemy would (store/db.result_processor)."""
 
-    __slots__ = ("id", "subject", "status", "message_count", "last_message_at", "created_at", "read_at",
-                 "guest_id", "updated_at", "deleted_at", "guest_email", "guest_name")
+    __slots__ = ("created_at", "deleted_at", "guest_email", "guest_id", "guest_name", "id", "last_message_at",
+                 "message_count", "read_at", "status", "subject", "updated_at")
 
     def __init__(self, row: Any, read: list[Any]) -> None:
         (self.id, self.subject, self.status, self.message_count, last_message_at, created_at, read_at,
