@@ -28,6 +28,7 @@ from gateway.store.models import utcnow
 from gateway.store.paging import BadCursor
 from gateway.web.login import page
 from gateway.web.session import to_login
+from gateway.web.audit_words import worded
 from gateway.web.templating import long_time
 from gateway.web.studio_pages import (
     owner_signed,
@@ -48,7 +49,8 @@ def _read(engine: Engine, signed: SessionCaller, cursor: str | None, language: s
         entries = audit.list_entries(conn, studio_id, limit=AUDIT_SHOWN, cursor=cursor)
     studio = read_studio(engine, signed)
     # Every time on the pages is the studio's (its settings' time zone), these too.
-    return {"studio": studio, "grants": grants.items, "entries": entries.items, "next_cursor": entries.next_cursor,
+    return {"studio": studio, "grants": grants.items, "entries": worded(entries.items, language),
+            "next_cursor": entries.next_cursor,
             "local": partial(long_time, time_zone=studio.time_zone, language=language)}
 
 
