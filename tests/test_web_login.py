@@ -297,6 +297,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/app/c/{conversation_id:int}/status"): "session",
     ("POST", "/app/c/{conversation_id:int}/unread"): "session",
     ("POST", "/app/c/{conversation_id:int}/delete"): "session",
+    ("GET", "/app/m/{message_id:int}/delete"): "session",   # asks first (gateway/web/message_delete.py)
     ("POST", "/app/m/{message_id:int}/delete"): "session",
     ("POST", "/app/c/{conversation_id:int}/reply"): "session",
     ("GET", "/app/m/{message_id:int}/html"): "session",
