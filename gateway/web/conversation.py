@@ -42,7 +42,7 @@ from gateway import eventlog
 from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import STUDIO
-from gateway.web.conversation_forms import signed_form
+from gateway.web.signed_forms import signed_form
 from gateway.web.login import check_csrf, check_origin, page
 from gateway.web.reply_upload import DRAIN_MAX, read_reply_post
 from gateway.web.security import csrf_token
@@ -129,8 +129,6 @@ def _read(engine: Engine, signed: SessionCaller, conversation_id: int, language:
 async def change_status(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
     """Close or reopen, then back to the conversation (303, so a reload does not post again)."""
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     status = form.get("status")
     if status not in (OPEN, CLOSED):
         raise NotFoundException("no such status", extra={"code": "bad_status"})
@@ -144,8 +142,6 @@ async def change_status(request: Request[Any, Any, Any], conversation_id: FromPa
 async def mark_unread(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
     """Mark unread, then to the inbox: staying on the page would be opening it, which reads it."""
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     if not await asyncio.to_thread(_write, request.app.state.engine, mark_read, signed.caller.studio_id,
                                    conversation_id, utcnow(), read=False):
         raise NotFoundException("no such conversation", extra={"code": "not_found"})
@@ -156,8 +152,6 @@ async def mark_unread(request: Request[Any, Any, Any], conversation_id: FromPath
 async def delete(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
     """Into the trash (restorable for 30 days on a paid plan), then to the trash page."""
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     settings: Settings = request.app.state.settings
     caller = signed.caller
     deleted = await asyncio.to_thread(_write, request.app.state.engine, delete_conversation, caller.studio_id,
@@ -172,8 +166,6 @@ async def delete_one_message(request: Request[Any, Any, Any], message_id: FromPa
     """One message into the trash (as DELETE /api/v1/messages/{id}), then back to its
     conversation; restorable from the trash page for 30 days on a paid plan."""
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     settings: Settings = request.app.state.settings
     caller = signed.caller
     deleted = await asyncio.to_thread(_write, request.app.state.engine, delete_message, caller.studio_id,

@@ -32,7 +32,7 @@ from gateway.outbound.replies import ReplyError
 from gateway.settings import Settings
 from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import STUDIO
-from gateway.web.conversation_forms import signed_form
+from gateway.web.signed_forms import signed_form
 from gateway.web.login import page
 from gateway.web.security import csrf_token
 from gateway.web.session import session_token, signed_in, to_login
@@ -123,8 +123,6 @@ def why(thread_rule: str, language: str) -> str:
 async def decide(request: Request[Any, Any, Any], message_id: FromPath[int]) -> Response[Any]:
     """Accept (then to its conversation) or reject (then back to the list)."""
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     decision = form.get("decision")
     if decision not in ("accept", "reject"):
         raise NotFoundException("no such decision", extra={"code": "bad_decision"})
