@@ -93,6 +93,7 @@ async def inbox(request: Request[Any, Any, Any]) -> Response[Any]:
     token = session_token(request, state.settings)
     now = utcnow()
     signed = found = None
+    due = False
     try:  # the session and the page in one read (bench/web_inbox.py)
         if token:
             signed, due, found = await read_soon(
