@@ -6,9 +6,11 @@ Both pages are served by the same Litestar app (the gateway's, with its pages mo
 gateway/runtime.py mounts them) through Litestar's in-process test client, so the figure is
 server time: routing, the session lookup, the list query with its snippets, the template, and
 nothing of a network. The baseline is a route that returns a constant HTML string through the
-same app. Requests alternate between the two, so drift hits both alike. Target (issue 15):
+same app. Requests alternate between them, so drift hits all alike. Target (issue 15):
 p99 of the inbox under 3x the baseline's p99 — plus the baseline is tiny, so the absolute
-figure is printed too. Bounded: at most --requests of each, and a deadline.
+figure is printed too. The conversation page (`GET /app/c/{id}` of the newest conversation, read
+already after its first opening, one guest message) is timed in the same rotation and printed
+beside it, without a target of its own. Bounded: at most --requests of each, and a deadline.
 """
 from __future__ import annotations
 
@@ -98,14 +100,16 @@ def main() -> int:
         print(f"seeded {args.conversations} conversations in {time.perf_counter() - started:.1f} s")
         app = create_app(engine, settings, [*web_routes()])
         app.register(noop)
-        timings: dict[str, list[float]] = {"inbox": [], "baseline": []}
+        timings: dict[str, list[float]] = {"inbox": [], "baseline": [], "conversation": []}
         deadline = time.monotonic() + DEADLINE
         with TestClient(app) as client:
             client.cookies.set("gw_session", token)
+            newest = "/app/c/" + client.get("/app/").text.split('href="/app/c/', 1)[1].split('"', 1)[0]
+            pages = (("inbox", "/app/"), ("baseline", "/bench/noop"), ("conversation", newest))
             for _ in range(20):  # warm: templates compiled, catalogs loaded, pools filled
-                assert client.get("/app/").status_code == 200 and client.get("/bench/noop").status_code == 200
+                assert all(client.get(path).status_code == 200 for _, path in pages)
             for _ in range(args.requests):
-                for name, path in (("inbox", "/app/"), ("baseline", "/bench/noop")):
+                for name, path in pages:
                     t0 = time.perf_counter()
                     response = client.get(path)
                     timings[name].append(time.perf_counter() - t0)
@@ -113,14 +117,17 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     break
         engine.dispose()
-    inbox, base = timings["inbox"], timings["baseline"]
+    inbox, base, conversation = timings["inbox"], timings["baseline"], timings["conversation"]
     ratio = percentile(inbox, 0.99) / percentile(base, 0.99)
     result = {"database": args.database, "conversations": args.conversations, "requests": len(inbox),
               "inbox_p50_ms": round(percentile(inbox, 0.5) * 1000, 2),
               "inbox_p99_ms": round(percentile(inbox, 0.99) * 1000, 2),
               "baseline_p50_ms": round(percentile(base, 0.5) * 1000, 2),
               "baseline_p99_ms": round(percentile(base, 0.99) * 1000, 2),
-              "p99_ratio": round(ratio, 1), "target_ratio": TARGET, "met": ratio < TARGET}
+              "p99_ratio": round(ratio, 1), "target_ratio": TARGET, "met": ratio < TARGET,
+              "conversation_p50_ms": round(percentile(conversation, 0.5) * 1000, 2),
+              "conversation_p99_ms": round(percentile(conversation, 0.99) * 1000, 2),
+              "conversation_p99_ratio": round(percentile(conversation, 0.99) / percentile(base, 0.99), 1)}
     print(json.dumps(result))
     return 0
 

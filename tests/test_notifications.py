@@ -479,6 +479,31 @@ def test_the_owner_confirms_a_held_answer_in_the_messenger_and_the_guest_gets_it
         assert web.gw.api(studio.token).get("/api/v1/held").json()["items"] == []
 
 
+def test_a_quote_only_answer_stays_held_and_the_messenger_says_why_it_cannot_be_sent(tmp_path: Path,
+                                                                                    database_url: str) -> None:
+    with serving(tmp_path, database_url) as web:
+        studio = web.gw.add_studio("inkwell", name="Inkwell")
+        inquiry(web.gw, studio)
+        [notification] = web.mailed()
+        raw, to = answer(notification, body="")   # nothing but the quoted notification
+        assert web.gw.send(raw, to, mail_from=OWNER).code == 250
+        web.gw.process()
+        assert web.mailed() == []
+        [held] = web.gw.api(studio.token).get("/api/v1/held").json()["items"]
+        client = signed_in_client(web)
+        page = client.get("/app/held", headers={"Accept-Language": "en"})
+        assert "holds nothing but the quoted notification: there is nothing to send to the guest" in page.text
+        assert 'value="accept"' not in page.text and 'value="reject"' in page.text  # nothing to accept
+        assert "nur die zitierte Benachrichtigung" in client.get("/app/held").text  # and in German
+        refused = client.post(f"/app/held/{held['id']}", headers={"Accept-Language": "en"},
+                              data={"decision": "accept", "csrf_token": csrf_of(page.text)})
+        assert refused.status_code == 400 and "This answer cannot be sent to the guest; it is still held." in refused.text
+        assert web.mailed() == []
+        assert [h["id"] for h in web.gw.api(studio.token).get("/api/v1/held").json()["items"]] == [held["id"]]
+        rejected = client.post(f"/app/held/{held['id']}", data={"decision": "reject", "csrf_token": csrf_of(page.text)})
+        assert rejected.status_code == 303 and web.gw.api(studio.token).get("/api/v1/held").json()["items"] == []
+
+
 # --- form inquiries ---------------------------------------------------------------------------
 
 def test_a_form_inquiry_notifies_the_owner_and_reaches_the_webhook_endpoints(tmp_path: Path, database_url: str,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.inbound.quotes import split_reply
+from gateway.inbound.quotes import new_text, split_reply
 
 NEW = "Donnerstag passt.\n\nLena"
 
@@ -254,3 +254,11 @@ def test_quote_markers_cost_linear_time_at_max_size(text: str) -> None:
     reply = split_reply(text)
     assert reply
     assert time.perf_counter() - started < 30
+
+
+def test_new_text_is_empty_for_a_mail_of_nothing_but_quotes_where_split_reply_keeps_it_whole() -> None:
+    only_quote = "Am 20.11.2026 um 10:00 schrieb Inkwell <inkwell@example.org>:\n> Neue Nachricht\n> von Lena\n"
+    assert new_text(only_quote) == "" and new_text("  \n") == ""
+    assert split_reply(only_quote) == only_quote.strip()
+    answered = "Freitag passt.\n\n" + only_quote
+    assert new_text(answered) == split_reply(answered) == "Freitag passt."

@@ -89,7 +89,7 @@ def test_every_form_refuses_a_missing_token_and_another_studios_ids_are_404(web:
         refused = outsider.post(path, data={**data, "csrf_token": other_token})
         assert refused.status_code == 404, path
     for path in (f"/app/c/{conversation_id}", f"/app/m/{message['id']}/html", f"/app/a/{attachment['id']}",
-                 f"/app/a/{attachment['id']}?view=thumbnail"):
+                 f"/app/a/{attachment['id']}?view=thumbnail", f"/app/m/{message['id']}/delete"):
         assert outsider.get(path).status_code == 404, path
         assert owner.get(path).status_code == 200, path
     shown = [m["id"] for m in api.get(f"/api/v1/conversations/{conversation_id}").json()["messages"]]
@@ -314,7 +314,16 @@ def test_a_single_message_is_deleted_from_its_page_and_restored_from_the_trash(w
     assert api.post(f"/api/v1/conversations/{conversation_id}/replies", json={"text": "Gern, im März."}).status_code == 202
     [guest, _reply] = api.get(f"/api/v1/conversations/{conversation_id}").json()["messages"]
     page = client.get(path, headers={"Accept-Language": "en"}).text
-    assert f'action="/app/m/{guest["id"]}/delete"' in page and "Delete this message" in page
+    # The page's "Delete this message" only asks (a page of its own, no script); asking deletes nothing.
+    assert f'<a href="/app/m/{guest["id"]}/delete">Delete this message</a>' in page
+    assert f'action="/app/m/{guest["id"]}/delete"' not in page
+    asked = client.get(f"/app/m/{guest['id']}/delete", headers={"Accept-Language": "en"})
+    assert asked.status_code == 200 and "Delete this message?" in asked.text and "geht das im März?" in asked.text
+    assert "On the free plan it cannot be restored." in asked.text and f'href="{path}">Keep it' in asked.text
+    assert f'action="/app/m/{guest["id"]}/delete"' in asked.text and csrf_of(asked.text) == token
+    assert "Diese Nachricht löschen?" in client.get(f"/app/m/{guest['id']}/delete").text
+    assert "geht das im März?" in client.get(path).text
+    assert client.get(f"/app/m/{guest['id'] + 1000}/delete").status_code == 404
     deleted = client.post(f"/app/m/{guest['id']}/delete", data={"csrf_token": token})
     assert deleted.status_code == 303 and deleted.headers["location"] == path
     after = client.get(path).text
@@ -329,6 +338,8 @@ def test_a_single_message_is_deleted_from_its_page_and_restored_from_the_trash(w
     assert "geht das im März?" not in client.get(path).text
     # A paid plan: restored into its conversation, and the trash is empty again.
     paid(web.gw, studio)
+    ours = client.get(f"/app/m/{_reply['id']}/delete", headers={"Accept-Language": "en"}).text  # the studio's reply
+    assert "you can restore it there for 30 days" in ours and "Gern, im März." in ours
     trash = client.get("/app/trash", headers={"Accept-Language": "en"}).text
     assert f'action="/app/trash/m/{guest["id"]}/restore"' in trash
     restored = client.post(f"/app/trash/m/{guest['id']}/restore", data={"csrf_token": token})

@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select, update
 
-from gateway.access.web_sessions import IDLE_LIMIT, LINK_VALIDITY
+from gateway.access.web_sessions import IDLE_LIMIT, LINK_VALIDITY, TOUCH_EVERY
 from gateway.store.db import read_tx, write_tx
+from gateway.store.models import utcnow
 from gateway.store.tables import LOGIN_LINK, MESSAGE, WEB_SESSION
 from gateway.web.login import PER_ADDRESS
 from tests.access import PROFILES, connect_member
@@ -178,6 +179,26 @@ def test_a_session_idle_for_fourteen_days_is_over(web: Web) -> None:
     assert client.get("/app/").status_code == 303
 
 
+def test_activity_is_written_only_when_due_and_keeps_the_session(web: Web) -> None:
+    web.gw.add_studio("inkwell", "Inkwell")
+    client = signed_in_client(web)
+
+    def last_seen() -> object:
+        with read_tx(web.gw.engine) as conn:
+            return conn.execute(select(WEB_SESSION.c.last_seen_at)).scalar_one()
+
+    fresh = last_seen()
+    assert client.get("/app/").status_code == 200 and last_seen() == fresh  # seen just now: nothing written
+    def idle_for_most_of_the_limit() -> None:
+        with write_tx(web.gw.engine) as conn:
+            conn.execute(update(WEB_SESSION).values(last_seen_at=utcnow() - IDLE_LIMIT + TOUCH_EVERY))
+
+    idle_for_most_of_the_limit()
+    before = last_seen()
+    assert client.get("/app/").status_code == 200
+    assert last_seen() > before  # type: ignore[operator]  # the idle limit counts from this page
+
+
 def test_deleting_the_account_ends_the_session(web: Web) -> None:
     from gateway.lifecycle.erasure import erase_studio
 
@@ -276,6 +297,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/app/c/{conversation_id:int}/status"): "session",
     ("POST", "/app/c/{conversation_id:int}/unread"): "session",
     ("POST", "/app/c/{conversation_id:int}/delete"): "session",
+    ("GET", "/app/m/{message_id:int}/delete"): "session",   # asks first (gateway/web/message_delete.py)
     ("POST", "/app/m/{message_id:int}/delete"): "session",
     ("POST", "/app/c/{conversation_id:int}/reply"): "session",
     ("GET", "/app/m/{message_id:int}/html"): "session",

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, case, delete, insert, select, update
 
 from gateway.access.studios import Caller, hash_token
+from gateway.store.prepared import Prepared
 from gateway.store.tables import LOGIN_LINK, PROFILE, STUDIO, WEB_SESSION
 
 LINK_VALIDITY = timedelta(minutes=15)
@@ -171,12 +172,18 @@ def _usable_link(conn: Connection, token: str, now: datetime) -> Any:
     return row
 
 
-_SESSION = (
+# One prepared statement per page view (gateway/store/prepared.py): it runs on every request
+# behind sign-in, where SQLAlchemy's per-execution work cost more than SQLite took to answer
+# (bench/web_inbox.py). Whether the activity is due to be written is decided in SQL too, so
+# the row needs no datetime converted on the way out.
+_SESSION = Prepared(
     select(WEB_SESSION.c.id, WEB_SESSION.c.token_hash, WEB_SESSION.c.studio_id, WEB_SESSION.c.profile_id,
-           WEB_SESSION.c.last_seen_at, PROFILE.c.role, PROFILE.c.locale)
+           PROFILE.c.role, PROFILE.c.locale,
+           case((WEB_SESSION.c.last_seen_at <= bindparam("touch_before", type_=WEB_SESSION.c.last_seen_at.type),
+                 1), else_=0))
     .join(PROFILE, PROFILE.c.id == WEB_SESSION.c.profile_id)
     .where(WEB_SESSION.c.token_hash == bindparam("token_hash"), WEB_SESSION.c.ended_at.is_(None),
-           WEB_SESSION.c.last_seen_at > bindparam("idle_since"),
+           WEB_SESSION.c.last_seen_at > bindparam("idle_since", type_=WEB_SESSION.c.last_seen_at.type),
            PROFILE.c.disconnected_at.is_(None), PROFILE.c.studio_id == WEB_SESSION.c.studio_id))
 
 
@@ -186,12 +193,14 @@ def session_caller(conn: Connection, token: str, now: datetime) -> tuple[Session
     if not token.startswith(SESSION_PREFIX) or len(token) > 200:
         return None, False
     digest = hash_token(token)
-    row = conn.execute(_SESSION, {"token_hash": digest, "idle_since": now - IDLE_LIMIT}).first()
-    if row is None or not hmac.compare_digest(row.token_hash, digest):
+    row = _SESSION.execute(conn, token_hash=digest, idle_since=now - IDLE_LIMIT,
+                           touch_before=now - TOUCH_EVERY).fetchone()
+    if row is None:
         return None, False
-    found = SessionCaller(Caller(studio_id=row.studio_id, profile_id=row.profile_id, role=row.role), row.id,
-                          row.locale)
-    return found, row.last_seen_at <= now - TOUCH_EVERY
+    session_id, token_hash, studio_id, profile_id, role, locale, due = row
+    if not hmac.compare_digest(token_hash, digest):
+        return None, False
+    return SessionCaller(Caller(studio_id=studio_id, profile_id=profile_id, role=role), session_id, locale), bool(due)
 
 
 def touch(conn: Connection, session_id: int, now: datetime) -> None:

@@ -212,6 +212,14 @@ def split_reply(text: str) -> str:
     quote, or a bare forward), the original text is returned stripped: an empty message in
     the studio's messenger would hide that the guest wrote at all.
     """
+    found = new_text(text)
+    return found if found else text.strip()
+
+
+def new_text(text: str) -> str:
+    """`split_reply` without its fallback: "" when the mail holds nothing but quoted history.
+    For what is sent on (a profile's answer to a notification, gateway/outbound/notify_answers.py):
+    there, the whole mail as a fallback would send the quoted notification to the guest."""
     if not text or not text.strip():
         return ""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -224,5 +232,4 @@ def split_reply(text: str) -> str:
     # and stay.
     while kept and (not kept[-1].strip() or _is_quoted(kept[-1])):
         kept.pop()
-    result = "\n".join(kept).strip()
-    return result if result else text.strip()
+    return "\n".join(kept).strip()

@@ -38,7 +38,7 @@ from gateway.inbound.headers import fingerprint, normalize_email
 from gateway.store.tables import AUTOMATIC_MAIL, CONVERSATION, GUEST, MESSAGE, PROFILE, STUDIO
 from gateway.inbound.mime import Address, ParsedMessage
 from gateway.store.models import utcnow
-from gateway.inbound.quotes import split_reply
+from gateway.inbound.quotes import new_text, split_reply
 from gateway.events import Threaded
 from gateway.inbound.records import ChunkLookups, guest_of, name_guest, open_guest_conversation, seen_before
 from gateway.settings import Settings
@@ -275,7 +275,7 @@ def _thread_for_studio(conn: Connection, studio_id: int, detail: str, inbound: I
         "studio_id": studio_id, "conversation_id": conversation_id, "inbound_mail_id": inbound.id,
         "direction": "inbound", "state": state, "from_email": sender.email[:320],
         "from_name": sender.name[:200], "to_json": _addresses(parsed.to), "cc_json": _addresses(parsed.cc),
-        "subject": parsed.subject or "", "text": split_reply(parsed.text), "full_text": parsed.text,
+        "subject": parsed.subject or "", "text": _new_text(parsed.text, rule), "full_text": parsed.text,
         "html": parsed.html, "message_id": message_id[:998],
         "in_reply_to": parsed.in_reply_to[0] if parsed.in_reply_to else None,
         "references_json": json.dumps(parsed.references[-100:]), "sent_at": when(parsed.date),
@@ -373,6 +373,14 @@ def _notification_answer(conn: Connection, studio_id: int, detail: str, sender: 
     if verdicts.dmarc_fails or (verdicts.spf == "fail" and verdicts.dkim != "pass"):
         return conversation, f"{NOTIFY_ANSWER}_unauthenticated"
     return conversation, NOTIFY_ANSWER
+
+
+def _new_text(text: str, rule: str) -> str:
+    """What the messenger shows as a message's new text. A profile's answer to a notification
+    keeps nothing when it holds nothing but the quoted notification: its text is what is sent
+    to the guest (gateway/outbound/notify_answers.py), and quotes.split_reply's fallback to the
+    whole mail would send them the notification. Empty, the answer stays held, saying why."""
+    return new_text(text) if rule.startswith(NOTIFY_ANSWER) else split_reply(text)
 
 
 def _load_conversation(conn: Connection, studio_id: int, conversation_id: int) -> Any:

@@ -51,6 +51,7 @@ class HeldMessage:
     subject: str
     text: str
     received_at: datetime
+    thread_rule: str        # why it is held, for a notification answer (gateway/outbound/notify_answers.py)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ HELD_ORDER = Order(id=MESSAGE.c.id, sort=MESSAGE.c.received_at)
 def list_held(conn: Connection, studio_id: int, *, limit: int, cursor: str | None = None) -> Page[HeldMessage]:
     """The studio's held messages, newest first, a page of `limit` after `cursor` (BadCursor if forged)."""
     page = keyset_page(conn, select(MESSAGE.c.id, MESSAGE.c.conversation_id, MESSAGE.c.from_email,
-                                    MESSAGE.c.from_name, MESSAGE.c.subject, MESSAGE.c.text, MESSAGE.c.received_at)
+                                    MESSAGE.c.from_name, MESSAGE.c.subject, MESSAGE.c.text, MESSAGE.c.received_at,
+                                    MESSAGE.c.thread_rule)
                        .where(MESSAGE.c.studio_id == studio_id, MESSAGE.c.state == HELD, SHOWN_MESSAGE),
                        HELD_ORDER, limit=limit, cursor=cursor)
     return with_items(page, [HeldMessage(**row._mapping) for row in page.items])

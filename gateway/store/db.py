@@ -569,11 +569,14 @@ def read_now(engine: Engine) -> Iterator[Connection]:
         yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
-async def read_soon(engine: Engine, reader: Engine | None, work: Callable[[Connection], T]) -> T:
+async def read_soon(engine: Engine, reader: Engine | None, work: Callable[[Connection], T], *,
+                    snapshot: bool = True) -> T:
     """`work` on a read connection without stalling the loop: on SQLite's loop reader, which
     never waits for a lock (gateway/api/auth.loop_reader), else, or when it would wait, in a
     thread. An indexed read that SQLite answers in microseconds cost more in a thread's GIL
-    hand-offs than it took (bench/outbound.py, bench/form_submit.py)."""
+    hand-offs than it took (bench/outbound.py, bench/form_submit.py). Without `snapshot` the
+    thread reads as `read_now` does (no transaction on PostgreSQL; the loop reader takes none
+    either): for work whose statements need no snapshot in common."""
     if reader is not None:
         try:
             with reader.connect() as conn:
@@ -582,7 +585,7 @@ async def read_soon(engine: Engine, reader: Engine | None, work: Callable[[Conne
             pass
 
     def in_thread() -> T:
-        with read_tx(engine) as conn:
+        with (read_tx if snapshot else read_now)(engine) as conn:
             return work(conn)
     return await asyncio.to_thread(in_thread)
 

@@ -26,10 +26,10 @@ from gateway.lifecycle.export import spool_export
 from gateway.store.models import utcnow
 from gateway.web.login import page
 from gateway.web.session import to_login
+from gateway.web.signed_forms import signed_form
 from gateway.web.studio_pages import (
     owner_signed,
     read_studio,
-    signed_form,
     studio_context,
 )
 
@@ -63,10 +63,7 @@ async def export(request: Request[Any, Any, Any]) -> Response[Any]:
 @post("/app/account/deletion", name="web-account-deletion", status_code=200)
 async def ask_deletion(request: Request[Any, Any, Any]) -> Response[Any]:
     """Mail the confirmation code; the answer says where it went and until when it is valid."""
-    found = await signed_form(request)
-    if found is None:
-        return to_login(request)
-    signed, form = found
+    signed, form = await signed_form(request, owner=True)
     state = request.app.state
     try:
         requested = await asyncio.to_thread(request_by_owner, state.engine, state.settings,

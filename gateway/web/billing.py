@@ -29,10 +29,10 @@ from gateway.billing.subscriptions import (
 from gateway.store.db import read_tx
 from gateway.web.login import page
 from gateway.web.session import to_login
+from gateway.web.signed_forms import signed_form
 from gateway.web.studio_pages import (
     owner_signed,
     read_studio,
-    signed_form,
     studio_context,
 )
 
@@ -71,10 +71,7 @@ async def billing_page(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post("/app/billing/checkout", name="web-billing-checkout", status_code=200)
 async def checkout(request: Request[Any, Any, Any]) -> Response[Any]:
-    found = await signed_form(request)
-    if found is None:
-        return to_login(request)
-    signed, form = found
+    signed, form = await signed_form(request, owner=True)
     state = request.app.state
     try:
         url = await asyncio.to_thread(start_checkout, state.engine, state.stripe_api, state.settings,
@@ -96,10 +93,7 @@ async def cancel_rule(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post("/app/billing/cancel", name="web-billing-cancel", status_code=303)
 async def cancel_plan(request: Request[Any, Any, Any]) -> Response[Any]:
-    found = await signed_form(request)
-    if found is None:
-        return to_login(request)
-    signed, _ = found
+    signed, _ = await signed_form(request, owner=True)
     state = request.app.state
     try:
         await asyncio.to_thread(cancel, state.engine, state.stripe_api, state.settings, signed.caller.studio_id)

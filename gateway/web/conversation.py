@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath
 from litestar.response import Redirect
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
-from gateway.access.web_sessions import SessionCaller
+from gateway.access.web_sessions import SessionCaller, session_caller, touch
 from gateway.inbox.actions import CLOSED, OPEN, set_status
 from gateway.inbox.reading import BadCursor, ConversationDetailOut, MessageOut, conversation_detail
 from gateway.inbox.reads import mark_read
@@ -39,15 +41,15 @@ from gateway.outbound.replies import ReplyError, ReplyTooLarge, Upload, check_te
 from gateway.outbound.reply_brake import RepliesBraked, check_reply_brake
 from gateway.settings import Settings
 from gateway import eventlog
-from gateway.store.db import read_tx, write_tx
+from gateway.store.db import read_soon, read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import STUDIO
-from gateway.web.conversation_forms import signed_form
+from gateway.web.signed_forms import signed_form
 from gateway.web.login import check_csrf, check_origin, page
 from gateway.web.reply_upload import DRAIN_MAX, read_reply_post
 from gateway.web.security import csrf_token
 from gateway.web.session import session_token, signed_in, to_login
-from gateway.web.templating import negotiate, short_time, translations
+from gateway.web.templating import RowTimes, negotiate, translations
 
 PAGE_SIZE = 50
 # Images a browser shows as a thumbnail: raster formats only. SVG can carry script and is only
@@ -81,47 +83,80 @@ class Draft:
 
 @get("/app/c/{conversation_id:int}", name="web-conversation")
 async def conversation(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
-    signed = await signed_in(request)
+    state = request.app.state
+    token = session_token(request, state.settings)
+    signed = found = None
+    due = False
+    now = utcnow()
+    try:  # the session and the page in one read, as the inbox reads them (bench/web_inbox.py)
+        if token:
+            signed, due, found = await read_soon(state.engine, state.get("loop_reader"), partial(
+                _signed_read, token=token, now=now, accept_language=request.headers.get("accept-language", ""),
+                conversation_id=conversation_id, cursor=request.query_params.get("cursor") or None))
+    except BadCursor:
+        raise ClientException("not a page of this conversation", extra={"code": "bad_cursor"}) from None
     if signed is None:
         return to_login(request)
-    return await _page(request, signed, conversation_id, Draft())
+    if due:
+        await asyncio.to_thread(_write, state.engine, touch, signed.session_id, now)
+    return await _answer(request, signed, found, Draft())
 
 
 async def _page(request: Request[Any, Any, Any], signed: SessionCaller, conversation_id: int, draft: Draft,
                 status: int = 200) -> Response[Any]:
-    settings: Settings = request.app.state.settings
     language = negotiate(request.headers.get("accept-language", ""), signed.locale)
     try:
-        found = await asyncio.to_thread(_read, request.app.state.engine, signed, conversation_id, language,
-                                        request.query_params.get("cursor") or None)
+        found = await asyncio.to_thread(_read, request.app.state.engine, signed.caller.studio_id, conversation_id,
+                                        language, request.query_params.get("cursor") or None)
     except BadCursor:
         raise ClientException("not a page of this conversation", extra={"code": "bad_cursor"}) from None
+    return await _answer(request, signed, found, draft, status)
+
+
+async def _answer(request: Request[Any, Any, Any], signed: SessionCaller, found: Thread | None, draft: Draft,
+                  status: int = 200) -> Response[Any]:
+    settings: Settings = request.app.state.settings
     if found is None:
         raise NotFoundException("no such conversation", extra={"code": "not_found"})
+    if found.conversation.unread:  # opening is reading; the page shows it as it was when opened
+        await asyncio.to_thread(_write, request.app.state.engine, mark_read, signed.caller.studio_id,
+                                found.conversation.id, utcnow())
     # The newest page follows the conversation live (templates/web/conversation.html); an older
     # page, opened by its cursor, stays as it was.
+    language = negotiate(request.headers.get("accept-language", ""), signed.locale)
     return page(request, "conversation.html", status=status, language=language, thread=found, draft=draft,
                 thumbnails=THUMBNAIL_TYPES, live=request.query_params.get("cursor") is None,
                 csrf=csrf_token(settings.secret(), session_token(request, settings) or ""))
 
 
-def _read(engine: Engine, signed: SessionCaller, conversation_id: int, language: str,
-          cursor: str | None = None) -> Thread | None:
-    """The newest PAGE_SIZE messages, or with `cursor` the older page it names (the API's cursor)."""
-    studio_id = signed.caller.studio_id
+def _signed_read(conn: Connection, *, token: str, now: datetime, accept_language: str, conversation_id: int,
+                 cursor: str | None) -> tuple[SessionCaller | None, bool, Thread | None]:
+    """The session, whether its activity is due to be written, and the page, on one connection."""
+    signed, due = session_caller(conn, token, now)
+    if signed is None:
+        return None, False, None
+    language = negotiate(accept_language, signed.locale)
+    return signed, due, _read_on(conn, signed.caller.studio_id, conversation_id, language, cursor)
+
+
+def _read(engine: Engine, studio_id: int, conversation_id: int, language: str, cursor: str | None) -> Thread | None:
     with read_tx(engine) as conn:
-        # First the event number, then the page: every event up to it is committed (eventlog.py
-        # numbers without gaps), so the page shows it, and the stream brings what comes after.
-        seen = eventlog.current(conn, [studio_id])[studio_id]
-        detail = conversation_detail(conn, studio_id, conversation_id, limit=PAGE_SIZE, cursor=cursor)
-        if detail is None:
-            return None
-        studio = conn.execute(select(STUDIO.c.name, STUDIO.c.time_zone).where(STUDIO.c.id == studio_id)).one()
-    if detail.unread:  # opening is reading; the page shows it as it was when opened
-        with write_tx(engine) as conn:
-            mark_read(conn, studio_id, conversation_id, utcnow())
-    shown = [Shown(m, short_time(m.received_at, studio.time_zone, language), m.received_at.isoformat(),
-                   m.full_text.strip() != m.text.strip()) for m in detail.messages]
+        return _read_on(conn, studio_id, conversation_id, language, cursor)
+
+
+def _read_on(conn: Connection, studio_id: int, conversation_id: int, language: str,
+             cursor: str | None = None) -> Thread | None:
+    """The newest PAGE_SIZE messages, or with `cursor` the older page it names (the API's cursor)."""
+    # First the event number, then the page: every event up to it is committed (eventlog.py
+    # numbers without gaps), so the page shows it, and the stream brings what comes after.
+    seen = eventlog.current(conn, [studio_id])[studio_id]
+    detail = conversation_detail(conn, studio_id, conversation_id, limit=PAGE_SIZE, cursor=cursor)
+    if detail is None:
+        return None
+    studio = conn.execute(select(STUDIO.c.name, STUDIO.c.time_zone).where(STUDIO.c.id == studio_id)).one()
+    when = RowTimes(studio.time_zone, language)
+    shown = [Shown(m, when(m.received_at), m.received_at.isoformat(), m.full_text.strip() != m.text.strip())
+             for m in detail.messages]
     return Thread(studio.name, detail, shown, seen)
 
 
@@ -129,8 +164,6 @@ def _read(engine: Engine, signed: SessionCaller, conversation_id: int, language:
 async def change_status(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
     """Close or reopen, then back to the conversation (303, so a reload does not post again)."""
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     status = form.get("status")
     if status not in (OPEN, CLOSED):
         raise NotFoundException("no such status", extra={"code": "bad_status"})
@@ -144,8 +177,6 @@ async def change_status(request: Request[Any, Any, Any], conversation_id: FromPa
 async def mark_unread(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
     """Mark unread, then to the inbox: staying on the page would be opening it, which reads it."""
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     if not await asyncio.to_thread(_write, request.app.state.engine, mark_read, signed.caller.studio_id,
                                    conversation_id, utcnow(), read=False):
         raise NotFoundException("no such conversation", extra={"code": "not_found"})
@@ -156,8 +187,6 @@ async def mark_unread(request: Request[Any, Any, Any], conversation_id: FromPath
 async def delete(request: Request[Any, Any, Any], conversation_id: FromPath[int]) -> Response[Any]:
     """Into the trash (restorable for 30 days on a paid plan), then to the trash page."""
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     settings: Settings = request.app.state.settings
     caller = signed.caller
     deleted = await asyncio.to_thread(_write, request.app.state.engine, delete_conversation, caller.studio_id,
@@ -172,8 +201,6 @@ async def delete_one_message(request: Request[Any, Any, Any], message_id: FromPa
     """One message into the trash (as DELETE /api/v1/messages/{id}), then back to its
     conversation; restorable from the trash page for 30 days on a paid plan."""
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     settings: Settings = request.app.state.settings
     caller = signed.caller
     deleted = await asyncio.to_thread(_write, request.app.state.engine, delete_message, caller.studio_id,

@@ -34,7 +34,7 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.tables import MESSAGE
 from gateway.web.conversation import THUMBNAIL_TYPES
-from gateway.web.conversation_forms import signed_form
+from gateway.web.signed_forms import signed_form
 from gateway.web.session import signed_in
 
 # The iframe's own `sandbox` attribute says the same (templates/web/conversation.html).
@@ -100,8 +100,6 @@ def _download(engine: Engine, studio_id: int, attachment_id: int) -> Any:
 async def retry(request: Request[Any, Any, Any], message_id: FromPath[int]) -> Response[Any]:
     """Send a failed reply again (gateway/outbound/retry.py), then back to its conversation."""
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     try:
         conversation_id = await asyncio.to_thread(_retry, request.app.state.engine, signed.caller.studio_id,
                                                   message_id)

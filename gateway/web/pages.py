@@ -20,6 +20,8 @@ from gateway.web.conversation_routes import CONVERSATION_PAGES
 from gateway.web.inbox import inbox
 from gateway.web.login import LOGIN_ROUTES
 from gateway.web.security import header_values, page_headers
+from gateway.web.session import to_login
+from gateway.web.signed_forms import SignInFirst
 from gateway.web.studio_routes import STUDIO_PAGES
 from gateway.web.templating import negotiate, render
 
@@ -35,10 +37,18 @@ def error_page(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
                     headers={**header_values(), **(exc.headers or {})})
 
 
+def sign_in_first(request: Request[Any, Any, Any], exc: SignInFirst) -> Response[Any]:
+    """A form posted without a live session (gateway/web/signed_forms.py): the login page, with
+    the pages' headers as any page's answer."""
+    response = to_login(request)
+    response.headers.update(header_values())
+    return response
+
+
 def web_routes() -> list[Router]:
     """The messenger: its pages, and its static files (vendored htmx, our CSS), served by us."""
     pages = Router(path="/", route_handlers=[*LOGIN_ROUTES, inbox, *CONVERSATION_PAGES, *STUDIO_PAGES], response_headers=page_headers("'none'"),
-                   exception_handlers={HTTPException: error_page}, include_in_schema=False)
+                   exception_handlers={HTTPException: error_page, SignInFirst: sign_in_first}, include_in_schema=False)
     # Vendored file names carry their version; our CSS changes with a release: an hour's caching.
     static = create_static_files_router(path=STATIC_PATH, directories=[STATIC_DIR], name="web-static",
                                         cache_control=CacheControlHeader(max_age=3600, public=True),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
+from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath
 from litestar.response import Redirect
 from sqlalchemy import Engine, select
@@ -43,9 +43,10 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.paging import BadCursor, Page
 from gateway.store.tables import PROFILE, STUDIO
-from gateway.web.login import checked_form, page
+from gateway.web.login import page
 from gateway.web.security import csrf_token
 from gateway.web.session import session_token, signed_in, to_login
+from gateway.web.signed_forms import owner_only, signed_form
 from gateway.web.templating import negotiate
 
 PEOPLE_PAGE = 50     # profiles on one page, as the inbox's rows; more by the API's cursor
@@ -63,12 +64,6 @@ class Studio:
     profile_locale: str | None
 
 
-def owner_only(signed: SessionCaller) -> None:
-    """The 403 page for a member on an owner's page (the API answers 403 too)."""
-    if signed.caller.role != "owner":
-        raise PermissionDeniedException("only the studio's owner can open this page", extra={"code": "owner_only"})
-
-
 async def owner_signed(request: Request[Any, Any, Any]) -> SessionCaller | None:
     """The owner's session for an owner's page; None without a session (the caller answers
     `to_login`); the 403 page for a member."""
@@ -76,19 +71,6 @@ async def owner_signed(request: Request[Any, Any, Any]) -> SessionCaller | None:
     if signed is not None:
         owner_only(signed)
     return signed
-
-
-async def signed_form(request: Request[Any, Any, Any], *,
-                      owner: bool = True) -> tuple[SessionCaller, dict[str, Any]] | None:
-    """A form's session and fields, after the Origin and CSRF checks (403 when either fails),
-    and for an owner's form the owner check (403 page); None without a session."""
-    signed = await signed_in(request)
-    if signed is None:
-        return None
-    form = await checked_form(request, session_token(request, request.app.state.settings))
-    if owner:
-        owner_only(signed)
-    return signed, form
 
 
 def studio_context(request: Request[Any, Any, Any], signed: SessionCaller) -> dict[str, Any]:
@@ -126,10 +108,7 @@ async def settings_page(request: Request[Any, Any, Any]) -> Response[Any]:
 @post("/app/settings", name="web-settings-change", status_code=303)
 async def change_studio(request: Request[Any, Any, Any]) -> Response[Any]:
     """The owner changes the studio's settings; a checkbox that is not sent is "off"."""
-    found = await signed_form(request)
-    if found is None:
-        return to_login(request)
-    signed, form = found
+    signed, form = await signed_form(request, owner=True)
     change = SettingsChange(name=str(form.get("name", "")), acknowledge_inquiries=form.get("acknowledge") == "on",
                             locale=str(form.get("locale", "")), time_zone=str(form.get("time_zone", "")).strip(),
                             privacy_url=str(form.get("privacy_url", "")).strip())
@@ -148,10 +127,7 @@ def _change(engine: Engine, studio_id: int, change: SettingsChange) -> None:
 @post("/app/settings/language", name="web-settings-language", status_code=303)
 async def change_language(request: Request[Any, Any, Any]) -> Response[Any]:
     """Anyone signed in: the language of their own pages ("" follows the browser)."""
-    found = await signed_form(request, owner=False)
-    if found is None:
-        return to_login(request)
-    signed, form = found
+    signed, form = await signed_form(request)
     locale = str(form.get("profile_locale", "")) or None
     try:
         await asyncio.to_thread(_language, request.app.state.engine, signed, locale)
@@ -193,10 +169,7 @@ async def people_page(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post("/app/people", name="web-people-connect", status_code=303)
 async def connect(request: Request[Any, Any, Any]) -> Response[Any]:
-    found = await signed_form(request)
-    if found is None:
-        return to_login(request)
-    signed, form = found
+    signed, form = await signed_form(request, owner=True)
     try:
         await asyncio.to_thread(_connect, request.app.state.engine, signed, str(form.get("email", "")),
                                 str(form.get("name", "")))
@@ -215,10 +188,7 @@ def _connect(engine: Engine, signed: SessionCaller, email: str, name: str) -> No
 @post("/app/people/{profile_id:int}/disconnect", name="web-people-disconnect", status_code=303)
 async def disconnect(request: Request[Any, Any, Any], profile_id: FromPath[int]) -> Response[Any]:
     """The member's sessions and tokens stop working with this commit (gateway/access/profiles.py)."""
-    posted = await signed_form(request)
-    if posted is None:
-        return to_login(request)
-    signed, _ = posted
+    signed, _ = await signed_form(request, owner=True)
     try:
         found = await asyncio.to_thread(_disconnect, request.app.state.engine, signed, profile_id)
     except ProfileConflict:

@@ -28,11 +28,12 @@ from gateway.store.models import utcnow
 from gateway.store.paging import BadCursor
 from gateway.web.login import page
 from gateway.web.session import to_login
+from gateway.web.audit_words import worded
 from gateway.web.templating import long_time
+from gateway.web.signed_forms import signed_form
 from gateway.web.studio_pages import (
     owner_signed,
     read_studio,
-    signed_form,
     studio_context,
 )
 
@@ -48,7 +49,8 @@ def _read(engine: Engine, signed: SessionCaller, cursor: str | None, language: s
         entries = audit.list_entries(conn, studio_id, limit=AUDIT_SHOWN, cursor=cursor)
     studio = read_studio(engine, signed)
     # Every time on the pages is the studio's (its settings' time zone), these too.
-    return {"studio": studio, "grants": grants.items, "entries": entries.items, "next_cursor": entries.next_cursor,
+    return {"studio": studio, "grants": grants.items, "entries": worded(entries.items, language),
+            "next_cursor": entries.next_cursor,
             "local": partial(long_time, time_zone=studio.time_zone, language=language)}
 
 
@@ -68,10 +70,7 @@ async def support_page(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post("/app/support", name="web-support-grant", status_code=303)
 async def grant(request: Request[Any, Any, Any]) -> Response[Any]:
-    found = await signed_form(request)
-    if found is None:
-        return to_login(request)
-    signed, form = found
+    signed, form = await signed_form(request, owner=True)
     duration = DURATIONS.get(str(form.get("duration", "")))
     note = str(form.get("note", ""))
     if duration is None or len(note) > MAX_NOTE:
@@ -92,10 +91,7 @@ def _grant(engine: Engine, signed: SessionCaller, duration: timedelta, note: str
 
 @post("/app/support/{grant_id:int}/revoke", name="web-support-revoke", status_code=303)
 async def revoke(request: Request[Any, Any, Any], grant_id: FromPath[int]) -> Response[Any]:
-    found = await signed_form(request)
-    if found is None:
-        return to_login(request)
-    signed, _ = found
+    signed, _ = await signed_form(request, owner=True)
     if not await asyncio.to_thread(_revoke, request.app.state.engine, signed, grant_id):
         raise NotFoundException("no such grant", extra={"code": "not_found"})
     return Redirect("/app/support", status_code=303)

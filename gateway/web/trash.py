@@ -33,7 +33,7 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.models import utcnow
 from gateway.store.paging import BadCursor
 from gateway.store.tables import STUDIO
-from gateway.web.conversation_forms import signed_form
+from gateway.web.signed_forms import signed_form
 from gateway.web.login import page
 from gateway.web.security import csrf_token
 from gateway.web.session import session_token, signed_in, to_login
@@ -123,8 +123,6 @@ async def restore_one_message(request: Request[Any, Any, Any], message_id: FromP
 async def _restore_answer(request: Request[Any, Any, Any], object_id: int,
                           restore_one: Callable[..., Restored | None]) -> Response[Any]:
     signed, form = await signed_form(request)
-    if signed is None:
-        return form
     settings: Settings = request.app.state.settings
     kind = "conversation" if restore_one is restore_conversation else "message"
     try:
