@@ -123,6 +123,23 @@ def after_commit(conn: Connection, key: str, callback: Callable[[], None]) -> No
     conn.info.setdefault(_AFTER_COMMIT, {})[key] = callback
 
 
+# conn.info keys that belong to one transaction (after_commit's callbacks, transaction_state's
+# values): dropped when it commits or rolls back. conn.info itself is the pooled DBAPI
+# connection's and outlives the transaction.
+_TRANSACTION_KEYS: set[str] = {_AFTER_COMMIT}
+
+
+def transaction_state(conn: Connection, key: str, factory: Callable[[], T]) -> T:
+    """A value kept with the transaction `conn` is in, made by `factory` on first use; gone once
+    that transaction commits or rolls back (a rolled-back transaction's leftovers must never
+    reach the next one on the same pooled connection)."""
+    _TRANSACTION_KEYS.add(key)
+    info = conn.info
+    if key not in info:
+        info[key] = factory()
+    return info[key]  # type: ignore[no-any-return]
+
+
 def run_after_commit(engine: Engine) -> None:
     """Run the `after_commit` callbacks of the engine's connections (after the dialect's
     commit, so after guard_commits' check); a rollback drops them."""
@@ -147,6 +164,7 @@ def run_after_commit(engine: Engine) -> None:
 
 
 def _callbacks(dbapi_conn: Any) -> dict[str, Callable[[], None]] | None:
+    """The transaction's after-commit callbacks, taken out with the rest of its state."""
     # SQLAlchemy passes the pool's proxy, whose `info` is the Connection's; the ad-hoc proxy
     # of an engine's first connect has none (NotImplementedError), a raw driver connection has
     # another kind of `info`
@@ -154,7 +172,12 @@ def _callbacks(dbapi_conn: Any) -> dict[str, Callable[[], None]] | None:
         info = dbapi_conn.info
     except (AttributeError, NotImplementedError):
         return None
-    return info.pop(_AFTER_COMMIT, None) if isinstance(info, dict) else None
+    if not isinstance(info, dict):
+        return None
+    for key in _TRANSACTION_KEYS:
+        if key != _AFTER_COMMIT:
+            info.pop(key, None)
+    return info.pop(_AFTER_COMMIT, None)
 
 
 # synchronous_commit levels (PostgreSQL docs 19.5.2) that answer before the WAL is flushed on
