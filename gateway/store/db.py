@@ -71,9 +71,11 @@ def libpq_url(url: URL) -> str:
     return f"postgresql://{auth}{','.join(names)}/{quote(url.database or '', safe='')}{tail}"
 
 
-def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10, pre_ping: bool = True) -> Engine:
     """hide_parameters: a database error's text (logged, and kept as a message's processing
-    error) would otherwise carry the statement's values: mail bodies, addresses, token hashes."""
+    error) would otherwise carry the statement's values: mail bodies, addresses, token hashes.
+    pre_ping=False (PostgreSQL): no `SELECT 1` round trip at every checkout, for a writer that
+    handles a dead connection itself (the acceptor retries its batch on a fresh one)."""
     url = normalise_url(url)
     if is_sqlite(url):
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -104,7 +106,7 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
         run_after_commit(engine)
         return engine
 
-    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, hide_parameters=True,
+    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=pre_ping, hide_parameters=True,
                            connect_args={"connect_timeout": 5})
     keep_commits_durable(engine)
     guard_commits(engine)
