@@ -31,7 +31,7 @@ write here, and none of them may import another.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -153,33 +153,52 @@ def _record_rows_pg(conn: Connection, studio_id: int,
 _QUEUED = "gateway.eventlog.queued"
 
 
-def record_later(conn: Connection, studio_id: int, type_: str, now: datetime, **ids: int | str | None) -> None:
+@dataclass
+class _Queue:
+    events: dict[int, list[tuple[str, datetime, dict[str, int | str | None]]]] = field(default_factory=dict)
+    studios: set[int] = field(default_factory=set)  # whose counters the transaction will take
+    locked: set[int] = field(default_factory=set)
+
+
+def record_later(conn: Connection, studio_id: int, type_: str, now: datetime, *, studios: set[int] | None = None,
+                 **ids: int | str | None) -> None:
     """Queue an event for `flush`, which writes the transaction's queued events of each studio
     in one statement: a processor chunk's sixteen events cost one round trip instead of
-    sixteen. The caller must flush before committing; any other event recorded in the
+    sixteen, and the studio's counter row is taken only then, so others writing the studio's
+    events (a reply, another processor) wait for the end of the chunk, not all of it.
+    `studios`: every studio the transaction may write events of; when there are several,
+    their counters are taken together, in id order, before the first is written (see
+    `lock_counters`). The caller must flush before committing; any other event recorded in the
     transaction flushes first, so numbers still follow the order of the changes. A rollback
-    drops what is queued. SQLite (no round trips) writes at once."""
+    drops the queue. SQLite (no round trips, one writer) writes at once."""
     if type_ not in TYPES:
         raise ValueError(f"unknown event type {type_!r}")
     if conn.dialect.name != "postgresql":
         record(conn, studio_id, type_, now, **ids)
         return
-    transaction_state(conn, _QUEUED, dict).setdefault(studio_id, []).append((type_, now, ids))
+    queue = transaction_state(conn, _QUEUED, _Queue)
+    queue.events.setdefault(studio_id, []).append((type_, now, ids))
+    queue.studios.add(studio_id)
+    queue.studios |= studios or set()
 
 
 def flush(conn: Connection) -> None:
     """Write the events `record_later` queued in this transaction (none: no statement)."""
-    queued = conn.info.get(_QUEUED)
-    if not queued:
+    queue = conn.info.get(_QUEUED)
+    if queue is None or not queue.events:
         return
-    conn.info[_QUEUED] = {}
-    for studio_id in sorted(queued):  # the counters' order, as lock_counters takes them
-        events = queued[studio_id]
-        if len(events) == 1:
-            type_, now, ids = events[0]
+    events, queue.events = queue.events, {}
+    waiting = queue.studios - queue.locked
+    if waiting and (len(queue.studios) > 1 or queue.locked):
+        lock_counters(conn, sorted(waiting))  # several counters: in id order, before writing any
+    queue.locked |= queue.studios
+    for studio_id in sorted(events):  # the counters' order, as lock_counters takes them
+        rows = events[studio_id]
+        if len(rows) == 1:
+            type_, now, ids = rows[0]
             record(conn, studio_id, type_, now, **ids)
         else:
-            record_many(conn, studio_id, events)
+            record_many(conn, studio_id, rows)
 
 
 def _data(ids: dict[str, int | str | None]) -> str:
@@ -236,26 +255,27 @@ def lock_counters(conn: Connection, studio_ids: list[int]) -> None:
 def record_threaded(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) -> None:
     """The reaction (gateway/events.py) that logs each filed guest message: shown, or held.
 
-    A processor chunk holds mail for several studios, in the order it arrived: at its first
-    message the chunk takes the counters of all the studios it knows of, in id order
+    A processor chunk holds mail for several studios, in the order it arrived: before its first
+    event is written the chunk takes the counters of all the studios it knows of, in id order
     (`lock_counters`), so two processors never wait on each other crosswise."""
-    locked: set[int] = chunk.memo.setdefault("eventlog.locked", set())
     known = {studio_id for studio_id in chunk.studio_ids.values() if studio_id is not None} | {event.studio_id}
+    type_ = MESSAGE_CREATED if event.visible else HELD_CREATED
+    ids: dict[str, int | str | None] = {"conversation_id": event.conversation_id, "message_id": event.message_id}
+    if event.visible:
+        ids["direction"] = "inbound"
+    if chunk.batched:
+        # A chunk rolled back whole on any failure queues its events for its end: one statement
+        # for all of them on PostgreSQL, and the counters taken only then.
+        if flush not in chunk.at_end:
+            chunk.at_end.append(flush)
+        record_later(conn, event.studio_id, type_, utcnow(), studios=known, **ids)
+        return
+    # A chunk redone with a savepoint per message writes each event inside its savepoint.
+    locked: set[int] = chunk.memo.setdefault("eventlog.locked", set())
     if not known <= locked:
         lock_counters(conn, sorted(known - locked))
         locked |= known
-    # A chunk that is rolled back whole on any failure queues its events for its end (one
-    # statement for all of them on PostgreSQL); one with a savepoint per message writes each
-    # inside that message's savepoint.
-    write = record_later if chunk.batched else record
-    if chunk.batched and flush not in chunk.at_end:
-        chunk.at_end.append(flush)
-    if event.visible:
-        write(conn, event.studio_id, MESSAGE_CREATED, utcnow(), conversation_id=event.conversation_id,
-              message_id=event.message_id, direction="inbound")
-    else:
-        write(conn, event.studio_id, HELD_CREATED, utcnow(), conversation_id=event.conversation_id,
-              message_id=event.message_id)
+    record(conn, event.studio_id, type_, utcnow(), **ids)
 
 
 @dataclass(frozen=True)

@@ -355,12 +355,15 @@ def should_defer(engine: Engine, settings: Settings, now: datetime | None = None
     return newest is not None and now - newest < ARRIVING
 
 
-# Messages a pass claims on PostgreSQL. The parser child parses ahead while this thread files
-# chunks, but sits idle while a pass claims and while its last chunk is filed: with two chunks
-# a pass that was a sixth of the processor's wall time (bench/smtp_ingest.py, a backlog of
-# 800). A claim takes no lock others wait for (SKIP LOCKED), so a larger one costs nothing;
-# SQLite keeps 32, where a claim is a write transaction the acceptor waits behind.
+# PostgreSQL: messages a pass claims, and a chunk's (one transaction). The parser child parses
+# ahead while this thread files chunks, but sat idle while a pass claimed and while its last
+# chunk was filed; and each chunk costs about ten round trips of its own (claim lookups,
+# prefetch, the events, BEGIN, COMMIT). A claim takes no lock others wait for (SKIP LOCKED),
+# and a chunk takes its studios' event counters only at its end (gateway/eventlog.record_later),
+# so larger ones hold nobody up. SQLite keeps 32 and 16: there every transaction holds the
+# one write lock the acceptor's senders wait behind.
 PG_CLAIM = 128
+PG_CHUNK = 64
 
 
 class ProcessorThread:
@@ -376,7 +379,7 @@ class ProcessorThread:
         self._started = threading.Event()
         self.processed = 0
         self._idle = threading.Condition()
-        self._claim = PG_CLAIM if engine.dialect.name == "postgresql" else 32
+        self._claim, self._chunk = (PG_CLAIM, PG_CHUNK) if engine.dialect.name == "postgresql" else (32, 16)
 
     def start(self) -> None:
         self._thread.start()
@@ -418,7 +421,8 @@ class ProcessorThread:
                 if should_defer(self.engine, self.settings):
                     self._stop.wait(ARRIVING.total_seconds() / 2)
                     continue
-                batch = process_pending(self.engine, self.settings, self.reactions, limit=self._claim)
+                batch = process_pending(self.engine, self.settings, self.reactions, limit=self._claim,
+                                        chunk=self._chunk)
             except Exception:
                 log.exception("processor pass failed; will retry")
                 batch = []
