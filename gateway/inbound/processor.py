@@ -124,9 +124,9 @@ def process_pending(engine: Engine, settings: Settings, reactions: Sequence[Reac
     # parses the next chunk while this one is threaded here.
     outcomes = parse_within([item.raw for item in claimed], settings.process_time_budget)
     try:
-        for start, end in _chunks(len(claimed), chunk):
+        for start in range(0, len(claimed), chunk):
             try:
-                parsed = [(item, next(outcomes)) for item in claimed[start:end]]
+                parsed = [(item, next(outcomes)) for item in claimed[start:start + chunk]]
             except BaseException:
                 release(engine, [item.id for item in claimed[start:]])  # no parser to be had: no attempt counted
                 raise
@@ -149,21 +149,6 @@ def process_pending(engine: Engine, settings: Settings, reactions: Sequence[Reac
         outcomes.close()  # stopped early: the parser child is replaced, not left mid-batch
     _count(results)
     return results
-
-
-FIRST_CHUNK = 16
-
-
-def _chunks(count: int, size: int) -> list[tuple[int, int]]:
-    """(start, end) of each chunk of a pass: the first at most FIRST_CHUNK messages, since the
-    parser child has only just been handed the pass and nothing can be filed before that chunk
-    is parsed (64 of them: 40 ms of waiting per pass on PostgreSQL); the rest `size` each."""
-    bounds, start = [], 0
-    while start < count:
-        end = min(count, start + (min(size, FIRST_CHUNK) if start == 0 else size))
-        bounds.append((start, end))
-        start = end
-    return bounds
 
 
 def _count(results: list[Processed]) -> None:
