@@ -316,17 +316,20 @@ class Acceptor:
         trips, each a wait the SMTP loop shared the GIL across.
 
         A kept connection may have died while idle (a server restart, a failover,
-        pg_terminate_backend): when a batch fails on one, it is written once more on a fresh
-        connection, and a second failure is the senders' 451. A 250 is given only for a COMMIT
+        pg_terminate_backend): when a batch finds one dead (SQLAlchemy's disconnect check), it
+        is written once more on a fresh connection, and a second failure is the senders' 451.
+        Any other failure is the 451 at once. A 250 is given only for a COMMIT
         that succeeded; if the one that failed did commit after all, the mail is stored twice
         and filed once by its Message-ID, as when a sender retries after a 451."""
         reused = bool(self._kept_pg)
         try:
             return self._store_pg_on(self._kept_pg.pop() if reused else self._connect_pg(), items)
-        except OperationalError:
-            if not reused:
+        except OperationalError as exc:
+            # Only a connection found dead: a COMMIT the synchronous standby did not confirm
+            # (gateway/store/db.guard_commits) must be the senders' 451, not written again.
+            if not reused or not exc.connection_invalidated:
                 raise
-            log.info("a kept database connection failed; writing the group commit on a fresh one")
+            log.info("a kept database connection was dead; writing the group commit on a fresh one")
         return self._store_pg_on(self._connect_pg(), items)
 
     def _connect_pg(self) -> Connection:
