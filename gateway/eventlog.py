@@ -32,7 +32,7 @@ write here, and none of them may import another.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -41,7 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.events import Chunk, Threaded
 from gateway.settings import Settings
-from gateway.store.db import DriverSQL, after_commit, bind_processor
+from gateway.store.db import DriverSQL, after_commit, bind_processor, transaction_state
 from gateway.store.models import utcnow
 from gateway.store.prepared import Prepared
 from gateway.store.tables import STUDIO, STUDIO_EVENT, STUDIO_EVENT_COUNTER
@@ -93,6 +93,7 @@ def record(conn: Connection, studio_id: int, type_: str, now: datetime, **ids: i
     """Write one event in the caller's transaction; its number. Holds the studio's counter row
     until that transaction ends: call it late in short transactions where that is easy."""
     if conn.dialect.name == "postgresql":
+        flush(conn)  # events queued earlier in the transaction keep their lower numbers
         if type_ not in TYPES:
             raise ValueError(f"unknown event type {type_!r}")
         when = bind_processor(conn, STUDIO_EVENT.c.created_at)(now)
@@ -100,23 +101,6 @@ def record(conn: Connection, studio_id: int, type_: str, now: datetime, **ids: i
         _tell_at_commit(conn)
         return seq
     return record_many(conn, studio_id, [(type_, now, ids)])[0]
-
-
-def _record_rows_pg(count: int) -> DriverSQL:
-    """PostgreSQL: the counter moved on by `count` and that many events inserted, one statement."""
-    found = _RECORD_ROWS_PG.get(count)
-    if found is None:
-        rows = ", ".join(["(?::integer, ?::varchar, ?::timestamptz, ?::text)"] * count)
-        found = _RECORD_ROWS_PG[count] = DriverSQL(
-            "WITH next AS (INSERT INTO studio_event_counter (studio_id, seq) VALUES (?, ?) "
-            "ON CONFLICT (studio_id) DO UPDATE SET seq = studio_event_counter.seq + EXCLUDED.seq RETURNING seq) "
-            "INSERT INTO studio_event (studio_id, seq, type, created_at, data) "
-            f"SELECT ?, next.seq - ? + v.n, v.type, v.created_at, v.data FROM next, (VALUES {rows}) "
-            "AS v(n, type, created_at, data) RETURNING seq")
-    return found
-
-
-_RECORD_ROWS_PG: dict[int, DriverSQL] = {}
 
 
 def record_many(conn: Connection, studio_id: int,
@@ -130,12 +114,9 @@ def record_many(conn: Connection, studio_id: int,
             raise ValueError(f"unknown event type {type_!r}")
     if not events:
         return []
+    flush(conn)
     if conn.dialect.name == "postgresql":
-        when = bind_processor(conn, STUDIO_EVENT.c.created_at)
-        params: list[Any] = [studio_id, len(events), studio_id, len(events)]
-        for n, (type_, now, ids) in enumerate(events, 1):
-            params += [n, type_, when(now), _data(ids)]
-        seqs = sorted(int(row[0]) for row in _record_rows_pg(len(events))(conn, params).fetchall())
+        seqs = _record_rows_pg(conn, studio_id, events)
         _tell_at_commit(conn)
         return seqs
     last = _NEXT[conn.dialect.name].execute(conn, studio_id=studio_id, count=len(events)).fetchone()[0]
@@ -151,6 +132,88 @@ def record_many(conn: Connection, studio_id: int,
         _insert_rows(len(events)).execute(conn, **values)
     _tell_at_commit(conn)
     return list(range(first, last + 1))
+
+
+def _record_rows_pg(conn: Connection, studio_id: int,
+                    events: list[tuple[str, datetime, dict[str, int | str | None]]]) -> list[int]:
+    """PostgreSQL: the counter moved on by len(events) and their rows, in one statement (as
+    _RECORD_PG for one): the processor writes a chunk's events so, one round trip for all, and
+    an inquiry form post its two."""
+    when = bind_processor(conn, STUDIO_EVENT.c.created_at)
+    count = len(events)
+    params: list[Any] = [studio_id, count, count, studio_id, count]
+    for n, (type_, now, ids) in enumerate(events, start=1):
+        params.extend((n, type_, when(now), _data(ids)))
+    return sorted(int(row[0]) for row in _rows_statement(count)(conn, params).fetchall())
+
+
+def _rows_statement(count: int) -> DriverSQL:
+    """The statement for `count` events, built once per count."""
+    found = _RECORD_ROWS_PG.get(count)
+    if found is None:
+        rows = ", ".join(["(?::integer, ?::varchar, ?::timestamptz, ?::text)"] * count)
+        found = _RECORD_ROWS_PG[count] = DriverSQL(
+            "WITH next AS (INSERT INTO studio_event_counter (studio_id, seq) VALUES (?, ?) "
+            "ON CONFLICT (studio_id) DO UPDATE SET seq = studio_event_counter.seq + ? RETURNING seq) "
+            "INSERT INTO studio_event (studio_id, seq, type, created_at, data) "
+            "SELECT ?, next.seq - ? + row_values.n, row_values.type, row_values.created_at, row_values.data "
+            f"FROM next, (VALUES {rows}) AS row_values (n, type, created_at, data) RETURNING seq")
+    return found
+
+
+_RECORD_ROWS_PG: dict[int, DriverSQL] = {}
+
+
+# PostgreSQL: events queued by `record_later`, per transaction (gateway/store/db.transaction_state).
+_QUEUED = "gateway.eventlog.queued"
+
+
+@dataclass
+class _Queue:
+    events: dict[int, list[tuple[str, datetime, dict[str, int | str | None]]]] = field(default_factory=dict)
+    studios: set[int] = field(default_factory=set)  # whose counters the transaction will take
+    locked: set[int] = field(default_factory=set)
+
+
+def record_later(conn: Connection, studio_id: int, type_: str, now: datetime, *, studios: set[int] | None = None,
+                 **ids: int | str | None) -> None:
+    """Queue an event for `flush`, which writes the transaction's queued events of each studio
+    in one statement: a processor chunk's sixteen events cost one round trip instead of
+    sixteen, and the studio's counter row is taken only then, so others writing the studio's
+    events (a reply, another processor) wait for the end of the chunk, not all of it.
+    `studios`: every studio the transaction may write events of; when there are several,
+    their counters are taken together, in id order, before the first is written (see
+    `lock_counters`). The caller must flush before committing; any other event recorded in the
+    transaction flushes first, so numbers still follow the order of the changes. A rollback
+    drops the queue. SQLite (no round trips, one writer) writes at once."""
+    if type_ not in TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    if conn.dialect.name != "postgresql":
+        record(conn, studio_id, type_, now, **ids)
+        return
+    queue = transaction_state(conn, _QUEUED, _Queue)
+    queue.events.setdefault(studio_id, []).append((type_, now, ids))
+    queue.studios.add(studio_id)
+    queue.studios |= studios or set()
+
+
+def flush(conn: Connection) -> None:
+    """Write the events `record_later` queued in this transaction (none: no statement)."""
+    queue = conn.info.get(_QUEUED)
+    if queue is None or not queue.events:
+        return
+    events, queue.events = queue.events, {}
+    waiting = queue.studios - queue.locked
+    if waiting and (len(queue.studios) > 1 or queue.locked):
+        lock_counters(conn, sorted(waiting))  # several counters: in id order, before writing any
+    queue.locked |= queue.studios
+    for studio_id in sorted(events):  # the counters' order, as lock_counters takes them
+        rows = events[studio_id]
+        if len(rows) == 1:
+            type_, now, ids = rows[0]
+            record(conn, studio_id, type_, now, **ids)
+        else:
+            record_many(conn, studio_id, rows)
 
 
 def _data(ids: dict[str, int | str | None]) -> str:
@@ -207,8 +270,8 @@ def lock_counters(conn: Connection, studio_ids: list[int]) -> None:
 def record_threaded(conn: Connection, event: Threaded, settings: Settings, chunk: Chunk) -> None:
     """The reaction (gateway/events.py) that logs each filed guest message: shown, or held.
 
-    A processor chunk holds mail for several studios, in the order it arrived: at its first
-    message the chunk takes the counters of all the studios it knows of, in id order
+    A processor chunk holds mail for several studios, in the order it arrived: before its first
+    event is written the chunk takes the counters of all the studios it knows of, in id order
     (`lock_counters`), so two processors never wait on each other crosswise.
 
     A caller that writes one studio's events at its end puts a list under DEFERRED in the
@@ -216,25 +279,28 @@ def record_threaded(conn: Connection, event: Threaded, settings: Settings, chunk
     `record_many` (the inquiry form: its message's event and its confirmation's, one statement
     on PostgreSQL instead of four, bench/form_submit.py). Its number then comes after those of
     events other reactions record at once (none do for a form post)."""
+    type_ = MESSAGE_CREATED if event.visible else HELD_CREATED
+    ids: dict[str, int | str | None] = {"conversation_id": event.conversation_id, "message_id": event.message_id}
+    if event.visible:
+        ids["direction"] = "inbound"
     deferred = chunk.memo.get(DEFERRED)
     if deferred is not None:
-        ids: dict[str, int | str | None] = {"conversation_id": event.conversation_id, "message_id": event.message_id}
-        if event.visible:
-            deferred.append((MESSAGE_CREATED, utcnow(), {**ids, "direction": "inbound"}))
-        else:
-            deferred.append((HELD_CREATED, utcnow(), ids))
+        deferred.append((type_, utcnow(), ids))
         return
-    locked: set[int] = chunk.memo.setdefault("eventlog.locked", set())
     known = {studio_id for studio_id in chunk.studio_ids.values() if studio_id is not None} | {event.studio_id}
+    if chunk.batched:
+        # A chunk rolled back whole on any failure queues its events for its end: one statement
+        # for all of them on PostgreSQL, and the counters taken only then.
+        if flush not in chunk.at_end:
+            chunk.at_end.append(flush)
+        record_later(conn, event.studio_id, type_, utcnow(), studios=known, **ids)
+        return
+    # A chunk redone with a savepoint per message writes each event inside its savepoint.
+    locked: set[int] = chunk.memo.setdefault("eventlog.locked", set())
     if not known <= locked:
         lock_counters(conn, sorted(known - locked))
         locked |= known
-    if event.visible:
-        record(conn, event.studio_id, MESSAGE_CREATED, utcnow(), conversation_id=event.conversation_id,
-               message_id=event.message_id, direction="inbound")
-    else:
-        record(conn, event.studio_id, HELD_CREATED, utcnow(), conversation_id=event.conversation_id,
-               message_id=event.message_id)
+    record(conn, event.studio_id, type_, utcnow(), **ids)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ failure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from sqlalchemy import Connection
 
@@ -48,6 +48,17 @@ class Chunk:
     """What the reactions of one processor transaction share (a chunk of up to 16 messages)."""
     studio_ids: dict[str, int | None]  # slug → id of the studios this chunk's mail went to
     memo: dict[str, Any] = field(default_factory=dict)  # a reaction's own cache, under its name
+    # Whether the transaction is rolled back whole when any message fails (the processor's
+    # optimistic chunk, no savepoint per message): a reaction may then leave rows for the end
+    # (`at_end`), written together in fewer statements (round trips on PostgreSQL).
+    batched: bool = False
+    at_end: list[Callable[[Connection], None]] = field(default_factory=list)
+
+
+def finish(conn: Connection, chunk: Chunk) -> None:
+    """Run what the reactions left for the chunk's end, before its transaction commits."""
+    for write in chunk.at_end:
+        write(conn)
 
 
 class Reaction(Protocol):

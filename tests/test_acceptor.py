@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from gateway.store.db import read_tx, write_tx
+from gateway.store.db import make_engine, migrate, read_tx, write_tx
 from gateway.store.tables import INBOUND
 from gateway.inbound.acceptor import Acceptor, TemporaryFailure
 from gateway.inbound.intake import Envelope
 from gateway.settings import Settings
 from gateway.access.studios import add_studio
+from tests.conftest import make_settings
 from tests.mail import make_mail
 
 
@@ -112,3 +114,56 @@ def test_each_id_of_a_group_commit_names_its_own_message(settings: Settings, eng
         rows = {r.id: r for r in conn.execute(select(INBOUND.c.id, INBOUND.c.mail_from, INBOUND.c.raw_sha256))}
     assert [(rows[i].mail_from, rows[i].raw_sha256) for i in ids] == [
         (f"sender{n}@example.org", hashlib.sha256(raw).hexdigest()) for n, raw in enumerate(raws)]
+
+
+def test_a_kept_connection_that_died_costs_no_sender_a_retry(tmp_path: Path, pg_database_url: str) -> None:
+    """PostgreSQL: the group commits' connection is kept without a pre-ping. Killed between two
+    of them (a server restart, a failover, pg_terminate_backend), the next batch is written on
+    a fresh connection and answered 250; with the database unreachable as well, 451."""
+    from sqlalchemy import text
+
+    settings = make_settings(tmp_path, pg_database_url)
+    migrate(pg_database_url)
+    engine = make_engine(pg_database_url)
+    with write_tx(engine) as conn:
+        add_studio(conn, "inkwell", "Inkwell", "owner@inkwell.example")
+    envelope = Envelope("guest@example.org", ["inkwell@mail.test"])
+
+    def terminate_others() -> int:
+        with engine.connect() as conn:  # every session of this database but this one: the kept one too
+            return len(conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).all())
+
+    async def scenario() -> tuple[int, int, int, BaseException | None]:
+        acceptor = Acceptor(engine, settings)
+        await acceptor.start()
+        kept_engine = acceptor._write_engine
+        try:
+            first = await acceptor.accept(make_mail(subject="Eins", from_="a@example.org"), envelope)
+            assert await asyncio.to_thread(terminate_others) >= 1
+            second = await acceptor.accept(make_mail(subject="Zwei", from_="b@example.org"), envelope)
+            third = await acceptor.accept(make_mail(subject="Drei", from_="c@example.org"), envelope)
+            # Now no fresh connection can be had either: the batch is refused, never answered 250.
+            kept_engine = acceptor._write_engine
+            acceptor._write_engine = make_engine(  # nothing listens on port 1
+                kept_engine.url.set(port=1).render_as_string(hide_password=False), pre_ping=False)
+            await asyncio.to_thread(terminate_others)
+            try:
+                await acceptor.accept(make_mail(subject="Vier", from_="d@example.org"), envelope)
+            except TemporaryFailure as exc:
+                return first, second, third, exc
+            return first, second, third, None
+        finally:
+            await acceptor.stop()
+            kept_engine.dispose()
+
+    try:
+        first, second, third, refused = asyncio.run(scenario())
+        assert len({first, second, third}) == 3
+        assert isinstance(refused, TemporaryFailure)
+        with read_tx(engine) as conn:
+            stored = conn.execute(select(INBOUND.c.id).order_by(INBOUND.c.id)).scalars().all()
+        assert stored == [first, second, third]
+    finally:
+        engine.dispose()

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.store.batching import next_batch
@@ -105,8 +105,16 @@ class Acceptor:
             # few milliseconds another process (the worker) holds the write lock; senders would
             # wait for nothing. This writer connection gives up at once and retries every ms.
             self._write_engine = make_engine(str(engine.url), busy_timeout=0, pool_size=1)
-        # the inline transactions' connection (SQLite only: PostgreSQL writes off the loop)
+        else:
+            # PostgreSQL: the group commits' own connections, kept from one to the next without
+            # the pool's pre-ping (a round trip, and a GIL hand-off the SMTP loop waits for, at
+            # every checkout); a connection that died meanwhile fails the batch's first
+            # statement, and the batch is written once more on a fresh one (_store_pg).
+            self._write_engine = make_engine(engine.url.render_as_string(hide_password=False),
+                                             pool_size=self._in_flight, pre_ping=False)
+        # the inline transactions' connection (SQLite), or the group commits' (PostgreSQL)
         self._kept = KeptConnection(self._write_engine) if self._inline else None
+        self._kept_pg: list[Connection] = []
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -135,6 +143,9 @@ class Acceptor:
                      self.committed, self.commits, self.committed / self.commits)
         if self._kept is not None:
             self._kept.close()
+        for conn in self._kept_pg:
+            conn.close()
+        self._kept_pg.clear()
         if self._write_engine is not self.engine:
             self._write_engine.dispose()
 
@@ -298,10 +309,50 @@ class Acceptor:
             time.sleep(delay)  # another writer holds SQLite's lock for a few ms: try again soon
             delay = min(delay * 2, 0.004)
 
+    def _store_pg(self, items: list[tuple[bytes, Envelope]]) -> list[int | Exception]:
+        """One group commit on PostgreSQL, on a connection kept from the last one: BEGIN, the
+        flood query, the blobs with their rows in one statement (gateway/inbound/intake.py),
+        COMMIT; the pool's checkout with its pre-ping and a statement more made six round
+        trips, each a wait the SMTP loop shared the GIL across.
+
+        A kept connection may have died while idle (a server restart, a failover,
+        pg_terminate_backend): when a batch finds one dead (SQLAlchemy's disconnect check), it
+        is written once more on a fresh connection, and a second failure is the senders' 451.
+        Any other failure is the 451 at once. A 250 is given only for a COMMIT
+        that succeeded; if the one that failed did commit after all, the mail is stored twice
+        and filed once by its Message-ID, as when a sender retries after a 451."""
+        reused = bool(self._kept_pg)
+        try:
+            return self._store_pg_on(self._kept_pg.pop() if reused else self._connect_pg(), items)
+        except OperationalError as exc:
+            # Only a connection found dead: a COMMIT the synchronous standby did not confirm
+            # (gateway/store/db.guard_commits) must be the senders' 451, not written again.
+            if not reused or not exc.connection_invalidated:
+                raise
+            log.info("a kept database connection was dead; writing the group commit on a fresh one")
+        return self._store_pg_on(self._connect_pg(), items)
+
+    def _connect_pg(self) -> Connection:
+        return self._write_engine.connect().execution_options(write=True)
+
+    def _store_pg_on(self, conn: Connection, items: list[tuple[bytes, Envelope]]) -> list[int | Exception]:
+        try:
+            with conn.begin():
+                results = store_batch(conn, items, self.settings, self.secret, self._studio_ids)
+        except OperationalError:
+            conn.invalidate()  # dead, or in a state nobody knows: never kept
+            conn.close()
+            raise
+        except BaseException:
+            conn.close()  # rolled back; back to the pool
+            raise
+        self._kept_pg.append(conn)
+        return results
+
     def _write(self, batch: list[_Pending]) -> list[int | Exception]:
         items = [(p.raw, p.envelope) for p in batch]
         try:
-            return self._store(items)
+            return self._store(items) if is_sqlite(self.engine) else self._store_pg(items)
         except OperationalError:
             raise  # the database is unreachable or locked: every item of the batch must retry
         except Exception:
@@ -311,7 +362,7 @@ class Acceptor:
         results: list[int | Exception] = []
         for index, item in enumerate(items):
             try:
-                results.extend(self._store([item]))
+                results.extend(self._store([item]) if is_sqlite(self.engine) else self._store_pg([item]))
             except OperationalError as exc:
                 # The database went away (or filled up) half-way: the messages already committed
                 # keep their 250 (a 451 would have them sent and stored again); the rest must retry.

@@ -18,7 +18,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
@@ -28,7 +28,7 @@ from gateway.store.db import read_tx, write_tx
 from gateway.store.tables import INBOUND
 from gateway.inbound.mime import ParsedMessage
 from gateway.store.models import utcnow
-from gateway.events import Chunk, Reaction, announce
+from gateway.events import Chunk, Reaction, announce, finish
 from gateway.inbound.authentication import authenticate_claimed, load_tables
 from gateway.inbound.intake import discard_inbound
 from gateway.inbound.isolation import CHILD_DIED, TOO_LONG, Died, Overran, child_for_thread, parse_within
@@ -51,7 +51,7 @@ class Processed:
 
 
 # Built once, like the threader's statements: a claim runs every 32 messages.
-_CLAIMABLE = select(INBOUND.c.id, INBOUND.c.attempts).where(or_(
+_CLAIMABLE = select(INBOUND.c.id, INBOUND.c.attempts, INBOUND.c.size).where(or_(
     INBOUND.c.status == "pending",
     (INBOUND.c.status == "processing") & (INBOUND.c.claimed_at < bindparam("b_lease_start")),
 )).order_by(INBOUND.c.id).limit(bindparam("b_limit")).with_for_update(skip_locked=True)
@@ -72,7 +72,7 @@ def claimer(pid: int | None = None) -> str:
 def claim(engine: Engine, settings: Settings, limit: int) -> list[Inbound]:
     now = utcnow()
     with write_tx(engine) as conn:
-        rows = conn.execute(_CLAIMABLE, {"b_lease_start": now - LEASE, "b_limit": limit}).all()
+        rows = _within_bytes(conn.execute(_CLAIMABLE, {"b_lease_start": now - LEASE, "b_limit": limit}).all())
         if not rows:
             return []
         exhausted = [r.id for r in rows if r.attempts >= settings.process_max_attempts]
@@ -86,6 +86,21 @@ def claim(engine: Engine, settings: Settings, limit: int) -> list[Inbound]:
         loaded = conn.execute(_LOAD, {"b_ids": ids}).all()
     return [Inbound(id=r.id, mail_from=r.mail_from, rcpt_to=json.loads(r.rcpt_to), raw=r.data,
                     raw_sha256=r.raw_sha256) for r in loaded]
+
+
+CLAIM_BYTES = 32 * 1024 * 1024
+
+
+def _within_bytes(rows: Sequence[Any]) -> Sequence[Any]:
+    """The claimable rows up to CLAIM_BYTES of raw mail (at least one): a pass holds all of
+    its mail in memory, and a claim of 128 large messages would hold gigabytes. The rest stay
+    pending for the next pass (their row locks end with the claim's transaction)."""
+    total = 0
+    for count, row in enumerate(rows):
+        total += row.size or 0
+        if total > CLAIM_BYTES and count:
+            return rows[:count]
+    return rows
 
 
 def process_pending(engine: Engine, settings: Settings, reactions: Sequence[Reaction], *, limit: int = 32,
@@ -219,7 +234,7 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes, reactions:
                    pairs: list[tuple[Inbound, ParsedMessage]], *, isolate: bool) -> list[Processed]:
     results: list[Processed] = []
     studios: dict[str, int | None] = {}
-    chunk = Chunk(studio_ids=studios)
+    chunk = Chunk(studio_ids=studios, batched=not isolate)
     with write_tx(engine) as conn:
         attempts = dict(conn.execute(_ATTEMPTS, {"ids": [item.id for item, _ in pairs]}).all())
         # Asked once for the chunk; not when redoing it message by message, since a savepoint
@@ -263,6 +278,12 @@ def _persist_chunk(engine: Engine, settings: Settings, secret: bytes, reactions:
                 log.warning("inbound %d failed (%s): %s", item.id, status, error, exc_info=True)
                 continue
             results.append(Processed(item.id, "done", outcomes))
+        try:
+            finish(conn, chunk)
+        except OperationalError:
+            raise
+        except Exception as exc:  # not one message's fault: redo the chunk message by message
+            raise _Retry() from exc
         done = [r.inbound_id for r in results if r.status == "done"]
         if done:
             conn.execute(_SET_DONE, {"b_ids": done, "b_processed_at": utcnow()})
@@ -349,8 +370,27 @@ def should_defer(engine: Engine, settings: Settings, now: datetime | None = None
     return newest is not None and now - newest < ARRIVING
 
 
+# PostgreSQL: messages a pass claims, and a chunk's (one transaction). The parser child parses
+# ahead while this thread files chunks, but sat idle while a pass claimed and while its last
+# chunk was filed; and each chunk costs about ten round trips of its own (claim lookups,
+# prefetch, the events, BEGIN, COMMIT). A claim takes no lock others wait for (SKIP LOCKED),
+# and a chunk takes its studios' event counters only at its end (gateway/eventlog.record_later),
+# so larger ones hold nobody up. SQLite keeps 32 and 16: there every transaction holds the
+# one write lock the acceptor's senders wait behind.
+PG_CLAIM = 128
+PG_CHUNK = 64
+# PostgreSQL: processor threads in a worker process, each with its parser child. A thread
+# waits on round trips and its child about half the time; a second one fills those waits and
+# parses on the other core (bench/smtp_ingest.py --topology procfile, end to end: 0.28-0.30×
+# the baseline with one, 0.33-0.35× with two, 20×1). Claims (SKIP LOCKED) keep them apart,
+# and a chunk takes its studios' event counters only at its end, so they seldom wait on each
+# other. SQLite keeps one: its one write lock would only be fought over.
+PG_THREADS = 2
+
+
 class ProcessorThread:
-    """Runs the processor beside the servers; woken at once when the acceptor stores mail.
+    """Runs the processor beside the servers (in PG_THREADS threads on PostgreSQL); woken at
+    once when the acceptor stores mail.
 
     `on_idle` is called (in this thread) when a pass finds nothing left after passes that
     threaded mail: the end of a burst, when what waited for intake may go (the worker wakes its
@@ -362,30 +402,38 @@ class ProcessorThread:
         self.settings = settings
         self.reactions = tuple(reactions)
         self.on_idle = on_idle
-        self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="processor", daemon=True)
+        postgres = engine.dialect.name == "postgresql"
+        count = PG_THREADS if postgres else 1
+        self._wakes = [threading.Event() for _ in range(count)]  # one each: a wake-up is for all
+        self._threads = [threading.Thread(target=self._run, args=(wake,), name=f"processor-{n}", daemon=True)
+                         for n, wake in enumerate(self._wakes)]
         self._started = threading.Event()
+        self._running = 0
         self.processed = 0
         self._idle = threading.Condition()
+        self._claim, self._chunk = (PG_CLAIM, PG_CHUNK) if postgres else (32, 16)
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        for wake in self._wakes:
+            wake.set()
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
+        self.wake()
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     def wait_started(self, timeout: float = 120.0) -> bool:
-        """Until the parser child runs and the lookup tables are loaded (`gateway serve`'s worker
-        children say they are ready then)."""
+        """Until every thread's parser child runs and the lookup tables are loaded (`gateway
+        serve`'s worker children say they are ready then)."""
         return self._started.wait(timeout)
 
-    def _run(self) -> None:
+    def _run(self, wake: threading.Event) -> None:
         # The parser child is started now, so the first mail does not wait for its imports,
         # nor for the public suffix list (0.2 s, and once per process).
         if self.settings.process_time_budget > 0:
@@ -397,20 +445,24 @@ class ProcessorThread:
             load_tables()
         except Exception:
             log.exception("the public suffix list did not load; the first check will try again")
-        self._started.set()
+        with self._idle:
+            self._running += 1
+            if self._running == len(self._threads):
+                self._started.set()
         try:
-            self._loop()
+            self._loop(wake)
         finally:
             child_for_thread().stop()
 
-    def _loop(self) -> None:
+    def _loop(self, wake: threading.Event) -> None:
         worked = False
         while not self._stop.is_set():
             try:
                 if should_defer(self.engine, self.settings):
                     self._stop.wait(ARRIVING.total_seconds() / 2)
                     continue
-                batch = process_pending(self.engine, self.settings, self.reactions)
+                batch = process_pending(self.engine, self.settings, self.reactions, limit=self._claim,
+                                        chunk=self._chunk)
             except Exception:
                 log.exception("processor pass failed; will retry")
                 batch = []
@@ -426,8 +478,8 @@ class ProcessorThread:
                     self.on_idle()
                 except Exception:
                     log.exception("the processor's idle hook failed")
-            self._wake.wait(self.settings.poll_interval)
-            self._wake.clear()
+            wake.wait(self.settings.poll_interval)
+            wake.clear()
 
     def wait_processed(self, count: int, timeout: float = 30.0) -> bool:
         """Block until at least `count` messages were processed in total (tests, benchmarks)."""

@@ -71,9 +71,11 @@ def libpq_url(url: URL) -> str:
     return f"postgresql://{auth}{','.join(names)}/{quote(url.database or '', safe='')}{tail}"
 
 
-def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10, pre_ping: bool = True) -> Engine:
     """hide_parameters: a database error's text (logged, and kept as a message's processing
-    error) would otherwise carry the statement's values: mail bodies, addresses, token hashes."""
+    error) would otherwise carry the statement's values: mail bodies, addresses, token hashes.
+    pre_ping=False (PostgreSQL): no `SELECT 1` round trip at every checkout, for a writer that
+    handles a dead connection itself (the acceptor retries its batch on a fresh one)."""
     url = normalise_url(url)
     if is_sqlite(url):
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -104,7 +106,7 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, pool_size: int = 10) -> 
         run_after_commit(engine)
         return engine
 
-    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, hide_parameters=True,
+    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=pre_ping, hide_parameters=True,
                            connect_args={"connect_timeout": 5})
     keep_commits_durable(engine)
     guard_commits(engine)
@@ -121,6 +123,23 @@ def after_commit(conn: Connection, key: str, callback: Callable[[], None]) -> No
     learn by polling (gateway/api/event_hub.py): it runs on the committing thread, must be
     quick and must not raise."""
     conn.info.setdefault(_AFTER_COMMIT, {})[key] = callback
+
+
+# conn.info keys that belong to one transaction (after_commit's callbacks, transaction_state's
+# values): dropped when it commits or rolls back. conn.info itself is the pooled DBAPI
+# connection's and outlives the transaction.
+_TRANSACTION_KEYS: set[str] = {_AFTER_COMMIT}
+
+
+def transaction_state(conn: Connection, key: str, factory: Callable[[], T]) -> T:
+    """A value kept with the transaction `conn` is in, made by `factory` on first use; gone once
+    that transaction commits or rolls back (a rolled-back transaction's leftovers must never
+    reach the next one on the same pooled connection)."""
+    _TRANSACTION_KEYS.add(key)
+    info = conn.info
+    if key not in info:
+        info[key] = factory()
+    return info[key]  # type: ignore[no-any-return]
 
 
 def run_after_commit(engine: Engine) -> None:
@@ -147,6 +166,7 @@ def run_after_commit(engine: Engine) -> None:
 
 
 def _callbacks(dbapi_conn: Any) -> dict[str, Callable[[], None]] | None:
+    """The transaction's after-commit callbacks, taken out with the rest of its state."""
     # SQLAlchemy passes the pool's proxy, whose `info` is the Connection's; the ad-hoc proxy
     # of an engine's first connect has none (NotImplementedError), a raw driver connection has
     # another kind of `info`
@@ -154,7 +174,12 @@ def _callbacks(dbapi_conn: Any) -> dict[str, Callable[[], None]] | None:
         info = dbapi_conn.info
     except (AttributeError, NotImplementedError):
         return None
-    return info.pop(_AFTER_COMMIT, None) if isinstance(info, dict) else None
+    if not isinstance(info, dict):
+        return None
+    for key in _TRANSACTION_KEYS:
+        if key != _AFTER_COMMIT:
+            info.pop(key, None)
+    return info.pop(_AFTER_COMMIT, None)
 
 
 # synchronous_commit levels (PostgreSQL docs 19.5.2) that answer before the WAL is flushed on
