@@ -44,9 +44,8 @@ def test_a_writer_waits_for_another_process_and_gives_up_after_the_busy_timeout(
     database, _ = holder
     engine = make_engine(f"sqlite:///{database}", busy_timeout=0.2)
     try:
-        with pytest.raises(OperationalError, match="another process"):
-            with write_tx(engine):
-                pass
+        with pytest.raises(OperationalError, match="another process"), write_tx(engine):
+            pass
     finally:
         engine.dispose()
 
