@@ -276,3 +276,25 @@ def test_after_a_timeout_the_next_messages_only_probe_the_resolver(tmp_path: Pat
         took = time.monotonic() - started
     assert first.spf == second.spf == "temperror" and first.dmarc == second.dmarc == "temperror"
     assert took < 2.0  # a probe (0.5 s), not the 3 s deadline again
+
+
+@pytest.mark.parametrize("raw", [
+    b"",
+    b"\r\nbody\r\nDKIM-Signature: v=1\r\n",
+    b"From: a@example.com\r\nSubject: x\r\n\r\nDKIM-Signature: v=1; in the body\r\n\r\nmore\r\n",
+    b"From: a@example.com\n\nDKIM-Signature: v=1\n",
+    b"From: a@example.com\r\nthis line is no header\r\n\r\nbody\r\n",
+    b"  a continuation first\r\nFrom: a@example.com\r\n\r\n",
+    b"From: a@example.com\r\nDKIM-Signature: v=1; d=example.com\r\n\r\nbody",
+    b"From mbox-line\r\nFrom: a@example.com\r\n\n\r\n",
+    b"From: a@example.com\r\n\r\r\nDKIM-Signature: v=1\r\n",
+])
+def test_dkim_reads_only_the_header_block_as_dkimpy_splits_it(raw: bytes) -> None:
+    """The signatures are counted on the header block alone (authentication._header_block):
+    the same fields, and the same refusal of a malformed block, as dkimpy's whole-message split."""
+    def fields(message: bytes) -> object:
+        try:
+            return dkim.rfc822_parse(message)[0]
+        except Exception as exc:
+            return type(exc)
+    assert fields(authentication._header_block(raw)) == fields(raw)

@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
 from gateway.settings import PRIVATE_FILE_MODE, private_dir
+from gateway.store.writers import ProcessWriters, writers_of
 from gateway.store import models  # noqa: F401  (registers every table on SQLModel.metadata)
 
 _engines: dict[str, Engine] = {}
@@ -457,13 +458,29 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
     if lock is not None and not lock.acquire(timeout=_busy_timeout(engine)):
         raise exc_module.OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(
             "database is locked (by other writers of this process)"))
+    # ...and the writers of other processes on a file lock (gateway/store/writers.py).
+    others = _process_writers(engine) if lock is not None else None
+    if others is not None and not others.acquire(_busy_timeout(engine)):
+        lock.release()  # type: ignore[union-attr]
+        raise exc_module.OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(
+            "database is locked (by writers of another process)"))
     try:
         with engine.connect().execution_options(write=True) as conn:
             with conn.begin():
                 yield conn
     finally:
+        if others is not None:
+            others.release()
         if lock is not None:
             lock.release()
+
+
+def _process_writers(engine: Engine) -> ProcessWriters | None:
+    """The database file's cross-process writer lock; None for an in-memory database."""
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return writers_of(Path(database))
 
 
 def is_busy(exc: exc_module.OperationalError) -> bool:
