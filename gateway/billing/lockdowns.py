@@ -120,14 +120,16 @@ def record_pauses(conn: Connection, lockdown_id: int | None = None, studio_id: i
     if lockdown_id is not None:
         query = query.where(LOCKDOWN.c.id == lockdown_id)
     recorded = 0
-    for lockdown in conn.execute(query).all():
+    # In id order, lockdowns and studios: pauses are settled (and reported) in the order their
+    # rows were made, which PostgreSQL's join would otherwise pick afresh for each plan.
+    for lockdown in conn.execute(query.order_by(LOCKDOWN.c.id)).all():
         subs = select(SUBSCRIPTION.c.studio_id, SUBSCRIPTION.c.stripe_subscription_id).join(
             STUDIO, STUDIO.c.id == SUBSCRIPTION.c.studio_id).where(
             in_scope(lockdown.countries), SUBSCRIPTION.c.plan.in_(("monthly", "yearly")),
             SUBSCRIPTION.c.status.in_(COLLECTING), SUBSCRIPTION.c.stripe_subscription_id.is_not(None))
         if studio_id is not None:
             subs = subs.where(SUBSCRIPTION.c.studio_id == studio_id)
-        for sub in conn.execute(subs).all():
+        for sub in conn.execute(subs.order_by(SUBSCRIPTION.c.studio_id)).all():
             recorded += conn.execute(insert_ignore(conn, PAYMENT_PAUSE).values(
                 lockdown_id=lockdown.id, studio_id=sub.studio_id, stripe_subscription_id=sub.stripe_subscription_id,
                 state="pausing", started_at=now or utcnow()).returning(PAYMENT_PAUSE.c.id)).first() is not None
