@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 import pytest
 from sqlalchemy import Connection, func, insert, select
@@ -11,6 +12,15 @@ from gateway.store.db import read_tx
 from gateway.store.tables import STUDIO
 from gateway.store.models import utcnow
 from gateway.settings import Settings
+
+
+def _add_studio(slug: str) -> Callable[[Connection], int]:
+    """A write for the batcher: one studio row, its id."""
+    def add(conn: Connection) -> int:
+        return conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
+            "slug": slug, "name": slug.title(), "owner_email": f"o@{slug}.example", "locale": "de",
+            "created_at": utcnow()}).scalar_one()
+    return add
 
 
 def test_one_failing_write_does_not_touch_the_others_of_its_batch(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
@@ -59,10 +69,7 @@ def test_a_batch_meeting_another_connections_lock_waits_off_the_loop(sqlite_url:
     engine = make_engine(sqlite_url, busy_timeout=5.0)
     other = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
 
-    def add(conn: Connection) -> int:
-        return conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
-            "slug": "late", "name": "Late", "owner_email": "o@late.example", "locale": "de",
-            "created_at": utcnow()}).scalar_one()
+    add = _add_studio("late")
 
     async def scenario() -> int:
         batcher = WriteBatcher(engine)
@@ -95,10 +102,7 @@ def test_a_database_failing_half_way_keeps_the_writes_already_committed_answered
 
     from gateway.store.batching import WriteUnavailable
 
-    def add(conn: Connection) -> int:
-        return conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
-            "slug": "kept", "name": "Kept", "owner_email": "o@kept.example", "locale": "de",
-            "created_at": utcnow()}).scalar_one()
+    add = _add_studio("kept")
 
     def bad(conn: Connection) -> int:
         raise ValueError("bad input found late")
@@ -192,10 +196,7 @@ def test_sqlite_group_commits_leave_the_wal_checkpoint_to_a_thread_of_their_own(
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("SELECT count(*) FROM studio").fetchall()   # the WAL's shared memory is open
 
-    def add(conn: Connection) -> int:
-        return conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
-            "slug": "copied", "name": "Copied", "owner_email": "o@copied.example", "locale": "de",
-            "created_at": utcnow()}).scalar_one()
+    add = _add_studio("copied")
 
     async def scenario() -> int:
         batcher = WriteBatcher(engine)
@@ -250,10 +251,7 @@ def test_a_batch_waiting_for_another_process_asks_again_itself_rather_than_in_sq
 
     monkeypatch.setattr(batching.time, "sleep", sleep)
 
-    def add(conn: Connection) -> int:
-        return conn.execute(insert(STUDIO).returning(STUDIO.c.id), {
-            "slug": "asked", "name": "Asked", "owner_email": "o@asked.example", "locale": "de",
-            "created_at": utcnow()}).scalar_one()
+    add = _add_studio("asked")
 
     async def scenario() -> int:
         batcher = WriteBatcher(engine)
