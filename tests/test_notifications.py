@@ -38,7 +38,7 @@ from tests.relay_sink import Received, RelaySink
 from tests.test_outbound import send_due
 from tests.test_outgoing_webhooks import hook_settings, register
 from tests.test_web_login import signed_in_client
-from tests.web import csrf_of, serving
+from tests.web import Web, csrf_of, serving
 
 PUBLIC_URL = "https://gateway.example"
 OWNER = "owner@inkwell.example"      # RunningGateway.add_studio's owner address for "inkwell"
@@ -458,16 +458,23 @@ def test_a_held_answer_is_sent_once_when_its_profile_confirms_it_and_rejecting_s
     assert sent(gw, sink) == []
 
 
+def held_answer(web: Web, sender: str, **answer_kwargs: Any) -> StudioInfo:
+    """A studio whose owner's notification of an inquiry is answered by `sender`, over SMTP and
+    processed; the answer is held (nothing mailed), for the messenger to show. The studio."""
+    studio = web.gw.add_studio("inkwell", name="Inkwell")
+    inquiry(web.gw, studio)
+    [notification] = web.mailed()
+    raw, to = answer(notification, from_=sender, **answer_kwargs)
+    assert web.gw.send(raw, to, mail_from=sender).code == 250
+    web.gw.process()
+    assert web.mailed() == []
+    return studio
+
+
 def test_the_owner_confirms_a_held_answer_in_the_messenger_and_the_guest_gets_it(tmp_path: Path,
                                                                                   database_url: str) -> None:
     with serving(tmp_path, database_url) as web:
-        studio = web.gw.add_studio("inkwell", name="Inkwell")
-        inquiry(web.gw, studio)
-        [notification] = web.mailed()
-        raw, to = answer(notification, from_="owner.phone@example.org")
-        assert web.gw.send(raw, to, mail_from="owner.phone@example.org").code == 250
-        web.gw.process()
-        assert web.mailed() == []
+        studio = held_answer(web, "owner.phone@example.org")
         client = signed_in_client(web)
         [held] = web.gw.api(studio.token).get("/api/v1/held").json()["items"]
         page = client.get("/app/held")
@@ -482,13 +489,7 @@ def test_the_owner_confirms_a_held_answer_in_the_messenger_and_the_guest_gets_it
 def test_a_quote_only_answer_stays_held_and_the_messenger_says_why_it_cannot_be_sent(tmp_path: Path,
                                                                                     database_url: str) -> None:
     with serving(tmp_path, database_url) as web:
-        studio = web.gw.add_studio("inkwell", name="Inkwell")
-        inquiry(web.gw, studio)
-        [notification] = web.mailed()
-        raw, to = answer(notification, body="")   # nothing but the quoted notification
-        assert web.gw.send(raw, to, mail_from=OWNER).code == 250
-        web.gw.process()
-        assert web.mailed() == []
+        studio = held_answer(web, OWNER, body="")   # nothing but the quoted notification
         [held] = web.gw.api(studio.token).get("/api/v1/held").json()["items"]
         client = signed_in_client(web)
         page = client.get("/app/held", headers={"Accept-Language": "en"})
