@@ -458,7 +458,7 @@ def test_a_held_answer_is_sent_once_when_its_profile_confirms_it_and_rejecting_s
     assert sent(gw, sink) == []
 
 
-def held_answer(web: Web, sender: str, **answer_kwargs: Any) -> StudioInfo:
+def answered_and_held(web: Web, sender: str, **answer_kwargs: Any) -> StudioInfo:
     """A studio whose owner's notification of an inquiry is answered by `sender`, over SMTP and
     processed; the answer is held (nothing mailed), for the messenger to show. The studio."""
     studio = web.gw.add_studio("inkwell", name="Inkwell")
@@ -474,7 +474,7 @@ def held_answer(web: Web, sender: str, **answer_kwargs: Any) -> StudioInfo:
 def test_the_owner_confirms_a_held_answer_in_the_messenger_and_the_guest_gets_it(tmp_path: Path,
                                                                                   database_url: str) -> None:
     with serving(tmp_path, database_url) as web:
-        studio = held_answer(web, "owner.phone@example.org")
+        studio = answered_and_held(web, "owner.phone@example.org")
         client = signed_in_client(web)
         [held] = web.gw.api(studio.token).get("/api/v1/held").json()["items"]
         page = client.get("/app/held")
@@ -489,7 +489,7 @@ def test_the_owner_confirms_a_held_answer_in_the_messenger_and_the_guest_gets_it
 def test_a_quote_only_answer_stays_held_and_the_messenger_says_why_it_cannot_be_sent(tmp_path: Path,
                                                                                     database_url: str) -> None:
     with serving(tmp_path, database_url) as web:
-        studio = held_answer(web, OWNER, body="")   # nothing but the quoted notification
+        studio = answered_and_held(web, OWNER, body="")   # nothing but the quoted notification
         [held] = web.gw.api(studio.token).get("/api/v1/held").json()["items"]
         client = signed_in_client(web)
         page = client.get("/app/held", headers={"Accept-Language": "en"})
