@@ -344,3 +344,12 @@ def test_quoted_printable_pieces_decode_exactly_within_76_characters(value: str)
     assert binascii.a2b_qp(encoded) == value.replace("\n", "\r\n").encode()
     assert all(len(line) <= 76 and line.isascii() for line in encoded.split(b"\r\n"))
     assert encoded == b"" or encoded.endswith(b"\r\n")
+
+
+def test_a_space_before_a_full_lines_end_still_fits_within_76_characters() -> None:
+    # binascii encodes the space as "=20" after filling the line: 77 characters (found by the
+    # property test above).
+    value = "==xxxxxxxxéé𐀀𐀀𐀀𐀀 \n"
+    encoded = qp_piece(value)
+    assert binascii.a2b_qp(encoded) == value.replace("\n", "\r\n").encode()
+    assert all(len(line) <= 76 for line in encoded.split(b"\r\n"))

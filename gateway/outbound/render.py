@@ -241,19 +241,32 @@ def qp_piece(value: str) -> bytes:
     if not value:
         return b""
     encoded = binascii.b2a_qp(value.replace("\r\n", "\n").encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    lines = encoded.split(b"\r\n")
     if encoded.endswith(b"\r\n"):
-        return encoded
-    head, crlf, last = encoded.rpartition(b"\r\n")
-    if len(last) < 76:
-        return encoded + b"=\r\n"
-    # binascii fills the last line up to 76 characters: the soft break needs one more, so
-    # break it earlier, never inside an =XX escape (any "=" in the output starts one).
-    cut = 75
-    if last[cut - 1:cut] == b"=":
-        cut -= 1
-    elif last[cut - 2:cut - 1] == b"=":
-        cut -= 2
-    return head + crlf + last[:cut] + b"=\r\n" + last[cut:] + b"=\r\n"
+        lines.pop()           # the empty rest after the last line end
+    else:
+        lines[-1] += b"="     # a soft break: the next piece goes on with this line
+    if all(len(line) <= 76 for line in lines):
+        return b"\r\n".join(lines) + b"\r\n"
+    return b"\r\n".join(piece for line in lines for piece in _within_76(line)) + b"\r\n"
+
+
+def _within_76(line: bytes) -> list[bytes]:
+    """One encoded line cut by soft breaks into lines of at most 76 characters, never inside an
+    =XX escape (any "=" but a final soft break starts one). binascii fills lines up to 76
+    itself, but not always: a space or tab before a line end becomes "=20" after the line is
+    full (77 characters), and the soft break that ends a piece needs one more."""
+    pieces = []
+    while len(line) > 76:
+        cut = 75
+        if line[cut - 1:cut] == b"=":
+            cut -= 1
+        elif line[cut - 2:cut - 1] == b"=":
+            cut -= 2
+        pieces.append(line[:cut] + b"=")
+        line = line[cut:]
+    pieces.append(line)
+    return pieces
 
 
 def _mjml(source: str) -> str:
